@@ -1,0 +1,36 @@
+//! Every `*_max` of the engine, with the relationships between them asserted at compile
+//! time. A limit that protects memory or the format lives here, not beside its first user.
+
+/// Bytes of one block: the unit of O_DIRECT I/O and of group padding (FORMAT.md, Blocks).
+pub const BLOCK_SIZE_BYTES: usize = 4096;
+
+/// Longest key accepted in a record.
+pub const KEY_SIZE_BYTES_MAX: usize = 4096;
+
+/// Most headers on one record.
+pub const RECORD_HEADER_COUNT_MAX: usize = 64;
+
+/// Longest header name.
+pub const HEADER_NAME_SIZE_BYTES_MAX: usize = 256;
+
+/// Most records in one batch (one append request).
+pub const BATCH_RECORD_COUNT_MAX: usize = 65_536;
+
+/// Largest encoded batch, header included. A batch never spans segments, so it must fit in
+/// the smallest segment.
+pub const BATCH_SIZE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Smallest segment file a data directory may be configured with.
+pub const SEGMENT_SIZE_BYTES_MIN: u64 = 1024 * 1024 + BLOCK_SIZE_BYTES as u64;
+
+/// Largest segment file. Positions inside a segment are `u64`, but the scanner reads a
+/// segment in chunks; this bounds a data directory's file sizes to something a human expects.
+pub const SEGMENT_SIZE_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
+
+const _: () = assert!(BATCH_SIZE_BYTES_MAX % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!(SEGMENT_SIZE_BYTES_MIN % BLOCK_SIZE_BYTES as u64 == 0);
+const _: () = assert!(SEGMENT_SIZE_BYTES_MAX % BLOCK_SIZE_BYTES as u64 == 0);
+const _: () = assert!(KEY_SIZE_BYTES_MAX < BATCH_SIZE_BYTES_MAX);
+// A batch never spans segments: the largest one fits after the header block of the smallest.
+const _: () =
+    assert!(BATCH_SIZE_BYTES_MAX as u64 <= SEGMENT_SIZE_BYTES_MIN - BLOCK_SIZE_BYTES as u64);

@@ -1,0 +1,1 @@
+//! The glommio shell: the only code that touches files or executors.

@@ -1,0 +1,1 @@
+//! Cairn's server: TCP, flatbuffers frames, routing between shards, and a Rust client.

@@ -18,6 +18,13 @@
 //! moves bytes. Byte layouts live in `FORMAT.md` only.
 
 pub mod core;
+pub mod error;
 pub mod io;
 
 pub use crate::core::{KeyCondition, Offset, PartitionId, RecordHeader, RecordInput, ShardId};
+pub use crate::error::{AppendError, OpenError, ReadError, StorageError, TopicError};
+pub use crate::io::data_dir::{Catalog, Topic};
+pub use crate::io::fault::{FaultHook, FaultPoint, FaultPolicy};
+pub use crate::io::shard::{
+    AppendOutcome, Engine, EngineConfig, Fetched, FetchedBatch, OwnedRecord, Shard,
+};

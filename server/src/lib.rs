@@ -1,1 +1,246 @@
 //! Cairn's server: TCP, flatbuffers frames, routing between shards, and a Rust client.
+//!
+//! `run` opens the data directory, starts one pinned glommio executor per shard, and on
+//! each: recovers the shard, joins the channel mesh that links the shards, and accepts
+//! connections on the shared port (SO_REUSEPORT, so the kernel spreads connections over
+//! the shards) and on the shard's own port (so shard-aware clients reach a partition's
+//! owner directly). A request for a partition of another shard is forwarded over the mesh
+//! (`routing`); nothing is shared between shards but messages.
+//!
+//! Module map: `wire` (sans-I/O protocol), `connection` (frames over one socket, limits,
+//! pipelining), `handlers` (request -> engine -> response), `routing` (the mesh),
+//! `client` (the Rust client).
+
+pub mod client;
+mod connection;
+mod handlers;
+mod routing;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use cairn_engine::{Engine, EngineConfig, OpenError, ShardId};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::routing::ShardMessage;
+
+/// Exit status of the server when a shard's storage failed (EX_IOERR): recovery on restart
+/// decides what survived (DESIGN §3.5).
+pub const EXIT_STORAGE_FAILURE: i32 = 74;
+
+/// Everything `cairn serve` can be told.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The shared address every shard accepts on.
+    pub listen: SocketAddr,
+    /// Shard `i` also listens on `port_base + i`; 0 picks free ports.
+    pub port_base: u16,
+    /// Shards (executors, one per core).
+    pub shard_count: u16,
+    /// Pin shard `i` to CPU `i` (modulo the CPUs there are).
+    pub pin_shards: bool,
+    /// Preallocated size of each segment file.
+    pub segment_size_bytes: u64,
+    /// Largest frame a client may send.
+    pub frame_size_bytes_max: u32,
+    /// Most requests of one connection being handled at once; beyond it the connection is
+    /// not read until one completes.
+    pub connection_request_count_max: usize,
+    /// Longest a fetch may long-poll.
+    pub fetch_wait_max: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults: `./cairn-data`, `127.0.0.1:7878`, one shard per CPU, 256 MiB segments.
+    pub fn new() -> Self {
+        let cpu_count = std::thread::available_parallelism().map_or(1, |count| count.get());
+        ServerConfig {
+            data_dir: PathBuf::from("cairn-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            port_base: 0,
+            shard_count: u16::try_from(cpu_count).unwrap_or(u16::MAX),
+            pin_shards: true,
+            segment_size_bytes: 256 * 1024 * 1024,
+            frame_size_bytes_max: wire::FRAME_SIZE_BYTES_MAX_DEFAULT,
+            connection_request_count_max: 1024,
+            fetch_wait_max: Duration::from_secs(30),
+        }
+    }
+
+    fn engine_config(&self) -> EngineConfig {
+        let mut config = EngineConfig::new(&self.data_dir, self.shard_count);
+        config.segment_size_bytes = self.segment_size_bytes;
+        config
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig::new()
+    }
+}
+
+/// Why the server could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be opened or recovered.
+    #[error("opening the data directory: {0}")]
+    Open(#[from] OpenError),
+    /// A listening socket could not be set up.
+    #[error("binding {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An executor could not be started or failed.
+    #[error("shard {shard}: {problem}")]
+    Shard {
+        /// Which shard.
+        shard: u16,
+        /// What went wrong.
+        problem: String,
+    },
+}
+
+/// Where the server listens, known once every socket is bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listening {
+    /// The shared address.
+    pub address: SocketAddr,
+    /// Each shard's own port, by shard id.
+    pub shard_ports: Vec<u16>,
+}
+
+/// Asks a running server to stop: stop accepting, finish in-flight requests, sync, exit.
+#[derive(Clone, Default, Debug)]
+pub struct ShutdownSignal(Arc<AtomicBool>);
+
+impl ShutdownSignal {
+    /// A signal not yet raised.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raises it.
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether it was raised.
+    pub fn is_raised(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Binds a socket with SO_REUSEPORT so that every shard can bind the same address after it,
+/// and returns it with the address it got (port 0 picks a free one).
+fn reserve_address(address: SocketAddr) -> Result<(socket2::Socket, SocketAddr), ServerError> {
+    let bind_error = |source| ServerError::Bind { address, source };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(bind_error)?;
+    socket.set_reuse_port(true).map_err(bind_error)?;
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.bind(&address.into()).map_err(bind_error)?;
+    let bound = socket
+        .local_addr()
+        .map_err(bind_error)?
+        .as_socket()
+        .ok_or_else(|| bind_error(std::io::Error::other("not an IP socket")))?;
+    Ok((socket, bound))
+}
+
+/// Runs the server until `shutdown` is raised (then returns `Ok`) or a shard's storage
+/// fails (then the process exits with `EXIT_STORAGE_FAILURE`). `on_listening` is called
+/// once every shard accepts connections.
+pub fn run(
+    config: ServerConfig,
+    shutdown: ShutdownSignal,
+    on_listening: impl FnOnce(&Listening),
+) -> Result<(), ServerError> {
+    let engine = Engine::open(config.engine_config())?;
+
+    // Reserve every address before the executors start, so that all shards know all ports
+    // (for `metadata`) and the shared port is the same for everyone even when it was 0.
+    let (shared_socket, address) = reserve_address(config.listen)?;
+    let mut reserved = vec![shared_socket];
+    let mut shard_ports = Vec::with_capacity(usize::from(config.shard_count));
+    for shard in 0..config.shard_count {
+        let port = if config.port_base == 0 { 0 } else { config.port_base.saturating_add(shard) };
+        let (socket, bound) = reserve_address(SocketAddr::new(address.ip(), port))?;
+        reserved.push(socket);
+        shard_ports.push(bound.port());
+    }
+    let listening = Listening { address, shard_ports };
+
+    let mesh = MeshBuilder::<ShardMessage, _>::full(usize::from(config.shard_count), 1024);
+    let cpu_count = std::thread::available_parallelism().map_or(1, |count| count.get());
+    let (ready_sender, ready_receiver) = std::sync::mpsc::channel::<Result<u16, String>>();
+    let mut executors = Vec::new();
+    for shard in 0..config.shard_count {
+        let placement = if config.pin_shards {
+            Placement::Fixed(usize::from(shard) % cpu_count)
+        } else {
+            Placement::Unbound
+        };
+        let engine = engine.clone();
+        let mesh = mesh.clone();
+        let config = config.clone();
+        let listening = listening.clone();
+        let shutdown = shutdown.clone();
+        let ready_sender = ready_sender.clone();
+        let executor = LocalExecutorBuilder::new(placement)
+            .name(&format!("cairn-shard-{shard}"))
+            // Explicit: DMA buffers for group writes come from here first; 8 MiB is what a
+            // non-root memlock limit allows on these machines.
+            .io_memory(8 * 1024 * 1024)
+            .spawn(move || async move {
+                routing::run_shard(ShardId(shard), engine, mesh, config, listening, shutdown, ready_sender)
+                    .await
+            })
+            .map_err(|error| ServerError::Shard { shard, problem: error.to_string() })?;
+        executors.push((shard, executor));
+    }
+    drop(ready_sender);
+    for _ in 0..config.shard_count {
+        match ready_receiver.recv() {
+            Ok(Ok(_shard)) => {}
+            Ok(Err(problem)) => {
+                return Err(ServerError::Shard { shard: u16::MAX, problem });
+            }
+            Err(_) => {
+                return Err(ServerError::Shard {
+                    shard: u16::MAX,
+                    problem: "a shard stopped before it was ready".into(),
+                });
+            }
+        }
+    }
+    // Every shard has bound its own listeners; the reservations have done their job.
+    drop(reserved);
+    on_listening(&listening);
+
+    let mut first_error = None;
+    for (shard, executor) in executors {
+        let outcome = executor
+            .join()
+            .map_err(|error| ServerError::Shard { shard, problem: error.to_string() })
+            .and_then(|result| result.map_err(|problem| ServerError::Shard { shard, problem }));
+        if let Err(error) = outcome {
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

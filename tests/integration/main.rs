@@ -1,1 +1,6 @@
+//! Cairn's integration tests: one binary (each `tests/*.rs` would link separately, and CI
+//! has 2 cores), a module per concern, all against real parts — real files in temp
+//! directories, the real engine, the real server process over TCP on 127.0.0.1.
+
+mod engine_durability;
 mod support;

@@ -8,6 +8,7 @@
 pub mod condition;
 pub mod key_index;
 pub mod limits;
+pub mod offset_index;
 pub mod partition;
 pub mod record;
 pub mod recovery;

@@ -1,1 +1,41 @@
+//! Shared helpers for the integration tests: executors with explicit options, temp data
+//! directories, seeds.
 
+pub mod engine;
+
+/// The seed of a randomized test: `TEST_SEED` when set, else fresh; printed either way so a
+/// failure can be replayed.
+pub fn test_seed(test_name: &str) -> u64 {
+    let seed = std::env::var("TEST_SEED")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |elapsed| elapsed.as_nanos() as u64)
+        });
+    eprintln!("{test_name}: TEST_SEED={seed}");
+    seed
+}
+
+/// A small deterministic generator (splitmix64), enough to drive test workloads.
+pub struct TestRng(u64);
+
+impl TestRng {
+    pub fn new(seed: u64) -> Self {
+        TestRng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound
+    }
+}

@@ -1,0 +1,187 @@
+//! The engine's error types. Expected outcomes (a failed condition) are values in
+//! `AppendOutcome`, not errors; these carry only what went wrong.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::core::PartitionId;
+use crate::core::record::{DecodeError, EncodeError};
+use crate::core::segment_header::SegmentHeaderError;
+
+/// A failed write, sync, read or file operation. Clone so that every append waiting on a
+/// failed group can be told the same thing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{operation} {path}: {message} (errno {errno:?})", path = .path.display())]
+pub struct StorageError {
+    /// What we were doing: "write", "fdatasync", "read", "open", ...
+    pub operation: &'static str,
+    /// The file or directory involved.
+    pub path: PathBuf,
+    /// The OS error number when there is one.
+    pub errno: Option<i32>,
+    /// The error's text.
+    pub message: String,
+}
+
+impl StorageError {
+    /// Wraps an I/O error with what we were doing and where.
+    pub fn from_io(operation: &'static str, path: &Path, error: &io::Error) -> Self {
+        StorageError {
+            operation,
+            path: path.to_path_buf(),
+            errno: error.raw_os_error(),
+            message: error.to_string(),
+        }
+    }
+
+    /// Bytes read back from disk did not verify.
+    pub fn corrupt(path: &Path, position: u64, error: DecodeError) -> Self {
+        StorageError {
+            operation: "verify",
+            path: path.to_path_buf(),
+            errno: None,
+            message: format!("batch at position {position} does not verify: {error}"),
+        }
+    }
+}
+
+/// Why an append could not be performed. A failed condition is not an error: see
+/// `AppendOutcome::ConditionFailed`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The partition does not exist on this shard.
+    #[error("unknown partition {0:?}")]
+    UnknownPartition(PartitionId),
+    /// The batch breaks a limit (empty, too many records, key too long, too large).
+    #[error("invalid batch: {0}")]
+    InvalidBatch(#[from] EncodeError),
+    /// The shard's storage failed; this shard accepts no more work (DESIGN §3.5).
+    #[error("storage failure: {0}")]
+    Storage(StorageError),
+    /// The shard is closing and takes no new appends.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// Why a read could not be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The partition does not exist on this shard.
+    #[error("unknown partition {0:?}")]
+    UnknownPartition(PartitionId),
+    /// The requested offset lies beyond the partition's durable end.
+    #[error("offset {requested} is beyond the durable end {synced_end}")]
+    OffsetOutOfRange {
+        /// The offset asked for.
+        requested: u64,
+        /// The partition's durable end (exclusive).
+        synced_end: u64,
+    },
+    /// Reading failed, or what was read does not verify.
+    #[error("storage failure: {0}")]
+    Storage(StorageError),
+}
+
+/// Why a data directory or one of its shards could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A file operation failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// `cairn.meta` or `topics.meta` is malformed.
+    #[error("{path}: {problem}", path = .path.display())]
+    BadMetadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The directory was created with another shard count; opening it with this one would
+    /// orphan partitions.
+    #[error("data directory has {actual} shards, configured for {expected}")]
+    ShardCountMismatch {
+        /// The configured shard count.
+        expected: u16,
+        /// The count recorded in the data directory.
+        actual: u16,
+    },
+    /// The directory was written by an unknown format version.
+    #[error("data directory format version {actual} is not supported (this build reads {supported})")]
+    UnsupportedFormat {
+        /// The version found.
+        actual: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// A segment's header names another shard, index or shard count.
+    #[error("segment {path}: {error}", path = .path.display())]
+    BadSegmentHeader {
+        /// The segment file.
+        path: PathBuf,
+        /// What is wrong.
+        error: SegmentHeaderError,
+    },
+    /// A valid batch names a partition that the topic catalog does not know, or contradicts
+    /// the key index; the log cannot be trusted without a human looking at it.
+    #[error("segment {path} position {position}: {problem}", path = .path.display())]
+    Inconsistent {
+        /// The segment file.
+        path: PathBuf,
+        /// Position of the batch.
+        position: u64,
+        /// What contradicts what.
+        problem: String,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    BadConfig(String),
+}
+
+/// Why a topic could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    /// A topic with this name exists.
+    #[error("topic {0:?} already exists")]
+    Exists(String),
+    /// The name is empty, too long or has characters outside `[A-Za-z0-9._-]`.
+    #[error("invalid topic name {name:?}: {problem}")]
+    InvalidName {
+        /// The name asked for.
+        name: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// Partition count out of range.
+    #[error("partition count {partition_count} is outside 1..={partition_count_max}")]
+    BadPartitionCount {
+        /// The count asked for.
+        partition_count: u32,
+        /// The largest count allowed.
+        partition_count_max: u32,
+    },
+    /// Only shard 0 owns the topic catalog.
+    #[error("topics are created on shard 0")]
+    NotCatalogOwner,
+    /// Writing the catalog failed.
+    #[error("storage failure: {0}")]
+    Storage(StorageError),
+}
+
+/// Shows a byte string as text when it is printable, else as hex.
+pub struct DisplayBytes<'a>(pub &'a [u8]);
+
+impl fmt::Display for DisplayBytes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match std::str::from_utf8(self.0) {
+            Ok(text) if !text.chars().any(char::is_control) => write!(f, "{text}"),
+            _ => {
+                write!(f, "0x")?;
+                for byte in self.0 {
+                    write!(f, "{byte:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}

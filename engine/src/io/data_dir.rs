@@ -1,0 +1,340 @@
+//! The data directory's identity (`cairn.meta`) and topic catalog (`topics.meta`).
+//!
+//! Both are tiny text files replaced atomically: write `*.tmp`, `fdatasync`, rename, sync
+//! the directory (FORMAT.md, "cairn.meta and topics.meta"). They are written rarely (at
+//! creation, when a topic is created), so this module uses blocking `std::fs`: a few
+//! milliseconds on shard 0 for an admin request, never on the append path.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::core::PartitionId;
+use crate::error::{OpenError, StorageError, TopicError};
+
+/// The on-disk format version this build reads and writes (FORMAT.md, version history).
+pub const DATA_DIR_FORMAT_VERSION: u32 = 1;
+
+/// Most partitions one topic may have.
+pub const TOPIC_PARTITION_COUNT_MAX: u32 = 4096;
+
+/// Longest topic name (Kafka's limit, so names carry over).
+pub const TOPIC_NAME_SIZE_BYTES_MAX: usize = 249;
+
+const META_FILE_NAME: &str = "cairn.meta";
+const TOPICS_FILE_NAME: &str = "topics.meta";
+
+/// One topic: its name and the contiguous range of partition ids it owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topic {
+    /// The topic's name.
+    pub name: String,
+    /// Number of partitions, fixed at creation.
+    pub partition_count: u32,
+    /// Id of partition 0 of this topic; partition `i` is `first_partition_id + i`.
+    pub first_partition_id: u32,
+}
+
+impl Topic {
+    /// The global id of this topic's partition `index`, if it exists.
+    pub fn partition_id(&self, index: u32) -> Option<PartitionId> {
+        (index < self.partition_count).then(|| PartitionId(self.first_partition_id + index))
+    }
+
+    /// Every partition id of the topic.
+    pub fn partition_ids(&self) -> impl Iterator<Item = PartitionId> + '_ {
+        (0..self.partition_count).map(|index| PartitionId(self.first_partition_id + index))
+    }
+}
+
+/// Every topic of a data directory, in creation order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catalog {
+    topics: Vec<Topic>,
+}
+
+impl Catalog {
+    /// The topics, in creation order.
+    pub fn topics(&self) -> &[Topic] {
+        &self.topics
+    }
+
+    /// The topic named `name`.
+    pub fn topic(&self, name: &str) -> Option<&Topic> {
+        self.topics.iter().find(|topic| topic.name == name)
+    }
+
+    /// Every partition id of every topic.
+    pub fn partition_ids(&self) -> impl Iterator<Item = PartitionId> + '_ {
+        self.topics.iter().flat_map(Topic::partition_ids)
+    }
+
+    fn next_partition_id(&self) -> u32 {
+        self.topics
+            .last()
+            .map_or(0, |topic| topic.first_partition_id + topic.partition_count)
+    }
+
+    /// Adds a topic in memory (the caller persists the catalog), assigning it the next
+    /// unused partition ids.
+    pub fn add(&mut self, name: &str, partition_count: u32) -> Result<Topic, TopicError> {
+        validate_topic_name(name)?;
+        if !(1..=TOPIC_PARTITION_COUNT_MAX).contains(&partition_count) {
+            return Err(TopicError::BadPartitionCount {
+                partition_count,
+                partition_count_max: TOPIC_PARTITION_COUNT_MAX,
+            });
+        }
+        if self.topic(name).is_some() {
+            return Err(TopicError::Exists(name.to_owned()));
+        }
+        let first_partition_id = self.next_partition_id();
+        if first_partition_id.checked_add(partition_count).is_none() {
+            return Err(TopicError::BadPartitionCount {
+                partition_count,
+                partition_count_max: u32::MAX - first_partition_id,
+            });
+        }
+        let topic = Topic { name: name.to_owned(), partition_count, first_partition_id };
+        self.topics.push(topic.clone());
+        Ok(topic)
+    }
+
+    fn encode(&self) -> String {
+        let mut text = String::new();
+        for topic in &self.topics {
+            text.push_str(&format!(
+                "topic {} {} {}\n",
+                topic.name, topic.partition_count, topic.first_partition_id
+            ));
+        }
+        text
+    }
+
+    fn decode(path: &Path, body: &str) -> Result<Catalog, OpenError> {
+        let mut catalog = Catalog::default();
+        for line in body.lines() {
+            let bad = |problem: String| OpenError::BadMetadata { path: path.to_owned(), problem };
+            let fields: Vec<&str> = line.split(' ').collect();
+            let [tag, name, count, first] = fields.as_slice() else {
+                return Err(bad(format!("malformed line {line:?}")));
+            };
+            if *tag != "topic" {
+                return Err(bad(format!("unknown entry {tag:?}")));
+            }
+            let count: u32 = count.parse().map_err(|_| bad(format!("bad count in {line:?}")))?;
+            let first: u32 = first.parse().map_err(|_| bad(format!("bad id in {line:?}")))?;
+            let topic = catalog.add(name, count).map_err(|error| bad(error.to_string()))?;
+            if topic.first_partition_id != first {
+                return Err(bad(format!(
+                    "topic {name} starts at partition {first}, expected {}",
+                    topic.first_partition_id
+                )));
+            }
+        }
+        Ok(catalog)
+    }
+}
+
+fn validate_topic_name(name: &str) -> Result<(), TopicError> {
+    let invalid = |problem| TopicError::InvalidName { name: name.to_owned(), problem };
+    if name.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if name.len() > TOPIC_NAME_SIZE_BYTES_MAX {
+        return Err(invalid("longer than 249 bytes"));
+    }
+    if !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte)) {
+        return Err(invalid("only A-Z a-z 0-9 . _ - are allowed"));
+    }
+    Ok(())
+}
+
+/// An opened data directory: its path and shard count, verified against `cairn.meta`.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    shard_count: u16,
+}
+
+impl DataDir {
+    /// Opens `path`, creating it (and `cairn.meta`) when it does not exist yet. An existing
+    /// directory must have been created with `shard_count` shards.
+    pub fn open_or_create(path: &Path, shard_count: u16) -> Result<DataDir, OpenError> {
+        if shard_count == 0 {
+            return Err(OpenError::BadConfig("shard count must be at least 1".into()));
+        }
+        fs::create_dir_all(path)
+            .map_err(|error| StorageError::from_io("create directory", path, &error))?;
+        let meta_path = path.join(META_FILE_NAME);
+        if meta_path.exists() {
+            let body = read_checked(&meta_path)?;
+            let (version, recorded_shard_count) = decode_meta(&meta_path, &body)?;
+            if version != DATA_DIR_FORMAT_VERSION {
+                return Err(OpenError::UnsupportedFormat {
+                    actual: version,
+                    supported: DATA_DIR_FORMAT_VERSION,
+                });
+            }
+            if recorded_shard_count != shard_count {
+                return Err(OpenError::ShardCountMismatch {
+                    expected: shard_count,
+                    actual: recorded_shard_count,
+                });
+            }
+        } else {
+            let body = format!(
+                "format_version {DATA_DIR_FORMAT_VERSION}\nshard_count {shard_count}\n"
+            );
+            write_atomically(path, META_FILE_NAME, &body)?;
+        }
+        let data_dir = DataDir { path: path.to_owned(), shard_count };
+        for shard in 0..shard_count {
+            let shard_dir = data_dir.shard_dir(shard);
+            fs::create_dir_all(&shard_dir)
+                .map_err(|error| StorageError::from_io("create directory", &shard_dir, &error))?;
+        }
+        sync_dir(path)?;
+        Ok(data_dir)
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of shards, fixed at creation.
+    pub fn shard_count(&self) -> u16 {
+        self.shard_count
+    }
+
+    /// Directory holding shard `shard`'s segments.
+    pub fn shard_dir(&self, shard: u16) -> PathBuf {
+        self.path.join(format!("core-{shard}"))
+    }
+
+    /// Reads the topic catalog (empty when no topic was ever created).
+    pub fn load_catalog(&self) -> Result<Catalog, OpenError> {
+        let path = self.path.join(TOPICS_FILE_NAME);
+        if !path.exists() {
+            return Ok(Catalog::default());
+        }
+        let body = read_checked(&path)?;
+        Catalog::decode(&path, &body)
+    }
+
+    /// Replaces the topic catalog durably: when this returns, a crash keeps the new one.
+    pub fn save_catalog(&self, catalog: &Catalog) -> Result<(), StorageError> {
+        write_atomically(&self.path, TOPICS_FILE_NAME, &catalog.encode())
+    }
+}
+
+fn decode_meta(path: &Path, body: &str) -> Result<(u32, u16), OpenError> {
+    let bad = |problem: String| OpenError::BadMetadata { path: path.to_owned(), problem };
+    let mut version = None;
+    let mut shard_count = None;
+    for line in body.lines() {
+        match line.split_once(' ') {
+            Some(("format_version", value)) => {
+                version = Some(value.parse::<u32>().map_err(|_| bad(format!("{line:?}")))?);
+            }
+            Some(("shard_count", value)) => {
+                shard_count = Some(value.parse::<u16>().map_err(|_| bad(format!("{line:?}")))?);
+            }
+            _ => return Err(bad(format!("unknown line {line:?}"))),
+        }
+    }
+    match (version, shard_count) {
+        (Some(version), Some(shard_count)) => Ok((version, shard_count)),
+        _ => Err(bad("format_version or shard_count missing".into())),
+    }
+}
+
+/// Reads a metadata file and verifies its trailing `crc32 <hex>` line; returns the body.
+fn read_checked(path: &Path) -> Result<String, OpenError> {
+    let bad = |problem: String| OpenError::BadMetadata { path: path.to_owned(), problem };
+    let text = fs::read_to_string(path).map_err(|error| StorageError::from_io("read", path, &error))?;
+    let body_end = text.trim_end_matches('\n').rfind('\n').map_or(0, |newline| newline + 1);
+    let (body, crc_line) = text.split_at(body_end);
+    let Some(recorded) = crc_line.trim_end().strip_prefix("crc32 ") else {
+        return Err(bad("last line is not `crc32 <hex>`".into()));
+    };
+    let recorded = u32::from_str_radix(recorded, 16).map_err(|_| bad("bad crc32 line".into()))?;
+    let actual = crc32fast::hash(body.as_bytes());
+    if recorded != actual {
+        return Err(bad(format!("checksum {actual:08x} does not match {recorded:08x}")));
+    }
+    Ok(body.to_owned())
+}
+
+fn write_atomically(dir: &Path, name: &str, body: &str) -> Result<(), StorageError> {
+    let path = dir.join(name);
+    let tmp_path = dir.join(format!("{name}.tmp"));
+    let text = format!("{body}crc32 {:08x}\n", crc32fast::hash(body.as_bytes()));
+    let write = || -> std::io::Result<()> {
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp_path)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_data()
+    };
+    write().map_err(|error| StorageError::from_io("write", &tmp_path, &error))?;
+    fs::rename(&tmp_path, &path).map_err(|error| StorageError::from_io("rename", &path, &error))?;
+    // Without syncing the directory a crash can forget the rename, and with it the new
+    // topic, although the caller was told it exists.
+    sync_dir(dir)
+}
+
+/// `fsync` a directory so that names created or renamed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|error| StorageError::from_io("sync directory", dir, &error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_survives_reopen_and_assigns_dense_partition_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open_or_create(dir.path(), 2).unwrap();
+        let mut catalog = data_dir.load_catalog().unwrap();
+        assert_eq!(catalog.add("orders", 3).unwrap().first_partition_id, 0);
+        assert_eq!(catalog.add("seats", 2).unwrap().first_partition_id, 3);
+        data_dir.save_catalog(&catalog).unwrap();
+
+        let reopened = DataDir::open_or_create(dir.path(), 2).unwrap();
+        assert_eq!(reopened.load_catalog().unwrap(), catalog);
+    }
+
+    #[test]
+    fn reopening_with_another_shard_count_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        DataDir::open_or_create(dir.path(), 2).unwrap();
+        let error = DataDir::open_or_create(dir.path(), 3).unwrap_err();
+        assert!(matches!(error, OpenError::ShardCountMismatch { expected: 3, actual: 2 }));
+    }
+
+    #[test]
+    fn a_corrupted_catalog_is_reported_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open_or_create(dir.path(), 1).unwrap();
+        let mut catalog = Catalog::default();
+        catalog.add("orders", 3).unwrap();
+        data_dir.save_catalog(&catalog).unwrap();
+        let path = dir.path().join(TOPICS_FILE_NAME);
+        let text = fs::read_to_string(&path).unwrap().replace("orders 3", "orders 4");
+        fs::write(&path, text).unwrap();
+        assert!(matches!(data_dir.load_catalog(), Err(OpenError::BadMetadata { .. })));
+    }
+
+    #[test]
+    fn topic_names_and_counts_are_validated() {
+        let mut catalog = Catalog::default();
+        assert!(matches!(catalog.add("", 1), Err(TopicError::InvalidName { .. })));
+        assert!(matches!(catalog.add("a b", 1), Err(TopicError::InvalidName { .. })));
+        assert!(matches!(catalog.add("ok", 0), Err(TopicError::BadPartitionCount { .. })));
+        catalog.add("ok", 1).unwrap();
+        assert_eq!(catalog.add("ok", 1), Err(TopicError::Exists("ok".into())));
+    }
+}

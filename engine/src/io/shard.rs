@@ -1,0 +1,944 @@
+//! `Shard`: one core's partitions, its core log and its group committer, on one executor.
+//!
+//! Everything here runs on the shard's own glommio executor; state lives in an
+//! `Rc<RefCell<_>>` that is never borrowed across an `.await`. The write path:
+//! `append` checks and stages the batch in its `PartitionState` (so later appends see it),
+//! encodes it into the open group, and waits for the group's completion; the committer
+//! (`group_commit`) writes and syncs groups one at a time. The read path serves durable
+//! batches through each partition's `OffsetIndex`, from the `ReadCache` when recent.
+//!
+//! Open (`Engine::open_shard`) is recovery: scan the segments with the `RecoveryScanner`,
+//! rebuild partition states and offset indexes, continue writing at the first block
+//! boundary after the valid end.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use glommio::io::ReadResult;
+use hashbrown::HashMap;
+
+use crate::core::condition::Conflict;
+use crate::core::limits::{
+    BATCH_SIZE_BYTES_MAX, BLOCK_SIZE_BYTES, SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN,
+};
+use crate::core::offset_index::{BatchLocation, OffsetIndex};
+use crate::core::partition::PartitionState;
+use crate::core::record::{BatchMeta, BatchView, RecordView, batch_encoded_len, decode_batch, encode_batch};
+use crate::core::recovery::{RecoveryScanner, ScanProgress};
+use crate::core::segment_header::{SEGMENT_HEADER_SIZE_BYTES, SegmentHeader};
+use crate::core::{Offset, PartitionId, RecordInput, ShardId};
+use crate::error::{AppendError, OpenError, ReadError, StorageError, TopicError};
+use crate::io::data_dir::{Catalog, DataDir, Topic};
+use crate::io::event::Event;
+use crate::io::fault::FaultHook;
+use crate::io::group_commit::{self, GroupBuffer};
+use crate::io::read_cache::ReadCache;
+use crate::io::segment::{SegmentFile, parse_segment_file_name};
+
+/// Bytes read per request while recovering a segment; at least one largest batch plus a
+/// block, as the scanner's `NeedMore` contract asks.
+const RECOVERY_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+const _: () = assert!(RECOVERY_CHUNK_BYTES >= BATCH_SIZE_BYTES_MAX + BLOCK_SIZE_BYTES);
+const _: () = assert!(RECOVERY_CHUNK_BYTES % BLOCK_SIZE_BYTES == 0);
+
+/// How the engine is set up. Every durability- or memory-relevant value is explicit.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Where the data directory lives.
+    pub data_dir: PathBuf,
+    /// Number of shards (cores); fixed when the data directory is created.
+    pub shard_count: u16,
+    /// Size each segment file is preallocated to. Block-aligned.
+    pub segment_size_bytes: u64,
+    /// Largest group written with one write + fdatasync. At least one largest batch.
+    pub group_size_bytes_max: usize,
+    /// Most appends of one shard waiting for their group to be synced; more wait to enter.
+    pub pending_append_count_max: usize,
+    /// Bytes of recently synced groups kept in memory per shard for reads.
+    pub read_cache_bytes_max: usize,
+    /// Test-only fault injection; `None` in production.
+    pub fault_hook: Option<FaultHook>,
+}
+
+impl EngineConfig {
+    /// Defaults: 256 MiB segments, 4 MiB groups, 64 Ki waiting appends, 64 MiB read cache.
+    pub fn new(data_dir: impl Into<PathBuf>, shard_count: u16) -> Self {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            shard_count,
+            segment_size_bytes: 256 * 1024 * 1024,
+            group_size_bytes_max: 4 * 1024 * 1024,
+            pending_append_count_max: 65_536,
+            read_cache_bytes_max: 64 * 1024 * 1024,
+            fault_hook: None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), OpenError> {
+        let bad = |problem: String| Err(OpenError::BadConfig(problem));
+        if !(SEGMENT_SIZE_BYTES_MIN..=SEGMENT_SIZE_BYTES_MAX).contains(&self.segment_size_bytes)
+            || self.segment_size_bytes % BLOCK_SIZE_BYTES as u64 != 0
+        {
+            return bad(format!(
+                "segment size {} must be a multiple of {BLOCK_SIZE_BYTES} in \
+                 {SEGMENT_SIZE_BYTES_MIN}..={SEGMENT_SIZE_BYTES_MAX}",
+                self.segment_size_bytes
+            ));
+        }
+        let group_room = self.segment_size_bytes - SEGMENT_HEADER_SIZE_BYTES as u64;
+        if self.group_size_bytes_max < BATCH_SIZE_BYTES_MAX
+            || self.group_size_bytes_max as u64 > group_room
+        {
+            return bad(format!(
+                "group size {} must hold the largest batch ({BATCH_SIZE_BYTES_MAX}) and fit \
+                 in a segment ({group_room})",
+                self.group_size_bytes_max
+            ));
+        }
+        if self.pending_append_count_max == 0 {
+            return bad("pending append count must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What an append came to when nothing went wrong.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AppendOutcome {
+    /// The batch is durable at `base_offset ..` (consecutive offsets).
+    Appended {
+        /// Offset of the batch's first record.
+        base_offset: Offset,
+        /// Number of records appended.
+        record_count: u32,
+    },
+    /// A condition failed; nothing was appended. Answered at once, without waiting for a
+    /// sync.
+    ConditionFailed(Conflict),
+}
+
+/// A data directory, opened: configuration, shard count and topic catalog. Cheap to clone
+/// and `Send`, so each shard's executor can take a copy and open its shard.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    data_dir: DataDir,
+    catalog: Catalog,
+}
+
+impl Engine {
+    /// Opens (or creates) the data directory. Blocking; call before starting executors.
+    pub fn open(config: EngineConfig) -> Result<Engine, OpenError> {
+        config.validate()?;
+        let data_dir = DataDir::open_or_create(&config.data_dir, config.shard_count)?;
+        let catalog = data_dir.load_catalog()?;
+        Ok(Engine { config, data_dir, catalog })
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The topic catalog as of opening.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Recovers shard `shard_id` and starts its committer. Call on that shard's executor.
+    pub async fn open_shard(&self, shard_id: ShardId) -> Result<Shard, OpenError> {
+        if shard_id.0 >= self.config.shard_count {
+            return Err(OpenError::BadConfig(format!(
+                "shard {} of {}",
+                shard_id.0, self.config.shard_count
+            )));
+        }
+        Shard::open(self, shard_id).await
+    }
+}
+
+/// A batch that is staged but not yet synced: where its bytes are until they are durable.
+pub(crate) struct PendingBatch {
+    pub(crate) base_offset: Offset,
+    pub(crate) end_offset: Offset,
+    pub(crate) group_sequence: u64,
+    pub(crate) group_position: usize,
+    pub(crate) len_bytes: u32,
+}
+
+/// Everything the shard knows about one of its partitions.
+pub(crate) struct PartitionSlot {
+    pub(crate) state: PartitionState,
+    pub(crate) durable_batches: OffsetIndex,
+    pub(crate) pending_batches: VecDeque<PendingBatch>,
+    /// Notified when `synced_end` moves, for long-polling fetches.
+    pub(crate) synced: Event,
+}
+
+impl PartitionSlot {
+    fn new(id: PartitionId) -> Self {
+        PartitionSlot {
+            state: PartitionState::new(id),
+            durable_batches: OffsetIndex::new(),
+            pending_batches: VecDeque::new(),
+            synced: Event::new(),
+        }
+    }
+}
+
+/// The core log's write side: which segment is current and where the next group goes.
+pub(crate) struct LogTail {
+    pub(crate) segments: BTreeMap<u64, Rc<SegmentFile>>,
+    pub(crate) current_index: u64,
+    /// Block-aligned position of the next group in the current segment.
+    pub(crate) write_position: u64,
+    /// The next segment, being prepared in the background.
+    pub(crate) next_segment: Option<glommio::Task<Result<SegmentFile, StorageError>>>,
+    /// `batch_crc` of the last staged batch: the next batch's `prev_batch_crc`.
+    pub(crate) chain_crc: u32,
+}
+
+/// A shard's state; owned by its executor, borrowed only between awaits.
+pub(crate) struct ShardState {
+    pub(crate) shard_id: ShardId,
+    pub(crate) config: EngineConfig,
+    pub(crate) shard_dir: PathBuf,
+    pub(crate) data_dir: DataDir,
+    /// Only shard 0 owns the topic catalog; others learn partitions through `add_topic`.
+    pub(crate) catalog: Catalog,
+    pub(crate) partitions: HashMap<PartitionId, PartitionSlot>,
+    pub(crate) log: LogTail,
+    pub(crate) open_group: GroupBuffer,
+    pub(crate) in_flight_group: Option<group_commit::InFlightGroup>,
+    pub(crate) pending_append_count: usize,
+    pub(crate) read_cache: ReadCache,
+    pub(crate) poisoned: Option<StorageError>,
+    pub(crate) closing: bool,
+    prev_key_offsets: Vec<Option<Offset>>,
+}
+
+/// Wake-ups between appenders, the committer and readers of one shard.
+#[derive(Clone, Default)]
+pub(crate) struct ShardEvents {
+    /// A group has batches for the committer.
+    pub(crate) group_ready: Event,
+    /// The committer took the open group, or the shard was poisoned: room for appenders.
+    pub(crate) group_taken: Event,
+    /// The shard was poisoned.
+    pub(crate) poisoned: Event,
+}
+
+/// One core's partitions and core log. Not `Send`: it lives on its executor.
+pub struct Shard {
+    state: Rc<RefCell<ShardState>>,
+    events: ShardEvents,
+    committer: Option<glommio::Task<()>>,
+}
+
+/// Durable batches returned by `fetch`, already verified.
+pub struct Fetched {
+    /// First offset asked for; records before it in the first batch are skipped.
+    pub from: Offset,
+    /// The partition's durable end (exclusive) when the fetch was answered.
+    pub synced_end: Offset,
+    /// Whole batches, in offset order.
+    pub batches: Vec<FetchedBatch>,
+}
+
+impl Fetched {
+    /// The records at or after `from`, in offset order.
+    pub fn records(&self) -> impl Iterator<Item = RecordView<'_>> {
+        let from = self.from;
+        self.batches
+            .iter()
+            .flat_map(|batch| batch.view().records())
+            .filter(move |record| record.offset >= from)
+    }
+}
+
+enum BatchBytes {
+    Shared { bytes: Rc<Vec<u8>>, start: usize, len_bytes: usize },
+    Read(ReadResult),
+}
+
+/// One verified batch, borrowed from the read cache or read from disk.
+pub struct FetchedBatch {
+    bytes: BatchBytes,
+}
+
+impl FetchedBatch {
+    /// The batch's encoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            BatchBytes::Shared { bytes, start, len_bytes } => {
+                bytes.get(*start..*start + *len_bytes).unwrap_or(&[])
+            }
+            BatchBytes::Read(read) => read,
+        }
+    }
+
+    /// The decoded batch.
+    pub fn view(&self) -> BatchView<'_> {
+        decode_batch(self.bytes()).expect("fetched batches are verified when they are read")
+    }
+}
+
+/// A record copied out of the log, for `read_key` and `key_history`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct OwnedRecord {
+    /// The record's offset.
+    pub offset: Offset,
+    /// Server time of its append, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Offset of the previous record with the same key.
+    pub prev_key_offset: Option<Offset>,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Headers, name then value, in order.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl OwnedRecord {
+    fn from_view(record: &RecordView<'_>, timestamp_ms: u64) -> Self {
+        OwnedRecord {
+            offset: record.offset,
+            timestamp_ms,
+            prev_key_offset: record.prev_key_offset,
+            key: record.key.to_vec(),
+            value: record.value.to_vec(),
+            headers: record
+                .headers()
+                .map(|header| (header.name.to_vec(), header.value.to_vec()))
+                .collect(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for batch timestamps.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn align_up(position: u64) -> u64 {
+    position.div_ceil(BLOCK_SIZE_BYTES as u64) * BLOCK_SIZE_BYTES as u64
+}
+
+impl Shard {
+    async fn open(engine: &Engine, shard_id: ShardId) -> Result<Shard, OpenError> {
+        let config = engine.config.clone();
+        let shard_dir = engine.data_dir.shard_dir(shard_id.0);
+        SegmentFile::probe_device(&shard_dir).await?;
+
+        let mut partitions: HashMap<PartitionId, PartitionSlot> = engine
+            .catalog
+            .partition_ids()
+            .filter(|id| ShardId::owner_of(*id, config.shard_count) == shard_id)
+            .map(|id| (id, PartitionSlot::new(id)))
+            .collect();
+
+        let recovered = recover_segments(&shard_dir, shard_id, &config, &mut partitions).await?;
+        let mut segments = recovered.segments;
+        let (current_index, write_position) = match recovered.end {
+            Some((index, valid_end)) => (index, align_up(valid_end)),
+            None => {
+                let header = segment_header(shard_id, &config, 0);
+                let segment =
+                    SegmentFile::prepare(&shard_dir, header, config.fault_hook.as_ref()).await?;
+                segments.insert(0, Rc::new(segment));
+                (0, SEGMENT_HEADER_SIZE_BYTES as u64)
+            }
+        };
+        tracing::info!(
+            shard = shard_id.0,
+            segment = current_index,
+            write_position,
+            partitions = partitions.len(),
+            "shard recovered"
+        );
+        let next_segment = Some(spawn_prepare(&shard_dir, shard_id, &config, current_index + 1));
+        let state = ShardState {
+            shard_id,
+            shard_dir,
+            data_dir: engine.data_dir.clone(),
+            catalog: engine.catalog.clone(),
+            partitions,
+            log: LogTail {
+                segments,
+                current_index,
+                write_position,
+                next_segment,
+                chain_crc: recovered.chain_crc,
+            },
+            open_group: GroupBuffer::new(0, config.group_size_bytes_max),
+            in_flight_group: None,
+            pending_append_count: 0,
+            read_cache: ReadCache::new(config.read_cache_bytes_max),
+            poisoned: None,
+            closing: false,
+            prev_key_offsets: Vec::new(),
+            config,
+        };
+        let state = Rc::new(RefCell::new(state));
+        let events = ShardEvents::default();
+        let committer = glommio::spawn_local(group_commit::run(state.clone(), events.clone()));
+        Ok(Shard { state, events, committer: Some(committer) })
+    }
+
+    /// This shard's id.
+    pub fn id(&self) -> ShardId {
+        self.state.borrow().shard_id
+    }
+
+    /// The storage failure that poisoned this shard, if any. A poisoned shard refuses all
+    /// work; the server stops and recovery on restart decides what survived (DESIGN §3.5).
+    pub fn poisoned(&self) -> Option<StorageError> {
+        self.state.borrow().poisoned.clone()
+    }
+
+    /// Completes when the shard is poisoned.
+    pub async fn wait_poisoned(&self) -> StorageError {
+        loop {
+            let listener = self.events.poisoned.listen();
+            if let Some(error) = self.poisoned() {
+                return error;
+            }
+            listener.await;
+        }
+    }
+
+    /// The partitions this shard owns.
+    pub fn partition_ids(&self) -> Vec<PartitionId> {
+        let mut ids: Vec<_> = self.state.borrow().partitions.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Appends one batch to `partition` if its conditions hold (DESIGN §1).
+    ///
+    /// A failed condition returns `Ok(ConditionFailed)` at once. Otherwise the batch is
+    /// staged (later appends see it) and this waits until it is synced. `Err(Storage)`
+    /// means the batch may or may not survive a restart; nothing was acknowledged.
+    pub async fn append(
+        &self,
+        partition: PartitionId,
+        expected_end: Option<Offset>,
+        records: &[RecordInput<'_>],
+    ) -> Result<AppendOutcome, AppendError> {
+        let len_bytes = batch_encoded_len(records)?;
+        let record_count =
+            u32::try_from(records.len()).expect("batch_encoded_len bounds the record count");
+        // Back-pressure: wait while the shard has too many waiting appends or the open
+        // group has no room for this batch. The committer notifies when it takes a group.
+        loop {
+            let listener = self.events.group_taken.listen();
+            {
+                let state = self.state.borrow();
+                if let Some(error) = &state.poisoned {
+                    return Err(AppendError::Storage(error.clone()));
+                }
+                if state.closing {
+                    return Err(AppendError::ShuttingDown);
+                }
+                if !state.partitions.contains_key(&partition) {
+                    return Err(AppendError::UnknownPartition(partition));
+                }
+                let fits = state.open_group.bytes.len() + len_bytes
+                    <= state.config.group_size_bytes_max;
+                if fits && state.pending_append_count < state.config.pending_append_count_max {
+                    break;
+                }
+            }
+            listener.await;
+        }
+        let (completion, base_offset) = {
+            let mut guard = self.state.borrow_mut();
+            let state = &mut *guard;
+            let slot = state
+                .partitions
+                .get_mut(&partition)
+                .expect("partition checked above, without an await since");
+            let base_offset = match slot.state.check_and_stage(
+                expected_end,
+                records,
+                &mut state.prev_key_offsets,
+            ) {
+                Ok(base_offset) => base_offset,
+                Err(conflict) => return Ok(AppendOutcome::ConditionFailed(conflict)),
+            };
+            let meta = BatchMeta {
+                partition_id: partition,
+                base_offset,
+                timestamp_ms: now_ms(),
+                prev_batch_crc: state.log.chain_crc,
+            };
+            let group = &mut state.open_group;
+            let group_position = group.bytes.len();
+            group.bytes.resize(group_position + len_bytes, 0);
+            let encoded = encode_batch(
+                group.bytes.get_mut(group_position..).expect("resized just above"),
+                &meta,
+                records,
+                &state.prev_key_offsets,
+            )
+            .expect("batch_encoded_len validated the batch and sized the buffer");
+            assert_eq!(encoded.len_bytes, len_bytes, "encoded length matches the estimate");
+            state.log.chain_crc = encoded.crc;
+            let end_offset = base_offset.plus(u64::from(record_count));
+            group.batches.push(group_commit::GroupBatch {
+                partition,
+                end_offset,
+                group_position,
+                len_bytes: u32::try_from(len_bytes).expect("batches are at most 1 MiB"),
+                base_offset,
+            });
+            slot.pending_batches.push_back(PendingBatch {
+                base_offset,
+                end_offset,
+                group_sequence: group.sequence,
+                group_position,
+                len_bytes: u32::try_from(len_bytes).expect("batches are at most 1 MiB"),
+            });
+            state.pending_append_count += 1;
+            (group.completion.clone(), base_offset)
+        };
+        self.events.group_ready.notify();
+        match completion.wait().await {
+            Ok(()) => Ok(AppendOutcome::Appended { base_offset, record_count }),
+            Err(error) => Err(AppendError::Storage(error)),
+        }
+    }
+
+    /// The partition's end offsets: (appended_end including pending, synced_end).
+    pub fn end_offsets(&self, partition: PartitionId) -> Result<(Offset, Offset), ReadError> {
+        let state = self.state.borrow();
+        let slot = state.partitions.get(&partition).ok_or(ReadError::UnknownPartition(partition))?;
+        Ok((slot.state.appended_end(), slot.state.synced_end()))
+    }
+
+    /// Durable records of `partition` from offset `from`, whole batches up to about
+    /// `max_bytes` (at least one batch when any record is available). `from` equal to the
+    /// durable end returns no batches; beyond it is `OffsetOutOfRange`.
+    pub async fn fetch(
+        &self,
+        partition: PartitionId,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<Fetched, ReadError> {
+        let (locations, synced_end) = {
+            let state = self.state.borrow();
+            if let Some(error) = &state.poisoned {
+                return Err(ReadError::Storage(error.clone()));
+            }
+            let slot =
+                state.partitions.get(&partition).ok_or(ReadError::UnknownPartition(partition))?;
+            let synced_end = slot.state.synced_end();
+            if from > synced_end {
+                return Err(ReadError::OffsetOutOfRange { requested: from.0, synced_end: synced_end.0 });
+            }
+            let mut locations = Vec::new();
+            if let Some(first) = slot.durable_batches.find(from) {
+                let mut total_bytes = 0usize;
+                for location in slot.durable_batches.batches().iter().skip(first) {
+                    if !locations.is_empty() && total_bytes + location.len_bytes as usize > max_bytes {
+                        break;
+                    }
+                    total_bytes += location.len_bytes as usize;
+                    locations.push(*location);
+                }
+            }
+            (locations, synced_end)
+        };
+        let mut batches = Vec::with_capacity(locations.len());
+        for location in locations {
+            batches.push(self.read_batch(&location).await?);
+        }
+        Ok(Fetched { from, synced_end, batches })
+    }
+
+    /// Waits until `partition`'s durable end passes `offset`, or `timeout` elapses.
+    /// Returns the durable end when it stops waiting.
+    pub async fn wait_synced_beyond(
+        &self,
+        partition: PartitionId,
+        offset: Offset,
+        timeout: Duration,
+    ) -> Result<Offset, ReadError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let listener = {
+                let state = self.state.borrow();
+                if let Some(error) = &state.poisoned {
+                    return Err(ReadError::Storage(error.clone()));
+                }
+                let slot = state
+                    .partitions
+                    .get(&partition)
+                    .ok_or(ReadError::UnknownPartition(partition))?;
+                let synced_end = slot.state.synced_end();
+                if synced_end > offset {
+                    return Ok(synced_end);
+                }
+                slot.synced.listen()
+            };
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(self.end_offsets(partition)?.1);
+            }
+            futures_lite::future::or(listener, glommio::timer::sleep(deadline - now)).await;
+        }
+    }
+
+    /// The latest record of `key`: durable only, or including staged records when
+    /// `include_pending` (what the next conditional append must expect, DESIGN §1).
+    pub async fn read_key(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        include_pending: bool,
+    ) -> Result<Option<OwnedRecord>, ReadError> {
+        let latest = {
+            let state = self.state.borrow();
+            if let Some(error) = &state.poisoned {
+                return Err(ReadError::Storage(error.clone()));
+            }
+            let slot =
+                state.partitions.get(&partition).ok_or(ReadError::UnknownPartition(partition))?;
+            if include_pending {
+                slot.state.latest(key)
+            } else {
+                slot.state.latest_durable(key)
+            }
+        };
+        match latest {
+            None => Ok(None),
+            Some(offset) => self.read_record(partition, offset).await.map(Some),
+        }
+    }
+
+    /// The durable history of `key`, newest first, at most `limit` records, following
+    /// `prev_key_offset` back-pointers (no partition scan).
+    pub async fn key_history(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        limit: usize,
+    ) -> Result<Vec<OwnedRecord>, ReadError> {
+        let mut next = {
+            let state = self.state.borrow();
+            let slot =
+                state.partitions.get(&partition).ok_or(ReadError::UnknownPartition(partition))?;
+            slot.state.latest_durable(key)
+        };
+        let mut history = Vec::new();
+        while let Some(offset) = next {
+            if history.len() >= limit {
+                break;
+            }
+            let record = self.read_record(partition, offset).await?;
+            next = record.prev_key_offset;
+            history.push(record);
+        }
+        Ok(history)
+    }
+
+    /// Creates a topic durably in the catalog and the partitions it gives this shard.
+    /// Only shard 0 owns the catalog; the caller tells the other shards (`add_topic`).
+    pub fn create_topic(&self, name: &str, partition_count: u32) -> Result<Topic, TopicError> {
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        if state.shard_id != ShardId(0) {
+            return Err(TopicError::NotCatalogOwner);
+        }
+        let mut catalog = state.catalog.clone();
+        let topic = catalog.add(name, partition_count)?;
+        state.data_dir.save_catalog(&catalog).map_err(TopicError::Storage)?;
+        state.catalog = catalog;
+        drop(guard);
+        self.add_topic(&topic);
+        Ok(topic)
+    }
+
+    /// Learns a topic created on shard 0: creates the partitions this shard owns.
+    pub fn add_topic(&self, topic: &Topic) {
+        let mut state = self.state.borrow_mut();
+        let shard_count = state.config.shard_count;
+        let shard_id = state.shard_id;
+        if state.catalog.topic(&topic.name).is_none() {
+            state.catalog = {
+                let mut catalog = state.catalog.clone();
+                // Shard 0 already validated and stored it; mirroring cannot fail unless the
+                // caller passes a topic shard 0 never created.
+                if catalog.add(&topic.name, topic.partition_count).is_err() {
+                    tracing::warn!(topic = topic.name, "ignoring inconsistent topic");
+                    return;
+                }
+                catalog
+            };
+        }
+        for id in topic.partition_ids() {
+            if ShardId::owner_of(id, shard_count) == shard_id {
+                state.partitions.entry(id).or_insert_with(|| PartitionSlot::new(id));
+            }
+        }
+    }
+
+    /// The topic named `name`, as this shard knows it.
+    pub fn topic(&self, name: &str) -> Option<Topic> {
+        self.state.borrow().catalog.topic(name).cloned()
+    }
+
+    /// The topic catalog as this shard knows it.
+    pub fn catalog(&self) -> Catalog {
+        self.state.borrow().catalog.clone()
+    }
+
+    /// Key-index memory of all partitions of this shard, for the memory figure.
+    pub fn key_index_memory_bytes(&self) -> usize {
+        let state = self.state.borrow();
+        state.partitions.values().map(|slot| slot.state.key_index_memory_bytes()).sum()
+    }
+
+    /// Stops taking appends, waits until every staged append is synced (or failed), and
+    /// stops the committer.
+    pub async fn close(mut self) {
+        self.state.borrow_mut().closing = true;
+        self.events.group_ready.notify();
+        if let Some(committer) = self.committer.take() {
+            committer.await;
+        }
+    }
+
+    async fn read_record(
+        &self,
+        partition: PartitionId,
+        offset: Offset,
+    ) -> Result<OwnedRecord, ReadError> {
+        enum Source {
+            Durable(BatchLocation),
+            Pending(Rc<Vec<u8>>, usize, usize),
+        }
+        let source = {
+            let state = self.state.borrow();
+            let slot =
+                state.partitions.get(&partition).ok_or(ReadError::UnknownPartition(partition))?;
+            if let Some(index) = slot.durable_batches.find(offset) {
+                let location = *slot
+                    .durable_batches
+                    .batches()
+                    .get(index)
+                    .expect("find returns an index into batches");
+                Source::Durable(location)
+            } else {
+                let pending = slot
+                    .pending_batches
+                    .iter()
+                    .find(|batch| batch.base_offset <= offset && offset < batch.end_offset)
+                    .ok_or(ReadError::OffsetOutOfRange {
+                        requested: offset.0,
+                        synced_end: slot.state.synced_end().0,
+                    })?;
+                let group_bytes: &[u8] = if state.open_group.sequence == pending.group_sequence {
+                    &state.open_group.bytes
+                } else {
+                    &state
+                        .in_flight_group
+                        .as_ref()
+                        .filter(|group| group.sequence == pending.group_sequence)
+                        .expect("a pending batch is in the open or the in-flight group")
+                        .bytes
+                };
+                let start = pending.group_position;
+                let len_bytes = pending.len_bytes as usize;
+                // Copy just this batch: the group keeps filling (or is being written) while
+                // the caller decodes.
+                let batch_bytes = group_bytes
+                    .get(start..start + len_bytes)
+                    .expect("a pending batch lies inside its group")
+                    .to_vec();
+                Source::Pending(Rc::new(batch_bytes), 0, len_bytes)
+            }
+        };
+        let batch = match source {
+            Source::Durable(location) => self.read_batch(&location).await?,
+            Source::Pending(bytes, start, len_bytes) => {
+                FetchedBatch { bytes: BatchBytes::Shared { bytes, start, len_bytes } }
+            }
+        };
+        let view = batch.view();
+        let timestamp_ms = view.timestamp_ms();
+        let record = view
+            .records()
+            .find(|record| record.offset == offset)
+            .expect("the batch located for an offset holds it");
+        Ok(OwnedRecord::from_view(&record, timestamp_ms))
+    }
+
+    async fn read_batch(&self, location: &BatchLocation) -> Result<FetchedBatch, ReadError> {
+        let len_bytes = location.len_bytes as usize;
+        let segment = {
+            let state = self.state.borrow();
+            if let Some((bytes, start)) =
+                state.read_cache.get(location.segment_index, location.position, len_bytes)
+            {
+                return Ok(FetchedBatch { bytes: BatchBytes::Shared { bytes, start, len_bytes } });
+            }
+            state
+                .log
+                .segments
+                .get(&location.segment_index)
+                .cloned()
+                .expect("every indexed batch lies in an open segment")
+        };
+        let read = segment.read(location.position, len_bytes).await.map_err(ReadError::Storage)?;
+        // Bytes from disk are verified again: a bit flipped at rest must be an error, never
+        // a wrong record.
+        decode_batch(&read).map_err(|error| {
+            ReadError::Storage(StorageError::corrupt(segment.path(), location.position, error))
+        })?;
+        Ok(FetchedBatch { bytes: BatchBytes::Read(read) })
+    }
+}
+
+pub(crate) fn segment_header(shard_id: ShardId, config: &EngineConfig, index: u64) -> SegmentHeader {
+    SegmentHeader {
+        shard_id,
+        shard_count: config.shard_count,
+        segment_index: index,
+        segment_size_bytes: config.segment_size_bytes,
+    }
+}
+
+/// Starts preparing segment `index` in the background.
+pub(crate) fn spawn_prepare(
+    shard_dir: &Path,
+    shard_id: ShardId,
+    config: &EngineConfig,
+    index: u64,
+) -> glommio::Task<Result<SegmentFile, StorageError>> {
+    let shard_dir = shard_dir.to_owned();
+    let header = segment_header(shard_id, config, index);
+    let fault_hook = config.fault_hook.clone();
+    glommio::spawn_local(async move {
+        SegmentFile::prepare(&shard_dir, header, fault_hook.as_ref()).await
+    })
+}
+
+struct Recovered {
+    segments: BTreeMap<u64, Rc<SegmentFile>>,
+    /// (segment index, position just after the last valid batch); None: no segment yet.
+    end: Option<(u64, u64)>,
+    chain_crc: u32,
+}
+
+/// Scans a shard's segments in order and rebuilds its partitions (FORMAT.md, Recovery).
+async fn recover_segments(
+    shard_dir: &Path,
+    shard_id: ShardId,
+    config: &EngineConfig,
+    partitions: &mut HashMap<PartitionId, PartitionSlot>,
+) -> Result<Recovered, OpenError> {
+    let entries = std::fs::read_dir(shard_dir)
+        .map_err(|error| StorageError::from_io("list", shard_dir, &error))?;
+    let mut indexes = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|error| StorageError::from_io("list", shard_dir, &error))?;
+        if let Some(index) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+            indexes.push(index);
+        }
+    }
+    indexes.sort_unstable();
+
+    let mut scanner = RecoveryScanner::new();
+    let mut segments = BTreeMap::new();
+    let mut end = None;
+    for (expected_index, index) in (0u64..).zip(indexes) {
+        if index != expected_index {
+            // A gap: nothing after it can continue the chain.
+            break;
+        }
+        let path = shard_dir.join(crate::io::segment::segment_file_name(index));
+        let expected = segment_header(shard_id, config, index);
+        let Some(segment) = SegmentFile::open_existing(&path, &expected).await? else {
+            break;
+        };
+        let segment_size_bytes = segment.size_bytes();
+        scanner.begin_segment(segment_size_bytes);
+        let mut chunk_position = SEGMENT_HEADER_SIZE_BYTES as u64;
+        let mut inconsistency: Option<OpenError> = None;
+        let (valid_end, accepted_batch_count) = loop {
+            let len_bytes = usize::try_from(
+                (segment_size_bytes - chunk_position).min(RECOVERY_CHUNK_BYTES as u64),
+            )
+            .expect("chunk length is at most RECOVERY_CHUNK_BYTES");
+            let chunk =
+                segment.read_aligned(chunk_position, len_bytes).await.map_err(OpenError::Storage)?;
+            let mut on_batch = |position: u64, batch: &BatchView<'_>| {
+                if inconsistency.is_some() {
+                    return;
+                }
+                if let Err(error) = apply_recovered_batch(partitions, index, position, batch) {
+                    inconsistency = Some(OpenError::Inconsistent {
+                        path: path.clone(),
+                        position,
+                        problem: error,
+                    });
+                }
+            };
+            match scanner.scan(&chunk, chunk_position, &mut on_batch) {
+                ScanProgress::NeedMore { position } => {
+                    let aligned = position - position % BLOCK_SIZE_BYTES as u64;
+                    assert!(aligned >= chunk_position, "scanner never asks to go back");
+                    chunk_position = aligned;
+                }
+                ScanProgress::SegmentEnd { valid_end, accepted_batch_count, tail } => {
+                    tracing::debug!(segment = index, valid_end, ?tail, "segment scanned");
+                    break (valid_end, accepted_batch_count);
+                }
+            }
+        };
+        if let Some(error) = inconsistency {
+            return Err(error);
+        }
+        if index > 0 && accepted_batch_count == 0 {
+            // The log ended in the previous segment; this one was prepared ahead (or holds
+            // stale bytes) and will be prepared again before it is used.
+            break;
+        }
+        segments.insert(index, Rc::new(segment));
+        end = Some((index, valid_end));
+    }
+    Ok(Recovered { segments, end, chain_crc: scanner.chain_crc() })
+}
+
+fn apply_recovered_batch(
+    partitions: &mut HashMap<PartitionId, PartitionSlot>,
+    segment_index: u64,
+    position: u64,
+    batch: &BatchView<'_>,
+) -> Result<(), String> {
+    let partition = batch.partition_id();
+    let slot = partitions.get_mut(&partition).ok_or_else(|| {
+        format!("valid batch for partition {} that the topic catalog does not know", partition.0)
+    })?;
+    slot.state
+        .recover_batch(
+            batch.base_offset(),
+            batch.records().map(|record| (record.key, record.prev_key_offset)),
+        )
+        .map_err(|error| error.to_string())?;
+    slot.durable_batches.push(BatchLocation {
+        base_offset: batch.base_offset(),
+        end_offset: batch.end_offset(),
+        segment_index,
+        position,
+        len_bytes: u32::try_from(batch.len_bytes()).expect("batches are at most 1 MiB"),
+    });
+    Ok(())
+}

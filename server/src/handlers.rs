@@ -1,0 +1,413 @@
+//! Request -> engine call -> response, for one decoded frame.
+//!
+//! Every request that names a partition is routed here: the topic's partition id gives the
+//! owning shard; if that is not this shard, the original frame is forwarded and the owner's
+//! encoded response returned unchanged. Engine outcomes map to typed wire errors: a failed
+//! condition is a `Conflict` carrying the current value, a storage failure is
+//! `StorageFailure`, and nothing here panics on what a client sent.
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::Duration;
+
+use cairn_engine::core::condition::Conflict;
+use cairn_engine::{
+    AppendError, AppendOutcome, OwnedRecord, PartitionId, ReadError, RecordHeader, RecordInput,
+    ShardId, Topic, TopicError,
+};
+
+use crate::routing::ShardContext;
+use crate::wire::{
+    self, Appended, ConflictInfo, Encoder, ErrorCode, ErrorResponse, FrameError, HeaderList,
+    KeyHistoryResult, KeyRecord, MetadataResult, PartitionMetadata, RecordOut, RecordOutList,
+    Request, RequestBody, Response, ResponseBody, TopicMetadata, decode_request,
+};
+
+/// Most bytes of records one fetch returns, whatever the client asks: the response must fit
+/// in a client's default frame limit.
+const FETCH_SIZE_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// Most records one key-history response carries.
+const KEY_HISTORY_RECORD_COUNT_MAX: u32 = 1024;
+
+thread_local! {
+    // One encoder per shard thread: its buffers keep their capacity between responses.
+    static ENCODER: RefCell<Encoder> = RefCell::new(Encoder::new());
+}
+
+fn encode(correlation_id: u64, body: ResponseBody<'_>) -> Vec<u8> {
+    ENCODER.with(|encoder| {
+        encoder.borrow_mut().encode_response(&Response { correlation_id, body }).to_vec()
+    })
+}
+
+fn error(correlation_id: u64, code: ErrorCode, message: &str) -> Vec<u8> {
+    encode(correlation_id, ResponseBody::Error(ErrorResponse { code, message, conflict: None }))
+}
+
+/// The response to a frame that broke the framing (sent just before closing).
+pub(crate) fn framing_error_response(frame_error: &FrameError) -> Vec<u8> {
+    let code = match frame_error {
+        FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+        FrameError::Truncated { .. } => ErrorCode::BadRequest,
+    };
+    error(0, code, &frame_error.to_string())
+}
+
+/// Handles one request frame and returns the encoded response (without its length).
+pub(crate) async fn handle_frame(context: &Rc<ShardContext>, frame: &[u8]) -> Vec<u8> {
+    let request = match decode_request(frame) {
+        Ok(request) => request,
+        Err(wire_error) => {
+            tracing::debug!(%wire_error, "bad request");
+            let correlation_id = wire_error.correlation_id().unwrap_or(0);
+            return error(correlation_id, wire_error.error_code(), &wire_error.to_string());
+        }
+    };
+    handle(context, request, frame).await
+}
+
+/// Where a partition lives: its id and owning shard.
+struct Located {
+    partition_index: u32,
+    partition_id: PartitionId,
+    owner: ShardId,
+}
+
+fn locate(
+    context: &ShardContext,
+    topic: &Topic,
+    partition_index: u32,
+) -> Result<Located, (ErrorCode, String)> {
+    let partition_id = topic.partition_id(partition_index).ok_or_else(|| {
+        (
+            ErrorCode::UnknownPartition,
+            format!(
+                "topic {} has {} partitions, not {partition_index}",
+                topic.name, topic.partition_count
+            ),
+        )
+    })?;
+    let owner = ShardId::owner_of(partition_id, context.config.shard_count);
+    Ok(Located { partition_index, partition_id, owner })
+}
+
+fn topic(context: &ShardContext, name: &str) -> Result<Topic, (ErrorCode, String)> {
+    context
+        .shard
+        .topic(name)
+        .ok_or_else(|| (ErrorCode::UnknownTopic, format!("no topic named {name:?}")))
+}
+
+async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) -> Vec<u8> {
+    let correlation_id = request.correlation_id;
+    if context.is_stopping.get() {
+        return error(correlation_id, ErrorCode::ShuttingDown, "the server is shutting down");
+    }
+    let outcome = match request.body {
+        RequestBody::Ping => Ok(encode(correlation_id, ResponseBody::Pong)),
+        RequestBody::Metadata => Ok(metadata(context, correlation_id)),
+        RequestBody::CreateTopic(create) => {
+            if context.shard_id != ShardId(0) {
+                forward(context, ShardId(0), frame).await
+            } else {
+                create_topic(context, correlation_id, create.name, create.partition_count).await
+            }
+        }
+        RequestBody::Append(append) => {
+            let routed = topic(context, append.topic).and_then(|topic| {
+                let index = append.route(topic.partition_count).map_err(|route_error| {
+                    (route_error.error_code(), route_error.to_string())
+                })?;
+                locate(context, &topic, index)
+            });
+            match routed {
+                Err(problem) => Err(problem),
+                Ok(located) if located.owner != context.shard_id => {
+                    forward(context, located.owner, frame).await
+                }
+                Ok(located) => {
+                    let records: Vec<RecordInput<'_>> = append.records.iter().collect();
+                    append_local(context, correlation_id, &located, append.expected_end_offset, &records)
+                        .await
+                }
+            }
+        }
+        RequestBody::Fetch(fetch) => {
+            let routed =
+                topic(context, fetch.topic).and_then(|topic| locate(context, &topic, fetch.partition));
+            match routed {
+                Err(problem) => Err(problem),
+                Ok(located) if located.owner != context.shard_id => {
+                    forward(context, located.owner, frame).await
+                }
+                Ok(located) => {
+                    fetch_local(context, correlation_id, &located, fetch.offset, fetch.size_bytes_max, fetch.wait_max)
+                        .await
+                }
+            }
+        }
+        RequestBody::ReadKey(read) => {
+            let routed = topic(context, read.topic).and_then(|topic| {
+                let index = wire::route(read.partition, read.key, topic.partition_count)
+                    .map_err(|route_error| (route_error.error_code(), route_error.to_string()))?;
+                locate(context, &topic, index)
+            });
+            match routed {
+                Err(problem) => Err(problem),
+                Ok(located) if located.owner != context.shard_id => {
+                    forward(context, located.owner, frame).await
+                }
+                Ok(located) => {
+                    match context.shard.read_key(located.partition_id, read.key, read.include_pending).await {
+                        Ok(record) => {
+                            let headers = record.as_ref().map(header_list).unwrap_or_default();
+                            let record_out =
+                                record.as_ref().map(|record| record_out(record, &headers));
+                            Ok(encode(
+                                correlation_id,
+                                ResponseBody::KeyRecord(KeyRecord {
+                                    partition: located.partition_index,
+                                    record: record_out,
+                                }),
+                            ))
+                        }
+                        Err(read_error) => Err(read_error_code(&read_error)),
+                    }
+                }
+            }
+        }
+        RequestBody::KeyHistory(history) => {
+            let routed = topic(context, history.topic).and_then(|topic| {
+                let index = wire::route(history.partition, history.key, topic.partition_count)
+                    .map_err(|route_error| (route_error.error_code(), route_error.to_string()))?;
+                locate(context, &topic, index)
+            });
+            match routed {
+                Err(problem) => Err(problem),
+                Ok(located) if located.owner != context.shard_id => {
+                    forward(context, located.owner, frame).await
+                }
+                Ok(located) => {
+                    let limit = history.record_count_max.min(KEY_HISTORY_RECORD_COUNT_MAX);
+                    match context
+                        .shard
+                        .key_history(located.partition_id, history.key, limit as usize)
+                        .await
+                    {
+                        Ok(records) => {
+                            let headers: Vec<Vec<RecordHeader<'_>>> =
+                                records.iter().map(header_list).collect();
+                            let outs: Vec<RecordOut<'_>> = records
+                                .iter()
+                                .zip(&headers)
+                                .map(|(record, headers)| record_out(record, headers))
+                                .collect();
+                            Ok(encode(
+                                correlation_id,
+                                ResponseBody::KeyHistory(KeyHistoryResult {
+                                    partition: located.partition_index,
+                                    records: RecordOutList::from_slice(&outs),
+                                }),
+                            ))
+                        }
+                        Err(read_error) => Err(read_error_code(&read_error)),
+                    }
+                }
+            }
+        }
+    };
+    outcome.unwrap_or_else(|(code, message)| error(correlation_id, code, &message))
+}
+
+async fn forward(
+    context: &Rc<ShardContext>,
+    owner: ShardId,
+    frame: &[u8],
+) -> Result<Vec<u8>, (ErrorCode, String)> {
+    context.forward(owner, frame).await.map_err(|problem| (ErrorCode::Overloaded, problem))
+}
+
+fn metadata(context: &ShardContext, correlation_id: u64) -> Vec<u8> {
+    let catalog = context.shard.catalog();
+    let topics: Vec<TopicMetadata<'_>> =
+        catalog.topics().iter().map(|topic| topic_metadata(context, topic)).collect();
+    encode(
+        correlation_id,
+        ResponseBody::Metadata(MetadataResult {
+            shard_ports: context.listening.shard_ports.clone(),
+            topics,
+        }),
+    )
+}
+
+fn topic_metadata<'a>(context: &ShardContext, topic: &'a Topic) -> TopicMetadata<'a> {
+    let partitions = (0..topic.partition_count)
+        .filter_map(|index| {
+            let partition_id = topic.partition_id(index)?;
+            let shard = ShardId::owner_of(partition_id, context.config.shard_count);
+            let port = context.listening.shard_ports.get(usize::from(shard.0)).copied()?;
+            Some(PartitionMetadata { partition: index, partition_id, shard, port })
+        })
+        .collect();
+    TopicMetadata { name: &topic.name, partitions }
+}
+
+async fn create_topic(
+    context: &Rc<ShardContext>,
+    correlation_id: u64,
+    name: &str,
+    partition_count: u32,
+) -> Result<Vec<u8>, (ErrorCode, String)> {
+    let topic = context.shard.create_topic(name, partition_count).map_err(|topic_error| {
+        let code = match &topic_error {
+            TopicError::Exists(_) => ErrorCode::TopicExists,
+            TopicError::InvalidName { .. } | TopicError::BadPartitionCount { .. } => {
+                ErrorCode::BadRequest
+            }
+            TopicError::NotCatalogOwner => ErrorCode::Internal,
+            TopicError::Storage(_) => ErrorCode::StorageFailure,
+        };
+        (code, topic_error.to_string())
+    })?;
+    // Answer only once every shard knows the topic, so the client's next request finds it
+    // wherever it lands.
+    context.broadcast_topic(&topic).await;
+    tracing::info!(topic = topic.name, partitions = topic.partition_count, "topic created");
+    Ok(encode(correlation_id, ResponseBody::TopicCreated(topic_metadata(context, &topic))))
+}
+
+async fn append_local(
+    context: &ShardContext,
+    correlation_id: u64,
+    located: &Located,
+    expected_end: Option<cairn_engine::Offset>,
+    records: &[RecordInput<'_>],
+) -> Result<Vec<u8>, (ErrorCode, String)> {
+    match context.shard.append(located.partition_id, expected_end, records).await {
+        Ok(AppendOutcome::Appended { base_offset, record_count }) => Ok(encode(
+            correlation_id,
+            ResponseBody::Appended(Appended {
+                partition: located.partition_index,
+                base_offset,
+                record_count,
+            }),
+        )),
+        Ok(AppendOutcome::ConditionFailed(conflict)) => {
+            let message = conflict.to_string();
+            let info = match conflict {
+                Conflict::EndOffset { actual, .. } => {
+                    ConflictInfo::EndOffset { current_end_offset: actual }
+                }
+                Conflict::Key { record_index, condition, actual } => {
+                    ConflictInfo::Key { record_index, condition, current_offset: actual }
+                }
+            };
+            Ok(encode(
+                correlation_id,
+                ResponseBody::Error(ErrorResponse {
+                    code: ErrorCode::Conflict,
+                    message: &message,
+                    conflict: Some(info),
+                }),
+            ))
+        }
+        Err(append_error) => {
+            let code = match &append_error {
+                AppendError::UnknownPartition(_) => ErrorCode::UnknownPartition,
+                AppendError::InvalidBatch(cairn_engine::core::record::EncodeError::BatchTooLarge {
+                    ..
+                }) => ErrorCode::TooLarge,
+                AppendError::InvalidBatch(_) => ErrorCode::BadRequest,
+                AppendError::Storage(_) => ErrorCode::StorageFailure,
+                AppendError::ShuttingDown => ErrorCode::ShuttingDown,
+            };
+            Err((code, append_error.to_string()))
+        }
+    }
+}
+
+async fn fetch_local(
+    context: &ShardContext,
+    correlation_id: u64,
+    located: &Located,
+    from: cairn_engine::Offset,
+    size_bytes_max: u32,
+    wait_max: Duration,
+) -> Result<Vec<u8>, (ErrorCode, String)> {
+    let wait = wait_max.min(context.config.fetch_wait_max);
+    let (_, synced_end) =
+        context.shard.end_offsets(located.partition_id).map_err(|e| read_error_code(&e))?;
+    if from >= synced_end && !wait.is_zero() {
+        context
+            .shard
+            .wait_synced_beyond(located.partition_id, from, wait)
+            .await
+            .map_err(|e| read_error_code(&e))?;
+    }
+    let size_bytes_max = (size_bytes_max as usize).min(FETCH_SIZE_BYTES_MAX);
+    let fetched = context
+        .shard
+        .fetch(located.partition_id, from, size_bytes_max)
+        .await
+        .map_err(|e| read_error_code(&e))?;
+    let mut headers: Vec<RecordHeader<'_>> = Vec::new();
+    let mut header_ranges: Vec<Range<usize>> = Vec::new();
+    for record in fetched.records() {
+        let start = headers.len();
+        headers.extend(record.headers());
+        header_ranges.push(start..headers.len());
+    }
+    let mut outs: Vec<RecordOut<'_>> = Vec::with_capacity(header_ranges.len());
+    for batch in &fetched.batches {
+        let view = batch.view();
+        for record in view.records().filter(|record| record.offset >= from) {
+            let range = header_ranges.get(outs.len()).cloned().unwrap_or_default();
+            outs.push(RecordOut {
+                offset: record.offset,
+                timestamp_ms: view.timestamp_ms(),
+                key: record.key,
+                value: record.value,
+                headers: HeaderList::from_slice(headers.get(range).unwrap_or_default()),
+                prev_key_offset: record.prev_key_offset,
+            });
+        }
+    }
+    Ok(encode(
+        correlation_id,
+        ResponseBody::Fetched(wire::Fetched {
+            partition: located.partition_index,
+            records: RecordOutList::from_slice(&outs),
+            high_watermark: fetched.synced_end,
+        }),
+    ))
+}
+
+fn header_list(record: &OwnedRecord) -> Vec<RecordHeader<'_>> {
+    record
+        .headers
+        .iter()
+        .map(|(name, value)| RecordHeader { name, value })
+        .collect()
+}
+
+fn record_out<'a>(record: &'a OwnedRecord, headers: &'a [RecordHeader<'a>]) -> RecordOut<'a> {
+    RecordOut {
+        offset: record.offset,
+        timestamp_ms: record.timestamp_ms,
+        key: &record.key,
+        value: &record.value,
+        headers: HeaderList::from_slice(headers),
+        prev_key_offset: record.prev_key_offset,
+    }
+}
+
+fn read_error_code(read_error: &ReadError) -> (ErrorCode, String) {
+    let code = match read_error {
+        ReadError::UnknownPartition(_) => ErrorCode::UnknownPartition,
+        ReadError::OffsetOutOfRange { .. } => ErrorCode::BadRequest,
+        ReadError::Storage(_) => ErrorCode::StorageFailure,
+    };
+    (code, read_error.to_string())
+}

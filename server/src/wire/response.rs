@@ -1,0 +1,1304 @@
+//! Responses: typed values, [`decode_response`], and the response half of [`Encoder`].
+//!
+//! Records read back ([`RecordOut`]) and their headers come in lists that are either
+//! borrowed slices (the server encoding what the engine read) or views of a verified frame
+//! (a client decoding). Decoding a `Fetched` allocates nothing: iterating the list reads
+//! each record straight from the frame, which the verifier has already checked whole.
+
+use bytes::BufMut;
+use cairn_engine::core::{KeyCondition, Offset, PartitionId, RecordHeader, ShardId};
+use flatbuffers::{ForwardsUOffset, UnionWIPOffset, Vector, VectorIter, WIPOffset};
+
+use super::encoder::Encoder;
+use super::generated::cairn as fb;
+use super::request::{
+    bytes_or_empty, decode_condition, encode_bytes, encode_condition, encode_headers,
+};
+use super::verify::{Violation, WireError, verifier_options};
+use super::write_frame;
+
+/// One server-to-client message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response<'a> {
+    /// The correlation id of the request this answers.
+    pub correlation_id: u64,
+    /// The answer.
+    pub body: ResponseBody<'a>,
+}
+
+/// The answer to a request; each request kind has its own, and any can fail with `Error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseBody<'a> {
+    /// Answer to Ping.
+    Pong,
+    /// Answer to CreateTopic: the new topic and where its partitions live.
+    TopicCreated(TopicMetadata<'a>),
+    /// Answer to Metadata.
+    Metadata(MetadataResult<'a>),
+    /// Answer to a successful Append: the batch is synced.
+    Appended(Appended),
+    /// Answer to Fetch.
+    Fetched(Fetched<'a>),
+    /// Answer to ReadKey.
+    KeyRecord(KeyRecord<'a>),
+    /// Answer to KeyHistory.
+    KeyHistory(KeyHistoryResult<'a>),
+    /// Any request that failed.
+    Error(ErrorResponse<'a>),
+}
+
+/// A topic and where each of its partitions lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMetadata<'a> {
+    /// The topic's name.
+    pub name: &'a str,
+    /// Every partition, in order: `partitions[i].partition == i`.
+    pub partitions: Vec<PartitionMetadata>,
+}
+
+/// One partition of a topic and its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionMetadata {
+    /// The partition's number within its topic.
+    pub partition: u32,
+    /// The partition's id, unique across the server's topics.
+    pub partition_id: PartitionId,
+    /// The shard that owns it.
+    pub shard: ShardId,
+    /// The owning shard's TCP port.
+    pub port: u16,
+}
+
+/// Every topic, and the port of every shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataResult<'a> {
+    /// Each shard's TCP port, indexed by shard number.
+    pub shard_ports: Vec<u16>,
+    /// Every topic, in no particular order.
+    pub topics: Vec<TopicMetadata<'a>>,
+}
+
+impl MetadataResult<'_> {
+    /// How many shards the server runs.
+    #[must_use]
+    pub fn shard_count(&self) -> usize {
+        self.shard_ports.len()
+    }
+}
+
+/// A synced append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The partition the batch went to.
+    pub partition: u32,
+    /// The batch's first offset; the others follow without gaps.
+    pub base_offset: Offset,
+    /// How many records the batch held.
+    pub record_count: u32,
+}
+
+/// Records read from a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetched<'a> {
+    /// The partition read.
+    pub partition: u32,
+    /// In offset order.
+    pub records: RecordOutList<'a>,
+    /// The partition's synced end: the offset the next synced record will get.
+    pub high_watermark: Offset,
+}
+
+/// A key's latest record, if it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRecord<'a> {
+    /// The partition read.
+    pub partition: u32,
+    /// `None` when the key has no record in the partition.
+    pub record: Option<RecordOut<'a>>,
+}
+
+/// A key's records, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyHistoryResult<'a> {
+    /// The partition read.
+    pub partition: u32,
+    /// Newest first.
+    pub records: RecordOutList<'a>,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorResponse<'a> {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// For people: what went wrong, with the values involved.
+    pub message: &'a str,
+    /// Present exactly when `code` is [`ErrorCode::Conflict`]; decoding enforces it.
+    pub conflict: Option<ConflictInfo>,
+}
+
+/// Why a request failed, as a client can act on it. The schema documents each code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// A bug or an unexpected state in the server.
+    Internal,
+    /// The request breaks a rule of the protocol.
+    BadRequest,
+    /// The server does not know this request kind.
+    UnsupportedRequest,
+    /// Something exceeds a limit.
+    TooLarge,
+    /// No topic with that name.
+    UnknownTopic,
+    /// The topic has no partition with that number.
+    UnknownPartition,
+    /// A topic with that name exists.
+    TopicExists,
+    /// An append's condition failed; nothing was appended.
+    Conflict,
+    /// The server could not write or sync, and stops.
+    StorageFailure,
+    /// Too much work queued; retry later.
+    Overloaded,
+    /// The server is stopping.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// Every code, in wire order.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::Internal,
+        ErrorCode::BadRequest,
+        ErrorCode::UnsupportedRequest,
+        ErrorCode::TooLarge,
+        ErrorCode::UnknownTopic,
+        ErrorCode::UnknownPartition,
+        ErrorCode::TopicExists,
+        ErrorCode::Conflict,
+        ErrorCode::StorageFailure,
+        ErrorCode::Overloaded,
+        ErrorCode::ShuttingDown,
+    ];
+
+    fn to_fb(self) -> fb::ErrorCode {
+        match self {
+            ErrorCode::Internal => fb::ErrorCode::Internal,
+            ErrorCode::BadRequest => fb::ErrorCode::BadRequest,
+            ErrorCode::UnsupportedRequest => fb::ErrorCode::UnsupportedRequest,
+            ErrorCode::TooLarge => fb::ErrorCode::TooLarge,
+            ErrorCode::UnknownTopic => fb::ErrorCode::UnknownTopic,
+            ErrorCode::UnknownPartition => fb::ErrorCode::UnknownPartition,
+            ErrorCode::TopicExists => fb::ErrorCode::TopicExists,
+            ErrorCode::Conflict => fb::ErrorCode::Conflict,
+            ErrorCode::StorageFailure => fb::ErrorCode::StorageFailure,
+            ErrorCode::Overloaded => fb::ErrorCode::Overloaded,
+            ErrorCode::ShuttingDown => fb::ErrorCode::ShuttingDown,
+        }
+    }
+
+    fn from_fb(code: fb::ErrorCode) -> Result<ErrorCode, Violation> {
+        Ok(match code {
+            fb::ErrorCode::Internal => ErrorCode::Internal,
+            fb::ErrorCode::BadRequest => ErrorCode::BadRequest,
+            fb::ErrorCode::UnsupportedRequest => ErrorCode::UnsupportedRequest,
+            fb::ErrorCode::TooLarge => ErrorCode::TooLarge,
+            fb::ErrorCode::UnknownTopic => ErrorCode::UnknownTopic,
+            fb::ErrorCode::UnknownPartition => ErrorCode::UnknownPartition,
+            fb::ErrorCode::TopicExists => ErrorCode::TopicExists,
+            fb::ErrorCode::Conflict => ErrorCode::Conflict,
+            fb::ErrorCode::StorageFailure => ErrorCode::StorageFailure,
+            fb::ErrorCode::Overloaded => ErrorCode::Overloaded,
+            fb::ErrorCode::ShuttingDown => ErrorCode::ShuttingDown,
+            fb::ErrorCode(value) => {
+                return Err(Violation::UnknownEnumValue {
+                    enum_name: "ErrorCode",
+                    value,
+                });
+            }
+        })
+    }
+}
+
+/// Which condition of a rejected append failed, and the value it was checked against, so
+/// the client can refresh and retry without another round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictInfo {
+    /// `expected_end_offset` did not match.
+    EndOffset {
+        /// The partition's end offset now (pending records included).
+        current_end_offset: Offset,
+    },
+    /// A record's key condition did not hold.
+    Key {
+        /// The record's index in the append's records.
+        record_index: u32,
+        /// The condition that failed.
+        condition: KeyCondition,
+        /// The key's latest offset (pending records included); `None` if never written.
+        current_offset: Option<Offset>,
+    },
+}
+
+/// A record as read back from a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordOut<'a> {
+    /// The record's offset in its partition.
+    pub offset: Offset,
+    /// When the server appended it: milliseconds since the Unix epoch, UTC.
+    pub timestamp_ms: u64,
+    /// The record's key (possibly empty).
+    pub key: &'a [u8],
+    /// The record's value.
+    pub value: &'a [u8],
+    /// The record's headers, in order.
+    pub headers: HeaderList<'a>,
+    /// The previous record with the same key in this partition; `None` for the key's first.
+    pub prev_key_offset: Option<Offset>,
+}
+
+/// A record's headers: a borrowed slice (to encode) or a view of a verified frame.
+#[derive(Clone, Copy)]
+pub struct HeaderList<'a> {
+    repr: HeaderListRepr<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum HeaderListRepr<'a> {
+    Slice(&'a [RecordHeader<'a>]),
+    Frame(Vector<'a, ForwardsUOffset<fb::Header<'a>>>),
+}
+
+impl<'a> HeaderList<'a> {
+    /// Headers to encode, borrowed as they are.
+    #[must_use]
+    pub fn from_slice(headers: &'a [RecordHeader<'a>]) -> HeaderList<'a> {
+        HeaderList {
+            repr: HeaderListRepr::Slice(headers),
+        }
+    }
+
+    fn from_frame(headers: Option<Vector<'a, ForwardsUOffset<fb::Header<'a>>>>) -> HeaderList<'a> {
+        match headers {
+            Some(headers) => HeaderList {
+                repr: HeaderListRepr::Frame(headers),
+            },
+            None => HeaderList::from_slice(&[]),
+        }
+    }
+
+    /// How many headers.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        match self.repr {
+            HeaderListRepr::Slice(headers) => headers.len(),
+            HeaderListRepr::Frame(headers) => headers.len(),
+        }
+    }
+
+    /// True if there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The headers in order.
+    #[must_use]
+    pub fn iter(&self) -> HeaderListIter<'a> {
+        HeaderListIter {
+            repr: match self.repr {
+                HeaderListRepr::Slice(headers) => HeaderListIterRepr::Slice(headers.iter()),
+                HeaderListRepr::Frame(headers) => HeaderListIterRepr::Frame(headers.iter()),
+            },
+        }
+    }
+}
+
+impl Default for HeaderList<'_> {
+    fn default() -> Self {
+        HeaderList::from_slice(&[])
+    }
+}
+
+impl<'a> From<&'a [RecordHeader<'a>]> for HeaderList<'a> {
+    fn from(headers: &'a [RecordHeader<'a>]) -> HeaderList<'a> {
+        HeaderList::from_slice(headers)
+    }
+}
+
+impl PartialEq for HeaderList<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for HeaderList<'_> {}
+
+impl std::fmt::Debug for HeaderList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Iterator over a [`HeaderList`].
+#[derive(Clone)]
+pub struct HeaderListIter<'a> {
+    repr: HeaderListIterRepr<'a>,
+}
+
+#[derive(Clone)]
+enum HeaderListIterRepr<'a> {
+    Slice(std::slice::Iter<'a, RecordHeader<'a>>),
+    Frame(VectorIter<'a, ForwardsUOffset<fb::Header<'a>>>),
+}
+
+impl<'a> Iterator for HeaderListIter<'a> {
+    type Item = RecordHeader<'a>;
+
+    fn next(&mut self) -> Option<RecordHeader<'a>> {
+        match &mut self.repr {
+            HeaderListIterRepr::Slice(headers) => headers.next().copied(),
+            HeaderListIterRepr::Frame(headers) => headers.next().map(|header| RecordHeader {
+                name: header.name().bytes(),
+                value: bytes_or_empty(header.value()),
+            }),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match &self.repr {
+            HeaderListIterRepr::Slice(headers) => headers.size_hint(),
+            HeaderListIterRepr::Frame(headers) => headers.size_hint(),
+        }
+    }
+}
+
+impl ExactSizeIterator for HeaderListIter<'_> {}
+
+/// Records read back: a borrowed slice (to encode) or a view of a verified frame.
+#[derive(Clone, Copy)]
+pub struct RecordOutList<'a> {
+    repr: RecordOutListRepr<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum RecordOutListRepr<'a> {
+    Slice(&'a [RecordOut<'a>]),
+    Frame(Vector<'a, ForwardsUOffset<fb::RecordOut<'a>>>),
+}
+
+impl<'a> RecordOutList<'a> {
+    /// Records to encode, borrowed as they are.
+    #[must_use]
+    pub fn from_slice(records: &'a [RecordOut<'a>]) -> RecordOutList<'a> {
+        RecordOutList {
+            repr: RecordOutListRepr::Slice(records),
+        }
+    }
+
+    fn from_frame(
+        records: Option<Vector<'a, ForwardsUOffset<fb::RecordOut<'a>>>>,
+    ) -> RecordOutList<'a> {
+        match records {
+            Some(records) => RecordOutList {
+                repr: RecordOutListRepr::Frame(records),
+            },
+            None => RecordOutList::from_slice(&[]),
+        }
+    }
+
+    /// How many records.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        match self.repr {
+            RecordOutListRepr::Slice(records) => records.len(),
+            RecordOutListRepr::Frame(records) => records.len(),
+        }
+    }
+
+    /// True if there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The records in order.
+    #[must_use]
+    pub fn iter(&self) -> RecordOutListIter<'a> {
+        RecordOutListIter {
+            repr: match self.repr {
+                RecordOutListRepr::Slice(records) => RecordOutListIterRepr::Slice(records.iter()),
+                RecordOutListRepr::Frame(records) => RecordOutListIterRepr::Frame(records.iter()),
+            },
+        }
+    }
+}
+
+impl Default for RecordOutList<'_> {
+    fn default() -> Self {
+        RecordOutList::from_slice(&[])
+    }
+}
+
+impl<'a> From<&'a [RecordOut<'a>]> for RecordOutList<'a> {
+    fn from(records: &'a [RecordOut<'a>]) -> RecordOutList<'a> {
+        RecordOutList::from_slice(records)
+    }
+}
+
+impl PartialEq for RecordOutList<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for RecordOutList<'_> {}
+
+impl std::fmt::Debug for RecordOutList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Iterator over a [`RecordOutList`].
+#[derive(Clone)]
+pub struct RecordOutListIter<'a> {
+    repr: RecordOutListIterRepr<'a>,
+}
+
+#[derive(Clone)]
+enum RecordOutListIterRepr<'a> {
+    Slice(std::slice::Iter<'a, RecordOut<'a>>),
+    Frame(VectorIter<'a, ForwardsUOffset<fb::RecordOut<'a>>>),
+}
+
+impl<'a> Iterator for RecordOutListIter<'a> {
+    type Item = RecordOut<'a>;
+
+    fn next(&mut self) -> Option<RecordOut<'a>> {
+        match &mut self.repr {
+            RecordOutListIterRepr::Slice(records) => records.next().copied(),
+            RecordOutListIterRepr::Frame(records) => records.next().map(decode_record_out),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match &self.repr {
+            RecordOutListIterRepr::Slice(records) => records.size_hint(),
+            RecordOutListIterRepr::Frame(records) => records.size_hint(),
+        }
+    }
+}
+
+impl ExactSizeIterator for RecordOutListIter<'_> {}
+
+const ROOT: &str = "Response";
+
+/// Decodes one frame (the flatbuffer, without its length) from a server.
+///
+/// Verifies the whole buffer first (see `verify.rs`), then checks what the verifier cannot:
+/// enum values and union types, and that a Conflict carries its details. Never panics; the
+/// result borrows from `frame`.
+pub fn decode_response(frame: &[u8]) -> Result<Response<'_>, WireError> {
+    let response =
+        flatbuffers::root_with_opts::<fb::Response>(&verifier_options(frame.len()), frame)
+            .map_err(|invalid| WireError::Malformed {
+                root: ROOT,
+                frame_size_bytes: frame.len(),
+                invalid,
+            })?;
+    let correlation_id = response.correlation_id();
+    let body = decode_body(&response).map_err(|violation| WireError::Invalid {
+        root: ROOT,
+        correlation_id,
+        violation,
+    })?;
+    Ok(Response {
+        correlation_id,
+        body,
+    })
+}
+
+fn decode_body<'a>(response: &fb::Response<'a>) -> Result<ResponseBody<'a>, Violation> {
+    // The verifier rejects a union type without its value, so the `ok_or`s below only guard
+    // against a verifier bug.
+    let missing = Violation::MissingField {
+        field: "Response.body",
+    };
+    Ok(match response.body_type() {
+        fb::ResponseBody::NONE => return Err(missing),
+        fb::ResponseBody::Pong => {
+            response.body_as_pong().ok_or(missing)?;
+            ResponseBody::Pong
+        }
+        fb::ResponseBody::TopicCreated => {
+            let created = response.body_as_topic_created().ok_or(missing)?;
+            ResponseBody::TopicCreated(decode_topic_metadata(created.topic()))
+        }
+        fb::ResponseBody::MetadataResult => {
+            let metadata = response.body_as_metadata_result().ok_or(missing)?;
+            ResponseBody::Metadata(MetadataResult {
+                shard_ports: metadata
+                    .shard_ports()
+                    .map(|ports| ports.iter().collect())
+                    .unwrap_or_default(),
+                topics: metadata
+                    .topics()
+                    .map(|topics| topics.iter().map(decode_topic_metadata).collect())
+                    .unwrap_or_default(),
+            })
+        }
+        fb::ResponseBody::Appended => {
+            let appended = response.body_as_appended().ok_or(missing)?;
+            ResponseBody::Appended(Appended {
+                partition: appended.partition(),
+                base_offset: Offset(appended.base_offset()),
+                record_count: appended.record_count(),
+            })
+        }
+        fb::ResponseBody::Fetched => {
+            let fetched = response.body_as_fetched().ok_or(missing)?;
+            ResponseBody::Fetched(Fetched {
+                partition: fetched.partition(),
+                records: RecordOutList::from_frame(fetched.records()),
+                high_watermark: Offset(fetched.high_watermark()),
+            })
+        }
+        fb::ResponseBody::KeyRecord => {
+            let found = response.body_as_key_record().ok_or(missing)?;
+            ResponseBody::KeyRecord(KeyRecord {
+                partition: found.partition(),
+                record: found.record().map(decode_record_out),
+            })
+        }
+        fb::ResponseBody::KeyHistoryResult => {
+            let history = response.body_as_key_history_result().ok_or(missing)?;
+            ResponseBody::KeyHistory(KeyHistoryResult {
+                partition: history.partition(),
+                records: RecordOutList::from_frame(history.records()),
+            })
+        }
+        fb::ResponseBody::ErrorResponse => {
+            let error = response.body_as_error_response().ok_or(missing)?;
+            ResponseBody::Error(decode_error(error)?)
+        }
+        fb::ResponseBody(type_value) => {
+            return Err(Violation::UnknownUnionType {
+                union_name: "ResponseBody",
+                type_value,
+            });
+        }
+    })
+}
+
+fn decode_topic_metadata(topic: fb::TopicMetadata<'_>) -> TopicMetadata<'_> {
+    let partitions = topic.partitions().map(|partitions| {
+        partitions
+            .iter()
+            .map(|partition| PartitionMetadata {
+                partition: partition.partition(),
+                partition_id: PartitionId(partition.partition_id()),
+                shard: ShardId(partition.shard()),
+                port: partition.port(),
+            })
+            .collect()
+    });
+    TopicMetadata {
+        name: topic.name(),
+        partitions: partitions.unwrap_or_default(),
+    }
+}
+
+fn decode_record_out(record: fb::RecordOut<'_>) -> RecordOut<'_> {
+    RecordOut {
+        offset: Offset(record.offset()),
+        timestamp_ms: record.timestamp_ms(),
+        key: bytes_or_empty(record.key()),
+        value: bytes_or_empty(record.value()),
+        headers: HeaderList::from_frame(record.headers()),
+        prev_key_offset: record.prev_key_offset().map(Offset),
+    }
+}
+
+fn decode_error(error: fb::ErrorResponse<'_>) -> Result<ErrorResponse<'_>, Violation> {
+    let code = ErrorCode::from_fb(error.code())?;
+    let conflict = match (code, error.conflict()) {
+        (ErrorCode::Conflict, Some(conflict)) => Some(decode_conflict(conflict)?),
+        (ErrorCode::Conflict, None) => {
+            return Err(Violation::MissingField {
+                field: "ErrorResponse.conflict",
+            });
+        }
+        (_, Some(_)) => {
+            return Err(Violation::UnexpectedField {
+                field: "ErrorResponse.conflict",
+                context: "unless code is Conflict",
+            });
+        }
+        (_, None) => None,
+    };
+    Ok(ErrorResponse {
+        code,
+        message: error.message().unwrap_or_default(),
+        conflict,
+    })
+}
+
+fn decode_conflict(conflict: fb::ConflictInfo<'_>) -> Result<ConflictInfo, Violation> {
+    match conflict.kind() {
+        fb::ConflictKind::EndOffset => {
+            let current_end_offset = conflict.current_offset().ok_or(Violation::MissingField {
+                field: "ConflictInfo.current_offset",
+            })?;
+            Ok(ConflictInfo::EndOffset {
+                current_end_offset: Offset(current_end_offset),
+            })
+        }
+        fb::ConflictKind::Key => Ok(ConflictInfo::Key {
+            record_index: conflict.record_index(),
+            condition: decode_condition(conflict.condition())?,
+            current_offset: conflict.current_offset().map(Offset),
+        }),
+        fb::ConflictKind(value) => Err(Violation::UnknownEnumValue {
+            enum_name: "ConflictKind",
+            value: u16::from(value),
+        }),
+    }
+}
+
+impl Encoder {
+    /// Encodes `response` as one flatbuffer (no length prefix); the bytes live until the
+    /// next call.
+    pub fn encode_response(&mut self, response: &Response<'_>) -> &[u8] {
+        self.builder.reset();
+        let (body_type, body) = self.encode_response_body(&response.body);
+        let root = fb::Response::create(
+            &mut self.builder,
+            &fb::ResponseArgs {
+                correlation_id: response.correlation_id,
+                body_type,
+                body: Some(body),
+            },
+        );
+        self.builder.finish_minimal(root);
+        self.builder.finished_data()
+    }
+
+    /// Appends `response` to `out` as one frame: length, then flatbuffer.
+    pub fn write_response_frame(&mut self, response: &Response<'_>, out: &mut impl BufMut) {
+        write_frame(self.encode_response(response), out);
+    }
+
+    fn encode_response_body(
+        &mut self,
+        body: &ResponseBody<'_>,
+    ) -> (fb::ResponseBody, WIPOffset<UnionWIPOffset>) {
+        match body {
+            ResponseBody::Pong => {
+                let pong = fb::Pong::create(&mut self.builder, &fb::PongArgs {});
+                (fb::ResponseBody::Pong, pong.as_union_value())
+            }
+            ResponseBody::TopicCreated(topic) => {
+                let topic = self.encode_topic_metadata(topic);
+                let args = fb::TopicCreatedArgs { topic: Some(topic) };
+                let created = fb::TopicCreated::create(&mut self.builder, &args);
+                (fb::ResponseBody::TopicCreated, created.as_union_value())
+            }
+            ResponseBody::Metadata(metadata) => {
+                let topics: Vec<_> = metadata
+                    .topics
+                    .iter()
+                    .map(|topic| self.encode_topic_metadata(topic))
+                    .collect();
+                let topics = self.builder.create_vector(&topics);
+                let shard_ports = self.builder.create_vector(&metadata.shard_ports);
+                let args = fb::MetadataResultArgs {
+                    shard_ports: Some(shard_ports),
+                    topics: Some(topics),
+                };
+                let result = fb::MetadataResult::create(&mut self.builder, &args);
+                (fb::ResponseBody::MetadataResult, result.as_union_value())
+            }
+            ResponseBody::Appended(appended) => {
+                let args = fb::AppendedArgs {
+                    partition: appended.partition,
+                    base_offset: appended.base_offset.0,
+                    record_count: appended.record_count,
+                };
+                let appended = fb::Appended::create(&mut self.builder, &args);
+                (fb::ResponseBody::Appended, appended.as_union_value())
+            }
+            ResponseBody::Fetched(fetched) => {
+                let records = self.encode_record_outs(fetched.records);
+                let args = fb::FetchedArgs {
+                    partition: fetched.partition,
+                    records,
+                    high_watermark: fetched.high_watermark.0,
+                };
+                let fetched = fb::Fetched::create(&mut self.builder, &args);
+                (fb::ResponseBody::Fetched, fetched.as_union_value())
+            }
+            ResponseBody::KeyRecord(found) => {
+                let record = found.record.map(|record| self.encode_record_out(record));
+                let args = fb::KeyRecordArgs {
+                    partition: found.partition,
+                    record,
+                };
+                let found = fb::KeyRecord::create(&mut self.builder, &args);
+                (fb::ResponseBody::KeyRecord, found.as_union_value())
+            }
+            ResponseBody::KeyHistory(history) => {
+                let records = self.encode_record_outs(history.records);
+                let args = fb::KeyHistoryResultArgs {
+                    partition: history.partition,
+                    records,
+                };
+                let history = fb::KeyHistoryResult::create(&mut self.builder, &args);
+                (fb::ResponseBody::KeyHistoryResult, history.as_union_value())
+            }
+            ResponseBody::Error(error) => {
+                debug_assert_eq!(
+                    error.conflict.is_some(),
+                    error.code == ErrorCode::Conflict,
+                    "conflict details go with code Conflict and only with it: {error:?}"
+                );
+                let error = self.encode_error(error);
+                (fb::ResponseBody::ErrorResponse, error.as_union_value())
+            }
+        }
+    }
+
+    fn encode_topic_metadata(
+        &mut self,
+        topic: &TopicMetadata<'_>,
+    ) -> WIPOffset<fb::TopicMetadata<'static>> {
+        let builder = &mut self.builder;
+        // Metadata is rare and small: a Vec per topic is fine here.
+        let partitions: Vec<_> = topic
+            .partitions
+            .iter()
+            .map(|partition| {
+                let args = fb::PartitionMetadataArgs {
+                    partition: partition.partition,
+                    partition_id: partition.partition_id.0,
+                    shard: partition.shard.0,
+                    port: partition.port,
+                };
+                fb::PartitionMetadata::create(builder, &args)
+            })
+            .collect();
+        let partitions = builder.create_vector(&partitions);
+        let name = builder.create_string(topic.name);
+        let args = fb::TopicMetadataArgs {
+            name: Some(name),
+            partitions: Some(partitions),
+        };
+        fb::TopicMetadata::create(builder, &args)
+    }
+
+    fn encode_record_outs(
+        &mut self,
+        records: RecordOutList<'_>,
+    ) -> Option<WIPOffset<Vector<'static, ForwardsUOffset<fb::RecordOut<'static>>>>> {
+        if records.is_empty() {
+            return None;
+        }
+        // `record_out_offsets` is taken out and put back so `encode_record_out` can borrow
+        // `self` meanwhile; the Vec keeps its capacity.
+        let mut offsets = std::mem::take(&mut self.record_out_offsets);
+        offsets.clear();
+        for record in records.iter() {
+            offsets.push(self.encode_record_out(record));
+        }
+        let vector = self.builder.create_vector(&offsets);
+        self.record_out_offsets = offsets;
+        Some(vector)
+    }
+
+    fn encode_record_out(&mut self, record: RecordOut<'_>) -> WIPOffset<fb::RecordOut<'static>> {
+        let Encoder {
+            builder,
+            header_offsets,
+            ..
+        } = self;
+        let key = encode_bytes(builder, record.key);
+        let value = encode_bytes(builder, record.value);
+        let headers = encode_headers(builder, header_offsets, record.headers.iter());
+        let args = fb::RecordOutArgs {
+            offset: record.offset.0,
+            timestamp_ms: record.timestamp_ms,
+            key,
+            value,
+            headers,
+            prev_key_offset: record.prev_key_offset.map(|offset| offset.0),
+        };
+        fb::RecordOut::create(builder, &args)
+    }
+
+    fn encode_error(&mut self, error: &ErrorResponse<'_>) -> WIPOffset<fb::ErrorResponse<'static>> {
+        let builder = &mut self.builder;
+        let conflict = error.conflict.map(|conflict| {
+            let args = match conflict {
+                ConflictInfo::EndOffset { current_end_offset } => fb::ConflictInfoArgs {
+                    kind: fb::ConflictKind::EndOffset,
+                    record_index: 0,
+                    condition: None,
+                    current_offset: Some(current_end_offset.0),
+                },
+                ConflictInfo::Key {
+                    record_index,
+                    condition,
+                    current_offset,
+                } => fb::ConflictInfoArgs {
+                    kind: fb::ConflictKind::Key,
+                    record_index,
+                    condition: encode_condition(builder, condition),
+                    current_offset: current_offset.map(|offset| offset.0),
+                },
+            };
+            fb::ConflictInfo::create(builder, &args)
+        });
+        let message = (!error.message.is_empty()).then(|| builder.create_string(error.message));
+        let args = fb::ErrorResponseArgs {
+            code: error.code.to_fb(),
+            message,
+            conflict,
+        };
+        fb::ErrorResponse::create(builder, &args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flatbuffers::FlatBufferBuilder;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::wire::fuzz::fuzz_decode_response;
+
+    fn encode(response: &Response<'_>) -> Vec<u8> {
+        Encoder::new().encode_response(response).to_vec()
+    }
+
+    fn round_trip(response: &Response<'_>) {
+        let frame = encode(response);
+        assert_eq!(decode_response(&frame).as_ref(), Ok(response));
+    }
+
+    fn violation(frame: &[u8]) -> Violation {
+        match decode_response(frame) {
+            Err(WireError::Invalid { violation, .. }) => violation,
+            other => panic!("expected a violation, got {other:?}"),
+        }
+    }
+
+    const HEADERS: [RecordHeader<'static>; 2] = [
+        RecordHeader {
+            name: b"event-type",
+            value: b"SeatBooked",
+        },
+        RecordHeader {
+            name: b"",
+            value: b"",
+        },
+    ];
+
+    fn records() -> [RecordOut<'static>; 3] {
+        [
+            RecordOut {
+                offset: Offset(10),
+                timestamp_ms: 1_700_000_000_000,
+                key: b"seat-12A",
+                value: b"booked",
+                headers: HeaderList::from_slice(&HEADERS),
+                prev_key_offset: Some(Offset(3)),
+            },
+            RecordOut {
+                offset: Offset(11),
+                timestamp_ms: 0,
+                key: b"",
+                value: b"",
+                headers: HeaderList::default(),
+                prev_key_offset: None,
+            },
+            RecordOut {
+                offset: Offset(12),
+                timestamp_ms: u64::MAX,
+                key: b"seat-12B",
+                value: &[0, 255],
+                headers: HeaderList::from_slice(&HEADERS[..1]),
+                prev_key_offset: Some(Offset(0)),
+            },
+        ]
+    }
+
+    fn topic() -> TopicMetadata<'static> {
+        TopicMetadata {
+            name: "seats",
+            partitions: vec![
+                PartitionMetadata {
+                    partition: 0,
+                    partition_id: PartitionId(4),
+                    shard: ShardId(0),
+                    port: 9000,
+                },
+                PartitionMetadata {
+                    partition: 1,
+                    partition_id: PartitionId(5),
+                    shard: ShardId(1),
+                    port: 9001,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn every_response_kind_round_trips() {
+        let records = records();
+        let bodies = [
+            ResponseBody::Pong,
+            ResponseBody::TopicCreated(topic()),
+            ResponseBody::Metadata(MetadataResult {
+                shard_ports: vec![],
+                topics: vec![],
+            }),
+            ResponseBody::Metadata(MetadataResult {
+                shard_ports: vec![9000, 9001],
+                topics: vec![
+                    topic(),
+                    TopicMetadata {
+                        name: "empty",
+                        partitions: vec![],
+                    },
+                ],
+            }),
+            ResponseBody::Appended(Appended {
+                partition: 3,
+                base_offset: Offset(1 << 50),
+                record_count: 65_536,
+            }),
+            ResponseBody::Fetched(Fetched {
+                partition: 1,
+                records: RecordOutList::from_slice(&records),
+                high_watermark: Offset(13),
+            }),
+            ResponseBody::Fetched(Fetched {
+                partition: 0,
+                records: RecordOutList::default(),
+                high_watermark: Offset(0),
+            }),
+            ResponseBody::KeyRecord(KeyRecord {
+                partition: 2,
+                record: Some(records[0]),
+            }),
+            ResponseBody::KeyRecord(KeyRecord {
+                partition: 2,
+                record: None,
+            }),
+            ResponseBody::KeyHistory(KeyHistoryResult {
+                partition: 5,
+                records: RecordOutList::from_slice(&records[..2]),
+            }),
+            ResponseBody::Error(ErrorResponse {
+                code: ErrorCode::Conflict,
+                message: "record 1: key seat-12A is at 7, not 5",
+                conflict: Some(ConflictInfo::Key {
+                    record_index: 1,
+                    condition: KeyCondition::At(Offset(5)),
+                    current_offset: Some(Offset(7)),
+                }),
+            }),
+            ResponseBody::Error(ErrorResponse {
+                code: ErrorCode::Conflict,
+                message: "",
+                conflict: Some(ConflictInfo::Key {
+                    record_index: 0,
+                    condition: KeyCondition::KeyExists,
+                    current_offset: None,
+                }),
+            }),
+            ResponseBody::Error(ErrorResponse {
+                code: ErrorCode::Conflict,
+                message: "expected end 4, partition ends at 9",
+                conflict: Some(ConflictInfo::EndOffset {
+                    current_end_offset: Offset(9),
+                }),
+            }),
+        ];
+        for (correlation_id, body) in (0..).zip(bodies) {
+            round_trip(&Response {
+                correlation_id,
+                body,
+            });
+        }
+        for code in ErrorCode::ALL
+            .into_iter()
+            .filter(|code| *code != ErrorCode::Conflict)
+        {
+            round_trip(&Response {
+                correlation_id: u64::MAX,
+                body: ResponseBody::Error(ErrorResponse {
+                    code,
+                    message: "why",
+                    conflict: None,
+                }),
+            });
+        }
+    }
+
+    #[test]
+    fn error_codes_cover_the_schema() {
+        let from_schema: Vec<ErrorCode> = fb::ErrorCode::ENUM_VALUES
+            .iter()
+            .map(|code| ErrorCode::from_fb(*code).unwrap())
+            .collect();
+        assert_eq!(from_schema, ErrorCode::ALL);
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_fb(code.to_fb()), Ok(code));
+        }
+    }
+
+    #[test]
+    fn decoded_records_borrow_from_the_frame() {
+        let records = records();
+        let response = Response {
+            correlation_id: 1,
+            body: ResponseBody::Fetched(Fetched {
+                partition: 1,
+                records: RecordOutList::from_slice(&records),
+                high_watermark: Offset(13),
+            }),
+        };
+        let frame = encode(&response);
+        let Ok(Response {
+            body: ResponseBody::Fetched(fetched),
+            ..
+        }) = decode_response(&frame)
+        else {
+            panic!("fetched did not decode");
+        };
+        assert_eq!(fetched.records.len(), 3);
+        let first = fetched.records.iter().next().unwrap();
+        assert!(frame.as_ptr_range().contains(&first.value.as_ptr()));
+        let headers: Vec<_> = first.headers.iter().collect();
+        assert_eq!(headers, HEADERS);
+    }
+
+    /// An ErrorResponse written by hand, to break rules the encoder keeps.
+    fn error_frame(
+        code: fb::ErrorCode,
+        conflict: Option<(fb::ConflictKind, Option<u64>)>,
+    ) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::new();
+        let conflict = conflict.map(|(kind, current_offset)| {
+            fb::ConflictInfo::create(
+                &mut builder,
+                &fb::ConflictInfoArgs {
+                    kind,
+                    current_offset,
+                    ..fb::ConflictInfoArgs::default()
+                },
+            )
+        });
+        let error = fb::ErrorResponse::create(
+            &mut builder,
+            &fb::ErrorResponseArgs {
+                code,
+                message: None,
+                conflict,
+            },
+        );
+        let response = fb::Response::create(
+            &mut builder,
+            &fb::ResponseArgs {
+                correlation_id: 8,
+                body_type: fb::ResponseBody::ErrorResponse,
+                body: Some(error.as_union_value()),
+            },
+        );
+        builder.finish_minimal(response);
+        builder.finished_data().to_vec()
+    }
+
+    #[test]
+    fn conflict_details_go_with_code_conflict_only() {
+        assert_eq!(
+            violation(&error_frame(fb::ErrorCode::Conflict, None)),
+            Violation::MissingField {
+                field: "ErrorResponse.conflict"
+            }
+        );
+        assert_eq!(
+            violation(&error_frame(
+                fb::ErrorCode::Overloaded,
+                Some((fb::ConflictKind::Key, None))
+            )),
+            Violation::UnexpectedField {
+                field: "ErrorResponse.conflict",
+                context: "unless code is Conflict"
+            }
+        );
+        assert_eq!(
+            violation(&error_frame(
+                fb::ErrorCode::Conflict,
+                Some((fb::ConflictKind::EndOffset, None))
+            )),
+            Violation::MissingField {
+                field: "ConflictInfo.current_offset"
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_enum_values_in_responses_are_typed_errors() {
+        assert_eq!(
+            violation(&error_frame(fb::ErrorCode(11), None)),
+            Violation::UnknownEnumValue {
+                enum_name: "ErrorCode",
+                value: 11
+            }
+        );
+        assert_eq!(
+            violation(&error_frame(
+                fb::ErrorCode::Conflict,
+                Some((fb::ConflictKind(2), Some(1)))
+            )),
+            Violation::UnknownEnumValue {
+                enum_name: "ConflictKind",
+                value: 2
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_response_kind_is_a_typed_error() {
+        let mut builder = FlatBufferBuilder::new();
+        let pong = fb::Pong::create(&mut builder, &fb::PongArgs {});
+        let response = fb::Response::create(
+            &mut builder,
+            &fb::ResponseArgs {
+                correlation_id: 3,
+                body_type: fb::ResponseBody(fb::ResponseBody::ENUM_MAX + 1),
+                body: Some(pong.as_union_value()),
+            },
+        );
+        builder.finish_minimal(response);
+        let error = decode_response(builder.finished_data()).unwrap_err();
+        assert_eq!(error.correlation_id(), Some(3));
+        assert_eq!(
+            error,
+            WireError::Invalid {
+                root: "Response",
+                correlation_id: 3,
+                violation: Violation::UnknownUnionType {
+                    union_name: "ResponseBody",
+                    type_value: fb::ResponseBody::ENUM_MAX + 1,
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn bit_flipped_frames_decode_or_fail_without_panicking() {
+        let records = records();
+        let frames = [
+            encode(&Response {
+                correlation_id: 1,
+                body: ResponseBody::Fetched(Fetched {
+                    partition: 1,
+                    records: RecordOutList::from_slice(&records),
+                    high_watermark: Offset(13),
+                }),
+            }),
+            encode(&Response {
+                correlation_id: 2,
+                body: ResponseBody::Error(ErrorResponse {
+                    code: ErrorCode::Conflict,
+                    message: "m",
+                    conflict: Some(ConflictInfo::Key {
+                        record_index: 1,
+                        condition: KeyCondition::At(Offset(5)),
+                        current_offset: Some(Offset(7)),
+                    }),
+                }),
+            }),
+            encode(&Response {
+                correlation_id: 3,
+                body: ResponseBody::Metadata(MetadataResult {
+                    shard_ports: vec![9000, 9001],
+                    topics: vec![topic()],
+                }),
+            }),
+        ];
+        for frame in frames {
+            for bit in 0..frame.len() * 8 {
+                let mut flipped = frame.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                fuzz_decode_response(&flipped);
+            }
+            for len in 0..frame.len() {
+                fuzz_decode_response(&frame[..len]);
+            }
+        }
+    }
+
+    type OwnedRecordOut = (
+        u64,
+        u64,
+        Vec<u8>,
+        Vec<u8>,
+        Vec<(Vec<u8>, Vec<u8>)>,
+        Option<u64>,
+    );
+
+    fn record_out_strategy() -> impl Strategy<Value = OwnedRecordOut> {
+        let bytes = |len_max| prop::collection::vec(any::<u8>(), 0..len_max);
+        (
+            any::<u64>(),
+            any::<u64>(),
+            bytes(64),
+            bytes(256),
+            prop::collection::vec((bytes(16), bytes(32)), 0..4),
+            proptest::option::of(any::<u64>()),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn fetched_round_trips(
+            correlation_id in any::<u64>(),
+            partition in any::<u32>(),
+            high_watermark in any::<u64>(),
+            owned in prop::collection::vec(record_out_strategy(), 0..50),
+        ) {
+            let headers: Vec<Vec<RecordHeader<'_>>> = owned
+                .iter()
+                .map(|(.., headers, _)| {
+                    headers.iter().map(|(name, value)| RecordHeader { name, value }).collect()
+                })
+                .collect();
+            let records: Vec<RecordOut<'_>> = owned
+                .iter()
+                .zip(&headers)
+                .map(|((offset, timestamp_ms, key, value, _, prev), headers)| RecordOut {
+                    offset: Offset(*offset),
+                    timestamp_ms: *timestamp_ms,
+                    key,
+                    value,
+                    headers: HeaderList::from_slice(headers),
+                    prev_key_offset: prev.map(Offset),
+                })
+                .collect();
+            let response = Response {
+                correlation_id,
+                body: ResponseBody::Fetched(Fetched {
+                    partition,
+                    records: RecordOutList::from_slice(&records),
+                    high_watermark: Offset(high_watermark),
+                }),
+            };
+            let frame = encode(&response);
+            let decoded = decode_response(&frame);
+            prop_assert_eq!(decoded.as_ref(), Ok(&response));
+        }
+    }
+}

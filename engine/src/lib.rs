@@ -26,5 +26,5 @@ pub use crate::error::{AppendError, OpenError, ReadError, StorageError, TopicErr
 pub use crate::io::data_dir::{Catalog, Topic};
 pub use crate::io::fault::{FaultHook, FaultPoint, FaultPolicy};
 pub use crate::io::shard::{
-    AppendOutcome, Engine, EngineConfig, Fetched, FetchedBatch, OwnedRecord, Shard,
+    AppendOutcome, Engine, EngineConfig, Fetched, FetchedBatch, OwnedRecord, Shard, ShardStats,
 };

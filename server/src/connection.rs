@@ -8,10 +8,12 @@
 //! that are ready into one socket write. A client that never reads its responses stalls
 //! only itself, and a write that stalls past `WRITE_TIMEOUT` closes the connection.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use cairn_engine::io::event::Event;
 use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
@@ -42,10 +44,13 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
     let permits = Rc::new(Semaphore::new(request_count_max as u64));
     let mut frames = FrameReader::new(context.config.frame_size_bytes_max);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    // Raised by a request task whose frame was not a flatbuffer: stop reading, close.
+    let broken = Event::new();
+    let is_broken = Rc::new(Cell::new(false));
 
     'reading: loop {
-        let stopping = context.stopping.listen();
-        if context.is_stopping.get() {
+        let stopping = futures_lite::future::or(context.stopping.listen(), broken.listen());
+        if context.is_stopping.get() || is_broken.get() {
             break;
         }
         let read = futures_lite::future::or(reader.read(&mut chunk), async {
@@ -70,11 +75,17 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
                     };
                     let context = context.clone();
                     let response_sender = response_sender.clone();
+                    let broken = broken.clone();
+                    let is_broken = is_broken.clone();
                     glommio::spawn_local(async move {
-                        let response = handlers::handle_frame(&context, &frame).await;
+                        let handled = handlers::handle_frame(&context, &frame).await;
                         // The writer stops only after every sender is gone, so this waits
                         // for room instead of failing; the bounded channel is the limit.
-                        let _ = response_sender.send(response).await;
+                        let _ = response_sender.send(handled.response).await;
+                        if handled.close_connection {
+                            is_broken.set(true);
+                            broken.notify();
+                        }
                         drop(permit);
                     })
                     .detach();

@@ -55,17 +55,31 @@ pub(crate) fn framing_error_response(frame_error: &FrameError) -> Vec<u8> {
     error(0, code, &frame_error.to_string())
 }
 
-/// Handles one request frame and returns the encoded response (without its length).
-pub(crate) async fn handle_frame(context: &Rc<ShardContext>, frame: &[u8]) -> Vec<u8> {
+/// The response to one frame, and whether the connection must close after it.
+pub(crate) struct HandledFrame {
+    /// The encoded response (without its length).
+    pub(crate) response: Vec<u8>,
+    /// The frame was not a flatbuffer at all: nothing in it, not even its correlation id,
+    /// can be trusted, so the schema says the connection closes.
+    pub(crate) close_connection: bool,
+}
+
+/// Handles one request frame.
+pub(crate) async fn handle_frame(context: &Rc<ShardContext>, frame: &[u8]) -> HandledFrame {
     let request = match decode_request(frame) {
         Ok(request) => request,
         Err(wire_error) => {
             tracing::debug!(%wire_error, "bad request");
-            let correlation_id = wire_error.correlation_id().unwrap_or(0);
-            return error(correlation_id, wire_error.error_code(), &wire_error.to_string());
+            let correlation_id = wire_error.correlation_id();
+            let response = error(
+                correlation_id.unwrap_or(0),
+                wire_error.error_code(),
+                &wire_error.to_string(),
+            );
+            return HandledFrame { response, close_connection: correlation_id.is_none() };
         }
     };
-    handle(context, request, frame).await
+    HandledFrame { response: handle(context, request, frame).await, close_connection: false }
 }
 
 /// Where a partition lives: its id and owning shard.

@@ -11,6 +11,7 @@
 //! pipelining), `handlers` (request -> engine -> response), `routing` (the mesh),
 //! `client` (the Rust client).
 
+
 pub mod client;
 mod connection;
 mod handlers;
@@ -138,6 +139,11 @@ impl ShutdownSignal {
     /// Whether it was raised.
     pub fn is_raised(&self) -> bool {
         self.0.load(Ordering::SeqCst)
+    }
+
+    /// The flag behind it, for signal handlers (`signal_hook::flag::register`).
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
     }
 }
 

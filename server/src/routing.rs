@@ -154,7 +154,7 @@ pub(crate) async fn run_shard(
         problem
     };
     let shard = engine.open_shard(shard_id).await.map_err(|error| fail(error.to_string()))?;
-    let (senders, mut receivers) = mesh.join().await.map_err(|()| fail("mesh join failed".into()))?;
+    let (senders, mut receivers) = mesh.join().await.map_err(|error| fail(format!("mesh join failed: {error}")))?;
     let context = Rc::new(ShardContext {
         shard,
         shard_id,
@@ -256,7 +256,7 @@ fn handle_message(context: &Rc<ShardContext>, peer: usize, message: ShardMessage
         ShardMessage::Forward { token, frame } => {
             let context = context.clone();
             glommio::spawn_local(async move {
-                let response = crate::handlers::handle_frame(&context, &frame).await;
+                let response = crate::handlers::handle_frame(&context, &frame).await.response;
                 let reply = ShardMessage::Reply { token, frame: response };
                 if context.senders.send_to(peer, reply).await.is_err() {
                     tracing::warn!(peer, "could not return a forwarded response");

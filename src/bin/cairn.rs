@@ -1,1 +1,377 @@
-fn main() {}
+//! `cairn`: the server (`cairn serve`) and a command-line client for people at a terminal.
+//!
+//! Exit statuses: 0 success, 1 error, 2 usage, 3 a condition failed (conflict), 74 the
+//! server stopped on a storage failure.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cairn_engine::{KeyCondition, Offset, RecordHeader, RecordInput};
+use cairn_server::client::{AppendResult, BlockingClient, ClientConfig, FetchedRecord};
+use cairn_server::wire::{self, ConflictInfo};
+use cairn_server::{ServerConfig, ShutdownSignal};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+/// Exit status when a conditional append was rejected.
+const EXIT_CONFLICT: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "A partitioned log with conditional appends")]
+struct Cli {
+    /// Server address for client commands.
+    #[arg(long, global = true, default_value = "127.0.0.1:7878")]
+    addr: SocketAddr,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Create or list topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Append one record, optionally conditional.
+    Append(AppendArgs),
+    /// Read records of a partition from an offset on.
+    Fetch {
+        topic: String,
+        #[arg(long)]
+        partition: u32,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Keep waiting for new records (long-poll) until interrupted.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long, default_value_t = 1024 * 1024)]
+        max_bytes: u32,
+    },
+    /// The latest record of a key (its offset is what the next `--expect` wants).
+    ReadKey {
+        topic: String,
+        key: String,
+        /// Include appended records that are not synced yet.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// A key's records, newest first, following the back-pointers.
+    History {
+        topic: String,
+        key: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// The partition a key routes to in a topic.
+    PartitionOf { topic: String, key: String },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Data directory (created if missing).
+    #[arg(long, default_value = "cairn-data")]
+    data_dir: PathBuf,
+    /// Shared listening address; every shard accepts on it.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// Shard i also listens on port-base + i; 0 picks free ports (metadata tells clients).
+    #[arg(long, default_value_t = 0)]
+    port_base: u16,
+    /// Shards (one executor per core); fixed when the data directory is created.
+    #[arg(long)]
+    cores: Option<u16>,
+    /// Segment file size in bytes.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    segment_size: u64,
+    /// Largest request frame accepted, in bytes.
+    #[arg(long, default_value_t = wire::FRAME_SIZE_BYTES_MAX_DEFAULT)]
+    max_frame_bytes: u32,
+    /// Do not pin shards to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic with a fixed partition count.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+    },
+    /// List topics and which shard owns each partition.
+    List,
+}
+
+#[derive(clap::Args)]
+struct AppendArgs {
+    topic: String,
+    /// The value to append.
+    value: String,
+    /// Partition number; default: derived from the key.
+    #[arg(long)]
+    partition: Option<u32>,
+    /// The record's key.
+    #[arg(long, default_value = "")]
+    key: String,
+    /// Require the partition's end offset to be this.
+    #[arg(long)]
+    expect_end_offset: Option<u64>,
+    /// Key condition: no-key, exists, or an offset (the key's latest record is there).
+    #[arg(long)]
+    expect: Option<String>,
+    /// A header, name=value; repeatable.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("cairn: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let json = cli.json;
+    let client = || {
+        BlockingClient::connect(ClientConfig::new(cli.addr))
+            .with_context(|| format!("connecting to {}", cli.addr))
+    };
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Topic { command: TopicCommand::Create { name, partitions } } => {
+            let topic = client()?.create_topic(&name, partitions)?;
+            if json {
+                println!("{}", json!({"topic": topic.name, "partitions": topic.partitions.len()}));
+            } else {
+                println!("created topic {} with {} partitions", topic.name, topic.partitions.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topic { command: TopicCommand::List } => {
+            let metadata = client()?.metadata()?;
+            if json {
+                let topics: Vec<_> = metadata
+                    .topics
+                    .iter()
+                    .map(|topic| {
+                        let partitions: Vec<_> = topic
+                            .partitions
+                            .iter()
+                            .map(|p| json!({"partition": p.partition, "shard": p.shard, "port": p.port}))
+                            .collect();
+                        json!({"topic": topic.name, "partitions": partitions})
+                    })
+                    .collect();
+                println!("{}", json!({"shard_ports": metadata.shard_ports, "topics": topics}));
+            } else {
+                for topic in &metadata.topics {
+                    println!("{}\t{} partitions", topic.name, topic.partitions.len());
+                    for partition in &topic.partitions {
+                        println!(
+                            "  partition {}\tshard {}\tport {}",
+                            partition.partition, partition.shard, partition.port
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Append(args) => append(&mut client()?, args, json),
+        Command::Fetch { topic, partition, from, follow, max_bytes } => {
+            let mut client = client()?;
+            let mut offset = Offset(from);
+            loop {
+                let wait = if follow { Duration::from_secs(10) } else { Duration::ZERO };
+                let fetched = client.fetch(&topic, partition, offset, max_bytes, wait)?;
+                for record in &fetched.records {
+                    print_record(record, json);
+                    offset = record.offset.plus(1);
+                }
+                std::io::stdout().flush()?;
+                if !follow && (fetched.records.is_empty() || offset >= fetched.high_watermark) {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
+        Command::ReadKey { topic, key, pending } => {
+            match client()?.read_key(&topic, None, key.as_bytes(), pending)? {
+                Some(record) => print_record(&record, json),
+                None if json => println!("null"),
+                None => println!("key {key} has no record"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::History { topic, key, limit } => {
+            for record in client()?.key_history(&topic, None, key.as_bytes(), limit)? {
+                print_record(&record, json);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PartitionOf { topic, key } => {
+            let metadata = client()?.metadata()?;
+            let Some(topic) = metadata.topics.iter().find(|t| t.name == topic) else {
+                bail!("no topic named {topic:?}");
+            };
+            let count = u32::try_from(topic.partitions.len()).context("partition count")?;
+            println!("{}", wire::partition_for_key(key.as_bytes(), count));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
+        .context("--log-level")?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let mut config = ServerConfig::new();
+    config.data_dir = args.data_dir;
+    config.listen = args.listen;
+    config.port_base = args.port_base;
+    if let Some(cores) = args.cores {
+        config.shard_count = cores;
+    }
+    config.segment_size_bytes = args.segment_size;
+    config.frame_size_bytes_max = args.max_frame_bytes;
+    config.pin_shards = !args.no_pin;
+    let shutdown = ShutdownSignal::new();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, shutdown.flag()).context("installing signal handler")?;
+    }
+    cairn_server::run(config, shutdown, |listening| {
+        let ports: Vec<String> = listening.shard_ports.iter().map(u16::to_string).collect();
+        // Tests and scripts wait for this line; it is printed once every shard accepts.
+        println!("listening on {} shard_ports={}", listening.address, ports.join(","));
+        let _ = std::io::stdout().flush();
+    })?;
+    tracing::info!("stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_condition(expect: Option<&str>) -> anyhow::Result<KeyCondition> {
+    Ok(match expect {
+        None => KeyCondition::Any,
+        Some("no-key") => KeyCondition::NoKey,
+        Some("exists") => KeyCondition::KeyExists,
+        Some(offset) => KeyCondition::At(Offset(
+            offset.parse().with_context(|| format!("--expect {offset:?}: want no-key, exists or an offset"))?,
+        )),
+    })
+}
+
+fn describe_condition(condition: KeyCondition) -> String {
+    match condition {
+        KeyCondition::Any => "any".into(),
+        KeyCondition::NoKey => "no-key".into(),
+        KeyCondition::KeyExists => "exists".into(),
+        KeyCondition::At(offset) => format!("offset {offset}"),
+    }
+}
+
+fn append(client: &mut BlockingClient, args: AppendArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let condition = parse_condition(args.expect.as_deref())?;
+    let mut headers = Vec::new();
+    for header in &args.headers {
+        let Some((name, value)) = header.split_once('=') else {
+            bail!("--header {header:?}: want name=value");
+        };
+        headers.push(RecordHeader { name: name.as_bytes(), value: value.as_bytes() });
+    }
+    let record = RecordInput {
+        key: args.key.as_bytes(),
+        value: args.value.as_bytes(),
+        headers: &headers,
+        condition,
+    };
+    let expected_end = args.expect_end_offset.map(Offset);
+    match client.append(&args.topic, args.partition, expected_end, &[record])? {
+        AppendResult::Appended { partition, base_offset, .. } => {
+            if json {
+                println!("{}", json!({"partition": partition, "offset": base_offset.0}));
+            } else {
+                println!("appended at partition {partition} offset {base_offset}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AppendResult::Conflict { info, message } => {
+            let (expected, current) = match info {
+                ConflictInfo::EndOffset { current_end_offset } => (
+                    format!("end offset {}", args.expect_end_offset.unwrap_or_default()),
+                    format!("partition end is {current_end_offset}"),
+                ),
+                ConflictInfo::Key { condition, current_offset, .. } => (
+                    describe_condition(condition),
+                    match current_offset {
+                        Some(offset) => format!("key {} is at offset {offset}", args.key),
+                        None => format!("key {} has no record", args.key),
+                    },
+                ),
+            };
+            if json {
+                println!(
+                    "{}",
+                    json!({"conflict": {"expected": expected, "current": current, "message": message}})
+                );
+            } else {
+                eprintln!("conflict: expected {expected}, but {current}");
+            }
+            Ok(ExitCode::from(EXIT_CONFLICT))
+        }
+    }
+}
+
+fn print_record(record: &FetchedRecord, json: bool) {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    if json {
+        let headers: serde_json::Map<String, serde_json::Value> = record
+            .headers
+            .iter()
+            .map(|(name, value)| (text(name), json!(text(value))))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "offset": record.offset.0,
+                "timestamp_ms": record.timestamp_ms,
+                "key": text(&record.key),
+                "value": text(&record.value),
+                "headers": headers,
+                "prev_key_offset": record.prev_key_offset.map(|offset| offset.0),
+            })
+        );
+    } else {
+        let headers: Vec<String> = record
+            .headers
+            .iter()
+            .map(|(name, value)| format!("{}={}", text(name), text(value)))
+            .collect();
+        let previous = record.prev_key_offset.map_or("-".to_owned(), |offset| offset.to_string());
+        println!(
+            "{}\tkey={}\tprev={}\t[{}]\t{}",
+            record.offset,
+            text(&record.key),
+            previous,
+            headers.join(","),
+            text(&record.value)
+        );
+    }
+}

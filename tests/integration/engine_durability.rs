@@ -498,7 +498,7 @@ fn a_failed_write_or_sync_fails_pending_appends_poisons_the_shard_and_loses_noth
     for point in [FaultPoint::Write, FaultPoint::Sync] {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
-        let fail_at = 5 + rng.below(60);
+        let fail_at = 2 + rng.below(20);
         config.fault_hook =
             Some(FaultHook(Arc::new(FailNth { point, fail_at, seen: AtomicU64::new(0) })));
         let engine = open_engine(config.clone());
@@ -535,8 +535,8 @@ fn a_failed_write_or_sync_fails_pending_appends_poisons_the_shard_and_loses_noth
             }
             let record =
                 RecordInput { key: b"k", value: b"v", headers: &[], condition: KeyCondition::Any };
-            let outcome = shard.append(PartitionId(0), Some(Offset(count as u64)), &[record]);
-            assert!(matches!(outcome.await.unwrap(), AppendOutcome::Appended { .. }));
+            let outcome = shard.append(PartitionId(0), Some(Offset(count as u64)), &[record]).await;
+            assert!(matches!(outcome.unwrap(), AppendOutcome::Appended { .. }));
         });
     }
 }

@@ -3,4 +3,7 @@
 //! directories, the real engine, the real server process over TCP on 127.0.0.1.
 
 mod engine_durability;
+mod protocol_errors;
+mod server_e2e;
 mod support;
+mod tidy;

@@ -192,6 +192,10 @@ async fn commit(state: &Rc<RefCell<ShardState>>, sequence: u64) -> Result<(), St
             touched.push(batch.partition);
         }
         shard.pending_append_count -= group.batches.len();
+        shard.stats.group_count += 1;
+        shard.stats.batch_count += group.batches.len() as u64;
+        shard.stats.batch_bytes += group.bytes.len() as u64;
+        shard.stats.written_bytes += padded_len_bytes as u64;
         shard.read_cache.insert(segment.index(), position, group.bytes);
         touched.sort_unstable();
         touched.dedup();
@@ -238,6 +242,11 @@ async fn segment_for_group(
             .cloned()
             .expect("the current segment is open");
         if log.write_position + padded_len_bytes <= current.size_bytes() {
+            // Past half the segment, the next one must be ready soon: let its preparation
+            // run at full speed.
+            if log.write_position > current.size_bytes() / 2 {
+                log.preparation_urgent.set(true);
+            }
             return Ok((current, log.write_position));
         }
         log.next_segment.take()
@@ -250,7 +259,7 @@ async fn segment_for_group(
                 let guard = state.borrow();
                 (guard.shard_dir.clone(), guard.shard_id, guard.config.clone())
             };
-            spawn_prepare(&shard_dir, shard_id, &config, next_index).await?
+            spawn_prepare(&shard_dir, shard_id, &config, next_index, None).await?
         }
     };
     assert_eq!(segment.index(), next_index, "segments are used in order");
@@ -261,8 +270,15 @@ async fn segment_for_group(
     shard.log.segments.insert(next_index, segment.clone());
     shard.log.current_index = next_index;
     shard.log.write_position = SEGMENT_HEADER_SIZE_BYTES as u64;
-    shard.log.next_segment =
-        Some(spawn_prepare(&shard.shard_dir, shard.shard_id, &shard.config, next_index + 1));
+    let pace = Rc::new(std::cell::Cell::new(false));
+    shard.log.preparation_urgent = pace.clone();
+    shard.log.next_segment = Some(spawn_prepare(
+        &shard.shard_dir,
+        shard.shard_id,
+        &shard.config,
+        next_index + 1,
+        Some(pace),
+    ));
     Ok((segment, shard.log.write_position))
 }
 

@@ -11,7 +11,7 @@
 //! rebuild partition states and offset indexes, continue writing at the first block
 //! boundary after the valid end.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -199,6 +199,21 @@ pub(crate) struct LogTail {
     pub(crate) next_segment: Option<glommio::Task<Result<SegmentFile, StorageError>>>,
     /// `batch_crc` of the last staged batch: the next batch's `prev_batch_crc`.
     pub(crate) chain_crc: u32,
+    /// Set when the next segment is needed soon: its preparation stops pacing itself.
+    pub(crate) preparation_urgent: Rc<Cell<bool>>,
+}
+
+/// Counters of what a shard's committer has done, for benchmarks and operators.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Groups written and synced.
+    pub group_count: u64,
+    /// Batches in those groups.
+    pub batch_count: u64,
+    /// Bytes of batches in those groups (padding excluded).
+    pub batch_bytes: u64,
+    /// Bytes written including padding to block boundaries.
+    pub written_bytes: u64,
 }
 
 /// A shard's state; owned by its executor, borrowed only between awaits.
@@ -217,6 +232,7 @@ pub(crate) struct ShardState {
     pub(crate) read_cache: ReadCache,
     pub(crate) poisoned: Option<StorageError>,
     pub(crate) closing: bool,
+    pub(crate) stats: ShardStats,
     prev_key_offsets: Vec<Option<Offset>>,
 }
 
@@ -350,7 +366,8 @@ impl Shard {
             None => {
                 let header = segment_header(shard_id, &config, 0);
                 let segment =
-                    SegmentFile::prepare(&shard_dir, header, config.fault_hook.as_ref()).await?;
+                    SegmentFile::prepare(&shard_dir, header, config.fault_hook.as_ref(), None)
+                        .await?;
                 segments.insert(0, Rc::new(segment));
                 (0, SEGMENT_HEADER_SIZE_BYTES as u64)
             }
@@ -362,7 +379,14 @@ impl Shard {
             partitions = partitions.len(),
             "shard recovered"
         );
-        let next_segment = Some(spawn_prepare(&shard_dir, shard_id, &config, current_index + 1));
+        let preparation_urgent = Rc::new(Cell::new(false));
+        let next_segment = Some(spawn_prepare(
+            &shard_dir,
+            shard_id,
+            &config,
+            current_index + 1,
+            Some(preparation_urgent.clone()),
+        ));
         let state = ShardState {
             shard_id,
             shard_dir,
@@ -375,6 +399,7 @@ impl Shard {
                 write_position,
                 next_segment,
                 chain_crc: recovered.chain_crc,
+                preparation_urgent,
             },
             open_group: GroupBuffer::new(0, config.group_size_bytes_max),
             in_flight_group: None,
@@ -382,6 +407,7 @@ impl Shard {
             read_cache: ReadCache::new(config.read_cache_bytes_max),
             poisoned: None,
             closing: false,
+            stats: ShardStats::default(),
             prev_key_offsets: Vec::new(),
             config,
         };
@@ -699,6 +725,11 @@ impl Shard {
         self.state.borrow().catalog.clone()
     }
 
+    /// What the committer has written so far.
+    pub fn stats(&self) -> ShardStats {
+        self.state.borrow().stats
+    }
+
     /// Key-index memory of all partitions of this shard, for the memory figure.
     pub fn key_index_memory_bytes(&self) -> usize {
         let state = self.state.borrow();
@@ -815,18 +846,20 @@ pub(crate) fn segment_header(shard_id: ShardId, config: &EngineConfig, index: u6
     }
 }
 
-/// Starts preparing segment `index` in the background.
+/// Starts preparing segment `index` in the background (paced by `pace`, see
+/// `SegmentFile::prepare`).
 pub(crate) fn spawn_prepare(
     shard_dir: &Path,
     shard_id: ShardId,
     config: &EngineConfig,
     index: u64,
+    pace: Option<Rc<Cell<bool>>>,
 ) -> glommio::Task<Result<SegmentFile, StorageError>> {
     let shard_dir = shard_dir.to_owned();
     let header = segment_header(shard_id, config, index);
     let fault_hook = config.fault_hook.clone();
     glommio::spawn_local(async move {
-        SegmentFile::prepare(&shard_dir, header, fault_hook.as_ref()).await
+        SegmentFile::prepare(&shard_dir, header, fault_hook.as_ref(), pace).await
     })
 }
 

@@ -17,10 +17,6 @@
 //! edited; nothing outside this module sees it.
 
 #![deny(clippy::indexing_slicing)]
-// cargo-fuzz builds with `--cfg fuzzing`, unknown to rustc's check-cfg. Declaring it takes a
-// `check-cfg` entry in the workspace's `[workspace.lints.rust]`; until then this says so, and
-// goes stale (a warning) once that entry exists.
-#![expect(unexpected_cfgs, reason = "`fuzzing` is set by cargo-fuzz")]
 
 mod encoder;
 mod frame;

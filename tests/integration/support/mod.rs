@@ -2,6 +2,7 @@
 //! directories, seeds.
 
 pub mod engine;
+pub mod server;
 
 /// The seed of a randomized test: `TEST_SEED` when set, else fresh; printed either way so a
 /// failure can be replayed.

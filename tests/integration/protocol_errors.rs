@@ -1,0 +1,161 @@
+//! Hostile bytes on a real socket: each gets its error or a closed connection, and the
+//! server keeps serving everyone else (DESIGN §3.6).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use cairn_engine::{KeyCondition, RecordInput};
+use cairn_server::client::{BlockingClient, ClientConfig};
+use cairn_server::wire::{
+    AppendRecords, AppendRequest, Encoder, ErrorCode, Request, RequestBody, ResponseBody,
+    decode_response, write_frame,
+};
+
+use crate::support::server::TestServer;
+
+fn connect(address: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(address).expect("connects");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream
+}
+
+/// Reads one response frame; `None` when the server closed the connection.
+fn read_frame(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut length = [0u8; 4];
+    match stream.read_exact(&mut length) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return None,
+        Err(error) => panic!("reading a response: {error}"),
+    }
+    let mut frame = vec![0u8; u32::from_le_bytes(length) as usize];
+    stream.read_exact(&mut frame).expect("whole frame");
+    Some(frame)
+}
+
+fn error_code(frame: &[u8]) -> ErrorCode {
+    match decode_response(frame).expect("the server's response decodes").body {
+        ResponseBody::Error(error) => error.code,
+        other => panic!("expected an error response, got {other:?}"),
+    }
+}
+
+fn assert_closed(stream: &mut TcpStream) {
+    assert!(read_frame(stream).is_none(), "the server closes the connection");
+}
+
+fn assert_still_serving(address: SocketAddr) {
+    let mut client = BlockingClient::connect(ClientConfig::new(address)).expect("a new client connects");
+    client.ping().expect("and is answered");
+}
+
+fn encode(request: &Request<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    Encoder::new().write_request_frame(request, &mut out);
+    out
+}
+
+#[test]
+fn an_oversized_frame_length_gets_too_large_and_a_closed_connection() {
+    let server = TestServer::start();
+    let mut stream = connect(server.address);
+    stream.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    let response = read_frame(&mut stream).expect("an error response before closing");
+    assert_eq!(error_code(&response), ErrorCode::TooLarge);
+    assert_closed(&mut stream);
+    assert_still_serving(server.address);
+}
+
+#[test]
+fn bytes_that_are_not_a_flatbuffer_get_bad_request_and_a_closed_connection() {
+    let server = TestServer::start();
+    let mut stream = connect(server.address);
+    let mut out = Vec::new();
+    write_frame(&[0xAB; 64], &mut out);
+    stream.write_all(&out).unwrap();
+    let response = read_frame(&mut stream).expect("an error response before closing");
+    assert_eq!(error_code(&response), ErrorCode::BadRequest);
+    assert_closed(&mut stream);
+    assert_still_serving(server.address);
+}
+
+#[test]
+fn a_rule_violation_is_answered_and_the_connection_stays_usable() {
+    let server = TestServer::start();
+    let mut stream = connect(server.address);
+    let empty: [RecordInput<'_>; 0] = [];
+    let append = Request {
+        correlation_id: 41,
+        body: RequestBody::Append(AppendRequest {
+            topic: "any",
+            partition: Some(0),
+            expected_end_offset: None,
+            records: AppendRecords::from_inputs(&empty),
+        }),
+    };
+    stream.write_all(&encode(&append)).unwrap();
+    let response = read_frame(&mut stream).expect("answered");
+    let decoded = decode_response(&response).unwrap();
+    assert_eq!(decoded.correlation_id, 41);
+    assert_eq!(error_code(&response), ErrorCode::BadRequest);
+    stream.write_all(&encode(&Request { correlation_id: 42, body: RequestBody::Ping })).unwrap();
+    let pong = read_frame(&mut stream).expect("still open");
+    assert!(matches!(decode_response(&pong).unwrap().body, ResponseBody::Pong));
+}
+
+#[test]
+fn truncated_frames_and_vanishing_clients_leave_the_server_serving() {
+    let server = TestServer::start();
+    for cut in [1usize, 3, 4, 10] {
+        let mut stream = connect(server.address);
+        let frame = encode(&Request { correlation_id: 1, body: RequestBody::Metadata });
+        stream.write_all(&frame[..cut.min(frame.len() - 1)]).unwrap();
+        drop(stream);
+    }
+    assert_still_serving(server.address);
+}
+
+#[test]
+fn a_client_that_never_reads_its_responses_stalls_only_itself() {
+    let server = TestServer::start();
+    let mut setup = BlockingClient::connect(ClientConfig::new(server.address)).unwrap();
+    setup.create_topic("flood", 1).unwrap();
+    let mut stream = connect(server.address);
+    stream.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let value = vec![7u8; 8 * 1024];
+    let records = [RecordInput { key: b"k", value: &value, headers: &[], condition: KeyCondition::Any }];
+    let mut sent_bytes = 0usize;
+    // Pipeline appends without reading a single response, until the server stops reading
+    // (its per-connection limit) and our socket buffers fill: the write times out.
+    for correlation_id in 0..100_000u64 {
+        let request = Request {
+            correlation_id,
+            body: RequestBody::Append(AppendRequest {
+                topic: "flood",
+                partition: Some(0),
+                expected_end_offset: None,
+                records: AppendRecords::from_inputs(&records),
+            }),
+        };
+        match stream.write_all(&encode(&request)) {
+            Ok(()) => sent_bytes += value.len(),
+            Err(_) => break,
+        }
+    }
+    assert!(sent_bytes < 100_000 * value.len(), "the server applied back-pressure");
+    assert_still_serving(server.address);
+    let high_watermark = setup
+        .fetch("flood", 0, cairn_engine::Offset(0), 1024, Duration::ZERO)
+        .unwrap()
+        .high_watermark;
+    assert!(high_watermark.0 > 0, "the flood's appends that were read are durable");
+}
+
+#[test]
+fn many_connections_opened_and_dropped_leave_the_server_serving() {
+    let server = TestServer::start();
+    let streams: Vec<TcpStream> = (0..200).map(|_| connect(server.address)).collect();
+    drop(streams);
+    assert_still_serving(server.address);
+}

@@ -1,0 +1,97 @@
+//! `TestServer`: the real `cairn serve` binary as a child process on a temp data directory,
+//! listening on 127.0.0.1 with free ports. Readiness is the "listening on" line it prints,
+//! never a sleep. Dropping it kills the process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the `cairn` binary cargo built for these tests.
+pub const CAIRN_BIN: &str = env!("CARGO_BIN_EXE_cairn");
+
+/// A running `cairn serve`.
+pub struct TestServer {
+    child: Option<Child>,
+    pub address: SocketAddr,
+    pub shard_ports: Vec<u16>,
+    pub data_dir: PathBuf,
+    _temp_dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A two-shard server on a fresh temp data directory.
+    pub fn start() -> TestServer {
+        let temp_dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp_dir.path().join("data");
+        let mut server = TestServer::start_on(&data_dir, &[]);
+        server._temp_dir = Some(temp_dir);
+        server
+    }
+
+    /// A two-shard server on `data_dir` (kept when the server is dropped), with extra flags.
+    pub fn start_on(data_dir: &Path, extra_args: &[&str]) -> TestServer {
+        let mut child = Command::new(CAIRN_BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--cores", "2", "--no-pin"])
+            .args(["--segment-size", &(2 * 1024 * 1024 + 4096).to_string()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--log-level", "warn"])
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cairn serve starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .next()
+            .expect("the server prints its listening line before anything else")
+            .expect("stdout is readable");
+        let rest = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        let (address, ports) = rest.split_once(" shard_ports=").expect("line names shard ports");
+        let shard_ports = ports.split(',').map(|port| port.parse().expect("port")).collect();
+        TestServer {
+            child: Some(child),
+            address: address.parse().expect("address"),
+            shard_ports,
+            data_dir: data_dir.to_owned(),
+            _temp_dir: None,
+        }
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `signal` and waits (bounded) for the process to exit.
+    pub fn stop_with(&mut self, signal: i32, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("server is running");
+        let pid = i32::try_from(child.id()).expect("pid fits i32");
+        // std can only send SIGKILL (`Child::kill`); other signals go through kill(1).
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {pid}");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit within {timeout:?} of signal {signal}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

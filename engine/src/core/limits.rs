@@ -27,9 +27,9 @@ pub const SEGMENT_SIZE_BYTES_MIN: u64 = 1024 * 1024 + BLOCK_SIZE_BYTES as u64;
 /// segment in chunks; this bounds a data directory's file sizes to something a human expects.
 pub const SEGMENT_SIZE_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
 
-const _: () = assert!(BATCH_SIZE_BYTES_MAX % BLOCK_SIZE_BYTES == 0);
-const _: () = assert!(SEGMENT_SIZE_BYTES_MIN % BLOCK_SIZE_BYTES as u64 == 0);
-const _: () = assert!(SEGMENT_SIZE_BYTES_MAX % BLOCK_SIZE_BYTES as u64 == 0);
+const _: () = assert!(BATCH_SIZE_BYTES_MAX.is_multiple_of(BLOCK_SIZE_BYTES));
+const _: () = assert!(SEGMENT_SIZE_BYTES_MIN.is_multiple_of(BLOCK_SIZE_BYTES as u64));
+const _: () = assert!(SEGMENT_SIZE_BYTES_MAX.is_multiple_of(BLOCK_SIZE_BYTES as u64));
 const _: () = assert!(KEY_SIZE_BYTES_MAX < BATCH_SIZE_BYTES_MAX);
 // A batch never spans segments: the largest one fits after the header block of the smallest.
 const _: () =

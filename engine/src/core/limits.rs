@@ -34,3 +34,18 @@ const _: () = assert!(KEY_SIZE_BYTES_MAX < BATCH_SIZE_BYTES_MAX);
 // A batch never spans segments: the largest one fits after the header block of the smallest.
 const _: () =
     assert!(BATCH_SIZE_BYTES_MAX as u64 <= SEGMENT_SIZE_BYTES_MIN - BLOCK_SIZE_BYTES as u64);
+
+/// Largest batch whose duplicate keys are found by scanning the earlier records of the
+/// batch (at most 120 key comparisons); larger batches use a scratch hash table.
+pub const BATCH_LINEAR_SCAN_RECORD_COUNT_MAX: usize = 16;
+
+/// Largest batch whose duplicate-key scratch table a partition keeps between batches, so
+/// that it allocates nothing per batch in the common case, yet one huge batch does not pin
+/// its scratch to every partition it ever touched (~17 KiB each at this bound: the table
+/// of record indexes and the key slots).
+pub const BATCH_SCRATCH_RECORD_COUNT_MAX: usize = 1024;
+
+const _: () = assert!(BATCH_LINEAR_SCAN_RECORD_COUNT_MAX <= BATCH_SCRATCH_RECORD_COUNT_MAX);
+const _: () = assert!(BATCH_SCRATCH_RECORD_COUNT_MAX <= BATCH_RECORD_COUNT_MAX);
+// A record's index in a batch is reported as a u32 (`Conflict::Key::record_index`).
+const _: () = assert!(BATCH_RECORD_COUNT_MAX <= u32::MAX as usize);

@@ -16,7 +16,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use cairn_engine::{AppendOutcome, Engine, EngineConfig, KeyCondition, Offset, RecordInput, ShardId};
+use cairn_engine::{
+    AppendOutcome, Engine, EngineConfig, KeyCondition, Offset, RecordInput, ShardId,
+};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 
@@ -31,7 +33,12 @@ struct Outcome {
     batch_bytes: u64,
 }
 
-fn run_case(appender_count: usize, records_per_batch: usize, value_bytes: usize, duration: Duration) -> Outcome {
+fn run_case(
+    appender_count: usize,
+    records_per_batch: usize,
+    value_bytes: usize,
+    duration: Duration,
+) -> Outcome {
     let dir = tempfile::tempdir_in(std::env::var("CAIRN_BENCH_DIR").unwrap_or_else(|_| ".".into()))
         .expect("bench temp dir");
     let mut config = EngineConfig::new(dir.path(), 1);
@@ -75,7 +82,10 @@ fn run_case(appender_count: usize, records_per_batch: usize, value_bytes: usize,
                             .collect();
                         let sent = Instant::now();
                         match shard.append(partition, None, &batch).await {
-                            Ok(AppendOutcome::Appended { base_offset, record_count }) => {
+                            Ok(AppendOutcome::Appended {
+                                base_offset,
+                                record_count,
+                            }) => {
                                 latest = Some(base_offset.plus(u64::from(record_count) - 1));
                                 *records.borrow_mut() += u64::from(record_count);
                                 let micros = sent.elapsed().as_micros() as u64;
@@ -124,9 +134,22 @@ fn main() {
     let duration = Duration::from_secs(seconds);
     println!(
         "{:>9} {:>7} {:>6} {:>12} {:>9} {:>12} {:>9} {:>9} {:>10}",
-        "appenders", "records", "value", "records_per_s", "MB_per_s", "group_batches", "p50_us", "p99_us", "p999_us"
+        "appenders",
+        "records",
+        "value",
+        "records_per_s",
+        "MB_per_s",
+        "group_batches",
+        "p50_us",
+        "p99_us",
+        "p999_us"
     );
-    let cases = [(1, 1, 100), (64, 1, 100), (1024, 1, 100), (4, 63, 16 * 1024)];
+    let cases = [
+        (1, 1, 100),
+        (64, 1, 100),
+        (1024, 1, 100),
+        (4, 63, 16 * 1024),
+    ];
     for (appender_count, records_per_batch, value_bytes) in cases {
         let outcome = run_case(appender_count, records_per_batch, value_bytes, duration);
         let seconds = outcome.elapsed.as_secs_f64();
@@ -137,7 +160,9 @@ fn main() {
             outcome.value_bytes,
             outcome.records as f64 / seconds,
             outcome.batch_bytes as f64 / seconds / 1e6,
-            outcome.records as f64 / outcome.records_per_batch as f64 / outcome.group_count.max(1) as f64,
+            outcome.records as f64
+                / outcome.records_per_batch as f64
+                / outcome.group_count.max(1) as f64,
             outcome.latency_us.value_at_quantile(0.5),
             outcome.latency_us.value_at_quantile(0.99),
             outcome.latency_us.value_at_quantile(0.999),

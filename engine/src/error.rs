@@ -107,7 +107,9 @@ pub enum OpenError {
         actual: u16,
     },
     /// The directory was written by an unknown format version.
-    #[error("data directory format version {actual} is not supported (this build reads {supported})")]
+    #[error(
+        "data directory format version {actual} is not supported (this build reads {supported})"
+    )]
     UnsupportedFormat {
         /// The version found.
         actual: u32,

@@ -1,20 +1,25 @@
 //! One client connection: length-prefixed frames in, responses out, pipelined.
 //!
 //! The reader splits the byte stream into frames (`wire::FrameReader`, which refuses a
-//! frame over `frame_size_bytes_max` before buffering it) and starts a task per request;
-//! at most `connection_request_count_max` are in flight, beyond which the connection is not
-//! read (back-pressure reaches the client through TCP, memory stays bounded). Responses go
-//! out in completion order — each carries its correlation id — and the writer batches all
-//! that are ready into one socket write. A client that never reads its responses stalls
-//! only itself, and a write that stalls past `WRITE_TIMEOUT` closes the connection.
+//! frame over `frame_size_bytes_max` before buffering it) and starts a task per request.
+//! Responses go out in completion order — each carries its correlation id — and the writer
+//! batches all that are ready into one socket write.
+//!
+//! Memory per connection is bounded three ways: at most `connection_request_count_max`
+//! requests in flight (beyond it the connection is not read, so back-pressure reaches the
+//! client through TCP); at most `RESPONSE_QUEUE_BYTES_MAX` of responses queued for the
+//! socket (a handler waits for room); and at most `LARGE_RESPONSE_COUNT_MAX` responses that
+//! carry records (fetch, read_key, key_history: up to ~2 MiB each) built but not queued.
+//! A client that never reads its responses therefore stalls only itself, and a write that
+//! makes no progress for `WRITE_TIMEOUT` closes the connection.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use cairn_engine::io::event::Event;
-use glommio::channels::local_channel::{self, LocalReceiver};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 
@@ -28,20 +33,81 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// A response write that makes no progress for this long closes the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Bytes of responses queued for the socket before handlers wait for the writer.
+const RESPONSE_QUEUE_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Responses carrying records that may be built at once on one connection.
+const LARGE_RESPONSE_COUNT_MAX: u64 = 4;
+
+/// Responses waiting for the socket, bounded by bytes.
+#[derive(Default)]
+struct ResponseQueue {
+    responses: RefCell<VecDeque<Vec<u8>>>,
+    queued_bytes: Cell<usize>,
+    /// No more responses will come: the writer ends once the queue is empty.
+    closed: Cell<bool>,
+    /// Something was pushed or popped, or the queue closed.
+    changed: Event,
+}
+
+impl ResponseQueue {
+    /// Queues `response`, first waiting while the queue is over its byte bound (an empty
+    /// queue always takes one, however large).
+    async fn push(&self, response: Vec<u8>) {
+        loop {
+            let listener = self.changed.listen();
+            if self.responses.borrow().is_empty()
+                || self.queued_bytes.get() + response.len() <= RESPONSE_QUEUE_BYTES_MAX
+            {
+                break;
+            }
+            listener.await;
+        }
+        self.queued_bytes
+            .set(self.queued_bytes.get() + response.len());
+        self.responses.borrow_mut().push_back(response);
+        self.changed.notify();
+    }
+
+    /// Takes every queued response (waiting for one); `None` once closed and drained.
+    async fn pop_all(&self, out: &mut Vec<Vec<u8>>) -> Option<()> {
+        loop {
+            let listener = self.changed.listen();
+            if !self.responses.borrow().is_empty() {
+                out.extend(self.responses.borrow_mut().drain(..));
+                self.queued_bytes.set(0);
+                self.changed.notify();
+                return Some(());
+            }
+            if self.closed.get() {
+                return None;
+            }
+            listener.await;
+        }
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.changed.notify();
+    }
+}
+
 /// Serves one accepted connection until the client closes it, it breaks the framing, or
 /// the server shuts down (then in-flight requests are answered before closing).
 pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
-    context.open_connections.set(context.open_connections.get() + 1);
+    context
+        .open_connections
+        .set(context.open_connections.get() + 1);
     let peer = stream.peer_addr().ok();
     if let Err(error) = configure(&stream) {
         tracing::warn!(?peer, %error, "could not configure connection");
     }
     let (mut reader, writer) = futures_lite::io::split(stream);
     let request_count_max = context.config.connection_request_count_max.max(1);
-    let (response_sender, response_receiver) = local_channel::new_bounded::<Vec<u8>>(request_count_max);
-    let response_sender = Rc::new(response_sender);
-    let writer_task = glommio::spawn_local(write_responses(writer, response_receiver));
+    let queue = Rc::new(ResponseQueue::default());
+    let writer_task = glommio::spawn_local(write_responses(writer, queue.clone()));
     let permits = Rc::new(Semaphore::new(request_count_max as u64));
+    let large_responses = Rc::new(Semaphore::new(LARGE_RESPONSE_COUNT_MAX));
     let mut frames = FrameReader::new(context.config.frame_size_bytes_max);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     // Raised by a request task whose frame was not a flatbuffer: stop reading, close.
@@ -74,18 +140,19 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
                         break 'reading;
                     };
                     let context = context.clone();
-                    let response_sender = response_sender.clone();
+                    let queue = queue.clone();
                     let broken = broken.clone();
                     let is_broken = is_broken.clone();
+                    let large_responses = large_responses.clone();
                     glommio::spawn_local(async move {
-                        let handled = handlers::handle_frame(&context, &frame).await;
-                        // The writer stops only after every sender is gone, so this waits
-                        // for room instead of failing; the bounded channel is the limit.
-                        let _ = response_sender.send(handled.response).await;
+                        let handled =
+                            handlers::handle_frame(&context, &frame, Some(&large_responses)).await;
+                        queue.push(handled.response).await;
                         if handled.close_connection {
                             is_broken.set(true);
                             broken.notify();
                         }
+                        drop(handled.large_response_permit);
                         drop(permit);
                     })
                     .detach();
@@ -95,21 +162,31 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
                     // The stream cannot be resynchronised after a bad length: say why, then
                     // close this connection only.
                     tracing::info!(?peer, %error, "closing connection on a framing error");
-                    let response = handlers::framing_error_response(&error);
-                    let _ = response_sender.send(response).await;
+                    queue.push(handlers::framing_error_response(&error)).await;
                     break 'reading;
                 }
             }
         }
     }
-    if let Err(FrameError::Truncated { buffered_size_bytes, frame_size_bytes }) = frames.finish() {
-        tracing::debug!(?peer, buffered_size_bytes, frame_size_bytes, "client left mid-frame");
+    if let Err(FrameError::Truncated {
+        buffered_size_bytes,
+        frame_size_bytes,
+    }) = frames.finish()
+    {
+        tracing::debug!(
+            ?peer,
+            buffered_size_bytes,
+            frame_size_bytes,
+            "client left mid-frame"
+        );
     }
     // Answer what was read: wait for every in-flight request to release its permit.
     let _ = permits.acquire(request_count_max as u64).await;
-    drop(response_sender);
+    queue.close();
     writer_task.await;
-    context.open_connections.set(context.open_connections.get() - 1);
+    context
+        .open_connections
+        .set(context.open_connections.get() - 1);
     context.connection_closed.notify();
 }
 
@@ -123,18 +200,19 @@ fn configure(stream: &TcpStream) -> glommio::Result<(), ()> {
 /// write error it keeps draining (so no handler waits forever) but writes nothing more.
 async fn write_responses(
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
-    responses: LocalReceiver<Vec<u8>>,
+    queue: Rc<ResponseQueue>,
 ) {
+    let mut ready: Vec<Vec<u8>> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     let mut broken = false;
-    while let Some(response) = responses.recv().await {
+    while queue.pop_all(&mut ready).await.is_some() {
         if broken {
+            ready.clear();
             continue;
         }
         out.clear();
-        write_frame(&response, &mut out);
-        while let Some(Some(more)) = futures_lite::future::poll_once(responses.recv()).await {
-            write_frame(&more, &mut out);
+        for response in ready.drain(..) {
+            write_frame(&response, &mut out);
         }
         let written = async {
             writer.write_all(&out).await?;

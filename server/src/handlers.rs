@@ -17,6 +17,8 @@ use cairn_engine::{
     ShardId, Topic, TopicError,
 };
 
+use glommio::sync::{Semaphore, StaticPermit};
+
 use crate::routing::ShardContext;
 use crate::wire::{
     self, Appended, ConflictInfo, Encoder, ErrorCode, ErrorResponse, FrameError, HeaderList,
@@ -24,8 +26,8 @@ use crate::wire::{
     Request, RequestBody, Response, ResponseBody, TopicMetadata, decode_request,
 };
 
-/// Most bytes of records one fetch returns, whatever the client asks: the response must fit
-/// in a client's default frame limit.
+/// Most bytes of records one fetch or key history returns (beyond the first record),
+/// whatever the client asks: the response must fit in a client's default frame limit.
 const FETCH_SIZE_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// Most records one key-history response carries.
@@ -38,12 +40,25 @@ thread_local! {
 
 fn encode(correlation_id: u64, body: ResponseBody<'_>) -> Vec<u8> {
     ENCODER.with(|encoder| {
-        encoder.borrow_mut().encode_response(&Response { correlation_id, body }).to_vec()
+        encoder
+            .borrow_mut()
+            .encode_response(&Response {
+                correlation_id,
+                body,
+            })
+            .to_vec()
     })
 }
 
 fn error(correlation_id: u64, code: ErrorCode, message: &str) -> Vec<u8> {
-    encode(correlation_id, ResponseBody::Error(ErrorResponse { code, message, conflict: None }))
+    encode(
+        correlation_id,
+        ResponseBody::Error(ErrorResponse {
+            code,
+            message,
+            conflict: None,
+        }),
+    )
 }
 
 /// The response to a frame that broke the framing (sent just before closing).
@@ -62,10 +77,19 @@ pub(crate) struct HandledFrame {
     /// The frame was not a flatbuffer at all: nothing in it, not even its correlation id,
     /// can be trusted, so the schema says the connection closes.
     pub(crate) close_connection: bool,
+    /// Held while a response that can be large (records) waits to be queued for writing;
+    /// see `connection`, memory bounds.
+    pub(crate) large_response_permit: Option<StaticPermit>,
 }
 
-/// Handles one request frame.
-pub(crate) async fn handle_frame(context: &Rc<ShardContext>, frame: &[u8]) -> HandledFrame {
+/// Handles one request frame. Requests whose responses carry records first take a permit
+/// from `large_responses` when one is given (a client connection's; forwarded requests are
+/// bounded by the connection they came from).
+pub(crate) async fn handle_frame(
+    context: &Rc<ShardContext>,
+    frame: &[u8],
+    large_responses: Option<&Rc<Semaphore>>,
+) -> HandledFrame {
     let request = match decode_request(frame) {
         Ok(request) => request,
         Err(wire_error) => {
@@ -76,10 +100,26 @@ pub(crate) async fn handle_frame(context: &Rc<ShardContext>, frame: &[u8]) -> Ha
                 wire_error.error_code(),
                 &wire_error.to_string(),
             );
-            return HandledFrame { response, close_connection: correlation_id.is_none() };
+            return HandledFrame {
+                response,
+                close_connection: correlation_id.is_none(),
+                large_response_permit: None,
+            };
         }
     };
-    HandledFrame { response: handle(context, request, frame).await, close_connection: false }
+    let carries_records = matches!(
+        request.body,
+        RequestBody::Fetch(_) | RequestBody::ReadKey(_) | RequestBody::KeyHistory(_)
+    );
+    let large_response_permit = match large_responses {
+        Some(semaphore) if carries_records => semaphore.acquire_static_permit(1).await.ok(),
+        _ => None,
+    };
+    HandledFrame {
+        response: handle(context, request, frame).await,
+        close_connection: false,
+        large_response_permit,
+    }
 }
 
 /// Where a partition lives: its id and owning shard.
@@ -104,7 +144,11 @@ fn locate(
         )
     })?;
     let owner = ShardId::owner_of(partition_id, context.config.shard_count);
-    Ok(Located { partition_index, partition_id, owner })
+    Ok(Located {
+        partition_index,
+        partition_id,
+        owner,
+    })
 }
 
 fn topic(context: &ShardContext, name: &str) -> Result<Topic, (ErrorCode, String)> {
@@ -117,7 +161,11 @@ fn topic(context: &ShardContext, name: &str) -> Result<Topic, (ErrorCode, String
 async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) -> Vec<u8> {
     let correlation_id = request.correlation_id;
     if context.is_stopping.get() {
-        return error(correlation_id, ErrorCode::ShuttingDown, "the server is shutting down");
+        return error(
+            correlation_id,
+            ErrorCode::ShuttingDown,
+            "the server is shutting down",
+        );
     }
     let outcome = match request.body {
         RequestBody::Ping => Ok(encode(correlation_id, ResponseBody::Pong)),
@@ -131,9 +179,9 @@ async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) 
         }
         RequestBody::Append(append) => {
             let routed = topic(context, append.topic).and_then(|topic| {
-                let index = append.route(topic.partition_count).map_err(|route_error| {
-                    (route_error.error_code(), route_error.to_string())
-                })?;
+                let index = append
+                    .route(topic.partition_count)
+                    .map_err(|route_error| (route_error.error_code(), route_error.to_string()))?;
                 locate(context, &topic, index)
             });
             match routed {
@@ -143,22 +191,35 @@ async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) 
                 }
                 Ok(located) => {
                     let records: Vec<RecordInput<'_>> = append.records.iter().collect();
-                    append_local(context, correlation_id, &located, append.expected_end_offset, &records)
-                        .await
+                    append_local(
+                        context,
+                        correlation_id,
+                        &located,
+                        append.expected_end_offset,
+                        &records,
+                    )
+                    .await
                 }
             }
         }
         RequestBody::Fetch(fetch) => {
-            let routed =
-                topic(context, fetch.topic).and_then(|topic| locate(context, &topic, fetch.partition));
+            let routed = topic(context, fetch.topic)
+                .and_then(|topic| locate(context, &topic, fetch.partition));
             match routed {
                 Err(problem) => Err(problem),
                 Ok(located) if located.owner != context.shard_id => {
                     forward(context, located.owner, frame).await
                 }
                 Ok(located) => {
-                    fetch_local(context, correlation_id, &located, fetch.offset, fetch.size_bytes_max, fetch.wait_max)
-                        .await
+                    fetch_local(
+                        context,
+                        correlation_id,
+                        &located,
+                        fetch.offset,
+                        fetch.size_bytes_max,
+                        fetch.wait_max,
+                    )
+                    .await
                 }
             }
         }
@@ -174,7 +235,11 @@ async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) 
                     forward(context, located.owner, frame).await
                 }
                 Ok(located) => {
-                    match context.shard.read_key(located.partition_id, read.key, read.include_pending).await {
+                    match context
+                        .shard
+                        .read_key(located.partition_id, read.key, read.include_pending)
+                        .await
+                    {
                         Ok(record) => {
                             let headers = record.as_ref().map(header_list).unwrap_or_default();
                             let record_out =
@@ -207,7 +272,12 @@ async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) 
                     let limit = history.record_count_max.min(KEY_HISTORY_RECORD_COUNT_MAX);
                     match context
                         .shard
-                        .key_history(located.partition_id, history.key, limit as usize)
+                        .key_history(
+                            located.partition_id,
+                            history.key,
+                            limit as usize,
+                            FETCH_SIZE_BYTES_MAX,
+                        )
                         .await
                     {
                         Ok(records) => {
@@ -240,13 +310,19 @@ async fn forward(
     owner: ShardId,
     frame: &[u8],
 ) -> Result<Vec<u8>, (ErrorCode, String)> {
-    context.forward(owner, frame).await.map_err(|problem| (ErrorCode::Overloaded, problem))
+    context
+        .forward(owner, frame)
+        .await
+        .map_err(|problem| (ErrorCode::Overloaded, problem))
 }
 
 fn metadata(context: &ShardContext, correlation_id: u64) -> Vec<u8> {
     let catalog = context.shard.catalog();
-    let topics: Vec<TopicMetadata<'_>> =
-        catalog.topics().iter().map(|topic| topic_metadata(context, topic)).collect();
+    let topics: Vec<TopicMetadata<'_>> = catalog
+        .topics()
+        .iter()
+        .map(|topic| topic_metadata(context, topic))
+        .collect();
     encode(
         correlation_id,
         ResponseBody::Metadata(MetadataResult {
@@ -261,11 +337,23 @@ fn topic_metadata<'a>(context: &ShardContext, topic: &'a Topic) -> TopicMetadata
         .filter_map(|index| {
             let partition_id = topic.partition_id(index)?;
             let shard = ShardId::owner_of(partition_id, context.config.shard_count);
-            let port = context.listening.shard_ports.get(usize::from(shard.0)).copied()?;
-            Some(PartitionMetadata { partition: index, partition_id, shard, port })
+            let port = context
+                .listening
+                .shard_ports
+                .get(usize::from(shard.0))
+                .copied()?;
+            Some(PartitionMetadata {
+                partition: index,
+                partition_id,
+                shard,
+                port,
+            })
         })
         .collect();
-    TopicMetadata { name: &topic.name, partitions }
+    TopicMetadata {
+        name: &topic.name,
+        partitions,
+    }
 }
 
 async fn create_topic(
@@ -274,22 +362,32 @@ async fn create_topic(
     name: &str,
     partition_count: u32,
 ) -> Result<Vec<u8>, (ErrorCode, String)> {
-    let topic = context.shard.create_topic(name, partition_count).map_err(|topic_error| {
-        let code = match &topic_error {
-            TopicError::Exists(_) => ErrorCode::TopicExists,
-            TopicError::InvalidName { .. } | TopicError::BadPartitionCount { .. } => {
-                ErrorCode::BadRequest
-            }
-            TopicError::NotCatalogOwner => ErrorCode::Internal,
-            TopicError::Storage(_) => ErrorCode::StorageFailure,
-        };
-        (code, topic_error.to_string())
-    })?;
+    let topic = context
+        .shard
+        .create_topic(name, partition_count)
+        .map_err(|topic_error| {
+            let code = match &topic_error {
+                TopicError::Exists(_) => ErrorCode::TopicExists,
+                TopicError::InvalidName { .. } | TopicError::BadPartitionCount { .. } => {
+                    ErrorCode::BadRequest
+                }
+                TopicError::NotCatalogOwner => ErrorCode::Internal,
+                TopicError::Storage(_) => ErrorCode::StorageFailure,
+            };
+            (code, topic_error.to_string())
+        })?;
     // Answer only once every shard knows the topic, so the client's next request finds it
     // wherever it lands.
     context.broadcast_topic(&topic).await;
-    tracing::info!(topic = topic.name, partitions = topic.partition_count, "topic created");
-    Ok(encode(correlation_id, ResponseBody::TopicCreated(topic_metadata(context, &topic))))
+    tracing::info!(
+        topic = topic.name,
+        partitions = topic.partition_count,
+        "topic created"
+    );
+    Ok(encode(
+        correlation_id,
+        ResponseBody::TopicCreated(topic_metadata(context, &topic)),
+    ))
 }
 
 async fn append_local(
@@ -299,8 +397,15 @@ async fn append_local(
     expected_end: Option<cairn_engine::Offset>,
     records: &[RecordInput<'_>],
 ) -> Result<Vec<u8>, (ErrorCode, String)> {
-    match context.shard.append(located.partition_id, expected_end, records).await {
-        Ok(AppendOutcome::Appended { base_offset, record_count }) => Ok(encode(
+    match context
+        .shard
+        .append(located.partition_id, expected_end, records)
+        .await
+    {
+        Ok(AppendOutcome::Appended {
+            base_offset,
+            record_count,
+        }) => Ok(encode(
             correlation_id,
             ResponseBody::Appended(Appended {
                 partition: located.partition_index,
@@ -311,12 +416,18 @@ async fn append_local(
         Ok(AppendOutcome::ConditionFailed(conflict)) => {
             let message = conflict.to_string();
             let info = match conflict {
-                Conflict::EndOffset { actual, .. } => {
-                    ConflictInfo::EndOffset { current_end_offset: actual }
-                }
-                Conflict::Key { record_index, condition, actual } => {
-                    ConflictInfo::Key { record_index, condition, current_offset: actual }
-                }
+                Conflict::EndOffset { actual, .. } => ConflictInfo::EndOffset {
+                    current_end_offset: actual,
+                },
+                Conflict::Key {
+                    record_index,
+                    condition,
+                    actual,
+                } => ConflictInfo::Key {
+                    record_index,
+                    condition,
+                    current_offset: actual,
+                },
             };
             Ok(encode(
                 correlation_id,
@@ -330,9 +441,9 @@ async fn append_local(
         Err(append_error) => {
             let code = match &append_error {
                 AppendError::UnknownPartition(_) => ErrorCode::UnknownPartition,
-                AppendError::InvalidBatch(cairn_engine::core::record::EncodeError::BatchTooLarge {
-                    ..
-                }) => ErrorCode::TooLarge,
+                AppendError::InvalidBatch(
+                    cairn_engine::core::record::EncodeError::BatchTooLarge { .. },
+                ) => ErrorCode::TooLarge,
                 AppendError::InvalidBatch(_) => ErrorCode::BadRequest,
                 AppendError::Storage(_) => ErrorCode::StorageFailure,
                 AppendError::ShuttingDown => ErrorCode::ShuttingDown,
@@ -351,8 +462,10 @@ async fn fetch_local(
     wait_max: Duration,
 ) -> Result<Vec<u8>, (ErrorCode, String)> {
     let wait = wait_max.min(context.config.fetch_wait_max);
-    let (_, synced_end) =
-        context.shard.end_offsets(located.partition_id).map_err(|e| read_error_code(&e))?;
+    let (_, synced_end) = context
+        .shard
+        .end_offsets(located.partition_id)
+        .map_err(|e| read_error_code(&e))?;
     if from >= synced_end && !wait.is_zero() {
         context
             .shard

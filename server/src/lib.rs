@@ -11,7 +11,6 @@
 //! pipelining), `handlers` (request -> engine -> response), `routing` (the mesh),
 //! `client` (the Rust client).
 
-
 pub mod client;
 mod connection;
 mod handlers;
@@ -78,6 +77,11 @@ impl ServerConfig {
     fn engine_config(&self) -> EngineConfig {
         let mut config = EngineConfig::new(&self.data_dir, self.shard_count);
         config.segment_size_bytes = self.segment_size_bytes;
+        // A group never spans segments; small (test) segments get smaller groups.
+        let segment_room = usize::try_from(self.segment_size_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(cairn_engine::core::limits::BLOCK_SIZE_BYTES);
+        config.group_size_bytes_max = config.group_size_bytes_max.min(segment_room);
         config
     }
 }
@@ -92,10 +96,10 @@ impl Default for ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The data directory could not be opened or recovered.
-    #[error("opening the data directory: {0}")]
+    #[error("opening the data directory")]
     Open(#[from] OpenError),
     /// A listening socket could not be set up.
-    #[error("binding {address}: {source}")]
+    #[error("binding {address}")]
     Bind {
         /// The address.
         address: SocketAddr,
@@ -184,12 +188,19 @@ pub fn run(
     let mut reserved = vec![shared_socket];
     let mut shard_ports = Vec::with_capacity(usize::from(config.shard_count));
     for shard in 0..config.shard_count {
-        let port = if config.port_base == 0 { 0 } else { config.port_base.saturating_add(shard) };
+        let port = if config.port_base == 0 {
+            0
+        } else {
+            config.port_base.saturating_add(shard)
+        };
         let (socket, bound) = reserve_address(SocketAddr::new(address.ip(), port))?;
         reserved.push(socket);
         shard_ports.push(bound.port());
     }
-    let listening = Listening { address, shard_ports };
+    let listening = Listening {
+        address,
+        shard_ports,
+    };
 
     let mesh = MeshBuilder::<ShardMessage, _>::full(usize::from(config.shard_count), 1024);
     let cpu_count = std::thread::available_parallelism().map_or(1, |count| count.get());
@@ -213,10 +224,21 @@ pub fn run(
             // non-root memlock limit allows on these machines.
             .io_memory(8 * 1024 * 1024)
             .spawn(move || async move {
-                routing::run_shard(ShardId(shard), engine, mesh, config, listening, shutdown, ready_sender)
-                    .await
+                routing::run_shard(
+                    ShardId(shard),
+                    engine,
+                    mesh,
+                    config,
+                    listening,
+                    shutdown,
+                    ready_sender,
+                )
+                .await
             })
-            .map_err(|error| ServerError::Shard { shard, problem: error.to_string() })?;
+            .map_err(|error| ServerError::Shard {
+                shard,
+                problem: error.to_string(),
+            })?;
         executors.push((shard, executor));
     }
     drop(ready_sender);
@@ -224,7 +246,10 @@ pub fn run(
         match ready_receiver.recv() {
             Ok(Ok(_shard)) => {}
             Ok(Err(problem)) => {
-                return Err(ServerError::Shard { shard: u16::MAX, problem });
+                return Err(ServerError::Shard {
+                    shard: u16::MAX,
+                    problem,
+                });
             }
             Err(_) => {
                 return Err(ServerError::Shard {
@@ -242,7 +267,10 @@ pub fn run(
     for (shard, executor) in executors {
         let outcome = executor
             .join()
-            .map_err(|error| ServerError::Shard { shard, problem: error.to_string() })
+            .map_err(|error| ServerError::Shard {
+                shard,
+                problem: error.to_string(),
+            })
             .and_then(|result| result.map_err(|problem| ServerError::Shard { shard, problem }));
         if let Err(error) = outcome {
             first_error.get_or_insert(error);

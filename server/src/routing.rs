@@ -111,8 +111,16 @@ impl ShardContext {
     pub(crate) async fn forward(&self, owner: ShardId, frame: &[u8]) -> Result<Vec<u8>, String> {
         assert_ne!(owner, self.shard_id, "a shard never forwards to itself");
         let (token, slot) = self.register(1);
-        let message = ShardMessage::Forward { token, frame: frame.to_vec() };
-        if self.senders.send_to(self.peer(owner), message).await.is_err() {
+        let message = ShardMessage::Forward {
+            token,
+            frame: frame.to_vec(),
+        };
+        if self
+            .senders
+            .send_to(self.peer(owner), message)
+            .await
+            .is_err()
+        {
             self.waiting.borrow_mut().remove(&token);
             return Err(format!("shard {} is unavailable", owner.0));
         }
@@ -129,8 +137,16 @@ impl ShardContext {
         }
         let (token, slot) = self.register(other_count);
         for shard in (0..self.config.shard_count).filter(|shard| *shard != self.shard_id.0) {
-            let message = ShardMessage::TopicCreated { token, topic: topic.clone() };
-            if self.senders.send_to(self.peer(ShardId(shard)), message).await.is_err() {
+            let message = ShardMessage::TopicCreated {
+                token,
+                topic: topic.clone(),
+            };
+            if self
+                .senders
+                .send_to(self.peer(ShardId(shard)), message)
+                .await
+                .is_err()
+            {
                 tracing::error!(shard, "could not tell a shard about a new topic");
             }
         }
@@ -153,8 +169,14 @@ pub(crate) async fn run_shard(
         let _ = ready.send(Err(format!("shard {}: {problem}", shard_id.0)));
         problem
     };
-    let shard = engine.open_shard(shard_id).await.map_err(|error| fail(error.to_string()))?;
-    let (senders, mut receivers) = mesh.join().await.map_err(|error| fail(format!("mesh join failed: {error}")))?;
+    let shard = engine
+        .open_shard(shard_id)
+        .await
+        .map_err(|error| fail(error.to_string()))?;
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|error| fail(format!("mesh join failed: {error}")))?;
     let context = Rc::new(ShardContext {
         shard,
         shard_id,
@@ -169,12 +191,20 @@ pub(crate) async fn run_shard(
         open_connections: Cell::new(0),
         connection_closed: Event::new(),
     });
-    context.peer_of_shard.borrow_mut().insert(shard_id.0, context.senders.peer_id());
+    context
+        .peer_of_shard
+        .borrow_mut()
+        .insert(shard_id.0, context.senders.peer_id());
 
     // Say hello on every link, then serve what arrives on each.
     let peer_count = context.senders.nr_consumers();
     for peer in (0..peer_count).filter(|peer| *peer != context.senders.peer_id()) {
-        if context.senders.send_to(peer, ShardMessage::Hello { shard: shard_id.0 }).await.is_err() {
+        if context
+            .senders
+            .send_to(peer, ShardMessage::Hello { shard: shard_id.0 })
+            .await
+            .is_err()
+        {
             return Err(fail(format!("mesh peer {peer} is gone")));
         }
     }
@@ -193,11 +223,17 @@ pub(crate) async fn run_shard(
         hello_received.listen().await;
     }
 
-    let addresses = [listening.address, SocketAddr::new(listening.address.ip(), listening
-        .shard_ports
-        .get(usize::from(shard_id.0))
-        .copied()
-        .ok_or_else(|| fail("no port for this shard".into()))?)];
+    let addresses = [
+        listening.address,
+        SocketAddr::new(
+            listening.address.ip(),
+            listening
+                .shard_ports
+                .get(usize::from(shard_id.0))
+                .copied()
+                .ok_or_else(|| fail("no port for this shard".into()))?,
+        ),
+    ];
     let mut listeners = Vec::new();
     for address in addresses {
         let listener = TcpListener::bind(address)
@@ -213,7 +249,10 @@ pub(crate) async fn run_shard(
         glommio::spawn_local(async move {
             let error = context.shard.wait_poisoned().await;
             tracing::error!(shard = context.shard_id.0, %error, "storage failure, exiting");
-            eprintln!("cairn: storage failure on shard {}: {error}", context.shard_id.0);
+            eprintln!(
+                "cairn: storage failure on shard {}: {error}",
+                context.shard_id.0
+            );
             std::process::exit(EXIT_STORAGE_FAILURE);
         })
         .detach();
@@ -241,7 +280,11 @@ pub(crate) async fn run_shard(
         Err(problem) => {
             // Tasks (mesh receivers) still hold the context; the engine shard syncs every
             // acknowledged append before acknowledging, so nothing durable depends on close.
-            tracing::debug!(shard = shard_id.0, problem, "closing without waiting for tasks");
+            tracing::debug!(
+                shard = shard_id.0,
+                problem,
+                "closing without waiting for tasks"
+            );
         }
     }
     Ok(())
@@ -256,8 +299,13 @@ fn handle_message(context: &Rc<ShardContext>, peer: usize, message: ShardMessage
         ShardMessage::Forward { token, frame } => {
             let context = context.clone();
             glommio::spawn_local(async move {
-                let response = crate::handlers::handle_frame(&context, &frame).await.response;
-                let reply = ShardMessage::Reply { token, frame: response };
+                let response = crate::handlers::handle_frame(&context, &frame, None)
+                    .await
+                    .response;
+                let reply = ShardMessage::Reply {
+                    token,
+                    frame: response,
+                };
                 if context.senders.send_to(peer, reply).await.is_err() {
                     tracing::warn!(peer, "could not return a forwarded response");
                 }
@@ -269,7 +317,10 @@ fn handle_message(context: &Rc<ShardContext>, peer: usize, message: ShardMessage
             context.shard.add_topic(&topic);
             let context = context.clone();
             glommio::spawn_local(async move {
-                let _ = context.senders.send_to(peer, ShardMessage::TopicLearned { token }).await;
+                let _ = context
+                    .senders
+                    .send_to(peer, ShardMessage::TopicLearned { token })
+                    .await;
             })
             .detach();
         }

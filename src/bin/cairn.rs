@@ -21,7 +21,11 @@ use serde_json::json;
 const EXIT_CONFLICT: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "cairn", version, about = "A partitioned log with conditional appends")]
+#[command(
+    name = "cairn",
+    version,
+    about = "A partitioned log with conditional appends"
+)]
 struct Cli {
     /// Server address for client commands.
     #[arg(long, global = true, default_value = "127.0.0.1:7878")]
@@ -157,16 +161,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Topic { command: TopicCommand::Create { name, partitions } } => {
+        Command::Topic {
+            command: TopicCommand::Create { name, partitions },
+        } => {
             let topic = client()?.create_topic(&name, partitions)?;
             if json {
-                println!("{}", json!({"topic": topic.name, "partitions": topic.partitions.len()}));
+                println!(
+                    "{}",
+                    json!({"topic": topic.name, "partitions": topic.partitions.len()})
+                );
             } else {
-                println!("created topic {} with {} partitions", topic.name, topic.partitions.len());
+                println!(
+                    "created topic {} with {} partitions",
+                    topic.name,
+                    topic.partitions.len()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Topic { command: TopicCommand::List } => {
+        Command::Topic {
+            command: TopicCommand::List,
+        } => {
             let metadata = client()?.metadata()?;
             if json {
                 let topics: Vec<_> = metadata
@@ -181,7 +196,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         json!({"topic": topic.name, "partitions": partitions})
                     })
                     .collect();
-                println!("{}", json!({"shard_ports": metadata.shard_ports, "topics": topics}));
+                println!(
+                    "{}",
+                    json!({"shard_ports": metadata.shard_ports, "topics": topics})
+                );
             } else {
                 for topic in &metadata.topics {
                     println!("{}\t{} partitions", topic.name, topic.partitions.len());
@@ -196,11 +214,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Append(args) => append(&mut client()?, args, json),
-        Command::Fetch { topic, partition, from, follow, max_bytes } => {
+        Command::Fetch {
+            topic,
+            partition,
+            from,
+            follow,
+            max_bytes,
+        } => {
             let mut client = client()?;
             let mut offset = Offset(from);
             loop {
-                let wait = if follow { Duration::from_secs(10) } else { Duration::ZERO };
+                let wait = if follow {
+                    Duration::from_secs(10)
+                } else {
+                    Duration::ZERO
+                };
                 let fetched = client.fetch(&topic, partition, offset, max_bytes, wait)?;
                 for record in &fetched.records {
                     print_record(record, json);
@@ -212,7 +240,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::ReadKey { topic, key, pending } => {
+        Command::ReadKey {
+            topic,
+            key,
+            pending,
+        } => {
             match client()?.read_key(&topic, None, key.as_bytes(), pending)? {
                 Some(record) => print_record(&record, json),
                 None if json => println!("null"),
@@ -242,7 +274,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
         .context("--log-level")?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let mut config = ServerConfig::new();
     config.data_dir = args.data_dir;
     config.listen = args.listen;
@@ -255,12 +290,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.pin_shards = !args.no_pin;
     let shutdown = ShutdownSignal::new();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, shutdown.flag()).context("installing signal handler")?;
+        signal_hook::flag::register(signal, shutdown.flag())
+            .context("installing signal handler")?;
     }
     cairn_server::run(config, shutdown, |listening| {
         let ports: Vec<String> = listening.shard_ports.iter().map(u16::to_string).collect();
         // Tests and scripts wait for this line; it is printed once every shard accepts.
-        println!("listening on {} shard_ports={}", listening.address, ports.join(","));
+        println!(
+            "listening on {} shard_ports={}",
+            listening.address,
+            ports.join(",")
+        );
         let _ = std::io::stdout().flush();
     })?;
     tracing::info!("stopped cleanly");
@@ -272,9 +312,11 @@ fn parse_condition(expect: Option<&str>) -> anyhow::Result<KeyCondition> {
         None => KeyCondition::Any,
         Some("no-key") => KeyCondition::NoKey,
         Some("exists") => KeyCondition::KeyExists,
-        Some(offset) => KeyCondition::At(Offset(
-            offset.parse().with_context(|| format!("--expect {offset:?}: want no-key, exists or an offset"))?,
-        )),
+        Some(offset) => {
+            KeyCondition::At(Offset(offset.parse().with_context(|| {
+                format!("--expect {offset:?}: want no-key, exists or an offset")
+            })?))
+        }
     })
 }
 
@@ -294,7 +336,10 @@ fn append(client: &mut BlockingClient, args: AppendArgs, json: bool) -> anyhow::
         let Some((name, value)) = header.split_once('=') else {
             bail!("--header {header:?}: want name=value");
         };
-        headers.push(RecordHeader { name: name.as_bytes(), value: value.as_bytes() });
+        headers.push(RecordHeader {
+            name: name.as_bytes(),
+            value: value.as_bytes(),
+        });
     }
     let record = RecordInput {
         key: args.key.as_bytes(),
@@ -304,9 +349,16 @@ fn append(client: &mut BlockingClient, args: AppendArgs, json: bool) -> anyhow::
     };
     let expected_end = args.expect_end_offset.map(Offset);
     match client.append(&args.topic, args.partition, expected_end, &[record])? {
-        AppendResult::Appended { partition, base_offset, .. } => {
+        AppendResult::Appended {
+            partition,
+            base_offset,
+            ..
+        } => {
             if json {
-                println!("{}", json!({"partition": partition, "offset": base_offset.0}));
+                println!(
+                    "{}",
+                    json!({"partition": partition, "offset": base_offset.0})
+                );
             } else {
                 println!("appended at partition {partition} offset {base_offset}");
             }
@@ -318,7 +370,11 @@ fn append(client: &mut BlockingClient, args: AppendArgs, json: bool) -> anyhow::
                     format!("end offset {}", args.expect_end_offset.unwrap_or_default()),
                     format!("partition end is {current_end_offset}"),
                 ),
-                ConflictInfo::Key { condition, current_offset, .. } => (
+                ConflictInfo::Key {
+                    condition,
+                    current_offset,
+                    ..
+                } => (
                     describe_condition(condition),
                     match current_offset {
                         Some(offset) => format!("key {} is at offset {offset}", args.key),
@@ -364,7 +420,9 @@ fn print_record(record: &FetchedRecord, json: bool) {
             .iter()
             .map(|(name, value)| format!("{}={}", text(name), text(value)))
             .collect();
-        let previous = record.prev_key_offset.map_or("-".to_owned(), |offset| offset.to_string());
+        let previous = record
+            .prev_key_offset
+            .map_or("-".to_owned(), |offset| offset.to_string());
         println!(
             "{}\tkey={}\tprev={}\t[{}]\t{}",
             record.offset,

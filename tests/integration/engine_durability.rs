@@ -41,7 +41,9 @@ struct Ledger {
 
 impl Ledger {
     fn acknowledged(&self) -> impl Iterator<Item = &SubmittedBatch> {
-        self.batches.iter().filter(|batch| batch.acknowledged_base.is_some())
+        self.batches
+            .iter()
+            .filter(|batch| batch.acknowledged_base.is_some())
     }
 }
 
@@ -50,7 +52,10 @@ async fn fetch_all(shard: &Shard, partition: PartitionId) -> Vec<(Offset, Writte
     let mut records = Vec::new();
     let mut from = Offset(0);
     loop {
-        let fetched = shard.fetch(partition, from, 64 * 1024).await.expect("fetch succeeds");
+        let fetched = shard
+            .fetch(partition, from, 64 * 1024)
+            .await
+            .expect("fetch succeeds");
         if fetched.batches.is_empty() {
             return records;
         }
@@ -58,7 +63,10 @@ async fn fetch_all(shard: &Shard, partition: PartitionId) -> Vec<(Offset, Writte
             assert_eq!(record.offset, from, "offsets are dense");
             records.push((
                 record.offset,
-                WrittenRecord { key: record.key.to_vec(), value: record.value.to_vec() },
+                WrittenRecord {
+                    key: record.key.to_vec(),
+                    value: record.value.to_vec(),
+                },
             ));
             from = from.plus(1);
         }
@@ -75,19 +83,27 @@ async fn verify_recovered(shard: &Shard, partition: PartitionId, ledger: &Ledger
         .iter()
         .filter(|batch| batch.partition == partition)
         .flat_map(|batch| {
-            batch.records.iter().enumerate().map(move |(index, record)| {
-                (record.value.as_slice(), (batch, index))
-            })
+            batch
+                .records
+                .iter()
+                .enumerate()
+                .map(move |(index, record)| (record.value.as_slice(), (batch, index)))
         })
         .collect();
-    for batch in ledger.acknowledged().filter(|batch| batch.partition == partition) {
+    for batch in ledger
+        .acknowledged()
+        .filter(|batch| batch.partition == partition)
+    {
         let base = batch.acknowledged_base.expect("filtered on acknowledged").0 as usize;
         for (index, expected) in batch.records.iter().enumerate() {
             let (offset, actual) = records
                 .get(base + index)
                 .unwrap_or_else(|| panic!("acknowledged offset {} lost", base + index));
             assert_eq!(offset.0 as usize, base + index);
-            assert_eq!(actual, expected, "acknowledged record at {offset:?} changed");
+            assert_eq!(
+                actual, expected,
+                "acknowledged record at {offset:?} changed"
+            );
         }
     }
     // All-or-nothing: each present record is record `index` of a submitted batch, and the
@@ -113,9 +129,16 @@ async fn verify_recovered(shard: &Shard, partition: PartitionId, ledger: &Ledger
         latest.insert(record.key.clone(), *offset);
     }
     for (key, offset) in &latest {
-        let read = shard.read_key(partition, key, false).await.expect("read_key").expect("found");
+        let read = shard
+            .read_key(partition, key, false)
+            .await
+            .expect("read_key")
+            .expect("found");
         assert_eq!(read.offset, *offset, "key index answer for {key:?}");
-        let history = shard.key_history(partition, key, usize::MAX).await.expect("history");
+        let history = shard
+            .key_history(partition, key, usize::MAX, usize::MAX)
+            .await
+            .expect("history");
         let expected: Vec<Offset> = records
             .iter()
             .rev()
@@ -123,14 +146,20 @@ async fn verify_recovered(shard: &Shard, partition: PartitionId, ledger: &Ledger
             .map(|(offset, _)| *offset)
             .collect();
         let actual: Vec<Offset> = history.iter().map(|record| record.offset).collect();
-        assert_eq!(actual, expected, "history of {key:?} follows every record of the key");
+        assert_eq!(
+            actual, expected,
+            "history of {key:?} follows every record of the key"
+        );
     }
     records.len()
 }
 
 fn value_for(writer: u64, sequence: u64, index: usize) -> Vec<u8> {
-    format!("w{writer}-s{sequence}-r{index}-{}", "x".repeat((sequence % 7) as usize * 30))
-        .into_bytes()
+    format!(
+        "w{writer}-s{sequence}-r{index}-{}",
+        "x".repeat((sequence % 7) as usize * 30)
+    )
+    .into_bytes()
 }
 
 /// `writer_count` tasks each append `batches_per_writer` batches of 1..=4 records on a few
@@ -174,7 +203,10 @@ async fn run_workload(
                         Err(_) => return,
                     };
                     let condition = latest.map_or(KeyCondition::NoKey, KeyCondition::At);
-                    let headers = [RecordHeader { name: b"type", value: b"test" }];
+                    let headers = [RecordHeader {
+                        name: b"type",
+                        value: b"test",
+                    }];
                     let inputs: Vec<RecordInput<'_>> = records
                         .iter()
                         .enumerate()
@@ -182,7 +214,11 @@ async fn run_workload(
                             key: &record.key,
                             value: &record.value,
                             headers: &headers,
-                            condition: if index == 0 { condition } else { KeyCondition::Any },
+                            condition: if index == 0 {
+                                condition
+                            } else {
+                                KeyCondition::Any
+                            },
                         })
                         .collect();
                     match shard.append(partition, None, &inputs).await {
@@ -221,13 +257,25 @@ fn acknowledged_records_survive_restart_with_offsets_keys_and_history() {
         // Enough bytes (values up to ~200 bytes, >4 KiB padding per group) to roll several
         // 2 MiB segments.
         run_workload(shard.clone(), partition, ledger.clone(), 16, 60, seed).await;
-        let count = verify_recovered(&shard, partition, &ledger.borrow()).await;
+        let snapshot = Ledger {
+            batches: ledger.borrow().batches.clone(),
+        };
+        let count = verify_recovered(&shard, partition, &snapshot).await;
         assert!(count >= 16 * 60, "every batch was acknowledged");
-        Rc::try_unwrap(shard).ok().expect("workload finished").close().await;
+        Rc::try_unwrap(shard)
+            .ok()
+            .expect("workload finished")
+            .close()
+            .await;
         Rc::try_unwrap(ledger).unwrap().into_inner()
     });
-    let segment_count = std::fs::read_dir(dir.path().join("core-0")).unwrap().count();
-    assert!(segment_count >= 3, "the workload rolled segments ({segment_count} files)");
+    let segment_count = std::fs::read_dir(dir.path().join("core-0"))
+        .unwrap()
+        .count();
+    assert!(
+        segment_count >= 3,
+        "the workload rolled segments ({segment_count} files)"
+    );
 
     let engine = open_engine(config);
     run_local(move || async move {
@@ -235,9 +283,16 @@ fn acknowledged_records_survive_restart_with_offsets_keys_and_history() {
         let partition = PartitionId(0);
         let acknowledged_count: usize = ledger.acknowledged().map(|b| b.records.len()).sum();
         let count = verify_recovered(&shard, partition, &ledger).await;
-        assert_eq!(count, acknowledged_count, "nothing more, nothing less after a clean close");
+        assert_eq!(
+            count, acknowledged_count,
+            "nothing more, nothing less after a clean close"
+        );
         // The recovered state accepts new conditional appends that depend on it.
-        let latest = shard.read_key(partition, b"key-0", true).await.unwrap().unwrap();
+        let latest = shard
+            .read_key(partition, b"key-0", true)
+            .await
+            .unwrap()
+            .unwrap();
         let record = RecordInput {
             key: b"key-0",
             value: b"after restart",
@@ -247,12 +302,21 @@ fn acknowledged_records_survive_restart_with_offsets_keys_and_history() {
         let outcome = shard.append(partition, None, &[record]).await.unwrap();
         assert_eq!(
             outcome,
-            AppendOutcome::Appended { base_offset: Offset(count as u64), record_count: 1 }
+            AppendOutcome::Appended {
+                base_offset: Offset(count as u64),
+                record_count: 1
+            }
         );
-        let stale = RecordInput { condition: KeyCondition::At(latest.offset), ..record };
+        let stale = RecordInput {
+            condition: KeyCondition::At(latest.offset),
+            ..record
+        };
         assert!(matches!(
             shard.append(partition, None, &[stale]).await.unwrap(),
-            AppendOutcome::ConditionFailed(Conflict::Key { record_index: 0, .. })
+            AppendOutcome::ConditionFailed(Conflict::Key {
+                record_index: 0,
+                ..
+            })
         ));
     });
 }
@@ -264,7 +328,9 @@ fn concurrent_conditional_appends_on_one_key_have_one_winner_per_offset() {
     run_local(move || async move {
         let shard = Rc::new(engine.open_shard(ShardId(0)).await.unwrap());
         let partition = create_topic(&shard);
-        let winners: Rc<RefCell<Vec<(Option<Offset>, Offset)>>> = Rc::default();
+        // (the offset the winner expected, the offset it got)
+        type Winners = Rc<RefCell<Vec<(Option<Offset>, Offset)>>>;
+        let winners: Winners = Rc::default();
         let mut tasks = Vec::new();
         for writer in 0..64u32 {
             let shard = shard.clone();
@@ -301,11 +367,21 @@ fn concurrent_conditional_appends_on_one_key_have_one_winner_per_offset() {
         // One winner per expected offset, and the winners form one unbroken chain.
         let mut previous = None;
         for (expected, offset) in &winners {
-            assert_eq!(*expected, previous, "winner at {offset:?} expected the previous winner");
+            assert_eq!(
+                *expected, previous,
+                "winner at {offset:?} expected the previous winner"
+            );
             previous = Some(*offset);
         }
-        let history = shard.key_history(partition, b"seat-12A", usize::MAX).await.unwrap();
-        assert_eq!(history.len(), winners.len(), "history holds exactly the winners");
+        let history = shard
+            .key_history(partition, b"seat-12A", usize::MAX, usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            history.len(),
+            winners.len(),
+            "history holds exactly the winners"
+        );
     });
 }
 
@@ -347,15 +423,22 @@ fn snapshots_taken_mid_workload_recover_every_record_acknowledged_before_them() 
         let shard = Rc::new(engine.open_shard(ShardId(0)).await.unwrap());
         let partition = create_topic(&shard);
         let ledger = Rc::new(RefCell::new(Ledger::default()));
-        let workload =
-            glommio::spawn_local(run_workload(shard.clone(), partition, ledger.clone(), 16, 40, seed));
+        let workload = glommio::spawn_local(run_workload(
+            shard.clone(),
+            partition,
+            ledger.clone(),
+            16,
+            40,
+            seed,
+        ));
         let mut rng = TestRng::new(seed);
         let mut taken = Vec::new();
         for snapshot in 0..6 {
             glommio::timer::sleep(std::time::Duration::from_millis(5 + rng.below(40))).await;
             // The copy blocks this executor, but writes already submitted to the kernel keep
             // landing while it runs: the snapshot can hold a torn group, as a crash would.
-            let acknowledged: Vec<SubmittedBatch> = ledger.borrow().acknowledged().cloned().collect();
+            let acknowledged: Vec<SubmittedBatch> =
+                ledger.borrow().acknowledged().cloned().collect();
             let target = snapshot_root.join(format!("snapshot-{snapshot}"));
             snapshot_data_dir(&data_path, &target);
             taken.push((target, acknowledged));
@@ -367,7 +450,9 @@ fn snapshots_taken_mid_workload_recover_every_record_acknowledged_before_them() 
             .map(|(target, acknowledged)| {
                 // Records acknowledged later may be present too (they were written); judge
                 // them as submitted, not acknowledged.
-                let mut snapshot_ledger = Ledger { batches: submitted.clone() };
+                let mut snapshot_ledger = Ledger {
+                    batches: submitted.clone(),
+                };
                 for batch in &mut snapshot_ledger.batches {
                     batch.acknowledged_base = None;
                 }
@@ -379,8 +464,13 @@ fn snapshots_taken_mid_workload_recover_every_record_acknowledged_before_them() 
     for (target, ledger) in snapshot_ledgers {
         for round in 0..2 {
             // Recovering twice gives the same state.
-            let engine = open_engine(EngineConfig { data_dir: target.clone(), ..config.clone() });
-            let ledger = Ledger { batches: ledger.batches.clone() };
+            let engine = open_engine(EngineConfig {
+                data_dir: target.clone(),
+                ..config.clone()
+            });
+            let ledger = Ledger {
+                batches: ledger.batches.clone(),
+            };
             run_local(move || async move {
                 let shard = engine.open_shard(ShardId(0)).await.unwrap();
                 let count = verify_recovered(&shard, PartitionId(0), &ledger).await;
@@ -399,18 +489,31 @@ fn damage_from(path: &Path, position: u64, garbage_seed: Option<u64>) {
     file.seek(SeekFrom::Start(position)).unwrap();
     let mut rng = TestRng::new(garbage_seed.unwrap_or(0));
     let bytes: Vec<u8> = (position..length)
-        .map(|_| if garbage_seed.is_some() { rng.next_u64() as u8 } else { 0 })
+        .map(|_| {
+            if garbage_seed.is_some() {
+                rng.next_u64() as u8
+            } else {
+                0
+            }
+        })
         .collect();
     file.write_all(&bytes).unwrap();
     file.sync_all().unwrap();
 }
 
 fn last_segment(dir: &Path) -> std::path::PathBuf {
-    let mut segments: Vec<_> =
-        walk(&dir.join("core-0")).into_iter().filter(|path| path.extension().is_some_and(|e| e == "seg")).collect();
+    let mut segments: Vec<_> = walk(&dir.join("core-0"))
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "seg"))
+        .collect();
     segments.sort();
     // The last prepared segment is empty; the log ends in the one before it.
-    segments.iter().rev().nth(1).cloned().unwrap_or_else(|| segments[0].clone())
+    segments
+        .iter()
+        .rev()
+        .nth(1)
+        .cloned()
+        .unwrap_or_else(|| segments[0].clone())
 }
 
 #[test]
@@ -426,7 +529,15 @@ fn torn_tails_and_garbage_after_the_end_recover_a_prefix_and_accept_new_appends(
             let shard = Rc::new(engine.open_shard(ShardId(0)).await.unwrap());
             let partition = create_topic(&shard);
             let ledger = Rc::new(RefCell::new(Ledger::default()));
-            run_workload(shard.clone(), partition, ledger.clone(), 4, 30, workload_seed).await;
+            run_workload(
+                shard.clone(),
+                partition,
+                ledger.clone(),
+                4,
+                30,
+                workload_seed,
+            )
+            .await;
             Rc::try_unwrap(shard).ok().unwrap().close().await;
             Rc::try_unwrap(ledger).unwrap().into_inner()
         });
@@ -438,7 +549,9 @@ fn torn_tails_and_garbage_after_the_end_recover_a_prefix_and_accept_new_appends(
         let position = 4096 + rng.below(length / 4);
         let garbage = (case % 2 == 1).then(|| rng.next_u64());
         damage_from(&segment, position, garbage);
-        let mut damaged_ledger = Ledger { batches: ledger.batches.clone() };
+        let mut damaged_ledger = Ledger {
+            batches: ledger.batches.clone(),
+        };
         for batch in &mut damaged_ledger.batches {
             batch.acknowledged_base = None;
         }
@@ -455,7 +568,12 @@ fn torn_tails_and_garbage_after_the_end_recover_a_prefix_and_accept_new_appends(
                     headers: &[],
                     condition: KeyCondition::Any,
                 };
-                shard.append(PartitionId(0), Some(Offset(count as u64 + u64::from(index))), &[record])
+                shard
+                    .append(
+                        PartitionId(0),
+                        Some(Offset(count as u64 + u64::from(index))),
+                        &[record],
+                    )
                     .await
                     .unwrap();
             }
@@ -466,7 +584,11 @@ fn torn_tails_and_garbage_after_the_end_recover_a_prefix_and_accept_new_appends(
         run_local(move || async move {
             let shard = engine.open_shard(ShardId(0)).await.unwrap();
             let records = fetch_all(&shard, PartitionId(0)).await;
-            assert_eq!(records.len(), recovered + 5, "case {case}: new appends survive reopen");
+            assert_eq!(
+                records.len(),
+                recovered + 5,
+                "case {case}: new appends survive reopen"
+            );
             for (index, (_, record)) in records[recovered..].iter().enumerate() {
                 assert_eq!(record.value, format!("after damage {index}").into_bytes());
             }
@@ -499,26 +621,56 @@ fn a_failed_write_or_sync_fails_pending_appends_poisons_the_shard_and_loses_noth
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
         let fail_at = 2 + rng.below(20);
-        config.fault_hook =
-            Some(FaultHook(Arc::new(FailNth { point, fail_at, seen: AtomicU64::new(0) })));
+        config.fault_hook = Some(FaultHook(Arc::new(FailNth {
+            point,
+            fail_at,
+            seen: AtomicU64::new(0),
+        })));
         let engine = open_engine(config.clone());
         let workload_seed = rng.next_u64();
         let ledger = run_local(move || async move {
             let shard = Rc::new(engine.open_shard(ShardId(0)).await.unwrap());
             let partition = create_topic(&shard);
             let ledger = Rc::new(RefCell::new(Ledger::default()));
-            run_workload(shard.clone(), partition, ledger.clone(), 16, 40, workload_seed).await;
-            let error = shard.poisoned().expect("the injected failure poisoned the shard");
-            assert_eq!(error.errno, Some(5), "{point:?}: the storage error carries EIO");
-            let record =
-                RecordInput { key: b"k", value: b"v", headers: &[], condition: KeyCondition::Any };
+            run_workload(
+                shard.clone(),
+                partition,
+                ledger.clone(),
+                16,
+                40,
+                workload_seed,
+            )
+            .await;
+            let error = shard
+                .poisoned()
+                .expect("the injected failure poisoned the shard");
+            assert_eq!(
+                error.errno,
+                Some(5),
+                "{point:?}: the storage error carries EIO"
+            );
+            let record = RecordInput {
+                key: b"k",
+                value: b"v",
+                headers: &[],
+                condition: KeyCondition::Any,
+            };
             assert!(
-                matches!(shard.append(partition, None, &[record]).await, Err(AppendError::Storage(_))),
+                matches!(
+                    shard.append(partition, None, &[record]).await,
+                    Err(AppendError::Storage(_))
+                ),
                 "a poisoned shard refuses appends"
             );
-            assert!(shard.fetch(partition, Offset(0), 1024).await.is_err(), "and reads");
+            assert!(
+                shard.fetch(partition, Offset(0), 1024).await.is_err(),
+                "and reads"
+            );
             let ledger = Rc::try_unwrap(ledger).unwrap().into_inner();
-            let unacknowledged = ledger.batches.iter().filter(|b| b.acknowledged_base.is_none());
+            let unacknowledged = ledger
+                .batches
+                .iter()
+                .filter(|b| b.acknowledged_base.is_none());
             assert!(unacknowledged.count() > 0, "{point:?}: some appends failed");
             ledger
         });
@@ -531,11 +683,20 @@ fn a_failed_write_or_sync_fails_pending_appends_poisons_the_shard_and_loses_noth
             let acknowledged: usize = ledger.acknowledged().map(|b| b.records.len()).sum();
             assert!(count >= acknowledged);
             if point == FaultPoint::Write {
-                assert_eq!(count, acknowledged, "a group whose write failed never reached disk");
+                assert_eq!(
+                    count, acknowledged,
+                    "a group whose write failed never reached disk"
+                );
             }
-            let record =
-                RecordInput { key: b"k", value: b"v", headers: &[], condition: KeyCondition::Any };
-            let outcome = shard.append(PartitionId(0), Some(Offset(count as u64)), &[record]).await;
+            let record = RecordInput {
+                key: b"k",
+                value: b"v",
+                headers: &[],
+                condition: KeyCondition::Any,
+            };
+            let outcome = shard
+                .append(PartitionId(0), Some(Offset(count as u64)), &[record])
+                .await;
             assert!(matches!(outcome.unwrap(), AppendOutcome::Appended { .. }));
         });
     }

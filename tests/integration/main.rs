@@ -2,6 +2,11 @@
 //! has 2 cores), a module per concern, all against real parts — real files in temp
 //! directories, the real engine, the real server process over TCP on 127.0.0.1.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions: a failed unwrap is a failed test"
+)]
+
 mod engine_durability;
 mod protocol_errors;
 mod server_e2e;

@@ -5,18 +5,20 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use cairn_engine::{KeyCondition, RecordInput};
+use cairn_engine::{KeyCondition, Offset, RecordInput};
 use cairn_server::client::{BlockingClient, ClientConfig};
 use cairn_server::wire::{
-    AppendRecords, AppendRequest, Encoder, ErrorCode, Request, RequestBody, ResponseBody,
-    decode_response, write_frame,
+    AppendRecords, AppendRequest, Encoder, ErrorCode, FetchRequest, Request, RequestBody,
+    ResponseBody, decode_response, write_frame,
 };
 
 use crate::support::server::TestServer;
 
 fn connect(address: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(address).expect("connects");
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     stream
 }
 
@@ -35,18 +37,25 @@ fn read_frame(stream: &mut TcpStream) -> Option<Vec<u8>> {
 }
 
 fn error_code(frame: &[u8]) -> ErrorCode {
-    match decode_response(frame).expect("the server's response decodes").body {
+    match decode_response(frame)
+        .expect("the server's response decodes")
+        .body
+    {
         ResponseBody::Error(error) => error.code,
         other => panic!("expected an error response, got {other:?}"),
     }
 }
 
 fn assert_closed(stream: &mut TcpStream) {
-    assert!(read_frame(stream).is_none(), "the server closes the connection");
+    assert!(
+        read_frame(stream).is_none(),
+        "the server closes the connection"
+    );
 }
 
 fn assert_still_serving(address: SocketAddr) {
-    let mut client = BlockingClient::connect(ClientConfig::new(address)).expect("a new client connects");
+    let mut client =
+        BlockingClient::connect(ClientConfig::new(address)).expect("a new client connects");
     client.ping().expect("and is answered");
 }
 
@@ -99,9 +108,17 @@ fn a_rule_violation_is_answered_and_the_connection_stays_usable() {
     let decoded = decode_response(&response).unwrap();
     assert_eq!(decoded.correlation_id, 41);
     assert_eq!(error_code(&response), ErrorCode::BadRequest);
-    stream.write_all(&encode(&Request { correlation_id: 42, body: RequestBody::Ping })).unwrap();
+    stream
+        .write_all(&encode(&Request {
+            correlation_id: 42,
+            body: RequestBody::Ping,
+        }))
+        .unwrap();
     let pong = read_frame(&mut stream).expect("still open");
-    assert!(matches!(decode_response(&pong).unwrap().body, ResponseBody::Pong));
+    assert!(matches!(
+        decode_response(&pong).unwrap().body,
+        ResponseBody::Pong
+    ));
 }
 
 #[test]
@@ -109,11 +126,27 @@ fn truncated_frames_and_vanishing_clients_leave_the_server_serving() {
     let server = TestServer::start();
     for cut in [1usize, 3, 4, 10] {
         let mut stream = connect(server.address);
-        let frame = encode(&Request { correlation_id: 1, body: RequestBody::Metadata });
-        stream.write_all(&frame[..cut.min(frame.len() - 1)]).unwrap();
+        let frame = encode(&Request {
+            correlation_id: 1,
+            body: RequestBody::Metadata,
+        });
+        stream
+            .write_all(&frame[..cut.min(frame.len() - 1)])
+            .unwrap();
         drop(stream);
     }
     assert_still_serving(server.address);
+}
+
+/// Resident memory of a process, from /proc.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
 }
 
 #[test]
@@ -121,35 +154,57 @@ fn a_client_that_never_reads_its_responses_stalls_only_itself() {
     let server = TestServer::start();
     let mut setup = BlockingClient::connect(ClientConfig::new(server.address)).unwrap();
     setup.create_topic("flood", 1).unwrap();
+    // ~1 MiB of records, so that every fetch below is answered with ~1 MiB.
+    let value = vec![7u8; 120 * 1024];
+    for _ in 0..8 {
+        let records = [RecordInput {
+            key: b"k",
+            value: &value,
+            headers: &[],
+            condition: KeyCondition::Any,
+        }];
+        setup.append("flood", Some(0), None, &records).unwrap();
+    }
+    let resident_before = resident_bytes(server.pid());
     let mut stream = connect(server.address);
-    stream.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
-    let value = vec![7u8; 8 * 1024];
-    let records = [RecordInput { key: b"k", value: &value, headers: &[], condition: KeyCondition::Any }];
-    let mut sent_bytes = 0usize;
-    // Pipeline appends without reading a single response, until the server stops reading
-    // (its per-connection limit) and our socket buffers fill: the write times out.
-    for correlation_id in 0..100_000u64 {
+    stream
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let request_count_max = 200_000u64;
+    let mut sent = 0u64;
+    // Pipeline fetches without reading a single response: the server must stop reading
+    // this connection (bounded in-flight requests and queued response bytes) until our
+    // writes time out, instead of buffering ~1 MiB per request.
+    for correlation_id in 0..request_count_max {
         let request = Request {
             correlation_id,
-            body: RequestBody::Append(AppendRequest {
+            body: RequestBody::Fetch(FetchRequest {
                 topic: "flood",
-                partition: Some(0),
-                expected_end_offset: None,
-                records: AppendRecords::from_inputs(&records),
+                partition: 0,
+                offset: Offset(0),
+                size_bytes_max: 2 * 1024 * 1024,
+                wait_max: Duration::ZERO,
             }),
         };
-        match stream.write_all(&encode(&request)) {
-            Ok(()) => sent_bytes += value.len(),
-            Err(_) => break,
+        if stream.write_all(&encode(&request)).is_err() {
+            break;
         }
+        sent += 1;
     }
-    assert!(sent_bytes < 100_000 * value.len(), "the server applied back-pressure");
+    assert!(
+        sent < request_count_max,
+        "the server applied back-pressure after {sent} requests"
+    );
+    let resident_growth = resident_bytes(server.pid()).saturating_sub(resident_before);
+    assert!(
+        resident_growth < 256 * 1024 * 1024,
+        "{sent} unread ~1 MiB responses grew the server by {resident_growth} bytes"
+    );
     assert_still_serving(server.address);
-    let high_watermark = setup
-        .fetch("flood", 0, cairn_engine::Offset(0), 1024, Duration::ZERO)
-        .unwrap()
-        .high_watermark;
-    assert!(high_watermark.0 > 0, "the flood's appends that were read are durable");
+    let fetched = setup
+        .fetch("flood", 0, Offset(0), 1024, Duration::ZERO)
+        .unwrap();
+    assert_eq!(fetched.high_watermark, Offset(8));
 }
 
 #[test]

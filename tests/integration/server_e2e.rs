@@ -18,13 +18,20 @@ fn client(address: SocketAddr) -> BlockingClient {
 }
 
 fn record<'a>(key: &'a [u8], value: &'a [u8], condition: KeyCondition) -> RecordInput<'a> {
-    RecordInput { key, value, headers: &[], condition }
+    RecordInput {
+        key,
+        value,
+        headers: &[],
+        condition,
+    }
 }
 
 fn appended_offset(result: AppendResult) -> Offset {
     match result {
         AppendResult::Appended { base_offset, .. } => base_offset,
-        AppendResult::Conflict { info, message } => panic!("unexpected conflict {info:?}: {message}"),
+        AppendResult::Conflict { info, message } => {
+            panic!("unexpected conflict {info:?}: {message}")
+        }
     }
 }
 
@@ -37,58 +44,120 @@ fn every_request_kind_round_trips_through_the_client() {
     assert_eq!(topic.partitions.len(), 4);
     assert!(matches!(
         client.create_topic("orders", 4),
-        Err(ClientError::Server { code: ErrorCode::TopicExists, .. })
+        Err(ClientError::Server {
+            code: ErrorCode::TopicExists,
+            ..
+        })
     ));
     let metadata = client.metadata().unwrap();
     assert_eq!(metadata.shard_ports, server.shard_ports);
-    let shards: BTreeSet<u16> =
-        metadata.topics[0].partitions.iter().map(|partition| partition.shard).collect();
+    let shards: BTreeSet<u16> = metadata.topics[0]
+        .partitions
+        .iter()
+        .map(|partition| partition.shard)
+        .collect();
     assert_eq!(shards.len(), 2, "partitions are spread over both shards");
 
-    let headers = [RecordHeader { name: b"type", value: b"created" }];
-    let first = RecordInput { headers: &headers, ..record(b"order-1", b"v0", KeyCondition::NoKey) };
+    let headers = [RecordHeader {
+        name: b"type",
+        value: b"created",
+    }];
+    let first = RecordInput {
+        headers: &headers,
+        ..record(b"order-1", b"v0", KeyCondition::NoKey)
+    };
     let base = appended_offset(client.append("orders", None, None, &[first]).unwrap());
     let second = record(b"order-1", b"v1", KeyCondition::At(base));
     let next = appended_offset(client.append("orders", None, None, &[second]).unwrap());
     assert_eq!(next, base.plus(1));
 
     // A stale condition is a conflict value carrying the current offset.
-    match client.append("orders", None, None, &[record(b"order-1", b"v2", KeyCondition::At(base))]).unwrap() {
-        AppendResult::Conflict { info: ConflictInfo::Key { record_index, current_offset, .. }, .. } => {
+    match client
+        .append(
+            "orders",
+            None,
+            None,
+            &[record(b"order-1", b"v2", KeyCondition::At(base))],
+        )
+        .unwrap()
+    {
+        AppendResult::Conflict {
+            info:
+                ConflictInfo::Key {
+                    record_index,
+                    current_offset,
+                    ..
+                },
+            ..
+        } => {
             assert_eq!(record_index, 0);
             assert_eq!(current_offset, Some(next));
         }
         other => panic!("expected a key conflict, got {other:?}"),
     }
     let partition = cairn_server::wire::partition_for_key(b"order-1", 4);
-    match client.append("orders", Some(partition), Some(Offset(7)), &[record(b"x", b"y", KeyCondition::Any)]).unwrap() {
-        AppendResult::Conflict { info: ConflictInfo::EndOffset { current_end_offset }, .. } => {
+    match client
+        .append(
+            "orders",
+            Some(partition),
+            Some(Offset(7)),
+            &[record(b"x", b"y", KeyCondition::Any)],
+        )
+        .unwrap()
+    {
+        AppendResult::Conflict {
+            info: ConflictInfo::EndOffset { current_end_offset },
+            ..
+        } => {
             assert_eq!(current_end_offset, next.plus(1));
         }
         other => panic!("expected an end-offset conflict, got {other:?}"),
     }
 
-    let fetched = client.fetch("orders", partition, Offset(0), 1 << 20, Duration::ZERO).unwrap();
+    let fetched = client
+        .fetch("orders", partition, Offset(0), 1 << 20, Duration::ZERO)
+        .unwrap();
     assert_eq!(fetched.high_watermark, next.plus(1));
     let values: Vec<&[u8]> = fetched.records.iter().map(|r| r.value.as_slice()).collect();
     assert_eq!(values, vec![b"v0".as_slice(), b"v1".as_slice()]);
-    assert_eq!(fetched.records[0].headers, vec![(b"type".to_vec(), b"created".to_vec())]);
+    assert_eq!(
+        fetched.records[0].headers,
+        vec![(b"type".to_vec(), b"created".to_vec())]
+    );
     assert_eq!(fetched.records[1].prev_key_offset, Some(base));
 
-    let latest = client.read_key("orders", None, b"order-1", false).unwrap().unwrap();
-    assert_eq!((latest.offset, latest.value.as_slice()), (next, b"v1".as_slice()));
-    assert!(client.read_key("orders", None, b"nobody", true).unwrap().is_none());
+    let latest = client
+        .read_key("orders", None, b"order-1", false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (latest.offset, latest.value.as_slice()),
+        (next, b"v1".as_slice())
+    );
+    assert!(
+        client
+            .read_key("orders", None, b"nobody", true)
+            .unwrap()
+            .is_none()
+    );
     let history = client.key_history("orders", None, b"order-1", 10).unwrap();
     let offsets: Vec<Offset> = history.iter().map(|r| r.offset).collect();
     assert_eq!(offsets, vec![next, base]);
 
     assert!(matches!(
         client.fetch("nope", 0, Offset(0), 1024, Duration::ZERO),
-        Err(ClientError::UnknownTopic(_)) | Err(ClientError::Server { code: ErrorCode::UnknownTopic, .. })
+        Err(ClientError::UnknownTopic(_))
+            | Err(ClientError::Server {
+                code: ErrorCode::UnknownTopic,
+                ..
+            })
     ));
     assert!(matches!(
         client.fetch("orders", 9, Offset(0), 1024, Duration::ZERO),
-        Err(ClientError::Server { code: ErrorCode::UnknownPartition, .. })
+        Err(ClientError::Server {
+            code: ErrorCode::UnknownPartition,
+            ..
+        })
     ));
 }
 
@@ -110,8 +179,12 @@ fn concurrent_connections_racing_on_one_key_have_one_winner_per_expected_offset(
                         .map(|record| record.offset);
                     let value = format!("writer {writer} attempt {attempt}");
                     let condition = expected.map_or(KeyCondition::NoKey, KeyCondition::At);
-                    let result =
-                        client.append("seats", None, None, &[record(b"12A", value.as_bytes(), condition)]);
+                    let result = client.append(
+                        "seats",
+                        None,
+                        None,
+                        &[record(b"12A", value.as_bytes(), condition)],
+                    );
                     if let AppendResult::Appended { base_offset, .. } = result.unwrap() {
                         winners.lock().unwrap().push((expected, base_offset));
                     }
@@ -127,10 +200,15 @@ fn concurrent_connections_racing_on_one_key_have_one_winner_per_expected_offset(
     assert!(winners.len() >= 2);
     let mut previous = None;
     for (expected, offset) in &winners {
-        assert_eq!(*expected, previous, "the winner at {offset:?} expected the previous winner");
+        assert_eq!(
+            *expected, previous,
+            "the winner at {offset:?} expected the previous winner"
+        );
         previous = Some(*offset);
     }
-    let history = client(server.address).key_history("seats", None, b"12A", 1000).unwrap();
+    let history = client(server.address)
+        .key_history("seats", None, b"12A", 1000)
+        .unwrap();
     assert_eq!(history.len(), winners.len());
 }
 
@@ -142,12 +220,23 @@ fn a_long_poll_fetch_wakes_when_a_record_is_appended() {
     let address = server.address;
     let reader = std::thread::spawn(move || {
         let mut reader = client(address);
-        reader.fetch("feed", 0, Offset(0), 1 << 20, Duration::from_secs(20)).unwrap()
+        reader
+            .fetch("feed", 0, Offset(0), 1 << 20, Duration::from_secs(20))
+            .unwrap()
     });
     // The reader is parked (nothing to return yet) or not yet connected; either way the
     // append below is what ends its wait, long before the 20 s limit.
     std::thread::sleep(Duration::from_millis(100));
-    appended_offset(writer.append("feed", Some(0), None, &[record(b"k", b"hello", KeyCondition::Any)]).unwrap());
+    appended_offset(
+        writer
+            .append(
+                "feed",
+                Some(0),
+                None,
+                &[record(b"k", b"hello", KeyCondition::Any)],
+            )
+            .unwrap(),
+    );
     let fetched = reader.join().unwrap();
     assert_eq!(fetched.records.len(), 1);
     assert_eq!(fetched.records[0].value, b"hello");
@@ -165,21 +254,37 @@ fn acknowledged_appends_survive_a_restart_and_a_kill() {
             client.create_topic("ledger", 3).unwrap();
         }
         for partition in 0..3u32 {
-            let fetched = client.fetch("ledger", partition, Offset(0), 1 << 20, Duration::ZERO).unwrap();
-            let mut expected: Vec<&(u32, Offset, Vec<u8>)> =
-                acknowledged.iter().filter(|(p, _, _)| *p == partition).collect();
+            let fetched = client
+                .fetch("ledger", partition, Offset(0), 1 << 20, Duration::ZERO)
+                .unwrap();
+            let mut expected: Vec<&(u32, Offset, Vec<u8>)> = acknowledged
+                .iter()
+                .filter(|(p, _, _)| *p == partition)
+                .collect();
             expected.sort_by_key(|(_, offset, _)| *offset);
-            let actual: Vec<(Offset, &[u8])> =
-                fetched.records.iter().map(|r| (r.offset, r.value.as_slice())).collect();
-            let expected: Vec<(Offset, &[u8])> =
-                expected.iter().map(|(_, offset, value)| (*offset, value.as_slice())).collect();
+            let actual: Vec<(Offset, &[u8])> = fetched
+                .records
+                .iter()
+                .map(|r| (r.offset, r.value.as_slice()))
+                .collect();
+            let expected: Vec<(Offset, &[u8])> = expected
+                .iter()
+                .map(|(_, offset, value)| (*offset, value.as_slice()))
+                .collect();
             assert_eq!(actual, expected, "round {round} partition {partition}");
         }
         for index in 0..30u32 {
             let partition = index % 3;
             let value = format!("round {round} record {index}").into_bytes();
             let offset = appended_offset(
-                client.append("ledger", Some(partition), None, &[record(b"k", &value, KeyCondition::Any)]).unwrap(),
+                client
+                    .append(
+                        "ledger",
+                        Some(partition),
+                        None,
+                        &[record(b"k", &value, KeyCondition::Any)],
+                    )
+                    .unwrap(),
             );
             acknowledged.push((partition, offset, value));
         }
@@ -187,7 +292,10 @@ fn acknowledged_appends_survive_a_restart_and_a_kill() {
         // Alternate a clean stop (SIGTERM, exit 0) with a crash (SIGKILL).
         if round % 2 == 0 {
             let status = server.stop_with(15, Duration::from_secs(20));
-            assert!(status.success(), "SIGTERM stops the server cleanly: {status:?}");
+            assert!(
+                status.success(),
+                "SIGTERM stops the server cleanly: {status:?}"
+            );
         } else {
             server.stop_with(9, Duration::from_secs(20));
         }
@@ -214,17 +322,40 @@ fn forwarded_and_shard_aware_requests_agree() {
     for partition in 0..8u32 {
         let value = format!("p{partition}");
         let first = appended_offset(
-            forwarding.append("spread", Some(partition), Some(Offset(0)), &[record(b"a", value.as_bytes(), KeyCondition::NoKey)]).unwrap(),
+            forwarding
+                .append(
+                    "spread",
+                    Some(partition),
+                    Some(Offset(0)),
+                    &[record(b"a", value.as_bytes(), KeyCondition::NoKey)],
+                )
+                .unwrap(),
         );
         let second = appended_offset(
-            direct.append("spread", Some(partition), Some(Offset(1)), &[record(b"a", value.as_bytes(), KeyCondition::At(first))]).unwrap(),
+            direct
+                .append(
+                    "spread",
+                    Some(partition),
+                    Some(Offset(1)),
+                    &[record(b"a", value.as_bytes(), KeyCondition::At(first))],
+                )
+                .unwrap(),
         );
         let third = appended_offset(
-            one_port.append("spread", Some(partition), Some(Offset(2)), &[record(b"a", value.as_bytes(), KeyCondition::At(second))]).unwrap(),
+            one_port
+                .append(
+                    "spread",
+                    Some(partition),
+                    Some(Offset(2)),
+                    &[record(b"a", value.as_bytes(), KeyCondition::At(second))],
+                )
+                .unwrap(),
         );
         assert_eq!((first, second, third), (Offset(0), Offset(1), Offset(2)));
         for reader in [&mut forwarding, &mut direct, &mut one_port] {
-            let fetched = reader.fetch("spread", partition, Offset(0), 1 << 20, Duration::ZERO).unwrap();
+            let fetched = reader
+                .fetch("spread", partition, Offset(0), 1 << 20, Duration::ZERO)
+                .unwrap();
             assert_eq!(fetched.records.len(), 3, "partition {partition}");
             assert!(fetched.records.iter().all(|r| r.value == value.as_bytes()));
         }
@@ -246,7 +377,20 @@ fn the_cli_books_a_seat_once_and_reports_the_conflict_with_exit_status_3() {
     let created = cairn_cli(&server, &["topic", "create", "seats", "--partitions", "4"]);
     assert!(created.status.success(), "{created:?}");
     let book = |who: &str| {
-        cairn_cli(&server, &["append", "seats", "--key", "12A", "--expect", "no-key", "--header", "type=booked", who])
+        cairn_cli(
+            &server,
+            &[
+                "append",
+                "seats",
+                "--key",
+                "12A",
+                "--expect",
+                "no-key",
+                "--header",
+                "type=booked",
+                who,
+            ],
+        )
     };
     let alice = book("alice");
     assert!(alice.status.success(), "{alice:?}");
@@ -254,11 +398,25 @@ fn the_cli_books_a_seat_once_and_reports_the_conflict_with_exit_status_3() {
     let bob = book("bob");
     assert_eq!(bob.status.code(), Some(3), "{bob:?}");
     let complaint = String::from_utf8_lossy(&bob.stderr);
-    assert!(complaint.contains("no-key") && complaint.contains("offset 0"), "{complaint}");
+    assert!(
+        complaint.contains("no-key") && complaint.contains("offset 0"),
+        "{complaint}"
+    );
 
     let partition = cairn_cli(&server, &["partition-of", "seats", "12A"]);
     let partition = String::from_utf8_lossy(&partition.stdout).trim().to_owned();
-    let fetched = cairn_cli(&server, &["--json", "fetch", "seats", "--partition", &partition, "--from", "0"]);
+    let fetched = cairn_cli(
+        &server,
+        &[
+            "--json",
+            "fetch",
+            "seats",
+            "--partition",
+            &partition,
+            "--from",
+            "0",
+        ],
+    );
     assert!(fetched.status.success(), "{fetched:?}");
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&fetched.stdout)
         .lines()

@@ -51,7 +51,9 @@ impl OffsetIndex {
 
     /// Index (into `batches()`) of the batch holding `offset`, if it is durable.
     pub fn find(&self, offset: Offset) -> Option<usize> {
-        let after = self.batches.partition_point(|batch| batch.base_offset <= offset);
+        let after = self
+            .batches
+            .partition_point(|batch| batch.base_offset <= offset);
         let index = after.checked_sub(1)?;
         let batch = self.batches.get(index)?;
         (offset < batch.end_offset).then_some(index)
@@ -64,7 +66,9 @@ impl OffsetIndex {
 
     /// Offset just after the last durable batch.
     pub fn end_offset(&self) -> Offset {
-        self.batches.last().map_or(Offset(0), |batch| batch.end_offset)
+        self.batches
+            .last()
+            .map_or(Offset(0), |batch| batch.end_offset)
     }
 
     /// Heap bytes held, for the memory figures.

@@ -54,9 +54,6 @@
 //! it is never all zeros, so it ends the segment as `TornTail`.
 
 #![deny(clippy::indexing_slicing)]
-// `cargo fuzz` builds with `--cfg fuzzing` to compile `fuzz_bodies`; nothing declares that
-// name to the compiler's cfg check, and only the workspace manifest could.
-#![expect(unexpected_cfgs, reason = "cfg(fuzzing) is set by cargo fuzz")]
 
 use hashbrown::HashMap;
 

@@ -95,7 +95,11 @@ impl Catalog {
                 partition_count_max: u32::MAX - first_partition_id,
             });
         }
-        let topic = Topic { name: name.to_owned(), partition_count, first_partition_id };
+        let topic = Topic {
+            name: name.to_owned(),
+            partition_count,
+            first_partition_id,
+        };
         self.topics.push(topic.clone());
         Ok(topic)
     }
@@ -114,7 +118,10 @@ impl Catalog {
     fn decode(path: &Path, body: &str) -> Result<Catalog, OpenError> {
         let mut catalog = Catalog::default();
         for line in body.lines() {
-            let bad = |problem: String| OpenError::BadMetadata { path: path.to_owned(), problem };
+            let bad = |problem: String| OpenError::BadMetadata {
+                path: path.to_owned(),
+                problem,
+            };
             let fields: Vec<&str> = line.split(' ').collect();
             let [tag, name, count, first] = fields.as_slice() else {
                 return Err(bad(format!("malformed line {line:?}")));
@@ -122,9 +129,15 @@ impl Catalog {
             if *tag != "topic" {
                 return Err(bad(format!("unknown entry {tag:?}")));
             }
-            let count: u32 = count.parse().map_err(|_| bad(format!("bad count in {line:?}")))?;
-            let first: u32 = first.parse().map_err(|_| bad(format!("bad id in {line:?}")))?;
-            let topic = catalog.add(name, count).map_err(|error| bad(error.to_string()))?;
+            let count: u32 = count
+                .parse()
+                .map_err(|_| bad(format!("bad count in {line:?}")))?;
+            let first: u32 = first
+                .parse()
+                .map_err(|_| bad(format!("bad id in {line:?}")))?;
+            let topic = catalog
+                .add(name, count)
+                .map_err(|error| bad(error.to_string()))?;
             if topic.first_partition_id != first {
                 return Err(bad(format!(
                     "topic {name} starts at partition {first}, expected {}",
@@ -137,14 +150,20 @@ impl Catalog {
 }
 
 fn validate_topic_name(name: &str) -> Result<(), TopicError> {
-    let invalid = |problem| TopicError::InvalidName { name: name.to_owned(), problem };
+    let invalid = |problem| TopicError::InvalidName {
+        name: name.to_owned(),
+        problem,
+    };
     if name.is_empty() {
         return Err(invalid("empty"));
     }
     if name.len() > TOPIC_NAME_SIZE_BYTES_MAX {
         return Err(invalid("longer than 249 bytes"));
     }
-    if !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte)) {
+    if !name
+        .bytes()
+        .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte))
+    {
         return Err(invalid("only A-Z a-z 0-9 . _ - are allowed"));
     }
     Ok(())
@@ -162,7 +181,9 @@ impl DataDir {
     /// directory must have been created with `shard_count` shards.
     pub fn open_or_create(path: &Path, shard_count: u16) -> Result<DataDir, OpenError> {
         if shard_count == 0 {
-            return Err(OpenError::BadConfig("shard count must be at least 1".into()));
+            return Err(OpenError::BadConfig(
+                "shard count must be at least 1".into(),
+            ));
         }
         fs::create_dir_all(path)
             .map_err(|error| StorageError::from_io("create directory", path, &error))?;
@@ -183,12 +204,14 @@ impl DataDir {
                 });
             }
         } else {
-            let body = format!(
-                "format_version {DATA_DIR_FORMAT_VERSION}\nshard_count {shard_count}\n"
-            );
+            let body =
+                format!("format_version {DATA_DIR_FORMAT_VERSION}\nshard_count {shard_count}\n");
             write_atomically(path, META_FILE_NAME, &body)?;
         }
-        let data_dir = DataDir { path: path.to_owned(), shard_count };
+        let data_dir = DataDir {
+            path: path.to_owned(),
+            shard_count,
+        };
         for shard in 0..shard_count {
             let shard_dir = data_dir.shard_dir(shard);
             fs::create_dir_all(&shard_dir)
@@ -230,7 +253,10 @@ impl DataDir {
 }
 
 fn decode_meta(path: &Path, body: &str) -> Result<(u32, u16), OpenError> {
-    let bad = |problem: String| OpenError::BadMetadata { path: path.to_owned(), problem };
+    let bad = |problem: String| OpenError::BadMetadata {
+        path: path.to_owned(),
+        problem,
+    };
     let mut version = None;
     let mut shard_count = None;
     for line in body.lines() {
@@ -252,9 +278,16 @@ fn decode_meta(path: &Path, body: &str) -> Result<(u32, u16), OpenError> {
 
 /// Reads a metadata file and verifies its trailing `crc32 <hex>` line; returns the body.
 fn read_checked(path: &Path) -> Result<String, OpenError> {
-    let bad = |problem: String| OpenError::BadMetadata { path: path.to_owned(), problem };
-    let text = fs::read_to_string(path).map_err(|error| StorageError::from_io("read", path, &error))?;
-    let body_end = text.trim_end_matches('\n').rfind('\n').map_or(0, |newline| newline + 1);
+    let bad = |problem: String| OpenError::BadMetadata {
+        path: path.to_owned(),
+        problem,
+    };
+    let text =
+        fs::read_to_string(path).map_err(|error| StorageError::from_io("read", path, &error))?;
+    let body_end = text
+        .trim_end_matches('\n')
+        .rfind('\n')
+        .map_or(0, |newline| newline + 1);
     let (body, crc_line) = text.split_at(body_end);
     let Some(recorded) = crc_line.trim_end().strip_prefix("crc32 ") else {
         return Err(bad("last line is not `crc32 <hex>`".into()));
@@ -262,7 +295,9 @@ fn read_checked(path: &Path) -> Result<String, OpenError> {
     let recorded = u32::from_str_radix(recorded, 16).map_err(|_| bad("bad crc32 line".into()))?;
     let actual = crc32fast::hash(body.as_bytes());
     if recorded != actual {
-        return Err(bad(format!("checksum {actual:08x} does not match {recorded:08x}")));
+        return Err(bad(format!(
+            "checksum {actual:08x} does not match {recorded:08x}"
+        )));
     }
     Ok(body.to_owned())
 }
@@ -272,7 +307,11 @@ fn write_atomically(dir: &Path, name: &str, body: &str) -> Result<(), StorageErr
     let tmp_path = dir.join(format!("{name}.tmp"));
     let text = format!("{body}crc32 {:08x}\n", crc32fast::hash(body.as_bytes()));
     let write = || -> std::io::Result<()> {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp_path)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp_path)?;
         file.write_all(text.as_bytes())?;
         file.sync_data()
     };
@@ -312,7 +351,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         DataDir::open_or_create(dir.path(), 2).unwrap();
         let error = DataDir::open_or_create(dir.path(), 3).unwrap_err();
-        assert!(matches!(error, OpenError::ShardCountMismatch { expected: 3, actual: 2 }));
+        assert!(matches!(
+            error,
+            OpenError::ShardCountMismatch {
+                expected: 3,
+                actual: 2
+            }
+        ));
     }
 
     #[test]
@@ -323,17 +368,31 @@ mod tests {
         catalog.add("orders", 3).unwrap();
         data_dir.save_catalog(&catalog).unwrap();
         let path = dir.path().join(TOPICS_FILE_NAME);
-        let text = fs::read_to_string(&path).unwrap().replace("orders 3", "orders 4");
+        let text = fs::read_to_string(&path)
+            .unwrap()
+            .replace("orders 3", "orders 4");
         fs::write(&path, text).unwrap();
-        assert!(matches!(data_dir.load_catalog(), Err(OpenError::BadMetadata { .. })));
+        assert!(matches!(
+            data_dir.load_catalog(),
+            Err(OpenError::BadMetadata { .. })
+        ));
     }
 
     #[test]
     fn topic_names_and_counts_are_validated() {
         let mut catalog = Catalog::default();
-        assert!(matches!(catalog.add("", 1), Err(TopicError::InvalidName { .. })));
-        assert!(matches!(catalog.add("a b", 1), Err(TopicError::InvalidName { .. })));
-        assert!(matches!(catalog.add("ok", 0), Err(TopicError::BadPartitionCount { .. })));
+        assert!(matches!(
+            catalog.add("", 1),
+            Err(TopicError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            catalog.add("a b", 1),
+            Err(TopicError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            catalog.add("ok", 0),
+            Err(TopicError::BadPartitionCount { .. })
+        ));
         catalog.add("ok", 1).unwrap();
         assert_eq!(catalog.add("ok", 1), Err(TopicError::Exists("ok".into())));
     }

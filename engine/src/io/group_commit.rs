@@ -122,8 +122,14 @@ pub(crate) async fn run(state: Rc<RefCell<ShardState>>, events: ShardEvents) {
 /// Moves the open group to in-flight and opens the next one. Returns the in-flight
 /// group's sequence.
 fn take_open_group(state: &mut ShardState) -> u64 {
-    assert!(state.in_flight_group.is_none(), "one group in flight at a time");
-    let next = GroupBuffer::new(state.open_group.sequence + 1, state.config.group_size_bytes_max);
+    assert!(
+        state.in_flight_group.is_none(),
+        "one group in flight at a time"
+    );
+    let next = GroupBuffer::new(
+        state.open_group.sequence + 1,
+        state.config.group_size_bytes_max,
+    );
     let group = std::mem::replace(&mut state.open_group, next);
     state.in_flight_group = Some(InFlightGroup {
         sequence: group.sequence,
@@ -139,9 +145,18 @@ fn take_open_group(state: &mut ShardState) -> u64 {
 async fn commit(state: &Rc<RefCell<ShardState>>, sequence: u64) -> Result<(), StorageError> {
     let (bytes, padded_len_bytes) = {
         let guard = state.borrow();
-        let group = guard.in_flight_group.as_ref().expect("commit runs on a taken group");
-        assert_eq!(group.sequence, sequence, "committing the group that was taken");
-        assert!(!group.batches.is_empty(), "a group written holds at least one batch");
+        let group = guard
+            .in_flight_group
+            .as_ref()
+            .expect("commit runs on a taken group");
+        assert_eq!(
+            group.sequence, sequence,
+            "committing the group that was taken"
+        );
+        assert!(
+            !group.batches.is_empty(),
+            "a group written holds at least one batch"
+        );
         let padded = group.bytes.len().div_ceil(BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES;
         (group.bytes.clone(), padded)
     };
@@ -159,7 +174,9 @@ async fn commit(state: &Rc<RefCell<ShardState>>, sequence: u64) -> Result<(), St
         hook.check(FaultPoint::Write, segment.path())?;
     }
     segment.write_group(buffer, position).await?;
-    for_each_batch(state, |slot_state, batch| slot_state.advance_written(batch.end_offset));
+    for_each_batch(state, |slot_state, batch| {
+        slot_state.advance_written(batch.end_offset)
+    });
     if let Some(hook) = &fault_hook {
         hook.check(FaultPoint::Sync, segment.path())?;
     }
@@ -168,7 +185,10 @@ async fn commit(state: &Rc<RefCell<ShardState>>, sequence: u64) -> Result<(), St
     let (completion, synced_events) = {
         let mut guard = state.borrow_mut();
         let shard = &mut *guard;
-        let group = shard.in_flight_group.take().expect("the group is still in flight");
+        let group = shard
+            .in_flight_group
+            .take()
+            .expect("the group is still in flight");
         shard.log.write_position = position + padded_len_bytes as u64;
         let mut touched: Vec<PartitionId> = Vec::with_capacity(group.batches.len());
         for batch in &group.batches {
@@ -176,7 +196,10 @@ async fn commit(state: &Rc<RefCell<ShardState>>, sequence: u64) -> Result<(), St
                 .partitions
                 .get_mut(&batch.partition)
                 .expect("partitions are never removed while batches are pending");
-            let pending = slot.pending_batches.pop_front().expect("each group batch is pending");
+            let pending = slot
+                .pending_batches
+                .pop_front()
+                .expect("each group batch is pending");
             assert_eq!(
                 pending.base_offset, batch.base_offset,
                 "pending batches of a partition are synced in order"
@@ -196,7 +219,9 @@ async fn commit(state: &Rc<RefCell<ShardState>>, sequence: u64) -> Result<(), St
         shard.stats.batch_count += group.batches.len() as u64;
         shard.stats.batch_bytes += group.bytes.len() as u64;
         shard.stats.written_bytes += padded_len_bytes as u64;
-        shard.read_cache.insert(segment.index(), position, group.bytes);
+        shard
+            .read_cache
+            .insert(segment.index(), position, group.bytes);
         touched.sort_unstable();
         touched.dedup();
         let synced_events: Vec<Event> = touched
@@ -219,7 +244,10 @@ fn for_each_batch(
 ) {
     let mut guard = state.borrow_mut();
     let shard = &mut *guard;
-    let group = shard.in_flight_group.as_ref().expect("the group is still in flight");
+    let group = shard
+        .in_flight_group
+        .as_ref()
+        .expect("the group is still in flight");
     for batch in &group.batches {
         if let Some(slot) = shard.partitions.get_mut(&batch.partition) {
             apply(&mut slot.state, batch);
@@ -257,7 +285,11 @@ async fn segment_for_group(
         None => {
             let (shard_dir, shard_id, config) = {
                 let guard = state.borrow();
-                (guard.shard_dir.clone(), guard.shard_id, guard.config.clone())
+                (
+                    guard.shard_dir.clone(),
+                    guard.shard_id,
+                    guard.config.clone(),
+                )
             };
             spawn_prepare(&shard_dir, shard_id, &config, next_index, None).await?
         }
@@ -266,7 +298,11 @@ async fn segment_for_group(
     let segment = Rc::new(segment);
     let mut guard = state.borrow_mut();
     let shard = &mut *guard;
-    tracing::debug!(shard = shard.shard_id.0, segment = next_index, "rolled to next segment");
+    tracing::debug!(
+        shard = shard.shard_id.0,
+        segment = next_index,
+        "rolled to next segment"
+    );
     shard.log.segments.insert(next_index, segment.clone());
     shard.log.current_index = next_index;
     shard.log.write_position = SEGMENT_HEADER_SIZE_BYTES as u64;
@@ -299,8 +335,11 @@ fn poison(state: &Rc<RefCell<ShardState>>, events: &ShardEvents, error: StorageE
         let in_flight = shard.in_flight_group.take().map(|group| group.completion);
         let next = GroupBuffer::new(shard.open_group.sequence + 1, 0);
         let open = std::mem::replace(&mut shard.open_group, next).completion;
-        let synced_events: Vec<Event> =
-            shard.partitions.values().map(|slot| slot.synced.clone()).collect();
+        let synced_events: Vec<Event> = shard
+            .partitions
+            .values()
+            .map(|slot| slot.synced.clone())
+            .collect();
         (in_flight, open, synced_events)
     };
     if let Some(completion) = in_flight {

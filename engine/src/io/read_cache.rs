@@ -23,7 +23,11 @@ pub struct ReadCache {
 impl ReadCache {
     /// An empty cache holding at most `held_bytes_max` bytes of groups.
     pub fn new(held_bytes_max: usize) -> Self {
-        ReadCache { groups: VecDeque::new(), held_bytes: 0, held_bytes_max }
+        ReadCache {
+            groups: VecDeque::new(),
+            held_bytes: 0,
+            held_bytes_max,
+        }
     }
 
     /// Adds the group just synced at (`segment_index`, `position`), evicting the oldest.
@@ -32,9 +36,15 @@ impl ReadCache {
             return;
         }
         self.held_bytes += bytes.len();
-        self.groups.push_back(CachedGroup { segment_index, position, bytes });
+        self.groups.push_back(CachedGroup {
+            segment_index,
+            position,
+            bytes,
+        });
         while self.held_bytes > self.held_bytes_max {
-            let Some(oldest) = self.groups.pop_front() else { break };
+            let Some(oldest) = self.groups.pop_front() else {
+                break;
+            };
             self.held_bytes -= oldest.bytes.len();
         }
     }
@@ -47,9 +57,9 @@ impl ReadCache {
         position: u64,
         len_bytes: usize,
     ) -> Option<(Rc<Vec<u8>>, usize)> {
-        let after = self
-            .groups
-            .partition_point(|group| (group.segment_index, group.position) <= (segment_index, position));
+        let after = self.groups.partition_point(|group| {
+            (group.segment_index, group.position) <= (segment_index, position)
+        });
         let group = self.groups.get(after.checked_sub(1)?)?;
         if group.segment_index != segment_index {
             return None;
@@ -73,12 +83,21 @@ mod tests {
         let mut cache = ReadCache::new(200);
         cache.insert(0, 4096, Rc::new(vec![1; 100]));
         cache.insert(0, 8192, Rc::new(vec![2; 100]));
-        assert_eq!(cache.get(0, 4096 + 10, 20).map(|(_, start)| start), Some(10));
-        assert!(cache.get(0, 4096 + 90, 20).is_none(), "range runs past the group");
+        assert_eq!(
+            cache.get(0, 4096 + 10, 20).map(|(_, start)| start),
+            Some(10)
+        );
+        assert!(
+            cache.get(0, 4096 + 90, 20).is_none(),
+            "range runs past the group"
+        );
         assert!(cache.get(1, 4096, 1).is_none(), "other segment");
         cache.insert(1, 4096, Rc::new(vec![3; 100]));
         assert!(cache.get(0, 4096, 1).is_none(), "oldest group evicted");
-        assert_eq!(cache.get(1, 4100, 4).map(|(bytes, start)| bytes[start]), Some(3));
+        assert_eq!(
+            cache.get(1, 4100, 4).map(|(bytes, start)| bytes[start]),
+            Some(3)
+        );
         assert_eq!(cache.held_bytes(), 200);
     }
 }

@@ -7,14 +7,14 @@
 //! initialised blocks, so growing on the append path is never an option. The shard prepares
 //! the next segment in the background while the current one fills.
 
-use std::path::{Path, PathBuf};
 use std::cell::Cell;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 
 use crate::core::limits::BLOCK_SIZE_BYTES;
-use crate::core::segment_header::{SEGMENT_HEADER_SIZE_BYTES, SegmentHeader};
+use crate::core::segment_header::{SEGMENT_HEADER_SIZE_BYTES, SegmentHeader, SegmentHeaderError};
 use crate::error::StorageError;
 use crate::io::data_dir::sync_dir;
 use crate::io::fault::{FaultHook, FaultPoint};
@@ -66,7 +66,9 @@ impl SegmentFile {
             .dma_open(&path)
             .await
             .map_err(|error| StorageError::from_io("open", &path, &error.into()))?;
-        file.close().await.map_err(|error| StorageError::from_io("close", &path, &error.into()))
+        file.close()
+            .await
+            .map_err(|error| StorageError::from_io("close", &path, &error.into()))
     }
 
     /// Creates (or re-initialises) segment `header.segment_index` in `dir` at full size,
@@ -121,14 +123,20 @@ impl SegmentFile {
                 let tail_bytes = usize::try_from(remaining).expect("remaining < chunk size");
                 let mut tail = file.alloc_dma_buffer(tail_bytes);
                 tail.as_bytes_mut().fill(0);
-                file.write_at(tail, position).await.map_err(|error| io_error("zero-fill", error))?;
+                file.write_at(tail, position)
+                    .await
+                    .map_err(|error| io_error("zero-fill", error))?;
                 position += remaining;
             }
         }
         let mut header_block = file.alloc_dma_buffer(SEGMENT_HEADER_SIZE_BYTES);
         header.encode(header_block.as_bytes_mut());
-        file.write_at(header_block, 0).await.map_err(|error| io_error("write header", error))?;
-        file.fdatasync().await.map_err(|error| io_error("fdatasync", error))?;
+        file.write_at(header_block, 0)
+            .await
+            .map_err(|error| io_error("write header", error))?;
+        file.fdatasync()
+            .await
+            .map_err(|error| io_error("fdatasync", error))?;
         // Without syncing the directory a crash can lose the new segment's name, and with
         // it every group later written and synced into the file.
         sync_dir(dir)?;
@@ -153,14 +161,36 @@ impl SegmentFile {
             .map_err(|error| io_error("open", error))?;
         // Recovery must not trust bytes that a crashed process left only in a cache: make
         // whatever the file holds durable before reading it.
-        file.fdatasync().await.map_err(|error| io_error("fdatasync", error))?;
+        file.fdatasync()
+            .await
+            .map_err(|error| io_error("fdatasync", error))?;
         let block = file
             .read_at_aligned(0, SEGMENT_HEADER_SIZE_BYTES)
             .await
             .map_err(|error| io_error("read header", error))?;
         let header = match SegmentHeader::decode(&block) {
             Ok(header) => header,
-            Err(_) => return Ok(None),
+            // Created, but the header never written: nothing in it can be data.
+            Err(SegmentHeaderError::Blank | SegmentHeaderError::Truncated { .. }) => {
+                return Ok(None);
+            }
+            Err(error) => {
+                // A header torn while the segment was being prepared is harmless: nothing
+                // is written to a segment before its header is synced, so its first data
+                // block is still zero. A damaged header in front of data is corruption, and
+                // re-preparing the file would destroy synced records: refuse to open.
+                let first_data_block = file
+                    .read_at_aligned(SEGMENT_HEADER_SIZE_BYTES as u64, BLOCK_SIZE_BYTES)
+                    .await
+                    .map_err(|error| io_error("read", error))?;
+                if first_data_block.iter().all(|byte| *byte == 0) {
+                    return Ok(None);
+                }
+                return Err(crate::error::OpenError::BadSegmentHeader {
+                    path: path.to_owned(),
+                    error,
+                });
+            }
         };
         if header.shard_id != expected.shard_id
             || header.shard_count != expected.shard_count
@@ -172,7 +202,10 @@ impl SegmentFile {
                 problem: format!("segment header {header:?} does not match {expected:?}"),
             });
         }
-        let size_bytes = file.file_size().await.map_err(|error| io_error("stat", error))?;
+        let size_bytes = file
+            .file_size()
+            .await
+            .map_err(|error| io_error("stat", error))?;
         if size_bytes < header.segment_size_bytes {
             return Err(crate::error::OpenError::Inconsistent {
                 path: path.to_owned(),
@@ -183,7 +216,11 @@ impl SegmentFile {
                 ),
             });
         }
-        Ok(Some(SegmentFile { file, path: path.to_owned(), header }))
+        Ok(Some(SegmentFile {
+            file,
+            path: path.to_owned(),
+            header,
+        }))
     }
 
     /// The segment's header.
@@ -213,8 +250,16 @@ impl SegmentFile {
 
     /// Writes one group at a block-aligned `position`. Written, not yet synced.
     pub async fn write_group(&self, buffer: DmaBuffer, position: u64) -> Result<(), StorageError> {
-        assert_eq!(position % BLOCK_SIZE_BYTES as u64, 0, "group position is block-aligned");
-        assert_eq!(buffer.len() % BLOCK_SIZE_BYTES, 0, "group length is block-aligned");
+        assert_eq!(
+            position % BLOCK_SIZE_BYTES as u64,
+            0,
+            "group position is block-aligned"
+        );
+        assert_eq!(
+            buffer.len() % BLOCK_SIZE_BYTES,
+            0,
+            "group length is block-aligned"
+        );
         assert!(
             position + buffer.len() as u64 <= self.header.segment_size_bytes,
             "group at {position} + {} runs past the segment",

@@ -26,7 +26,9 @@ use crate::core::limits::{
 };
 use crate::core::offset_index::{BatchLocation, OffsetIndex};
 use crate::core::partition::PartitionState;
-use crate::core::record::{BatchMeta, BatchView, RecordView, batch_encoded_len, decode_batch, encode_batch};
+use crate::core::record::{
+    BatchMeta, BatchView, RecordView, batch_encoded_len, decode_batch, encode_batch,
+};
 use crate::core::recovery::{RecoveryScanner, ScanProgress};
 use crate::core::segment_header::{SEGMENT_HEADER_SIZE_BYTES, SegmentHeader};
 use crate::core::{Offset, PartitionId, RecordInput, ShardId};
@@ -42,7 +44,7 @@ use crate::io::segment::{SegmentFile, parse_segment_file_name};
 /// block, as the scanner's `NeedMore` contract asks.
 const RECOVERY_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 const _: () = assert!(RECOVERY_CHUNK_BYTES >= BATCH_SIZE_BYTES_MAX + BLOCK_SIZE_BYTES);
-const _: () = assert!(RECOVERY_CHUNK_BYTES % BLOCK_SIZE_BYTES == 0);
+const _: () = assert!(RECOVERY_CHUNK_BYTES.is_multiple_of(BLOCK_SIZE_BYTES));
 
 /// How the engine is set up. Every durability- or memory-relevant value is explicit.
 #[derive(Clone, Debug)]
@@ -80,7 +82,9 @@ impl EngineConfig {
     fn validate(&self) -> Result<(), OpenError> {
         let bad = |problem: String| Err(OpenError::BadConfig(problem));
         if !(SEGMENT_SIZE_BYTES_MIN..=SEGMENT_SIZE_BYTES_MAX).contains(&self.segment_size_bytes)
-            || self.segment_size_bytes % BLOCK_SIZE_BYTES as u64 != 0
+            || !self
+                .segment_size_bytes
+                .is_multiple_of(BLOCK_SIZE_BYTES as u64)
         {
             return bad(format!(
                 "segment size {} must be a multiple of {BLOCK_SIZE_BYTES} in \
@@ -135,7 +139,11 @@ impl Engine {
         config.validate()?;
         let data_dir = DataDir::open_or_create(&config.data_dir, config.shard_count)?;
         let catalog = data_dir.load_catalog()?;
-        Ok(Engine { config, data_dir, catalog })
+        Ok(Engine {
+            config,
+            data_dir,
+            catalog,
+        })
     }
 
     /// The configuration it was opened with.
@@ -276,7 +284,11 @@ impl Fetched {
 }
 
 enum BatchBytes {
-    Shared { bytes: Rc<Vec<u8>>, start: usize, len_bytes: usize },
+    Shared {
+        bytes: Rc<Vec<u8>>,
+        start: usize,
+        len_bytes: usize,
+    },
     Read(ReadResult),
 }
 
@@ -289,9 +301,11 @@ impl FetchedBatch {
     /// The batch's encoded bytes.
     pub fn bytes(&self) -> &[u8] {
         match &self.bytes {
-            BatchBytes::Shared { bytes, start, len_bytes } => {
-                bytes.get(*start..*start + *len_bytes).unwrap_or(&[])
-            }
+            BatchBytes::Shared {
+                bytes,
+                start,
+                len_bytes,
+            } => bytes.get(*start..*start + *len_bytes).unwrap_or(&[]),
             BatchBytes::Read(read) => read,
         }
     }
@@ -339,7 +353,9 @@ impl OwnedRecord {
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 fn align_up(position: u64) -> u64 {
@@ -414,7 +430,11 @@ impl Shard {
         let state = Rc::new(RefCell::new(state));
         let events = ShardEvents::default();
         let committer = glommio::spawn_local(group_commit::run(state.clone(), events.clone()));
-        Ok(Shard { state, events, committer: Some(committer) })
+        Ok(Shard {
+            state,
+            events,
+            committer: Some(committer),
+        })
     }
 
     /// This shard's id.
@@ -475,8 +495,8 @@ impl Shard {
                 if !state.partitions.contains_key(&partition) {
                     return Err(AppendError::UnknownPartition(partition));
                 }
-                let fits = state.open_group.bytes.len() + len_bytes
-                    <= state.config.group_size_bytes_max;
+                let fits =
+                    state.open_group.bytes.len() + len_bytes <= state.config.group_size_bytes_max;
                 if fits && state.pending_append_count < state.config.pending_append_count_max {
                     break;
                 }
@@ -490,14 +510,14 @@ impl Shard {
                 .partitions
                 .get_mut(&partition)
                 .expect("partition checked above, without an await since");
-            let base_offset = match slot.state.check_and_stage(
-                expected_end,
-                records,
-                &mut state.prev_key_offsets,
-            ) {
-                Ok(base_offset) => base_offset,
-                Err(conflict) => return Ok(AppendOutcome::ConditionFailed(conflict)),
-            };
+            let base_offset =
+                match slot
+                    .state
+                    .check_and_stage(expected_end, records, &mut state.prev_key_offsets)
+                {
+                    Ok(base_offset) => base_offset,
+                    Err(conflict) => return Ok(AppendOutcome::ConditionFailed(conflict)),
+                };
             let meta = BatchMeta {
                 partition_id: partition,
                 base_offset,
@@ -508,13 +528,19 @@ impl Shard {
             let group_position = group.bytes.len();
             group.bytes.resize(group_position + len_bytes, 0);
             let encoded = encode_batch(
-                group.bytes.get_mut(group_position..).expect("resized just above"),
+                group
+                    .bytes
+                    .get_mut(group_position..)
+                    .expect("resized just above"),
                 &meta,
                 records,
                 &state.prev_key_offsets,
             )
             .expect("batch_encoded_len validated the batch and sized the buffer");
-            assert_eq!(encoded.len_bytes, len_bytes, "encoded length matches the estimate");
+            assert_eq!(
+                encoded.len_bytes, len_bytes,
+                "encoded length matches the estimate"
+            );
             state.log.chain_crc = encoded.crc;
             let end_offset = base_offset.plus(u64::from(record_count));
             group.batches.push(group_commit::GroupBatch {
@@ -536,7 +562,10 @@ impl Shard {
         };
         self.events.group_ready.notify();
         match completion.wait().await {
-            Ok(()) => Ok(AppendOutcome::Appended { base_offset, record_count }),
+            Ok(()) => Ok(AppendOutcome::Appended {
+                base_offset,
+                record_count,
+            }),
             Err(error) => Err(AppendError::Storage(error)),
         }
     }
@@ -544,7 +573,10 @@ impl Shard {
     /// The partition's end offsets: (appended_end including pending, synced_end).
     pub fn end_offsets(&self, partition: PartitionId) -> Result<(Offset, Offset), ReadError> {
         let state = self.state.borrow();
-        let slot = state.partitions.get(&partition).ok_or(ReadError::UnknownPartition(partition))?;
+        let slot = state
+            .partitions
+            .get(&partition)
+            .ok_or(ReadError::UnknownPartition(partition))?;
         Ok((slot.state.appended_end(), slot.state.synced_end()))
     }
 
@@ -562,17 +594,24 @@ impl Shard {
             if let Some(error) = &state.poisoned {
                 return Err(ReadError::Storage(error.clone()));
             }
-            let slot =
-                state.partitions.get(&partition).ok_or(ReadError::UnknownPartition(partition))?;
+            let slot = state
+                .partitions
+                .get(&partition)
+                .ok_or(ReadError::UnknownPartition(partition))?;
             let synced_end = slot.state.synced_end();
             if from > synced_end {
-                return Err(ReadError::OffsetOutOfRange { requested: from.0, synced_end: synced_end.0 });
+                return Err(ReadError::OffsetOutOfRange {
+                    requested: from.0,
+                    synced_end: synced_end.0,
+                });
             }
             let mut locations = Vec::new();
             if let Some(first) = slot.durable_batches.find(from) {
                 let mut total_bytes = 0usize;
                 for location in slot.durable_batches.batches().iter().skip(first) {
-                    if !locations.is_empty() && total_bytes + location.len_bytes as usize > max_bytes {
+                    if !locations.is_empty()
+                        && total_bytes + location.len_bytes as usize > max_bytes
+                    {
                         break;
                     }
                     total_bytes += location.len_bytes as usize;
@@ -585,7 +624,11 @@ impl Shard {
         for location in locations {
             batches.push(self.read_batch(&location).await?);
         }
-        Ok(Fetched { from, synced_end, batches })
+        Ok(Fetched {
+            from,
+            synced_end,
+            batches,
+        })
     }
 
     /// Waits until `partition`'s durable end passes `offset`, or `timeout` elapses.
@@ -634,8 +677,10 @@ impl Shard {
             if let Some(error) = &state.poisoned {
                 return Err(ReadError::Storage(error.clone()));
             }
-            let slot =
-                state.partitions.get(&partition).ok_or(ReadError::UnknownPartition(partition))?;
+            let slot = state
+                .partitions
+                .get(&partition)
+                .ok_or(ReadError::UnknownPartition(partition))?;
             if include_pending {
                 slot.state.latest(key)
             } else {
@@ -648,27 +693,35 @@ impl Shard {
         }
     }
 
-    /// The durable history of `key`, newest first, at most `limit` records, following
-    /// `prev_key_offset` back-pointers (no partition scan).
+    /// The durable history of `key`, newest first, following `prev_key_offset`
+    /// back-pointers (no partition scan): at most `record_count_max` records, and no more
+    /// once their keys and values pass `size_bytes_max` (at least one record when any).
     pub async fn key_history(
         &self,
         partition: PartitionId,
         key: &[u8],
-        limit: usize,
+        record_count_max: usize,
+        size_bytes_max: usize,
     ) -> Result<Vec<OwnedRecord>, ReadError> {
         let mut next = {
             let state = self.state.borrow();
-            let slot =
-                state.partitions.get(&partition).ok_or(ReadError::UnknownPartition(partition))?;
+            let slot = state
+                .partitions
+                .get(&partition)
+                .ok_or(ReadError::UnknownPartition(partition))?;
             slot.state.latest_durable(key)
         };
         let mut history = Vec::new();
+        let mut size_bytes = 0usize;
         while let Some(offset) = next {
-            if history.len() >= limit {
+            if history.len() >= record_count_max
+                || (!history.is_empty() && size_bytes >= size_bytes_max)
+            {
                 break;
             }
             let record = self.read_record(partition, offset).await?;
             next = record.prev_key_offset;
+            size_bytes += record.key.len() + record.value.len();
             history.push(record);
         }
         Ok(history)
@@ -684,7 +737,10 @@ impl Shard {
         }
         let mut catalog = state.catalog.clone();
         let topic = catalog.add(name, partition_count)?;
-        state.data_dir.save_catalog(&catalog).map_err(TopicError::Storage)?;
+        state
+            .data_dir
+            .save_catalog(&catalog)
+            .map_err(TopicError::Storage)?;
         state.catalog = catalog;
         drop(guard);
         self.add_topic(&topic);
@@ -710,7 +766,10 @@ impl Shard {
         }
         for id in topic.partition_ids() {
             if ShardId::owner_of(id, shard_count) == shard_id {
-                state.partitions.entry(id).or_insert_with(|| PartitionSlot::new(id));
+                state
+                    .partitions
+                    .entry(id)
+                    .or_insert_with(|| PartitionSlot::new(id));
             }
         }
     }
@@ -733,7 +792,11 @@ impl Shard {
     /// Key-index memory of all partitions of this shard, for the memory figure.
     pub fn key_index_memory_bytes(&self) -> usize {
         let state = self.state.borrow();
-        state.partitions.values().map(|slot| slot.state.key_index_memory_bytes()).sum()
+        state
+            .partitions
+            .values()
+            .map(|slot| slot.state.key_index_memory_bytes())
+            .sum()
     }
 
     /// Stops taking appends, waits until every staged append is synced (or failed), and
@@ -757,8 +820,10 @@ impl Shard {
         }
         let source = {
             let state = self.state.borrow();
-            let slot =
-                state.partitions.get(&partition).ok_or(ReadError::UnknownPartition(partition))?;
+            let slot = state
+                .partitions
+                .get(&partition)
+                .ok_or(ReadError::UnknownPartition(partition))?;
             if let Some(index) = slot.durable_batches.find(offset) {
                 let location = *slot
                     .durable_batches
@@ -798,9 +863,13 @@ impl Shard {
         };
         let batch = match source {
             Source::Durable(location) => self.read_batch(&location).await?,
-            Source::Pending(bytes, start, len_bytes) => {
-                FetchedBatch { bytes: BatchBytes::Shared { bytes, start, len_bytes } }
-            }
+            Source::Pending(bytes, start, len_bytes) => FetchedBatch {
+                bytes: BatchBytes::Shared {
+                    bytes,
+                    start,
+                    len_bytes,
+                },
+            },
         };
         let view = batch.view();
         let timestamp_ms = view.timestamp_ms();
@@ -816,9 +885,17 @@ impl Shard {
         let segment = {
             let state = self.state.borrow();
             if let Some((bytes, start)) =
-                state.read_cache.get(location.segment_index, location.position, len_bytes)
+                state
+                    .read_cache
+                    .get(location.segment_index, location.position, len_bytes)
             {
-                return Ok(FetchedBatch { bytes: BatchBytes::Shared { bytes, start, len_bytes } });
+                return Ok(FetchedBatch {
+                    bytes: BatchBytes::Shared {
+                        bytes,
+                        start,
+                        len_bytes,
+                    },
+                });
             }
             state
                 .log
@@ -827,17 +904,30 @@ impl Shard {
                 .cloned()
                 .expect("every indexed batch lies in an open segment")
         };
-        let read = segment.read(location.position, len_bytes).await.map_err(ReadError::Storage)?;
+        let read = segment
+            .read(location.position, len_bytes)
+            .await
+            .map_err(ReadError::Storage)?;
         // Bytes from disk are verified again: a bit flipped at rest must be an error, never
         // a wrong record.
         decode_batch(&read).map_err(|error| {
-            ReadError::Storage(StorageError::corrupt(segment.path(), location.position, error))
+            ReadError::Storage(StorageError::corrupt(
+                segment.path(),
+                location.position,
+                error,
+            ))
         })?;
-        Ok(FetchedBatch { bytes: BatchBytes::Read(read) })
+        Ok(FetchedBatch {
+            bytes: BatchBytes::Read(read),
+        })
     }
 }
 
-pub(crate) fn segment_header(shard_id: ShardId, config: &EngineConfig, index: u64) -> SegmentHeader {
+pub(crate) fn segment_header(
+    shard_id: ShardId,
+    config: &EngineConfig,
+    index: u64,
+) -> SegmentHeader {
     SegmentHeader {
         shard_id,
         shard_count: config.shard_count,
@@ -910,8 +1000,10 @@ async fn recover_segments(
                 (segment_size_bytes - chunk_position).min(RECOVERY_CHUNK_BYTES as u64),
             )
             .expect("chunk length is at most RECOVERY_CHUNK_BYTES");
-            let chunk =
-                segment.read_aligned(chunk_position, len_bytes).await.map_err(OpenError::Storage)?;
+            let chunk = segment
+                .read_aligned(chunk_position, len_bytes)
+                .await
+                .map_err(OpenError::Storage)?;
             let mut on_batch = |position: u64, batch: &BatchView<'_>| {
                 if inconsistency.is_some() {
                     return;
@@ -930,7 +1022,11 @@ async fn recover_segments(
                     assert!(aligned >= chunk_position, "scanner never asks to go back");
                     chunk_position = aligned;
                 }
-                ScanProgress::SegmentEnd { valid_end, accepted_batch_count, tail } => {
+                ScanProgress::SegmentEnd {
+                    valid_end,
+                    accepted_batch_count,
+                    tail,
+                } => {
                     tracing::debug!(segment = index, valid_end, ?tail, "segment scanned");
                     break (valid_end, accepted_batch_count);
                 }
@@ -947,7 +1043,11 @@ async fn recover_segments(
         segments.insert(index, Rc::new(segment));
         end = Some((index, valid_end));
     }
-    Ok(Recovered { segments, end, chain_crc: scanner.chain_crc() })
+    Ok(Recovered {
+        segments,
+        end,
+        chain_crc: scanner.chain_crc(),
+    })
 }
 
 fn apply_recovered_batch(
@@ -958,12 +1058,17 @@ fn apply_recovered_batch(
 ) -> Result<(), String> {
     let partition = batch.partition_id();
     let slot = partitions.get_mut(&partition).ok_or_else(|| {
-        format!("valid batch for partition {} that the topic catalog does not know", partition.0)
+        format!(
+            "valid batch for partition {} that the topic catalog does not know",
+            partition.0
+        )
     })?;
     slot.state
         .recover_batch(
             batch.base_offset(),
-            batch.records().map(|record| (record.key, record.prev_key_offset)),
+            batch
+                .records()
+                .map(|record| (record.key, record.prev_key_offset)),
         )
         .map_err(|error| error.to_string())?;
     slot.durable_batches.push(BatchLocation {

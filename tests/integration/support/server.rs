@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,6 @@ pub struct TestServer {
     child: Option<Child>,
     pub address: SocketAddr,
     pub shard_ports: Vec<u16>,
-    pub data_dir: PathBuf,
     _temp_dir: Option<tempfile::TempDir>,
 }
 
@@ -33,7 +32,14 @@ impl TestServer {
     /// A two-shard server on `data_dir` (kept when the server is dropped), with extra flags.
     pub fn start_on(data_dir: &Path, extra_args: &[&str]) -> TestServer {
         let mut child = Command::new(CAIRN_BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--cores", "2", "--no-pin"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--cores",
+                "2",
+                "--no-pin",
+            ])
             .args(["--segment-size", &(2 * 1024 * 1024 + 4096).to_string()])
             .arg("--data-dir")
             .arg(data_dir)
@@ -49,21 +55,27 @@ impl TestServer {
             .next()
             .expect("the server prints its listening line before anything else")
             .expect("stdout is readable");
-        let rest = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected line {line:?}"));
-        let (address, ports) = rest.split_once(" shard_ports=").expect("line names shard ports");
-        let shard_ports = ports.split(',').map(|port| port.parse().expect("port")).collect();
+        let rest = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        let (address, ports) = rest
+            .split_once(" shard_ports=")
+            .expect("line names shard ports");
+        let shard_ports = ports
+            .split(',')
+            .map(|port| port.parse().expect("port"))
+            .collect();
         TestServer {
             child: Some(child),
             address: address.parse().expect("address"),
             shard_ports,
-            data_dir: data_dir.to_owned(),
             _temp_dir: None,
         }
     }
 
-    /// The process id, for signals.
+    /// The process id, for /proc.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.child.as_ref().expect("server is running").id()
     }
 
     /// Sends `signal` and waits (bounded) for the process to exit.
@@ -81,7 +93,10 @@ impl TestServer {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "server did not exit within {timeout:?} of signal {signal}");
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {timeout:?} of signal {signal}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -711,3 +711,99 @@ fn opening_with_another_shard_count_is_refused() {
     let error = Engine::open(config).unwrap_err();
     assert!(error.to_string().contains("1 shards"), "{error}");
 }
+
+/// Fails every segment preparation while `failing` is set, as a full disk would.
+struct DiskFull {
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl FaultPolicy for DiskFull {
+    fn fail(&self, point: FaultPoint, _path: &Path) -> Option<i32> {
+        // ENOSPC
+        (point == FaultPoint::Prepare && self.failing.load(Ordering::SeqCst)).then_some(28)
+    }
+}
+
+#[test]
+fn a_segment_that_cannot_be_prepared_fails_appends_without_poisoning_and_appends_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    let policy = Arc::new(DiskFull {
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    config.fault_hook = Some(FaultHook(policy.clone()));
+    let engine = open_engine(config.clone());
+    let acknowledged = run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        // Segment 0 was prepared during open; the next one (whose preparation starts at the
+        // next await) and every later one fail until space is "freed".
+        policy.failing.store(true, Ordering::SeqCst);
+        let partition = create_topic(&shard);
+        let value = vec![b'x'; 64 * 1024];
+        let record = RecordInput {
+            key: b"k",
+            value: &value,
+            headers: &[],
+            condition: KeyCondition::Any,
+        };
+        let mut acknowledged = 0u64;
+        let error = loop {
+            match shard.append(partition, None, &[record]).await {
+                Ok(AppendOutcome::Appended { base_offset, .. }) => {
+                    assert_eq!(base_offset, Offset(acknowledged));
+                    acknowledged += 1;
+                }
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(AppendError::Storage(error)) => break error,
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+            assert!(
+                acknowledged < 1000,
+                "a 2 MiB segment cannot hold 1000 x 64 KiB"
+            );
+        };
+        assert_eq!(error.errno, Some(28), "the error says why: {error}");
+        assert!(
+            shard.poisoned().is_none(),
+            "a full disk does not poison the shard"
+        );
+        // Refused appends were not staged: the end offset did not move, reads still work.
+        assert_eq!(
+            shard.end_offsets(partition).unwrap(),
+            (Offset(acknowledged), Offset(acknowledged))
+        );
+        assert!(
+            shard.append(partition, None, &[record]).await.is_err(),
+            "still full"
+        );
+        let fetched = shard.fetch(partition, Offset(0), 1 << 20).await.unwrap();
+        assert!(fetched.records().count() > 0);
+        // Space is back: the next append prepares the segment and succeeds.
+        policy.failing.store(false, Ordering::SeqCst);
+        let outcome = shard
+            .append(partition, Some(Offset(acknowledged)), &[record])
+            .await;
+        assert!(
+            matches!(outcome, Ok(AppendOutcome::Appended { .. })),
+            "{outcome:?}"
+        );
+        acknowledged += 1;
+        for _ in 0..40 {
+            shard.append(partition, None, &[record]).await.unwrap();
+            acknowledged += 1;
+        }
+        shard.close().await;
+        acknowledged
+    });
+    config.fault_hook = None;
+    let engine = open_engine(config);
+    run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        let records = fetch_all(&shard, PartitionId(0)).await;
+        assert_eq!(
+            records.len() as u64,
+            acknowledged,
+            "every acknowledged record, nothing else"
+        );
+    });
+}

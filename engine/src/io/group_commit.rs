@@ -22,7 +22,7 @@ use crate::error::StorageError;
 use crate::io::event::Event;
 use crate::io::fault::FaultPoint;
 use crate::io::segment::SegmentFile;
-use crate::io::shard::{ShardEvents, ShardState, spawn_prepare};
+use crate::io::shard::{NextSegment, ShardEvents, ShardState, segment_header};
 
 /// Initial capacity of a group's byte buffer; it grows up to `group_size_bytes_max`.
 const GROUP_INITIAL_CAPACITY_BYTES: usize = 64 * 1024;
@@ -112,7 +112,7 @@ pub(crate) async fn run(state: Rc<RefCell<ShardState>>, events: ShardEvents) {
             listener.await;
         };
         events.group_taken.notify();
-        if let Err(error) = commit(&state, taken).await {
+        if let Err(error) = commit(&state, &events, taken).await {
             poison(&state, &events, error);
             return;
         }
@@ -142,7 +142,11 @@ fn take_open_group(state: &mut ShardState) -> u64 {
 
 /// Writes and syncs the in-flight group, then makes it durable in every partition and
 /// completes it.
-async fn commit(state: &Rc<RefCell<ShardState>>, sequence: u64) -> Result<(), StorageError> {
+async fn commit(
+    state: &Rc<RefCell<ShardState>>,
+    events: &ShardEvents,
+    sequence: u64,
+) -> Result<(), StorageError> {
     let (bytes, padded_len_bytes) = {
         let guard = state.borrow();
         let group = guard
@@ -160,7 +164,7 @@ async fn commit(state: &Rc<RefCell<ShardState>>, sequence: u64) -> Result<(), St
         let padded = group.bytes.len().div_ceil(BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES;
         (group.bytes.clone(), padded)
     };
-    let (segment, position) = segment_for_group(state, padded_len_bytes as u64).await?;
+    let (segment, position) = segment_for_group(state, events, padded_len_bytes as u64).await?;
 
     // See FORMAT.md, Groups and padding: the group starts at a block boundary and is padded
     // with zeros, so no block holding acknowledged bytes is ever written again.
@@ -255,67 +259,152 @@ fn for_each_batch(
     }
 }
 
+/// Whether a batch of `len_bytes` can join the open group now.
+pub(crate) enum Room {
+    /// Yes: the group will fit in the current segment, or in the prepared next one.
+    Fits,
+    /// Not in this group: the committer must write the open group first.
+    WaitForCommitter,
+    /// The group needs the next segment, which is still being prepared.
+    WaitForPreparation,
+    /// The group needs the next segment, and preparing it failed.
+    PreparationFailed(StorageError),
+}
+
+fn padded(len_bytes: usize) -> u64 {
+    (len_bytes.div_ceil(BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES) as u64
+}
+
+/// Decides whether a batch of `len_bytes` has a place on disk if it joins the open group,
+/// by replaying what the committer will do: write the in-flight group, then the open one,
+/// each in the current segment if it fits and else in the next (`segment_for_group`).
+pub(crate) fn room_for(state: &ShardState, len_bytes: usize) -> Room {
+    let log = &state.log;
+    let segment_size_bytes = log
+        .segments
+        .get(&log.current_index)
+        .map_or(0, |segment| segment.size_bytes());
+    let mut next_ready = matches!(log.next_segment, NextSegment::Ready(_));
+    let mut position = log.write_position;
+    if let Some(group) = &state.in_flight_group {
+        let group_bytes = padded(group.bytes.len());
+        if position + group_bytes <= segment_size_bytes {
+            position += group_bytes;
+        } else {
+            // It will take the next segment (admitted when it was ready).
+            next_ready = false;
+            position = SEGMENT_HEADER_SIZE_BYTES as u64 + group_bytes;
+        }
+    }
+    let open_bytes = padded(state.open_group.bytes.len() + len_bytes);
+    if position + open_bytes <= segment_size_bytes || next_ready {
+        return Room::Fits;
+    }
+    if !state.open_group.batches.is_empty() || state.in_flight_group.is_some() {
+        return Room::WaitForCommitter;
+    }
+    match &log.next_segment {
+        NextSegment::Failed(error) => Room::PreparationFailed(error.clone()),
+        NextSegment::Preparing | NextSegment::Ready(_) => Room::WaitForPreparation,
+    }
+}
+
+/// Starts preparing segment `index` in the background; its outcome lands in
+/// `log.next_segment` and `segment_prepared` is notified. Paced until someone needs it.
+pub(crate) fn start_preparation(state: &Rc<RefCell<ShardState>>, events: &ShardEvents, index: u64) {
+    let (shard_dir, header, fault_hook, pace) = {
+        let mut guard = state.borrow_mut();
+        let shard = &mut *guard;
+        assert!(
+            !matches!(shard.log.next_segment, NextSegment::Ready(_)),
+            "a prepared segment is never prepared again"
+        );
+        shard.log.next_segment = NextSegment::Preparing;
+        let pace = Rc::new(std::cell::Cell::new(false));
+        shard.log.preparation_urgent = pace.clone();
+        (
+            shard.shard_dir.clone(),
+            segment_header(shard.shard_id, &shard.config, index),
+            shard.config.fault_hook.clone(),
+            pace,
+        )
+    };
+    let state = state.clone();
+    let events = events.clone();
+    glommio::spawn_local(async move {
+        let outcome =
+            SegmentFile::prepare(&shard_dir, header, fault_hook.as_ref(), Some(pace)).await;
+        state.borrow_mut().log.next_segment = match outcome {
+            Ok(segment) => NextSegment::Ready(segment),
+            Err(error) => {
+                tracing::warn!(segment = index, %error, "could not prepare the next segment");
+                NextSegment::Failed(error)
+            }
+        };
+        events.segment_prepared.notify();
+    })
+    .detach();
+}
+
 /// The segment and block-aligned position where a group of `padded_len_bytes` goes,
 /// rolling to the next segment when it does not fit in the current one.
 async fn segment_for_group(
     state: &Rc<RefCell<ShardState>>,
+    events: &ShardEvents,
     padded_len_bytes: u64,
 ) -> Result<(Rc<SegmentFile>, u64), StorageError> {
-    let pending_preparation = {
-        let mut guard = state.borrow_mut();
-        let log = &mut guard.log;
-        let current = log
-            .segments
-            .get(&log.current_index)
-            .cloned()
-            .expect("the current segment is open");
-        if log.write_position + padded_len_bytes <= current.size_bytes() {
-            // Past half the segment, the next one must be ready soon: let its preparation
-            // run at full speed.
-            if log.write_position > current.size_bytes() / 2 {
-                log.preparation_urgent.set(true);
+    loop {
+        let listener = events.segment_prepared.listen();
+        let next = {
+            let mut guard = state.borrow_mut();
+            let log = &mut guard.log;
+            let current = log
+                .segments
+                .get(&log.current_index)
+                .cloned()
+                .expect("the current segment is open");
+            if log.write_position + padded_len_bytes <= current.size_bytes() {
+                // Past half the segment, the next one must be ready soon: let its
+                // preparation run at full speed.
+                if log.write_position > current.size_bytes() / 2 {
+                    log.preparation_urgent.set(true);
+                }
+                return Ok((current, log.write_position));
             }
-            return Ok((current, log.write_position));
+            std::mem::replace(&mut log.next_segment, NextSegment::Preparing)
+        };
+        let segment = match next {
+            NextSegment::Ready(segment) => segment,
+            NextSegment::Preparing => {
+                // Admission (`room_for`) only lets a group need the next segment once it is
+                // ready, so this is not expected; waiting is still correct.
+                state.borrow().log.preparation_urgent.set(true);
+                listener.await;
+                continue;
+            }
+            NextSegment::Failed(error) => {
+                state.borrow_mut().log.next_segment = NextSegment::Failed(error.clone());
+                return Err(error);
+            }
+        };
+        let next_index = state.borrow().log.current_index + 1;
+        assert_eq!(segment.index(), next_index, "segments are used in order");
+        let segment = Rc::new(segment);
+        {
+            let mut guard = state.borrow_mut();
+            let shard = &mut *guard;
+            tracing::debug!(
+                shard = shard.shard_id.0,
+                segment = next_index,
+                "rolled to next segment"
+            );
+            shard.log.segments.insert(next_index, segment.clone());
+            shard.log.current_index = next_index;
+            shard.log.write_position = SEGMENT_HEADER_SIZE_BYTES as u64;
         }
-        log.next_segment.take()
-    };
-    let next_index = state.borrow().log.current_index + 1;
-    let segment = match pending_preparation {
-        Some(task) => task.await?,
-        None => {
-            let (shard_dir, shard_id, config) = {
-                let guard = state.borrow();
-                (
-                    guard.shard_dir.clone(),
-                    guard.shard_id,
-                    guard.config.clone(),
-                )
-            };
-            spawn_prepare(&shard_dir, shard_id, &config, next_index, None).await?
-        }
-    };
-    assert_eq!(segment.index(), next_index, "segments are used in order");
-    let segment = Rc::new(segment);
-    let mut guard = state.borrow_mut();
-    let shard = &mut *guard;
-    tracing::debug!(
-        shard = shard.shard_id.0,
-        segment = next_index,
-        "rolled to next segment"
-    );
-    shard.log.segments.insert(next_index, segment.clone());
-    shard.log.current_index = next_index;
-    shard.log.write_position = SEGMENT_HEADER_SIZE_BYTES as u64;
-    let pace = Rc::new(std::cell::Cell::new(false));
-    shard.log.preparation_urgent = pace.clone();
-    shard.log.next_segment = Some(spawn_prepare(
-        &shard.shard_dir,
-        shard.shard_id,
-        &shard.config,
-        next_index + 1,
-        Some(pace),
-    ));
-    Ok((segment, shard.log.write_position))
+        start_preparation(state, events, next_index + 1);
+        return Ok((segment, SEGMENT_HEADER_SIZE_BYTES as u64));
+    }
 }
 
 /// Fails everything waiting and refuses all further work (DESIGN §3.5).

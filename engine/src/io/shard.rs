@@ -36,7 +36,7 @@ use crate::error::{AppendError, OpenError, ReadError, StorageError, TopicError};
 use crate::io::data_dir::{Catalog, DataDir, Topic};
 use crate::io::event::Event;
 use crate::io::fault::FaultHook;
-use crate::io::group_commit::{self, GroupBuffer};
+use crate::io::group_commit::{self, GroupBuffer, Room};
 use crate::io::read_cache::ReadCache;
 use crate::io::segment::{SegmentFile, parse_segment_file_name};
 
@@ -203,8 +203,8 @@ pub(crate) struct LogTail {
     pub(crate) current_index: u64,
     /// Block-aligned position of the next group in the current segment.
     pub(crate) write_position: u64,
-    /// The next segment, being prepared in the background.
-    pub(crate) next_segment: Option<glommio::Task<Result<SegmentFile, StorageError>>>,
+    /// The next segment: being prepared in the background, ready, or failed to prepare.
+    pub(crate) next_segment: NextSegment,
     /// `batch_crc` of the last staged batch: the next batch's `prev_batch_crc`.
     pub(crate) chain_crc: u32,
     /// Set when the next segment is needed soon: its preparation stops pacing itself.
@@ -253,6 +253,8 @@ pub(crate) struct ShardEvents {
     pub(crate) group_taken: Event,
     /// The shard was poisoned.
     pub(crate) poisoned: Event,
+    /// A segment preparation finished (ready or failed).
+    pub(crate) segment_prepared: Event,
 }
 
 /// One core's partitions and core log. Not `Send`: it lives on its executor.
@@ -395,14 +397,6 @@ impl Shard {
             partitions = partitions.len(),
             "shard recovered"
         );
-        let preparation_urgent = Rc::new(Cell::new(false));
-        let next_segment = Some(spawn_prepare(
-            &shard_dir,
-            shard_id,
-            &config,
-            current_index + 1,
-            Some(preparation_urgent.clone()),
-        ));
         let state = ShardState {
             shard_id,
             shard_dir,
@@ -413,9 +407,9 @@ impl Shard {
                 segments,
                 current_index,
                 write_position,
-                next_segment,
+                next_segment: NextSegment::Preparing,
                 chain_crc: recovered.chain_crc,
-                preparation_urgent,
+                preparation_urgent: Rc::new(Cell::new(false)),
             },
             open_group: GroupBuffer::new(0, config.group_size_bytes_max),
             in_flight_group: None,
@@ -429,6 +423,7 @@ impl Shard {
         };
         let state = Rc::new(RefCell::new(state));
         let events = ShardEvents::default();
+        group_commit::start_preparation(&state, &events, current_index + 1);
         let committer = glommio::spawn_local(group_commit::run(state.clone(), events.clone()));
         Ok(Shard {
             state,
@@ -480,11 +475,17 @@ impl Shard {
         let len_bytes = batch_encoded_len(records)?;
         let record_count =
             u32::try_from(records.len()).expect("batch_encoded_len bounds the record count");
-        // Back-pressure: wait while the shard has too many waiting appends or the open
-        // group has no room for this batch. The committer notifies when it takes a group.
+        // Back-pressure and room: wait while the shard has too many waiting appends or the
+        // open group has no room for this batch, or while the segment it would go to is not
+        // ready. A batch is staged only once it is sure to have a place on disk, so that a
+        // full disk (a segment that cannot be prepared) fails appends without poisoning.
+        let mut preparation_attempted = false;
         loop {
-            let listener = self.events.group_taken.listen();
-            {
+            let listener = futures_lite::future::or(
+                self.events.group_taken.listen(),
+                self.events.segment_prepared.listen(),
+            );
+            let retry_preparation = {
                 let state = self.state.borrow();
                 if let Some(error) = &state.poisoned {
                     return Err(AppendError::Storage(error.clone()));
@@ -495,11 +496,27 @@ impl Shard {
                 if !state.partitions.contains_key(&partition) {
                     return Err(AppendError::UnknownPartition(partition));
                 }
-                let fits =
+                let fits_group =
                     state.open_group.bytes.len() + len_bytes <= state.config.group_size_bytes_max;
-                if fits && state.pending_append_count < state.config.pending_append_count_max {
-                    break;
+                let admitted = state.pending_append_count < state.config.pending_append_count_max;
+                match group_commit::room_for(&state, len_bytes) {
+                    Room::Fits if fits_group && admitted => break,
+                    Room::Fits | Room::WaitForCommitter => false,
+                    Room::WaitForPreparation => {
+                        state.log.preparation_urgent.set(true);
+                        false
+                    }
+                    Room::PreparationFailed(error) if preparation_attempted => {
+                        return Err(AppendError::Storage(error));
+                    }
+                    Room::PreparationFailed(_) => true,
                 }
+            };
+            if retry_preparation {
+                preparation_attempted = true;
+                let next_index = self.state.borrow().log.current_index + 1;
+                group_commit::start_preparation(&self.state, &self.events, next_index);
+                self.state.borrow().log.preparation_urgent.set(true);
             }
             listener.await;
         }
@@ -936,21 +953,15 @@ pub(crate) fn segment_header(
     }
 }
 
-/// Starts preparing segment `index` in the background (paced by `pace`, see
-/// `SegmentFile::prepare`).
-pub(crate) fn spawn_prepare(
-    shard_dir: &Path,
-    shard_id: ShardId,
-    config: &EngineConfig,
-    index: u64,
-    pace: Option<Rc<Cell<bool>>>,
-) -> glommio::Task<Result<SegmentFile, StorageError>> {
-    let shard_dir = shard_dir.to_owned();
-    let header = segment_header(shard_id, config, index);
-    let fault_hook = config.fault_hook.clone();
-    glommio::spawn_local(async move {
-        SegmentFile::prepare(&shard_dir, header, fault_hook.as_ref(), pace).await
-    })
+/// The segment after the current one.
+pub(crate) enum NextSegment {
+    /// Being prepared in the background.
+    Preparing,
+    /// Prepared and synced: the next roll uses it.
+    Ready(SegmentFile),
+    /// Preparing it failed (typically ENOSPC). Appends that need it fail with this error
+    /// without being staged, and the next one that needs it tries again.
+    Failed(StorageError),
 }
 
 struct Recovered {

@@ -274,19 +274,9 @@ pub(crate) async fn run_shard(
         }
         futures_lite::future::or(listener, glommio::timer::sleep(SHUTDOWN_POLL_INTERVAL)).await;
     }
-    let context = Rc::try_unwrap(context).map_err(|_| "shard context still in use".to_owned());
-    match context {
-        Ok(context) => context.shard.close().await,
-        Err(problem) => {
-            // Tasks (mesh receivers) still hold the context; the engine shard syncs every
-            // acknowledged append before acknowledging, so nothing durable depends on close.
-            tracing::debug!(
-                shard = shard_id.0,
-                problem,
-                "closing without waiting for tasks"
-            );
-        }
-    }
+    // Every staged append is synced before its client hears of it, so this only waits for
+    // the committer to finish what the drained connections left.
+    context.shard.close().await;
     Ok(())
 }
 

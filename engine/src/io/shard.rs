@@ -261,7 +261,7 @@ pub(crate) struct ShardEvents {
 pub struct Shard {
     state: Rc<RefCell<ShardState>>,
     events: ShardEvents,
-    committer: Option<glommio::Task<()>>,
+    committer: RefCell<Option<glommio::Task<()>>>,
 }
 
 /// Durable batches returned by `fetch`, already verified.
@@ -428,7 +428,7 @@ impl Shard {
         Ok(Shard {
             state,
             events,
-            committer: Some(committer),
+            committer: RefCell::new(Some(committer)),
         })
     }
 
@@ -818,10 +818,11 @@ impl Shard {
 
     /// Stops taking appends, waits until every staged append is synced (or failed), and
     /// stops the committer.
-    pub async fn close(mut self) {
+    pub async fn close(&self) {
         self.state.borrow_mut().closing = true;
         self.events.group_ready.notify();
-        if let Some(committer) = self.committer.take() {
+        let committer = self.committer.borrow_mut().take();
+        if let Some(committer) = committer {
             committer.await;
         }
     }

@@ -158,6 +158,34 @@ fn topic(context: &ShardContext, name: &str) -> Result<Topic, (ErrorCode, String
         .ok_or_else(|| (ErrorCode::UnknownTopic, format!("no topic named {name:?}")))
 }
 
+/// The partition a request names (directly or through a key), if it names one.
+fn target_partition(
+    context: &ShardContext,
+    body: &RequestBody<'_>,
+) -> Option<Result<Located, (ErrorCode, String)>> {
+    let by_key = |topic_name: &str, partition: Option<u32>, key: &[u8]| {
+        topic(context, topic_name).and_then(|topic| {
+            let index = wire::route(partition, key, topic.partition_count)
+                .map_err(|route_error| (route_error.error_code(), route_error.to_string()))?;
+            locate(context, &topic, index)
+        })
+    };
+    Some(match body {
+        RequestBody::Ping | RequestBody::Metadata | RequestBody::CreateTopic(_) => return None,
+        RequestBody::Append(append) => topic(context, append.topic).and_then(|topic| {
+            let index = append
+                .route(topic.partition_count)
+                .map_err(|route_error| (route_error.error_code(), route_error.to_string()))?;
+            locate(context, &topic, index)
+        }),
+        RequestBody::Fetch(fetch) => {
+            topic(context, fetch.topic).and_then(|topic| locate(context, &topic, fetch.partition))
+        }
+        RequestBody::ReadKey(read) => by_key(read.topic, read.partition, read.key),
+        RequestBody::KeyHistory(history) => by_key(history.topic, history.partition, history.key),
+    })
+}
+
 async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) -> Vec<u8> {
     let correlation_id = request.correlation_id;
     if context.is_stopping.get() {
@@ -167,140 +195,108 @@ async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) 
             "the server is shutting down",
         );
     }
-    let outcome = match request.body {
-        RequestBody::Ping => Ok(encode(correlation_id, ResponseBody::Pong)),
-        RequestBody::Metadata => Ok(metadata(context, correlation_id)),
-        RequestBody::CreateTopic(create) => {
+    // Requests for a partition go to its owning shard: forward the frame unchanged and
+    // return the owner's response, or go on here.
+    let located = match target_partition(context, &request.body) {
+        None => None,
+        Some(Err((code, message))) => return error(correlation_id, code, &message),
+        Some(Ok(located)) if located.owner != context.shard_id => {
+            return forward(context, located.owner, frame)
+                .await
+                .unwrap_or_else(|(code, message)| error(correlation_id, code, &message));
+        }
+        Some(Ok(located)) => Some(located),
+    };
+    let outcome = match (request.body, located) {
+        (RequestBody::Ping, _) => Ok(encode(correlation_id, ResponseBody::Pong)),
+        (RequestBody::Metadata, _) => Ok(metadata(context, correlation_id)),
+        (RequestBody::CreateTopic(create), _) => {
             if context.shard_id != ShardId(0) {
                 forward(context, ShardId(0), frame).await
             } else {
                 create_topic(context, correlation_id, create.name, create.partition_count).await
             }
         }
-        RequestBody::Append(append) => {
-            let routed = topic(context, append.topic).and_then(|topic| {
-                let index = append
-                    .route(topic.partition_count)
-                    .map_err(|route_error| (route_error.error_code(), route_error.to_string()))?;
-                locate(context, &topic, index)
-            });
-            match routed {
-                Err(problem) => Err(problem),
-                Ok(located) if located.owner != context.shard_id => {
-                    forward(context, located.owner, frame).await
-                }
-                Ok(located) => {
-                    let records: Vec<RecordInput<'_>> = append.records.iter().collect();
-                    append_local(
-                        context,
+        (RequestBody::Append(append), Some(located)) => {
+            let records: Vec<RecordInput<'_>> = append.records.iter().collect();
+            append_local(
+                context,
+                correlation_id,
+                &located,
+                append.expected_end_offset,
+                &records,
+            )
+            .await
+        }
+        (RequestBody::Fetch(fetch), Some(located)) => {
+            fetch_local(
+                context,
+                correlation_id,
+                &located,
+                fetch.offset,
+                fetch.size_bytes_max,
+                fetch.wait_max,
+            )
+            .await
+        }
+        (RequestBody::ReadKey(read), Some(located)) => {
+            match context
+                .shard
+                .read_key(located.partition_id, read.key, read.include_pending)
+                .await
+            {
+                Ok(record) => {
+                    let headers = record.as_ref().map(header_list).unwrap_or_default();
+                    let record_out = record.as_ref().map(|record| record_out(record, &headers));
+                    Ok(encode(
                         correlation_id,
-                        &located,
-                        append.expected_end_offset,
-                        &records,
-                    )
-                    .await
+                        ResponseBody::KeyRecord(KeyRecord {
+                            partition: located.partition_index,
+                            record: record_out,
+                        }),
+                    ))
                 }
+                Err(read_error) => Err(read_error_code(&read_error)),
             }
         }
-        RequestBody::Fetch(fetch) => {
-            let routed = topic(context, fetch.topic)
-                .and_then(|topic| locate(context, &topic, fetch.partition));
-            match routed {
-                Err(problem) => Err(problem),
-                Ok(located) if located.owner != context.shard_id => {
-                    forward(context, located.owner, frame).await
-                }
-                Ok(located) => {
-                    fetch_local(
-                        context,
+        (RequestBody::KeyHistory(history), Some(located)) => {
+            let limit = history.record_count_max.min(KEY_HISTORY_RECORD_COUNT_MAX);
+            let history = context
+                .shard
+                .key_history(
+                    located.partition_id,
+                    history.key,
+                    limit as usize,
+                    FETCH_SIZE_BYTES_MAX,
+                )
+                .await;
+            match history {
+                Ok(records) => {
+                    let headers: Vec<Vec<RecordHeader<'_>>> =
+                        records.iter().map(header_list).collect();
+                    let outs: Vec<RecordOut<'_>> = records
+                        .iter()
+                        .zip(&headers)
+                        .map(|(record, headers)| record_out(record, headers))
+                        .collect();
+                    Ok(encode(
                         correlation_id,
-                        &located,
-                        fetch.offset,
-                        fetch.size_bytes_max,
-                        fetch.wait_max,
-                    )
-                    .await
+                        ResponseBody::KeyHistory(KeyHistoryResult {
+                            partition: located.partition_index,
+                            records: RecordOutList::from_slice(&outs),
+                        }),
+                    ))
                 }
+                Err(read_error) => Err(read_error_code(&read_error)),
             }
         }
-        RequestBody::ReadKey(read) => {
-            let routed = topic(context, read.topic).and_then(|topic| {
-                let index = wire::route(read.partition, read.key, topic.partition_count)
-                    .map_err(|route_error| (route_error.error_code(), route_error.to_string()))?;
-                locate(context, &topic, index)
-            });
-            match routed {
-                Err(problem) => Err(problem),
-                Ok(located) if located.owner != context.shard_id => {
-                    forward(context, located.owner, frame).await
-                }
-                Ok(located) => {
-                    match context
-                        .shard
-                        .read_key(located.partition_id, read.key, read.include_pending)
-                        .await
-                    {
-                        Ok(record) => {
-                            let headers = record.as_ref().map(header_list).unwrap_or_default();
-                            let record_out =
-                                record.as_ref().map(|record| record_out(record, &headers));
-                            Ok(encode(
-                                correlation_id,
-                                ResponseBody::KeyRecord(KeyRecord {
-                                    partition: located.partition_index,
-                                    record: record_out,
-                                }),
-                            ))
-                        }
-                        Err(read_error) => Err(read_error_code(&read_error)),
-                    }
-                }
-            }
-        }
-        RequestBody::KeyHistory(history) => {
-            let routed = topic(context, history.topic).and_then(|topic| {
-                let index = wire::route(history.partition, history.key, topic.partition_count)
-                    .map_err(|route_error| (route_error.error_code(), route_error.to_string()))?;
-                locate(context, &topic, index)
-            });
-            match routed {
-                Err(problem) => Err(problem),
-                Ok(located) if located.owner != context.shard_id => {
-                    forward(context, located.owner, frame).await
-                }
-                Ok(located) => {
-                    let limit = history.record_count_max.min(KEY_HISTORY_RECORD_COUNT_MAX);
-                    match context
-                        .shard
-                        .key_history(
-                            located.partition_id,
-                            history.key,
-                            limit as usize,
-                            FETCH_SIZE_BYTES_MAX,
-                        )
-                        .await
-                    {
-                        Ok(records) => {
-                            let headers: Vec<Vec<RecordHeader<'_>>> =
-                                records.iter().map(header_list).collect();
-                            let outs: Vec<RecordOut<'_>> = records
-                                .iter()
-                                .zip(&headers)
-                                .map(|(record, headers)| record_out(record, headers))
-                                .collect();
-                            Ok(encode(
-                                correlation_id,
-                                ResponseBody::KeyHistory(KeyHistoryResult {
-                                    partition: located.partition_index,
-                                    records: RecordOutList::from_slice(&outs),
-                                }),
-                            ))
-                        }
-                        Err(read_error) => Err(read_error_code(&read_error)),
-                    }
-                }
-            }
-        }
+        (
+            RequestBody::Append(_)
+            | RequestBody::Fetch(_)
+            | RequestBody::ReadKey(_)
+            | RequestBody::KeyHistory(_),
+            None,
+        ) => unreachable!("target_partition locates every partition request"),
     };
     outcome.unwrap_or_else(|(code, message)| error(correlation_id, code, &message))
 }

@@ -8,6 +8,7 @@
 )]
 
 mod engine_durability;
+mod loadgen;
 mod protocol_errors;
 mod server_e2e;
 mod support;

@@ -850,10 +850,15 @@ impl Shard {
                     .expect("find returns an index into batches");
                 Source::Durable(location)
             } else {
-                let pending = slot
+                // Pending batches are in offset order: binary search, since a hot partition
+                // can have thousands pending and `read_key(include_pending)` is its hot path.
+                let after = slot
                     .pending_batches
-                    .iter()
-                    .find(|batch| batch.base_offset <= offset && offset < batch.end_offset)
+                    .partition_point(|batch| batch.base_offset <= offset);
+                let pending = after
+                    .checked_sub(1)
+                    .and_then(|index| slot.pending_batches.get(index))
+                    .filter(|batch| offset < batch.end_offset)
                     .ok_or(ReadError::OffsetOutOfRange {
                         requested: offset.0,
                         synced_end: slot.state.synced_end().0,

@@ -9,6 +9,9 @@
 
 mod engine_durability;
 mod protocol_errors;
+mod reliability_crash;
+mod reliability_disk_full;
+mod reliability_io_faults;
 mod server_e2e;
 mod support;
 mod tidy;

@@ -11,6 +11,7 @@ mod engine_durability;
 mod protocol_errors;
 mod reliability_crash;
 mod reliability_disk_full;
+mod reliability_fuzz;
 mod reliability_io_faults;
 mod server_e2e;
 mod support;

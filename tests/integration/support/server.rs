@@ -90,6 +90,22 @@ impl TestServer {
         self.child.as_ref().expect("server is running").id()
     }
 
+    /// Resident memory of the server process (VmRSS in /proc), in bytes.
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/PID/status of a running server is readable");
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .expect("status has VmRSS");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|kib| kib.parse().ok())
+            .expect("VmRSS is a number of kB");
+        kib * 1024
+    }
+
     /// The exit status if the process has exited by itself; `None` while it runs.
     pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
         let child = self.child.as_mut().expect("server was not stopped before");

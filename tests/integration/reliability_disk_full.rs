@@ -10,6 +10,7 @@
 //! test-only `CAIRN_FAULT_INJECT` so that the contract is checked everywhere.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use cairn_engine::{KeyCondition, Offset, RecordInput};
@@ -182,13 +183,18 @@ impl BigWriter {
     }
 }
 
+/// Says loudly that the real-filesystem test did not run. Written to the stderr file
+/// descriptor directly, past libtest's capture, so that `cargo test` shows it even when the
+/// test passes (nextest shows a passing test's output only when configured to).
 fn skip(reason: &str) {
     let banner = "=".repeat(78);
-    eprintln!(
+    let notice = format!(
         "\n{banner}\nSKIPPED: reliability_disk_full on a real filesystem: {reason}\n\
          (needs root and loop devices; set {REQUIRE_LOOP_MOUNT_ENV}=1 to make this a failure. \
-         The simulated variant, failed_segment_preparations_..., still ran.)\n{banner}\n"
+         failed_segment_preparations_fail_appends_without_stopping_the_server checks the same \
+         contract without mounting.)\n{banner}\n"
     );
+    let _ = std::io::stderr().write_all(notice.as_bytes());
     assert!(
         std::env::var(REQUIRE_LOOP_MOUNT_ENV).as_deref() != Ok("1"),
         "{REQUIRE_LOOP_MOUNT_ENV}=1 but the loop filesystem is unavailable: {reason}"

@@ -12,6 +12,12 @@
 //! carry records (fetch, read_key, key_history: up to ~2 MiB each) built but not queued.
 //! A client that never reads its responses therefore stalls only itself, and a write that
 //! makes no progress for `WRITE_TIMEOUT` closes the connection.
+//!
+//! Once a response cannot be written (the client vanished, or stalled past the timeout),
+//! the connection is abandoned: it stops reading, requests not yet handled are dropped,
+//! and requests waiting to build a response with records give up, so that the work a
+//! vanished client queued (up to `connection_request_count_max` fetches of megabytes) is
+//! not done for nobody while the shard's other clients wait.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -105,14 +111,26 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
     let (mut reader, writer) = futures_lite::io::split(stream);
     let request_count_max = context.config.connection_request_count_max.max(1);
     let queue = Rc::new(ResponseQueue::default());
-    let writer_task = glommio::spawn_local(write_responses(writer, queue.clone()));
     let permits = Rc::new(Semaphore::new(request_count_max as u64));
     let large_responses = Rc::new(Semaphore::new(LARGE_RESPONSE_COUNT_MAX));
     let mut frames = FrameReader::new(context.config.frame_size_bytes_max);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    // Raised by a request task whose frame was not a flatbuffer: stop reading, close.
+    // Raised by a request task whose frame was not a flatbuffer, or by the writer when
+    // responses can no longer be delivered: stop reading, close.
     let broken = Event::new();
     let is_broken = Rc::new(Cell::new(false));
+    // Raised by the writer only: nobody will read what is still to be answered.
+    let abandoned = Rc::new(Cell::new(false));
+    let writer_task = glommio::spawn_local(write_responses(
+        writer,
+        queue.clone(),
+        Abandon {
+            abandoned: abandoned.clone(),
+            large_responses: large_responses.clone(),
+            broken: broken.clone(),
+            is_broken: is_broken.clone(),
+        },
+    ));
 
     'reading: loop {
         let stopping = futures_lite::future::or(context.stopping.listen(), broken.listen());
@@ -139,12 +157,19 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
                     let Ok(permit) = permits.acquire_static_permit(1).await else {
                         break 'reading;
                     };
+                    if is_broken.get() {
+                        break 'reading;
+                    }
                     let context = context.clone();
                     let queue = queue.clone();
                     let broken = broken.clone();
                     let is_broken = is_broken.clone();
                     let large_responses = large_responses.clone();
+                    let abandoned = abandoned.clone();
                     glommio::spawn_local(async move {
+                        if abandoned.get() {
+                            return;
+                        }
                         let handled =
                             handlers::handle_frame(&context, &frame, Some(&large_responses)).await;
                         queue.push(handled.response).await;
@@ -196,11 +221,31 @@ fn configure(stream: &TcpStream) -> glommio::Result<(), ()> {
     Ok(())
 }
 
+/// What the writer raises when a response cannot be written.
+struct Abandon {
+    abandoned: Rc<Cell<bool>>,
+    large_responses: Rc<Semaphore>,
+    broken: Event,
+    is_broken: Rc<Cell<bool>>,
+}
+
+impl Abandon {
+    fn raise(&self) {
+        self.abandoned.set(true);
+        // Requests waiting to build a response with records get an error instead.
+        self.large_responses.close();
+        self.is_broken.set(true);
+        self.broken.notify();
+    }
+}
+
 /// Writes responses as they complete, batching whatever is ready into one write. After a
-/// write error it keeps draining (so no handler waits forever) but writes nothing more.
+/// write error it abandons the connection and keeps draining (so no handler waits forever)
+/// but writes nothing more.
 async fn write_responses(
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     queue: Rc<ResponseQueue>,
+    abandon: Abandon,
 ) {
     let mut ready: Vec<Vec<u8>> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
@@ -219,8 +264,9 @@ async fn write_responses(
             writer.flush().await
         };
         if let Err(error) = written.await {
-            tracing::debug!(%error, "write failed; discarding further responses");
+            tracing::debug!(%error, "write failed; abandoning the connection");
             broken = true;
+            abandon.raise();
         }
     }
     let _ = writer.close().await;

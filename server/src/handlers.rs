@@ -112,7 +112,22 @@ pub(crate) async fn handle_frame(
         RequestBody::Fetch(_) | RequestBody::ReadKey(_) | RequestBody::KeyHistory(_)
     );
     let large_response_permit = match large_responses {
-        Some(semaphore) if carries_records => semaphore.acquire_static_permit(1).await.ok(),
+        Some(semaphore) if carries_records => match semaphore.acquire_static_permit(1).await {
+            Ok(permit) => Some(permit),
+            // Closed: the connection is abandoned and nobody will read the records, so
+            // do not read and encode them (see `connection`).
+            Err(_) => {
+                return HandledFrame {
+                    response: error(
+                        request.correlation_id,
+                        ErrorCode::Internal,
+                        "connection abandoned",
+                    ),
+                    close_connection: true,
+                    large_response_permit: None,
+                };
+            }
+        },
         _ => None,
     };
     HandledFrame {

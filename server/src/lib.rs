@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cairn_engine::{Engine, EngineConfig, OpenError, ShardId};
+use cairn_engine::{Engine, EngineConfig, FaultHook, OpenError, ShardId};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub connection_request_count_max: usize,
     /// Longest a fetch may long-poll.
     pub fetch_wait_max: Duration,
+    /// Test-only fault injection, passed to the engine (`EngineConfig::fault_hook`); `None`
+    /// in production.
+    pub fault_hook: Option<FaultHook>,
 }
 
 impl ServerConfig {
@@ -71,6 +74,7 @@ impl ServerConfig {
             frame_size_bytes_max: wire::FRAME_SIZE_BYTES_MAX_DEFAULT,
             connection_request_count_max: 1024,
             fetch_wait_max: Duration::from_secs(30),
+            fault_hook: None,
         }
     }
 
@@ -82,6 +86,7 @@ impl ServerConfig {
             .unwrap_or(usize::MAX)
             .saturating_sub(cairn_engine::core::limits::BLOCK_SIZE_BYTES);
         config.group_size_bytes_max = config.group_size_bytes_max.min(segment_room);
+        config.fault_hook = self.fault_hook.clone();
         config
     }
 }

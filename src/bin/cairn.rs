@@ -2,15 +2,23 @@
 //!
 //! Exit statuses: 0 success, 1 error, 2 usage, 3 a condition failed (conflict), 74 the
 //! server stopped on a storage failure.
+//!
+//! Test-only: `cairn serve` reads `CAIRN_FAULT_INJECT` (see [`FAULT_INJECT_ENV`]) to make
+//! chosen writes, syncs or segment preparations fail, so that the reliability tests can
+//! watch the whole server fail-stop or ride out a full disk. Never set it in production.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cairn_engine::{KeyCondition, Offset, RecordHeader, RecordInput};
+use cairn_engine::{
+    FaultHook, FaultPoint, FaultPolicy, KeyCondition, Offset, RecordHeader, RecordInput,
+};
 use cairn_server::client::{AppendResult, BlockingClient, ClientConfig, FetchedRecord};
 use cairn_server::wire::{self, ConflictInfo};
 use cairn_server::{ServerConfig, ShutdownSignal};
@@ -288,6 +296,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.segment_size_bytes = args.segment_size;
     config.frame_size_bytes_max = args.max_frame_bytes;
     config.pin_shards = !args.no_pin;
+    if let Ok(spec) = std::env::var(FAULT_INJECT_ENV) {
+        config.fault_hook = Some(parse_fault_spec(&spec)?);
+        tracing::warn!(spec, "TEST-ONLY fault injection is active");
+        eprintln!("cairn: TEST-ONLY fault injection is active: {FAULT_INJECT_ENV}={spec}");
+    }
     let shutdown = ShutdownSignal::new();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, shutdown.flag())
@@ -305,6 +318,86 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })?;
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Test-only fault injection for `cairn serve`: comma-separated rules
+/// `POINT:after=N[:count=M][:errno=E]`, where POINT is `write` (a group's write), `sync`
+/// (its fdatasync) or `prepare` (preallocating a segment). The first N operations at POINT,
+/// counted over all shards, succeed; the next M (default: every later one) fail with OS
+/// error E (default 5, EIO; 28 is ENOSPC); later ones succeed again.
+/// Example: `CAIRN_FAULT_INJECT=sync:after=100` or `prepare:after=4:count=3:errno=28`.
+const FAULT_INJECT_ENV: &str = "CAIRN_FAULT_INJECT";
+
+/// One rule of [`FAULT_INJECT_ENV`].
+#[derive(Debug)]
+struct FaultRule {
+    point: FaultPoint,
+    success_count: u64,
+    failure_count: u64,
+    errno: i32,
+    /// Operations at `point` seen so far.
+    seen_count: AtomicU64,
+}
+
+struct FaultRules(Vec<FaultRule>);
+
+impl FaultPolicy for FaultRules {
+    fn fail(&self, point: FaultPoint, _path: &std::path::Path) -> Option<i32> {
+        self.0
+            .iter()
+            .filter(|rule| rule.point == point)
+            .find_map(|rule| {
+                let seen = rule.seen_count.fetch_add(1, Ordering::SeqCst);
+                let failing =
+                    seen >= rule.success_count && seen - rule.success_count < rule.failure_count;
+                failing.then_some(rule.errno)
+            })
+    }
+}
+
+fn parse_fault_spec(spec: &str) -> anyhow::Result<FaultHook> {
+    let mut rules = Vec::new();
+    for text in spec
+        .split(',')
+        .map(str::trim)
+        .filter(|text| !text.is_empty())
+    {
+        let mut fields = text.split(':');
+        let point = match fields.next() {
+            Some("write") => FaultPoint::Write,
+            Some("sync") => FaultPoint::Sync,
+            Some("prepare") => FaultPoint::Prepare,
+            other => bail!("{FAULT_INJECT_ENV}: {other:?} is not write, sync or prepare"),
+        };
+        let mut rule = FaultRule {
+            point,
+            success_count: 0,
+            failure_count: u64::MAX,
+            errno: 5,
+            seen_count: AtomicU64::new(0),
+        };
+        for field in fields {
+            let (name, value) = field
+                .split_once('=')
+                .with_context(|| format!("{FAULT_INJECT_ENV}: {field:?} is not name=value"))?;
+            let number = || {
+                value
+                    .parse::<u64>()
+                    .with_context(|| format!("{FAULT_INJECT_ENV}: {field:?} wants a number"))
+            };
+            match name {
+                "after" => rule.success_count = number()?,
+                "count" => rule.failure_count = number()?,
+                "errno" => rule.errno = i32::try_from(number()?).context("errno")?,
+                _ => bail!("{FAULT_INJECT_ENV}: unknown field {name:?}"),
+            }
+        }
+        rules.push(rule);
+    }
+    if rules.is_empty() {
+        bail!("{FAULT_INJECT_ENV} is set but holds no rule");
+    }
+    Ok(FaultHook(Arc::new(FaultRules(rules))))
 }
 
 fn parse_condition(expect: Option<&str>) -> anyhow::Result<KeyCondition> {
@@ -431,5 +524,38 @@ fn print_record(record: &FetchedRecord, json: bool) {
             headers.join(","),
             text(&record.value)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_rules_fail_the_chosen_window_of_operations() {
+        let hook = parse_fault_spec("prepare:after=2:count=3:errno=28, sync:after=1").unwrap();
+        let path = std::path::Path::new("x");
+        let prepares: Vec<Option<i32>> = (0..7)
+            .map(|_| hook.0.fail(FaultPoint::Prepare, path))
+            .collect();
+        let enospc = Some(28);
+        assert_eq!(
+            prepares,
+            [None, None, enospc, enospc, enospc, None, None].to_vec()
+        );
+        let syncs: Vec<Option<i32>> = (0..3)
+            .map(|_| hook.0.fail(FaultPoint::Sync, path))
+            .collect();
+        assert_eq!(syncs, [None, Some(5), Some(5)].to_vec());
+        assert_eq!(hook.0.fail(FaultPoint::Write, path), None);
+        for bad in [
+            "",
+            "fsync:after=1",
+            "write:after",
+            "write:after=x",
+            "write:when=1",
+        ] {
+            assert!(parse_fault_spec(bad).is_err(), "{bad:?} is refused");
+        }
     }
 }

@@ -10,6 +10,11 @@
 mod engine_durability;
 mod loadgen;
 mod protocol_errors;
+mod reliability_crash;
+mod reliability_disk_full;
+mod reliability_fuzz;
+mod reliability_io_faults;
+mod reliability_soak;
 mod server_e2e;
 mod support;
 mod tidy;

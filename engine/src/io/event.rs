@@ -6,16 +6,23 @@
 //! partition's durable end moved" (long-poll fetch). Single-threaded by construction: it
 //! lives in an `Rc` on its shard's executor.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+use hashbrown::HashMap;
+
 #[derive(Default)]
 struct EventState {
     generation: u64,
-    wakers: Vec<Waker>,
+    /// The waker of each waiting listener, by listener id. A listener removes its entry
+    /// when it is dropped, so the map holds only listeners that still wait: a task that
+    /// listened and went away (a closed connection, a fetch that timed out) leaves nothing
+    /// behind, neither memory nor work for the next `notify`.
+    wakers: HashMap<u64, Waker>,
+    listener_id_next: u64,
 }
 
 /// A broadcast wake-up for tasks on one executor.
@@ -37,17 +44,28 @@ impl Event {
             state.generation += 1;
             std::mem::take(&mut state.wakers)
         };
-        for waker in wakers {
+        for waker in wakers.into_values() {
             waker.wake();
         }
     }
 
     /// A future that completes at the next `notify` after this call.
     pub fn listen(&self) -> Listener {
+        let mut state = self.state.borrow_mut();
+        let id = state.listener_id_next;
+        state.listener_id_next += 1;
         Listener {
             state: self.state.clone(),
-            generation: self.state.borrow().generation,
+            generation: state.generation,
+            id,
+            registered: Cell::new(false),
         }
+    }
+
+    /// Listeners waiting now (for tests).
+    #[cfg(test)]
+    fn waiting_count(&self) -> usize {
+        self.state.borrow().wakers.len()
     }
 }
 
@@ -55,6 +73,9 @@ impl Event {
 pub struct Listener {
     state: Rc<RefCell<EventState>>,
     generation: u64,
+    id: u64,
+    /// Whether `wakers` may hold an entry for `id`.
+    registered: Cell<bool>,
 }
 
 impl Future for Listener {
@@ -65,12 +86,27 @@ impl Future for Listener {
         if state.generation != self.generation {
             return Poll::Ready(());
         }
-        // A task polled again re-registers; keep one waker per task so the list stays
-        // bounded by the number of waiting tasks.
-        if !state.wakers.iter().any(|waker| waker.will_wake(cx.waker())) {
-            state.wakers.push(cx.waker().clone());
-        }
+        let replaced = match state.wakers.get(&self.id) {
+            Some(waker) if waker.will_wake(cx.waker()) => None,
+            _ => state.wakers.insert(self.id, cx.waker().clone()),
+        };
+        drop(state);
+        // Dropped outside the borrow: dropping a waker may drop a task, and with it other
+        // listeners of this event.
+        drop(replaced);
+        self.registered.set(true);
         Poll::Pending
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if self.registered.get() {
+            // After a notify the entry is gone already; removing nothing is fine. The waker
+            // is dropped after the borrow ends (see `poll`).
+            let removed = self.state.borrow_mut().wakers.remove(&self.id);
+            drop(removed);
+        }
     }
 }
 
@@ -89,5 +125,24 @@ mod tests {
         assert!(before.as_mut().poll(&mut cx).is_ready());
         let mut after = Box::pin(event.listen());
         assert!(after.as_mut().poll(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn a_dropped_listener_leaves_nothing_behind() {
+        let event = Event::new();
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for _ in 0..1000 {
+            let mut listener = Box::pin(event.listen());
+            assert!(listener.as_mut().poll(&mut cx).is_pending());
+            assert!(listener.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(event.waiting_count(), 0, "dropped listeners deregistered");
+        let mut waiting = Box::pin(event.listen());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(event.waiting_count(), 1);
+        event.notify();
+        assert_eq!(event.waiting_count(), 0);
+        assert!(waiting.as_mut().poll(&mut cx).is_ready());
     }
 }

@@ -2,7 +2,9 @@
 //! directories, seeds.
 
 pub mod engine;
+pub mod loop_fs;
 pub mod server;
+pub mod workload;
 
 /// The seed of a randomized test: `TEST_SEED` when set, else fresh; printed either way so a
 /// failure can be replayed.

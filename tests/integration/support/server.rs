@@ -29,22 +29,21 @@ impl TestServer {
         server
     }
 
-    /// A two-shard server on `data_dir` (kept when the server is dropped), with extra flags.
+    /// A two-shard server on `data_dir` (kept when the server is dropped), with extra flags
+    /// (`--segment-size` among them replaces the default of 2 MiB + 4 KiB).
     pub fn start_on(data_dir: &Path, extra_args: &[&str]) -> TestServer {
-        let mut child = Command::new(CAIRN_BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--cores",
-                "2",
-                "--no-pin",
-            ])
-            .args(["--segment-size", &(2 * 1024 * 1024 + 4096).to_string()])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--log-level", "warn"])
-            .args(extra_args)
+        TestServer::start_with_env(data_dir, extra_args, &[])
+    }
+
+    /// Like [`TestServer::start_on`], with extra environment variables for the server
+    /// (e.g. the test-only `CAIRN_FAULT_INJECT`).
+    pub fn start_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
+        let mut child = serve_command(data_dir, extra_args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -73,9 +72,61 @@ impl TestServer {
         }
     }
 
+    /// Starts `cairn serve` on `data_dir` and kills it with SIGKILL `after` the spawn,
+    /// without waiting for it to listen: a crash during recovery or start-up.
+    pub fn kill_while_starting(data_dir: &Path, extra_args: &[&str], after: Duration) {
+        let mut child = serve_command(data_dir, extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cairn serve starts");
+        std::thread::sleep(after);
+        let _ = child.kill();
+        child.wait().expect("killed server is reaped");
+    }
+
     /// The process id, for /proc.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("server is running").id()
+    }
+
+    /// Resident memory of the server process (VmRSS in /proc), in bytes.
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/PID/status of a running server is readable");
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .expect("status has VmRSS");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|kib| kib.parse().ok())
+            .expect("VmRSS is a number of kB");
+        kib * 1024
+    }
+
+    /// The exit status if the process has exited by itself; `None` while it runs.
+    pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("server was not stopped before");
+        let status = child.try_wait().expect("try_wait")?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// Waits (bounded) for the process to exit by itself, e.g. on a storage failure.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Sends `signal` and waits (bounded) for the process to exit.
@@ -100,6 +151,29 @@ impl TestServer {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// `cairn serve` with the test defaults: loopback, free ports, two unpinned shards, small
+/// segments (unless `extra_args` names `--segment-size`), warnings only.
+fn serve_command(data_dir: &Path, extra_args: &[&str]) -> Command {
+    let mut command = Command::new(CAIRN_BIN);
+    command.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "2",
+        "--no-pin",
+    ]);
+    if !extra_args.contains(&"--segment-size") {
+        command.args(["--segment-size", &(2 * 1024 * 1024 + 4096).to_string()]);
+    }
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--log-level", "warn"])
+        .args(extra_args);
+    command
 }
 
 impl Drop for TestServer {

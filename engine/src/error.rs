@@ -35,6 +35,26 @@ impl StorageError {
         }
     }
 
+    /// Wraps a glommio error, keeping the OS error number (glommio's own conversion to
+    /// `io::Error` drops it, and ENOSPC must stay distinguishable from EIO).
+    pub fn from_glommio(
+        operation: &'static str,
+        path: &Path,
+        error: glommio::GlommioError<()>,
+    ) -> Self {
+        let errno = match &error {
+            glommio::GlommioError::IoError(source)
+            | glommio::GlommioError::EnhancedIoError { source, .. } => source.raw_os_error(),
+            _ => None,
+        };
+        StorageError {
+            operation,
+            path: path.to_path_buf(),
+            errno,
+            message: error.to_string(),
+        }
+    }
+
     /// Bytes read back from disk did not verify.
     pub fn corrupt(path: &Path, position: u64, error: DecodeError) -> Self {
         StorageError {

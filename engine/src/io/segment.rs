@@ -65,10 +65,10 @@ impl SegmentFile {
             .read(true)
             .dma_open(&path)
             .await
-            .map_err(|error| StorageError::from_io("open", &path, &error.into()))?;
+            .map_err(|error| StorageError::from_glommio("open", &path, error))?;
         file.close()
             .await
-            .map_err(|error| StorageError::from_io("close", &path, &error.into()))
+            .map_err(|error| StorageError::from_glommio("close", &path, error))
     }
 
     /// Creates (or re-initialises) segment `header.segment_index` in `dir` at full size,
@@ -88,7 +88,7 @@ impl SegmentFile {
     ) -> Result<SegmentFile, StorageError> {
         let path = dir.join(segment_file_name(header.segment_index));
         let io_error = |operation, error: glommio::GlommioError<()>| {
-            StorageError::from_io(operation, &path, &error.into())
+            StorageError::from_glommio(operation, &path, error)
         };
         if let Some(hook) = fault_hook {
             hook.check(FaultPoint::Prepare, &path)?;
@@ -151,7 +151,7 @@ impl SegmentFile {
         expected: &SegmentHeader,
     ) -> Result<Option<SegmentFile>, crate::error::OpenError> {
         let io_error = |operation, error: glommio::GlommioError<()>| {
-            StorageError::from_io(operation, path, &error.into())
+            StorageError::from_glommio(operation, path, error)
         };
         let file = OpenOptions::new()
             .read(true)
@@ -270,7 +270,7 @@ impl SegmentFile {
             .file
             .write_at(buffer, position)
             .await
-            .map_err(|error| StorageError::from_io("write", &self.path, &error.into()))?;
+            .map_err(|error| StorageError::from_glommio("write", &self.path, error))?;
         if written_bytes != expected_bytes {
             // O_DIRECT writes of a preallocated range complete in full or fail; a short one
             // means the device is in trouble, and is handled like any failed write.
@@ -289,7 +289,7 @@ impl SegmentFile {
         self.file
             .fdatasync()
             .await
-            .map_err(|error| StorageError::from_io("fdatasync", &self.path, &error.into()))
+            .map_err(|error| StorageError::from_glommio("fdatasync", &self.path, error))
     }
 
     /// Reads `len_bytes` at `position` (any alignment).
@@ -297,7 +297,7 @@ impl SegmentFile {
         self.file
             .read_at(position, len_bytes)
             .await
-            .map_err(|error| StorageError::from_io("read", &self.path, &error.into()))
+            .map_err(|error| StorageError::from_glommio("read", &self.path, error))
     }
 
     /// Reads `len_bytes` at a block-aligned `position`, without the realignment copy.
@@ -309,7 +309,7 @@ impl SegmentFile {
         self.file
             .read_at_aligned(position, len_bytes)
             .await
-            .map_err(|error| StorageError::from_io("read", &self.path, &error.into()))
+            .map_err(|error| StorageError::from_glommio("read", &self.path, error))
     }
 }
 

@@ -23,6 +23,10 @@ use hashbrown::HashMap;
 
 use crate::{EXIT_STORAGE_FAILURE, Listening, ServerConfig, ShutdownSignal, connection};
 
+/// How long a poisoned shard lets its connections send their error responses before the
+/// process exits.
+const FAIL_STOP_DRAIN: Duration = Duration::from_millis(200);
+
 /// How often a shard looks at the shutdown signal.
 const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -253,6 +257,11 @@ pub(crate) async fn run_shard(
                 "cairn: storage failure on shard {}: {error}",
                 context.shard_id.0
             );
+            // The poisoned shard failed every waiting append; give their connections a
+            // moment to send those StorageFailure responses, so clients can tell a storage
+            // failure from a crash. Bounded: nothing more is acknowledged on this shard, and
+            // what other shards acknowledge meanwhile is synced on their own logs.
+            glommio::timer::sleep(FAIL_STOP_DRAIN).await;
             std::process::exit(EXIT_STORAGE_FAILURE);
         })
         .detach();

@@ -244,6 +244,18 @@ pub(crate) struct ShardState {
     prev_key_offsets: Vec<Option<Offset>>,
 }
 
+impl ShardState {
+    /// The partition's slot for a read: refused once the shard is poisoned (DESIGN §3.5).
+    fn readable_slot(&self, partition: PartitionId) -> Result<&PartitionSlot, ReadError> {
+        if let Some(error) = &self.poisoned {
+            return Err(ReadError::Storage(error.clone()));
+        }
+        self.partitions
+            .get(&partition)
+            .ok_or(ReadError::UnknownPartition(partition))
+    }
+}
+
 /// Wake-ups between appenders, the committer and readers of one shard.
 #[derive(Clone, Default)]
 pub(crate) struct ShardEvents {
@@ -590,10 +602,7 @@ impl Shard {
     /// The partition's end offsets: (appended_end including pending, synced_end).
     pub fn end_offsets(&self, partition: PartitionId) -> Result<(Offset, Offset), ReadError> {
         let state = self.state.borrow();
-        let slot = state
-            .partitions
-            .get(&partition)
-            .ok_or(ReadError::UnknownPartition(partition))?;
+        let slot = state.readable_slot(partition)?;
         Ok((slot.state.appended_end(), slot.state.synced_end()))
     }
 
@@ -608,13 +617,7 @@ impl Shard {
     ) -> Result<Fetched, ReadError> {
         let (locations, synced_end) = {
             let state = self.state.borrow();
-            if let Some(error) = &state.poisoned {
-                return Err(ReadError::Storage(error.clone()));
-            }
-            let slot = state
-                .partitions
-                .get(&partition)
-                .ok_or(ReadError::UnknownPartition(partition))?;
+            let slot = state.readable_slot(partition)?;
             let synced_end = slot.state.synced_end();
             if from > synced_end {
                 return Err(ReadError::OffsetOutOfRange {
@@ -660,13 +663,7 @@ impl Shard {
         loop {
             let listener = {
                 let state = self.state.borrow();
-                if let Some(error) = &state.poisoned {
-                    return Err(ReadError::Storage(error.clone()));
-                }
-                let slot = state
-                    .partitions
-                    .get(&partition)
-                    .ok_or(ReadError::UnknownPartition(partition))?;
+                let slot = state.readable_slot(partition)?;
                 let synced_end = slot.state.synced_end();
                 if synced_end > offset {
                     return Ok(synced_end);
@@ -691,13 +688,7 @@ impl Shard {
     ) -> Result<Option<OwnedRecord>, ReadError> {
         let latest = {
             let state = self.state.borrow();
-            if let Some(error) = &state.poisoned {
-                return Err(ReadError::Storage(error.clone()));
-            }
-            let slot = state
-                .partitions
-                .get(&partition)
-                .ok_or(ReadError::UnknownPartition(partition))?;
+            let slot = state.readable_slot(partition)?;
             if include_pending {
                 slot.state.latest(key)
             } else {
@@ -722,10 +713,7 @@ impl Shard {
     ) -> Result<Vec<OwnedRecord>, ReadError> {
         let mut next = {
             let state = self.state.borrow();
-            let slot = state
-                .partitions
-                .get(&partition)
-                .ok_or(ReadError::UnknownPartition(partition))?;
+            let slot = state.readable_slot(partition)?;
             slot.state.latest_durable(key)
         };
         let mut history = Vec::new();
@@ -838,10 +826,7 @@ impl Shard {
         }
         let source = {
             let state = self.state.borrow();
-            let slot = state
-                .partitions
-                .get(&partition)
-                .ok_or(ReadError::UnknownPartition(partition))?;
+            let slot = state.readable_slot(partition)?;
             if let Some(index) = slot.durable_batches.find(offset) {
                 let location = *slot
                     .durable_batches

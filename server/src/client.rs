@@ -20,6 +20,7 @@
 //! ([`AppendResult::Conflict`]), not an error; [`ClientError`] carries only real failures.
 
 mod blocking;
+mod call;
 mod connection;
 #[cfg(test)]
 mod fake_server;

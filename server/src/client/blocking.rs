@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 
 use cairn_engine::core::{Offset, RecordInput};
 
-use crate::wire::{
-    AppendRecords, AppendRequest, CreateTopicRequest, Encoder, FetchRequest, FrameReader,
-    KeyHistoryRequest, ReadKeyRequest, Request, RequestBody, decode_response, write_frame,
-};
+use crate::wire::{Encoder, FrameReader, Request, RequestBody, decode_response, write_frame};
 
+use super::call::Call;
 use super::reply::Reply;
-use super::routing::{Destination, Resolution, TopicTable};
+use super::routing::{Resolution, TopicTable};
 use super::{
     AppendResult, ClientConfig, ClientError, ConnectionLoss, FetchResult, FetchedRecord, Metadata,
     TopicInfo,
@@ -77,9 +75,7 @@ impl BlockingClient {
 
     /// Checks the server answers on the configured address.
     pub fn ping(&mut self) -> Result<(), ClientError> {
-        let timeout = self.config.request_timeout;
-        self.call(Destination::Bootstrap, RequestBody::Ping, timeout)?
-            .into_pong()
+        self.call(Call::ping())?.into_pong()
     }
 
     /// Creates a topic of `partition_count` partitions (at least 1) and adds it to the
@@ -89,13 +85,8 @@ impl BlockingClient {
         name: &str,
         partition_count: u32,
     ) -> Result<TopicInfo, ClientError> {
-        let body = RequestBody::CreateTopic(CreateTopicRequest {
-            name,
-            partition_count,
-        });
-        let timeout = self.config.request_timeout;
         let topic = self
-            .call(Destination::Bootstrap, body, timeout)?
+            .call(Call::create_topic(name, partition_count))?
             .into_topic_created()?;
         // The answer holds the topic's whole partition map, ports included: the same a
         // metadata refresh would bring, without the round trip.
@@ -122,19 +113,8 @@ impl BlockingClient {
         expected_end_offset: Option<Offset>,
         records: &[RecordInput<'_>],
     ) -> Result<AppendResult, ClientError> {
-        let destination = Destination::Partition {
-            topic,
-            partition,
-            key: records.first().map_or(&[], |record| record.key),
-        };
-        let body = RequestBody::Append(AppendRequest {
-            topic,
-            partition,
-            expected_end_offset,
-            records: AppendRecords::from_inputs(records),
-        });
-        let timeout = self.config.request_timeout;
-        self.call(destination, body, timeout)?.into_append()
+        self.call(Call::append(topic, partition, expected_end_offset, records))?
+            .into_append()
     }
 
     /// Reads synced records of one partition from `offset` on; see
@@ -147,20 +127,14 @@ impl BlockingClient {
         size_bytes_max: u32,
         wait_max: Duration,
     ) -> Result<FetchResult, ClientError> {
-        let destination = Destination::Partition {
-            topic,
-            partition: Some(partition),
-            key: &[],
-        };
-        let body = RequestBody::Fetch(FetchRequest {
+        self.call(Call::fetch(
             topic,
             partition,
             offset,
             size_bytes_max,
             wait_max,
-        });
-        let timeout = self.config.request_timeout.saturating_add(wait_max);
-        self.call(destination, body, timeout)?.into_fetched()
+        ))?
+        .into_fetched()
     }
 
     /// The latest record of `key`, if it has one; see
@@ -172,19 +146,8 @@ impl BlockingClient {
         key: &[u8],
         include_pending: bool,
     ) -> Result<Option<FetchedRecord>, ClientError> {
-        let destination = Destination::Partition {
-            topic,
-            partition,
-            key,
-        };
-        let body = RequestBody::ReadKey(ReadKeyRequest {
-            topic,
-            partition,
-            key,
-            include_pending,
-        });
-        let timeout = self.config.request_timeout;
-        self.call(destination, body, timeout)?.into_key_record()
+        self.call(Call::read_key(topic, partition, key, include_pending))?
+            .into_key_record()
     }
 
     /// Up to `record_count_max` synced records of `key`, newest first.
@@ -195,29 +158,19 @@ impl BlockingClient {
         key: &[u8],
         record_count_max: u32,
     ) -> Result<Vec<FetchedRecord>, ClientError> {
-        let destination = Destination::Partition {
-            topic,
-            partition,
-            key,
-        };
-        let body = RequestBody::KeyHistory(KeyHistoryRequest {
-            topic,
-            partition,
-            key,
-            record_count_max,
-        });
-        let timeout = self.config.request_timeout;
-        self.call(destination, body, timeout)?.into_key_history()
+        self.call(Call::key_history(topic, partition, key, record_count_max))?
+            .into_key_history()
     }
 
     /// Sends a request where its destination routes, refreshing the metadata once if its
     /// topic is not in the cache.
-    fn call(
-        &mut self,
-        destination: Destination<'_>,
-        body: RequestBody<'_>,
-        timeout: Duration,
-    ) -> Result<Reply, ClientError> {
+    fn call(&mut self, call: Call<'_>) -> Result<Reply, ClientError> {
+        let Call {
+            destination,
+            body,
+            wait_max,
+        } = call;
+        let timeout = self.config.request_timeout.saturating_add(wait_max);
         let address = match self.topics.resolve(&self.config, destination) {
             Resolution::Address(address) => address,
             Resolution::UnknownTopic(_) => {
@@ -436,6 +389,7 @@ mod tests {
         MODEL_PARTITION_COUNT, MODEL_TOPIC, Received, Step, key_on_shard, model_answer,
         model_record,
     };
+    use crate::client::routing::Destination;
     use crate::wire::{ConflictInfo, ErrorCode, partition_for_key};
 
     /// Long enough for any exchange with the fake server; short enough that a broken test

@@ -9,11 +9,9 @@ use std::time::{Duration, Instant};
 use cairn_engine::core::{Offset, RecordInput};
 use glommio::sync::Semaphore;
 
-use crate::wire::{
-    AppendRecords, AppendRequest, CreateTopicRequest, FetchRequest, KeyHistoryRequest,
-    ReadKeyRequest, Request, RequestBody,
-};
+use crate::wire::{Request, RequestBody};
 
+use super::call::Call;
 use super::connection::{Connection, ConnectionShared};
 use super::reply::Reply;
 use super::routing::{Destination, Resolution, TopicTable};
@@ -94,9 +92,7 @@ impl Client {
 
     /// Checks the server answers on the configured address.
     pub async fn ping(&self) -> Result<(), ClientError> {
-        self.call(Destination::Bootstrap, RequestBody::Ping, self.timeout())
-            .await?
-            .into_pong()
+        self.call(Call::ping()).await?.into_pong()
     }
 
     /// Creates a topic of `partition_count` partitions (at least 1) and adds it to the
@@ -106,12 +102,8 @@ impl Client {
         name: &str,
         partition_count: u32,
     ) -> Result<TopicInfo, ClientError> {
-        let body = RequestBody::CreateTopic(CreateTopicRequest {
-            name,
-            partition_count,
-        });
         let topic = self
-            .call(Destination::Bootstrap, body, self.timeout())
+            .call(Call::create_topic(name, partition_count))
             .await?
             .into_topic_created()?;
         // The answer holds the topic's whole partition map, ports included: the same a
@@ -144,18 +136,7 @@ impl Client {
         expected_end_offset: Option<Offset>,
         records: &[RecordInput<'_>],
     ) -> Result<AppendResult, ClientError> {
-        let destination = Destination::Partition {
-            topic,
-            partition,
-            key: records.first().map_or(&[], |record| record.key),
-        };
-        let body = RequestBody::Append(AppendRequest {
-            topic,
-            partition,
-            expected_end_offset,
-            records: AppendRecords::from_inputs(records),
-        });
-        self.call(destination, body, self.timeout())
+        self.call(Call::append(topic, partition, expected_end_offset, records))
             .await?
             .into_append()
     }
@@ -171,20 +152,15 @@ impl Client {
         size_bytes_max: u32,
         wait_max: Duration,
     ) -> Result<FetchResult, ClientError> {
-        let destination = Destination::Partition {
-            topic,
-            partition: Some(partition),
-            key: &[],
-        };
-        let body = RequestBody::Fetch(FetchRequest {
+        self.call(Call::fetch(
             topic,
             partition,
             offset,
             size_bytes_max,
             wait_max,
-        });
-        let timeout = self.timeout().saturating_add(wait_max);
-        self.call(destination, body, timeout).await?.into_fetched()
+        ))
+        .await?
+        .into_fetched()
     }
 
     /// The latest record of `key` in `partition` (or the key's own), if it has one: synced
@@ -197,18 +173,7 @@ impl Client {
         key: &[u8],
         include_pending: bool,
     ) -> Result<Option<FetchedRecord>, ClientError> {
-        let destination = Destination::Partition {
-            topic,
-            partition,
-            key,
-        };
-        let body = RequestBody::ReadKey(ReadKeyRequest {
-            topic,
-            partition,
-            key,
-            include_pending,
-        });
-        self.call(destination, body, self.timeout())
+        self.call(Call::read_key(topic, partition, key, include_pending))
             .await?
             .into_key_record()
     }
@@ -221,18 +186,7 @@ impl Client {
         key: &[u8],
         record_count_max: u32,
     ) -> Result<Vec<FetchedRecord>, ClientError> {
-        let destination = Destination::Partition {
-            topic,
-            partition,
-            key,
-        };
-        let body = RequestBody::KeyHistory(KeyHistoryRequest {
-            topic,
-            partition,
-            key,
-            record_count_max,
-        });
-        self.call(destination, body, self.timeout())
+        self.call(Call::key_history(topic, partition, key, record_count_max))
             .await?
             .into_key_history()
     }
@@ -243,12 +197,13 @@ impl Client {
 
     /// Sends a request where its destination routes, refreshing the metadata once if its
     /// topic is not in the cache.
-    async fn call(
-        &self,
-        destination: Destination<'_>,
-        body: RequestBody<'_>,
-        timeout: Duration,
-    ) -> Result<Reply, ClientError> {
+    async fn call(&self, call: Call<'_>) -> Result<Reply, ClientError> {
+        let Call {
+            destination,
+            body,
+            wait_max,
+        } = call;
+        let timeout = self.timeout().saturating_add(wait_max);
         let address = match self.resolve(destination) {
             Resolution::Address(address) => address,
             Resolution::UnknownTopic(_) => {

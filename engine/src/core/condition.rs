@@ -15,13 +15,16 @@ use crate::core::{KeyCondition, Offset};
 pub enum Conflict {
     /// `expected_end_offset` did not match the partition's end (pending records included).
     EndOffset { expected: Offset, actual: Offset },
-    /// Record `record_index` of the batch failed its key condition; `actual` is the key's
-    /// latest offset as that record saw it (earlier records of the same batch included),
-    /// `None` if never written.
+    /// Record `record_index` of the batch failed its key condition. `actual` is the key's
+    /// latest offset in the log (pending records included), `None` if never written. When
+    /// an earlier record of the same batch writes the key, the condition was checked
+    /// against that record instead, and `earlier_in_batch` says which one: the batch
+    /// contradicts itself, and `actual` still names an offset that exists.
     Key {
         record_index: u32,
         condition: KeyCondition,
         actual: Option<Offset>,
+        earlier_in_batch: Option<u32>,
     },
 }
 
@@ -63,7 +66,19 @@ impl fmt::Display for Conflict {
             Conflict::Key {
                 record_index,
                 condition,
+                earlier_in_batch: Some(earlier),
+                ..
+            } => write!(
+                f,
+                "record {record_index}: condition {} failed: record {earlier} of the same batch \
+                 writes the key first",
+                ConditionDisplay(condition)
+            ),
+            Conflict::Key {
+                record_index,
+                condition,
                 actual: Some(actual),
+                earlier_in_batch: None,
             } => write!(
                 f,
                 "record {record_index}: condition {} failed, key's latest offset is {actual}",
@@ -73,6 +88,7 @@ impl fmt::Display for Conflict {
                 record_index,
                 condition,
                 actual: None,
+                earlier_in_batch: None,
             } => write!(
                 f,
                 "record {record_index}: condition {} failed, key was never written",
@@ -130,6 +146,7 @@ mod tests {
             record_index: 3,
             condition: KeyCondition::At(Offset(12)),
             actual: Some(Offset(15)),
+            earlier_in_batch: None,
         };
         assert_eq!(
             stale.to_string(),
@@ -139,10 +156,21 @@ mod tests {
             record_index: 0,
             condition: KeyCondition::KeyExists,
             actual: None,
+            earlier_in_batch: None,
         };
         assert_eq!(
             missing.to_string(),
             "record 0: condition key_exists failed, key was never written"
+        );
+        let contradiction = Conflict::Key {
+            record_index: 2,
+            condition: KeyCondition::NoKey,
+            actual: None,
+            earlier_in_batch: Some(0),
+        };
+        assert_eq!(
+            contradiction.to_string(),
+            "record 2: condition no_key failed: record 0 of the same batch writes the key first"
         );
     }
 }

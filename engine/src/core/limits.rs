@@ -27,7 +27,14 @@ pub const SEGMENT_SIZE_BYTES_MIN: u64 = 1024 * 1024 + BLOCK_SIZE_BYTES as u64;
 /// segment in chunks; this bounds a data directory's file sizes to something a human expects.
 pub const SEGMENT_SIZE_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
 
+/// Largest group (the batches written with one write and one fdatasync). It bounds what a
+/// crash can tear, so recovery tells a torn tail from damage by it (FORMAT.md, "Torn tail or
+/// damage"): a data directory must never have been written with larger groups.
+pub const GROUP_SIZE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
 const _: () = assert!(BATCH_SIZE_BYTES_MAX.is_multiple_of(BLOCK_SIZE_BYTES));
+const _: () = assert!(GROUP_SIZE_BYTES_MAX >= BATCH_SIZE_BYTES_MAX);
+const _: () = assert!(GROUP_SIZE_BYTES_MAX.is_multiple_of(BLOCK_SIZE_BYTES));
 const _: () = assert!(SEGMENT_SIZE_BYTES_MIN.is_multiple_of(BLOCK_SIZE_BYTES as u64));
 const _: () = assert!(SEGMENT_SIZE_BYTES_MAX.is_multiple_of(BLOCK_SIZE_BYTES as u64));
 const _: () = assert!(KEY_SIZE_BYTES_MAX < BATCH_SIZE_BYTES_MAX);

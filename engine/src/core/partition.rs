@@ -24,7 +24,7 @@ use crate::core::limits::{
     BATCH_LINEAR_SCAN_RECORD_COUNT_MAX, BATCH_RECORD_COUNT_MAX, BATCH_SCRATCH_RECORD_COUNT_MAX,
     KEY_SIZE_BYTES_MAX,
 };
-use crate::core::{Offset, PartitionId, RecordInput};
+use crate::core::{KeyCondition, Offset, PartitionId, RecordInput};
 
 /// How far each stage of one partition's write path has got.
 /// Exclusive ends: an empty partition has all three at `Offset(0)`.
@@ -224,24 +224,14 @@ impl PartitionState {
 
         // Check everything before changing anything: the batch is atomic.
         let key_of = |record_index: usize| records[record_index].key;
-        let checked = self.look_up_batch(
-            base_offset,
-            records.len(),
-            key_of,
-            |record_index, latest| {
-                let condition = records[record_index].condition;
-                if !condition_holds(condition, latest) {
-                    return Err(Conflict::Key {
-                        record_index: u32::try_from(record_index)
-                            .expect("BATCH_RECORD_COUNT_MAX fits in u32"),
-                        condition,
-                        actual: latest,
-                    });
-                }
-                prev_key_offsets.push(latest);
-                Ok(())
-            },
-        );
+        let checked = self.look_up_batch(base_offset, records.len(), key_of, |seen| {
+            let condition = records[seen.record_index].condition;
+            if !condition_holds(condition, seen.latest) {
+                return Err(seen.conflict(condition));
+            }
+            prev_key_offsets.push(seen.latest);
+            Ok(())
+        });
         if let Err(conflict) = checked {
             prev_key_offsets.clear();
             return Err(conflict);
@@ -254,6 +244,37 @@ impl PartitionState {
             "the check and the index disagree on a prev_key_offset: {prev_key_offsets:?}"
         );
         Ok(base_offset)
+    }
+
+    /// Whether a batch's conditions hold now, as [`Self::check_and_stage`] would decide,
+    /// without staging it: an append that must wait for room is answered at once when it is
+    /// already doomed. (It is checked again when it is staged: appends admitted before it
+    /// can still make it fail.)
+    pub fn check(
+        &mut self,
+        expected_end: Option<Offset>,
+        records: &[RecordInput<'_>],
+    ) -> Result<(), Conflict> {
+        let base_offset = self.watermarks.appended_end;
+        if let Some(expected) = expected_end
+            && expected != base_offset
+        {
+            return Err(Conflict::EndOffset {
+                expected,
+                actual: base_offset,
+            });
+        }
+        let key_of = |record_index: usize| records[record_index].key;
+        let checked = self.look_up_batch(base_offset, records.len(), key_of, |seen| {
+            let condition = records[seen.record_index].condition;
+            if condition_holds(condition, seen.latest) {
+                Ok(())
+            } else {
+                Err(seen.conflict(condition))
+            }
+        });
+        self.finish_key_slots();
+        checked
     }
 
     /// The shell wrote everything below `written_end`.
@@ -345,23 +366,18 @@ impl PartitionState {
                 key_size_bytes_max: KEY_SIZE_BYTES_MAX,
             });
         }
-        self.look_up_batch(
-            base_offset,
-            records.len(),
-            key_of,
-            |record_index, latest| {
-                let prev_key_offset = records[record_index].1;
-                if latest != prev_key_offset {
-                    return Err(RecoveryError::PrevKeyOffsetMismatch {
-                        partition,
-                        offset: base_offset.plus(record_index as u64),
-                        expected: latest,
-                        actual: prev_key_offset,
-                    });
-                }
-                Ok(())
-            },
-        )?;
+        self.look_up_batch(base_offset, records.len(), key_of, |seen| {
+            let prev_key_offset = records[seen.record_index].1;
+            if seen.latest != prev_key_offset {
+                return Err(RecoveryError::PrevKeyOffsetMismatch {
+                    partition,
+                    offset: base_offset.plus(seen.record_index as u64),
+                    expected: seen.latest,
+                    actual: prev_key_offset,
+                });
+            }
+            Ok(())
+        })?;
         self.stage_batch(base_offset, records.len(), key_of);
         let end = self.watermarks.appended_end;
         self.advance_written(end);
@@ -390,23 +406,36 @@ impl PartitionState {
         base_offset: Offset,
         record_count: usize,
         key_of: impl Fn(usize) -> &'k [u8] + Copy,
-        mut check: impl FnMut(usize, Option<Offset>) -> Result<(), E>,
+        mut check: impl FnMut(Seen) -> Result<(), E>,
     ) -> Result<(), E> {
         self.key_slots.clear();
         self.batch_keys.start(record_count, key_of);
         let mut checked = Ok(());
         for record_index in 0..record_count {
-            let (latest, key_slot) = match self.batch_keys.previous_in_batch(record_index, key_of) {
-                Some(previous_index) => (
-                    Some(base_offset.plus(previous_index as u64)),
-                    self.key_slots[previous_index],
-                ),
-                None => match self.key_index.find(key_of(record_index)) {
-                    Some(slot) => (Some(self.key_index.latest_at(slot)), Some(slot)),
-                    None => (None, None),
-                },
+            let (seen, key_slot) = match self.batch_keys.previous_in_batch(record_index, key_of) {
+                Some(previous_index) => {
+                    let key_slot = self.key_slots[previous_index];
+                    let seen = Seen {
+                        record_index,
+                        latest: Some(base_offset.plus(previous_index as u64)),
+                        earlier_in_batch: Some(previous_index),
+                        latest_in_log: key_slot.map(|slot| self.key_index.latest_at(slot)),
+                    };
+                    (seen, key_slot)
+                }
+                None => {
+                    let key_slot = self.key_index.find(key_of(record_index));
+                    let latest = key_slot.map(|slot| self.key_index.latest_at(slot));
+                    let seen = Seen {
+                        record_index,
+                        latest,
+                        earlier_in_batch: None,
+                        latest_in_log: latest,
+                    };
+                    (seen, key_slot)
+                }
             };
-            checked = check(record_index, latest);
+            checked = check(seen);
             if checked.is_err() {
                 break;
             }
@@ -468,6 +497,37 @@ impl PartitionState {
             self.watermarks.synced_end,
             self.watermarks.appended_end
         );
+    }
+}
+
+/// What one record of a batch sees of its key while the batch is checked.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    record_index: usize,
+    /// The key's latest offset as this record sees it: an earlier record of the same batch
+    /// if there is one, else the log (pending records included). Conditions test this.
+    latest: Option<Offset>,
+    /// The earlier record of the same batch that writes the key, if any.
+    earlier_in_batch: Option<usize>,
+    /// The key's latest offset in the log, pending records included, this batch not.
+    latest_in_log: Option<Offset>,
+}
+
+impl Seen {
+    /// The conflict to report when `condition` fails. A record that fails against an
+    /// earlier record of its own batch reports the key's latest offset in the log (an
+    /// offset that exists) and which record of the batch wrote the key: `latest` would
+    /// name an offset of the rejected batch, which nobody can read.
+    fn conflict(&self, condition: KeyCondition) -> Conflict {
+        Conflict::Key {
+            record_index: u32::try_from(self.record_index)
+                .expect("BATCH_RECORD_COUNT_MAX fits in u32"),
+            condition,
+            actual: self.latest_in_log,
+            earlier_in_batch: self
+                .earlier_in_batch
+                .map(|index| u32::try_from(index).expect("BATCH_RECORD_COUNT_MAX fits in u32")),
+        }
     }
 }
 
@@ -618,7 +678,8 @@ mod tests {
             Err(Conflict::Key {
                 record_index: 0,
                 condition: NoKey,
-                actual: Some(Offset(2))
+                actual: Some(Offset(2)),
+                earlier_in_batch: None,
             })
         );
     }
@@ -637,7 +698,8 @@ mod tests {
             Err(Conflict::Key {
                 record_index: 0,
                 condition: KeyExists,
-                actual: None
+                actual: None,
+                earlier_in_batch: None,
             })
         );
     }
@@ -650,7 +712,8 @@ mod tests {
             Err(Conflict::Key {
                 record_index: 0,
                 condition: At(Offset(0)),
-                actual: Some(Offset(2))
+                actual: Some(Offset(2)),
+                earlier_in_batch: None,
             })
         );
         assert_eq!(
@@ -658,7 +721,8 @@ mod tests {
             Err(Conflict::Key {
                 record_index: 0,
                 condition: At(Offset(0)),
-                actual: None
+                actual: None,
+                earlier_in_batch: None,
             })
         );
         assert_eq!(
@@ -673,7 +737,8 @@ mod tests {
             Err(Conflict::Key {
                 record_index: 0,
                 condition: At(Offset(2)),
-                actual: Some(Offset(3))
+                actual: Some(Offset(3)),
+                earlier_in_batch: None,
             })
         );
     }
@@ -707,8 +772,10 @@ mod tests {
             Err(Conflict::Key {
                 record_index: 1,
                 condition: NoKey,
-                actual: Some(Offset(3))
-            })
+                actual: None,
+                earlier_in_batch: Some(0),
+            }),
+            "m is in no record of the log: the conflict is with record 0 of the batch"
         );
         assert_eq!(state.latest(b"m"), None);
     }
@@ -732,7 +799,8 @@ mod tests {
             Err(Conflict::Key {
                 record_index: 2,
                 condition: At(Offset(0)),
-                actual: Some(Offset(1))
+                actual: Some(Offset(1)),
+                earlier_in_batch: None,
             })
         );
         assert_eq!(state.appended_end(), Offset(3));
@@ -761,7 +829,8 @@ mod tests {
             Err(Conflict::Key {
                 record_index: 0,
                 condition: NoKey,
-                actual: Some(Offset(0))
+                actual: Some(Offset(0)),
+                earlier_in_batch: None,
             })
         );
         assert_eq!(
@@ -907,7 +976,8 @@ mod tests {
             Err(Conflict::Key {
                 record_index: 39,
                 condition: At(Offset(111)),
-                actual: Some(Offset(112))
+                actual: Some(Offset(79)),
+                earlier_in_batch: Some(32),
             })
         );
     }
@@ -1101,10 +1171,15 @@ mod tests {
                     KeyCondition::At(offset) => actual == Some(*offset),
                 };
                 if !holds {
+                    let earlier_in_batch = batch[..index]
+                        .iter()
+                        .rposition(|(earlier_key, _)| earlier_key == key)
+                        .map(|earlier| earlier as u32);
                     return Err(Conflict::Key {
                         record_index: index as u32,
                         condition: *condition,
-                        actual,
+                        actual: self.latest.get(key).copied().map(Offset),
+                        earlier_in_batch,
                     });
                 }
                 prev_key_offsets.push(actual);

@@ -57,7 +57,9 @@
 
 use hashbrown::HashMap;
 
-use crate::core::limits::{BATCH_SIZE_BYTES_MAX, BLOCK_SIZE_BYTES, SEGMENT_SIZE_BYTES_MAX};
+use crate::core::limits::{
+    BATCH_SIZE_BYTES_MAX, BLOCK_SIZE_BYTES, GROUP_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MAX,
+};
 use crate::core::record::{BATCH_HEADER_SIZE_BYTES, BatchView, DecodeError, decode_batch};
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::{Offset, PartitionId};
@@ -351,6 +353,106 @@ impl RecoveryScanner {
             .iter()
             .map(|(partition, offset)| (*partition, *offset))
     }
+}
+
+/// Where a core log ends after recovery: the segment of its last accepted batch and the
+/// position just after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogEnd {
+    /// Index of the segment the log ends in.
+    pub segment_index: u64,
+    /// Position just after the last accepted batch (`SEGMENT_HEADER_SIZE_BYTES` if none).
+    pub valid_end: u64,
+}
+
+/// Bytes after a log's end in which a crash can leave valid batches that the log does not
+/// hold: one group, the most that is ever in flight (FORMAT.md, "Torn tail or damage").
+pub const TEAR_WINDOW_BYTES: u64 = GROUP_SIZE_BYTES_MAX as u64;
+
+/// Whether a crash explains a valid batch starting at `position` of segment
+/// `segment_index`, found beyond the log's `end`: it lies where the one group in flight
+/// (or a torn group of an earlier life, see FORMAT.md) can have been written. Anything else
+/// is synced data cut off by damage before it.
+///
+/// Worked example: the log ends at 10,000 in segment 3. The group in flight started at or
+/// before the next block boundary, 12,288, so in segment 3 a crash explains batches that
+/// start before 12,288 + `TEAR_WINDOW_BYTES`; had the group rolled, it would start at 4096
+/// in segment 4, explaining batches before 4096 + `TEAR_WINDOW_BYTES` there. A valid batch
+/// in segment 5 or later, or beyond those windows, is damage.
+#[must_use]
+pub fn crash_explains(end: LogEnd, segment_index: u64, position: u64) -> bool {
+    let block_after_end = end.valid_end.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+    if segment_index == end.segment_index {
+        position < block_after_end + TEAR_WINDOW_BYTES
+    } else if Some(segment_index) == end.segment_index.checked_add(1) {
+        position < SEGMENT_DATA_START + TEAR_WINDOW_BYTES
+    } else {
+        segment_index < end.segment_index
+    }
+}
+
+/// What [`probe_block_starts`] found in a chunk.
+#[derive(Clone, Copy)]
+pub enum BlockProbe<'a> {
+    /// A valid batch (its own checksum verifies; chain and offsets are not looked at)
+    /// starts at this block boundary.
+    Found {
+        /// Its position in the segment.
+        position: u64,
+        /// The batch.
+        batch: BatchView<'a>,
+    },
+    /// The batch that may start at `position` extends past the chunk: probe again with a
+    /// chunk that starts there.
+    NeedMore {
+        /// Where to continue.
+        position: u64,
+    },
+    /// No valid batch starts at a block boundary in the rest of the chunk.
+    Exhausted,
+}
+
+/// Looks for a valid batch at each block boundary from `from` on in `chunk` (whose first
+/// byte is at segment position `chunk_position`): what recovery does beyond the log's end to
+/// tell a torn tail from damage. Groups start at block boundaries, so synced data that
+/// damage cut off from the log shows up here. `chunk_reaches_segment_end`: the chunk holds
+/// the last byte of the segment, so a batch cut by the chunk's end is simply invalid.
+///
+/// # Panics
+///
+/// If `from` or `chunk_position` is not block-aligned, or `from` lies before the chunk.
+#[must_use]
+pub fn probe_block_starts(
+    chunk: &[u8],
+    chunk_position: u64,
+    from: u64,
+    chunk_reaches_segment_end: bool,
+) -> BlockProbe<'_> {
+    assert!(
+        chunk_position.is_multiple_of(BLOCK_SIZE) && from.is_multiple_of(BLOCK_SIZE),
+        "probe positions are block-aligned: chunk {chunk_position}, from {from}"
+    );
+    assert!(
+        from >= chunk_position,
+        "probe from {from} before the chunk at {chunk_position}"
+    );
+    let chunk_end = chunk_position + u64::try_from(chunk.len()).expect("usize fits in u64");
+    let mut position = from;
+    while position < chunk_end {
+        let start = usize::try_from(position - chunk_position).expect("inside the chunk");
+        let candidate = chunk.get(start..).unwrap_or_default();
+        match decode_batch(candidate) {
+            Ok(batch) => return BlockProbe::Found { position, batch },
+            // With a whole largest batch in hand, "truncated" cannot become valid.
+            Err(DecodeError::Truncated { .. })
+                if !chunk_reaches_segment_end && candidate.len() < BATCH_SIZE_BYTES_MAX =>
+            {
+                return BlockProbe::NeedMore { position };
+            }
+            Err(_) => position += BLOCK_SIZE,
+        }
+    }
+    BlockProbe::Exhausted
 }
 
 /// What the scanner observes at a position: the inputs of the decision table (see the module
@@ -1129,6 +1231,90 @@ mod tests {
             // A valid batch is never all zeros, whatever `tail_is_zero` claims.
             Decision::End(tail(observation.tail_is_zero && !observation.batch_valid))
         }
+    }
+
+    #[test]
+    fn a_crash_explains_batches_within_one_group_after_the_end_and_nothing_else() {
+        let end = LogEnd {
+            segment_index: 3,
+            valid_end: 10_000,
+        };
+        let window_end = 12_288 + TEAR_WINDOW_BYTES;
+        assert!(crash_explains(end, 3, 12_288));
+        assert!(crash_explains(end, 3, window_end - BLOCK));
+        assert!(!crash_explains(end, 3, window_end), "past one group");
+        assert!(crash_explains(end, 4, DATA_START), "the group rolled");
+        assert!(crash_explains(
+            end,
+            4,
+            DATA_START + TEAR_WINDOW_BYTES - BLOCK
+        ));
+        assert!(!crash_explains(end, 4, DATA_START + TEAR_WINDOW_BYTES));
+        assert!(!crash_explains(end, 5, DATA_START), "two segments on");
+        let aligned = LogEnd {
+            segment_index: 0,
+            valid_end: 8192,
+        };
+        assert!(crash_explains(aligned, 0, 8192 + TEAR_WINDOW_BYTES - BLOCK));
+        assert!(!crash_explains(aligned, 0, 8192 + TEAR_WINDOW_BYTES));
+    }
+
+    #[test]
+    fn probe_finds_the_batches_that_start_groups_and_nothing_in_padding_or_zeros() {
+        let log = fixed_log();
+        let segment = &log.segments[0];
+        let group_starts: Vec<u64> = log
+            .batches
+            .iter()
+            .map(|batch| batch.position)
+            .filter(|position| position.is_multiple_of(BLOCK))
+            .collect();
+        assert!(group_starts.len() >= 3, "the fixed log has several groups");
+        let mut found = Vec::new();
+        let mut from = DATA_START;
+        loop {
+            let chunk = &segment[DATA_START as usize..];
+            match probe_block_starts(chunk, DATA_START, from, true) {
+                BlockProbe::Found { position, batch } => {
+                    let written = log
+                        .batches
+                        .iter()
+                        .find(|written| written.position == position)
+                        .expect("found where a batch was written");
+                    assert_eq!(batch.len_bytes(), written.bytes.len());
+                    found.push(position);
+                    from = position + BLOCK;
+                }
+                BlockProbe::NeedMore { .. } => panic!("the chunk reaches the segment end"),
+                BlockProbe::Exhausted => break,
+            }
+        }
+        assert_eq!(found, group_starts);
+    }
+
+    #[test]
+    fn probe_asks_for_more_when_a_batch_runs_past_the_chunk() {
+        let log = TestLog::with_groups(64 * BLOCK, &[vec![batch(0, vec![record("a", 20_000)])]]);
+        let segment = &log.segments[0];
+        let short = &segment[DATA_START as usize..(DATA_START + 2 * BLOCK) as usize];
+        assert!(matches!(
+            probe_block_starts(short, DATA_START, DATA_START, false),
+            BlockProbe::NeedMore {
+                position: DATA_START
+            }
+        ));
+        assert!(matches!(
+            probe_block_starts(short, DATA_START, DATA_START, true),
+            BlockProbe::Exhausted
+        ));
+        let whole = &segment[DATA_START as usize..];
+        assert!(matches!(
+            probe_block_starts(whole, DATA_START, DATA_START, false),
+            BlockProbe::Found {
+                position: DATA_START,
+                ..
+            }
+        ));
     }
 
     #[test]

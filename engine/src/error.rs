@@ -155,6 +155,65 @@ pub enum OpenError {
         /// What contradicts what.
         problem: String,
     },
+    /// Another process (or another `Engine` of this one) holds the data directory. Two
+    /// servers on one directory would write their groups over each other's.
+    #[error(
+        "data directory {path} is in use by another cairn process{holder} (lock held on {lock_path}); \
+         stop it first",
+        path = .path.display(),
+        lock_path = .lock_path.display(),
+        holder = .holder_pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    DataDirInUse {
+        /// The data directory.
+        path: PathBuf,
+        /// The lock file.
+        lock_path: PathBuf,
+        /// The process id the holder wrote into the lock file, when readable.
+        holder_pid: Option<u32>,
+    },
+    /// A segment is missing between others: the core log has a hole that no crash makes.
+    #[error(
+        "core log damaged: segment {path} is missing but later segments exist; refusing to \
+         open (nothing was changed; see RELIABILITY.md, \"Damage\", and `cairn repair`)",
+        path = .path.display()
+    )]
+    MissingSegment {
+        /// Where the segment should be.
+        path: PathBuf,
+    },
+    /// The core log stops at a batch that does not verify, yet valid data lies beyond
+    /// where one torn write could reach: damage to synced data, not a torn tail.
+    #[error(
+        "core log damaged: the log stops at {path} position {position} ({reason}; the last \
+         valid batch ends at {valid_end}), but a valid batch of partition {found_partition} (offsets {found_offsets_start}..{found_offsets_end}) \
+         lies at {found_path} position {found_position}, beyond what a torn write can explain; \
+         refusing to open (nothing was changed; see RELIABILITY.md, \"Damage\", and \
+         `cairn repair`)",
+        path = .path.display(),
+        found_path = .found_path.display()
+    )]
+    Damaged {
+        /// The segment the valid log ends in.
+        path: PathBuf,
+        /// Where the damage is: the first position after the last valid batch (and its zero
+        /// padding) that does not hold the next one.
+        position: u64,
+        /// Position just after the last valid batch.
+        valid_end: u64,
+        /// Why the bytes there are not the next batch.
+        reason: String,
+        /// The segment holding the valid batch found beyond.
+        found_path: PathBuf,
+        /// Its position.
+        found_position: u64,
+        /// Its partition.
+        found_partition: u32,
+        /// Its first offset.
+        found_offsets_start: u64,
+        /// Its end offset (exclusive).
+        found_offsets_end: u64,
+    },
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     BadConfig(String),
@@ -185,6 +244,15 @@ pub enum TopicError {
     /// Only shard 0 owns the topic catalog.
     #[error("topics are created on shard 0")]
     NotCatalogOwner,
+    /// A topic announced by shard 0 contradicts one this shard knows: their routing would
+    /// disagree.
+    #[error("announced topic {announced:?} contradicts known topic {known:?}")]
+    Contradicts {
+        /// What this shard knows.
+        known: crate::io::data_dir::Topic,
+        /// What was announced.
+        announced: crate::io::data_dir::Topic,
+    },
     /// Writing the catalog failed.
     #[error("storage failure: {0}")]
     Storage(StorageError),

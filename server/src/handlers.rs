@@ -382,7 +382,7 @@ async fn create_topic(
                 TopicError::InvalidName { .. } | TopicError::BadPartitionCount { .. } => {
                     ErrorCode::BadRequest
                 }
-                TopicError::NotCatalogOwner => ErrorCode::Internal,
+                TopicError::NotCatalogOwner | TopicError::Contradicts { .. } => ErrorCode::Internal,
                 TopicError::Storage(_) => ErrorCode::StorageFailure,
             };
             (code, topic_error.to_string())
@@ -430,10 +430,13 @@ async fn append_local(
                 Conflict::EndOffset { actual, .. } => ConflictInfo::EndOffset {
                     current_end_offset: actual,
                 },
+                // The message says when the batch contradicts itself; the wire carries the
+                // key's latest offset in the log either way.
                 Conflict::Key {
                     record_index,
                     condition,
                     actual,
+                    ..
                 } => ConflictInfo::Key {
                     record_index,
                     condition,

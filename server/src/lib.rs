@@ -33,6 +33,9 @@ use crate::routing::ShardMessage;
 /// decides what survived (DESIGN §3.5).
 pub const EXIT_STORAGE_FAILURE: i32 = 74;
 
+/// Exit status when the server finds its own state contradicting itself (EX_SOFTWARE).
+pub const EXIT_INTERNAL: i32 = 70;
+
 /// Everything `cairn serve` can be told.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {

@@ -313,7 +313,13 @@ fn handle_message(context: &Rc<ShardContext>, peer: usize, message: ShardMessage
         }
         ShardMessage::Reply { token, frame } => context.deliver(token, frame),
         ShardMessage::TopicCreated { token, topic } => {
-            context.shard.add_topic(&topic);
+            if let Err(error) = context.shard.add_topic(&topic) {
+                // Only shard 0 creates topics, so shards disagreeing on one is our bug, and
+                // serving on would route one topic's requests to another's partitions.
+                tracing::error!(shard = context.shard_id.0, %error, "topic catalogs disagree");
+                eprintln!("cairn: shard {}: {error}", context.shard_id.0);
+                std::process::exit(crate::EXIT_INTERNAL);
+            }
             let context = context.clone();
             glommio::spawn_local(async move {
                 let _ = context

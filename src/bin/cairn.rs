@@ -86,6 +86,21 @@ enum Command {
     },
     /// The partition a key routes to in a topic.
     PartitionOf { topic: String, key: String },
+    /// Truncate a damaged core log before the damage (offline: stop the server first).
+    ///
+    /// When `cairn serve` refuses to start because a core log is damaged (a bad block with
+    /// valid data after it, a missing segment), this drops everything after the last valid
+    /// batch before the damage, moves (or copies) the affected segment files into
+    /// `core-N/damaged-<time>/`, and prints, per partition, the offsets that are lost.
+    /// Those offsets will be given out again to new appends: tell the consumers.
+    Repair {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Required: the consent to drop acknowledged records after the damage.
+        #[arg(long)]
+        truncate_at_damage: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -150,6 +165,66 @@ struct AppendArgs {
     headers: Vec<String>,
 }
 
+fn repair(data_dir: &std::path::Path, truncate_at_damage: bool) -> anyhow::Result<ExitCode> {
+    if !truncate_at_damage {
+        bail!(
+            "repair drops acknowledged records after the damage; pass --truncate-at-damage to \
+             say you accept that"
+        );
+    }
+    let shard_count = cairn_engine::io::data_dir::recorded_shard_count(data_dir)?
+        .with_context(|| format!("{} is not a cairn data directory", data_dir.display()))?;
+    let mut config = cairn_engine::EngineConfig::new(data_dir, shard_count);
+    // A segment prepared during the repair gets the size the log already uses.
+    if let Ok(metadata) =
+        std::fs::metadata(data_dir.join("core-0").join("00000000000000000000.seg"))
+    {
+        config.segment_size_bytes = metadata.len();
+    }
+    let (catalog, reports) = cairn_engine::io::recovery::repair_data_dir(config)
+        .with_context(|| format!("repairing {}", data_dir.display()))?;
+    if reports.is_empty() {
+        println!(
+            "no damage found in {}; nothing was changed",
+            data_dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for report in &reports {
+        println!(
+            "shard {}: log truncated at segment {} position {}; {} segment file(s) moved and the \
+             truncated one copied to {}",
+            report.shard_id.0,
+            report.segment_index,
+            report.position,
+            report.dropped_segment_count,
+            report.quarantine_dir.display()
+        );
+        for (partition, start, end) in &report.lost_offsets {
+            let topic = catalog
+                .topics()
+                .iter()
+                .find(|topic| topic.partition_ids().any(|id| id == *partition));
+            let place = topic.map_or_else(String::new, |topic| {
+                format!(
+                    " (topic {} partition {})",
+                    topic.name,
+                    partition.0 - topic.first_partition_id
+                )
+            });
+            println!(
+                "  partition {}{place}: offsets {}..{} lost ({} records); they will be given out \
+                 again",
+                partition.0,
+                start.0,
+                end.0,
+                end.0 - start.0
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -169,6 +244,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Repair {
+            data_dir,
+            truncate_at_damage,
+        } => repair(&data_dir, truncate_at_damage),
         Command::Topic {
             command: TopicCommand::Create { name, partitions },
         } => {

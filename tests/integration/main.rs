@@ -7,6 +7,9 @@
     reason = "test helpers outside #[test] functions: a failed unwrap is a failed test"
 )]
 
+mod engine_admission;
+mod engine_damage;
+mod engine_data_dir;
 mod engine_durability;
 mod loadgen;
 mod protocol_errors;

@@ -1,4 +1,11 @@
-//! The data directory's identity (`cairn.meta`) and topic catalog (`topics.meta`).
+//! The data directory's identity (`cairn.meta`), its topic catalog (`topics.meta`) and the
+//! lock that makes it one process's at a time (`lock`).
+//!
+//! The lock (`DataDirLock`) is an `flock` on `<data-dir>/lock`, taken before anything is
+//! read or written and held by the `Engine` (and its clones) for the process's life; the
+//! kernel releases it when the process dies, kill -9 included, so a crashed server never
+//! blocks its restart. The holder's pid is written into the file for the error message of
+//! the one refused.
 //!
 //! Both are tiny text files replaced atomically: write `*.tmp`, `fdatasync`, rename, sync
 //! the directory (FORMAT.md, "cairn.meta and topics.meta"). They are written rarely (at
@@ -8,6 +15,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::core::PartitionId;
 use crate::error::{OpenError, StorageError, TopicError};
@@ -22,6 +30,7 @@ pub const TOPIC_PARTITION_COUNT_MAX: u32 = 4096;
 pub const TOPIC_NAME_SIZE_BYTES_MAX: usize = 249;
 
 const META_FILE_NAME: &str = "cairn.meta";
+const LOCK_FILE_NAME: &str = "lock";
 const TOPICS_FILE_NAME: &str = "topics.meta";
 
 /// One topic: its name and the contiguous range of partition ids it owns.
@@ -71,8 +80,10 @@ impl Catalog {
 
     fn next_partition_id(&self) -> u32 {
         self.topics
-            .last()
-            .map_or(0, |topic| topic.first_partition_id + topic.partition_count)
+            .iter()
+            .map(|topic| topic.first_partition_id + topic.partition_count)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Adds a topic in memory (the caller persists the catalog), assigning it the next
@@ -102,6 +113,41 @@ impl Catalog {
         };
         self.topics.push(topic.clone());
         Ok(topic)
+    }
+
+    /// Adds a topic exactly as another shard's catalog assigned it (its partition ids
+    /// included), so every shard routes by the same ids whatever order announcements
+    /// arrive in. Learning a topic twice is harmless; one that contradicts what is known
+    /// (same name, other ids, or ids another topic has) is refused.
+    pub fn mirror(&mut self, topic: &Topic) -> Result<(), TopicError> {
+        let topic_end = u64::from(topic.first_partition_id) + u64::from(topic.partition_count);
+        for known in &self.topics {
+            if known.name == topic.name {
+                return if known == topic {
+                    Ok(())
+                } else {
+                    Err(TopicError::Contradicts {
+                        known: known.clone(),
+                        announced: topic.clone(),
+                    })
+                };
+            }
+            let known_end = u64::from(known.first_partition_id) + u64::from(known.partition_count);
+            if u64::from(topic.first_partition_id) < known_end
+                && u64::from(known.first_partition_id) < topic_end
+            {
+                return Err(TopicError::Contradicts {
+                    known: known.clone(),
+                    announced: topic.clone(),
+                });
+            }
+        }
+        validate_topic_name(&topic.name)?;
+        let position = self
+            .topics
+            .partition_point(|known| known.first_partition_id < topic.first_partition_id);
+        self.topics.insert(position, topic.clone());
+        Ok(())
     }
 
     fn encode(&self) -> String {
@@ -169,7 +215,25 @@ fn validate_topic_name(name: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// The exclusive lock on a data directory: one process (one `Engine`) at a time. Released
+/// when the last clone is dropped or the process ends.
+#[derive(Clone, Debug)]
+pub struct DataDirLock {
+    _file: Arc<File>,
+}
+
+impl DataDirLock {
+    /// Creates the directory if needed (durably) and takes its lock, or says who holds it.
+    pub fn acquire(path: &Path) -> Result<DataDirLock, OpenError> {
+        create_dir_durably(path)?;
+        Ok(DataDirLock {
+            _file: Arc::new(lock(path)?),
+        })
+    }
+}
+
 /// An opened data directory: its path and shard count, verified against `cairn.meta`.
+/// Open it under its `DataDirLock`.
 #[derive(Clone, Debug)]
 pub struct DataDir {
     path: PathBuf,
@@ -185,8 +249,7 @@ impl DataDir {
                 "shard count must be at least 1".into(),
             ));
         }
-        fs::create_dir_all(path)
-            .map_err(|error| StorageError::from_io("create directory", path, &error))?;
+        create_dir_durably(path)?;
         let meta_path = path.join(META_FILE_NAME);
         if meta_path.exists() {
             let body = read_checked(&meta_path)?;
@@ -250,6 +313,80 @@ impl DataDir {
     pub fn save_catalog(&self, catalog: &Catalog) -> Result<(), StorageError> {
         write_atomically(&self.path, TOPICS_FILE_NAME, &catalog.encode())
     }
+}
+
+/// Creates `path` and any missing ancestors, syncing each new directory's parent: without
+/// that a crash can forget the data directory itself, and with it every segment synced into
+/// it.
+fn create_dir_durably(path: &Path) -> Result<(), StorageError> {
+    let mut missing = Vec::new();
+    let mut ancestor = Some(path);
+    while let Some(dir) = ancestor {
+        if dir.as_os_str().is_empty() || dir.exists() {
+            break;
+        }
+        missing.push(dir);
+        ancestor = dir.parent();
+    }
+    fs::create_dir_all(path)
+        .map_err(|error| StorageError::from_io("create directory", path, &error))?;
+    for dir in missing {
+        let parent = match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Takes the data directory's lock, or says who holds it.
+fn lock(path: &Path) -> Result<File, OpenError> {
+    let lock_path = path.join(LOCK_FILE_NAME);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|error| StorageError::from_io("open", &lock_path, &error))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder_pid = fs::read_to_string(&lock_path)
+                .ok()
+                .and_then(|text| text.trim().parse().ok());
+            return Err(OpenError::DataDirInUse {
+                path: path.to_owned(),
+                lock_path,
+                holder_pid,
+            });
+        }
+        Err(fs::TryLockError::Error(error)) => {
+            return Err(StorageError::from_io("lock", &lock_path, &error).into());
+        }
+    }
+    // Best effort: the pid only improves the message a second process prints.
+    let pid = format!("{}\n", std::process::id());
+    if file
+        .set_len(0)
+        .and_then(|()| file.write_all(pid.as_bytes()))
+        .is_err()
+    {
+        tracing::debug!(path = %lock_path.display(), "could not record the pid in the lock file");
+    }
+    Ok(file)
+}
+
+/// The shard count recorded in `path`'s `cairn.meta`, `None` if there is no data directory
+/// there: for offline tools that must open a directory with the count it was created with.
+pub fn recorded_shard_count(path: &Path) -> Result<Option<u16>, OpenError> {
+    let meta_path = path.join(META_FILE_NAME);
+    if !meta_path.exists() {
+        return Ok(None);
+    }
+    let body = read_checked(&meta_path)?;
+    Ok(Some(decode_meta(&meta_path, &body)?.1))
 }
 
 fn decode_meta(path: &Path, body: &str) -> Result<(u32, u16), OpenError> {
@@ -341,6 +478,7 @@ mod tests {
         assert_eq!(catalog.add("orders", 3).unwrap().first_partition_id, 0);
         assert_eq!(catalog.add("seats", 2).unwrap().first_partition_id, 3);
         data_dir.save_catalog(&catalog).unwrap();
+        drop(data_dir);
 
         let reopened = DataDir::open_or_create(dir.path(), 2).unwrap();
         assert_eq!(reopened.load_catalog().unwrap(), catalog);

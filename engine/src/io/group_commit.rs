@@ -111,7 +111,7 @@ pub(crate) async fn run(state: Rc<RefCell<ShardState>>, events: ShardEvents) {
             }
             listener.await;
         };
-        events.group_taken.notify();
+        events.room.notify();
         if let Err(error) = commit(&state, &events, taken).await {
             poison(&state, &events, error);
             return;
@@ -246,6 +246,8 @@ async fn commit(
         (group.completion, synced_events)
     };
     completion.complete(Ok(()));
+    // Pending slots and the in-flight group were freed: appends waiting for room re-check.
+    events.room.notify();
     for event in synced_events {
         event.notify();
     }
@@ -352,6 +354,7 @@ pub(crate) fn start_preparation(state: &Rc<RefCell<ShardState>>, events: &ShardE
             }
         };
         events.segment_prepared.notify();
+        events.room.notify();
     })
     .detach();
 }
@@ -446,7 +449,7 @@ fn poison(state: &Rc<RefCell<ShardState>>, events: &ShardEvents, error: StorageE
     }
     open.complete(Err(error));
     events.poisoned.notify();
-    events.group_taken.notify();
+    events.room.notify();
     for event in synced_events {
         event.notify();
     }

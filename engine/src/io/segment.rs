@@ -43,6 +43,25 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// O_DIRECT writes of a preallocated range complete in full or fail; a short one means the
+/// device is in trouble, and is handled like any failed write.
+fn check_written(
+    path: &Path,
+    operation: &'static str,
+    written_bytes: usize,
+    expected_bytes: usize,
+) -> Result<(), StorageError> {
+    if written_bytes == expected_bytes {
+        return Ok(());
+    }
+    Err(StorageError {
+        operation,
+        path: path.to_owned(),
+        errno: None,
+        message: format!("short write: {written_bytes} of {expected_bytes} bytes"),
+    })
+}
+
 /// One open segment file of a core log.
 pub struct SegmentFile {
     file: DmaFile,
@@ -75,7 +94,8 @@ impl SegmentFile {
     /// zero-filled, with its header, synced, and its name synced in `dir`.
     ///
     /// Re-initialising is safe: a segment is only prepared when the log's valid end lies
-    /// in an earlier segment, so whatever this file held is beyond the end of the log.
+    /// in an earlier segment and recovery found nothing in this file that a torn write
+    /// cannot explain (FORMAT.md, "Torn tail or damage"), so it holds no acknowledged byte.
     ///
     /// With `pace`, the zero-fill pauses between chunks while `pace` holds false, so that a
     /// background preparation does not delay the log's syncs; the committer sets it to true
@@ -112,9 +132,11 @@ impl SegmentFile {
         while position < header.segment_size_bytes {
             let remaining = header.segment_size_bytes - position;
             if remaining >= ZERO_FILL_CHUNK_BYTES as u64 {
-                file.write_rc_at(zeros.clone(), position)
+                let written_bytes = file
+                    .write_rc_at(zeros.clone(), position)
                     .await
                     .map_err(|error| io_error("zero-fill", error))?;
+                check_written(&path, "zero-fill", written_bytes, ZERO_FILL_CHUNK_BYTES)?;
                 position += ZERO_FILL_CHUNK_BYTES as u64;
                 if pace.as_ref().is_some_and(|urgent| !urgent.get()) {
                     glommio::timer::sleep(ZERO_FILL_PAUSE).await;
@@ -123,17 +145,26 @@ impl SegmentFile {
                 let tail_bytes = usize::try_from(remaining).expect("remaining < chunk size");
                 let mut tail = file.alloc_dma_buffer(tail_bytes);
                 tail.as_bytes_mut().fill(0);
-                file.write_at(tail, position)
+                let written_bytes = file
+                    .write_at(tail, position)
                     .await
                     .map_err(|error| io_error("zero-fill", error))?;
+                check_written(&path, "zero-fill", written_bytes, tail_bytes)?;
                 position += remaining;
             }
         }
         let mut header_block = file.alloc_dma_buffer(SEGMENT_HEADER_SIZE_BYTES);
         header.encode(header_block.as_bytes_mut());
-        file.write_at(header_block, 0)
+        let written_bytes = file
+            .write_at(header_block, 0)
             .await
             .map_err(|error| io_error("write header", error))?;
+        check_written(
+            &path,
+            "write header",
+            written_bytes,
+            SEGMENT_HEADER_SIZE_BYTES,
+        )?;
         file.fdatasync()
             .await
             .map_err(|error| io_error("fdatasync", error))?;
@@ -271,17 +302,33 @@ impl SegmentFile {
             .write_at(buffer, position)
             .await
             .map_err(|error| StorageError::from_glommio("write", &self.path, error))?;
-        if written_bytes != expected_bytes {
-            // O_DIRECT writes of a preallocated range complete in full or fail; a short one
-            // means the device is in trouble, and is handled like any failed write.
-            return Err(StorageError {
-                operation: "write",
-                path: self.path.clone(),
-                errno: None,
-                message: format!("short write: {written_bytes} of {expected_bytes} bytes"),
-            });
+        check_written(&self.path, "write", written_bytes, expected_bytes)
+    }
+
+    /// Overwrites `position..size` with zeros and syncs: what `repair` does to the part of
+    /// the segment it truncates, so that nothing there is mistaken for data again.
+    pub async fn zero_from(&self, position: u64) -> Result<(), StorageError> {
+        assert!(
+            position.is_multiple_of(BLOCK_SIZE_BYTES as u64),
+            "zeroing starts at a block boundary: {position}"
+        );
+        let mut position = position;
+        while position < self.header.segment_size_bytes {
+            let len_bytes = usize::try_from(
+                (self.header.segment_size_bytes - position).min(ZERO_FILL_CHUNK_BYTES as u64),
+            )
+            .expect("at most one chunk");
+            let mut zeros = self.file.alloc_dma_buffer(len_bytes);
+            zeros.as_bytes_mut().fill(0);
+            let written_bytes = self
+                .file
+                .write_at(zeros, position)
+                .await
+                .map_err(|error| StorageError::from_glommio("zero-fill", &self.path, error))?;
+            check_written(&self.path, "zero-fill", written_bytes, len_bytes)?;
+            position += len_bytes as u64;
         }
-        Ok(())
+        self.sync().await
     }
 
     /// `fdatasync`: when this returns Ok, every group written before is durable.
@@ -310,6 +357,62 @@ impl SegmentFile {
             .read_at_aligned(position, len_bytes)
             .await
             .map_err(|error| StorageError::from_glommio("read", &self.path, error))
+    }
+}
+
+/// A segment file opened read-only whatever its header says: recovery reads the files
+/// beyond the log's end to tell a torn tail from damage (FORMAT.md, "Torn tail or damage"),
+/// and `repair` keeps what it drops.
+pub struct SegmentReader {
+    file: DmaFile,
+    path: PathBuf,
+    size_bytes: u64,
+}
+
+impl SegmentReader {
+    /// Opens `path` for reading.
+    pub async fn open(path: &Path) -> Result<SegmentReader, StorageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .dma_open(path)
+            .await
+            .map_err(|error| StorageError::from_glommio("open", path, error))?;
+        let size_bytes = file
+            .file_size()
+            .await
+            .map_err(|error| StorageError::from_glommio("stat", path, error))?;
+        Ok(SegmentReader {
+            file,
+            path: path.to_owned(),
+            size_bytes,
+        })
+    }
+
+    /// The file's size: a damaged file may be shorter or longer than its header says.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads up to `len_bytes` at a block-aligned `position` (fewer at the end of the file).
+    pub async fn read_aligned(
+        &self,
+        position: u64,
+        len_bytes: usize,
+    ) -> Result<ReadResult, StorageError> {
+        self.file
+            .read_at_aligned(position, len_bytes)
+            .await
+            .map_err(|error| StorageError::from_glommio("read", &self.path, error))
+    }
+
+    /// Closes the file.
+    pub async fn close(self) {
+        let _ = self.file.close().await;
     }
 }
 

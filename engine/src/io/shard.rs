@@ -13,7 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,29 +22,24 @@ use hashbrown::HashMap;
 
 use crate::core::condition::Conflict;
 use crate::core::limits::{
-    BATCH_SIZE_BYTES_MAX, BLOCK_SIZE_BYTES, SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN,
+    BATCH_SIZE_BYTES_MAX, BLOCK_SIZE_BYTES, GROUP_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MAX,
+    SEGMENT_SIZE_BYTES_MIN,
 };
 use crate::core::offset_index::{BatchLocation, OffsetIndex};
 use crate::core::partition::PartitionState;
 use crate::core::record::{
     BatchMeta, BatchView, RecordView, batch_encoded_len, decode_batch, encode_batch,
 };
-use crate::core::recovery::{RecoveryScanner, ScanProgress};
 use crate::core::segment_header::{SEGMENT_HEADER_SIZE_BYTES, SegmentHeader};
 use crate::core::{Offset, PartitionId, RecordInput, ShardId};
 use crate::error::{AppendError, OpenError, ReadError, StorageError, TopicError};
-use crate::io::data_dir::{Catalog, DataDir, Topic};
+use crate::io::data_dir::{Catalog, DataDir, DataDirLock, Topic};
 use crate::io::event::Event;
 use crate::io::fault::FaultHook;
 use crate::io::group_commit::{self, GroupBuffer, Room};
 use crate::io::read_cache::ReadCache;
-use crate::io::segment::{SegmentFile, parse_segment_file_name};
-
-/// Bytes read per request while recovering a segment; at least one largest batch plus a
-/// block, as the scanner's `NeedMore` contract asks.
-const RECOVERY_CHUNK_BYTES: usize = 8 * 1024 * 1024;
-const _: () = assert!(RECOVERY_CHUNK_BYTES >= BATCH_SIZE_BYTES_MAX + BLOCK_SIZE_BYTES);
-const _: () = assert!(RECOVERY_CHUNK_BYTES.is_multiple_of(BLOCK_SIZE_BYTES));
+use crate::io::recovery::{self, RepairReport};
+use crate::io::segment::SegmentFile;
 
 /// How the engine is set up. Every durability- or memory-relevant value is explicit.
 #[derive(Clone, Debug)]
@@ -63,6 +58,11 @@ pub struct EngineConfig {
     pub read_cache_bytes_max: usize,
     /// Test-only fault injection; `None` in production.
     pub fault_hook: Option<FaultHook>,
+    /// What opening a shard does about damage a crash cannot explain (FORMAT.md, "Torn
+    /// tail or damage"): `false`, refuse to open and change nothing; `true`, the operator's
+    /// explicit repair: truncate the log before the damage, keep the dropped files aside,
+    /// and report what was lost (`Shard::repair_report`). Never on by default.
+    pub repair_damage: bool,
 }
 
 impl EngineConfig {
@@ -76,6 +76,7 @@ impl EngineConfig {
             pending_append_count_max: 65_536,
             read_cache_bytes_max: 64 * 1024 * 1024,
             fault_hook: None,
+            repair_damage: false,
         }
     }
 
@@ -95,10 +96,11 @@ impl EngineConfig {
         let group_room = self.segment_size_bytes - SEGMENT_HEADER_SIZE_BYTES as u64;
         if self.group_size_bytes_max < BATCH_SIZE_BYTES_MAX
             || self.group_size_bytes_max as u64 > group_room
+            || self.group_size_bytes_max > GROUP_SIZE_BYTES_MAX
         {
             return bad(format!(
-                "group size {} must hold the largest batch ({BATCH_SIZE_BYTES_MAX}) and fit \
-                 in a segment ({group_room})",
+                "group size {} must hold the largest batch ({BATCH_SIZE_BYTES_MAX}), fit in a \
+                 segment ({group_room}) and be at most {GROUP_SIZE_BYTES_MAX}",
                 self.group_size_bytes_max
             ));
         }
@@ -131,18 +133,22 @@ pub struct Engine {
     config: EngineConfig,
     data_dir: DataDir,
     catalog: Catalog,
+    /// Held for as long as any clone lives: a second process on the directory is refused.
+    _lock: DataDirLock,
 }
 
 impl Engine {
     /// Opens (or creates) the data directory. Blocking; call before starting executors.
     pub fn open(config: EngineConfig) -> Result<Engine, OpenError> {
         config.validate()?;
+        let lock = DataDirLock::acquire(&config.data_dir)?;
         let data_dir = DataDir::open_or_create(&config.data_dir, config.shard_count)?;
         let catalog = data_dir.load_catalog()?;
         Ok(Engine {
             config,
             data_dir,
             catalog,
+            _lock: lock,
         })
     }
 
@@ -237,6 +243,8 @@ pub(crate) struct ShardState {
     pub(crate) open_group: GroupBuffer,
     pub(crate) in_flight_group: Option<group_commit::InFlightGroup>,
     pub(crate) pending_append_count: usize,
+    /// Appends waiting for room, in arrival order.
+    pub(crate) admission: AdmissionQueue,
     pub(crate) read_cache: ReadCache,
     pub(crate) poisoned: Option<StorageError>,
     pub(crate) closing: bool,
@@ -256,13 +264,88 @@ impl ShardState {
     }
 }
 
+/// Appends waiting for room in their group, for a pending slot or for the next segment, in
+/// arrival order. Only the head looks at the room; when it is admitted, or gives up (an
+/// error, a doomed condition, its caller went away), it leaves and wakes the next. So one
+/// connection's pipelined appends get offsets in the order they were sent, no append
+/// starves behind later ones, and a change of room wakes one task, not thousands.
+#[derive(Default)]
+pub(crate) struct AdmissionQueue {
+    waiters: VecDeque<(u64, Event)>,
+    ticket_next: u64,
+}
+
+impl AdmissionQueue {
+    fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+    }
+
+    fn join(&mut self) -> (u64, Event) {
+        let ticket = self.ticket_next;
+        self.ticket_next += 1;
+        let turn = Event::new();
+        self.waiters.push_back((ticket, turn.clone()));
+        (ticket, turn)
+    }
+
+    fn is_head(&self, ticket: u64) -> bool {
+        self.waiters
+            .front()
+            .is_some_and(|(head, _)| *head == ticket)
+    }
+
+    /// Removes `ticket` and, if it was the head, tells the new head its turn has come.
+    fn leave(&mut self, ticket: u64) {
+        let Some(index) = self
+            .waiters
+            .iter()
+            .position(|(waiter, _)| *waiter == ticket)
+        else {
+            return;
+        };
+        self.waiters.remove(index);
+        if index == 0
+            && let Some((_, turn)) = self.waiters.front()
+        {
+            turn.notify();
+        }
+    }
+}
+
+/// An append's place in the admission queue; leaving it (however the append ends, its
+/// future dropped included) passes the turn on.
+struct AdmissionTicket<'a> {
+    state: &'a RefCell<ShardState>,
+    ticket: u64,
+    turn: Event,
+}
+
+impl Drop for AdmissionTicket<'_> {
+    fn drop(&mut self) {
+        self.state.borrow_mut().admission.leave(self.ticket);
+    }
+}
+
+/// What the head of the admission queue does about its batch now.
+enum Admission {
+    /// Stage it: it has a place in the open group and on disk.
+    Admit,
+    /// Wait for the room to change.
+    Wait,
+    /// The segment it needs could not be prepared: prepare it once more, then wait.
+    RetryPreparation,
+}
+
 /// Wake-ups between appenders, the committer and readers of one shard.
 #[derive(Clone, Default)]
 pub(crate) struct ShardEvents {
     /// A group has batches for the committer.
     pub(crate) group_ready: Event,
-    /// The committer took the open group, or the shard was poisoned: room for appenders.
-    pub(crate) group_taken: Event,
+    /// Something appenders wait for changed: the committer took the open group or
+    /// completed one (pending slots and the in-flight group freed), a segment preparation
+    /// finished, or the shard was poisoned or began closing. The head of the admission
+    /// queue listens to it.
+    pub(crate) room: Event,
     /// The shard was poisoned.
     pub(crate) poisoned: Event,
     /// A segment preparation finished (ready or failed).
@@ -274,6 +357,7 @@ pub struct Shard {
     state: Rc<RefCell<ShardState>>,
     events: ShardEvents,
     committer: RefCell<Option<glommio::Task<()>>>,
+    repair: Option<RepairReport>,
 }
 
 /// Durable batches returned by `fetch`, already verified.
@@ -389,7 +473,9 @@ impl Shard {
             .map(|id| (id, PartitionSlot::new(id)))
             .collect();
 
-        let recovered = recover_segments(&shard_dir, shard_id, &config, &mut partitions).await?;
+        let recovered =
+            recovery::recover_segments(&shard_dir, shard_id, &config, &mut partitions).await?;
+        let repair = recovered.repair;
         let mut segments = recovered.segments;
         let (current_index, write_position) = match recovered.end {
             Some((index, valid_end)) => (index, align_up(valid_end)),
@@ -426,6 +512,7 @@ impl Shard {
             open_group: GroupBuffer::new(0, config.group_size_bytes_max),
             in_flight_group: None,
             pending_append_count: 0,
+            admission: AdmissionQueue::default(),
             read_cache: ReadCache::new(config.read_cache_bytes_max),
             poisoned: None,
             closing: false,
@@ -441,7 +528,13 @@ impl Shard {
             state,
             events,
             committer: RefCell::new(Some(committer)),
+            repair,
         })
+    }
+
+    /// What opening with `EngineConfig::repair_damage` dropped, if there was damage.
+    pub fn repair_report(&self) -> Option<&RepairReport> {
+        self.repair.as_ref()
     }
 
     /// This shard's id.
@@ -491,14 +584,14 @@ impl Shard {
         // open group has no room for this batch, or while the segment it would go to is not
         // ready. A batch is staged only once it is sure to have a place on disk, so that a
         // full disk (a segment that cannot be prepared) fails appends without poisoning.
+        // Waiters are admitted in arrival order (`AdmissionQueue`).
+        let mut ticket: Option<AdmissionTicket<'_>> = None;
         let mut preparation_attempted = false;
         loop {
-            let listener = futures_lite::future::or(
-                self.events.group_taken.listen(),
-                self.events.segment_prepared.listen(),
-            );
-            let retry_preparation = {
-                let state = self.state.borrow();
+            let room = self.events.room.listen();
+            let (admission, turn) = {
+                let mut guard = self.state.borrow_mut();
+                let state = &mut *guard;
                 if let Some(error) = &state.poisoned {
                     return Err(AppendError::Storage(error.clone()));
                 }
@@ -508,30 +601,61 @@ impl Shard {
                 if !state.partitions.contains_key(&partition) {
                     return Err(AppendError::UnknownPartition(partition));
                 }
-                let fits_group =
-                    state.open_group.bytes.len() + len_bytes <= state.config.group_size_bytes_max;
-                let admitted = state.pending_append_count < state.config.pending_append_count_max;
-                match group_commit::room_for(&state, len_bytes) {
-                    Room::Fits if fits_group && admitted => break,
-                    Room::Fits | Room::WaitForCommitter => false,
-                    Room::WaitForPreparation => {
-                        state.log.preparation_urgent.set(true);
-                        false
+                let my_turn = match &ticket {
+                    None => state.admission.is_empty(),
+                    Some(ticket) => state.admission.is_head(ticket.ticket),
+                };
+                let admission = if my_turn {
+                    admission_of(state, len_bytes, preparation_attempted)?
+                } else {
+                    Admission::Wait
+                };
+                if !matches!(admission, Admission::Admit) {
+                    // It must wait: answer now if its conditions already fail, as they will
+                    // when it is staged (appends only ever move a key or an end forward).
+                    let slot = state
+                        .partitions
+                        .get_mut(&partition)
+                        .expect("looked up just above");
+                    if let Err(conflict) = slot.state.check(expected_end, records) {
+                        return Ok(AppendOutcome::ConditionFailed(conflict));
                     }
-                    Room::PreparationFailed(error) if preparation_attempted => {
-                        return Err(AppendError::Storage(error));
+                    if ticket.is_none() {
+                        let (id, turn) = state.admission.join();
+                        ticket = Some(AdmissionTicket {
+                            state: &self.state,
+                            ticket: id,
+                            turn,
+                        });
                     }
-                    Room::PreparationFailed(_) => true,
                 }
+                // Listening before the await: a turn passed on meanwhile is not missed.
+                let turn = match &ticket {
+                    Some(ticket) if !state.admission.is_head(ticket.ticket) => {
+                        Some(ticket.turn.listen())
+                    }
+                    _ => None,
+                };
+                (admission, turn)
             };
-            if retry_preparation {
-                preparation_attempted = true;
-                let next_index = self.state.borrow().log.current_index + 1;
-                group_commit::start_preparation(&self.state, &self.events, next_index);
-                self.state.borrow().log.preparation_urgent.set(true);
+            match admission {
+                Admission::Admit => break,
+                Admission::RetryPreparation => {
+                    preparation_attempted = true;
+                    let next_index = self.state.borrow().log.current_index + 1;
+                    group_commit::start_preparation(&self.state, &self.events, next_index);
+                    self.state.borrow().log.preparation_urgent.set(true);
+                    room.await;
+                }
+                // The head waits for the room to change, the others for their turn.
+                Admission::Wait => match turn {
+                    Some(turn) => turn.await,
+                    None => room.await,
+                },
             }
-            listener.await;
         }
+        // Staged below without an await since the room was checked: pass the turn on.
+        drop(ticket);
         let (completion, base_offset) = {
             let mut guard = self.state.borrow_mut();
             let state = &mut *guard;
@@ -748,27 +872,21 @@ impl Shard {
             .map_err(TopicError::Storage)?;
         state.catalog = catalog;
         drop(guard);
-        self.add_topic(&topic);
+        self.add_topic(&topic)?;
         Ok(topic)
     }
 
-    /// Learns a topic created on shard 0: creates the partitions this shard owns.
-    pub fn add_topic(&self, topic: &Topic) {
+    /// Learns a topic created on shard 0, with the partition ids shard 0 gave it, and
+    /// creates the partitions this shard owns. Refuses a topic that contradicts one this
+    /// shard knows (same name with other ids, or ids of another topic): routing would then
+    /// send one topic's requests to another's partitions.
+    pub fn add_topic(&self, topic: &Topic) -> Result<(), TopicError> {
         let mut state = self.state.borrow_mut();
         let shard_count = state.config.shard_count;
         let shard_id = state.shard_id;
-        if state.catalog.topic(&topic.name).is_none() {
-            state.catalog = {
-                let mut catalog = state.catalog.clone();
-                // Shard 0 already validated and stored it; mirroring cannot fail unless the
-                // caller passes a topic shard 0 never created.
-                if catalog.add(&topic.name, topic.partition_count).is_err() {
-                    tracing::warn!(topic = topic.name, "ignoring inconsistent topic");
-                    return;
-                }
-                catalog
-            };
-        }
+        let mut catalog = state.catalog.clone();
+        catalog.mirror(topic)?;
+        state.catalog = catalog;
         for id in topic.partition_ids() {
             if ShardId::owner_of(id, shard_count) == shard_id {
                 state
@@ -777,6 +895,7 @@ impl Shard {
                     .or_insert_with(|| PartitionSlot::new(id));
             }
         }
+        Ok(())
     }
 
     /// The topic named `name`, as this shard knows it.
@@ -809,6 +928,7 @@ impl Shard {
     pub async fn close(&self) {
         self.state.borrow_mut().closing = true;
         self.events.group_ready.notify();
+        self.events.room.notify();
         let committer = self.committer.borrow_mut().take();
         if let Some(committer) = committer {
             committer.await;
@@ -931,6 +1051,29 @@ impl Shard {
     }
 }
 
+/// Whether the head of the admission queue can stage a batch of `len_bytes` now: room in
+/// the open group, a pending slot, and a place on disk (`group_commit::room_for`).
+fn admission_of(
+    state: &ShardState,
+    len_bytes: usize,
+    preparation_attempted: bool,
+) -> Result<Admission, AppendError> {
+    let fits_group = state.open_group.bytes.len() + len_bytes <= state.config.group_size_bytes_max;
+    let has_slot = state.pending_append_count < state.config.pending_append_count_max;
+    Ok(match group_commit::room_for(state, len_bytes) {
+        Room::Fits if fits_group && has_slot => Admission::Admit,
+        Room::Fits | Room::WaitForCommitter => Admission::Wait,
+        Room::WaitForPreparation => {
+            state.log.preparation_urgent.set(true);
+            Admission::Wait
+        }
+        Room::PreparationFailed(error) if preparation_attempted => {
+            return Err(AppendError::Storage(error));
+        }
+        Room::PreparationFailed(_) => Admission::RetryPreparation,
+    })
+}
+
 pub(crate) fn segment_header(
     shard_id: ShardId,
     config: &EngineConfig,
@@ -953,132 +1096,4 @@ pub(crate) enum NextSegment {
     /// Preparing it failed (typically ENOSPC). Appends that need it fail with this error
     /// without being staged, and the next one that needs it tries again.
     Failed(StorageError),
-}
-
-struct Recovered {
-    segments: BTreeMap<u64, Rc<SegmentFile>>,
-    /// (segment index, position just after the last valid batch); None: no segment yet.
-    end: Option<(u64, u64)>,
-    chain_crc: u32,
-}
-
-/// Scans a shard's segments in order and rebuilds its partitions (FORMAT.md, Recovery).
-async fn recover_segments(
-    shard_dir: &Path,
-    shard_id: ShardId,
-    config: &EngineConfig,
-    partitions: &mut HashMap<PartitionId, PartitionSlot>,
-) -> Result<Recovered, OpenError> {
-    let entries = std::fs::read_dir(shard_dir)
-        .map_err(|error| StorageError::from_io("list", shard_dir, &error))?;
-    let mut indexes = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|error| StorageError::from_io("list", shard_dir, &error))?;
-        if let Some(index) = entry.file_name().to_str().and_then(parse_segment_file_name) {
-            indexes.push(index);
-        }
-    }
-    indexes.sort_unstable();
-
-    let mut scanner = RecoveryScanner::new();
-    let mut segments = BTreeMap::new();
-    let mut end = None;
-    for (expected_index, index) in (0u64..).zip(indexes) {
-        if index != expected_index {
-            // A gap: nothing after it can continue the chain.
-            break;
-        }
-        let path = shard_dir.join(crate::io::segment::segment_file_name(index));
-        let expected = segment_header(shard_id, config, index);
-        let Some(segment) = SegmentFile::open_existing(&path, &expected).await? else {
-            break;
-        };
-        let segment_size_bytes = segment.size_bytes();
-        scanner.begin_segment(segment_size_bytes);
-        let mut chunk_position = SEGMENT_HEADER_SIZE_BYTES as u64;
-        let mut inconsistency: Option<OpenError> = None;
-        let (valid_end, accepted_batch_count) = loop {
-            let len_bytes = usize::try_from(
-                (segment_size_bytes - chunk_position).min(RECOVERY_CHUNK_BYTES as u64),
-            )
-            .expect("chunk length is at most RECOVERY_CHUNK_BYTES");
-            let chunk = segment
-                .read_aligned(chunk_position, len_bytes)
-                .await
-                .map_err(OpenError::Storage)?;
-            let mut on_batch = |position: u64, batch: &BatchView<'_>| {
-                if inconsistency.is_some() {
-                    return;
-                }
-                if let Err(error) = apply_recovered_batch(partitions, index, position, batch) {
-                    inconsistency = Some(OpenError::Inconsistent {
-                        path: path.clone(),
-                        position,
-                        problem: error,
-                    });
-                }
-            };
-            match scanner.scan(&chunk, chunk_position, &mut on_batch) {
-                ScanProgress::NeedMore { position } => {
-                    let aligned = position - position % BLOCK_SIZE_BYTES as u64;
-                    assert!(aligned >= chunk_position, "scanner never asks to go back");
-                    chunk_position = aligned;
-                }
-                ScanProgress::SegmentEnd {
-                    valid_end,
-                    accepted_batch_count,
-                    tail,
-                } => {
-                    tracing::debug!(segment = index, valid_end, ?tail, "segment scanned");
-                    break (valid_end, accepted_batch_count);
-                }
-            }
-        };
-        if let Some(error) = inconsistency {
-            return Err(error);
-        }
-        if index > 0 && accepted_batch_count == 0 {
-            // The log ended in the previous segment; this one was prepared ahead (or holds
-            // stale bytes) and will be prepared again before it is used.
-            break;
-        }
-        segments.insert(index, Rc::new(segment));
-        end = Some((index, valid_end));
-    }
-    Ok(Recovered {
-        segments,
-        end,
-        chain_crc: scanner.chain_crc(),
-    })
-}
-
-fn apply_recovered_batch(
-    partitions: &mut HashMap<PartitionId, PartitionSlot>,
-    segment_index: u64,
-    position: u64,
-    batch: &BatchView<'_>,
-) -> Result<(), String> {
-    let partition = batch.partition_id();
-    let slot = partitions.get_mut(&partition).ok_or_else(|| {
-        format!(
-            "valid batch for partition {} that the topic catalog does not know",
-            partition.0
-        )
-    })?;
-    slot.state
-        .recover_batch(
-            batch.base_offset(),
-            batch
-                .records()
-                .map(|record| (record.key, record.prev_key_offset)),
-        )
-        .map_err(|error| error.to_string())?;
-    slot.durable_batches.push(BatchLocation {
-        base_offset: batch.base_offset(),
-        end_offset: batch.end_offset(),
-        segment_index,
-        position,
-        len_bytes: u32::try_from(batch.len_bytes()).expect("batches are at most 1 MiB"),
-    });
-    Ok(())
 }

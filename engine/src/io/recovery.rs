@@ -1,0 +1,540 @@
+//! The recovery driver: reads a shard's segments, feeds them to the sans-I/O
+//! `RecoveryScanner`, rebuilds the partitions, and then makes sure that where the log ends
+//! is a place a crash can explain (FORMAT.md, "Torn tail or damage").
+//!
+//! A crash can tear only the one group in flight, so valid batches found after the log's
+//! end must lie within one group of it (`core::recovery::crash_explains`). Anything else —
+//! a valid batch further on in the same segment or in a later one, a missing segment
+//! between others — is damage to synced data: the shard refuses to open with an error that
+//! names the place, and nothing is zero-filled, prepared or written, so the next segment
+//! (which holds acknowledged records) is never re-prepared. Repair is the operator's
+//! explicit choice (`EngineConfig::repair_damage`, `cairn repair`): it keeps every dropped
+//! file in a `damaged-<time>` directory, zeroes the rest of the segment the log ends in,
+//! and reports what it dropped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use hashbrown::HashMap;
+
+use crate::core::limits::{BATCH_SIZE_BYTES_MAX, BLOCK_SIZE_BYTES};
+use crate::core::offset_index::BatchLocation;
+use crate::core::record::{BatchView, decode_batch};
+use crate::core::recovery::{
+    BlockProbe, LogEnd, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
+};
+use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
+use crate::core::{Offset, PartitionId, ShardId};
+use crate::error::{OpenError, StorageError};
+use crate::io::data_dir::sync_dir;
+use crate::io::segment::{SegmentFile, SegmentReader, parse_segment_file_name, segment_file_name};
+use crate::io::shard::{EngineConfig, PartitionSlot, segment_header};
+
+/// Bytes read per request while recovering a segment; at least one largest batch plus a
+/// block, as the scanner's `NeedMore` contract asks.
+const RECOVERY_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+const _: () = assert!(RECOVERY_CHUNK_BYTES >= BATCH_SIZE_BYTES_MAX + BLOCK_SIZE_BYTES);
+const _: () = assert!(RECOVERY_CHUNK_BYTES.is_multiple_of(BLOCK_SIZE_BYTES));
+
+const BLOCK: u64 = BLOCK_SIZE_BYTES as u64;
+const DATA_START: u64 = SEGMENT_HEADER_SIZE_BYTES as u64;
+
+/// What recovery found: the open segments of the log, where it ends, the chain to continue.
+pub(crate) struct Recovered {
+    pub(crate) segments: BTreeMap<u64, Rc<SegmentFile>>,
+    /// (segment index, position just after the last valid batch); None: no segment yet.
+    pub(crate) end: Option<(u64, u64)>,
+    pub(crate) chain_crc: u32,
+    /// What an explicit repair dropped, if it had to.
+    pub(crate) repair: Option<RepairReport>,
+}
+
+/// What `repair` dropped from one shard's core log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairReport {
+    /// The shard.
+    pub shard_id: ShardId,
+    /// The segment the log now ends in.
+    pub segment_index: u64,
+    /// The position it ends at: everything after it was dropped.
+    pub position: u64,
+    /// Where the dropped segment files were moved (and the truncated one copied).
+    pub quarantine_dir: PathBuf,
+    /// Segment files moved out of the log.
+    pub dropped_segment_count: usize,
+    /// Per partition, the offsets that valid batches beyond the end held and the log no
+    /// longer does: `start..end`. Consumers may have read them; they will be given out
+    /// again to new appends.
+    pub lost_offsets: Vec<(PartitionId, Offset, Offset)>,
+}
+
+/// A valid batch found beyond the log's end.
+#[derive(Clone, Copy, Debug)]
+struct Survivor {
+    segment_index: u64,
+    position: u64,
+    partition_id: PartitionId,
+    base_offset: Offset,
+    end_offset: Offset,
+}
+
+impl Survivor {
+    fn of(segment_index: u64, position: u64, batch: &BatchView<'_>) -> Self {
+        Survivor {
+            segment_index,
+            position,
+            partition_id: batch.partition_id(),
+            base_offset: batch.base_offset(),
+            end_offset: batch.end_offset(),
+        }
+    }
+}
+
+/// Scans a shard's segments in order, rebuilds its partitions (FORMAT.md, Recovery), and
+/// refuses to open on damage a crash cannot explain unless `config.repair_damage`.
+pub(crate) async fn recover_segments(
+    shard_dir: &Path,
+    shard_id: ShardId,
+    config: &EngineConfig,
+    partitions: &mut HashMap<PartitionId, PartitionSlot>,
+) -> Result<Recovered, OpenError> {
+    let indexes = list_segments(shard_dir)?;
+    let mut quarantine = Quarantine::new(shard_dir);
+    // Segments are created in index order and never removed: a hole is damage.
+    let hole = (0u64..)
+        .zip(&indexes)
+        .find_map(|(expected, index)| (*index != expected).then_some(expected));
+    if let Some(missing) = hole
+        && !config.repair_damage
+    {
+        let path = shard_dir.join(segment_file_name(missing));
+        tracing::error!(shard = shard_id.0, path = %path.display(), "core log damaged: segment missing");
+        return Err(OpenError::MissingSegment { path });
+    }
+    let scanned_end = hole.unwrap_or(u64::MAX);
+
+    let mut scanner = RecoveryScanner::new();
+    let mut segments = BTreeMap::new();
+    let mut end: Option<(u64, u64)> = None;
+    for index in indexes.iter().copied().filter(|index| *index < scanned_end) {
+        let path = shard_dir.join(segment_file_name(index));
+        let expected = segment_header(shard_id, config, index);
+        let Some(segment) = SegmentFile::open_existing(&path, &expected).await? else {
+            break;
+        };
+        let (valid_end, accepted_batch_count) =
+            scan_segment(&segment, index, &mut scanner, partitions).await?;
+        if index > 0 && accepted_batch_count == 0 {
+            // The log ended in the previous segment; this one was prepared ahead (or holds
+            // what a torn group left) and is looked at below with everything after the end.
+            break;
+        }
+        segments.insert(index, Rc::new(segment));
+        end = Some((index, valid_end));
+    }
+
+    let log_end = end.map_or(
+        LogEnd {
+            segment_index: 0,
+            valid_end: DATA_START,
+        },
+        |(segment_index, valid_end)| LogEnd {
+            segment_index,
+            valid_end,
+        },
+    );
+    let beyond: Vec<u64> = indexes
+        .iter()
+        .copied()
+        .filter(|index| *index > log_end.segment_index || (end.is_none() && *index == 0))
+        .collect();
+    let survivors = find_survivors(
+        shard_dir,
+        log_end,
+        end.is_some(),
+        &beyond,
+        !config.repair_damage,
+    )
+    .await?;
+    let first = survivors
+        .iter()
+        .find(|survivor| !crash_explains(log_end, survivor.segment_index, survivor.position))
+        .copied();
+    let Some(first) = first else {
+        if hole.is_some() {
+            // Repairing a hole with nothing valid after it: the files beyond go aside.
+            for index in &beyond {
+                quarantine.move_in(&shard_dir.join(segment_file_name(*index)))?;
+            }
+        }
+        return Ok(Recovered {
+            segments,
+            end,
+            chain_crc: scanner.chain_crc(),
+            repair: quarantine.into_report(shard_id, log_end, Vec::new()),
+        });
+    };
+
+    let end_path = shard_dir.join(segment_file_name(log_end.segment_index));
+    let (damage_position, reason) = match segments.get(&log_end.segment_index) {
+        Some(segment) => locate_damage(segment, log_end.valid_end).await,
+        None => (0, "no valid segment header".to_owned()),
+    };
+    tracing::error!(
+        shard = shard_id.0,
+        path = %end_path.display(),
+        position = damage_position,
+        valid_end = log_end.valid_end,
+        %reason,
+        found_segment = first.segment_index,
+        found_position = first.position,
+        "core log damaged: valid data beyond what a torn write can explain"
+    );
+    if !config.repair_damage {
+        return Err(OpenError::Damaged {
+            path: end_path,
+            position: damage_position,
+            valid_end: log_end.valid_end,
+            reason,
+            found_path: shard_dir.join(segment_file_name(first.segment_index)),
+            found_position: first.position,
+            found_partition: first.partition_id.0,
+            found_offsets_start: first.base_offset.0,
+            found_offsets_end: first.end_offset.0,
+        });
+    }
+
+    // Repair: keep everything it drops, then make the dropped bytes unreadable as data.
+    for index in &beyond {
+        quarantine.move_in(&shard_dir.join(segment_file_name(*index)))?;
+    }
+    if let Some(segment) = segments.get(&log_end.segment_index) {
+        quarantine.copy_in(segment.path())?;
+        segment
+            .zero_from(log_end.valid_end.div_ceil(BLOCK) * BLOCK)
+            .await?;
+    }
+    let mut lost: BTreeMap<PartitionId, (Offset, Offset)> = BTreeMap::new();
+    for survivor in &survivors {
+        let kept_end = scanner.next_offset(survivor.partition_id);
+        if survivor.end_offset > kept_end {
+            let entry = lost
+                .entry(survivor.partition_id)
+                .or_insert((kept_end, survivor.end_offset));
+            entry.1 = entry.1.max(survivor.end_offset);
+        }
+    }
+    let lost_offsets = lost
+        .into_iter()
+        .map(|(partition, (start, end))| (partition, start, end))
+        .collect();
+    let report = quarantine.into_report(shard_id, log_end, lost_offsets);
+    tracing::warn!(?report, "core log repaired: damaged data dropped");
+    Ok(Recovered {
+        segments,
+        end,
+        chain_crc: scanner.chain_crc(),
+        repair: report,
+    })
+}
+
+/// The operator's explicit repair of a stopped server's data directory: opens every shard
+/// with `repair_damage` (each on its own short-lived executor), so that damage a crash
+/// cannot explain is truncated, the dropped files kept aside, and what was lost reported.
+/// Returns each damaged shard's report; empty when nothing was damaged (then nothing was
+/// changed beyond what any open does). Blocking.
+pub fn repair_data_dir(
+    mut config: EngineConfig,
+) -> Result<(crate::Catalog, Vec<RepairReport>), OpenError> {
+    config.repair_damage = true;
+    let engine = crate::Engine::open(config.clone())?;
+    let mut reports = Vec::new();
+    for shard in 0..config.shard_count {
+        let engine = engine.clone();
+        let outcome = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .name("cairn-repair")
+            // Explicit, as everywhere: what a non-root memlock limit allows here.
+            .io_memory(8 * 1024 * 1024)
+            .spawn(move || async move {
+                let shard = engine.open_shard(ShardId(shard)).await?;
+                let report = shard.repair_report().cloned();
+                shard.close().await;
+                Ok::<_, OpenError>(report)
+            })
+            .map_err(|error| OpenError::BadConfig(format!("starting an executor: {error}")))?
+            .join()
+            .map_err(|error| OpenError::BadConfig(format!("repair executor failed: {error}")))?;
+        reports.extend(outcome?);
+    }
+    Ok((engine.catalog().clone(), reports))
+}
+
+fn list_segments(shard_dir: &Path) -> Result<Vec<u64>, StorageError> {
+    let entries = std::fs::read_dir(shard_dir)
+        .map_err(|error| StorageError::from_io("list", shard_dir, &error))?;
+    let mut indexes = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|error| StorageError::from_io("list", shard_dir, &error))?;
+        if let Some(index) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+            indexes.push(index);
+        }
+    }
+    indexes.sort_unstable();
+    Ok(indexes)
+}
+
+/// Feeds one segment to the scanner in chunks and applies every accepted batch. Returns
+/// the position after the last accepted batch and how many were accepted.
+async fn scan_segment(
+    segment: &SegmentFile,
+    index: u64,
+    scanner: &mut RecoveryScanner,
+    partitions: &mut HashMap<PartitionId, PartitionSlot>,
+) -> Result<(u64, u64), OpenError> {
+    let segment_size_bytes = segment.size_bytes();
+    scanner.begin_segment(segment_size_bytes);
+    let mut chunk_position = DATA_START;
+    let mut inconsistency: Option<OpenError> = None;
+    loop {
+        let len_bytes =
+            usize::try_from((segment_size_bytes - chunk_position).min(RECOVERY_CHUNK_BYTES as u64))
+                .expect("chunk length is at most RECOVERY_CHUNK_BYTES");
+        let chunk = segment
+            .read_aligned(chunk_position, len_bytes)
+            .await
+            .map_err(OpenError::Storage)?;
+        let mut on_batch = |position: u64, batch: &BatchView<'_>| {
+            if inconsistency.is_some() {
+                return;
+            }
+            if let Err(problem) = apply_recovered_batch(partitions, index, position, batch) {
+                inconsistency = Some(OpenError::Inconsistent {
+                    path: segment.path().to_owned(),
+                    position,
+                    problem,
+                });
+            }
+        };
+        match scanner.scan(&chunk, chunk_position, &mut on_batch) {
+            ScanProgress::NeedMore { position } => {
+                let aligned = position - position % BLOCK;
+                assert!(aligned >= chunk_position, "scanner never asks to go back");
+                chunk_position = aligned;
+            }
+            ScanProgress::SegmentEnd {
+                valid_end,
+                accepted_batch_count,
+                tail,
+            } => {
+                tracing::debug!(segment = index, valid_end, ?tail, "segment scanned");
+                if let Some(error) = inconsistency {
+                    return Err(error);
+                }
+                return Ok((valid_end, accepted_batch_count));
+            }
+        }
+    }
+}
+
+/// Every valid batch that starts at a block boundary after the log's end: in the segment the
+/// log ends in (from the block after its end) and in every later segment file. With
+/// `stop_at_damage`, stops at the first one a crash cannot explain.
+async fn find_survivors(
+    shard_dir: &Path,
+    end: LogEnd,
+    end_segment_has_data: bool,
+    beyond: &[u64],
+    stop_at_damage: bool,
+) -> Result<Vec<Survivor>, StorageError> {
+    let mut survivors = Vec::new();
+    let mut regions = Vec::new();
+    if end_segment_has_data {
+        regions.push((end.segment_index, end.valid_end.div_ceil(BLOCK) * BLOCK));
+    }
+    regions.extend(beyond.iter().map(|index| (*index, DATA_START)));
+    for (index, from) in regions {
+        let reader = SegmentReader::open(&shard_dir.join(segment_file_name(index))).await?;
+        let mut chunk_position = from;
+        'segment: while chunk_position < reader.size_bytes() {
+            let len_bytes = usize::try_from(
+                (reader.size_bytes() - chunk_position).min(RECOVERY_CHUNK_BYTES as u64),
+            )
+            .expect("chunk length is at most RECOVERY_CHUNK_BYTES");
+            let chunk = reader.read_aligned(chunk_position, len_bytes).await?;
+            let chunk_end = chunk_position + chunk.len() as u64;
+            let reaches_end = chunk_end >= reader.size_bytes() || chunk.len() < len_bytes;
+            let mut probe_from = chunk_position;
+            loop {
+                match probe_block_starts(&chunk, chunk_position, probe_from, reaches_end) {
+                    BlockProbe::Found { position, batch } => {
+                        // The batches after it in the same group count too, for the report.
+                        let mut next = Some((position, batch));
+                        while let Some((batch_position, batch)) = next {
+                            let survivor = Survivor::of(index, batch_position, &batch);
+                            survivors.push(survivor);
+                            if stop_at_damage && !crash_explains(end, index, survivor.position) {
+                                reader.close().await;
+                                return Ok(survivors);
+                            }
+                            let after = batch_position + batch.len_bytes() as u64;
+                            next = usize::try_from(after - chunk_position)
+                                .ok()
+                                .and_then(|start| chunk.get(start..))
+                                .and_then(|rest| decode_batch(rest).ok())
+                                .map(|batch| (after, batch));
+                        }
+                        probe_from = position + BLOCK;
+                    }
+                    BlockProbe::NeedMore { position } => {
+                        chunk_position = position;
+                        continue 'segment;
+                    }
+                    BlockProbe::Exhausted => {
+                        chunk_position = chunk_end;
+                        break;
+                    }
+                }
+            }
+            if reaches_end {
+                break;
+            }
+        }
+        reader.close().await;
+    }
+    Ok(survivors)
+}
+
+/// Where the damage after a valid end at `valid_end` is, and why the bytes there do not
+/// continue the log, for the damage report. Zero padding after the last valid batch is
+/// skipped: the damage is then at the next block boundary, where the next group starts.
+async fn locate_damage(segment: &SegmentFile, valid_end: u64) -> (u64, String) {
+    let aligned = valid_end - valid_end % BLOCK;
+    let len_bytes = usize::try_from(
+        (segment.size_bytes() - aligned).min((BATCH_SIZE_BYTES_MAX + 2 * BLOCK_SIZE_BYTES) as u64),
+    )
+    .expect("at most a batch and two blocks");
+    let Ok(bytes) = segment.read_aligned(aligned, len_bytes).await else {
+        return (valid_end, "unreadable".to_owned());
+    };
+    let mut offset = usize::try_from(valid_end - aligned).expect("less than a block");
+    let block_rest = bytes.get(offset..BLOCK_SIZE_BYTES).unwrap_or_default();
+    if offset > 0 && block_rest.iter().all(|byte| *byte == 0) {
+        offset = BLOCK_SIZE_BYTES;
+    }
+    let position = aligned + offset as u64;
+    let at = bytes.get(offset..).unwrap_or_default();
+    if at.iter().take(BLOCK_SIZE_BYTES).all(|byte| *byte == 0) {
+        return (position, "zeros where the next batch should be".to_owned());
+    }
+    let reason = match decode_batch(at) {
+        Ok(_) => {
+            "a valid batch that does not continue the chain or its partition's offsets".to_owned()
+        }
+        Err(error) => error.to_string(),
+    };
+    (position, reason)
+}
+
+/// Where a repair keeps what it drops: `<shard dir>/damaged-<unix ms>/`, made on first use.
+struct Quarantine {
+    shard_dir: PathBuf,
+    dir: Option<PathBuf>,
+    moved_count: usize,
+}
+
+impl Quarantine {
+    fn new(shard_dir: &Path) -> Self {
+        Quarantine {
+            shard_dir: shard_dir.to_owned(),
+            dir: None,
+            moved_count: 0,
+        }
+    }
+
+    fn dir(&mut self) -> Result<PathBuf, StorageError> {
+        if let Some(dir) = &self.dir {
+            return Ok(dir.clone());
+        }
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis());
+        let dir = self.shard_dir.join(format!("damaged-{millis}"));
+        std::fs::create_dir(&dir)
+            .map_err(|error| StorageError::from_io("create directory", &dir, &error))?;
+        sync_dir(&self.shard_dir)?;
+        self.dir = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// Moves a segment file out of the log, durably.
+    fn move_in(&mut self, path: &Path) -> Result<(), StorageError> {
+        let dir = self.dir()?;
+        let target = dir.join(path.file_name().unwrap_or_default());
+        std::fs::rename(path, &target)
+            .map_err(|error| StorageError::from_io("rename", path, &error))?;
+        // Both names must survive a crash: the log without the file, the copy with it.
+        sync_dir(&dir)?;
+        sync_dir(&self.shard_dir)?;
+        self.moved_count += 1;
+        Ok(())
+    }
+
+    /// Copies a segment that stays in the log (and is about to be truncated), durably.
+    fn copy_in(&mut self, path: &Path) -> Result<(), StorageError> {
+        let dir = self.dir()?;
+        let target = dir.join(path.file_name().unwrap_or_default());
+        std::fs::copy(path, &target)
+            .and_then(|_| std::fs::File::open(&target)?.sync_all())
+            .map_err(|error| StorageError::from_io("copy", path, &error))?;
+        sync_dir(&dir)
+    }
+
+    fn into_report(
+        self,
+        shard_id: ShardId,
+        end: LogEnd,
+        lost_offsets: Vec<(PartitionId, Offset, Offset)>,
+    ) -> Option<RepairReport> {
+        let quarantine_dir = self.dir?;
+        Some(RepairReport {
+            shard_id,
+            segment_index: end.segment_index,
+            position: end.valid_end,
+            quarantine_dir,
+            dropped_segment_count: self.moved_count,
+            lost_offsets,
+        })
+    }
+}
+
+fn apply_recovered_batch(
+    partitions: &mut HashMap<PartitionId, PartitionSlot>,
+    segment_index: u64,
+    position: u64,
+    batch: &BatchView<'_>,
+) -> Result<(), String> {
+    let partition = batch.partition_id();
+    let slot = partitions.get_mut(&partition).ok_or_else(|| {
+        format!(
+            "valid batch for partition {} that the topic catalog does not know",
+            partition.0
+        )
+    })?;
+    slot.state
+        .recover_batch(
+            batch.base_offset(),
+            batch
+                .records()
+                .map(|record| (record.key, record.prev_key_offset)),
+        )
+        .map_err(|error| error.to_string())?;
+    slot.durable_batches.push(BatchLocation {
+        base_offset: batch.base_offset(),
+        end_offset: batch.end_offset(),
+        segment_index,
+        position,
+        len_bytes: u32::try_from(batch.len_bytes()).expect("batches are at most 1 MiB"),
+    });
+    Ok(())
+}

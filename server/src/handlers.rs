@@ -2,7 +2,7 @@
 //!
 //! Every request that names a partition is routed here: the topic's partition id gives the
 //! owning shard; if that is not this shard, the original frame is forwarded and the owner's
-//! encoded response returned unchanged. Engine outcomes map to typed wire errors: a failed
+//! encoded response returned unchanged (or `ShuttingDown`, should the owner have stopped). Engine outcomes map to typed wire errors: a failed
 //! condition is a `Conflict` carrying the current value, a storage failure is
 //! `StorageFailure`, and nothing here panics on what a client sent.
 
@@ -19,7 +19,7 @@ use cairn_engine::{
 
 use glommio::sync::{Semaphore, StaticPermit};
 
-use crate::routing::ShardContext;
+use crate::routing::{MeshError, ShardContext};
 use crate::wire::{
     self, Appended, ConflictInfo, Encoder, ErrorCode, ErrorResponse, FrameError, HeaderList,
     KeyHistoryResult, KeyRecord, MetadataResult, PartitionMetadata, RecordOut, RecordOutList,
@@ -324,7 +324,18 @@ async fn forward(
     context
         .forward(owner, frame)
         .await
-        .map_err(|problem| (ErrorCode::Overloaded, problem))
+        .map_err(|mesh_error| mesh_error_code(&mesh_error))
+}
+
+/// A shard leaves the mesh only when the server stops, so a request that needed it can
+/// only be told so; the client may retry once a server is back.
+fn mesh_error_code(mesh_error: &MeshError) -> (ErrorCode, String) {
+    match mesh_error {
+        MeshError::ShardStopped { .. } => (
+            ErrorCode::ShuttingDown,
+            format!("the server is shutting down: {mesh_error}"),
+        ),
+    }
 }
 
 fn metadata(context: &ShardContext, correlation_id: u64) -> Vec<u8> {
@@ -389,7 +400,16 @@ async fn create_topic(
         })?;
     // Answer only once every shard knows the topic, so the client's next request finds it
     // wherever it lands.
-    context.broadcast_topic(&topic).await;
+    context
+        .broadcast_topic(&topic)
+        .await
+        .map_err(|mesh_error| {
+            let (code, message) = mesh_error_code(&mesh_error);
+            (
+                code,
+                format!("topic {} is in the catalog, but {message}", topic.name),
+            )
+        })?;
     tracing::info!(
         topic = topic.name,
         partitions = topic.partition_count,

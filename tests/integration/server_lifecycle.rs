@@ -1,12 +1,29 @@
 //! The server's life at its edges, as a real `cairn serve` process: it refuses a listen
-//! address another process holds (RELIABILITY.md, promise 9).
+//! address another process holds, and SIGTERM ends it in bounded time even while requests
+//! wait on another shard (RELIABILITY.md, promises 9 and 10).
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_server::client::{BlockingClient, ClientConfig};
+use cairn_engine::{KeyCondition, Offset, RecordInput};
+use cairn_server::client::{AppendResult, BlockingClient, ClientConfig};
 
 use crate::support::server::{TestServer, serve_until_exit};
+use crate::support::{TestRng, test_seed};
+
+const SIGTERM: i32 = 15;
+
+/// How long a server may take to exit after SIGTERM, in these tests. Generous for a debug
+/// build on 2 shared cores; the hangs these tests catch last 30 s or forever.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(default)
+}
 
 fn client_at(address: SocketAddr, shard_aware: bool) -> BlockingClient {
     let mut config = ClientConfig::new(address);
@@ -82,4 +99,130 @@ fn a_second_server_on_a_listen_address_in_use_exits_naming_it() {
     let metadata = client.metadata().unwrap();
     assert_eq!(metadata.topics.len(), 1, "the first server's catalog");
     assert_eq!(metadata.topics[0].name, "mine");
+}
+
+/// What one writer was told: (offset, value) of each acknowledged append.
+type Acknowledged = Arc<Mutex<Vec<(Offset, Vec<u8>)>>>;
+
+/// Every record of one partition, from offset 0 to its high watermark.
+fn read_partition(address: SocketAddr, topic: &str, partition: u32) -> Vec<(Offset, Vec<u8>)> {
+    let mut client = client_at(address, true);
+    let mut records = Vec::new();
+    let mut next = Offset(0);
+    loop {
+        let fetched = client
+            .fetch(topic, partition, next, 1 << 20, Duration::ZERO)
+            .unwrap();
+        for record in &fetched.records {
+            records.push((record.offset, record.value.clone()));
+            next = record.offset.plus(1);
+        }
+        if fetched.records.is_empty() || next >= fetched.high_watermark {
+            return records;
+        }
+    }
+}
+
+#[test]
+fn sigterm_with_forwarded_appends_in_flight_exits_and_keeps_every_acknowledgement() {
+    const WRITER_COUNT: u32 = 8;
+    let seed = test_seed("server_lifecycle::sigterm_with_forwarded_appends_in_flight");
+    let round_count = env_u64("CAIRN_SHUTDOWN_ROUNDS", 5);
+    let mut rng = TestRng::new(seed);
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let acknowledged: Acknowledged = Arc::default();
+    let mut partition = None;
+    for round in 0..round_count {
+        let mut server = TestServer::start_on(&data_dir, &[]);
+        // The partition is owned by shard 1; every writer talks to shard 0's own port, so
+        // every append is forwarded over the mesh and its connection waits on shard 1.
+        let partition = *partition.get_or_insert_with(|| {
+            let mut admin = client_at(server.address, true);
+            let topic = admin.create_topic("forwarded", 2).unwrap();
+            topic
+                .partitions
+                .iter()
+                .find(|info| info.shard == 1)
+                .expect("two partitions on two shards: one is shard 1's")
+                .partition
+        });
+        check_acknowledged(&server, partition, &acknowledged, round);
+
+        let shard_0 = SocketAddr::new(server.address.ip(), server.shard_ports[0]);
+        let writers: Vec<_> = (0..WRITER_COUNT)
+            .map(|writer| {
+                let acknowledged = acknowledged.clone();
+                std::thread::spawn(move || {
+                    let mut client = client_at(shard_0, false);
+                    for sequence in 0u64.. {
+                        let value = format!("round {round} writer {writer} #{sequence}");
+                        let key = format!("w{writer}");
+                        let records = [RecordInput {
+                            key: key.as_bytes(),
+                            value: value.as_bytes(),
+                            headers: &[],
+                            condition: KeyCondition::Any,
+                        }];
+                        match client.append("forwarded", Some(partition), None, &records) {
+                            Ok(AppendResult::Appended { base_offset, .. }) => acknowledged
+                                .lock()
+                                .unwrap()
+                                .push((base_offset, value.into_bytes())),
+                            Ok(other) => panic!("unconditional append: {other:?}"),
+                            // ShuttingDown, Overloaded, or the connection closed: the end.
+                            Err(_) => return sequence,
+                        }
+                    }
+                    unreachable!("the loop ends when the server stops")
+                })
+            })
+            .collect();
+        let load = Duration::from_millis(200 + rng.below(600));
+        std::thread::sleep(load);
+        let acknowledged_before = acknowledged.lock().unwrap().len();
+        let stopping = Instant::now();
+        let status = server.stop_with(SIGTERM, SHUTDOWN_BOUND);
+        let stop_time = stopping.elapsed();
+        assert!(
+            status.success(),
+            "round {round}: SIGTERM exits 0: {status:?}"
+        );
+        let attempts: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        eprintln!(
+            "round {round}: load {load:?}, {acknowledged_before} acknowledged at SIGTERM, \
+             {attempts} appends this round, exited in {stop_time:?}"
+        );
+        assert!(attempts > 0, "round {round}: the writers got going");
+    }
+    let server = TestServer::start_on(&data_dir, &[]);
+    check_acknowledged(&server, partition.unwrap(), &acknowledged, round_count);
+}
+
+/// Every acknowledged append is at its offset with its value.
+fn check_acknowledged(
+    server: &TestServer,
+    partition: u32,
+    acknowledged: &Acknowledged,
+    round: u64,
+) {
+    let acknowledged = acknowledged.lock().unwrap();
+    if acknowledged.is_empty() {
+        return;
+    }
+    let present: std::collections::HashMap<Offset, Vec<u8>> =
+        read_partition(server.address, "forwarded", partition)
+            .into_iter()
+            .collect();
+    for (offset, value) in acknowledged.iter() {
+        assert_eq!(
+            present.get(offset),
+            Some(value),
+            "before round {round}: acknowledged append at {offset:?} is present"
+        );
+    }
+    eprintln!(
+        "before round {round}: all {} acknowledged appends present",
+        acknowledged.len()
+    );
 }

@@ -2,9 +2,12 @@
 //!
 //! Every request that names a partition is routed here: the topic's partition id gives the
 //! owning shard; if that is not this shard, the original frame is forwarded and the owner's
-//! encoded response returned unchanged (or `ShuttingDown`, should the owner have stopped). Engine outcomes map to typed wire errors: a failed
-//! condition is a `Conflict` carrying the current value, a storage failure is
-//! `StorageFailure`, and nothing here panics on what a client sent.
+//! encoded response returned unchanged (or `ShuttingDown`, should the owner have stopped).
+//! A fetch long-polls for at most `fetch_wait_max`, and no longer than until the server
+//! starts shutting down: then it answers with what is synced, often nothing. Engine
+//! outcomes map to typed wire errors: a failed condition is a `Conflict` carrying the
+//! current value, a storage failure is `StorageFailure`, and nothing here panics on what a
+//! client sent.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -498,11 +501,24 @@ async fn fetch_local(
         .end_offsets(located.partition_id)
         .map_err(|e| read_error_code(&e))?;
     if from >= synced_end && !wait.is_zero() {
-        context
-            .shard
-            .wait_synced_beyond(located.partition_id, from, wait)
+        // Shutdown ends the wait: the connection (or, forwarded, another shard's) must drain,
+        // and an answer with what is synced so far is a correct one.
+        let stopping = context.stopping.listen();
+        if !context.is_stopping.get() {
+            let synced = async {
+                context
+                    .shard
+                    .wait_synced_beyond(located.partition_id, from, wait)
+                    .await
+                    .map(|_| ())
+            };
+            futures_lite::future::or(synced, async {
+                stopping.await;
+                Ok(())
+            })
             .await
             .map_err(|e| read_error_code(&e))?;
+        }
     }
     let size_bytes_max = (size_bytes_max as usize).min(FETCH_SIZE_BYTES_MAX);
     let fetched = context

@@ -1,13 +1,17 @@
 //! The server's life at its edges, as a real `cairn serve` process: it refuses a listen
 //! address another process holds, and SIGTERM ends it in bounded time even while requests
-//! wait on another shard (RELIABILITY.md, promises 9 and 10).
+//! wait on another shard or long-poll (RELIABILITY.md, promises 9 and 10).
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_engine::{KeyCondition, Offset, RecordInput};
 use cairn_server::client::{AppendResult, BlockingClient, ClientConfig};
+use cairn_server::wire::{
+    Encoder, ErrorCode, FetchRequest, Request, RequestBody, ResponseBody, decode_response,
+};
 
 use crate::support::server::{TestServer, serve_until_exit};
 use crate::support::{TestRng, test_seed};
@@ -225,4 +229,117 @@ fn check_acknowledged(
         "before round {round}: all {} acknowledged appends present",
         acknowledged.len()
     );
+}
+
+fn write_request(stream: &mut TcpStream, encoder: &mut Encoder, request: &Request<'_>) {
+    let mut out = Vec::new();
+    encoder.write_request_frame(request, &mut out);
+    stream.write_all(&out).unwrap();
+}
+
+/// One response frame, or `None` once the server closed the connection.
+fn read_response(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut length = [0u8; 4];
+    match stream.read_exact(&mut length) {
+        Ok(()) => {}
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            return None;
+        }
+        Err(error) => panic!("reading a response: {error}"),
+    }
+    let mut frame = vec![0u8; u32::from_le_bytes(length) as usize];
+    stream.read_exact(&mut frame).expect("whole frame");
+    Some(frame)
+}
+
+#[test]
+fn sigterm_wakes_long_polling_fetches_and_exits_at_once() {
+    let mut server = TestServer::start();
+    let topic = client_at(server.address, true)
+        .create_topic("quiet", 2)
+        .unwrap();
+    let owned_by = |shard: u16| {
+        topic
+            .partitions
+            .iter()
+            .find(|info| info.shard == shard)
+            .expect("two partitions on two shards")
+            .partition
+    };
+    // On shard 0's port: one fetch of shard 0's partition (long-polls here) and one of
+    // shard 1's (forwarded; long-polls there while this connection waits for the reply),
+    // then a ping. Requests are handled concurrently, so the pong coming back first means
+    // both fetches were read and are being handled.
+    let mut stream =
+        TcpStream::connect(SocketAddr::new(server.address.ip(), server.shard_ports[0])).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut encoder = Encoder::new();
+    let fetch = |partition| {
+        RequestBody::Fetch(FetchRequest {
+            topic: "quiet",
+            partition,
+            offset: Offset(0),
+            size_bytes_max: 1 << 20,
+            wait_max: Duration::from_secs(30),
+        })
+    };
+    for (correlation_id, body) in [(1, fetch(owned_by(0))), (2, fetch(owned_by(1)))] {
+        write_request(
+            &mut stream,
+            &mut encoder,
+            &Request {
+                correlation_id,
+                body,
+            },
+        );
+    }
+    write_request(
+        &mut stream,
+        &mut encoder,
+        &Request {
+            correlation_id: 3,
+            body: RequestBody::Ping,
+        },
+    );
+    let pong = read_response(&mut stream).expect("the ping is answered");
+    let pong = decode_response(&pong).unwrap();
+    assert_eq!(pong.correlation_id, 3, "the fetches wait: {pong:?}");
+    assert!(matches!(pong.body, ResponseBody::Pong), "{pong:?}");
+
+    let stopping = Instant::now();
+    let status = server.stop_with(SIGTERM, Duration::from_secs(5));
+    let stop_time = stopping.elapsed();
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    eprintln!("exited {stop_time:?} after SIGTERM with two fetches long-polling");
+
+    // Each fetch got its answer before the connection closed: empty (nothing was synced
+    // beyond offset 0), or ShuttingDown.
+    let mut answered = Vec::new();
+    while let Some(frame) = read_response(&mut stream) {
+        let response = decode_response(&frame).unwrap();
+        match &response.body {
+            ResponseBody::Fetched(fetched) => {
+                assert!(fetched.records.is_empty(), "{response:?}");
+                assert_eq!(fetched.high_watermark, Offset(0), "{response:?}");
+            }
+            ResponseBody::Error(error) => {
+                assert_eq!(error.code, ErrorCode::ShuttingDown, "{response:?}");
+            }
+            _ => panic!("a fetch answered with {response:?}"),
+        }
+        eprintln!(
+            "fetch {} answered: {:?}",
+            response.correlation_id, response.body
+        );
+        answered.push(response.correlation_id);
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, vec![1, 2], "both fetches answered before closing");
 }

@@ -2,9 +2,12 @@
 //!
 //! Every request that names a partition is routed here: the topic's partition id gives the
 //! owning shard; if that is not this shard, the original frame is forwarded and the owner's
-//! encoded response returned unchanged. Engine outcomes map to typed wire errors: a failed
-//! condition is a `Conflict` carrying the current value, a storage failure is
-//! `StorageFailure`, and nothing here panics on what a client sent.
+//! encoded response returned unchanged (or `ShuttingDown`, should the owner have stopped).
+//! A fetch long-polls for at most `fetch_wait_max`, and no longer than until the server
+//! starts shutting down: then it answers with what is synced, often nothing. Engine
+//! outcomes map to typed wire errors: a failed condition is a `Conflict` carrying the
+//! current value, a storage failure is `StorageFailure`, and nothing here panics on what a
+//! client sent.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -19,7 +22,7 @@ use cairn_engine::{
 
 use glommio::sync::{Semaphore, StaticPermit};
 
-use crate::routing::ShardContext;
+use crate::routing::{MeshError, ShardContext};
 use crate::wire::{
     self, Appended, ConflictInfo, Encoder, ErrorCode, ErrorResponse, FrameError, HeaderList,
     KeyHistoryResult, KeyRecord, MetadataResult, PartitionMetadata, RecordOut, RecordOutList,
@@ -324,7 +327,18 @@ async fn forward(
     context
         .forward(owner, frame)
         .await
-        .map_err(|problem| (ErrorCode::Overloaded, problem))
+        .map_err(|mesh_error| mesh_error_code(&mesh_error))
+}
+
+/// A shard leaves the mesh only when the server stops, so a request that needed it can
+/// only be told so; the client may retry once a server is back.
+fn mesh_error_code(mesh_error: &MeshError) -> (ErrorCode, String) {
+    match mesh_error {
+        MeshError::ShardStopped { .. } => (
+            ErrorCode::ShuttingDown,
+            format!("the server is shutting down: {mesh_error}"),
+        ),
+    }
 }
 
 fn metadata(context: &ShardContext, correlation_id: u64) -> Vec<u8> {
@@ -389,7 +403,16 @@ async fn create_topic(
         })?;
     // Answer only once every shard knows the topic, so the client's next request finds it
     // wherever it lands.
-    context.broadcast_topic(&topic).await;
+    context
+        .broadcast_topic(&topic)
+        .await
+        .map_err(|mesh_error| {
+            let (code, message) = mesh_error_code(&mesh_error);
+            (
+                code,
+                format!("topic {} is in the catalog, but {message}", topic.name),
+            )
+        })?;
     tracing::info!(
         topic = topic.name,
         partitions = topic.partition_count,
@@ -481,11 +504,24 @@ async fn fetch_local(
         .end_offsets(located.partition_id)
         .map_err(|e| read_error_code(&e))?;
     if from >= synced_end && !wait.is_zero() {
-        context
-            .shard
-            .wait_synced_beyond(located.partition_id, from, wait)
+        // Shutdown ends the wait: the connection (or, forwarded, another shard's) must drain,
+        // and an answer with what is synced so far is a correct one.
+        let stopping = context.stopping.listen();
+        if !context.is_stopping.get() {
+            let synced = async {
+                context
+                    .shard
+                    .wait_synced_beyond(located.partition_id, from, wait)
+                    .await
+                    .map(|_| ())
+            };
+            futures_lite::future::or(synced, async {
+                stopping.await;
+                Ok(())
+            })
             .await
             .map_err(|e| read_error_code(&e))?;
+        }
     }
     let size_bytes_max = (size_bytes_max as usize).min(FETCH_SIZE_BYTES_MAX);
     let fetched = context

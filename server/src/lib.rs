@@ -4,8 +4,11 @@
 //! each: recovers the shard, joins the channel mesh that links the shards, and accepts
 //! connections on the shared port (SO_REUSEPORT, so the kernel spreads connections over
 //! the shards) and on the shard's own port (so shard-aware clients reach a partition's
-//! owner directly). A request for a partition of another shard is forwarded over the mesh
-//! (`routing`); nothing is shared between shards but messages.
+//! owner directly). Because SO_REUSEPORT would just as well let a second server join those
+//! addresses, `run` first checks that no socket listens on any fixed one and refuses to
+//! start otherwise (`ServerError::AddressInUse`). A request for a partition of another
+//! shard is forwarded over the mesh (`routing`); nothing is shared between shards but
+//! messages.
 //!
 //! Module map: `wire` (sans-I/O protocol), `connection` (frames over one socket, limits,
 //! pipelining), `handlers` (request -> engine -> response), `routing` (the mesh),
@@ -106,6 +109,15 @@ pub enum ServerError {
     /// The data directory could not be opened or recovered.
     #[error("opening the data directory")]
     Open(#[from] OpenError),
+    /// A fixed address (`--listen`, or a shard port from `--port-base`) has a listening
+    /// socket already, most likely another server's. Refused rather than joined: our
+    /// listeners use SO_REUSEPORT, and the kernel would split the connections between the
+    /// two processes.
+    #[error("address {address} is already in use by another process")]
+    AddressInUse {
+        /// The address.
+        address: SocketAddr,
+    },
     /// A listening socket could not be set up.
     #[error("binding {address}")]
     Bind {
@@ -159,6 +171,49 @@ impl ShutdownSignal {
     }
 }
 
+/// The port shard `shard` is asked to listen on: `port_base + shard`, or 0 (any free port)
+/// when `port_base` is 0.
+fn shard_port(config: &ServerConfig, shard: u16) -> u16 {
+    if config.port_base == 0 {
+        0
+    } else {
+        config.port_base.saturating_add(shard)
+    }
+}
+
+/// Fails with `AddressInUse` if a socket listens on `address` already.
+///
+/// Binds a probe socket *without* SO_REUSEPORT, which the kernel refuses while any
+/// listening socket holds the address (also one on the wildcard address of the same port),
+/// whatever options that socket has. The probe sets SO_REUSEADDR like our reservations, so
+/// that connections of an earlier run still in TIME_WAIT do not keep a restarted server
+/// from its port.
+///
+/// A race remains: a socket bound with SO_REUSEADDR but not listening yet passes the probe,
+/// and such are another server's reservations during its start-up (`run` holds them,
+/// unlistened, until its shards listen). So two servers whose start-ups overlap can still
+/// share an address; one started while the other already serves is refused. A stricter
+/// probe (without SO_REUSEADDR) cannot tell those reservations from TIME_WAIT leftovers,
+/// and SO_REUSEPORT, which the shards need to share the address, lets any socket of the
+/// same user join.
+fn ensure_address_free(address: SocketAddr) -> Result<(), ServerError> {
+    let bind_error = |source| ServerError::Bind { address, source };
+    let probe = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(bind_error)?;
+    probe.set_reuse_address(true).map_err(bind_error)?;
+    match probe.bind(&address.into()) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(ServerError::AddressInUse { address })
+        }
+        Err(error) => Err(bind_error(error)),
+    }
+}
+
 /// Binds a socket with SO_REUSEPORT so that every shard can bind the same address after it,
 /// and returns it with the address it got (port 0 picks a free one).
 fn reserve_address(address: SocketAddr) -> Result<(socket2::Socket, SocketAddr), ServerError> {
@@ -188,6 +243,16 @@ pub fn run(
     shutdown: ShutdownSignal,
     on_listening: impl FnOnce(&Listening),
 ) -> Result<(), ServerError> {
+    // Before anything else, so that a server started by mistake on a taken address stops
+    // at once, before it opens (or creates) its data directory. Port 0 is always free.
+    let shard_addresses = (0..config.shard_count)
+        .map(|shard| SocketAddr::new(config.listen.ip(), shard_port(&config, shard)));
+    for address in std::iter::once(config.listen)
+        .chain(shard_addresses)
+        .filter(|address| address.port() != 0)
+    {
+        ensure_address_free(address)?;
+    }
     let engine = Engine::open(config.engine_config())?;
 
     // Reserve every address before the executors start, so that all shards know all ports
@@ -196,11 +261,7 @@ pub fn run(
     let mut reserved = vec![shared_socket];
     let mut shard_ports = Vec::with_capacity(usize::from(config.shard_count));
     for shard in 0..config.shard_count {
-        let port = if config.port_base == 0 {
-            0
-        } else {
-            config.port_base.saturating_add(shard)
-        };
+        let port = shard_port(&config, shard);
         let (socket, bound) = reserve_address(SocketAddr::new(address.ip(), port))?;
         reserved.push(socket);
         shard_ports.push(bound.port());

@@ -19,5 +19,6 @@ mod reliability_fuzz;
 mod reliability_io_faults;
 mod reliability_soak;
 mod server_e2e;
+mod server_lifecycle;
 mod support;
 mod tidy;

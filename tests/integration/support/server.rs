@@ -1,8 +1,9 @@
 //! `TestServer`: the real `cairn serve` binary as a child process on a temp data directory,
 //! listening on 127.0.0.1 with free ports. Readiness is the "listening on" line it prints,
-//! never a sleep. Dropping it kills the process.
+//! never a sleep. Dropping it kills the process. [`serve_until_exit`] runs one that is
+//! expected to refuse to start, and returns what it said.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -139,32 +140,82 @@ impl TestServer {
             .status()
             .expect("kill runs");
         assert!(status.success(), "kill -{signal} {pid}");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
+        match wait_bounded(&mut child, timeout) {
+            Some(status) => status,
+            None => {
+                // Do not leave a hung server behind for the next test.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not exit within {timeout:?} of signal {signal}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit within {timeout:?} of signal {signal}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
 
-/// `cairn serve` with the test defaults: loopback, free ports, two unpinned shards, small
-/// segments (unless `extra_args` names `--segment-size`), warnings only.
+/// Waits at most `timeout` for `child` to exit; `None` if it still runs.
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How a `cairn serve` that was expected to stop by itself ended.
+#[derive(Debug)]
+pub struct ServeOutcome {
+    /// `None`: it was still running after the timeout (and was then killed).
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cairn serve` on `data_dir` (test defaults as for [`TestServer::start_on`]) and waits
+/// at most `timeout` for it to exit by itself, e.g. because it refuses to start; kills it
+/// after that. Returns its status and everything it printed.
+pub fn serve_until_exit(data_dir: &Path, extra_args: &[&str], timeout: Duration) -> ServeOutcome {
+    let mut child = serve_command(data_dir, extra_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cairn serve starts");
+    // Drained by threads, so a chatty child never blocks on a full pipe.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout is piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr is piped")));
+    let status = wait_bounded(&mut child, timeout);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    ServeOutcome {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// `cairn serve` with the test defaults: loopback and free ports (unless `extra_args` names
+/// `--listen`), two unpinned shards, small segments (unless `extra_args` names
+/// `--segment-size`), warnings only.
 fn serve_command(data_dir: &Path, extra_args: &[&str]) -> Command {
     let mut command = Command::new(CAIRN_BIN);
-    command.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--cores",
-        "2",
-        "--no-pin",
-    ]);
+    command.arg("serve");
+    if !extra_args.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
+    command.args(["--cores", "2", "--no-pin"]);
     if !extra_args.contains(&"--segment-size") {
         command.args(["--segment-size", &(2 * 1024 * 1024 + 4096).to_string()]);
     }

@@ -25,7 +25,6 @@ pub use crate::core::{KeyCondition, Offset, PartitionId, RecordHeader, RecordInp
 pub use crate::error::{AppendError, OpenError, ReadError, StorageError, TopicError};
 pub use crate::io::data_dir::{Catalog, Topic};
 pub use crate::io::fault::{FaultHook, FaultPoint, FaultPolicy};
+pub use crate::io::reads::{Fetched, FetchedBatch, OwnedRecord};
 pub use crate::io::recovery::RepairReport;
-pub use crate::io::shard::{
-    AppendOutcome, Engine, EngineConfig, Fetched, FetchedBatch, OwnedRecord, Shard, ShardStats,
-};
+pub use crate::io::shard::{AppendOutcome, Engine, EngineConfig, Shard, ShardStats};

@@ -10,9 +10,11 @@ pub mod key_index;
 pub mod limits;
 pub mod offset_index;
 pub mod partition;
+pub mod read_cache;
 pub mod record;
 pub mod recovery;
 pub mod segment_header;
+pub mod shard_log;
 
 use std::fmt;
 

@@ -5,11 +5,13 @@
 //! of the log at open (and the refusal to open on damage), `segment` the segment files,
 //! `data_dir` the directory's identity, lock and topic catalog.
 
+pub mod config;
 pub mod data_dir;
 pub mod event;
 pub mod fault;
 pub(crate) mod group_commit;
-pub mod read_cache;
+pub mod reads;
 pub mod recovery;
 pub mod segment;
 pub mod shard;
+pub(crate) mod state;

@@ -25,11 +25,13 @@ use crate::core::recovery::{
     BlockProbe, LogEnd, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
 };
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
+use crate::core::shard_log::RecoveredPartition;
 use crate::core::{Offset, PartitionId, ShardId};
 use crate::error::{OpenError, StorageError};
+use crate::io::config::EngineConfig;
 use crate::io::data_dir::sync_dir;
 use crate::io::segment::{SegmentFile, SegmentReader, parse_segment_file_name, segment_file_name};
-use crate::io::shard::{EngineConfig, PartitionSlot, segment_header};
+use crate::io::state::segment_header;
 
 /// Bytes read per request while recovering a segment; at least one largest batch plus a
 /// block, as the scanner's `NeedMore` contract asks.
@@ -97,7 +99,7 @@ pub(crate) async fn recover_segments(
     shard_dir: &Path,
     shard_id: ShardId,
     config: &EngineConfig,
-    partitions: &mut HashMap<PartitionId, PartitionSlot>,
+    partitions: &mut HashMap<PartitionId, RecoveredPartition>,
 ) -> Result<Recovered, OpenError> {
     let indexes = list_segments(shard_dir)?;
     let mut quarantine = Quarantine::new(shard_dir);
@@ -290,7 +292,7 @@ async fn scan_segment(
     segment: &SegmentFile,
     index: u64,
     scanner: &mut RecoveryScanner,
-    partitions: &mut HashMap<PartitionId, PartitionSlot>,
+    partitions: &mut HashMap<PartitionId, RecoveredPartition>,
 ) -> Result<(u64, u64), OpenError> {
     let segment_size_bytes = segment.size_bytes();
     scanner.begin_segment(segment_size_bytes);
@@ -509,7 +511,7 @@ impl Quarantine {
 }
 
 fn apply_recovered_batch(
-    partitions: &mut HashMap<PartitionId, PartitionSlot>,
+    partitions: &mut HashMap<PartitionId, RecoveredPartition>,
     segment_index: u64,
     position: u64,
     batch: &BatchView<'_>,

@@ -1,0 +1,181 @@
+//! What a shard's tasks share on its executor: the sans-I/O `ShardLog` that decides, and
+//! the things only the shell can hold — segment files, the waiters of each group, the
+//! events tasks wait on. Lives in an `Rc<RefCell<_>>` that is never borrowed across an
+//! `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use hashbrown::HashMap;
+
+use crate::core::PartitionId;
+use crate::core::ShardId;
+use crate::core::segment_header::SegmentHeader;
+use crate::core::shard_log::ShardLog;
+use crate::error::StorageError;
+use crate::io::config::EngineConfig;
+use crate::io::data_dir::{Catalog, DataDir};
+use crate::io::event::Event;
+use crate::io::segment::SegmentFile;
+
+/// How a group ended, shared by every append waiting on it.
+#[derive(Default)]
+pub(crate) struct GroupCompletion {
+    outcome: RefCell<Option<Result<(), StorageError>>>,
+    done: Event,
+}
+
+impl GroupCompletion {
+    pub(crate) fn complete(&self, outcome: Result<(), StorageError>) {
+        let previous = self.outcome.borrow_mut().replace(outcome);
+        assert!(previous.is_none(), "a group completes once");
+        self.done.notify();
+    }
+
+    /// Waits until the group is synced (`Ok`) or failed.
+    pub(crate) async fn wait(&self) -> Result<(), StorageError> {
+        loop {
+            let listener = self.done.listen();
+            if let Some(outcome) = self.outcome.borrow().as_ref() {
+                return outcome.clone();
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Wake-ups between appenders, the committer and readers of one shard.
+#[derive(Clone, Default)]
+pub(crate) struct ShardEvents {
+    /// The committer may have something to do: a batch was staged, a segment prepared,
+    /// or the shard began closing.
+    pub(crate) group_ready: Event,
+    /// Something appenders wait for changed: the committer took the open group or
+    /// completed one (pending slots and the in-flight group freed), a segment preparation
+    /// finished, or the shard was poisoned or began closing. The head of the admission
+    /// queue listens to it.
+    pub(crate) room: Event,
+    /// The shard was poisoned.
+    pub(crate) poisoned: Event,
+}
+
+/// Appends waiting for room in their group, for a pending slot or for the next segment, in
+/// arrival order. Only the head looks at the room; when it is admitted, or gives up (an
+/// error, a doomed condition, its caller went away), it leaves and wakes the next. So one
+/// connection's pipelined appends get offsets in the order they were sent, no append
+/// starves behind later ones, and a change of room wakes one task, not thousands.
+#[derive(Default)]
+pub(crate) struct AdmissionQueue {
+    waiters: VecDeque<(u64, Event)>,
+    ticket_next: u64,
+}
+
+impl AdmissionQueue {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.waiters.is_empty()
+    }
+
+    pub(crate) fn join(&mut self) -> (u64, Event) {
+        let ticket = self.ticket_next;
+        self.ticket_next += 1;
+        let turn = Event::new();
+        self.waiters.push_back((ticket, turn.clone()));
+        (ticket, turn)
+    }
+
+    pub(crate) fn is_head(&self, ticket: u64) -> bool {
+        self.waiters
+            .front()
+            .is_some_and(|(head, _)| *head == ticket)
+    }
+
+    /// Removes `ticket` and, if it was the head, tells the new head its turn has come.
+    pub(crate) fn leave(&mut self, ticket: u64) {
+        let Some(index) = self
+            .waiters
+            .iter()
+            .position(|(waiter, _)| *waiter == ticket)
+        else {
+            return;
+        };
+        self.waiters.remove(index);
+        if index == 0
+            && let Some((_, turn)) = self.waiters.front()
+        {
+            turn.notify();
+        }
+    }
+}
+
+/// An append's place in the admission queue; leaving it (however the append ends, its
+/// future dropped included) passes the turn on.
+pub(crate) struct AdmissionTicket<'a> {
+    pub(crate) state: &'a RefCell<ShardState>,
+    pub(crate) ticket: u64,
+    pub(crate) turn: Event,
+}
+
+impl Drop for AdmissionTicket<'_> {
+    fn drop(&mut self) {
+        self.state.borrow_mut().admission.leave(self.ticket);
+    }
+}
+
+/// A shard's shared state.
+pub(crate) struct ShardState {
+    pub(crate) shard_id: ShardId,
+    pub(crate) config: EngineConfig,
+    pub(crate) shard_dir: PathBuf,
+    pub(crate) data_dir: DataDir,
+    /// Only shard 0 owns the topic catalog; others learn topics through `add_topic`.
+    pub(crate) catalog: Catalog,
+    /// What decides.
+    pub(crate) log: ShardLog,
+    /// The open segment files of the core log, by index.
+    pub(crate) segments: BTreeMap<u64, Rc<SegmentFile>>,
+    /// The prepared next segment, until a roll makes it current.
+    pub(crate) next_segment_file: Option<SegmentFile>,
+    /// The waiters of each group not yet completed, by sequence.
+    pub(crate) completions: HashMap<u64, Rc<GroupCompletion>>,
+    /// Per partition, notified when its synced end moves (long-polling fetches).
+    pub(crate) synced: HashMap<PartitionId, Event>,
+    /// Read by a background preparation: stop pacing, the segment is needed.
+    pub(crate) preparation_urgent: Rc<Cell<bool>>,
+    /// Appends waiting for room, in arrival order.
+    pub(crate) admission: AdmissionQueue,
+    pub(crate) closing: bool,
+}
+
+impl ShardState {
+    /// The waiters of group `sequence`.
+    pub(crate) fn completion(&mut self, sequence: u64) -> Rc<GroupCompletion> {
+        self.completions.entry(sequence).or_default().clone()
+    }
+
+    /// Tells a running preparation whether the log now needs its segment urgently.
+    pub(crate) fn publish_urgency(&self) {
+        self.preparation_urgent
+            .set(self.log.is_preparation_urgent());
+    }
+
+    /// The header of segment `index` of this shard.
+    pub(crate) fn segment_header(&self, index: u64) -> SegmentHeader {
+        segment_header(self.shard_id, &self.config, index)
+    }
+}
+
+/// The header of segment `index` of shard `shard_id`.
+pub(crate) fn segment_header(
+    shard_id: ShardId,
+    config: &EngineConfig,
+    index: u64,
+) -> SegmentHeader {
+    SegmentHeader {
+        shard_id,
+        shard_count: config.shard_count,
+        segment_index: index,
+        segment_size_bytes: config.segment_size_bytes,
+    }
+}

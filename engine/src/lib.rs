@@ -20,6 +20,7 @@
 pub mod core;
 pub mod error;
 pub mod io;
+pub mod sim;
 
 pub use crate::core::{KeyCondition, Offset, PartitionId, RecordHeader, RecordInput, ShardId};
 pub use crate::error::{AppendError, OpenError, ReadError, StorageError, TopicError};

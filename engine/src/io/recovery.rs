@@ -122,8 +122,21 @@ pub(crate) async fn recover_segments(
     for index in indexes.iter().copied().filter(|index| *index < scanned_end) {
         let path = shard_dir.join(segment_file_name(index));
         let expected = segment_header(shard_id, config, index);
-        let Some(segment) = SegmentFile::open_existing(&path, &expected).await? else {
-            break;
+        let segment = match SegmentFile::open_existing(&path, &expected).await {
+            Ok(Some(segment)) => segment,
+            Ok(None) => break,
+            // A header that does not verify in front of data: damage if the data continues
+            // the log (its header was synced before any group was written to it), else
+            // what a preparation torn over an earlier life of the file leaves behind, for
+            // the probe below to judge like any bytes beyond the end.
+            Err(OpenError::BadSegmentHeader { path, error }) => {
+                if data_continues_log(&path, &scanner).await? {
+                    return Err(OpenError::BadSegmentHeader { path, error });
+                }
+                tracing::warn!(path = %path.display(), %error, "segment header torn by a crash");
+                break;
+            }
+            Err(error) => return Err(error),
         };
         let (valid_end, accepted_batch_count) =
             scan_segment(&segment, index, &mut scanner, partitions).await?;
@@ -284,6 +297,24 @@ fn list_segments(shard_dir: &Path) -> Result<Vec<u64>, StorageError> {
     }
     indexes.sort_unstable();
     Ok(indexes)
+}
+
+/// Whether the bytes at the start of `path`'s data are the batch that continues the log.
+async fn data_continues_log(path: &Path, scanner: &RecoveryScanner) -> Result<bool, OpenError> {
+    let reader = SegmentReader::open(path).await?;
+    let len_bytes = usize::try_from(
+        reader
+            .size_bytes()
+            .saturating_sub(DATA_START)
+            .min((BATCH_SIZE_BYTES_MAX + BLOCK_SIZE_BYTES) as u64),
+    )
+    .expect("at most a batch and a block");
+    let bytes = reader.read_aligned(DATA_START, len_bytes).await?;
+    reader.close().await;
+    Ok(decode_batch(&bytes).is_ok_and(|batch| {
+        batch.prev_batch_crc() == scanner.chain_crc()
+            && batch.base_offset() == scanner.next_offset(batch.partition_id())
+    }))
 }
 
 /// Feeds one segment to the scanner in chunks and applies every accepted batch. Returns

@@ -1,0 +1,922 @@
+//! The seeded power-loss simulator (TigerBeetle's VOPR in miniature): it drives a
+//! `ShardLog` with random conditional workloads over a `SimDisk`, crashes it at random
+//! points (power loss or kill -9, I/O errors and full disks on the way), recovers from
+//! what the disk kept with the real recovery scanner, and checks every DESIGN §3 invariant
+//! against a model of what was appended and acknowledged:
+//!
+//! - every acknowledged batch is present after recovery, identical;
+//! - the recovered core log is a prefix of what was staged, in staging order, whole
+//!   batches only, and nothing from an earlier life of a block comes back;
+//! - conditions are exact: every stage outcome (appended at which offset, or which
+//!   conflict) matches the model's, and `prev_key_offset` chains verify on recovery;
+//! - after an I/O error nothing more is acknowledged;
+//! - a crash never looks like damage (the probe of `core::recovery` stays quiet).
+//!
+//! Everything comes from one seed: a failing seed prints itself and replays exactly
+//! (`simulate(seed, &config)`). `scripts/simulate.sh N` runs N seeds in release mode.
+
+pub mod disk;
+
+use std::collections::BTreeMap;
+
+use crate::core::condition::Conflict;
+use crate::core::limits::BLOCK_SIZE_BYTES;
+use crate::core::offset_index::BatchLocation;
+use crate::core::record::{BatchView, batch_encoded_len, decode_batch};
+use crate::core::recovery::{
+    BlockProbe, LogEnd, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
+};
+use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
+use crate::core::shard_log::{
+    Admission, GroupPoll, GroupWrite, RecoveredPartition, ShardLog, ShardLogLimits,
+};
+use crate::core::{KeyCondition, Offset, PartitionId, RecordInput};
+use crate::error::StorageError;
+use crate::sim::disk::{CrashKind, SimDisk};
+
+const BLOCK: u64 = BLOCK_SIZE_BYTES as u64;
+const DATA_START: u64 = SEGMENT_HEADER_SIZE_BYTES as u64;
+
+/// A small, fast, seedable generator (SplitMix64): the whole run follows from its seed.
+#[derive(Clone, Debug)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    /// A generator for `seed`.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        SimRng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..bound` (`bound` > 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound.max(1)
+    }
+
+    /// True with probability `per_mille` / 1000.
+    pub fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+
+    /// Shuffles `items` in place.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for index in (1..items.len()).rev() {
+            let other = self.below(index as u64 + 1) as usize;
+            items.swap(index, other);
+        }
+    }
+}
+
+/// What a simulation run may do.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Partitions of the shard.
+    pub partition_count: u32,
+    /// Distinct keys per partition (few: keys are hot).
+    pub key_count: u32,
+    /// Lives of the shard per seed: each ends in a crash, the last one in a check.
+    pub life_count: u32,
+    /// Steps per life, at most (a crash can end it earlier).
+    pub steps_per_life_max: u32,
+    /// Segment size: small, so the log rolls often.
+    pub segment_size_bytes: u64,
+    /// Largest group.
+    pub group_size_bytes_max: usize,
+    /// Most staged appends.
+    pub pending_append_count_max: usize,
+    /// Chance, per write and per sync, of EIO.
+    pub io_error_per_mille: u64,
+    /// Chance, per segment preparation, of ENOSPC.
+    pub disk_full_per_mille: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            partition_count: 3,
+            key_count: 6,
+            life_count: 6,
+            steps_per_life_max: 400,
+            segment_size_bytes: 16 * BLOCK,
+            group_size_bytes_max: 8 * BLOCK_SIZE_BYTES,
+            pending_append_count_max: 24,
+            io_error_per_mille: 4,
+            disk_full_per_mille: 60,
+        }
+    }
+}
+
+/// The result of one seed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Crashes simulated (power losses and process crashes).
+    pub crash_count: u64,
+    /// Acknowledged batches checked present after recoveries.
+    pub acknowledged_checked_count: u64,
+    /// The first invariant broken, with enough context to debug it; `None` if none.
+    pub violation: Option<String>,
+}
+
+/// A record's key and the condition it is appended with.
+type KeyedCondition = (Vec<u8>, KeyCondition);
+
+/// One batch the workload staged, as the model keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ModelBatch {
+    base_offset: Offset,
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+    acknowledged: bool,
+}
+
+/// What the workload has appended, per partition, in offset order; and the staging order
+/// across partitions (the core log's order).
+#[derive(Clone, Debug, Default)]
+struct Model {
+    partitions: BTreeMap<PartitionId, Vec<ModelBatch>>,
+    /// (partition, batch index) in staging order.
+    staged_order: Vec<(PartitionId, usize)>,
+    /// The batches of each group not yet synced.
+    groups: BTreeMap<u64, Vec<(PartitionId, usize)>>,
+}
+
+impl Model {
+    fn end(&self, partition: PartitionId) -> Offset {
+        self.partitions
+            .get(&partition)
+            .and_then(|batches| batches.last())
+            .map_or(Offset(0), |batch| {
+                batch.base_offset.plus(batch.records.len() as u64)
+            })
+    }
+
+    fn latest(&self, partition: PartitionId, key: &[u8]) -> Option<Offset> {
+        let batches = self.partitions.get(&partition)?;
+        for batch in batches.iter().rev() {
+            if let Some(index) = batch
+                .records
+                .iter()
+                .rposition(|(record_key, _)| record_key == key)
+            {
+                return Some(batch.base_offset.plus(index as u64));
+            }
+        }
+        None
+    }
+
+    /// What a conditional append must come to, decided the obvious way.
+    fn decide(
+        &self,
+        partition: PartitionId,
+        expected_end: Option<Offset>,
+        records: &[(Vec<u8>, KeyCondition)],
+    ) -> Result<Offset, Conflict> {
+        let end = self.end(partition);
+        if let Some(expected) = expected_end
+            && expected != end
+        {
+            return Err(Conflict::EndOffset {
+                expected,
+                actual: end,
+            });
+        }
+        for (index, (key, condition)) in records.iter().enumerate() {
+            let earlier = records[..index]
+                .iter()
+                .rposition(|(earlier, _)| earlier == key);
+            let in_log = self.latest(partition, key);
+            let latest = earlier.map_or(in_log, |earlier| Some(end.plus(earlier as u64)));
+            let holds = match condition {
+                KeyCondition::Any => true,
+                KeyCondition::NoKey => latest.is_none(),
+                KeyCondition::KeyExists => latest.is_some(),
+                KeyCondition::At(offset) => latest == Some(*offset),
+            };
+            if !holds {
+                return Err(Conflict::Key {
+                    record_index: index as u32,
+                    condition: *condition,
+                    actual: in_log,
+                    earlier_in_batch: earlier.map(|earlier| earlier as u32),
+                });
+            }
+        }
+        Ok(end)
+    }
+}
+
+/// A batch recovery found, as the model compares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FoundBatch {
+    base_offset: Offset,
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What recovery found on the simulated disk.
+struct Recovery {
+    partitions: BTreeMap<PartitionId, RecoveredPartition>,
+    found: BTreeMap<PartitionId, Vec<FoundBatch>>,
+    /// Staging order of what was found, (partition, index into `found`).
+    order: Vec<(PartitionId, usize)>,
+    end: Option<(u64, u64)>,
+    chain_crc: u32,
+}
+
+/// The simulated segments are far smaller than a data directory may use, so they carry a
+/// stand-in for the segment header (`core::segment_header` has its own tests): magic,
+/// index, size and a checksum in block 0.
+const SIM_HEADER_MAGIC: &[u8; 8] = b"CAIRNSIM";
+
+fn encode_sim_header(index: u64, segment_size_bytes: u64, out: &mut [u8]) {
+    let mut fields = Vec::with_capacity(28);
+    fields.extend_from_slice(SIM_HEADER_MAGIC);
+    fields.extend_from_slice(&index.to_le_bytes());
+    fields.extend_from_slice(&segment_size_bytes.to_le_bytes());
+    let crc = crc32fast::hash(&fields);
+    fields.extend_from_slice(&crc.to_le_bytes());
+    if let Some(block) = out.get_mut(..SEGMENT_HEADER_SIZE_BYTES) {
+        block.fill(0);
+        if let Some(head) = block.get_mut(..fields.len()) {
+            head.copy_from_slice(&fields);
+        }
+    }
+}
+
+/// What block 0 of a simulated segment says, as `SegmentFile::open_existing` decides it.
+enum SimHeader {
+    /// A verified header: (index, size).
+    Valid(u64, u64),
+    /// Blank, or torn while the segment was prepared with nothing after it: no data.
+    NotPrepared,
+    /// Damaged in front of data: the real shell refuses to open.
+    Damaged,
+}
+
+fn decode_sim_header(bytes: &[u8]) -> SimHeader {
+    let block = bytes.get(..SEGMENT_HEADER_SIZE_BYTES).unwrap_or_default();
+    let field = |range: std::ops::Range<usize>| block.get(range).unwrap_or_default();
+    let valid = field(0..8) == SIM_HEADER_MAGIC
+        && field(24..28) == crc32fast::hash(field(0..24)).to_le_bytes();
+    if valid {
+        let number =
+            |range| u64::from_le_bytes(<[u8; 8]>::try_from(field(range)).unwrap_or_default());
+        return SimHeader::Valid(number(8..16), number(16..24));
+    }
+    let first_data_block = bytes
+        .get(SEGMENT_HEADER_SIZE_BYTES..2 * SEGMENT_HEADER_SIZE_BYTES)
+        .unwrap_or_default();
+    if block.iter().all(|byte| *byte == 0) || first_data_block.iter().all(|byte| *byte == 0) {
+        SimHeader::NotPrepared
+    } else {
+        SimHeader::Damaged
+    }
+}
+
+/// Recovery as the shell does it (io/recovery.rs), over the simulated disk: segments in
+/// order while their headers verify and the log continues, then the damage probe.
+fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, String> {
+    let mut partitions: BTreeMap<PartitionId, RecoveredPartition> = partition_ids
+        .iter()
+        .map(|id| (*id, RecoveredPartition::empty(*id)))
+        .collect();
+    let mut found: BTreeMap<PartitionId, Vec<FoundBatch>> = BTreeMap::new();
+    let mut order = Vec::new();
+    let indexes = disk.segment_indexes();
+    if let Some(missing) = (0u64..)
+        .zip(&indexes)
+        .find_map(|(expected, index)| (*index != expected).then_some(expected))
+    {
+        return Err(format!("segment {missing} is missing after a crash"));
+    }
+    let mut scanner = RecoveryScanner::new();
+    let mut end = None;
+    for index in indexes.iter().copied() {
+        let bytes = disk.read(index).unwrap_or_default();
+        let segment_size_bytes = match decode_sim_header(&bytes) {
+            SimHeader::Valid(header_index, size)
+                if header_index == index && bytes.len() as u64 == size =>
+            {
+                size
+            }
+            SimHeader::Valid(header_index, size) => {
+                return Err(format!(
+                    "segment {index} has header for {header_index}, {size} bytes, holds {}",
+                    bytes.len()
+                ));
+            }
+            SimHeader::NotPrepared => break,
+            // What the shell does (io/recovery.rs): data that continues the log behind a
+            // damaged header is damage, anything else was left by a torn preparation.
+            SimHeader::Damaged => {
+                let continues =
+                    decode_batch(bytes.get(SEGMENT_HEADER_SIZE_BYTES..).unwrap_or_default())
+                        .is_ok_and(|batch| {
+                            batch.prev_batch_crc() == scanner.chain_crc()
+                                && batch.base_offset() == scanner.next_offset(batch.partition_id())
+                        });
+                if continues {
+                    return Err(format!(
+                        "segment {index}: a damaged header in front of data that continues \
+                         the log"
+                    ));
+                }
+                break;
+            }
+        };
+        scanner.begin_segment(segment_size_bytes);
+        let data = bytes.get(SEGMENT_HEADER_SIZE_BYTES..).unwrap_or_default();
+        let mut problem = None;
+        let mut on_batch = |position: u64, batch: &BatchView<'_>| {
+            if problem.is_some() {
+                return;
+            }
+            let partition = batch.partition_id();
+            let Some(recovered) = partitions.get_mut(&partition) else {
+                problem = Some(format!("batch of unknown partition {partition:?}"));
+                return;
+            };
+            if let Err(error) = recovered.state.recover_batch(
+                batch.base_offset(),
+                batch
+                    .records()
+                    .map(|record| (record.key, record.prev_key_offset)),
+            ) {
+                problem = Some(format!("recovered batch contradicts the log: {error}"));
+                return;
+            }
+            recovered.durable_batches.push(BatchLocation {
+                base_offset: batch.base_offset(),
+                end_offset: batch.end_offset(),
+                segment_index: index,
+                position,
+                len_bytes: batch.len_bytes() as u32,
+            });
+            let list = found.entry(partition).or_default();
+            list.push(FoundBatch {
+                base_offset: batch.base_offset(),
+                records: batch
+                    .records()
+                    .map(|record| (record.key.to_vec(), record.value.to_vec()))
+                    .collect(),
+            });
+            order.push((partition, list.len() - 1));
+        };
+        let (valid_end, accepted) = match scanner.scan(data, DATA_START, &mut on_batch) {
+            ScanProgress::SegmentEnd {
+                valid_end,
+                accepted_batch_count,
+                ..
+            } => (valid_end, accepted_batch_count),
+            ScanProgress::NeedMore { position } => {
+                return Err(format!(
+                    "scanner asked for more at {position} of a whole segment"
+                ));
+            }
+        };
+        if let Some(problem) = problem {
+            return Err(problem);
+        }
+        if index > 0 && accepted == 0 {
+            break;
+        }
+        end = Some((index, valid_end));
+    }
+    let log_end = end.map_or(
+        LogEnd {
+            segment_index: 0,
+            valid_end: DATA_START,
+        },
+        |(segment_index, valid_end)| LogEnd {
+            segment_index,
+            valid_end,
+        },
+    );
+    // The probe must stay quiet: a crash never looks like damage.
+    for index in indexes
+        .iter()
+        .copied()
+        .filter(|index| *index >= log_end.segment_index)
+    {
+        let bytes = disk.read(index).unwrap_or_default();
+        let from = if index == log_end.segment_index && end.is_some() {
+            log_end.valid_end.div_ceil(BLOCK) * BLOCK
+        } else {
+            DATA_START
+        };
+        let Some(chunk) = bytes.get(usize::try_from(from).unwrap_or(usize::MAX)..) else {
+            continue;
+        };
+        let mut probe_from = from;
+        while let BlockProbe::Found { position, batch } =
+            probe_block_starts(chunk, from, probe_from, true)
+        {
+            if !crash_explains(log_end, index, position) {
+                return Err(format!(
+                    "recovery would report damage after a crash: valid batch of {:?} at \
+                     segment {index} position {position}, log ends at {log_end:?}",
+                    batch.partition_id()
+                ));
+            }
+            probe_from = position + BLOCK;
+        }
+    }
+    Ok(Recovery {
+        partitions,
+        found,
+        order,
+        end,
+        chain_crc: scanner.chain_crc(),
+    })
+}
+
+/// One shard under simulation.
+struct Sim {
+    rng: SimRng,
+    config: SimConfig,
+    disk: SimDisk,
+    log: ShardLog,
+    model: Model,
+    partition_ids: Vec<PartitionId>,
+    /// The group written and not yet synced.
+    written: Option<GroupWrite>,
+    /// The segment being prepared, if any.
+    preparing: Option<u64>,
+    /// Set after an I/O error: nothing more may be acknowledged.
+    failed: bool,
+    life: u32,
+    value_counter: u64,
+    report: SimReport,
+}
+
+impl Sim {
+    fn limits(config: &SimConfig) -> ShardLogLimits {
+        ShardLogLimits {
+            segment_size_bytes: config.segment_size_bytes,
+            group_size_bytes_max: config.group_size_bytes_max,
+            pending_append_count_max: config.pending_append_count_max,
+            read_cache_bytes_max: 64 * BLOCK_SIZE_BYTES,
+        }
+    }
+
+    fn prepare_now(disk: &mut SimDisk, index: u64, segment_size_bytes: u64) {
+        let size = usize::try_from(segment_size_bytes).expect("small segments");
+        let mut bytes = vec![0u8; size];
+        encode_sim_header(index, segment_size_bytes, &mut bytes);
+        disk.allocate(index, segment_size_bytes);
+        disk.write(index, 0, &bytes);
+        disk.sync(index);
+    }
+
+    /// Opens the shard on what the disk holds, checking the model against it.
+    fn open(&mut self) -> Result<(), String> {
+        let recovery = recover(&self.disk, &self.partition_ids)?;
+        self.check_recovered(&recovery)?;
+        let (current_index, write_position) = match recovery.end {
+            Some((index, valid_end)) => (index, valid_end.div_ceil(BLOCK) * BLOCK),
+            None => {
+                Self::prepare_now(&mut self.disk, 0, self.config.segment_size_bytes);
+                (0, DATA_START)
+            }
+        };
+        self.log = ShardLog::new(
+            Self::limits(&self.config),
+            recovery.partitions,
+            current_index,
+            write_position,
+            recovery.chain_crc,
+        );
+        self.written = None;
+        self.preparing = None;
+        self.failed = false;
+        Ok(())
+    }
+
+    /// The invariants after a crash: acknowledged batches present and identical, the log a
+    /// prefix of what was staged (per partition and in staging order), whole batches.
+    fn check_recovered(&mut self, recovery: &Recovery) -> Result<(), String> {
+        let mut kept: BTreeMap<PartitionId, usize> = BTreeMap::new();
+        for (partition, batches) in &self.model.partitions {
+            let found = recovery.found.get(partition).cloned().unwrap_or_default();
+            if found.len() > batches.len() {
+                return Err(format!(
+                    "{partition:?}: {} batches recovered, only {} staged",
+                    found.len(),
+                    batches.len()
+                ));
+            }
+            for (index, (found, staged)) in found.iter().zip(batches).enumerate() {
+                if found.base_offset != staged.base_offset || found.records != staged.records {
+                    return Err(format!(
+                        "{partition:?} batch {index}: recovered {found:?}, staged {staged:?}"
+                    ));
+                }
+            }
+            for (index, staged) in batches.iter().enumerate().skip(found.len()) {
+                if staged.acknowledged {
+                    return Err(format!(
+                        "{partition:?}: acknowledged batch {index} at {:?} lost ({} of {} \
+                         batches recovered)",
+                        staged.base_offset,
+                        found.len(),
+                        batches.len()
+                    ));
+                }
+            }
+            self.report.acknowledged_checked_count += batches
+                .iter()
+                .take(found.len())
+                .filter(|batch| batch.acknowledged)
+                .count() as u64;
+            kept.insert(*partition, found.len());
+        }
+        if let Some(partition) = recovery
+            .found
+            .keys()
+            .find(|partition| !self.model.partitions.contains_key(partition))
+        {
+            return Err(format!("{partition:?}: batches recovered, none staged"));
+        }
+        // The core log is one sequence: what survives is a prefix of the staging order.
+        let survived = |(partition, index): &(PartitionId, usize)| {
+            kept.get(partition).is_some_and(|count| index < count)
+        };
+        if let Some(first_lost) = self
+            .model
+            .staged_order
+            .iter()
+            .position(|entry| !survived(entry))
+            && let Some(later) = self.model.staged_order[first_lost..]
+                .iter()
+                .find(|entry| survived(entry))
+        {
+            return Err(format!(
+                "not a prefix: {:?} lost but later {later:?} recovered",
+                self.model.staged_order[first_lost]
+            ));
+        }
+        let found_order: Vec<(PartitionId, usize)> = recovery.order.clone();
+        let expected_order: Vec<(PartitionId, usize)> = self
+            .model
+            .staged_order
+            .iter()
+            .copied()
+            .filter(survived)
+            .collect();
+        if found_order != expected_order {
+            return Err("recovered batches are not in staging order".to_owned());
+        }
+        // What survived is the log now: durable, as good as acknowledged.
+        for (partition, batches) in &mut self.model.partitions {
+            batches.truncate(kept.get(partition).copied().unwrap_or(0));
+            for batch in batches.iter_mut() {
+                batch.acknowledged = true;
+            }
+        }
+        self.model.staged_order = expected_order;
+        self.model.groups.clear();
+        Ok(())
+    }
+
+    fn random_batch(
+        &mut self,
+        partition: PartitionId,
+    ) -> (Vec<(Vec<u8>, KeyCondition)>, Vec<Vec<u8>>) {
+        let record_count = if self.rng.chance(100) {
+            1 + self.rng.below(64) as usize
+        } else {
+            1 + self.rng.below(4) as usize
+        };
+        let mut records = Vec::with_capacity(record_count);
+        let mut values = Vec::with_capacity(record_count);
+        for _ in 0..record_count {
+            let key = format!("k{}", self.rng.below(u64::from(self.config.key_count))).into_bytes();
+            let latest = self.model.latest(partition, &key);
+            let condition = match self.rng.below(10) {
+                0..=3 => KeyCondition::Any,
+                4..=6 => latest.map_or(KeyCondition::NoKey, KeyCondition::At),
+                7 => KeyCondition::NoKey,
+                8 => KeyCondition::KeyExists,
+                _ => KeyCondition::At(Offset(self.rng.below(self.model.end(partition).0 + 2))),
+            };
+            self.value_counter += 1;
+            let value_len = self.rng.below(300) as usize;
+            let mut value = format!("life{} v{} ", self.life, self.value_counter).into_bytes();
+            value.resize(value.len() + value_len, b'.');
+            records.push((key, condition));
+            values.push(value);
+        }
+        (records, values)
+    }
+
+    /// A random append: staged when admitted, its outcome compared with the model's.
+    fn step_append(&mut self) -> Result<(), String> {
+        let partition =
+            self.partition_ids[self.rng.below(self.partition_ids.len() as u64) as usize];
+        let (records, values) = self.random_batch(partition);
+        let end = self.model.end(partition);
+        let expected_end = match self.rng.below(10) {
+            0 | 1 => Some(end),
+            2 => Some(Offset(self.rng.below(end.0 + 2))),
+            _ => None,
+        };
+        let inputs: Vec<RecordInput<'_>> = records
+            .iter()
+            .zip(&values)
+            .map(|((key, condition), value)| RecordInput {
+                key,
+                value,
+                headers: &[],
+                condition: *condition,
+            })
+            .collect();
+        let len_bytes = batch_encoded_len(&inputs).map_err(|error| error.to_string())?;
+        match self.log.admission(len_bytes) {
+            Admission::Admit => {}
+            Admission::Wait => return Ok(()),
+            Admission::PreparationFailed(_) => {
+                self.log.retry_preparation();
+                return Ok(());
+            }
+        }
+        let expected = self.model.decide(partition, expected_end, &records);
+        let staged = self
+            .log
+            .stage(
+                partition,
+                expected_end,
+                &inputs,
+                len_bytes,
+                1_790_000_000_000,
+            )
+            .ok_or("a known partition is unknown")?;
+        match (staged, expected) {
+            (Ok(staged), Ok(base_offset)) if staged.base_offset == base_offset => {
+                let batches = self.model.partitions.entry(partition).or_default();
+                batches.push(ModelBatch {
+                    base_offset,
+                    records: records
+                        .iter()
+                        .zip(values)
+                        .map(|((key, _), value)| (key.clone(), value))
+                        .collect(),
+                    acknowledged: false,
+                });
+                let entry = (partition, batches.len() - 1);
+                self.model.staged_order.push(entry);
+                self.model
+                    .groups
+                    .entry(staged.group_sequence)
+                    .or_default()
+                    .push(entry);
+                Ok(())
+            }
+            (Err(conflict), Err(expected)) if conflict == expected => Ok(()),
+            (actual, expected) => Err(format!(
+                "condition outcome differs on {partition:?}: log {actual:?}, model {expected:?} \
+                 for {records:?} expecting end {expected_end:?}"
+            )),
+        }
+    }
+
+    /// The committer: write the next group, or sync the one written.
+    fn step_commit(&mut self) -> Result<(), String> {
+        if self.failed {
+            if !matches!(self.log.poll_group_write(), GroupPoll::Idle) {
+                return Err("a poisoned log offered a group to write".to_owned());
+            }
+            return Ok(());
+        }
+        if let Some(write) = self.written.take() {
+            if self.rng.chance(self.config.io_error_per_mille) {
+                return self.fail("fdatasync");
+            }
+            self.disk.sync(write.segment_index);
+            let synced = self.log.handle_synced(write.sequence);
+            for (partition, index) in self
+                .model
+                .groups
+                .remove(&synced.sequence)
+                .unwrap_or_default()
+            {
+                if let Some(batch) = self
+                    .model
+                    .partitions
+                    .get_mut(&partition)
+                    .and_then(|batches| batches.get_mut(index))
+                {
+                    batch.acknowledged = true;
+                }
+            }
+            return Ok(());
+        }
+        match self.log.poll_group_write() {
+            GroupPoll::Write(write) => {
+                let padded_len = usize::try_from(write.padded_len_bytes).expect("small groups");
+                let mut bytes = write.bytes.to_vec();
+                bytes.resize(padded_len, 0);
+                if self.rng.chance(self.config.io_error_per_mille) {
+                    self.disk.write_failed(
+                        write.segment_index,
+                        write.position,
+                        &bytes,
+                        &mut self.rng,
+                    );
+                    return self.fail("write");
+                }
+                self.disk.write(write.segment_index, write.position, &bytes);
+                self.log.handle_written(write.sequence);
+                self.written = Some(write);
+                Ok(())
+            }
+            GroupPoll::Idle | GroupPoll::WaitForPreparation => Ok(()),
+            GroupPoll::Failed(_) => self.fail("roll"),
+        }
+    }
+
+    /// Segment preparation: start one when the log asks, finish it a step later.
+    fn step_prepare(&mut self) {
+        if let Some(index) = self.preparing.take() {
+            if self.rng.chance(self.config.disk_full_per_mille) {
+                self.log.handle_prepared(
+                    index,
+                    Err(StorageError {
+                        operation: "prepare segment",
+                        path: format!("sim/{index}").into(),
+                        errno: Some(28),
+                        message: "no space left on device (simulated)".to_owned(),
+                    }),
+                );
+                return;
+            }
+            self.disk.sync(index);
+            self.log.handle_prepared(index, Ok(()));
+            return;
+        }
+        if let Some(index) = self.log.poll_preparation() {
+            // Zero-fill and header, in place over whatever the file held: unsynced until
+            // the preparation's sync in a later step.
+            let size = usize::try_from(self.config.segment_size_bytes).expect("small segments");
+            let mut bytes = vec![0u8; size];
+            encode_sim_header(index, self.config.segment_size_bytes, &mut bytes);
+            self.disk.allocate(index, self.config.segment_size_bytes);
+            self.disk.write(index, 0, &bytes);
+            self.preparing = Some(index);
+        }
+    }
+
+    fn fail(&mut self, operation: &'static str) -> Result<(), String> {
+        let poisoned = self.log.handle_failure(StorageError {
+            operation,
+            path: "sim".into(),
+            errno: Some(5),
+            message: "input/output error (simulated)".to_owned(),
+        });
+        for sequence in poisoned
+            .in_flight_sequence
+            .into_iter()
+            .chain([poisoned.open_sequence])
+        {
+            self.model.groups.remove(&sequence);
+        }
+        self.written = None;
+        self.failed = true;
+        Ok(())
+    }
+
+    fn crash(&mut self) -> Result<(), String> {
+        let kind = if self.rng.chance(700) {
+            CrashKind::Power
+        } else {
+            CrashKind::Process
+        };
+        self.disk.crash(kind, &mut self.rng);
+        self.report.crash_count += 1;
+        self.life += 1;
+        self.open().map_err(|problem| {
+            format!(
+                "after {kind:?} crash {}: {problem}",
+                self.report.crash_count
+            )
+        })
+    }
+
+    fn run_life(&mut self) -> Result<(), String> {
+        let steps = 1 + self.rng.below(u64::from(self.config.steps_per_life_max));
+        for _ in 0..steps {
+            match self.rng.below(100) {
+                0..=44 if !self.failed => self.step_append()?,
+                0..=44 => {}
+                45..=84 => self.step_commit()?,
+                _ => self.step_prepare(),
+            }
+            if self.failed && self.rng.chance(300) {
+                break;
+            }
+        }
+        self.crash()
+    }
+}
+
+/// Runs one seed; see the module docs for what it checks.
+#[must_use]
+pub fn simulate(seed: u64, config: &SimConfig) -> SimReport {
+    let partition_ids: Vec<PartitionId> = (0..config.partition_count).map(PartitionId).collect();
+    let placeholder = ShardLog::new(
+        Sim::limits(config),
+        partition_ids
+            .iter()
+            .map(|id| (*id, RecoveredPartition::empty(*id))),
+        0,
+        DATA_START,
+        0,
+    );
+    let mut sim = Sim {
+        rng: SimRng::new(seed),
+        config: config.clone(),
+        disk: SimDisk::new(),
+        log: placeholder,
+        model: Model::default(),
+        partition_ids,
+        written: None,
+        preparing: None,
+        failed: false,
+        life: 0,
+        value_counter: 0,
+        report: SimReport {
+            seed,
+            ..SimReport::default()
+        },
+    };
+    let outcome = sim.open().and_then(|()| {
+        for _ in 0..config.life_count {
+            sim.run_life()?;
+        }
+        Ok(())
+    });
+    if let Err(violation) = outcome {
+        sim.report.violation = Some(format!("seed {seed}: {violation}"));
+    }
+    sim.report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seeds per test run; `CAIRN_SIM_SEEDS` raises it, `CAIRN_SIM_SEED` replays one.
+    fn seeds() -> Vec<u64> {
+        if let Some(seed) = std::env::var("CAIRN_SIM_SEED")
+            .ok()
+            .and_then(|seed| seed.parse().ok())
+        {
+            return vec![seed];
+        }
+        let count: u64 = std::env::var("CAIRN_SIM_SEEDS")
+            .ok()
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(1000);
+        (0..count).map(|index| 0x5EED_0000 + index).collect()
+    }
+
+    #[test]
+    fn simulated_crashes_break_no_invariant() {
+        let config = SimConfig::default();
+        let mut crash_count = 0;
+        let mut acknowledged = 0;
+        let mut violations = Vec::new();
+        for seed in seeds() {
+            let report = simulate(seed, &config);
+            if let Some(violation) = report.violation {
+                violations.push(format!("{violation} (replay: CAIRN_SIM_SEED={seed})"));
+            }
+            crash_count += report.crash_count;
+            acknowledged += report.acknowledged_checked_count;
+        }
+        assert!(
+            violations.is_empty(),
+            "{} violations:\n{}",
+            violations.len(),
+            violations.join("\n")
+        );
+        assert!(
+            crash_count > 0 && acknowledged > 0,
+            "the simulation did something"
+        );
+    }
+
+    #[test]
+    fn a_seed_replays_exactly() {
+        let config = SimConfig::default();
+        assert_eq!(simulate(42, &config), simulate(42, &config));
+    }
+}

@@ -587,10 +587,7 @@ impl Sim {
         Ok(())
     }
 
-    fn random_batch(
-        &mut self,
-        partition: PartitionId,
-    ) -> (Vec<(Vec<u8>, KeyCondition)>, Vec<Vec<u8>>) {
+    fn random_batch(&mut self, partition: PartitionId) -> (Vec<KeyedCondition>, Vec<Vec<u8>>) {
         let record_count = if self.rng.chance(100) {
             1 + self.rng.below(64) as usize
         } else {

@@ -88,16 +88,24 @@ impl SimDisk {
 
     /// Writes `bytes` at `position` of segment `index` (created empty if missing, as
     /// `open(O_CREAT)` would): written, not synced.
+    ///
+    /// The device writes whole sectors: a write that starts or ends inside one rewrites the
+    /// rest of that sector with what it held, so a tear can reach bytes written (and
+    /// synced) before. Cairn never does this (groups are block-aligned); the simulator
+    /// must still model it, or it could not catch a writer that does.
     pub fn write(&mut self, index: u64, position: u64, bytes: &[u8]) {
         let position = usize::try_from(position).expect("simulated segments are small");
-        self.segments
-            .entry(index)
-            .or_default()
-            .unsynced
-            .push(UnsyncedWrite {
-                position,
-                bytes: bytes.to_vec(),
-            });
+        let segment = self.segments.entry(index).or_default();
+        let start = position - position % SECTOR_SIZE_BYTES;
+        let end = (position + bytes.len()).div_ceil(SECTOR_SIZE_BYTES) * SECTOR_SIZE_BYTES;
+        let mut sectors = segment.current();
+        sectors.resize(sectors.len().max(end), 0);
+        apply(&mut sectors, position, bytes);
+        let sectors = sectors.get(start..end).unwrap_or_default().to_vec();
+        segment.unsynced.push(UnsyncedWrite {
+            position: start,
+            bytes: sectors,
+        });
     }
 
     /// A write that failed with EIO part way: some of its sectors may have reached the

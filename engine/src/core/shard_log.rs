@@ -821,3 +821,296 @@ impl Group {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::KeyCondition;
+    use crate::core::record::{batch_encoded_len, decode_batch};
+
+    const BLOCK: u64 = BLOCK_SIZE_BYTES as u64;
+    const SEGMENT: u64 = 8 * BLOCK;
+
+    fn limits() -> ShardLogLimits {
+        ShardLogLimits {
+            segment_size_bytes: SEGMENT,
+            group_size_bytes_max: 4 * BLOCK_SIZE_BYTES,
+            pending_append_count_max: 4,
+            read_cache_bytes_max: 64 * 1024,
+        }
+    }
+
+    fn log() -> ShardLog {
+        ShardLog::new(
+            limits(),
+            [(PartitionId(0), RecoveredPartition::empty(PartitionId(0)))],
+            0,
+            SEGMENT_DATA_START,
+            0,
+        )
+    }
+
+    fn record<'a>(key: &'a [u8], value: &'a [u8], condition: KeyCondition) -> RecordInput<'a> {
+        RecordInput {
+            key,
+            value,
+            headers: &[],
+            condition,
+        }
+    }
+
+    /// Stages one record of `value_len_bytes` bytes on partition 0.
+    fn stage(log: &mut ShardLog, key: &[u8], value_len_bytes: usize) -> Result<Staged, Conflict> {
+        let value = vec![7u8; value_len_bytes];
+        let records = [record(key, &value, KeyCondition::Any)];
+        let len_bytes = batch_encoded_len(&records).unwrap();
+        log.stage(PartitionId(0), None, &records, len_bytes, 1)
+            .expect("partition 0 exists")
+    }
+
+    fn len_of(value_len_bytes: usize) -> usize {
+        let value = vec![7u8; value_len_bytes];
+        batch_encoded_len(&[record(b"k", &value, KeyCondition::Any)]).unwrap()
+    }
+
+    fn write_and_sync(log: &mut ShardLog) -> (GroupWrite, Synced) {
+        let GroupPoll::Write(write) = log.poll_group_write() else {
+            panic!("a group to write");
+        };
+        log.handle_written(write.sequence);
+        let synced = log.handle_synced(write.sequence);
+        (write, synced)
+    }
+
+    #[test]
+    fn groups_start_at_block_boundaries_and_are_padded() {
+        let mut log = log();
+        stage(&mut log, b"a", 100).unwrap();
+        stage(&mut log, b"b", 100).unwrap();
+        let (first, synced) = write_and_sync(&mut log);
+        assert_eq!(first.position, SEGMENT_DATA_START);
+        assert_eq!(
+            first.padded_len_bytes, BLOCK,
+            "two small batches pad to one block"
+        );
+        assert_eq!(synced.partitions, vec![PartitionId(0)]);
+        stage(&mut log, b"c", 100).unwrap();
+        let (second, _) = write_and_sync(&mut log);
+        assert_eq!(
+            second.position,
+            SEGMENT_DATA_START + BLOCK,
+            "the next group never rewrites the block holding acknowledged bytes"
+        );
+        assert_eq!(
+            log.end_offsets(PartitionId(0)),
+            Some((Offset(3), Offset(3)))
+        );
+        assert_eq!(log.stats().group_count, 2);
+    }
+
+    #[test]
+    fn one_group_in_flight_and_the_next_fills_meanwhile() {
+        let mut log = log();
+        let first = stage(&mut log, b"a", 10).unwrap();
+        let GroupPoll::Write(write) = log.poll_group_write() else {
+            panic!("a group to write");
+        };
+        assert_eq!(write.sequence, first.group_sequence);
+        let second = stage(&mut log, b"b", 10).unwrap();
+        assert_eq!(
+            second.group_sequence,
+            first.group_sequence + 1,
+            "a new group fills"
+        );
+        assert!(
+            matches!(log.poll_group_write(), GroupPoll::Idle),
+            "one group in flight at a time"
+        );
+        log.handle_written(write.sequence);
+        assert_eq!(
+            log.end_offsets(PartitionId(0)),
+            Some((Offset(2), Offset(0)))
+        );
+        log.handle_synced(write.sequence);
+        assert_eq!(
+            log.end_offsets(PartitionId(0)),
+            Some((Offset(2), Offset(1)))
+        );
+        assert!(matches!(log.poll_group_write(), GroupPoll::Write(_)));
+    }
+
+    #[test]
+    fn admission_waits_for_group_room_and_pending_slots() {
+        let mut log = log();
+        // 4 blocks per group: a 10 KiB batch fits, a second does not join it.
+        stage(&mut log, b"a", 10_000).unwrap();
+        assert_eq!(log.admission(len_of(10_000)), Admission::Wait);
+        assert_eq!(log.admission(len_of(10)), Admission::Admit);
+        let mut log = self::log();
+        for key in [b"a", b"b", b"c", b"d"] {
+            stage(&mut log, key, 10).unwrap();
+        }
+        assert_eq!(
+            log.admission(len_of(10)),
+            Admission::Wait,
+            "4 pending slots taken"
+        );
+        write_and_sync(&mut log);
+        assert_eq!(
+            log.admission(len_of(10)),
+            Admission::Admit,
+            "slots freed by the sync"
+        );
+    }
+
+    #[test]
+    fn a_group_that_does_not_fit_rolls_to_the_prepared_segment_only() {
+        let mut log = log();
+        assert_eq!(log.poll_preparation(), Some(1));
+        assert_eq!(log.poll_preparation(), None, "asked once");
+        // Six blocks of eight are used; a 3-block group no longer fits in segment 0.
+        stage(&mut log, b"a", 12_000).unwrap();
+        write_and_sync(&mut log);
+        stage(&mut log, b"b", 8_000).unwrap();
+        write_and_sync(&mut log);
+        assert_eq!(
+            log.admission(len_of(12_000)),
+            Admission::Wait,
+            "the next segment is not prepared yet"
+        );
+        assert!(log.is_preparation_urgent());
+        log.handle_prepared(1, Ok(()));
+        assert_eq!(log.admission(len_of(12_000)), Admission::Admit);
+        stage(&mut log, b"c", 12_000).unwrap();
+        let (write, _) = write_and_sync(&mut log);
+        assert!(write.rolled);
+        assert_eq!(
+            (write.segment_index, write.position),
+            (1, SEGMENT_DATA_START)
+        );
+        assert_eq!(log.current_segment_index(), 1);
+        assert_eq!(
+            log.poll_preparation(),
+            Some(2),
+            "the one after is asked for next"
+        );
+    }
+
+    #[test]
+    fn a_failed_preparation_fails_admission_until_retried() {
+        let mut log = log();
+        assert_eq!(log.poll_preparation(), Some(1));
+        let full = StorageError {
+            operation: "prepare segment",
+            path: "s".into(),
+            errno: Some(28),
+            message: "full".into(),
+        };
+        log.handle_prepared(1, Err(full.clone()));
+        stage(&mut log, b"a", 12_000).unwrap();
+        write_and_sync(&mut log);
+        stage(&mut log, b"b", 8_000).unwrap();
+        write_and_sync(&mut log);
+        assert_eq!(
+            log.admission(len_of(12_000)),
+            Admission::PreparationFailed(full)
+        );
+        assert_eq!(
+            log.admission(len_of(100)),
+            Admission::Admit,
+            "what fits still goes"
+        );
+        log.retry_preparation();
+        assert_eq!(log.poll_preparation(), Some(1));
+    }
+
+    #[test]
+    fn reads_come_from_the_open_group_the_group_in_flight_the_cache_then_disk() {
+        let mut log = log();
+        stage(&mut log, b"a", 10).unwrap();
+        let Some(Ok(ReadSource::Staged(bytes))) = log.read_source(PartitionId(0), Offset(0)) else {
+            panic!("a staged batch is read from its group");
+        };
+        assert_eq!(decode_batch(&bytes).unwrap().base_offset(), Offset(0));
+        write_and_sync(&mut log);
+        assert!(matches!(
+            log.read_source(PartitionId(0), Offset(0)),
+            Some(Ok(ReadSource::Cached { .. }))
+        ));
+        assert!(matches!(
+            log.read_source(PartitionId(0), Offset(1)),
+            Some(Err(Offset(1)))
+        ));
+        // A cache too small for the group: the batch is read from disk.
+        let mut small = ShardLog::new(
+            ShardLogLimits {
+                read_cache_bytes_max: 0,
+                ..limits()
+            },
+            [(PartitionId(0), RecoveredPartition::empty(PartitionId(0)))],
+            0,
+            SEGMENT_DATA_START,
+            0,
+        );
+        stage(&mut small, b"a", 10).unwrap();
+        write_and_sync(&mut small);
+        let Some(Ok(ReadSource::Disk(location))) = small.read_source(PartitionId(0), Offset(0))
+        else {
+            panic!("not cached");
+        };
+        assert_eq!(
+            (location.segment_index, location.position),
+            (0, SEGMENT_DATA_START)
+        );
+    }
+
+    #[test]
+    fn a_failure_poisons_and_fails_every_staged_group() {
+        let mut log = log();
+        stage(&mut log, b"a", 10).unwrap();
+        let GroupPoll::Write(write) = log.poll_group_write() else {
+            panic!("a group to write");
+        };
+        stage(&mut log, b"b", 10).unwrap();
+        let poisoned = log.handle_failure(StorageError {
+            operation: "fdatasync",
+            path: "s".into(),
+            errno: Some(5),
+            message: "EIO".into(),
+        });
+        assert_eq!(poisoned.in_flight_sequence, Some(write.sequence));
+        assert_eq!(poisoned.open_sequence, write.sequence + 1);
+        assert!(log.poisoned().is_some());
+        assert!(
+            matches!(log.poll_group_write(), GroupPoll::Idle),
+            "nothing more is written"
+        );
+        assert_eq!(log.poll_preparation(), None);
+    }
+
+    #[test]
+    fn batches_chain_their_checksums_across_groups() {
+        let mut log = log();
+        stage(&mut log, b"a", 10).unwrap();
+        let (first, _) = write_and_sync(&mut log);
+        stage(&mut log, b"b", 10).unwrap();
+        let (second, _) = write_and_sync(&mut log);
+        let first = decode_batch(&first.bytes).unwrap();
+        let second = decode_batch(&second.bytes).unwrap();
+        assert_eq!(
+            first.prev_batch_crc(),
+            0,
+            "the first batch of a log chains to 0"
+        );
+        assert_eq!(second.prev_batch_crc(), first.crc());
+    }
+
+    #[test]
+    #[should_panic(expected = "a batch is staged only when admitted")]
+    fn staging_without_admission_is_a_bug() {
+        let mut log = log();
+        for key in [b"a", b"b", b"c", b"d", b"e"] {
+            let _ = stage(&mut log, key, 10);
+        }
+    }
+}

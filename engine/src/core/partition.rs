@@ -304,7 +304,7 @@ impl PartitionState {
     /// has it: what a reader may be shown. Walks back through the pending records of the
     /// key, without I/O.
     #[must_use]
-    pub fn latest_durable(&self, key: &[u8]) -> Option<Offset> {
+    pub fn latest_synced(&self, key: &[u8]) -> Option<Offset> {
         let synced_end = self.watermarks.synced_end;
         let mut latest = self.key_index.get(key);
         while let Some(offset) = latest
@@ -905,7 +905,7 @@ mod tests {
     }
 
     #[test]
-    fn latest_durable_ignores_pending_records_until_synced() {
+    fn latest_synced_ignores_pending_records_until_synced() {
         let mut state = synced_state();
         stage(
             &mut state,
@@ -915,28 +915,28 @@ mod tests {
         .unwrap();
         stage(&mut state, None, &[record(b"k", At(Offset(3)))]).unwrap();
         assert_eq!(
-            (state.latest(b"k"), state.latest_durable(b"k")),
+            (state.latest(b"k"), state.latest_synced(b"k")),
             (Some(Offset(5)), Some(Offset(2)))
         );
         assert_eq!(
-            (state.latest(b"n"), state.latest_durable(b"n")),
+            (state.latest(b"n"), state.latest_synced(b"n")),
             (Some(Offset(4)), None)
         );
-        assert_eq!(state.latest_durable(b"j"), Some(Offset(1)));
+        assert_eq!(state.latest_synced(b"j"), Some(Offset(1)));
 
         state.advance_written(Offset(6));
         assert_eq!(
-            state.latest_durable(b"k"),
+            state.latest_synced(b"k"),
             Some(Offset(2)),
             "written is not durable"
         );
         state.advance_synced(Offset(4));
-        assert_eq!(state.latest_durable(b"k"), Some(Offset(3)));
-        assert_eq!(state.latest_durable(b"n"), None);
+        assert_eq!(state.latest_synced(b"k"), Some(Offset(3)));
+        assert_eq!(state.latest_synced(b"n"), None);
         state.advance_synced(Offset(6));
-        assert_eq!(state.latest_durable(b"k"), Some(Offset(5)));
-        assert_eq!(state.latest_durable(b"n"), Some(Offset(4)));
-        assert_eq!(state.latest_durable(b"never"), None);
+        assert_eq!(state.latest_synced(b"k"), Some(Offset(5)));
+        assert_eq!(state.latest_synced(b"n"), Some(Offset(4)));
+        assert_eq!(state.latest_synced(b"never"), None);
     }
 
     #[test]
@@ -1013,8 +1013,8 @@ mod tests {
         for key in [&b"k"[..], b"j", b"x"] {
             assert_eq!(recovered.latest(key), original.latest(key), "key {key:?}");
             assert_eq!(
-                recovered.latest_durable(key),
-                original.latest_durable(key),
+                recovered.latest_synced(key),
+                original.latest_synced(key),
                 "key {key:?}"
             );
         }
@@ -1237,9 +1237,9 @@ mod tests {
                 "latest {key:?}"
             );
             assert_eq!(
-                state.latest_durable(&key),
+                state.latest_synced(&key),
                 model.latest_below(&key, model.synced_end),
-                "latest_durable {key:?}"
+                "latest_synced {key:?}"
             );
         }
     }

@@ -65,7 +65,7 @@ struct StagedBatch {
 /// Everything the log knows about one partition.
 struct PartitionLog {
     state: PartitionState,
-    durable_batches: OffsetIndex,
+    synced_batches: OffsetIndex,
     /// Staged batches not yet synced, in offset order.
     staged_batches: VecDeque<StagedBatch>,
 }
@@ -210,7 +210,7 @@ pub struct RecoveredPartition {
     /// Its state, with every recovered batch applied.
     pub state: PartitionState,
     /// Where its recovered batches lie.
-    pub durable_batches: OffsetIndex,
+    pub synced_batches: OffsetIndex,
 }
 
 impl RecoveredPartition {
@@ -219,7 +219,7 @@ impl RecoveredPartition {
     pub fn empty(id: PartitionId) -> Self {
         RecoveredPartition {
             state: PartitionState::new(id),
-            durable_batches: OffsetIndex::new(),
+            synced_batches: OffsetIndex::new(),
         }
     }
 }
@@ -278,7 +278,7 @@ impl ShardLog {
             .map(|(id, recovered)| {
                 let log = PartitionLog {
                     state: recovered.state,
-                    durable_batches: recovered.durable_batches,
+                    synced_batches: recovered.synced_batches,
                     staged_batches: VecDeque::new(),
                 };
                 (id, log)
@@ -306,7 +306,7 @@ impl ShardLog {
     pub fn add_partition(&mut self, id: PartitionId) {
         self.partitions.entry(id).or_insert_with(|| PartitionLog {
             state: PartitionState::new(id),
-            durable_batches: OffsetIndex::new(),
+            synced_batches: OffsetIndex::new(),
             staged_batches: VecDeque::new(),
         });
     }
@@ -642,7 +642,7 @@ impl ShardLog {
                 batch.group_sequence, sequence,
                 "staged batches of a partition are synced in order"
             );
-            log.durable_batches.push(BatchLocation {
+            log.synced_batches.push(BatchLocation {
                 base_offset: batch.base_offset,
                 end_offset: batch.end_offset,
                 segment_index: in_flight.segment_index,
@@ -704,9 +704,9 @@ impl ShardLog {
             return Some(Err(synced_end));
         }
         let mut locations = Vec::new();
-        if let Some(first) = log.durable_batches.find(from) {
+        if let Some(first) = log.synced_batches.find(from) {
             let mut total_bytes = 0usize;
-            for location in log.durable_batches.batches().iter().skip(first) {
+            for location in log.synced_batches.batches().iter().skip(first) {
                 if !locations.is_empty()
                     && total_bytes + location.len_bytes as usize > size_bytes_max
                 {
@@ -728,16 +728,16 @@ impl ShardLog {
         offset: Offset,
     ) -> Option<Result<ReadSource, Offset>> {
         let log = self.partitions.get(&partition)?;
-        if let Some(index) = log.durable_batches.find(offset) {
+        if let Some(index) = log.synced_batches.find(offset) {
             let location = *log
-                .durable_batches
+                .synced_batches
                 .batches()
                 .get(index)
                 .expect("find returns an index into batches");
             return Some(Ok(self.durable_source(location)));
         }
         // Staged batches are in offset order: binary search, since a hot partition can have
-        // thousands staged and `read_key(include_pending)` is its hot path.
+        // thousands staged and `read_key(include_appended)` is its hot path.
         let after = log
             .staged_batches
             .partition_point(|batch| batch.base_offset <= offset);

@@ -52,7 +52,7 @@ pub(crate) async fn run(state: Rc<RefCell<ShardState>>, events: ShardEvents) {
             install_next_segment(&state, &write);
             start_preparation(&state, &events);
         }
-        if let Err(error) = commit(&state, &events, &write).await {
+        if let Err(error) = write_and_sync(&state, &events, &write).await {
             poison(&state, &events, error);
             return;
         }
@@ -80,7 +80,7 @@ fn install_next_segment(state: &Rc<RefCell<ShardState>>, write: &GroupWrite) {
 }
 
 /// Writes and syncs one group, then reports it synced and completes its waiters.
-async fn commit(
+async fn write_and_sync(
     state: &Rc<RefCell<ShardState>>,
     events: &ShardEvents,
     write: &GroupWrite,

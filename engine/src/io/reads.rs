@@ -205,12 +205,12 @@ impl Shard {
     }
 
     /// The latest record of `key`: durable only, or including staged records when
-    /// `include_pending` (what the next conditional append must expect, DESIGN §1).
+    /// `include_appended` (what the next conditional append must expect, DESIGN §1).
     pub async fn read_key(
         &self,
         partition: PartitionId,
         key: &[u8],
-        include_pending: bool,
+        include_appended: bool,
     ) -> Result<Option<OwnedRecord>, ReadError> {
         let latest = {
             let state = self.state.borrow();
@@ -219,10 +219,10 @@ impl Shard {
                 .log
                 .partition_state(partition)
                 .ok_or(ReadError::UnknownPartition(partition))?;
-            if include_pending {
+            if include_appended {
                 partition_state.latest(key)
             } else {
-                partition_state.latest_durable(key)
+                partition_state.latest_synced(key)
             }
         };
         match latest {
@@ -248,7 +248,7 @@ impl Shard {
                 .log
                 .partition_state(partition)
                 .ok_or(ReadError::UnknownPartition(partition))?
-                .latest_durable(key)
+                .latest_synced(key)
         };
         let mut history = Vec::new();
         let mut size_bytes = 0usize;

@@ -562,7 +562,7 @@ fn apply_recovered_batch(
                 .map(|record| (record.key, record.prev_key_offset)),
         )
         .map_err(|error| error.to_string())?;
-    slot.durable_batches.push(BatchLocation {
+    slot.synced_batches.push(BatchLocation {
         base_offset: batch.base_offset(),
         end_offset: batch.end_offset(),
         segment_index,

@@ -354,7 +354,7 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
                 problem = Some(format!("recovered batch contradicts the log: {error}"));
                 return;
             }
-            recovered.durable_batches.push(BatchLocation {
+            recovered.synced_batches.push(BatchLocation {
                 base_offset: batch.base_offset(),
                 end_offset: batch.end_offset(),
                 segment_index: index,

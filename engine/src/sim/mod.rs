@@ -588,7 +588,14 @@ impl Sim {
     }
 
     fn random_batch(&mut self, partition: PartitionId) -> (Vec<KeyedCondition>, Vec<Vec<u8>>) {
-        let record_count = if self.rng.chance(100) {
+        // Now and then a one-record batch exactly a block long, so that batches inside a
+        // group start at block boundaries: where recovery looks for the next batch after
+        // padding, and so where stale batches of an earlier life can be mistaken for the
+        // log's continuation if anything but the checksum chain stopped them.
+        let block_sized = self.rng.chance(250);
+        let record_count = if block_sized {
+            1
+        } else if self.rng.chance(100) {
             1 + self.rng.below(64) as usize
         } else {
             1 + self.rng.below(4) as usize
@@ -606,9 +613,20 @@ impl Sim {
                 _ => KeyCondition::At(Offset(self.rng.below(self.model.end(partition).0 + 2))),
             };
             self.value_counter += 1;
-            let value_len = self.rng.below(300) as usize;
             let mut value = format!("life{} v{} ", self.life, self.value_counter).into_bytes();
-            value.resize(value.len() + value_len, b'.');
+            if block_sized {
+                let empty = [RecordInput {
+                    key: &key,
+                    value: &[],
+                    headers: &[],
+                    condition,
+                }];
+                let overhead = batch_encoded_len(&empty).unwrap_or(BLOCK_SIZE_BYTES);
+                value.resize(BLOCK_SIZE_BYTES.saturating_sub(overhead).max(value.len()), b'#');
+            } else {
+                let value_len = self.rng.below(300) as usize;
+                value.resize(value.len() + value_len, b'.');
+            }
             records.push((key, condition));
             values.push(value);
         }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use cairn_engine::{KeyCondition, Offset, RecordInput};
 use cairn_server::client::{BlockingClient, ClientConfig};
 use cairn_server::wire::{
-    AppendRecords, AppendRequest, Encoder, ErrorCode, FetchRequest, Request, RequestBody,
-    ResponseBody, decode_response, write_frame,
+    AppendRecords, AppendRequest, CreateTopicRequest, Encoder, ErrorCode, FetchRequest,
+    ReadKeyRequest, Request, RequestBody, ResponseBody, decode_response, write_frame,
 };
 
 use crate::support::server::TestServer;
@@ -212,5 +212,91 @@ fn many_connections_opened_and_dropped_leave_the_server_serving() {
     let server = TestServer::start();
     let streams: Vec<TcpStream> = (0..200).map(|_| connect(server.address)).collect();
     drop(streams);
+    assert_still_serving(server.address);
+}
+
+/// Sends one request on `stream` and returns its response's error code (or `None` when
+/// the request succeeded).
+fn exchange_error_code(stream: &mut TcpStream, request: &Request<'_>) -> Option<ErrorCode> {
+    stream.write_all(&encode(request)).unwrap();
+    let response = read_frame(stream).expect("answered, connection open");
+    let decoded = decode_response(&response).expect("the server's response decodes");
+    assert_eq!(decoded.correlation_id, request.correlation_id);
+    match decoded.body {
+        ResponseBody::Error(error) => Some(error.code),
+        _ => None,
+    }
+}
+
+#[test]
+fn topic_names_over_249_bytes_are_refused_by_the_wire_with_bad_request() {
+    // The engine stores names of at most 249 bytes (Kafka's limit); the wire must refuse
+    // longer ones itself, for every request kind, not only CreateTopic.
+    let server = TestServer::start();
+    let mut stream = connect(server.address);
+    let name_max = "n".repeat(249);
+    fn create(correlation_id: u64, name: &str) -> Request<'_> {
+        Request {
+            correlation_id,
+            body: RequestBody::CreateTopic(CreateTopicRequest {
+                name,
+                partition_count: 1,
+            }),
+        }
+    }
+    assert_eq!(
+        exchange_error_code(&mut stream, &create(1, &name_max)),
+        None
+    );
+    let fetch_max = Request {
+        correlation_id: 2,
+        body: RequestBody::Fetch(FetchRequest {
+            topic: &name_max,
+            partition: 0,
+            offset: Offset(0),
+            size_bytes_max: 1024,
+            wait_max: Duration::ZERO,
+        }),
+    };
+    assert_eq!(exchange_error_code(&mut stream, &fetch_max), None);
+    for name_size_bytes in 250..=256 {
+        let name = "n".repeat(name_size_bytes);
+        let correlation_id = name_size_bytes as u64 * 10;
+        assert_eq!(
+            exchange_error_code(&mut stream, &create(correlation_id, &name)),
+            Some(ErrorCode::BadRequest),
+            "create_topic with a {name_size_bytes}-byte name"
+        );
+        // No topic can have this name, so UnknownTopic would mean the wire let it through.
+        let fetch = Request {
+            correlation_id: correlation_id + 1,
+            body: RequestBody::Fetch(FetchRequest {
+                topic: &name,
+                partition: 0,
+                offset: Offset(0),
+                size_bytes_max: 1024,
+                wait_max: Duration::ZERO,
+            }),
+        };
+        assert_eq!(
+            exchange_error_code(&mut stream, &fetch),
+            Some(ErrorCode::BadRequest),
+            "fetch from a {name_size_bytes}-byte topic name"
+        );
+        let read = Request {
+            correlation_id: correlation_id + 2,
+            body: RequestBody::ReadKey(ReadKeyRequest {
+                topic: &name,
+                partition: None,
+                key: b"k",
+                include_pending: false,
+            }),
+        };
+        assert_eq!(
+            exchange_error_code(&mut stream, &read),
+            Some(ErrorCode::BadRequest),
+            "read_key from a {name_size_bytes}-byte topic name"
+        );
+    }
     assert_still_serving(server.address);
 }

@@ -66,9 +66,13 @@ pub use verify::{Violation, WireError};
 /// flatbuffer's own overhead, which for 65536 tiny records exceeds the payload.
 pub const FRAME_SIZE_BYTES_MAX_DEFAULT: u32 = 4 * 1024 * 1024;
 
-/// Longest topic name, in bytes. Names are 1 to this many bytes of UTF-8.
-/// Checked on every request that names a topic; the schema quotes it.
-pub const TOPIC_NAME_SIZE_BYTES_MAX: usize = 255;
+/// Longest topic name, in bytes: the engine's (Kafka's limit, so names carry over). Names
+/// are 1 to this many bytes of UTF-8. Checked on every request that names a topic, so a
+/// name no topic can have is a `BadRequest`, never an `UnknownTopic`; the schema quotes it.
+pub const TOPIC_NAME_SIZE_BYTES_MAX: usize = cairn_engine::io::data_dir::TOPIC_NAME_SIZE_BYTES_MAX;
+
+// The schema (server/schema/cairn.fbs, ERRORS AND BAD INPUT and CreateTopic.name) quotes it.
+const _: () = assert!(TOPIC_NAME_SIZE_BYTES_MAX == 249);
 
 /// The partition, `0..partition_count`, that a record with `key` goes to when the client
 /// names none: `crc32(key) % partition_count`, CRC-32/ISO-HDLC as computed by `crc32fast`

@@ -170,13 +170,14 @@ pub enum Violation {
 
 impl Violation {
     /// The code an error response for this violation carries: `UnsupportedRequest` for a
-    /// request kind this server does not know, `TooLarge` for a limit, else `BadRequest`.
+    /// request kind this server does not know, `TooLarge` for a limit on sizes or counts,
+    /// else `BadRequest`. A topic name over its limit is `BadRequest`, as the engine's
+    /// other rules on names are: it is not a valid name, rather than too much data.
     #[must_use]
     pub fn error_code(&self) -> ErrorCode {
         match self {
             Violation::UnknownUnionType { .. } => ErrorCode::UnsupportedRequest,
-            Violation::TopicNameTooLong { .. }
-            | Violation::BatchRecordCountTooLarge { .. }
+            Violation::BatchRecordCountTooLarge { .. }
             | Violation::BatchTooLarge { .. }
             | Violation::RecordKeyTooLong { .. }
             | Violation::KeyTooLong { .. }
@@ -186,6 +187,7 @@ impl Violation {
             | Violation::UnexpectedField { .. }
             | Violation::UnknownEnumValue { .. }
             | Violation::TopicNameEmpty
+            | Violation::TopicNameTooLong { .. }
             | Violation::PartitionCountZero
             | Violation::BatchEmpty => ErrorCode::BadRequest,
         }
@@ -214,6 +216,11 @@ mod tests {
         };
         assert_eq!(unknown.error_code(), ErrorCode::UnsupportedRequest);
         assert_eq!(Violation::BatchEmpty.error_code(), ErrorCode::BadRequest);
+        let name_too_long = Violation::TopicNameTooLong {
+            name_size_bytes: 250,
+            name_size_bytes_max: 249,
+        };
+        assert_eq!(name_too_long.error_code(), ErrorCode::BadRequest);
         let too_long = Violation::KeyTooLong {
             key_size_bytes: 5000,
             key_size_bytes_max: 4096,

@@ -1352,7 +1352,7 @@ impl<'a> CreateTopic<'a> {
   }
 
 
-  /// 1 to 255 bytes.
+  /// 1 to 249 bytes (Kafka's limit) of A-Z a-z 0-9 . _ -; BadRequest otherwise.
   #[inline]
   pub fn name(&self) -> &'a str {
     // Safety:

@@ -26,9 +26,23 @@ use crate::wire::{
     Request, RequestBody, Response, ResponseBody, TopicMetadata, decode_request,
 };
 
-/// Most bytes of records one fetch or key history returns (beyond the first record),
-/// whatever the client asks: the response must fit in a client's default frame limit.
+/// Most bytes of records one fetch or key history returns, whatever the client asks,
+/// counted as they are encoded (`wire::record_out_size_bytes_max`: keys, values, headers
+/// and the flatbuffer's overhead per record and header), not as they are stored: a 1-byte
+/// record takes ~26 bytes in a batch but ~60 in a response. A response holds at least one
+/// record when one is available, even a larger one, so that a reader always gets past it.
 const FETCH_SIZE_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+// Either way the response fits in a client's default frame limit: records up to the limit,
+// or a single record of any size (which `wire` checks against the same frame limit).
+const _: () = assert!(
+    FETCH_SIZE_BYTES_MAX + wire::RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX
+        <= wire::FRAME_SIZE_BYTES_MAX_DEFAULT as usize
+);
+const _: () = assert!(
+    wire::RECORD_OUT_SIZE_BYTES_MAX + wire::RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX
+        <= wire::FRAME_SIZE_BYTES_MAX_DEFAULT as usize
+);
 
 /// Most records one key-history response carries.
 const KEY_HISTORY_RECORD_COUNT_MAX: u32 = 1024;
@@ -276,6 +290,8 @@ async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) 
         }
         (RequestBody::KeyHistory(history), Some(located)) => {
             let limit = history.record_count_max.min(KEY_HISTORY_RECORD_COUNT_MAX);
+            // The engine's size limit counts keys and values only, which is never more than
+            // the encoded size: it returns at least what fits, and the loop below cuts.
             let history = context
                 .shard
                 .key_history(
@@ -289,11 +305,17 @@ async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) 
                 Ok(records) => {
                     let headers: Vec<Vec<RecordHeader<'_>>> =
                         records.iter().map(header_list).collect();
-                    let outs: Vec<RecordOut<'_>> = records
-                        .iter()
-                        .zip(&headers)
-                        .map(|(record, headers)| record_out(record, headers))
-                        .collect();
+                    let mut outs: Vec<RecordOut<'_>> = Vec::with_capacity(records.len());
+                    let mut size_bytes = 0;
+                    for (record, headers) in records.iter().zip(&headers) {
+                        let out = record_out(record, headers);
+                        // At least one record, however large, as for a fetch.
+                        size_bytes += out.encoded_size_bytes_max();
+                        if !outs.is_empty() && size_bytes > FETCH_SIZE_BYTES_MAX {
+                            break;
+                        }
+                        outs.push(out);
+                    }
                     Ok(encode(
                         correlation_id,
                         ResponseBody::KeyHistory(KeyHistoryResult {
@@ -485,33 +507,56 @@ async fn fetch_local(
             .map_err(|e| read_error_code(&e))?;
     }
     let size_bytes_max = (size_bytes_max as usize).min(FETCH_SIZE_BYTES_MAX);
+    // The engine bounds the batches it reads by their stored size, which is less than the
+    // encoded size of their records: it reads at least what fits, and the loop below cuts.
     let fetched = context
         .shard
         .fetch(located.partition_id, from, size_bytes_max)
         .await
         .map_err(|e| read_error_code(&e))?;
+    // Records to send, with their headers' range in `headers` (which must stop growing
+    // before anything borrows from it).
+    let mut kept: Vec<(RecordOut<'_>, Range<usize>)> = Vec::new();
     let mut headers: Vec<RecordHeader<'_>> = Vec::new();
-    let mut header_ranges: Vec<Range<usize>> = Vec::new();
-    for record in fetched.records() {
-        let start = headers.len();
-        headers.extend(record.headers());
-        header_ranges.push(start..headers.len());
-    }
-    let mut outs: Vec<RecordOut<'_>> = Vec::with_capacity(header_ranges.len());
-    for batch in &fetched.batches {
+    let mut size_bytes = 0;
+    'batches: for batch in &fetched.batches {
         let view = batch.view();
         for record in view.records().filter(|record| record.offset >= from) {
-            let range = header_ranges.get(outs.len()).cloned().unwrap_or_default();
-            outs.push(RecordOut {
+            let headers_start = headers.len();
+            headers.extend(record.headers());
+            let headers_range = headers_start..headers.len();
+            let record_size_bytes = wire::record_out_size_bytes_max(
+                record.key,
+                record.value,
+                headers
+                    .get(headers_range.clone())
+                    .unwrap_or_default()
+                    .iter()
+                    .copied(),
+            );
+            // At least one record, however large, so that the reader gets past it.
+            if !kept.is_empty() && size_bytes + record_size_bytes > size_bytes_max {
+                break 'batches;
+            }
+            size_bytes += record_size_bytes;
+            let out = RecordOut {
                 offset: record.offset,
                 timestamp_ms: view.timestamp_ms(),
                 key: record.key,
                 value: record.value,
-                headers: HeaderList::from_slice(headers.get(range).unwrap_or_default()),
+                headers: HeaderList::default(),
                 prev_key_offset: record.prev_key_offset,
-            });
+            };
+            kept.push((out, headers_range));
         }
     }
+    let outs: Vec<RecordOut<'_>> = kept
+        .into_iter()
+        .map(|(out, headers_range)| RecordOut {
+            headers: HeaderList::from_slice(headers.get(headers_range).unwrap_or_default()),
+            ..out
+        })
+        .collect();
     Ok(encode(
         correlation_id,
         ResponseBody::Fetched(wire::Fetched {

@@ -211,7 +211,9 @@ pub struct FetchRequest<'a> {
     pub partition: u32,
     /// The first offset to return.
     pub offset: Offset,
-    /// Soft limit on the records' bytes; at least one record comes back if any is available.
+    /// Soft limit on the records' bytes as the response encodes them
+    /// ([`super::record_out_size_bytes_max`]); at least one record comes back if any is
+    /// available.
     pub size_bytes_max: u32,
     /// How long to wait for a record when none is available. Travels in whole milliseconds
     /// (truncated, and capped at `u32::MAX` ms).

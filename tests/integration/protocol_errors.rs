@@ -300,3 +300,47 @@ fn topic_names_over_249_bytes_are_refused_by_the_wire_with_bad_request() {
     }
     assert_still_serving(server.address);
 }
+
+#[test]
+fn a_padded_fetch_gets_too_large_at_once_and_the_connection_stays_usable() {
+    // Only appends need frames of megabytes. A fetch padded to 1 MiB (bytes after the
+    // flatbuffer, which the verifier does not visit) used to be held for its whole long
+    // poll, so a few thousand of them held gigabytes.
+    let server = TestServer::start();
+    let mut setup = BlockingClient::connect(ClientConfig::new(server.address)).unwrap();
+    setup.create_topic("quiet", 1).unwrap();
+    let mut stream = connect(server.address);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let fetch = Request {
+        correlation_id: 7,
+        body: RequestBody::Fetch(FetchRequest {
+            topic: "quiet",
+            partition: 0,
+            offset: Offset(0),
+            size_bytes_max: 1024,
+            wait_max: Duration::from_secs(30),
+        }),
+    };
+    let mut payload = Encoder::new().encode_request(&fetch).to_vec();
+    payload.resize(1024 * 1024, 0);
+    let mut out = Vec::new();
+    write_frame(&payload, &mut out);
+    stream.write_all(&out).unwrap();
+    let response = read_frame(&mut stream).expect("answered before the long poll's end");
+    assert_eq!(decode_response(&response).unwrap().correlation_id, 7);
+    assert_eq!(error_code(&response), ErrorCode::TooLarge);
+    // The same fetch unpadded is served on the same connection.
+    let fetch = Request {
+        correlation_id: 8,
+        body: RequestBody::Fetch(FetchRequest {
+            topic: "quiet",
+            partition: 0,
+            offset: Offset(0),
+            size_bytes_max: 1024,
+            wait_max: Duration::ZERO,
+        }),
+    };
+    assert_eq!(exchange_error_code(&mut stream, &fetch), None);
+}

@@ -65,8 +65,23 @@ pub use verify::{Violation, WireError};
 
 /// Largest frame (flatbuffer bytes, without the 4-byte length) a server accepts unless
 /// configured otherwise: a full batch (`BATCH_SIZE_BYTES_MAX`, 1 MiB) with room for the
-/// flatbuffer's own overhead, which for 65536 tiny records exceeds the payload.
+/// flatbuffer's own overhead, which for 65536 tiny records exceeds the payload. Only
+/// appends need it; see [`NON_APPEND_FRAME_SIZE_BYTES_MAX`].
 pub const FRAME_SIZE_BYTES_MAX_DEFAULT: u32 = 4 * 1024 * 1024;
+
+/// Largest frame of any request but an append. The largest legitimate one (a `ReadKey` or
+/// `KeyHistory` with the longest topic name and key) is under 5 KiB, so a bigger frame is
+/// padding: [`decode_request`] refuses it with `TooLarge` once it knows the kind, so that
+/// it is not held while, say, a fetch long-polls. (Before the kind is known, the frame
+/// reader's limit and the server's request memory budget bound what is buffered.)
+pub const NON_APPEND_FRAME_SIZE_BYTES_MAX: u32 = 64 * 1024;
+
+// The largest legitimate non-append request fits, with room for its tables.
+const _: () = assert!(
+    TOPIC_NAME_SIZE_BYTES_MAX + cairn_engine::core::limits::KEY_SIZE_BYTES_MAX + 1024
+        <= NON_APPEND_FRAME_SIZE_BYTES_MAX as usize
+);
+const _: () = assert!(NON_APPEND_FRAME_SIZE_BYTES_MAX <= FRAME_SIZE_BYTES_MAX_DEFAULT);
 
 /// Longest topic name, in bytes: the engine's (Kafka's limit, so names carry over). Names
 /// are 1 to this many bytes of UTF-8. Checked on every request that names a topic, so a

@@ -104,6 +104,14 @@ pub enum Violation {
     /// An enum value this version does not know: a newer peer, or garbage.
     #[error("unknown {enum_name} value {value}")]
     UnknownEnumValue { enum_name: &'static str, value: u16 },
+    /// A frame over its request kind's limit: [`super::NON_APPEND_FRAME_SIZE_BYTES_MAX`]
+    /// for every kind but append (whose limit the frame reader enforces).
+    #[error("{request_kind} frame of {frame_size_bytes} bytes exceeds {frame_size_bytes_max}")]
+    FrameTooLarge {
+        request_kind: &'static str,
+        frame_size_bytes: usize,
+        frame_size_bytes_max: usize,
+    },
     /// A topic name of zero bytes.
     #[error("topic name is empty")]
     TopicNameEmpty,
@@ -177,7 +185,8 @@ impl Violation {
     pub fn error_code(&self) -> ErrorCode {
         match self {
             Violation::UnknownUnionType { .. } => ErrorCode::UnsupportedRequest,
-            Violation::BatchRecordCountTooLarge { .. }
+            Violation::FrameTooLarge { .. }
+            | Violation::BatchRecordCountTooLarge { .. }
             | Violation::BatchTooLarge { .. }
             | Violation::RecordKeyTooLong { .. }
             | Violation::KeyTooLong { .. }

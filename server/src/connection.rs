@@ -13,11 +13,15 @@
 //! A client that never reads its responses therefore stalls only itself, and a write that
 //! makes no progress for `WRITE_TIMEOUT` closes the connection.
 //!
-//! Once a response cannot be written (the client vanished, or stalled past the timeout),
-//! the connection is abandoned: it stops reading, requests not yet handled are dropped,
-//! and requests waiting to build a response with records give up, so that the work a
-//! vanished client queued (up to `connection_request_count_max` fetches of megabytes) is
-//! not done for nobody while the shard's other clients wait.
+//! When the client stops sending (end of stream, or a read error), fetches of this
+//! connection that wait for records answer at once with what there is, so that a client
+//! that left does not keep their memory for the rest of a long poll. (A fetch forwarded to
+//! another shard waits out its time there.) Once a response cannot be written (the client
+//! vanished, or stalled past the timeout), the connection is abandoned: it stops reading,
+//! requests not yet handled are dropped, and requests waiting to build a response with
+//! records give up, so that the work a vanished client queued (up to
+//! `connection_request_count_max` fetches of megabytes) is not done for nobody while the
+//! shard's other clients wait.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -44,6 +48,43 @@ const RESPONSE_QUEUE_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Responses carrying records that may be built at once on one connection.
 const LARGE_RESPONSE_COUNT_MAX: u64 = 4;
+
+/// What a client connection's request handlers may know of their connection.
+pub(crate) struct ClientConnection {
+    /// Permits to build a response that carries records; closed when the connection is
+    /// abandoned (see the module docs).
+    pub(crate) large_responses: Rc<Semaphore>,
+    /// Raised once the client has stopped sending.
+    hung_up: Event,
+    is_hung_up: Cell<bool>,
+}
+
+impl ClientConnection {
+    fn new() -> ClientConnection {
+        ClientConnection {
+            large_responses: Rc::new(Semaphore::new(LARGE_RESPONSE_COUNT_MAX)),
+            hung_up: Event::new(),
+            is_hung_up: Cell::new(false),
+        }
+    }
+
+    /// Completes once the client has stopped sending (end of stream or a read error): it
+    /// may still read responses, but waiting longer for records helps nobody.
+    pub(crate) async fn hung_up(&self) {
+        loop {
+            let listener = self.hung_up.listen();
+            if self.is_hung_up.get() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    fn hang_up(&self) {
+        self.is_hung_up.set(true);
+        self.hung_up.notify();
+    }
+}
 
 /// Responses waiting for the socket, bounded by bytes.
 #[derive(Default)]
@@ -112,7 +153,7 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
     let request_count_max = context.config.connection_request_count_max.max(1);
     let queue = Rc::new(ResponseQueue::default());
     let permits = Rc::new(Semaphore::new(request_count_max as u64));
-    let large_responses = Rc::new(Semaphore::new(LARGE_RESPONSE_COUNT_MAX));
+    let client = Rc::new(ClientConnection::new());
     let mut frames = FrameReader::new(context.config.frame_size_bytes_max);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     // Raised by a request task whose frame was not a flatbuffer, or by the writer when
@@ -126,7 +167,7 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
         queue.clone(),
         Abandon {
             abandoned: abandoned.clone(),
-            large_responses: large_responses.clone(),
+            client: client.clone(),
             broken: broken.clone(),
             is_broken: is_broken.clone(),
         },
@@ -137,16 +178,21 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
         if context.is_stopping.get() || is_broken.get() {
             break;
         }
-        let read = futures_lite::future::or(reader.read(&mut chunk), async {
+        let read = futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
             stopping.await;
-            Ok(0)
+            None
         })
         .await;
         let read_bytes = match read {
-            Ok(0) => break,
-            Ok(read_bytes) => read_bytes,
-            Err(error) => {
+            None => break,
+            Some(Ok(0)) => {
+                client.hang_up();
+                break;
+            }
+            Some(Ok(read_bytes)) => read_bytes,
+            Some(Err(error)) => {
                 tracing::debug!(?peer, %error, "read failed, closing");
+                client.hang_up();
                 break;
             }
         };
@@ -164,14 +210,13 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
                     let queue = queue.clone();
                     let broken = broken.clone();
                     let is_broken = is_broken.clone();
-                    let large_responses = large_responses.clone();
+                    let client = client.clone();
                     let abandoned = abandoned.clone();
                     glommio::spawn_local(async move {
                         if abandoned.get() {
                             return;
                         }
-                        let handled =
-                            handlers::handle_frame(&context, &frame, Some(&large_responses)).await;
+                        let handled = handlers::handle_frame(&context, &frame, Some(&client)).await;
                         queue.push(handled.response).await;
                         if handled.close_connection {
                             is_broken.set(true);
@@ -224,7 +269,7 @@ fn configure(stream: &TcpStream) -> glommio::Result<(), ()> {
 /// What the writer raises when a response cannot be written.
 struct Abandon {
     abandoned: Rc<Cell<bool>>,
-    large_responses: Rc<Semaphore>,
+    client: Rc<ClientConnection>,
     broken: Event,
     is_broken: Rc<Cell<bool>>,
 }
@@ -233,7 +278,7 @@ impl Abandon {
     fn raise(&self) {
         self.abandoned.set(true);
         // Requests waiting to build a response with records get an error instead.
-        self.large_responses.close();
+        self.client.large_responses.close();
         self.is_broken.set(true);
         self.broken.notify();
     }

@@ -17,8 +17,9 @@ use cairn_engine::{
     ShardId, Topic, TopicError,
 };
 
-use glommio::sync::{Semaphore, StaticPermit};
+use glommio::sync::StaticPermit;
 
+use crate::connection::ClientConnection;
 use crate::routing::ShardContext;
 use crate::wire::{
     self, Appended, ConflictInfo, Encoder, ErrorCode, ErrorResponse, FrameError, HeaderList,
@@ -96,13 +97,13 @@ pub(crate) struct HandledFrame {
     pub(crate) large_response_permit: Option<StaticPermit>,
 }
 
-/// Handles one request frame. Requests whose responses carry records first take a permit
-/// from `large_responses` when one is given (a client connection's; forwarded requests are
-/// bounded by the connection they came from).
+/// Handles one request frame of `client`, or forwarded from another shard (`None`).
+/// Requests whose responses carry records first take a permit from the client's
+/// `large_responses` (forwarded requests are bounded by the connection they came from).
 pub(crate) async fn handle_frame(
     context: &Rc<ShardContext>,
     frame: &[u8],
-    large_responses: Option<&Rc<Semaphore>>,
+    client: Option<&ClientConnection>,
 ) -> HandledFrame {
     let request = match decode_request(frame) {
         Ok(request) => request,
@@ -125,27 +126,29 @@ pub(crate) async fn handle_frame(
         request.body,
         RequestBody::Fetch(_) | RequestBody::ReadKey(_) | RequestBody::KeyHistory(_)
     );
-    let large_response_permit = match large_responses {
-        Some(semaphore) if carries_records => match semaphore.acquire_static_permit(1).await {
-            Ok(permit) => Some(permit),
-            // Closed: the connection is abandoned and nobody will read the records, so
-            // do not read and encode them (see `connection`).
-            Err(_) => {
-                return HandledFrame {
-                    response: error(
-                        request.correlation_id,
-                        ErrorCode::Internal,
-                        "connection abandoned",
-                    ),
-                    close_connection: true,
-                    large_response_permit: None,
-                };
+    let large_response_permit = match client {
+        Some(client) if carries_records => {
+            match client.large_responses.acquire_static_permit(1).await {
+                Ok(permit) => Some(permit),
+                // Closed: the connection is abandoned and nobody will read the records, so
+                // do not read and encode them (see `connection`).
+                Err(_) => {
+                    return HandledFrame {
+                        response: error(
+                            request.correlation_id,
+                            ErrorCode::Internal,
+                            "connection abandoned",
+                        ),
+                        close_connection: true,
+                        large_response_permit: None,
+                    };
+                }
             }
-        },
+        }
         _ => None,
     };
     HandledFrame {
-        response: handle(context, request, frame).await,
+        response: handle(context, request, frame, client).await,
         close_connection: false,
         large_response_permit,
     }
@@ -215,7 +218,12 @@ fn target_partition(
     })
 }
 
-async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) -> Vec<u8> {
+async fn handle(
+    context: &Rc<ShardContext>,
+    request: Request<'_>,
+    frame: &[u8],
+    client: Option<&ClientConnection>,
+) -> Vec<u8> {
     let correlation_id = request.correlation_id;
     if context.is_stopping.get() {
         return error(
@@ -265,6 +273,7 @@ async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) 
                 fetch.offset,
                 fetch.size_bytes_max,
                 fetch.wait_max,
+                client,
             )
             .await
         }
@@ -486,6 +495,10 @@ async fn append_local(
     }
 }
 
+/// Reads records for a fetch, first waiting up to `wait_max` for one when none is there,
+/// unless `client` stops sending meanwhile (`ClientConnection::hung_up`): then it answers
+/// with what there is, so that a client that left does not keep the request's memory for
+/// the rest of a long poll.
 async fn fetch_local(
     context: &ShardContext,
     correlation_id: u64,
@@ -493,6 +506,7 @@ async fn fetch_local(
     from: cairn_engine::Offset,
     size_bytes_max: u32,
     wait_max: Duration,
+    client: Option<&ClientConnection>,
 ) -> Result<Vec<u8>, (ErrorCode, String)> {
     let wait = wait_max.min(context.config.fetch_wait_max);
     let (_, synced_end) = context
@@ -500,11 +514,20 @@ async fn fetch_local(
         .end_offsets(located.partition_id)
         .map_err(|e| read_error_code(&e))?;
     if from >= synced_end && !wait.is_zero() {
-        context
+        let waiting = context
             .shard
-            .wait_synced_beyond(located.partition_id, from, wait)
-            .await
-            .map_err(|e| read_error_code(&e))?;
+            .wait_synced_beyond(located.partition_id, from, wait);
+        match client {
+            Some(client) => {
+                futures_lite::future::or(waiting, async {
+                    client.hung_up().await;
+                    Ok(synced_end)
+                })
+                .await
+            }
+            None => waiting.await,
+        }
+        .map_err(|e| read_error_code(&e))?;
     }
     let size_bytes_max = (size_bytes_max as usize).min(FETCH_SIZE_BYTES_MAX);
     // The engine bounds the batches it reads by their stored size, which is less than the

@@ -2,14 +2,18 @@
 //! races across connections, long-poll, restart, forwarding and shard-aware routing, the CLI.
 
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_engine::{KeyCondition, Offset, RecordHeader, RecordInput};
 use cairn_server::client::{AppendResult, BlockingClient, ClientConfig, ClientError};
-use cairn_server::wire::{ConflictInfo, ErrorCode};
+use cairn_server::wire::{
+    ConflictInfo, Encoder, ErrorCode, FetchRequest, Request, RequestBody, Response, ResponseBody,
+    decode_response,
+};
 
 use crate::support::server::{CAIRN_BIN, TestServer};
 
@@ -240,6 +244,54 @@ fn a_long_poll_fetch_wakes_when_a_record_is_appended() {
     let fetched = reader.join().unwrap();
     assert_eq!(fetched.records.len(), 1);
     assert_eq!(fetched.records[0].value, b"hello");
+}
+
+#[test]
+fn a_long_poll_ends_when_its_client_stops_sending() {
+    // A client that shuts down its sending side has left or will send nothing more: its
+    // long polls answer at once (with no records) rather than keep their memory for 30 s.
+    let server = TestServer::start();
+    let topic = client(server.address).create_topic("idle", 1).unwrap();
+    let owner = SocketAddr::new(server.address.ip(), topic.partitions[0].port);
+    let mut stream = std::net::TcpStream::connect(owner).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut frame = Vec::new();
+    Encoder::new().write_request_frame(
+        &Request {
+            correlation_id: 5,
+            body: RequestBody::Fetch(FetchRequest {
+                topic: "idle",
+                partition: 0,
+                offset: Offset(0),
+                size_bytes_max: 1024,
+                wait_max: Duration::from_secs(30),
+            }),
+        },
+        &mut frame,
+    );
+    stream.write_all(&frame).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let started = Instant::now();
+    let mut length = [0u8; 4];
+    stream
+        .read_exact(&mut length)
+        .expect("answered before the read timeout");
+    let mut response = vec![0u8; u32::from_le_bytes(length) as usize];
+    stream.read_exact(&mut response).unwrap();
+    let answered_after = started.elapsed();
+    match decode_response(&response).unwrap() {
+        Response {
+            correlation_id: 5,
+            body: ResponseBody::Fetched(fetched),
+        } => assert!(fetched.records.is_empty()),
+        other => panic!("expected an empty Fetched, got {other:?}"),
+    }
+    assert!(
+        answered_after < Duration::from_secs(5),
+        "answered after {answered_after:?}"
+    );
 }
 
 #[test]

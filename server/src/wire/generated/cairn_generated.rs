@@ -1833,7 +1833,8 @@ pub enum FetchOffset {}
 /// Read records of one partition from an offset on; answered with Fetched.
 ///
 /// Returns synced records only. When none is available at offset, the server waits up to
-/// wait_ms_max for one to be synced before answering, possibly with no records.
+/// wait_ms_max for one to be synced before answering, possibly with no records; it answers
+/// at once instead when the client has shut down its sending side of the connection.
 pub struct Fetch<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }

@@ -21,6 +21,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::net::TcpListener;
 use hashbrown::HashMap;
 
+use crate::admission::Admission;
 use crate::{EXIT_STORAGE_FAILURE, Listening, ServerConfig, ShutdownSignal, connection};
 
 /// How long a poisoned shard lets its connections send their error responses before the
@@ -68,6 +69,8 @@ pub(crate) struct ShardContext {
     /// Connections currently open, to wait for on shutdown.
     pub(crate) open_connections: Cell<usize>,
     pub(crate) connection_closed: Event,
+    /// The shard's request memory budget.
+    pub(crate) admission: Admission,
 }
 
 impl ShardContext {
@@ -194,6 +197,7 @@ pub(crate) async fn run_shard(
         next_token: Cell::new(0),
         open_connections: Cell::new(0),
         connection_closed: Event::new(),
+        admission: Admission::new(config.shard_request_bytes_max),
     });
     context
         .peer_of_shard

@@ -105,9 +105,12 @@ struct ServeArgs {
     /// Segment file size in bytes.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     segment_size: u64,
-    /// Largest request frame accepted, in bytes.
+    /// Largest request frame accepted, in bytes (appends; other requests: 64 KiB).
     #[arg(long, default_value_t = wire::FRAME_SIZE_BYTES_MAX_DEFAULT)]
     max_frame_bytes: u32,
+    /// Most bytes of requests each shard holds at once; beyond it connections wait.
+    #[arg(long)]
+    max_request_bytes_per_shard: Option<usize>,
     /// Do not pin shards to CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -295,6 +298,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     config.segment_size_bytes = args.segment_size;
     config.frame_size_bytes_max = args.max_frame_bytes;
+    if let Some(bytes) = args.max_request_bytes_per_shard {
+        config.shard_request_bytes_max = bytes;
+    }
     config.pin_shards = !args.no_pin;
     if let Ok(spec) = std::env::var(FAULT_INJECT_ENV) {
         config.fault_hook = Some(parse_fault_spec(&spec)?);

@@ -344,3 +344,65 @@ fn a_padded_fetch_gets_too_large_at_once_and_the_connection_stays_usable() {
     };
     assert_eq!(exchange_error_code(&mut stream, &fetch), None);
 }
+
+#[test]
+fn a_frame_larger_than_the_whole_request_budget_is_still_served() {
+    // A shard budget of 64 KiB and frames of 9 MiB (over the connection's 8 MiB too): each
+    // takes the whole budget in turn and is served; nothing deadlocks, and small requests
+    // on other connections get through meanwhile.
+    let temp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_on(
+        &temp.path().join("data"),
+        &[
+            "--max-request-bytes-per-shard",
+            "65536",
+            "--max-frame-bytes",
+            &(12 * 1024 * 1024).to_string(),
+        ],
+    );
+    let mut setup = BlockingClient::connect(ClientConfig::new(server.address)).unwrap();
+    let topic = setup.create_topic("big", 1).unwrap();
+    let owner = SocketAddr::new(server.address.ip(), topic.partitions[0].port);
+    let value = vec![b'v'; 512 * 1024];
+    let records = [RecordInput {
+        key: b"k",
+        value: &value,
+        headers: &[],
+        condition: KeyCondition::Any,
+    }];
+    let mut stream = connect(owner);
+    let mut pipelined = Vec::new();
+    for correlation_id in 0..3 {
+        let append = Request {
+            correlation_id,
+            body: RequestBody::Append(AppendRequest {
+                topic: "big",
+                partition: Some(0),
+                expected_end_offset: None,
+                records: AppendRecords::from_inputs(&records),
+            }),
+        };
+        let mut payload = Encoder::new().encode_request(&append).to_vec();
+        payload.resize(9 * 1024 * 1024, 0);
+        write_frame(&payload, &mut pipelined);
+    }
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || stream.write_all(&pipelined).unwrap())
+    };
+    assert_still_serving(owner);
+    let mut appended = 0;
+    for _ in 0..3 {
+        let response = read_frame(&mut stream).expect("answered");
+        match decode_response(&response).unwrap().body {
+            ResponseBody::Appended(_) => appended += 1,
+            other => panic!("expected Appended, got {other:?}"),
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(appended, 3);
+    let fetched = setup
+        .fetch("big", 0, Offset(0), 1024, Duration::ZERO)
+        .unwrap();
+    assert_eq!(fetched.high_watermark, Offset(3));
+}

@@ -1,4 +1,5 @@
-//! Admission: how much request memory a shard's connections may hold.
+//! Admission: how much request memory a shard's connections may hold, and how many
+//! connections it serves.
 //!
 //! Every request frame is paid for from a [`RequestMemory`] budget before its body is
 //! buffered (the frame reader knows its length from the 4-byte prefix), and the payment is
@@ -17,17 +18,30 @@
 //! connections that end, so the budget cannot deadlock on itself. (A client that announces
 //! a frame and never sends it holds its payment until it closes: see RELIABILITY.md,
 //! known limits.)
+//!
+//! `Admission` also holds the state of the shard's connection limit
+//! (`ServerConfig::shard_connection_count_max`): refusals are counted and logged at most
+//! once per `REFUSAL_LOG_INTERVAL`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use cairn_engine::io::event::Event;
+
+/// Refused connections are logged at most this often (with how many were refused since),
+/// so a flood of connections cannot flood the log too.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A shard's admission state. Lives on the shard's executor.
 pub(crate) struct Admission {
     /// The shard's budget of request bytes, shared by all its connections.
     pub(crate) request_memory: RequestMemory,
+    /// Connections refused since the last log line.
+    refused_count: Cell<u64>,
+    /// When the last refusal was logged.
+    refusal_logged_at: Cell<Option<Instant>>,
 }
 
 impl Admission {
@@ -35,7 +49,39 @@ impl Admission {
     pub(crate) fn new(request_bytes_max: usize) -> Admission {
         Admission {
             request_memory: RequestMemory::new(request_bytes_max),
+            refused_count: Cell::new(0),
+            refusal_logged_at: Cell::new(None),
         }
+    }
+
+    /// Counts a connection refused because the shard serves `open_count` of
+    /// `open_count_max`, and logs it unless a refusal was logged within
+    /// `REFUSAL_LOG_INTERVAL`.
+    pub(crate) fn note_refused_connection(&self, open_count: usize, open_count_max: usize) {
+        if let Some(refused_count) = self.refusal_to_log(Instant::now()) {
+            tracing::warn!(
+                refused_count,
+                open_count,
+                open_count_max,
+                "refusing connections: the shard serves as many as it may",
+            );
+        }
+    }
+
+    /// Counts a refusal at `now`; `Some(refusals since the last line)` when a line is due.
+    fn refusal_to_log(&self, now: Instant) -> Option<u64> {
+        let refused_count = self.refused_count.get() + 1;
+        let due = self
+            .refusal_logged_at
+            .get()
+            .is_none_or(|logged_at| now.duration_since(logged_at) >= REFUSAL_LOG_INTERVAL);
+        if !due {
+            self.refused_count.set(refused_count);
+            return None;
+        }
+        self.refused_count.set(0);
+        self.refusal_logged_at.set(Some(now));
+        Some(refused_count)
     }
 }
 
@@ -217,6 +263,23 @@ mod tests {
             Poll::Ready(output) => output,
             Poll::Pending => panic!("expected the payment to be granted at once"),
         }
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_per_interval() {
+        let admission = Admission::new(1);
+        let start = Instant::now();
+        assert_eq!(admission.refusal_to_log(start), Some(1));
+        for second in 1..10 {
+            let now = start + Duration::from_secs(second);
+            assert_eq!(admission.refusal_to_log(now), None);
+        }
+        // The next line says how many were refused meanwhile, itself included.
+        assert_eq!(
+            admission.refusal_to_log(start + REFUSAL_LOG_INTERVAL),
+            Some(10)
+        );
+        assert_eq!(admission.refusal_to_log(start + REFUSAL_LOG_INTERVAL), None);
     }
 
     #[test]

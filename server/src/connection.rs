@@ -17,7 +17,8 @@
 //! even while others hold the whole budget. So requests hold at most
 //! `shard_request_bytes_max` per shard, plus one small frame per connection; beyond that,
 //! each connection holds its read buffer and at most one read of bytes not yet paid for
-//! (`READ_CHUNK_BYTES` each).
+//! (`READ_CHUNK_BYTES` each), and the shard serves at most `shard_connection_count_max`
+//! connections (others are told `Overloaded` and closed).
 //!
 //! Responses are bounded per connection: at most `RESPONSE_QUEUE_BYTES_MAX` queued for the
 //! socket (a handler waits for room), and at most `LARGE_RESPONSE_COUNT_MAX` responses that
@@ -55,6 +56,9 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// A response write that makes no progress for this long closes the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a refused connection gets to take its `Overloaded` answer.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Bytes of responses queued for the socket before handlers wait for the writer.
 const RESPONSE_QUEUE_BYTES_MAX: usize = 8 * 1024 * 1024;
@@ -239,8 +243,14 @@ impl ResponseQueue {
 }
 
 /// Serves one accepted connection until the client closes it, it breaks the framing, or
-/// the server shuts down (then in-flight requests are answered before closing).
+/// the server shuts down (then in-flight requests are answered before closing). Over the
+/// shard's connection limit, answers `Overloaded` and closes instead.
 pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
+    let open_count_max = context.config.shard_connection_count_max.max(1);
+    if context.open_connections.get() >= open_count_max {
+        refuse(&context, stream, open_count_max).await;
+        return;
+    }
     context
         .open_connections
         .set(context.open_connections.get() + 1);
@@ -402,6 +412,23 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
         .open_connections
         .set(context.open_connections.get() - 1);
     context.connection_closed.notify();
+}
+
+/// Tells a connection over the shard's limit that it is refused, and closes it.
+async fn refuse(context: &ShardContext, mut stream: TcpStream, open_count_max: usize) {
+    context
+        .admission
+        .note_refused_connection(context.open_connections.get(), open_count_max);
+    let mut out = Vec::new();
+    write_frame(
+        &handlers::connection_refused_response(open_count_max),
+        &mut out,
+    );
+    // A fresh socket's send buffer takes these few bytes at once; the timeout only bounds
+    // a pathological case. Either way the connection closes.
+    let _ = stream.set_write_timeout(Some(REFUSAL_WRITE_TIMEOUT));
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
 }
 
 fn configure(stream: &TcpStream) -> glommio::Result<(), ()> {

@@ -85,6 +85,15 @@ pub(crate) fn framing_error_response(frame_error: &FrameError) -> Vec<u8> {
     error(0, code, &frame_error.to_string())
 }
 
+/// The response to a connection refused because its shard serves
+/// `shard_connection_count_max` connections already (sent just before closing).
+pub(crate) fn connection_refused_response(open_count_max: usize) -> Vec<u8> {
+    let message = format!(
+        "this shard serves its most connections ({open_count_max}); retry later or elsewhere"
+    );
+    error(0, ErrorCode::Overloaded, &message)
+}
+
 /// The response to one frame, and whether the connection must close after it.
 pub(crate) struct HandledFrame {
     /// The encoded response (without its length).

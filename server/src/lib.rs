@@ -8,7 +8,7 @@
 //! (`routing`); nothing is shared between shards but messages.
 //!
 //! Module map: `wire` (sans-I/O protocol), `connection` (frames over one socket, limits,
-//! pipelining), `admission` (a shard's request memory budget),
+//! pipelining), `admission` (a shard's request memory budget and connection limit),
 //! `handlers` (request -> engine -> response), `routing` (the mesh), `client` (the Rust
 //! client).
 
@@ -59,6 +59,9 @@ pub struct ServerConfig {
     /// when a frame's length is known until it is answered; a connection that would exceed
     /// it is not read until enough is answered (see `connection`, request memory).
     pub shard_request_bytes_max: usize,
+    /// Most connections one shard serves at once; a connection beyond it is answered
+    /// `Overloaded` and closed.
+    pub shard_connection_count_max: usize,
     /// Longest a fetch may long-poll.
     pub fetch_wait_max: Duration,
     /// Test-only fault injection, passed to the engine (`EngineConfig::fault_hook`); `None`
@@ -80,6 +83,7 @@ impl ServerConfig {
             frame_size_bytes_max: wire::FRAME_SIZE_BYTES_MAX_DEFAULT,
             connection_request_count_max: 1024,
             shard_request_bytes_max: 64 * 1024 * 1024,
+            shard_connection_count_max: 1024,
             fetch_wait_max: Duration::from_secs(30),
             fault_hook: None,
         }

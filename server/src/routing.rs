@@ -69,7 +69,7 @@ pub(crate) struct ShardContext {
     /// Connections currently open, to wait for on shutdown.
     pub(crate) open_connections: Cell<usize>,
     pub(crate) connection_closed: Event,
-    /// The shard's request memory budget.
+    /// The shard's request memory budget and connection limit.
     pub(crate) admission: Admission,
 }
 

@@ -111,6 +111,9 @@ struct ServeArgs {
     /// Most bytes of requests each shard holds at once; beyond it connections wait.
     #[arg(long)]
     max_request_bytes_per_shard: Option<usize>,
+    /// Most connections each shard serves at once; beyond it they are refused.
+    #[arg(long)]
+    max_connections_per_shard: Option<usize>,
     /// Do not pin shards to CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -300,6 +303,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.frame_size_bytes_max = args.max_frame_bytes;
     if let Some(bytes) = args.max_request_bytes_per_shard {
         config.shard_request_bytes_max = bytes;
+    }
+    if let Some(count) = args.max_connections_per_shard {
+        config.shard_connection_count_max = count;
     }
     config.pin_shards = !args.no_pin;
     if let Ok(spec) = std::env::var(FAULT_INJECT_ENV) {

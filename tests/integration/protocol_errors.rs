@@ -345,6 +345,71 @@ fn a_padded_fetch_gets_too_large_at_once_and_the_connection_stays_usable() {
     assert_eq!(exchange_error_code(&mut stream, &fetch), None);
 }
 
+fn ping_frame(correlation_id: u64) -> Vec<u8> {
+    encode(&Request {
+        correlation_id,
+        body: RequestBody::Ping,
+    })
+}
+
+/// Pings on `stream`: `Ok` when answered with a pong, `Err(code)` when answered with an
+/// error, and the connection then closed.
+fn ping_on(stream: &mut TcpStream, correlation_id: u64) -> Result<(), ErrorCode> {
+    stream.write_all(&ping_frame(correlation_id)).unwrap();
+    let response = read_frame(stream).expect("an answer");
+    match decode_response(&response).unwrap().body {
+        ResponseBody::Pong => Ok(()),
+        ResponseBody::Error(error) => Err(error.code),
+        other => panic!("expected a pong or an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn connections_over_the_shards_limit_are_told_overloaded_and_closed() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_on(
+        &temp.path().join("data"),
+        &["--max-connections-per-shard", "4"],
+    );
+    // Shard 0's own port: every connection lands on the same shard.
+    let shard_address = SocketAddr::new(server.address.ip(), server.shard_ports[0]);
+    let mut served: Vec<TcpStream> = (0..4).map(|_| connect(shard_address)).collect();
+    for (index, stream) in served.iter_mut().enumerate() {
+        assert_eq!(ping_on(stream, index as u64), Ok(()), "connection {index}");
+    }
+    // The fifth is answered Overloaded before it sends anything, then closed.
+    let mut refused = connect(shard_address);
+    let response = read_frame(&mut refused).expect("an answer before closing");
+    assert_eq!(error_code(&response), ErrorCode::Overloaded);
+    assert_closed(&mut refused);
+    // The other shard is not affected.
+    let mut other = connect(SocketAddr::new(server.address.ip(), server.shard_ports[1]));
+    assert_eq!(ping_on(&mut other, 99), Ok(()));
+    // Once one closes, a new connection is served again. The server learns of the close
+    // asynchronously, so a new connection may still be refused for a moment: bounded
+    // retries, each of which ends in an answer.
+    drop(served.pop());
+    let served_again = (0..200).any(|attempt| {
+        let mut stream = connect(shard_address);
+        match ping_on(&mut stream, attempt) {
+            Ok(()) => true,
+            Err(code) => {
+                assert_eq!(code, ErrorCode::Overloaded);
+                std::thread::sleep(Duration::from_millis(10));
+                false
+            }
+        }
+    });
+    assert!(served_again, "a connection is served once another closed");
+    for (index, stream) in served.iter_mut().enumerate() {
+        assert_eq!(
+            ping_on(stream, 100 + index as u64),
+            Ok(()),
+            "connection {index}"
+        );
+    }
+}
+
 #[test]
 fn a_frame_larger_than_the_whole_request_budget_is_still_served() {
     // A shard budget of 64 KiB and frames of 9 MiB (over the connection's 8 MiB too): each

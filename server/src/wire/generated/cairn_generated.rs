@@ -258,7 +258,9 @@ impl ErrorCode {
   /// The server could not write or sync; the request's outcome is unknown unless it was a
   /// read. The server stops after this and recovers on restart.
   pub const StorageFailure: Self = Self(8);
-  /// Too much work queued; retry later.
+  /// Too much work queued; retry later. Also the one frame a connection gets, with
+  /// correlation_id 0, when the server already serves as many connections as it may on
+  /// that port's shard: the server closes the connection after it.
   pub const Overloaded: Self = Self(9);
   /// The server is stopping; retry against it after it restarts.
   pub const ShuttingDown: Self = Self(10);

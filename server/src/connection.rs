@@ -386,6 +386,9 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
             }
         };
         frames.feed(chunk.get(..read_bytes).unwrap_or_default());
+        // A socket that always has bytes never makes this loop wait: let the shard's other
+        // tasks run once it has had its time slice (glommio's preempt timer).
+        glommio::yield_if_needed().await;
     }
     // A frame that never came whole holds its admission until here; in-flight requests
     // hold theirs until answered.

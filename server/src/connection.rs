@@ -5,19 +5,36 @@
 //! Responses go out in completion order — each carries its correlation id — and the writer
 //! batches all that are ready into one socket write.
 //!
-//! Memory per connection is bounded three ways: at most `connection_request_count_max`
-//! requests in flight (beyond it the connection is not read, so back-pressure reaches the
-//! client through TCP); at most `RESPONSE_QUEUE_BYTES_MAX` of responses queued for the
-//! socket (a handler waits for room); and at most `LARGE_RESPONSE_COUNT_MAX` responses that
+//! Request memory is paid for before it is held (`admission`). As soon as a frame's length
+//! is known, and before its body is buffered, the connection takes for it: one of
+//! `connection_request_count_max` in-flight slots, and its size (plus
+//! `REQUEST_STATE_SIZE_BYTES`) from the connection's `CONNECTION_REQUEST_BYTES_MAX` and
+//! from the shard's `shard_request_bytes_max`, all given back when the request has been
+//! answered. While it cannot, the connection is not read, so back-pressure reaches the
+//! client through TCP. One exception: a connection with no request in flight may always
+//! have one frame of at most `NON_APPEND_FRAME_SIZE_BYTES_MAX` (every kind but append)
+//! without the shard's budget, so that clients that send one request at a time are served
+//! even while others hold the whole budget. So requests hold at most
+//! `shard_request_bytes_max` per shard, plus one small frame per connection; beyond that,
+//! each connection holds its read buffer and at most one read of bytes not yet paid for
+//! (`READ_CHUNK_BYTES` each), and the shard serves at most `shard_connection_count_max`
+//! connections (others are told `Overloaded` and closed).
+//!
+//! Responses are bounded per connection: at most `RESPONSE_QUEUE_BYTES_MAX` queued for the
+//! socket (a handler waits for room), and at most `LARGE_RESPONSE_COUNT_MAX` responses that
 //! carry records (fetch, read_key, key_history: up to ~2 MiB each) built but not queued.
 //! A client that never reads its responses therefore stalls only itself, and a write that
 //! makes no progress for `WRITE_TIMEOUT` closes the connection.
 //!
-//! Once a response cannot be written (the client vanished, or stalled past the timeout),
-//! the connection is abandoned: it stops reading, requests not yet handled are dropped,
-//! and requests waiting to build a response with records give up, so that the work a
-//! vanished client queued (up to `connection_request_count_max` fetches of megabytes) is
-//! not done for nobody while the shard's other clients wait.
+//! When the client stops sending (end of stream, or a read error), fetches of this
+//! connection that wait for records answer at once with what there is, so that a client
+//! that left does not keep their memory for the rest of a long poll. (A fetch forwarded to
+//! another shard waits out its time there.) Once a response cannot be written (the client
+//! vanished, or stalled past the timeout), the connection is abandoned: it stops reading,
+//! requests not yet handled are dropped, and requests waiting to build a response with
+//! records give up, so that the work a vanished client queued (up to
+//! `connection_request_count_max` fetches of megabytes) is not done for nobody while the
+//! shard's other clients wait.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -27,11 +44,12 @@ use std::time::Duration;
 use cairn_engine::io::event::Event;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use glommio::sync::Semaphore;
+use glommio::sync::{Semaphore, StaticPermit};
 
+use crate::admission::{RequestMemory, RequestMemoryPermit};
 use crate::handlers;
 use crate::routing::ShardContext;
-use crate::wire::{FrameError, FrameReader, write_frame};
+use crate::wire::{FrameError, FrameReader, NON_APPEND_FRAME_SIZE_BYTES_MAX, write_frame};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -39,11 +57,137 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// A response write that makes no progress for this long closes the connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a refused connection gets to take its `Overloaded` answer.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Bytes of responses queued for the socket before handlers wait for the writer.
 const RESPONSE_QUEUE_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Responses carrying records that may be built at once on one connection.
 const LARGE_RESPONSE_COUNT_MAX: u64 = 4;
+
+/// Most bytes of requests one connection holds at once (frames and
+/// `REQUEST_STATE_SIZE_BYTES` each), so that one connection cannot take its shard's whole
+/// budget: two of the largest default frames, so a producer can pipeline full batches. (A
+/// frame over it, possible with a raised `frame_size_bytes_max`, pays all of it.)
+const CONNECTION_REQUEST_BYTES_MAX: usize = 2 * crate::wire::FRAME_SIZE_BYTES_MAX_DEFAULT as usize;
+
+/// Bytes each request is charged beyond its frame, for what its task holds until it is
+/// answered (the task and its future's state, the listeners it waits with). Measured in a
+/// debug build: 8,192 long-polling fetches of 128-byte frames grew the server by 12 MiB,
+/// ~1.5 KiB each, frames included; rounded up.
+const REQUEST_STATE_SIZE_BYTES: usize = 2 * 1024;
+
+/// What a client connection's request handlers may know of their connection.
+pub(crate) struct ClientConnection {
+    /// Permits to build a response that carries records; closed when the connection is
+    /// abandoned (see the module docs).
+    pub(crate) large_responses: Rc<Semaphore>,
+    /// Raised once the client has stopped sending.
+    hung_up: Event,
+    is_hung_up: Cell<bool>,
+}
+
+impl ClientConnection {
+    fn new() -> ClientConnection {
+        ClientConnection {
+            large_responses: Rc::new(Semaphore::new(LARGE_RESPONSE_COUNT_MAX)),
+            hung_up: Event::new(),
+            is_hung_up: Cell::new(false),
+        }
+    }
+
+    /// Completes once the client has stopped sending (end of stream or a read error): it
+    /// may still read responses, but waiting longer for records helps nobody.
+    pub(crate) async fn hung_up(&self) {
+        loop {
+            let listener = self.hung_up.listen();
+            if self.is_hung_up.get() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    fn hang_up(&self) {
+        self.is_hung_up.set(true);
+        self.hung_up.notify();
+    }
+}
+
+/// This connection's requests being handled, and an event when one ends.
+#[derive(Default)]
+struct InFlight {
+    count: Cell<usize>,
+    ended: Event,
+}
+
+impl InFlight {
+    fn start(&self) {
+        self.count.set(self.count.get() + 1);
+    }
+
+    fn end(&self) {
+        self.count.set(self.count.get() - 1);
+        self.ended.notify();
+    }
+
+    /// Completes once no request is in flight.
+    async fn idle(&self) {
+        loop {
+            let listener = self.ended.listen();
+            if self.count.get() == 0 {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// What a request holds from when its length is known until it is answered.
+struct Admitted {
+    _slot: StaticPermit,
+    _connection_memory: RequestMemoryPermit,
+    /// `None` for the one small frame of an idle connection (see the module docs).
+    _shard_memory: Option<RequestMemoryPermit>,
+}
+
+/// Takes what a request frame of `frame_size_bytes` needs before its body is buffered;
+/// `None` if the connection's slots were closed.
+async fn admit(
+    context: &ShardContext,
+    slots: &Rc<Semaphore>,
+    connection_memory: &RequestMemory,
+    in_flight: &InFlight,
+    frame_size_bytes: u32,
+) -> Option<Admitted> {
+    let charge_bytes = usize::try_from(frame_size_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(REQUEST_STATE_SIZE_BYTES);
+    let slot = slots.acquire_static_permit(1).await.ok()?;
+    let connection_memory = connection_memory.pay(charge_bytes).await;
+    let small = frame_size_bytes <= NON_APPEND_FRAME_SIZE_BYTES_MAX;
+    let shard_memory = if small && in_flight.count.get() == 0 {
+        None
+    } else {
+        let shard_budget = async { Some(context.admission.request_memory.pay(charge_bytes).await) };
+        // Dropping the shard's payment when the connection falls idle takes it out of the
+        // queue, with no trace.
+        let idle_exemption = async {
+            if !small {
+                std::future::pending::<()>().await;
+            }
+            in_flight.idle().await;
+            None
+        };
+        futures_lite::future::or(shard_budget, idle_exemption).await
+    };
+    Some(Admitted {
+        _slot: slot,
+        _connection_memory: connection_memory,
+        _shard_memory: shard_memory,
+    })
+}
 
 /// Responses waiting for the socket, bounded by bytes.
 #[derive(Default)]
@@ -99,8 +243,14 @@ impl ResponseQueue {
 }
 
 /// Serves one accepted connection until the client closes it, it breaks the framing, or
-/// the server shuts down (then in-flight requests are answered before closing).
+/// the server shuts down (then in-flight requests are answered before closing). Over the
+/// shard's connection limit, answers `Overloaded` and closes instead.
 pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
+    let open_count_max = context.config.shard_connection_count_max.max(1);
+    if context.open_connections.get() >= open_count_max {
+        refuse(&context, stream, open_count_max).await;
+        return;
+    }
     context
         .open_connections
         .set(context.open_connections.get() + 1);
@@ -111,8 +261,10 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
     let (mut reader, writer) = futures_lite::io::split(stream);
     let request_count_max = context.config.connection_request_count_max.max(1);
     let queue = Rc::new(ResponseQueue::default());
-    let permits = Rc::new(Semaphore::new(request_count_max as u64));
-    let large_responses = Rc::new(Semaphore::new(LARGE_RESPONSE_COUNT_MAX));
+    let slots = Rc::new(Semaphore::new(request_count_max as u64));
+    let client = Rc::new(ClientConnection::new());
+    let connection_memory = RequestMemory::new(CONNECTION_REQUEST_BYTES_MAX);
+    let in_flight = Rc::new(InFlight::default());
     let mut frames = FrameReader::new(context.config.frame_size_bytes_max);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     // Raised by a request task whose frame was not a flatbuffer, or by the writer when
@@ -126,73 +278,121 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
         queue.clone(),
         Abandon {
             abandoned: abandoned.clone(),
-            large_responses: large_responses.clone(),
+            client: client.clone(),
             broken: broken.clone(),
             is_broken: is_broken.clone(),
         },
     ));
+    // What the frame being received holds, from when its length is known.
+    let mut admitted: Option<Admitted> = None;
 
     'reading: loop {
-        let stopping = futures_lite::future::or(context.stopping.listen(), broken.listen());
-        if context.is_stopping.get() || is_broken.get() {
-            break;
-        }
-        let read = futures_lite::future::or(reader.read(&mut chunk), async {
-            stopping.await;
-            Ok(0)
-        })
-        .await;
-        let read_bytes = match read {
-            Ok(0) => break,
-            Ok(read_bytes) => read_bytes,
-            Err(error) => {
-                tracing::debug!(?peer, %error, "read failed, closing");
-                break;
-            }
-        };
-        frames.feed(chunk.get(..read_bytes).unwrap_or_default());
+        // Take every frame that the bytes fed so far complete, each admitted before its
+        // body is buffered.
         loop {
-            match frames.next_frame() {
-                Ok(Some(frame)) => {
-                    let Ok(permit) = permits.acquire_static_permit(1).await else {
-                        break 'reading;
-                    };
-                    if is_broken.get() {
-                        break 'reading;
-                    }
-                    let context = context.clone();
-                    let queue = queue.clone();
-                    let broken = broken.clone();
-                    let is_broken = is_broken.clone();
-                    let large_responses = large_responses.clone();
-                    let abandoned = abandoned.clone();
-                    glommio::spawn_local(async move {
-                        if abandoned.get() {
-                            return;
-                        }
-                        let handled =
-                            handlers::handle_frame(&context, &frame, Some(&large_responses)).await;
-                        queue.push(handled.response).await;
-                        if handled.close_connection {
-                            is_broken.set(true);
-                            broken.notify();
-                        }
-                        drop(handled.large_response_permit);
-                        drop(permit);
-                    })
-                    .detach();
-                }
+            let frame_size_bytes = match frames.next_frame_size_bytes() {
+                Ok(Some(frame_size_bytes)) => frame_size_bytes,
                 Ok(None) => break,
                 Err(error) => {
-                    // The stream cannot be resynchronised after a bad length: say why, then
-                    // close this connection only.
+                    // The stream cannot be resynchronised after a bad length: say why,
+                    // then close this connection only.
                     tracing::info!(?peer, %error, "closing connection on a framing error");
                     queue.push(handlers::framing_error_response(&error)).await;
                     break 'reading;
                 }
+            };
+            if admitted.is_none() {
+                let stopping = futures_lite::future::or(context.stopping.listen(), broken.listen());
+                if context.is_stopping.get() || is_broken.get() {
+                    break 'reading;
+                }
+                let admission = admit(
+                    &context,
+                    &slots,
+                    &connection_memory,
+                    &in_flight,
+                    frame_size_bytes,
+                );
+                let admission = futures_lite::future::or(admission, async {
+                    stopping.await;
+                    None
+                });
+                match admission.await {
+                    Some(admission) => admitted = Some(admission),
+                    None => break 'reading,
+                }
             }
+            let frame = match frames.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                // Not after its length was accepted; handled like any framing error.
+                Err(error) => {
+                    queue.push(handlers::framing_error_response(&error)).await;
+                    break 'reading;
+                }
+            };
+            if is_broken.get() {
+                break 'reading;
+            }
+            let admitted = admitted
+                .take()
+                .expect("every frame is admitted before its body is buffered");
+            in_flight.start();
+            let context = context.clone();
+            let queue = queue.clone();
+            let broken = broken.clone();
+            let is_broken = is_broken.clone();
+            let client = client.clone();
+            let abandoned = abandoned.clone();
+            let in_flight = in_flight.clone();
+            glommio::spawn_local(async move {
+                if !abandoned.get() {
+                    let handled = handlers::handle_frame(&context, &frame, Some(&client)).await;
+                    queue.push(handled.response).await;
+                    if handled.close_connection {
+                        is_broken.set(true);
+                        broken.notify();
+                    }
+                    drop(handled.large_response_permit);
+                }
+                // The request is answered (or abandoned): give back what it held.
+                drop(frame);
+                drop(admitted);
+                in_flight.end();
+            })
+            .detach();
         }
+
+        let stopping = futures_lite::future::or(context.stopping.listen(), broken.listen());
+        if context.is_stopping.get() || is_broken.get() {
+            break;
+        }
+        let read = futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
+            stopping.await;
+            None
+        })
+        .await;
+        let read_bytes = match read {
+            None => break,
+            Some(Ok(0)) => {
+                client.hang_up();
+                break;
+            }
+            Some(Ok(read_bytes)) => read_bytes,
+            Some(Err(error)) => {
+                tracing::debug!(?peer, %error, "read failed, closing");
+                client.hang_up();
+                break;
+            }
+        };
+        frames.feed(chunk.get(..read_bytes).unwrap_or_default());
+        // A socket that always has bytes never makes this loop wait: let the shard's other
+        // tasks run once it has had its time slice (glommio's preempt timer).
+        glommio::yield_if_needed().await;
     }
+    // A frame that never came whole holds its admission until here; in-flight requests
+    // hold theirs until answered.
+    drop(admitted);
     if let Err(FrameError::Truncated {
         buffered_size_bytes,
         frame_size_bytes,
@@ -205,14 +405,33 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
             "client left mid-frame"
         );
     }
-    // Answer what was read: wait for every in-flight request to release its permit.
-    let _ = permits.acquire(request_count_max as u64).await;
+    drop(frames);
+    drop(chunk);
+    // Answer what was read: wait for every in-flight request to give back its slot.
+    let _ = slots.acquire(request_count_max as u64).await;
     queue.close();
     writer_task.await;
     context
         .open_connections
         .set(context.open_connections.get() - 1);
     context.connection_closed.notify();
+}
+
+/// Tells a connection over the shard's limit that it is refused, and closes it.
+async fn refuse(context: &ShardContext, mut stream: TcpStream, open_count_max: usize) {
+    context
+        .admission
+        .note_refused_connection(context.open_connections.get(), open_count_max);
+    let mut out = Vec::new();
+    write_frame(
+        &handlers::connection_refused_response(open_count_max),
+        &mut out,
+    );
+    // A fresh socket's send buffer takes these few bytes at once; the timeout only bounds
+    // a pathological case. Either way the connection closes.
+    let _ = stream.set_write_timeout(Some(REFUSAL_WRITE_TIMEOUT));
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
 }
 
 fn configure(stream: &TcpStream) -> glommio::Result<(), ()> {
@@ -224,7 +443,7 @@ fn configure(stream: &TcpStream) -> glommio::Result<(), ()> {
 /// What the writer raises when a response cannot be written.
 struct Abandon {
     abandoned: Rc<Cell<bool>>,
-    large_responses: Rc<Semaphore>,
+    client: Rc<ClientConnection>,
     broken: Event,
     is_broken: Rc<Cell<bool>>,
 }
@@ -233,7 +452,7 @@ impl Abandon {
     fn raise(&self) {
         self.abandoned.set(true);
         // Requests waiting to build a response with records get an error instead.
-        self.large_responses.close();
+        self.client.large_responses.close();
         self.is_broken.set(true);
         self.broken.notify();
     }

@@ -20,8 +20,9 @@ use cairn_engine::{
     ShardId, Topic, TopicError,
 };
 
-use glommio::sync::{Semaphore, StaticPermit};
+use glommio::sync::StaticPermit;
 
+use crate::connection::ClientConnection;
 use crate::routing::{MeshError, ShardContext};
 use crate::wire::{
     self, Appended, ConflictInfo, Encoder, ErrorCode, ErrorResponse, FrameError, HeaderList,
@@ -29,9 +30,23 @@ use crate::wire::{
     Request, RequestBody, Response, ResponseBody, TopicMetadata, decode_request,
 };
 
-/// Most bytes of records one fetch or key history returns (beyond the first record),
-/// whatever the client asks: the response must fit in a client's default frame limit.
+/// Most bytes of records one fetch or key history returns, whatever the client asks,
+/// counted as they are encoded (`wire::record_out_size_bytes_max`: keys, values, headers
+/// and the flatbuffer's overhead per record and header), not as they are stored: a 1-byte
+/// record takes ~26 bytes in a batch but ~60 in a response. A response holds at least one
+/// record when one is available, even a larger one, so that a reader always gets past it.
 const FETCH_SIZE_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+// Either way the response fits in a client's default frame limit: records up to the limit,
+// or a single record of any size (which `wire` checks against the same frame limit).
+const _: () = assert!(
+    FETCH_SIZE_BYTES_MAX + wire::RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX
+        <= wire::FRAME_SIZE_BYTES_MAX_DEFAULT as usize
+);
+const _: () = assert!(
+    wire::RECORD_OUT_SIZE_BYTES_MAX + wire::RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX
+        <= wire::FRAME_SIZE_BYTES_MAX_DEFAULT as usize
+);
 
 /// Most records one key-history response carries.
 const KEY_HISTORY_RECORD_COUNT_MAX: u32 = 1024;
@@ -73,6 +88,15 @@ pub(crate) fn framing_error_response(frame_error: &FrameError) -> Vec<u8> {
     error(0, code, &frame_error.to_string())
 }
 
+/// The response to a connection refused because its shard serves
+/// `shard_connection_count_max` connections already (sent just before closing).
+pub(crate) fn connection_refused_response(open_count_max: usize) -> Vec<u8> {
+    let message = format!(
+        "this shard serves its most connections ({open_count_max}); retry later or elsewhere"
+    );
+    error(0, ErrorCode::Overloaded, &message)
+}
+
 /// The response to one frame, and whether the connection must close after it.
 pub(crate) struct HandledFrame {
     /// The encoded response (without its length).
@@ -85,13 +109,13 @@ pub(crate) struct HandledFrame {
     pub(crate) large_response_permit: Option<StaticPermit>,
 }
 
-/// Handles one request frame. Requests whose responses carry records first take a permit
-/// from `large_responses` when one is given (a client connection's; forwarded requests are
-/// bounded by the connection they came from).
+/// Handles one request frame of `client`, or forwarded from another shard (`None`).
+/// Requests whose responses carry records first take a permit from the client's
+/// `large_responses` (forwarded requests are bounded by the connection they came from).
 pub(crate) async fn handle_frame(
     context: &Rc<ShardContext>,
     frame: &[u8],
-    large_responses: Option<&Rc<Semaphore>>,
+    client: Option<&ClientConnection>,
 ) -> HandledFrame {
     let request = match decode_request(frame) {
         Ok(request) => request,
@@ -114,27 +138,29 @@ pub(crate) async fn handle_frame(
         request.body,
         RequestBody::Fetch(_) | RequestBody::ReadKey(_) | RequestBody::KeyHistory(_)
     );
-    let large_response_permit = match large_responses {
-        Some(semaphore) if carries_records => match semaphore.acquire_static_permit(1).await {
-            Ok(permit) => Some(permit),
-            // Closed: the connection is abandoned and nobody will read the records, so
-            // do not read and encode them (see `connection`).
-            Err(_) => {
-                return HandledFrame {
-                    response: error(
-                        request.correlation_id,
-                        ErrorCode::Internal,
-                        "connection abandoned",
-                    ),
-                    close_connection: true,
-                    large_response_permit: None,
-                };
+    let large_response_permit = match client {
+        Some(client) if carries_records => {
+            match client.large_responses.acquire_static_permit(1).await {
+                Ok(permit) => Some(permit),
+                // Closed: the connection is abandoned and nobody will read the records, so
+                // do not read and encode them (see `connection`).
+                Err(_) => {
+                    return HandledFrame {
+                        response: error(
+                            request.correlation_id,
+                            ErrorCode::Internal,
+                            "connection abandoned",
+                        ),
+                        close_connection: true,
+                        large_response_permit: None,
+                    };
+                }
             }
-        },
+        }
         _ => None,
     };
     HandledFrame {
-        response: handle(context, request, frame).await,
+        response: handle(context, request, frame, client).await,
         close_connection: false,
         large_response_permit,
     }
@@ -204,7 +230,12 @@ fn target_partition(
     })
 }
 
-async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) -> Vec<u8> {
+async fn handle(
+    context: &Rc<ShardContext>,
+    request: Request<'_>,
+    frame: &[u8],
+    client: Option<&ClientConnection>,
+) -> Vec<u8> {
     let correlation_id = request.correlation_id;
     if context.is_stopping.get() {
         return error(
@@ -254,6 +285,7 @@ async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) 
                 fetch.offset,
                 fetch.size_bytes_max,
                 fetch.wait_max,
+                client,
             )
             .await
         }
@@ -279,6 +311,8 @@ async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) 
         }
         (RequestBody::KeyHistory(history), Some(located)) => {
             let limit = history.record_count_max.min(KEY_HISTORY_RECORD_COUNT_MAX);
+            // The engine's size limit counts keys and values only, which is never more than
+            // the encoded size: it returns at least what fits, and the loop below cuts.
             let history = context
                 .shard
                 .key_history(
@@ -292,11 +326,17 @@ async fn handle(context: &Rc<ShardContext>, request: Request<'_>, frame: &[u8]) 
                 Ok(records) => {
                     let headers: Vec<Vec<RecordHeader<'_>>> =
                         records.iter().map(header_list).collect();
-                    let outs: Vec<RecordOut<'_>> = records
-                        .iter()
-                        .zip(&headers)
-                        .map(|(record, headers)| record_out(record, headers))
-                        .collect();
+                    let mut outs: Vec<RecordOut<'_>> = Vec::with_capacity(records.len());
+                    let mut size_bytes = 0;
+                    for (record, headers) in records.iter().zip(&headers) {
+                        let out = record_out(record, headers);
+                        // At least one record, however large, as for a fetch.
+                        size_bytes += out.encoded_size_bytes_max();
+                        if !outs.is_empty() && size_bytes > FETCH_SIZE_BYTES_MAX {
+                            break;
+                        }
+                        outs.push(out);
+                    }
                     Ok(encode(
                         correlation_id,
                         ResponseBody::KeyHistory(KeyHistoryResult {
@@ -490,6 +530,10 @@ async fn append_local(
     }
 }
 
+/// Reads records for a fetch, first waiting up to `wait_max` for one when none is there,
+/// unless `client` stops sending meanwhile (`ClientConnection::hung_up`): then it answers
+/// with what there is, so that a client that left does not keep the request's memory for
+/// the rest of a long poll.
 async fn fetch_local(
     context: &ShardContext,
     correlation_id: u64,
@@ -497,6 +541,7 @@ async fn fetch_local(
     from: cairn_engine::Offset,
     size_bytes_max: u32,
     wait_max: Duration,
+    client: Option<&ClientConnection>,
 ) -> Result<Vec<u8>, (ErrorCode, String)> {
     let wait = wait_max.min(context.config.fetch_wait_max);
     let (_, synced_end) = context
@@ -504,53 +549,86 @@ async fn fetch_local(
         .end_offsets(located.partition_id)
         .map_err(|e| read_error_code(&e))?;
     if from >= synced_end && !wait.is_zero() {
-        // Shutdown ends the wait: the connection (or, forwarded, another shard's) must drain,
-        // and an answer with what is synced so far is a correct one.
+        // Shutdown ends the wait too: the connection (or, forwarded, another shard's) must
+        // drain, and an answer with what is synced so far is a correct one. So does a client
+        // that stopped sending (see `connection`).
         let stopping = context.stopping.listen();
         if !context.is_stopping.get() {
-            let synced = async {
+            let waiting = async {
                 context
                     .shard
                     .wait_synced_beyond(located.partition_id, from, wait)
                     .await
                     .map(|_| ())
             };
-            futures_lite::future::or(synced, async {
+            let stopped = async {
                 stopping.await;
                 Ok(())
-            })
-            .await
+            };
+            match client {
+                Some(client) => {
+                    futures_lite::future::or(futures_lite::future::or(waiting, stopped), async {
+                        client.hung_up().await;
+                        Ok(())
+                    })
+                    .await
+                }
+                None => futures_lite::future::or(waiting, stopped).await,
+            }
             .map_err(|e| read_error_code(&e))?;
         }
     }
     let size_bytes_max = (size_bytes_max as usize).min(FETCH_SIZE_BYTES_MAX);
+    // The engine bounds the batches it reads by their stored size, which is less than the
+    // encoded size of their records: it reads at least what fits, and the loop below cuts.
     let fetched = context
         .shard
         .fetch(located.partition_id, from, size_bytes_max)
         .await
         .map_err(|e| read_error_code(&e))?;
+    // Records to send, with their headers' range in `headers` (which must stop growing
+    // before anything borrows from it).
+    let mut kept: Vec<(RecordOut<'_>, Range<usize>)> = Vec::new();
     let mut headers: Vec<RecordHeader<'_>> = Vec::new();
-    let mut header_ranges: Vec<Range<usize>> = Vec::new();
-    for record in fetched.records() {
-        let start = headers.len();
-        headers.extend(record.headers());
-        header_ranges.push(start..headers.len());
-    }
-    let mut outs: Vec<RecordOut<'_>> = Vec::with_capacity(header_ranges.len());
-    for batch in &fetched.batches {
+    let mut size_bytes = 0;
+    'batches: for batch in &fetched.batches {
         let view = batch.view();
         for record in view.records().filter(|record| record.offset >= from) {
-            let range = header_ranges.get(outs.len()).cloned().unwrap_or_default();
-            outs.push(RecordOut {
+            let headers_start = headers.len();
+            headers.extend(record.headers());
+            let headers_range = headers_start..headers.len();
+            let record_size_bytes = wire::record_out_size_bytes_max(
+                record.key,
+                record.value,
+                headers
+                    .get(headers_range.clone())
+                    .unwrap_or_default()
+                    .iter()
+                    .copied(),
+            );
+            // At least one record, however large, so that the reader gets past it.
+            if !kept.is_empty() && size_bytes + record_size_bytes > size_bytes_max {
+                break 'batches;
+            }
+            size_bytes += record_size_bytes;
+            let out = RecordOut {
                 offset: record.offset,
                 timestamp_ms: view.timestamp_ms(),
                 key: record.key,
                 value: record.value,
-                headers: HeaderList::from_slice(headers.get(range).unwrap_or_default()),
+                headers: HeaderList::default(),
                 prev_key_offset: record.prev_key_offset,
-            });
+            };
+            kept.push((out, headers_range));
         }
     }
+    let outs: Vec<RecordOut<'_>> = kept
+        .into_iter()
+        .map(|(out, headers_range)| RecordOut {
+            headers: HeaderList::from_slice(headers.get(headers_range).unwrap_or_default()),
+            ..out
+        })
+        .collect();
     Ok(encode(
         correlation_id,
         ResponseBody::Fetched(wire::Fetched {

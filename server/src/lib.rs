@@ -11,9 +11,11 @@
 //! messages.
 //!
 //! Module map: `wire` (sans-I/O protocol), `connection` (frames over one socket, limits,
-//! pipelining), `handlers` (request -> engine -> response), `routing` (the mesh),
-//! `client` (the Rust client).
+//! pipelining), `admission` (a shard's request memory budget and connection limit),
+//! `handlers` (request -> engine -> response), `routing` (the mesh), `client` (the Rust
+//! client).
 
+mod admission;
 pub mod client;
 mod connection;
 mod handlers;
@@ -59,6 +61,13 @@ pub struct ServerConfig {
     /// Most requests of one connection being handled at once; beyond it the connection is
     /// not read until one completes.
     pub connection_request_count_max: usize,
+    /// Most bytes of request frames one shard holds at once, over all its connections, from
+    /// when a frame's length is known until it is answered; a connection that would exceed
+    /// it is not read until enough is answered (see `connection`, request memory).
+    pub shard_request_bytes_max: usize,
+    /// Most connections one shard serves at once; a connection beyond it is answered
+    /// `Overloaded` and closed.
+    pub shard_connection_count_max: usize,
     /// Longest a fetch may long-poll.
     pub fetch_wait_max: Duration,
     /// Test-only fault injection, passed to the engine (`EngineConfig::fault_hook`); `None`
@@ -79,6 +88,8 @@ impl ServerConfig {
             segment_size_bytes: 256 * 1024 * 1024,
             frame_size_bytes_max: wire::FRAME_SIZE_BYTES_MAX_DEFAULT,
             connection_request_count_max: 1024,
+            shard_request_bytes_max: 64 * 1024 * 1024,
+            shard_connection_count_max: 1024,
             fetch_wait_max: Duration::from_secs(30),
             fault_hook: None,
         }

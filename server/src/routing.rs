@@ -36,6 +36,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::net::TcpListener;
 use hashbrown::{HashMap, HashSet};
 
+use crate::admission::Admission;
 use crate::{EXIT_STORAGE_FAILURE, Listening, ServerConfig, ShutdownSignal, connection};
 
 /// How long a poisoned shard lets its connections send their error responses before the
@@ -151,6 +152,8 @@ pub(crate) struct ShardContext {
     /// answer before the shard stops.
     mesh_tasks_in_flight: Cell<usize>,
     mesh_task_done: Event,
+    /// The shard's request memory budget and connection limit.
+    pub(crate) admission: Admission,
 }
 
 impl ShardContext {
@@ -374,6 +377,7 @@ pub(crate) async fn run_shard(
         connection_closed: Event::new(),
         mesh_tasks_in_flight: Cell::new(0),
         mesh_task_done: Event::new(),
+        admission: Admission::new(config.shard_request_bytes_max),
     });
     context
         .peer_of_shard

@@ -120,9 +120,15 @@ struct ServeArgs {
     /// Segment file size in bytes.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     segment_size: u64,
-    /// Largest request frame accepted, in bytes.
+    /// Largest request frame accepted, in bytes (appends; other requests: 64 KiB).
     #[arg(long, default_value_t = wire::FRAME_SIZE_BYTES_MAX_DEFAULT)]
     max_frame_bytes: u32,
+    /// Most bytes of requests each shard holds at once; beyond it connections wait.
+    #[arg(long)]
+    max_request_bytes_per_shard: Option<usize>,
+    /// Most connections each shard serves at once; beyond it they are refused.
+    #[arg(long)]
+    max_connections_per_shard: Option<usize>,
     /// Do not pin shards to CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -374,6 +380,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     config.segment_size_bytes = args.segment_size;
     config.frame_size_bytes_max = args.max_frame_bytes;
+    if let Some(bytes) = args.max_request_bytes_per_shard {
+        config.shard_request_bytes_max = bytes;
+    }
+    if let Some(count) = args.max_connections_per_shard {
+        config.shard_connection_count_max = count;
+    }
     config.pin_shards = !args.no_pin;
     if let Ok(spec) = std::env::var(FAULT_INJECT_ENV) {
         config.fault_hook = Some(parse_fault_spec(&spec)?);

@@ -8,8 +8,8 @@ use std::time::Duration;
 use cairn_engine::{KeyCondition, Offset, RecordInput};
 use cairn_server::client::{BlockingClient, ClientConfig};
 use cairn_server::wire::{
-    AppendRecords, AppendRequest, Encoder, ErrorCode, FetchRequest, Request, RequestBody,
-    ResponseBody, decode_response, write_frame,
+    AppendRecords, AppendRequest, CreateTopicRequest, Encoder, ErrorCode, FetchRequest,
+    ReadKeyRequest, Request, RequestBody, ResponseBody, decode_response, write_frame,
 };
 
 use crate::support::server::TestServer;
@@ -213,4 +213,261 @@ fn many_connections_opened_and_dropped_leave_the_server_serving() {
     let streams: Vec<TcpStream> = (0..200).map(|_| connect(server.address)).collect();
     drop(streams);
     assert_still_serving(server.address);
+}
+
+/// Sends one request on `stream` and returns its response's error code (or `None` when
+/// the request succeeded).
+fn exchange_error_code(stream: &mut TcpStream, request: &Request<'_>) -> Option<ErrorCode> {
+    stream.write_all(&encode(request)).unwrap();
+    let response = read_frame(stream).expect("answered, connection open");
+    let decoded = decode_response(&response).expect("the server's response decodes");
+    assert_eq!(decoded.correlation_id, request.correlation_id);
+    match decoded.body {
+        ResponseBody::Error(error) => Some(error.code),
+        _ => None,
+    }
+}
+
+#[test]
+fn topic_names_over_249_bytes_are_refused_by_the_wire_with_bad_request() {
+    // The engine stores names of at most 249 bytes (Kafka's limit); the wire must refuse
+    // longer ones itself, for every request kind, not only CreateTopic.
+    let server = TestServer::start();
+    let mut stream = connect(server.address);
+    let name_max = "n".repeat(249);
+    fn create(correlation_id: u64, name: &str) -> Request<'_> {
+        Request {
+            correlation_id,
+            body: RequestBody::CreateTopic(CreateTopicRequest {
+                name,
+                partition_count: 1,
+            }),
+        }
+    }
+    assert_eq!(
+        exchange_error_code(&mut stream, &create(1, &name_max)),
+        None
+    );
+    let fetch_max = Request {
+        correlation_id: 2,
+        body: RequestBody::Fetch(FetchRequest {
+            topic: &name_max,
+            partition: 0,
+            offset: Offset(0),
+            size_bytes_max: 1024,
+            wait_max: Duration::ZERO,
+        }),
+    };
+    assert_eq!(exchange_error_code(&mut stream, &fetch_max), None);
+    for name_size_bytes in 250..=256 {
+        let name = "n".repeat(name_size_bytes);
+        let correlation_id = name_size_bytes as u64 * 10;
+        assert_eq!(
+            exchange_error_code(&mut stream, &create(correlation_id, &name)),
+            Some(ErrorCode::BadRequest),
+            "create_topic with a {name_size_bytes}-byte name"
+        );
+        // No topic can have this name, so UnknownTopic would mean the wire let it through.
+        let fetch = Request {
+            correlation_id: correlation_id + 1,
+            body: RequestBody::Fetch(FetchRequest {
+                topic: &name,
+                partition: 0,
+                offset: Offset(0),
+                size_bytes_max: 1024,
+                wait_max: Duration::ZERO,
+            }),
+        };
+        assert_eq!(
+            exchange_error_code(&mut stream, &fetch),
+            Some(ErrorCode::BadRequest),
+            "fetch from a {name_size_bytes}-byte topic name"
+        );
+        let read = Request {
+            correlation_id: correlation_id + 2,
+            body: RequestBody::ReadKey(ReadKeyRequest {
+                topic: &name,
+                partition: None,
+                key: b"k",
+                include_pending: false,
+            }),
+        };
+        assert_eq!(
+            exchange_error_code(&mut stream, &read),
+            Some(ErrorCode::BadRequest),
+            "read_key from a {name_size_bytes}-byte topic name"
+        );
+    }
+    assert_still_serving(server.address);
+}
+
+#[test]
+fn a_padded_fetch_gets_too_large_at_once_and_the_connection_stays_usable() {
+    // Only appends need frames of megabytes. A fetch padded to 1 MiB (bytes after the
+    // flatbuffer, which the verifier does not visit) used to be held for its whole long
+    // poll, so a few thousand of them held gigabytes.
+    let server = TestServer::start();
+    let mut setup = BlockingClient::connect(ClientConfig::new(server.address)).unwrap();
+    setup.create_topic("quiet", 1).unwrap();
+    let mut stream = connect(server.address);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let fetch = Request {
+        correlation_id: 7,
+        body: RequestBody::Fetch(FetchRequest {
+            topic: "quiet",
+            partition: 0,
+            offset: Offset(0),
+            size_bytes_max: 1024,
+            wait_max: Duration::from_secs(30),
+        }),
+    };
+    let mut payload = Encoder::new().encode_request(&fetch).to_vec();
+    payload.resize(1024 * 1024, 0);
+    let mut out = Vec::new();
+    write_frame(&payload, &mut out);
+    stream.write_all(&out).unwrap();
+    let response = read_frame(&mut stream).expect("answered before the long poll's end");
+    assert_eq!(decode_response(&response).unwrap().correlation_id, 7);
+    assert_eq!(error_code(&response), ErrorCode::TooLarge);
+    // The same fetch unpadded is served on the same connection.
+    let fetch = Request {
+        correlation_id: 8,
+        body: RequestBody::Fetch(FetchRequest {
+            topic: "quiet",
+            partition: 0,
+            offset: Offset(0),
+            size_bytes_max: 1024,
+            wait_max: Duration::ZERO,
+        }),
+    };
+    assert_eq!(exchange_error_code(&mut stream, &fetch), None);
+}
+
+fn ping_frame(correlation_id: u64) -> Vec<u8> {
+    encode(&Request {
+        correlation_id,
+        body: RequestBody::Ping,
+    })
+}
+
+/// Pings on `stream`: `Ok` when answered with a pong, `Err(code)` when answered with an
+/// error, and the connection then closed.
+fn ping_on(stream: &mut TcpStream, correlation_id: u64) -> Result<(), ErrorCode> {
+    stream.write_all(&ping_frame(correlation_id)).unwrap();
+    let response = read_frame(stream).expect("an answer");
+    match decode_response(&response).unwrap().body {
+        ResponseBody::Pong => Ok(()),
+        ResponseBody::Error(error) => Err(error.code),
+        other => panic!("expected a pong or an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn connections_over_the_shards_limit_are_told_overloaded_and_closed() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_on(
+        &temp.path().join("data"),
+        &["--max-connections-per-shard", "4"],
+    );
+    // Shard 0's own port: every connection lands on the same shard.
+    let shard_address = SocketAddr::new(server.address.ip(), server.shard_ports[0]);
+    let mut served: Vec<TcpStream> = (0..4).map(|_| connect(shard_address)).collect();
+    for (index, stream) in served.iter_mut().enumerate() {
+        assert_eq!(ping_on(stream, index as u64), Ok(()), "connection {index}");
+    }
+    // The fifth is answered Overloaded before it sends anything, then closed.
+    let mut refused = connect(shard_address);
+    let response = read_frame(&mut refused).expect("an answer before closing");
+    assert_eq!(error_code(&response), ErrorCode::Overloaded);
+    assert_closed(&mut refused);
+    // The other shard is not affected.
+    let mut other = connect(SocketAddr::new(server.address.ip(), server.shard_ports[1]));
+    assert_eq!(ping_on(&mut other, 99), Ok(()));
+    // Once one closes, a new connection is served again. The server learns of the close
+    // asynchronously, so a new connection may still be refused for a moment: bounded
+    // retries, each of which ends in an answer.
+    drop(served.pop());
+    let served_again = (0..200).any(|attempt| {
+        let mut stream = connect(shard_address);
+        match ping_on(&mut stream, attempt) {
+            Ok(()) => true,
+            Err(code) => {
+                assert_eq!(code, ErrorCode::Overloaded);
+                std::thread::sleep(Duration::from_millis(10));
+                false
+            }
+        }
+    });
+    assert!(served_again, "a connection is served once another closed");
+    for (index, stream) in served.iter_mut().enumerate() {
+        assert_eq!(
+            ping_on(stream, 100 + index as u64),
+            Ok(()),
+            "connection {index}"
+        );
+    }
+}
+
+#[test]
+fn a_frame_larger_than_the_whole_request_budget_is_still_served() {
+    // A shard budget of 64 KiB and frames of 9 MiB (over the connection's 8 MiB too): each
+    // takes the whole budget in turn and is served; nothing deadlocks, and small requests
+    // on other connections get through meanwhile.
+    let temp = tempfile::tempdir().unwrap();
+    let server = TestServer::start_on(
+        &temp.path().join("data"),
+        &[
+            "--max-request-bytes-per-shard",
+            "65536",
+            "--max-frame-bytes",
+            &(12 * 1024 * 1024).to_string(),
+        ],
+    );
+    let mut setup = BlockingClient::connect(ClientConfig::new(server.address)).unwrap();
+    let topic = setup.create_topic("big", 1).unwrap();
+    let owner = SocketAddr::new(server.address.ip(), topic.partitions[0].port);
+    let value = vec![b'v'; 512 * 1024];
+    let records = [RecordInput {
+        key: b"k",
+        value: &value,
+        headers: &[],
+        condition: KeyCondition::Any,
+    }];
+    let mut stream = connect(owner);
+    let mut pipelined = Vec::new();
+    for correlation_id in 0..3 {
+        let append = Request {
+            correlation_id,
+            body: RequestBody::Append(AppendRequest {
+                topic: "big",
+                partition: Some(0),
+                expected_end_offset: None,
+                records: AppendRecords::from_inputs(&records),
+            }),
+        };
+        let mut payload = Encoder::new().encode_request(&append).to_vec();
+        payload.resize(9 * 1024 * 1024, 0);
+        write_frame(&payload, &mut pipelined);
+    }
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || stream.write_all(&pipelined).unwrap())
+    };
+    assert_still_serving(owner);
+    let mut appended = 0;
+    for _ in 0..3 {
+        let response = read_frame(&mut stream).expect("answered");
+        match decode_response(&response).unwrap().body {
+            ResponseBody::Appended(_) => appended += 1,
+            other => panic!("expected Appended, got {other:?}"),
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(appended, 3);
+    let fetched = setup
+        .fetch("big", 0, Offset(0), 1024, Duration::ZERO)
+        .unwrap();
+    assert_eq!(fetched.high_watermark, Offset(3));
 }

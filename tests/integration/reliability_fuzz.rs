@@ -492,6 +492,230 @@ fn a_client_that_vanishes_with_unread_fetches_leaves_no_work_behind() {
     );
 }
 
+/// Resident memory of process `pid` (VmRSS in /proc), in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// A fetch of `partition` of `quiet` (which stays empty, so it waits all of `wait_max`),
+/// padded to `frame_size_bytes` with bytes after the flatbuffer, which the verifier never
+/// visits: one whole frame, length included.
+fn padded_long_poll(partition: u32, frame_size_bytes: usize, wait_max: Duration) -> Vec<u8> {
+    let request = Request {
+        correlation_id: u64::from(partition),
+        body: RequestBody::Fetch(FetchRequest {
+            topic: "quiet",
+            partition,
+            offset: Offset(0),
+            size_bytes_max: 1024,
+            wait_max,
+        }),
+    };
+    let mut payload = Encoder::new().encode_request(&request).to_vec();
+    payload.resize(frame_size_bytes, 0);
+    let mut frame = Vec::new();
+    write_frame(&payload, &mut frame);
+    frame
+}
+
+/// What one hostile run did and what the server's memory did meanwhile.
+struct HostileRun {
+    sent_request_count: u64,
+    sent_bytes: u64,
+    resident_before: u64,
+    resident_peak: u64,
+    /// Resident memory once the hostile connections had closed and it settled.
+    resident_after: u64,
+    canary_cycle_count: u64,
+    canary_latency_max: Duration,
+}
+
+/// Opens `connection_count` connections, spread over the shards' own ports, and on each
+/// pipelines up to `request_count` long-poll fetches padded to `frame_size_bytes` (of a
+/// partition the shard owns, so nothing is forwarded) without reading a response, until
+/// the server stops reading it; holds them a moment, then closes them all. Meanwhile
+/// samples the server's RSS every 10 ms and runs a canary client, which must be served
+/// throughout.
+fn run_hostile_long_polls(
+    server: &TestServer,
+    connection_count: usize,
+    request_count: u64,
+    frame_size_bytes: usize,
+    wait_max: Duration,
+) -> HostileRun {
+    let pid = server.pid();
+    let mut client = connect(server.address).unwrap();
+    let quiet = match client.create_topic("quiet", 2) {
+        Ok(topic) => topic,
+        Err(_) => client
+            .metadata()
+            .unwrap()
+            .topics
+            .into_iter()
+            .find(|topic| topic.name == "quiet")
+            .unwrap(),
+    };
+    let resident_before = resident_bytes(pid);
+    let done = Arc::new(AtomicBool::new(false));
+    let resident_peak = Arc::new(AtomicU64::new(resident_before));
+    let sampler = {
+        let (done, resident_peak) = (done.clone(), resident_peak.clone());
+        std::thread::spawn(move || {
+            // Bounded: the test sets `done` within seconds.
+            while !done.load(Ordering::SeqCst) {
+                resident_peak.fetch_max(resident_bytes(pid), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let canary = {
+        let (done, address) = (done.clone(), server.address);
+        std::thread::spawn(move || {
+            let mut client = connect(address).unwrap();
+            let mut cycle_count = 0u64;
+            let mut latency_max = Duration::ZERO;
+            while !done.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                client.ping().expect("canary ping");
+                for partition in 0..2 {
+                    client
+                        .fetch("quiet", partition, Offset(0), 1024, Duration::ZERO)
+                        .expect("canary fetch");
+                }
+                latency_max = latency_max.max(started.elapsed());
+                cycle_count += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (cycle_count, latency_max)
+        })
+    };
+    let senders: Vec<_> = (0..connection_count)
+        .map(|index| {
+            let partition = &quiet.partitions[index % quiet.partitions.len()];
+            let address = SocketAddr::new(server.address.ip(), partition.port);
+            let frame = padded_long_poll(partition.partition, frame_size_bytes, wait_max);
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(address).unwrap();
+                stream
+                    .set_write_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                let mut sent_count = 0u64;
+                // Bounded by the count, and by the write timeout once the server stops
+                // reading this connection.
+                while sent_count < request_count && stream.write_all(&frame).is_ok() {
+                    sent_count += 1;
+                }
+                (stream, sent_count)
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    let mut sent_request_count = 0;
+    for sender in senders {
+        let (stream, sent_count) = sender.join().expect("sender");
+        sent_request_count += sent_count;
+        streams.push(stream);
+    }
+    // Let the server catch up with what the sockets hold, while the canary keeps going.
+    std::thread::sleep(Duration::from_millis(500));
+    drop(streams);
+    // The closed connections' requests must let go of their memory: wait (bounded) for
+    // RSS to come back near where it started.
+    let settled_by = Instant::now() + Duration::from_secs(5);
+    let mut resident_after = resident_bytes(pid);
+    while resident_after > resident_before + 32 * MIB && Instant::now() < settled_by {
+        std::thread::sleep(Duration::from_millis(50));
+        resident_after = resident_bytes(pid);
+    }
+    done.store(true, Ordering::SeqCst);
+    sampler.join().expect("sampler");
+    let (canary_cycle_count, canary_latency_max) = canary.join().expect("canary");
+    HostileRun {
+        sent_request_count,
+        sent_bytes: sent_request_count * frame_size_bytes as u64,
+        resident_before,
+        resident_peak: resident_peak.load(Ordering::SeqCst),
+        resident_after,
+        canary_cycle_count,
+        canary_latency_max,
+    }
+}
+
+/// How much a hostile run may grow the server: both shards' request memory budgets, and a
+/// margin for per-connection buffers, allocator slack and the canary.
+fn hostile_growth_bytes_max() -> u64 {
+    let config = cairn_server::ServerConfig::new();
+    2 * config.shard_request_bytes_max as u64 + 48 * MIB
+}
+
+fn check_hostile_run(name: &str, run: &HostileRun) {
+    eprintln!(
+        "{name}: {} requests ({} MiB) sent; RSS {} MiB before, {} MiB at the peak, {} MiB \
+         after closing; canary {} cycles, slowest {:?}",
+        run.sent_request_count,
+        run.sent_bytes / MIB,
+        run.resident_before / MIB,
+        run.resident_peak / MIB,
+        run.resident_after / MIB,
+        run.canary_cycle_count,
+        run.canary_latency_max,
+    );
+    let growth_bytes = run.resident_peak.saturating_sub(run.resident_before);
+    assert!(
+        growth_bytes <= hostile_growth_bytes_max(),
+        "{name}: the server grew by {} MiB, more than {} MiB",
+        growth_bytes / MIB,
+        hostile_growth_bytes_max() / MIB
+    );
+    assert!(
+        run.resident_after <= run.resident_before + 32 * MIB,
+        "{name}: {} MiB still resident after the clients closed ({} MiB before)",
+        run.resident_after / MIB,
+        run.resident_before / MIB
+    );
+    assert!(run.canary_cycle_count > 0, "{name}: the canary was served");
+}
+
+/// A server whose RSS follows what it holds: glibc keeps freed heap memory resident (and
+/// raises its mmap threshold after each large free), so a server that released every
+/// frame could still show their bytes in VmRSS. With a fixed 32 KiB threshold every frame
+/// of these tests gets its own mapping, returned to the OS when it is freed.
+fn server_with_faithful_rss(data_dir: &std::path::Path) -> TestServer {
+    TestServer::start_with_env(data_dir, &[], &[("MALLOC_MMAP_THRESHOLD_", "32768")])
+}
+
+/// Regression: one connection pipelining 1024 long-poll fetches padded to megabytes (each
+/// passed the verifier and held its frame for the whole poll) made the server hold
+/// 7 GiB, still resident after the client closed.
+#[test]
+fn one_connection_of_padded_long_polls_cannot_make_the_server_hold_its_frames() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = server_with_faithful_rss(&temp.path().join("data"));
+    let run = run_hostile_long_polls(&server, 1, 1024, 1024 * 1024, Duration::from_secs(30));
+    check_hostile_run("one connection, 1024 x 1 MiB", &run);
+}
+
+/// The same with many connections and frames just under a fetch's frame limit, which the
+/// server accepts and long-polls: each connection and each shard may hold only so much,
+/// and the canary, one request at a time, is still served. The polls wait 2 s, so that
+/// their memory visibly comes back once the clients have gone (a client that leaves while
+/// its connection is not being read is noticed when its requests end).
+#[test]
+fn many_connections_of_padded_long_polls_cannot_make_the_server_hold_their_frames() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = server_with_faithful_rss(&temp.path().join("data"));
+    let run = run_hostile_long_polls(&server, 16, 1024, 60 * 1024, Duration::from_secs(2));
+    check_hostile_run("16 connections, 1024 x 60 KiB", &run);
+}
+
 /// Sends a ping one byte at a time, then waits for the pong.
 fn drip(address: SocketAddr, deadline: Instant, tally: &Tally) -> u64 {
     let mut encoder = Encoder::new();

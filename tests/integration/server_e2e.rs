@@ -2,14 +2,18 @@
 //! races across connections, long-poll, restart, forwarding and shard-aware routing, the CLI.
 
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_engine::{KeyCondition, Offset, RecordHeader, RecordInput};
 use cairn_server::client::{AppendResult, BlockingClient, ClientConfig, ClientError};
-use cairn_server::wire::{ConflictInfo, ErrorCode};
+use cairn_server::wire::{
+    ConflictInfo, Encoder, ErrorCode, FetchRequest, Request, RequestBody, Response, ResponseBody,
+    decode_response,
+};
 
 use crate::support::server::{CAIRN_BIN, TestServer};
 
@@ -243,6 +247,54 @@ fn a_long_poll_fetch_wakes_when_a_record_is_appended() {
 }
 
 #[test]
+fn a_long_poll_ends_when_its_client_stops_sending() {
+    // A client that shuts down its sending side has left or will send nothing more: its
+    // long polls answer at once (with no records) rather than keep their memory for 30 s.
+    let server = TestServer::start();
+    let topic = client(server.address).create_topic("idle", 1).unwrap();
+    let owner = SocketAddr::new(server.address.ip(), topic.partitions[0].port);
+    let mut stream = std::net::TcpStream::connect(owner).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut frame = Vec::new();
+    Encoder::new().write_request_frame(
+        &Request {
+            correlation_id: 5,
+            body: RequestBody::Fetch(FetchRequest {
+                topic: "idle",
+                partition: 0,
+                offset: Offset(0),
+                size_bytes_max: 1024,
+                wait_max: Duration::from_secs(30),
+            }),
+        },
+        &mut frame,
+    );
+    stream.write_all(&frame).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let started = Instant::now();
+    let mut length = [0u8; 4];
+    stream
+        .read_exact(&mut length)
+        .expect("answered before the read timeout");
+    let mut response = vec![0u8; u32::from_le_bytes(length) as usize];
+    stream.read_exact(&mut response).unwrap();
+    let answered_after = started.elapsed();
+    match decode_response(&response).unwrap() {
+        Response {
+            correlation_id: 5,
+            body: ResponseBody::Fetched(fetched),
+        } => assert!(fetched.records.is_empty()),
+        other => panic!("expected an empty Fetched, got {other:?}"),
+    }
+    assert!(
+        answered_after < Duration::from_secs(5),
+        "answered after {answered_after:?}"
+    );
+}
+
+#[test]
 fn acknowledged_appends_survive_a_restart_and_a_kill() {
     let temp = tempfile::tempdir().unwrap();
     let data_dir = temp.path().join("data");
@@ -431,4 +483,106 @@ fn the_cli_books_a_seat_once_and_reports_the_conflict_with_exit_status_3() {
     let read = cairn_cli(&server, &["--json", "read-key", "seats", "12A"]);
     let read: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
     assert_eq!(read["offset"], 0);
+}
+
+/// Fetches every record of `topic`'s partition 0 with the bundled client, `size_bytes_max`
+/// at a time, and returns their offsets and the largest number in one response.
+fn fetch_every_offset(
+    client: &mut BlockingClient,
+    topic: &str,
+    size_bytes_max: u32,
+    end: Offset,
+) -> (Vec<Offset>, usize) {
+    let mut offsets = Vec::new();
+    let mut response_record_count_max = 0;
+    let mut next = Offset(0);
+    // Bounded: every answer carries at least one record until the end is reached.
+    while next < end {
+        let fetched = client
+            .fetch(topic, 0, next, size_bytes_max, Duration::ZERO)
+            .unwrap_or_else(|error| panic!("fetch from {next:?}: {error}"));
+        assert!(
+            !fetched.records.is_empty(),
+            "a fetch from {next:?} made progress"
+        );
+        response_record_count_max = response_record_count_max.max(fetched.records.len());
+        for record in &fetched.records {
+            assert_eq!(record.offset, next, "records come in offset order, densely");
+            offsets.push(record.offset);
+            next = next.plus(1);
+        }
+    }
+    (offsets, response_record_count_max)
+}
+
+#[test]
+fn a_fetch_of_tiny_records_fits_the_clients_frame_limit() {
+    // 80,000 records of 1-byte keys and values take ~2 MiB of batches on disk, but ~60
+    // bytes each as a flatbuffer: a fetch bounded by on-disk bytes was a 4.8 MB response,
+    // which the bundled client (4 MiB frame limit) refused on every retry.
+    let server = TestServer::start();
+    let mut client = client(server.address);
+    client.create_topic("tiny", 1).unwrap();
+    let records = vec![record(b"k", b"v", KeyCondition::Any); 20_000];
+    for _ in 0..4 {
+        client.append("tiny", Some(0), None, &records).unwrap();
+    }
+    let end = Offset(80_000);
+    // Not much smaller limits: each fetch reads whole batches (20,000 records here), so a
+    // reader asking for a few records at a time re-reads a batch per answer.
+    for size_bytes_max in [2 * 1024 * 1024, u32::MAX, 256 * 1024] {
+        let (offsets, response_record_count_max) =
+            fetch_every_offset(&mut client, "tiny", size_bytes_max, end);
+        assert_eq!(offsets.len(), 80_000);
+        eprintln!(
+            "size_bytes_max {size_bytes_max}: at most {response_record_count_max} records \
+             per fetch"
+        );
+    }
+}
+
+#[test]
+fn a_key_history_of_records_with_many_headers_fits_the_clients_frame_limit() {
+    // 1024 records (the server's count limit) of one key, each with 1 KiB of value and 64
+    // headers: ~1 MiB of keys and values, the engine's measure, but over 5 MB as a
+    // flatbuffer once the headers are counted.
+    let server = TestServer::start();
+    let mut client = client(server.address);
+    client.create_topic("audited", 1).unwrap();
+    let header_value = [b'h'; 30];
+    let headers: Vec<RecordHeader<'_>> = (0..64)
+        .map(|_| RecordHeader {
+            name: b"n",
+            value: &header_value,
+        })
+        .collect();
+    let value = [b'v'; 1024];
+    let records = vec![
+        RecordInput {
+            key: b"entity",
+            value: &value,
+            headers: &headers,
+            condition: KeyCondition::Any,
+        };
+        64
+    ];
+    for _ in 0..16 {
+        client.append("audited", Some(0), None, &records).unwrap();
+    }
+    let history = client
+        .key_history("audited", Some(0), b"entity", 1024)
+        .expect("the bundled client accepts the key history");
+    assert!(!history.is_empty());
+    for (newer, older) in history.iter().zip(history.iter().skip(1)) {
+        assert_eq!(
+            newer.prev_key_offset,
+            Some(older.offset),
+            "newest first, linked"
+        );
+    }
+    assert_eq!(history[0].offset, Offset(1023));
+    eprintln!(
+        "key history: {} of 1024 records in one response",
+        history.len()
+    );
 }

@@ -622,7 +622,10 @@ impl Sim {
                     condition,
                 }];
                 let overhead = batch_encoded_len(&empty).unwrap_or(BLOCK_SIZE_BYTES);
-                value.resize(BLOCK_SIZE_BYTES.saturating_sub(overhead).max(value.len()), b'#');
+                value.resize(
+                    BLOCK_SIZE_BYTES.saturating_sub(overhead).max(value.len()),
+                    b'#',
+                );
             } else {
                 let value_len = self.rng.below(300) as usize;
                 value.resize(value.len() + value_len, b'.');

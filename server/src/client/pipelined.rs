@@ -142,7 +142,8 @@ impl Client {
     }
 
     /// Reads synced records of one partition from `offset` on, about `size_bytes_max` of
-    /// them (at least one if any is available). When none is, the server waits up to
+    /// them as encoded in the response ([`crate::wire::record_out_size_bytes_max`]; at least one
+    /// record if any is available). When none is, the server waits up to
     /// `wait_max` (in whole milliseconds) for one; the call's timeout grows by as much.
     pub async fn fetch(
         &self,

@@ -3,8 +3,12 @@
 //! [`FrameReader`] turns a byte stream, fed in whatever pieces the socket delivers, into
 //! whole frames. It reads the length first and refuses one over the configured
 //! `frame_size_bytes_max` before buffering any of its body, so a peer cannot make it hold
-//! more than what it has actually sent of frames within the limit. [`write_frame`] is the
-//! other direction.
+//! more than what it has actually sent of frames within the limit. It also tells the
+//! length before the body ([`FrameReader::next_frame_size_bytes`]), so that a server can
+//! reserve memory for a frame before buffering it. Each frame it returns owns an allocation
+//! of exactly its size: holding one frame (a request being handled) never keeps the bytes
+//! of another alive, so what a caller holds is the sum of the frames it holds.
+//! [`write_frame`] is the other direction.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -28,13 +32,26 @@ pub enum FrameError {
 
 /// Splits a byte stream into frames, without I/O: feed it bytes, take frames out.
 ///
-/// Memory: the reader holds the bytes fed and not yet returned as frames. A caller that
-/// takes every available frame after each [`feed`](Self::feed) holds at most one partial
-/// frame (under `frame_size_bytes_max`) plus what it fed last.
+/// Memory: the reader holds the bytes fed and not yet returned as frames: the body received
+/// so far of the frame whose length is known (its allocation grows with what arrives, at
+/// most to twice that and never beyond the announced length), and the rest of what was fed
+/// last. A caller that takes every available frame after each [`feed`](Self::feed) holds at
+/// most one partial frame plus what it fed last.
 #[derive(Debug)]
 pub struct FrameReader {
+    /// Bytes fed and not yet moved into a frame's body: at most a length prefix, and what
+    /// followed it in the last feed.
     buffer: BytesMut,
+    /// The frame whose length prefix has been taken from `buffer`.
+    frame: Option<PartialFrame>,
     frame_size_bytes_max: u32,
+}
+
+/// A frame whose length is known, and the part of its body received so far.
+#[derive(Debug)]
+struct PartialFrame {
+    frame_size_bytes: usize,
+    body: Vec<u8>,
 }
 
 impl FrameReader {
@@ -44,6 +61,7 @@ impl FrameReader {
     pub fn new(frame_size_bytes_max: u32) -> FrameReader {
         FrameReader {
             buffer: BytesMut::new(),
+            frame: None,
             frame_size_bytes_max,
         }
     }
@@ -53,26 +71,72 @@ impl FrameReader {
         self.buffer.extend_from_slice(bytes);
     }
 
+    /// The length of the next frame (without its 4-byte prefix) as soon as its prefix has
+    /// arrived, before its body is buffered; `Ok(None)` if the prefix is incomplete, or an
+    /// error if the length is over the limit. The same until that frame is returned by
+    /// [`next_frame`](Self::next_frame). After an error, every call returns the same error.
+    pub fn next_frame_size_bytes(&mut self) -> Result<Option<u32>, FrameError> {
+        if let Some(frame) = &self.frame {
+            let len_bytes = u32::try_from(frame.frame_size_bytes)
+                .expect("a frame's length was read from a u32");
+            return Ok(Some(len_bytes));
+        }
+        let Some(len_bytes) = self.next_len_bytes()? else {
+            return Ok(None);
+        };
+        self.buffer.advance(FRAME_LENGTH_SIZE_BYTES);
+        // The limit is at most u32::MAX, so the frame fits in memory's address space.
+        let frame_size_bytes = usize::try_from(len_bytes).expect("usize holds a u32");
+        // No reserve for the whole body here: memory follows the bytes that actually
+        // arrive, not what a peer announced.
+        self.frame = Some(PartialFrame {
+            frame_size_bytes,
+            body: Vec::new(),
+        });
+        Ok(Some(len_bytes))
+    }
+
     /// The next whole frame's flatbuffer (without its length), `Ok(None)` if more bytes are
     /// needed, or an error if the next frame is over the limit. After an error, every call
     /// returns the same error.
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
-        let Some(len_bytes) = self.next_len_bytes()? else {
-            return Ok(None);
-        };
-        // The limit is at most u32::MAX, so the frame fits in memory's address space.
-        let frame_size_bytes = usize::try_from(len_bytes).expect("usize holds a u32");
-        if self.buffer.len() - FRAME_LENGTH_SIZE_BYTES < frame_size_bytes {
-            // No reserve for the whole frame here: memory follows the bytes that actually
-            // arrive, not what a peer announced.
+        if self.next_frame_size_bytes()?.is_none() {
             return Ok(None);
         }
-        self.buffer.advance(FRAME_LENGTH_SIZE_BYTES);
-        Ok(Some(self.buffer.split_to(frame_size_bytes).freeze()))
+        let frame = self
+            .frame
+            .as_mut()
+            .expect("next_frame_size_bytes took the length of a frame");
+        let missing_size_bytes = frame.frame_size_bytes - frame.body.len();
+        let moved_size_bytes = missing_size_bytes.min(self.buffer.len());
+        let needed_size_bytes = frame.body.len() + moved_size_bytes;
+        if needed_size_bytes > frame.body.capacity() {
+            // Double as bytes arrive (so copying stays linear in the frame's size), but
+            // never past the frame's length: a complete body's allocation is exact.
+            let capacity = needed_size_bytes
+                .max(frame.body.capacity().saturating_mul(2))
+                .min(frame.frame_size_bytes);
+            frame.body.reserve_exact(capacity - frame.body.len());
+        }
+        frame
+            .body
+            .extend_from_slice(self.buffer.get(..moved_size_bytes).unwrap_or_default());
+        self.buffer.advance(moved_size_bytes);
+        if frame.body.len() < frame.frame_size_bytes {
+            return Ok(None);
+        }
+        let frame = self.frame.take().expect("a frame is being received");
+        Ok(Some(Bytes::from(frame.body)))
     }
 
     /// Checks that the stream ended between frames: call it at end of stream.
     pub fn finish(&self) -> Result<(), FrameError> {
+        if let Some(frame) = &self.frame {
+            return Err(FrameError::Truncated {
+                buffered_size_bytes: self.buffered_size_bytes(),
+                frame_size_bytes: FRAME_LENGTH_SIZE_BYTES + frame.frame_size_bytes,
+            });
+        }
         if self.buffer.is_empty() {
             return Ok(());
         }
@@ -90,10 +154,14 @@ impl FrameReader {
         })
     }
 
-    /// Bytes fed and not yet returned in a frame.
+    /// Bytes fed and not yet returned in a frame, length prefixes included.
     #[must_use]
     pub fn buffered_size_bytes(&self) -> usize {
-        self.buffer.len()
+        let frame_size_bytes = self
+            .frame
+            .as_ref()
+            .map_or(0, |frame| FRAME_LENGTH_SIZE_BYTES + frame.body.len());
+        frame_size_bytes + self.buffer.len()
     }
 
     /// The limit this reader enforces.
@@ -195,11 +263,62 @@ mod tests {
         reader.feed(b"a few bytes");
         assert_eq!(reader.next_frame(), Ok(None));
         // Only what was fed is held, not the 4 GiB announced.
-        assert!(
-            reader.buffer.capacity() < 1024,
-            "capacity {}",
-            reader.buffer.capacity()
+        let body_capacity = reader
+            .frame
+            .as_ref()
+            .map_or(0, |frame| frame.body.capacity());
+        assert!(body_capacity < 1024, "capacity {body_capacity}");
+        assert!(reader.buffer.capacity() < 1024);
+    }
+
+    #[test]
+    fn the_length_is_known_before_the_body_arrives() {
+        let mut reader = FrameReader::new(1024);
+        let stream = framed(&[b"hello", b"world!"]);
+        reader.feed(&stream[..3]);
+        assert_eq!(reader.next_frame_size_bytes(), Ok(None));
+        reader.feed(&stream[3..4]);
+        assert_eq!(reader.next_frame_size_bytes(), Ok(Some(5)));
+        assert_eq!(reader.next_frame_size_bytes(), Ok(Some(5)));
+        assert_eq!(reader.next_frame(), Ok(None));
+        reader.feed(&stream[4..]);
+        assert_eq!(reader.next_frame().unwrap().as_deref(), Some(&b"hello"[..]));
+        assert_eq!(reader.next_frame_size_bytes(), Ok(Some(6)));
+        assert_eq!(reader.buffered_size_bytes(), 10);
+        assert_eq!(
+            reader.next_frame().unwrap().as_deref(),
+            Some(&b"world!"[..])
         );
+        assert_eq!(reader.finish(), Ok(()));
+    }
+
+    #[test]
+    fn each_frame_owns_an_exact_allocation() {
+        // A frame built from many small feeds, and small frames that arrived together with
+        // part of a large one: each comes out in an allocation of its own size, so holding
+        // a small frame keeps nothing of a large one alive.
+        let large = vec![7u8; 100_000];
+        let stream = framed(&[b"small", &large, b"tail"]);
+        let mut reader = FrameReader::new(1 << 20);
+        let mut frames = Vec::new();
+        for piece in stream.chunks(4096) {
+            reader.feed(piece);
+            while let Some(frame) = reader.next_frame().unwrap() {
+                frames.push(frame);
+            }
+        }
+        assert_eq!(frames.len(), 3);
+        for frame in frames {
+            // Unique: no other frame and not the reader's buffer shares its allocation
+            // (converting a unique `Bytes` back into a `Vec` reuses that allocation).
+            assert!(
+                frame.is_unique(),
+                "a frame of {} bytes is shared",
+                frame.len()
+            );
+            let body: Vec<u8> = frame.into();
+            assert_eq!(body.capacity(), body.len());
+        }
     }
 
     #[test]

@@ -55,20 +55,41 @@ pub use request::{
     ReadKeyRequest, Request, RequestBody, decode_request,
 };
 pub use response::{
-    Appended, ConflictInfo, ErrorCode, ErrorResponse, Fetched, HeaderList, HeaderListIter,
-    KeyHistoryResult, KeyRecord, MetadataResult, PartitionMetadata, RecordOut, RecordOutList,
-    RecordOutListIter, Response, ResponseBody, TopicMetadata, decode_response,
+    Appended, ConflictInfo, ErrorCode, ErrorResponse, Fetched, HEADER_OUT_OVERHEAD_SIZE_BYTES_MAX,
+    HeaderList, HeaderListIter, KeyHistoryResult, KeyRecord, MetadataResult, PartitionMetadata,
+    RECORD_OUT_OVERHEAD_SIZE_BYTES_MAX, RECORD_OUT_SIZE_BYTES_MAX,
+    RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX, RecordOut, RecordOutList, RecordOutListIter,
+    Response, ResponseBody, TopicMetadata, decode_response, record_out_size_bytes_max,
 };
 pub use verify::{Violation, WireError};
 
 /// Largest frame (flatbuffer bytes, without the 4-byte length) a server accepts unless
 /// configured otherwise: a full batch (`BATCH_SIZE_BYTES_MAX`, 1 MiB) with room for the
-/// flatbuffer's own overhead, which for 65536 tiny records exceeds the payload.
+/// flatbuffer's own overhead, which for 65536 tiny records exceeds the payload. Only
+/// appends need it; see [`NON_APPEND_FRAME_SIZE_BYTES_MAX`].
 pub const FRAME_SIZE_BYTES_MAX_DEFAULT: u32 = 4 * 1024 * 1024;
 
-/// Longest topic name, in bytes. Names are 1 to this many bytes of UTF-8.
-/// Checked on every request that names a topic; the schema quotes it.
-pub const TOPIC_NAME_SIZE_BYTES_MAX: usize = 255;
+/// Largest frame of any request but an append. The largest legitimate one (a `ReadKey` or
+/// `KeyHistory` with the longest topic name and key) is under 5 KiB, so a bigger frame is
+/// padding: [`decode_request`] refuses it with `TooLarge` once it knows the kind, so that
+/// it is not held while, say, a fetch long-polls. (Before the kind is known, the frame
+/// reader's limit and the server's request memory budget bound what is buffered.)
+pub const NON_APPEND_FRAME_SIZE_BYTES_MAX: u32 = 64 * 1024;
+
+// The largest legitimate non-append request fits, with room for its tables.
+const _: () = assert!(
+    TOPIC_NAME_SIZE_BYTES_MAX + cairn_engine::core::limits::KEY_SIZE_BYTES_MAX + 1024
+        <= NON_APPEND_FRAME_SIZE_BYTES_MAX as usize
+);
+const _: () = assert!(NON_APPEND_FRAME_SIZE_BYTES_MAX <= FRAME_SIZE_BYTES_MAX_DEFAULT);
+
+/// Longest topic name, in bytes: the engine's (Kafka's limit, so names carry over). Names
+/// are 1 to this many bytes of UTF-8. Checked on every request that names a topic, so a
+/// name no topic can have is a `BadRequest`, never an `UnknownTopic`; the schema quotes it.
+pub const TOPIC_NAME_SIZE_BYTES_MAX: usize = cairn_engine::io::data_dir::TOPIC_NAME_SIZE_BYTES_MAX;
+
+// The schema (server/schema/cairn.fbs, ERRORS AND BAD INPUT and CreateTopic.name) quotes it.
+const _: () = assert!(TOPIC_NAME_SIZE_BYTES_MAX == 249);
 
 /// The partition, `0..partition_count`, that a record with `key` goes to when the client
 /// names none: `crc32(key) % partition_count`, CRC-32/ISO-HDLC as computed by `crc32fast`

@@ -19,7 +19,10 @@ use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, Vector, WIPOffset};
 use super::encoder::Encoder;
 use super::generated::cairn as fb;
 use super::verify::{Violation, WireError, verifier_options};
-use super::{RouteError, TOPIC_NAME_SIZE_BYTES_MAX, partition_for_key, route, write_frame};
+use super::{
+    NON_APPEND_FRAME_SIZE_BYTES_MAX, RouteError, TOPIC_NAME_SIZE_BYTES_MAX, partition_for_key,
+    route, write_frame,
+};
 
 /// One client-to-server message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,7 +214,9 @@ pub struct FetchRequest<'a> {
     pub partition: u32,
     /// The first offset to return.
     pub offset: Offset,
-    /// Soft limit on the records' bytes; at least one record comes back if any is available.
+    /// Soft limit on the records' bytes as the response encodes them
+    /// ([`super::record_out_size_bytes_max`]); at least one record comes back if any is
+    /// available.
     pub size_bytes_max: u32,
     /// How long to wait for a record when none is available. Travels in whole milliseconds
     /// (truncated, and capped at `u32::MAX` ms).
@@ -248,8 +253,9 @@ const ROOT: &str = "Request";
 
 /// Decodes one frame (the flatbuffer, without its length) from a client.
 ///
-/// Verifies the whole buffer first (see `verify.rs`), then checks the protocol's rules and
-/// the engine's limits. Never panics; the result borrows from `frame`.
+/// Verifies the whole buffer first (see `verify.rs`), then checks the frame's size against
+/// its kind's limit (only appends may exceed [`NON_APPEND_FRAME_SIZE_BYTES_MAX`]), then the
+/// protocol's rules and the engine's limits. Never panics; the result borrows from `frame`.
 pub fn decode_request(frame: &[u8]) -> Result<Request<'_>, WireError> {
     let request = flatbuffers::root_with_opts::<fb::Request>(&verifier_options(frame.len()), frame)
         .map_err(|invalid| WireError::Malformed {
@@ -258,14 +264,39 @@ pub fn decode_request(frame: &[u8]) -> Result<Request<'_>, WireError> {
             invalid,
         })?;
     let correlation_id = request.correlation_id();
-    let body = decode_body(&request).map_err(|violation| WireError::Invalid {
+    let invalid = |violation| WireError::Invalid {
         root: ROOT,
         correlation_id,
         violation,
-    })?;
+    };
+    check_frame_size(request.body_type(), frame.len()).map_err(invalid)?;
+    let body = decode_body(&request).map_err(invalid)?;
     Ok(Request {
         correlation_id,
         body,
+    })
+}
+
+/// Refuses a frame over its kind's limit. Kinds this version does not know are left to
+/// `decode_body`, which answers them with `UnsupportedRequest` whatever their size.
+fn check_frame_size(body_type: fb::RequestBody, frame_size_bytes: usize) -> Result<(), Violation> {
+    let frame_size_bytes_max = NON_APPEND_FRAME_SIZE_BYTES_MAX as usize;
+    if frame_size_bytes <= frame_size_bytes_max || body_type == fb::RequestBody::Append {
+        return Ok(());
+    }
+    let request_kind = match body_type {
+        fb::RequestBody::Ping => "Ping",
+        fb::RequestBody::CreateTopic => "CreateTopic",
+        fb::RequestBody::Metadata => "Metadata",
+        fb::RequestBody::Fetch => "Fetch",
+        fb::RequestBody::ReadKey => "ReadKey",
+        fb::RequestBody::KeyHistory => "KeyHistory",
+        _ => return Ok(()),
+    };
+    Err(Violation::FrameTooLarge {
+        request_kind,
+        frame_size_bytes,
+        frame_size_bytes_max,
     })
 }
 
@@ -1057,6 +1088,91 @@ mod tests {
             }),
         };
         assert_eq!(violation(&encode(&fetch)), Violation::TopicNameEmpty);
+    }
+
+    /// `request` encoded, then padded with zeros to `frame_size_bytes`: bytes after the
+    /// flatbuffer, which the verifier never visits.
+    fn padded(request: &Request<'_>, frame_size_bytes: usize) -> Vec<u8> {
+        let mut frame = encode(request);
+        assert!(frame.len() <= frame_size_bytes);
+        frame.resize(frame_size_bytes, 0);
+        frame
+    }
+
+    #[test]
+    fn only_appends_may_exceed_the_small_frame_limit() {
+        let key_max = vec![b'k'; KEY_SIZE_BYTES_MAX];
+        let topic_max = "t".repeat(TOPIC_NAME_SIZE_BYTES_MAX);
+        let bodies = [
+            ("Ping", RequestBody::Ping),
+            ("Metadata", RequestBody::Metadata),
+            (
+                "CreateTopic",
+                RequestBody::CreateTopic(CreateTopicRequest {
+                    name: &topic_max,
+                    partition_count: 1,
+                }),
+            ),
+            (
+                "Fetch",
+                RequestBody::Fetch(FetchRequest {
+                    topic: &topic_max,
+                    partition: 0,
+                    offset: Offset(0),
+                    size_bytes_max: 1,
+                    wait_max: Duration::from_secs(30),
+                }),
+            ),
+            (
+                "ReadKey",
+                RequestBody::ReadKey(ReadKeyRequest {
+                    topic: &topic_max,
+                    partition: None,
+                    key: &key_max,
+                    include_pending: true,
+                }),
+            ),
+            (
+                "KeyHistory",
+                RequestBody::KeyHistory(KeyHistoryRequest {
+                    topic: &topic_max,
+                    partition: Some(1),
+                    key: &key_max,
+                    record_count_max: 1,
+                }),
+            ),
+        ];
+        let limit = NON_APPEND_FRAME_SIZE_BYTES_MAX as usize;
+        for (request_kind, body) in bodies {
+            let request = Request {
+                correlation_id: 9,
+                body,
+            };
+            // The largest legitimate frame of each kind, and one padded to the limit, pass.
+            assert!(encode(&request).len() < 5 * 1024, "{request_kind}");
+            round_trip(&request);
+            assert_eq!(
+                decode_request(&padded(&request, limit)),
+                Ok(request.clone())
+            );
+            let error = decode_request(&padded(&request, limit + 1)).unwrap_err();
+            assert_eq!(
+                error,
+                WireError::Invalid {
+                    root: "Request",
+                    correlation_id: 9,
+                    violation: Violation::FrameTooLarge {
+                        request_kind,
+                        frame_size_bytes: limit + 1,
+                        frame_size_bytes_max: limit,
+                    },
+                }
+            );
+            assert_eq!(error.error_code(), ErrorCode::TooLarge);
+        }
+        let records = [record(b"k")];
+        let append = append_of(&records);
+        assert!(decode_request(&padded(&append, 1024 * 1024)).is_ok());
     }
 
     #[test]

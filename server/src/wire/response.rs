@@ -6,6 +6,7 @@
 //! each record straight from the frame, which the verifier has already checked whole.
 
 use bytes::BufMut;
+use cairn_engine::core::limits::{BATCH_SIZE_BYTES_MAX, RECORD_HEADER_COUNT_MAX};
 use cairn_engine::core::{KeyCondition, Offset, PartitionId, RecordHeader, ShardId};
 use flatbuffers::{ForwardsUOffset, UnionWIPOffset, Vector, VectorIter, WIPOffset};
 
@@ -254,6 +255,72 @@ pub struct RecordOut<'a> {
     pub headers: HeaderList<'a>,
     /// The previous record with the same key in this partition; `None` for the key's first.
     pub prev_key_offset: Option<Offset>,
+}
+
+/// Most bytes one [`RecordOut`] adds to a response beyond the bytes of its key, value and
+/// headers, however the encoder lays it out: its vtable, counted as if never shared (16:
+/// two u16 sizes and six field slots); its table, aligned for its u64 fields (at most 44:
+/// the vtable offset, three u64s, three offsets, padding); the lengths and alignment
+/// padding of its key, value and headers vectors (at most 7 each); its entry in the
+/// records vector (4). 88 rounds the sum (86) up to a multiple of 8;
+/// `encoded_size_stays_within_the_documented_bound` checks it against the encoder.
+pub const RECORD_OUT_OVERHEAD_SIZE_BYTES_MAX: usize = 88;
+
+/// Most bytes one header of a [`RecordOut`] adds beyond its name and value bytes: its
+/// vtable (8), its table (12, and 3 of alignment), the lengths and padding of its name and
+/// value vectors (at most 7 each), its entry in the headers vector (4): 41, rounded up.
+pub const HEADER_OUT_OVERHEAD_SIZE_BYTES_MAX: usize = 48;
+
+/// Most bytes of a `Fetched`, `KeyRecord` or `KeyHistoryResult` response besides its
+/// records: the root offset, the `Response` and body tables with their vtables, the records
+/// vector's length, and alignment (about 80 bytes; the rest is margin).
+pub const RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX: usize = 128;
+
+/// Most bytes one record can add to a response: all of a batch's keys, values and headers
+/// (`BATCH_SIZE_BYTES_MAX`, which an appended batch cannot exceed) in one record with the
+/// most headers.
+pub const RECORD_OUT_SIZE_BYTES_MAX: usize = RECORD_OUT_OVERHEAD_SIZE_BYTES_MAX
+    + BATCH_SIZE_BYTES_MAX
+    + RECORD_HEADER_COUNT_MAX * HEADER_OUT_OVERHEAD_SIZE_BYTES_MAX;
+
+// A response carrying a single record, however large, fits in a client's default frame
+// limit, so a reader can always get past any record.
+const _: () = assert!(
+    RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX + RECORD_OUT_SIZE_BYTES_MAX
+        <= super::FRAME_SIZE_BYTES_MAX_DEFAULT as usize
+);
+
+// The schema (Fetch.size_bytes_max) quotes these, for clients in other languages.
+const _: () = assert!(RECORD_OUT_OVERHEAD_SIZE_BYTES_MAX == 88);
+const _: () = assert!(HEADER_OUT_OVERHEAD_SIZE_BYTES_MAX == 48);
+const _: () = assert!(RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX == 128);
+
+/// The most bytes a record with this key, value and headers adds to a `Fetched`,
+/// `KeyRecord` or `KeyHistoryResult` response: its bytes plus
+/// [`RECORD_OUT_OVERHEAD_SIZE_BYTES_MAX`], and [`HEADER_OUT_OVERHEAD_SIZE_BYTES_MAX`] per
+/// header. A response's size is at most the sum over its records plus
+/// [`RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX`], so a server can bound a response by
+/// adding records while the sum stays under its limit.
+#[must_use]
+pub fn record_out_size_bytes_max<'h>(
+    key: &[u8],
+    value: &[u8],
+    headers: impl IntoIterator<Item = RecordHeader<'h>>,
+) -> usize {
+    headers.into_iter().fold(
+        RECORD_OUT_OVERHEAD_SIZE_BYTES_MAX + key.len() + value.len(),
+        |size_bytes, header| {
+            size_bytes + HEADER_OUT_OVERHEAD_SIZE_BYTES_MAX + header.name.len() + header.value.len()
+        },
+    )
+}
+
+impl RecordOut<'_> {
+    /// The most bytes this record adds to a response ([`record_out_size_bytes_max`]).
+    #[must_use]
+    pub fn encoded_size_bytes_max(&self) -> usize {
+        record_out_size_bytes_max(self.key, self.value, self.headers.iter())
+    }
 }
 
 /// A record's headers: a borrowed slice (to encode) or a view of a verified frame.
@@ -1262,7 +1329,127 @@ mod tests {
         )
     }
 
+    /// The encoded size of a Fetched response holding `records`, and the bound the
+    /// documented overheads give for it.
+    fn fetched_size_and_bound(records: &[RecordOut<'_>]) -> (usize, usize) {
+        let response = Response {
+            correlation_id: u64::MAX,
+            body: ResponseBody::Fetched(Fetched {
+                partition: u32::MAX,
+                records: RecordOutList::from_slice(records),
+                high_watermark: Offset(u64::MAX),
+            }),
+        };
+        let bound = records
+            .iter()
+            .map(RecordOut::encoded_size_bytes_max)
+            .sum::<usize>()
+            + RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX;
+        (encode(&response).len(), bound)
+    }
+
+    #[test]
+    fn encoded_size_stays_within_the_documented_bound() {
+        let empty_header = [RecordHeader {
+            name: b"",
+            value: b"",
+        }; RECORD_HEADER_COUNT_MAX];
+        let record = |key: &'static [u8], value: &'static [u8], headers| RecordOut {
+            offset: Offset(u64::MAX),
+            timestamp_ms: u64::MAX,
+            key,
+            value,
+            headers: HeaderList::from_slice(headers),
+            prev_key_offset: Some(Offset(u64::MAX)),
+        };
+        // Shapes where the overhead weighs most: empty and 1-byte parts (every vector
+        // padded), all headers empty, the optional field present or not, lists of one kind
+        // (vtables shared) and mixed lists (alignment differing from record to record).
+        let shapes = [
+            record(b"", b"", &[]),
+            record(b"k", b"v", &[]),
+            record(b"ke", b"val", &empty_header[..1]),
+            record(b"key", b"", &empty_header),
+            RecordOut {
+                prev_key_offset: None,
+                ..record(b"k", b"", &[])
+            },
+        ];
+        let (size_bytes, bound) = fetched_size_and_bound(&[]);
+        assert!(size_bytes <= bound, "empty: {size_bytes} > {bound}");
+        for shape in &shapes {
+            for count in [1, 2, 3, 1000] {
+                let records = vec![*shape; count];
+                let (size_bytes, bound) = fetched_size_and_bound(&records);
+                assert!(
+                    size_bytes <= bound,
+                    "{count} x {shape:?}: {size_bytes} > {bound}"
+                );
+            }
+        }
+        let mixed: Vec<RecordOut<'_>> = (0..1000).map(|index| shapes[index % 5]).collect();
+        let (size_bytes, bound) = fetched_size_and_bound(&mixed);
+        assert!(size_bytes <= bound, "mixed: {size_bytes} > {bound}");
+        // And the bound is not wasteful: tiny records cost about 60 bytes each.
+        let tiny = vec![shapes[1]; 1000];
+        let (size_bytes, bound) = fetched_size_and_bound(&tiny);
+        assert!(
+            bound < size_bytes * 2,
+            "tiny: {size_bytes} bytes, bound {bound}"
+        );
+    }
+
+    #[test]
+    fn a_single_record_of_a_whole_batch_fits_the_default_frame_limit() {
+        // The largest record an append can make: one batch's worth of payload, all in the
+        // value, with the most headers (whose names take their part of the payload).
+        let names = vec![[b'n'; 256]; RECORD_HEADER_COUNT_MAX];
+        let headers: Vec<RecordHeader<'_>> = names
+            .iter()
+            .map(|name| RecordHeader { name, value: b"" })
+            .collect();
+        let value = vec![7_u8; BATCH_SIZE_BYTES_MAX - 256 * RECORD_HEADER_COUNT_MAX];
+        let record = RecordOut {
+            offset: Offset(1),
+            timestamp_ms: 2,
+            key: b"",
+            value: &value,
+            headers: HeaderList::from_slice(&headers),
+            prev_key_offset: Some(Offset(0)),
+        };
+        assert!(record.encoded_size_bytes_max() <= RECORD_OUT_SIZE_BYTES_MAX);
+        let (size_bytes, bound) = fetched_size_and_bound(&[record]);
+        assert!(size_bytes <= bound, "{size_bytes} > {bound}");
+        assert!(size_bytes <= crate::wire::FRAME_SIZE_BYTES_MAX_DEFAULT as usize);
+    }
+
     proptest! {
+        #[test]
+        fn encoded_size_of_any_records_stays_within_the_bound(
+            owned in prop::collection::vec(record_out_strategy(), 0..50),
+        ) {
+            let headers: Vec<Vec<RecordHeader<'_>>> = owned
+                .iter()
+                .map(|(.., headers, _)| {
+                    headers.iter().map(|(name, value)| RecordHeader { name, value }).collect()
+                })
+                .collect();
+            let records: Vec<RecordOut<'_>> = owned
+                .iter()
+                .zip(&headers)
+                .map(|((offset, timestamp_ms, key, value, _, prev), headers)| RecordOut {
+                    offset: Offset(*offset),
+                    timestamp_ms: *timestamp_ms,
+                    key,
+                    value,
+                    headers: HeaderList::from_slice(headers),
+                    prev_key_offset: prev.map(Offset),
+                })
+                .collect();
+            let (size_bytes, bound) = fetched_size_and_bound(&records);
+            prop_assert!(size_bytes <= bound, "{} > {}", size_bytes, bound);
+        }
+
         #[test]
         fn fetched_round_trips(
             correlation_id in any::<u64>(),

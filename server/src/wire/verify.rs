@@ -104,6 +104,14 @@ pub enum Violation {
     /// An enum value this version does not know: a newer peer, or garbage.
     #[error("unknown {enum_name} value {value}")]
     UnknownEnumValue { enum_name: &'static str, value: u16 },
+    /// A frame over its request kind's limit: [`super::NON_APPEND_FRAME_SIZE_BYTES_MAX`]
+    /// for every kind but append (whose limit the frame reader enforces).
+    #[error("{request_kind} frame of {frame_size_bytes} bytes exceeds {frame_size_bytes_max}")]
+    FrameTooLarge {
+        request_kind: &'static str,
+        frame_size_bytes: usize,
+        frame_size_bytes_max: usize,
+    },
     /// A topic name of zero bytes.
     #[error("topic name is empty")]
     TopicNameEmpty,
@@ -170,12 +178,14 @@ pub enum Violation {
 
 impl Violation {
     /// The code an error response for this violation carries: `UnsupportedRequest` for a
-    /// request kind this server does not know, `TooLarge` for a limit, else `BadRequest`.
+    /// request kind this server does not know, `TooLarge` for a limit on sizes or counts,
+    /// else `BadRequest`. A topic name over its limit is `BadRequest`, as the engine's
+    /// other rules on names are: it is not a valid name, rather than too much data.
     #[must_use]
     pub fn error_code(&self) -> ErrorCode {
         match self {
             Violation::UnknownUnionType { .. } => ErrorCode::UnsupportedRequest,
-            Violation::TopicNameTooLong { .. }
+            Violation::FrameTooLarge { .. }
             | Violation::BatchRecordCountTooLarge { .. }
             | Violation::BatchTooLarge { .. }
             | Violation::RecordKeyTooLong { .. }
@@ -186,6 +196,7 @@ impl Violation {
             | Violation::UnexpectedField { .. }
             | Violation::UnknownEnumValue { .. }
             | Violation::TopicNameEmpty
+            | Violation::TopicNameTooLong { .. }
             | Violation::PartitionCountZero
             | Violation::BatchEmpty => ErrorCode::BadRequest,
         }
@@ -214,6 +225,11 @@ mod tests {
         };
         assert_eq!(unknown.error_code(), ErrorCode::UnsupportedRequest);
         assert_eq!(Violation::BatchEmpty.error_code(), ErrorCode::BadRequest);
+        let name_too_long = Violation::TopicNameTooLong {
+            name_size_bytes: 250,
+            name_size_bytes_max: 249,
+        };
+        assert_eq!(name_too_long.error_code(), ErrorCode::BadRequest);
         let too_long = Violation::KeyTooLong {
             key_size_bytes: 5000,
             key_size_bytes_max: 4096,

@@ -258,7 +258,9 @@ impl ErrorCode {
   /// The server could not write or sync; the request's outcome is unknown unless it was a
   /// read. The server stops after this and recovers on restart.
   pub const StorageFailure: Self = Self(8);
-  /// Too much work queued; retry later.
+  /// Too much work queued; retry later. Also the one frame a connection gets, with
+  /// correlation_id 0, when the server already serves as many connections as it may on
+  /// that port's shard: the server closes the connection after it.
   pub const Overloaded: Self = Self(9);
   /// The server is stopping; retry against it after it restarts.
   pub const ShuttingDown: Self = Self(10);
@@ -1352,7 +1354,7 @@ impl<'a> CreateTopic<'a> {
   }
 
 
-  /// 1 to 255 bytes.
+  /// 1 to 249 bytes (Kafka's limit) of A-Z a-z 0-9 . _ -; BadRequest otherwise.
   #[inline]
   pub fn name(&self) -> &'a str {
     // Safety:
@@ -1833,7 +1835,8 @@ pub enum FetchOffset {}
 /// Read records of one partition from an offset on; answered with Fetched.
 ///
 /// Returns synced records only. When none is available at offset, the server waits up to
-/// wait_ms_max for one to be synced before answering, possibly with no records.
+/// wait_ms_max for one to be synced before answering, possibly with no records; it answers
+/// at once instead when the client has shut down its sending side of the connection.
 pub struct Fetch<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -1894,9 +1897,12 @@ impl<'a> Fetch<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Fetch::VT_OFFSET, Some(0)).unwrap()}
   }
-  /// Soft limit on the records' bytes (keys, values, headers). At least one record is
-  /// returned when one is available, even if it alone is larger, so a reader always makes
-  /// progress. The server may apply a lower limit.
+  /// Soft limit on the records' bytes as encoded in the response: their keys, values and
+  /// headers, plus at most 88 bytes per record and 48 per header of flatbuffer overhead
+  /// (a record of 1-byte key and value counts as 90). At least one record is returned
+  /// when one is available, even if it alone is larger, so a reader always makes
+  /// progress. The server applies at most 2 MiB, so a Fetched response is at most 2 MiB
+  /// and 128 bytes, or one record and 128 bytes; either fits in a 4 MiB frame.
   #[inline]
   pub fn size_bytes_max(&self) -> u32 {
     // Safety:
@@ -2220,7 +2226,10 @@ impl<'a> KeyHistory<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyHistory::VT_KEY, None)}
   }
-  /// Most records to return. The server may apply a lower limit.
+  /// Most records to return. The server applies at most 1024, and returns no more records
+  /// than fit in 2 MiB counted as for Fetch.size_bytes_max (at least one when the key
+  /// has any), so a response fits in a 4 MiB frame. The rest of a longer history can be
+  /// walked with Fetch: a fetch from a record's prev_key_offset starts with that record.
   #[inline]
   pub fn record_count_max(&self) -> u32 {
     // Safety:

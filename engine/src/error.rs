@@ -6,8 +6,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::core::PartitionId;
+use crate::core::partition::RecoveryError;
 use crate::core::record::{DecodeError, EncodeError};
-use crate::core::segment_header::SegmentHeaderError;
+use crate::core::segment_header::{SegmentHeader, SegmentHeaderError};
 
 /// A failed write, sync, read or file operation. Clone so that every append waiting on a
 /// failed group can be told the same thing.
@@ -144,16 +145,16 @@ pub enum OpenError {
         /// What is wrong.
         error: SegmentHeaderError,
     },
-    /// A valid batch names a partition that the topic catalog does not know, or contradicts
-    /// the key index; the log cannot be trusted without a human looking at it.
+    /// A segment or a valid batch in it contradicts what the data directory says; the log
+    /// cannot be trusted without a human looking at it.
     #[error("segment {path} position {position}: {problem}", path = .path.display())]
     Inconsistent {
         /// The segment file.
         path: PathBuf,
-        /// Position of the batch.
+        /// Position of the batch (0 for the file itself).
         position: u64,
         /// What contradicts what.
-        problem: String,
+        problem: Inconsistency,
     },
     /// Another process (or another `Engine` of this one) holds the data directory. Two
     /// servers on one directory would write their groups over each other's.
@@ -217,6 +218,33 @@ pub enum OpenError {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     BadConfig(String),
+}
+
+/// What a segment contradicts (`OpenError::Inconsistent`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Inconsistency {
+    /// A valid batch of a partition no topic of the catalog has.
+    #[error("valid batch for partition {} that the topic catalog does not know", .0.0)]
+    UnknownPartition(PartitionId),
+    /// A valid batch contradicts the log before it (offsets, `prev_key_offset`s).
+    #[error(transparent)]
+    Contradiction(#[from] RecoveryError),
+    /// The segment's header names another shard, shard count or index.
+    #[error("segment header {found:?} does not match {expected:?}")]
+    HeaderMismatch {
+        /// What the header says.
+        found: SegmentHeader,
+        /// What this shard expects.
+        expected: SegmentHeader,
+    },
+    /// The file is shorter than its header says.
+    #[error("file holds {size_bytes} bytes, header says {header_size_bytes}")]
+    Short {
+        /// The file's size.
+        size_bytes: u64,
+        /// The size in its header.
+        header_size_bytes: u64,
+    },
 }
 
 /// Why a topic could not be created.

@@ -27,7 +27,7 @@ use crate::core::recovery::{
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::shard_log::RecoveredPartition;
 use crate::core::{Offset, PartitionId, ShardId};
-use crate::error::{OpenError, StorageError};
+use crate::error::{Inconsistency, OpenError, StorageError};
 use crate::io::config::EngineConfig;
 use crate::io::data_dir::sync_dir;
 use crate::io::segment::{SegmentFile, SegmentReader, parse_segment_file_name, segment_file_name};
@@ -546,22 +546,17 @@ fn apply_recovered_batch(
     segment_index: u64,
     position: u64,
     batch: &BatchView<'_>,
-) -> Result<(), String> {
+) -> Result<(), Inconsistency> {
     let partition = batch.partition_id();
-    let slot = partitions.get_mut(&partition).ok_or_else(|| {
-        format!(
-            "valid batch for partition {} that the topic catalog does not know",
-            partition.0
-        )
-    })?;
-    slot.state
-        .recover_batch(
-            batch.base_offset(),
-            batch
-                .records()
-                .map(|record| (record.key, record.prev_key_offset)),
-        )
-        .map_err(|error| error.to_string())?;
+    let slot = partitions
+        .get_mut(&partition)
+        .ok_or(Inconsistency::UnknownPartition(partition))?;
+    slot.state.recover_batch(
+        batch.base_offset(),
+        batch
+            .records()
+            .map(|record| (record.key, record.prev_key_offset)),
+    )?;
     slot.synced_batches.push(BatchLocation {
         base_offset: batch.base_offset(),
         end_offset: batch.end_offset(),

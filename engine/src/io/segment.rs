@@ -15,7 +15,7 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 
 use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::segment_header::{SEGMENT_HEADER_SIZE_BYTES, SegmentHeader, SegmentHeaderError};
-use crate::error::StorageError;
+use crate::error::{Inconsistency, StorageError};
 use crate::io::data_dir::sync_dir;
 use crate::io::fault::{FaultHook, FaultPoint};
 
@@ -230,7 +230,10 @@ impl SegmentFile {
             return Err(crate::error::OpenError::Inconsistent {
                 path: path.to_owned(),
                 position: 0,
-                problem: format!("segment header {header:?} does not match {expected:?}"),
+                problem: Inconsistency::HeaderMismatch {
+                    found: header,
+                    expected: *expected,
+                },
             });
         }
         let size_bytes = file
@@ -241,10 +244,10 @@ impl SegmentFile {
             return Err(crate::error::OpenError::Inconsistent {
                 path: path.to_owned(),
                 position: 0,
-                problem: format!(
-                    "file holds {size_bytes} bytes, header says {}",
-                    header.segment_size_bytes
-                ),
+                problem: Inconsistency::Short {
+                    size_bytes,
+                    header_size_bytes: header.segment_size_bytes,
+                },
             });
         }
         Ok(Some(SegmentFile {

@@ -1,4 +1,4 @@
-//! How many bytes does the key index hold per 16-byte key (DESIGN §5 target: at most 48)?
+//! How many bytes does the key index hold per 16-byte key (docs/DESIGN.md §5 target: at most 48)?
 //!
 //! Not a criterion bench: it builds indexes of 1M and 10M distinct keys, and of the key
 //! counts just past a table growth (the emptiest table, so the worst bytes per key), and

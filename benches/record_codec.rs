@@ -1,5 +1,5 @@
 //! Question: what does the sans-I/O core pay per record to encode a batch and checksum it
-//! (DESIGN §5, "per-record CPU cost of the sans-I/O core")? Records have 16-byte keys and
+//! (docs/DESIGN.md §5, "per-record CPU cost of the sans-I/O core")? Records have 16-byte keys and
 //! 100-byte values, in batches of 1 and of 64 records. `encode` is `encode_batch` (limit
 //! checks, encoding, CRC-32); `decode` is `decode_batch` plus iterating every record, what
 //! recovery and fetch pay per record. Reports read records/s.

@@ -1,4 +1,4 @@
-//! Question: how many bytes per second does the recovery scanner get through (DESIGN §5,
+//! Question: how many bytes per second does the recovery scanner get through (docs/DESIGN.md §5,
 //! restart time)? The input is a 64 MiB segment of a synthetic core log laid out as the
 //! shell writes it: groups of 16 batches at block boundaries, zero-padded, 8 partitions
 //! interleaved, checksums chained, 16-byte keys and 100-byte values, in batches of 1 and of

@@ -77,7 +77,7 @@ pub enum AppendError {
     /// The batch breaks a limit (empty, too many records, key too long, too large).
     #[error("invalid batch: {0}")]
     InvalidBatch(#[from] EncodeError),
-    /// The shard's storage failed; this shard accepts no more work (DESIGN §3.5).
+    /// The shard's storage failed; this shard accepts no more work (docs/DESIGN.md §3.5).
     #[error("storage failure: {0}")]
     Storage(StorageError),
     /// The shard is closing and takes no new appends.

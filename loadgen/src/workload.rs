@@ -180,7 +180,7 @@ pub enum CycleOutcome {
 }
 
 /// The batch of one append: every record has `key`; the first carries `condition`, and the
-/// others need none because a batch is atomic (DESIGN §1): they are appended right after
+/// others need none because a batch is atomic (docs/DESIGN.md §1): they are appended right after
 /// the first, or not at all.
 fn batch_records<'a>(
     key: &'a [u8],

@@ -1,5 +1,5 @@
 //! Hostile bytes on a real socket: each gets its error or a closed connection, and the
-//! server keeps serving everyone else (DESIGN §3.6).
+//! server keeps serving everyone else (docs/DESIGN.md §3.6).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

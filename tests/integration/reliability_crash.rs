@@ -1,4 +1,4 @@
-//! Crash under load (DESIGN §3.1-3.4, for the whole server): `cairn serve` runs as a child
+//! Crash under load (docs/DESIGN.md §3.1-3.4, for the whole server): `cairn serve` runs as a child
 //! process on a temp data directory while writers append conditional batches over TCP and
 //! followers long-poll; it is killed with SIGKILL at a random moment (or, one round in
 //! three, stopped with SIGTERM and must drain and exit 0), restarted on the same

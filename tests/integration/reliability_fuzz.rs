@@ -1,4 +1,4 @@
-//! Hostile clients against a live server (DESIGN §3.6), for a bounded time: random and
+//! Hostile clients against a live server (docs/DESIGN.md §3.6), for a bounded time: random and
 //! mutated frames (bit flips and byte edits of valid frames built with `wire::Encoder`,
 //! truncations, wrong and absurd length prefixes, random bytes, pipelined mixes), floods of
 //! connections holding partial frames, a client that never reads, a client that drips a

@@ -1,4 +1,4 @@
-//! Storage failure is loud and safe, for the whole server (DESIGN §3.5): `cairn serve` runs
+//! Storage failure is loud and safe, for the whole server (docs/DESIGN.md §3.5): `cairn serve` runs
 //! with the test-only `CAIRN_FAULT_INJECT` making the Nth group write (or fdatasync) and
 //! every later one fail with EIO, under a concurrent conditional workload. The server must
 //! answer pending appends with `StorageFailure` (or drop their connections as it exits),

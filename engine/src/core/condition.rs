@@ -1,5 +1,5 @@
 //! Key conditions: whether one record's `KeyCondition` holds against its key's latest
-//! offset, and `Conflict`, the answer a rejected append gets (DESIGN §1).
+//! offset, and `Conflict`, the answer a rejected append gets (docs/DESIGN.md §1).
 //!
 //! The check itself is a pure function of the condition and the latest offset the record
 //! sees; which offset that is (pending records and earlier records of the same batch
@@ -40,7 +40,7 @@ pub fn condition_holds(condition: KeyCondition, latest: Option<Offset>) -> bool 
     }
 }
 
-/// The condition as DESIGN §1 spells it: `any`, `no_key`, `key_exists`, `at(offset)`.
+/// The condition as docs/DESIGN.md §1 spells it: `any`, `no_key`, `key_exists`, `at(offset)`.
 struct ConditionDisplay(KeyCondition);
 
 impl fmt::Display for ConditionDisplay {

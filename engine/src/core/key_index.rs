@@ -2,7 +2,7 @@
 //!
 //! The index owns every distinct key of its partition, in an append-only *arena*, and a
 //! hash table that only points into the arena. Keys are compared byte for byte, so a hash
-//! collision costs a comparison and never a wrong answer (DESIGN §3.3: no false conflict,
+//! collision costs a comparison and never a wrong answer (docs/DESIGN.md §3.3: no false conflict,
 //! no missed one). Keys are never removed: the log is append-only.
 //!
 //! Layout, per distinct key (`memory_bytes`; 16-byte keys measure 36.8 bytes at 10M keys,
@@ -467,7 +467,7 @@ mod tests {
         assert_eq!(index.get(&key_16_bytes(300)), None);
     }
 
-    /// A size assertion, not a timing: memory per 16-byte key stays within DESIGN §5's
+    /// A size assertion, not a timing: memory per 16-byte key stays within docs/DESIGN.md §5's
     /// 48 bytes at every load factor, checked just after each growth (the emptiest table).
     #[test]
     fn memory_per_16_byte_key_is_at_most_48_bytes_at_any_load() {

@@ -68,7 +68,7 @@ impl ShardId {
     }
 }
 
-/// What a record's key must look like for an append to be accepted (DESIGN §1).
+/// What a record's key must look like for an append to be accepted (docs/DESIGN.md §1).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum KeyCondition {
     /// No check.

@@ -1,9 +1,9 @@
 //! `PartitionState`: one partition's end offset, watermarks and key index, and the check
-//! that admits or rejects a conditional batch (DESIGN §1).
+//! that admits or rejects a conditional batch (docs/DESIGN.md §1).
 //!
 //! The state includes *pending* records (appended, not yet synced): conditions see them,
 //! because they become durable in order before any later record, and if they fail the
-//! shard is poisoned so nothing after them is acknowledged either (DESIGN §3.5). That is
+//! shard is poisoned so nothing after them is acknowledged either (docs/DESIGN.md §3.5). That is
 //! also why there is no rollback of a staged batch: a failed write never leaves the shard
 //! serving.
 //!
@@ -184,7 +184,7 @@ impl PartitionState {
     }
 
     /// Checks a batch's conditions and, if all hold, stages it at `appended_end`
-    /// (DESIGN §1).
+    /// (docs/DESIGN.md §1).
     ///
     /// If `expected_end` is `Some` it must equal `appended_end`. Then each record's
     /// condition is checked in order, against its key's latest offset including pending

@@ -6,7 +6,7 @@
 //! (`prev_batch_crc`, 0 for the first of the log) and continues its partition's offsets
 //! (`base_offset` equals the partition's next offset, 0 for a partition not yet seen). So
 //! what it accepts is a prefix of what was written, and bytes from an earlier life of a file
-//! that lie beyond a torn write are never resurrected (DESIGN §3.2).
+//! that lie beyond a torn write are never resurrected (docs/DESIGN.md §3.2).
 //!
 //! It is sans-I/O and resumable: the shell reads a segment in chunks and feeds them to
 //! [`RecoveryScanner::scan`], which says either where it needs more bytes

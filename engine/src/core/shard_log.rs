@@ -16,7 +16,7 @@
 //! Invariants (asserted): at most one group in flight, taken in sequence order; a group is
 //! written at a block boundary of the current segment, or of the next one after a roll,
 //! and never spans segments; a batch is staged only when `admission` said it has a place
-//! on disk; after a failure nothing more is written or staged (DESIGN §3.5).
+//! on disk; after a failure nothing more is written or staged (docs/DESIGN.md §3.5).
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -429,7 +429,7 @@ impl ShardLog {
     }
 
     /// Checks a batch's conditions and, if they hold, stages it in the open group
-    /// (DESIGN §1): later appends see it, and it becomes durable with its group.
+    /// (docs/DESIGN.md §1): later appends see it, and it becomes durable with its group.
     /// `len_bytes` is `batch_encoded_len(records)`, which the caller already validated.
     /// `None`: unknown partition.
     ///
@@ -671,7 +671,7 @@ impl ShardLog {
         }
     }
 
-    /// A write, sync or needed preparation failed: the log is poisoned (DESIGN §3.5).
+    /// A write, sync or needed preparation failed: the log is poisoned (docs/DESIGN.md §3.5).
     /// Nothing more is written, staged or read; every staged batch fails with `error`, and
     /// nothing is retried. Returns the groups to fail (their appends may or may not survive
     /// a restart; none was acknowledged).

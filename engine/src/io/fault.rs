@@ -1,5 +1,5 @@
 //! Fault injection for the I/O shell: tests make a chosen write, sync or segment
-//! preparation fail, and observe the real engine's reaction (DESIGN §3.5). Production
+//! preparation fail, and observe the real engine's reaction (docs/DESIGN.md §3.5). Production
 //! configurations carry no hook.
 
 use std::fmt;

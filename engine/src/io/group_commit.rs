@@ -4,7 +4,7 @@
 //! the next one fills, so group size follows load: one batch when idle, megabytes under
 //! load. Segment preparation runs as a background task whenever the log asks for it.
 //!
-//! A failed write or sync poisons the shard (DESIGN §3.5): both the in-flight and the open
+//! A failed write or sync poisons the shard (docs/DESIGN.md §3.5): both the in-flight and the open
 //! group fail with the storage error, nothing more is written, no sync is retried.
 
 use std::cell::RefCell;
@@ -178,7 +178,7 @@ pub(crate) fn start_preparation(state: &Rc<RefCell<ShardState>>, events: &ShardE
     .detach();
 }
 
-/// Fails everything waiting and refuses all further work (DESIGN §3.5).
+/// Fails everything waiting and refuses all further work (docs/DESIGN.md §3.5).
 pub(crate) fn poison(state: &Rc<RefCell<ShardState>>, events: &ShardEvents, error: StorageError) {
     let (completions, synced_events) = {
         let mut guard = state.borrow_mut();

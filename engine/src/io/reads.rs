@@ -1,7 +1,7 @@
 //! The shard's read path: `fetch`, long-poll, `read_key`, `key_history`. The `ShardLog`
 //! says where each batch is (the read cache, the disk, or a staged group); this module
 //! reads it and verifies what comes from disk again, so a bit flipped at rest is an error,
-//! never a wrong record. A poisoned shard refuses every read (DESIGN §3.5).
+//! never a wrong record. A poisoned shard refuses every read (docs/DESIGN.md §3.5).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -205,7 +205,7 @@ impl Shard {
     }
 
     /// The latest record of `key`: durable only, or including staged records when
-    /// `include_appended` (what the next conditional append must expect, DESIGN §1).
+    /// `include_appended` (what the next conditional append must expect, docs/DESIGN.md §1).
     pub async fn read_key(
         &self,
         partition: PartitionId,

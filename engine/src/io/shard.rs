@@ -203,7 +203,7 @@ impl Shard {
     }
 
     /// The storage failure that poisoned this shard, if any. A poisoned shard refuses all
-    /// work; the server stops and recovery on restart decides what survived (DESIGN §3.5).
+    /// work; the server stops and recovery on restart decides what survived (docs/DESIGN.md §3.5).
     pub fn poisoned(&self) -> Option<StorageError> {
         self.state.borrow().log.poisoned().cloned()
     }
@@ -226,7 +226,7 @@ impl Shard {
         ids
     }
 
-    /// Appends one batch to `partition` if its conditions hold (DESIGN §1).
+    /// Appends one batch to `partition` if its conditions hold (docs/DESIGN.md §1).
     ///
     /// A failed condition returns `Ok(ConditionFailed)` at once. Otherwise the batch is
     /// staged (later appends see it) and this waits until it is synced. `Err(Storage)`

@@ -1,7 +1,7 @@
 //! The seeded power-loss simulator (TigerBeetle's VOPR in miniature): it drives a
 //! `ShardLog` with random conditional workloads over a `SimDisk`, crashes it at random
 //! points (power loss or kill -9, I/O errors and full disks on the way), recovers from
-//! what the disk kept with the real recovery scanner, and checks every DESIGN §3 invariant
+//! what the disk kept with the real recovery scanner, and checks every docs/DESIGN.md §3 invariant
 //! against a model of what was appended and acknowledged:
 //!
 //! - every acknowledged batch is present after recovery, identical;

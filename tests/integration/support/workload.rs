@@ -1,6 +1,6 @@
 //! A conditional-append workload driven over TCP with `BlockingClient`s, the ledger of what
 //! it asked and what it was told, and the check that a log read back from a (restarted)
-//! server keeps the promises of DESIGN §3 to that ledger.
+//! server keeps the promises of docs/DESIGN.md §3 to that ledger.
 //!
 //! Writers read a key's latest offset, then append a batch of 1-4 records on keys of one
 //! partition with `no_key` / `at(offset)` / `key_exists` conditions. Every value names its
@@ -477,7 +477,7 @@ pub struct LogCheck {
 /// - what an earlier check saw (present at an offset, or absent) is still so, and every
 ///   record a follower fetched is present where it was fetched;
 /// - each record's `prev_key_offset` is the offset of its key's previous record, and each
-///   batch's conditions held against exactly that state (no double append, DESIGN §3.3);
+///   batch's conditions held against exactly that state (no double append, docs/DESIGN.md §3.3);
 /// - `read_key` gives each key's last record and `key_history` walks its chain.
 ///
 /// Then it records in the ledger what it saw.

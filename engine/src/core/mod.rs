@@ -54,6 +54,16 @@ impl fmt::Display for Offset {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct PartitionId(pub u32);
 
+/// A byte position in one segment of a shard's core log: which segment, and where in it.
+/// Orders as the log does (segment first).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct SegmentPosition {
+    /// The segment's index in the core log.
+    pub segment_index: u64,
+    /// Bytes from the start of the segment file.
+    pub position: u64,
+}
+
 /// A core's (executor's) index within the server, `0..shard_count`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct ShardId(pub u16);

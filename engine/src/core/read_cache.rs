@@ -7,9 +7,10 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
+use crate::core::SegmentPosition;
+
 struct CachedGroup {
-    segment_index: u64,
-    position: u64,
+    at: SegmentPosition,
     bytes: Rc<Vec<u8>>,
 }
 
@@ -30,17 +31,13 @@ impl ReadCache {
         }
     }
 
-    /// Adds the group just synced at (`segment_index`, `position`), evicting the oldest.
-    pub fn insert(&mut self, segment_index: u64, position: u64, bytes: Rc<Vec<u8>>) {
+    /// Adds the group just synced at `at`, evicting the oldest.
+    pub fn insert(&mut self, at: SegmentPosition, bytes: Rc<Vec<u8>>) {
         if bytes.len() > self.held_bytes_max {
             return;
         }
         self.held_bytes += bytes.len();
-        self.groups.push_back(CachedGroup {
-            segment_index,
-            position,
-            bytes,
-        });
+        self.groups.push_back(CachedGroup { at, bytes });
         while self.held_bytes > self.held_bytes_max {
             let Some(oldest) = self.groups.pop_front() else {
                 break;
@@ -49,22 +46,15 @@ impl ReadCache {
         }
     }
 
-    /// The group holding bytes `position .. position + len_bytes` of segment
-    /// `segment_index`, with the start of that range within the group.
-    pub fn get(
-        &self,
-        segment_index: u64,
-        position: u64,
-        len_bytes: usize,
-    ) -> Option<(Rc<Vec<u8>>, usize)> {
-        let after = self.groups.partition_point(|group| {
-            (group.segment_index, group.position) <= (segment_index, position)
-        });
+    /// The group holding the `len_bytes` bytes at `at`, with the start of that range
+    /// within the group.
+    pub fn get(&self, at: SegmentPosition, len_bytes: usize) -> Option<(Rc<Vec<u8>>, usize)> {
+        let after = self.groups.partition_point(|group| group.at <= at);
         let group = self.groups.get(after.checked_sub(1)?)?;
-        if group.segment_index != segment_index {
+        if group.at.segment_index != at.segment_index {
             return None;
         }
-        let start = usize::try_from(position - group.position).ok()?;
+        let start = usize::try_from(at.position - group.at.position).ok()?;
         (start + len_bytes <= group.bytes.len()).then(|| (group.bytes.clone(), start))
     }
 
@@ -78,24 +68,31 @@ impl ReadCache {
 mod tests {
     use super::*;
 
+    fn at(segment_index: u64, position: u64) -> SegmentPosition {
+        SegmentPosition {
+            segment_index,
+            position,
+        }
+    }
+
     #[test]
     fn finds_ranges_inside_cached_groups_and_evicts_oldest() {
         let mut cache = ReadCache::new(200);
-        cache.insert(0, 4096, Rc::new(vec![1; 100]));
-        cache.insert(0, 8192, Rc::new(vec![2; 100]));
+        cache.insert(at(0, 4096), Rc::new(vec![1; 100]));
+        cache.insert(at(0, 8192), Rc::new(vec![2; 100]));
         assert_eq!(
-            cache.get(0, 4096 + 10, 20).map(|(_, start)| start),
+            cache.get(at(0, 4096 + 10), 20).map(|(_, start)| start),
             Some(10)
         );
         assert!(
-            cache.get(0, 4096 + 90, 20).is_none(),
+            cache.get(at(0, 4096 + 90), 20).is_none(),
             "range runs past the group"
         );
-        assert!(cache.get(1, 4096, 1).is_none(), "other segment");
-        cache.insert(1, 4096, Rc::new(vec![3; 100]));
-        assert!(cache.get(0, 4096, 1).is_none(), "oldest group evicted");
+        assert!(cache.get(at(1, 4096), 1).is_none(), "other segment");
+        cache.insert(at(1, 4096), Rc::new(vec![3; 100]));
+        assert!(cache.get(at(0, 4096), 1).is_none(), "oldest group evicted");
         assert_eq!(
-            cache.get(1, 4100, 4).map(|(bytes, start)| bytes[start]),
+            cache.get(at(1, 4100), 4).map(|(bytes, start)| bytes[start]),
             Some(3)
         );
         assert_eq!(cache.held_bytes(), 200);

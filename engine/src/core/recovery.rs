@@ -62,7 +62,7 @@ use crate::core::limits::{
 };
 use crate::core::record::{BATCH_HEADER_SIZE_BYTES, BatchView, DecodeError, decode_batch};
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
-use crate::core::{Offset, PartitionId};
+use crate::core::{Offset, PartitionId, SegmentPosition};
 
 /// Bytes a chunk must hold beyond a [`ScanProgress::NeedMore`] position, unless it reaches
 /// the end of the segment: the largest batch, plus a block for the retry after an invalid
@@ -355,22 +355,12 @@ impl RecoveryScanner {
     }
 }
 
-/// Where a core log ends after recovery: the segment of its last accepted batch and the
-/// position just after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogEnd {
-    /// Index of the segment the log ends in.
-    pub segment_index: u64,
-    /// Position just after the last accepted batch (`SEGMENT_HEADER_SIZE_BYTES` if none).
-    pub valid_end: u64,
-}
-
 /// Bytes after a log's end in which a crash can leave valid batches that the log does not
 /// hold: one group, the most that is ever in flight (FORMAT.md, "Torn tail or damage").
 pub const TEAR_WINDOW_BYTES: u64 = GROUP_SIZE_BYTES_MAX as u64;
 
-/// Whether a crash explains a valid batch starting at `position` of segment
-/// `segment_index`, found beyond the log's `end`: it lies where the one group in flight
+/// Whether a crash explains a valid batch starting at `found`, beyond the log's `end`
+/// (the position just after its last accepted batch): it lies where the one group in flight
 /// (or a torn group of an earlier life, see FORMAT.md) can have been written. Anything else
 /// is synced data cut off by damage before it.
 ///
@@ -380,8 +370,12 @@ pub const TEAR_WINDOW_BYTES: u64 = GROUP_SIZE_BYTES_MAX as u64;
 /// in segment 4, explaining batches before 4096 + `TEAR_WINDOW_BYTES` there. A valid batch
 /// in segment 5 or later, or beyond those windows, is damage.
 #[must_use]
-pub fn crash_explains(end: LogEnd, segment_index: u64, position: u64) -> bool {
-    let block_after_end = end.valid_end.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+pub fn crash_explains(end: SegmentPosition, found: SegmentPosition) -> bool {
+    let SegmentPosition {
+        segment_index,
+        position,
+    } = found;
+    let block_after_end = end.position.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
     if segment_index == end.segment_index {
         position < block_after_end + TEAR_WINDOW_BYTES
     } else if Some(segment_index) == end.segment_index.checked_add(1) {
@@ -1235,28 +1229,28 @@ mod tests {
 
     #[test]
     fn a_crash_explains_batches_within_one_group_after_the_end_and_nothing_else() {
-        let end = LogEnd {
-            segment_index: 3,
-            valid_end: 10_000,
+        let at = |segment_index, position| SegmentPosition {
+            segment_index,
+            position,
         };
+        let end = at(3, 10_000);
         let window_end = 12_288 + TEAR_WINDOW_BYTES;
-        assert!(crash_explains(end, 3, 12_288));
-        assert!(crash_explains(end, 3, window_end - BLOCK));
-        assert!(!crash_explains(end, 3, window_end), "past one group");
-        assert!(crash_explains(end, 4, DATA_START), "the group rolled");
+        assert!(crash_explains(end, at(3, 12_288)));
+        assert!(crash_explains(end, at(3, window_end - BLOCK)));
+        assert!(!crash_explains(end, at(3, window_end)), "past one group");
+        assert!(crash_explains(end, at(4, DATA_START)), "the group rolled");
         assert!(crash_explains(
             end,
-            4,
-            DATA_START + TEAR_WINDOW_BYTES - BLOCK
+            at(4, DATA_START + TEAR_WINDOW_BYTES - BLOCK)
         ));
-        assert!(!crash_explains(end, 4, DATA_START + TEAR_WINDOW_BYTES));
-        assert!(!crash_explains(end, 5, DATA_START), "two segments on");
-        let aligned = LogEnd {
-            segment_index: 0,
-            valid_end: 8192,
-        };
-        assert!(crash_explains(aligned, 0, 8192 + TEAR_WINDOW_BYTES - BLOCK));
-        assert!(!crash_explains(aligned, 0, 8192 + TEAR_WINDOW_BYTES));
+        assert!(!crash_explains(end, at(4, DATA_START + TEAR_WINDOW_BYTES)));
+        assert!(!crash_explains(end, at(5, DATA_START)), "two segments on");
+        let aligned = at(0, 8192);
+        assert!(crash_explains(
+            aligned,
+            at(0, 8192 + TEAR_WINDOW_BYTES - BLOCK)
+        ));
+        assert!(!crash_explains(aligned, at(0, 8192 + TEAR_WINDOW_BYTES)));
     }
 
     #[test]

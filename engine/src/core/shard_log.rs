@@ -30,7 +30,7 @@ use crate::core::partition::PartitionState;
 use crate::core::read_cache::ReadCache;
 use crate::core::record::{BatchMeta, encode_batch};
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
-use crate::core::{Offset, PartitionId, RecordInput};
+use crate::core::{Offset, PartitionId, RecordInput, SegmentPosition};
 use crate::error::StorageError;
 
 /// Initial capacity of a group's byte buffer; it grows up to `group_size_bytes_max`.
@@ -658,11 +658,11 @@ impl ShardLog {
         self.stats.batch_count += batch_count as u64;
         self.stats.batch_bytes += in_flight.group.bytes.len() as u64;
         self.stats.written_bytes += in_flight.padded_len_bytes;
-        self.read_cache.insert(
-            in_flight.segment_index,
-            in_flight.position,
-            in_flight.group.bytes,
-        );
+        let at = SegmentPosition {
+            segment_index: in_flight.segment_index,
+            position: in_flight.position,
+        };
+        self.read_cache.insert(at, in_flight.group.bytes);
         touched.sort_unstable();
         touched.dedup();
         Synced {
@@ -770,10 +770,11 @@ impl ShardLog {
     /// Where a durable batch can be read: the read cache if it still holds its group.
     pub fn durable_source(&self, location: BatchLocation) -> ReadSource {
         let len_bytes = location.len_bytes as usize;
-        match self
-            .read_cache
-            .get(location.segment_index, location.position, len_bytes)
-        {
+        let at = SegmentPosition {
+            segment_index: location.segment_index,
+            position: location.position,
+        };
+        match self.read_cache.get(at, len_bytes) {
             Some((bytes, start)) => ReadSource::Cached {
                 bytes,
                 start,

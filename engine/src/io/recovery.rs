@@ -22,11 +22,11 @@ use crate::core::limits::{BATCH_SIZE_BYTES_MAX, BLOCK_SIZE_BYTES};
 use crate::core::offset_index::BatchLocation;
 use crate::core::record::{BatchView, decode_batch};
 use crate::core::recovery::{
-    BlockProbe, LogEnd, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
+    BlockProbe, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
 };
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::shard_log::RecoveredPartition;
-use crate::core::{Offset, PartitionId, ShardId};
+use crate::core::{Offset, PartitionId, SegmentPosition, ShardId};
 use crate::error::{Inconsistency, OpenError, StorageError};
 use crate::io::config::EngineConfig;
 use crate::io::data_dir::sync_dir;
@@ -45,8 +45,8 @@ const DATA_START: u64 = SEGMENT_HEADER_SIZE_BYTES as u64;
 /// What recovery found: the open segments of the log, where it ends, the chain to continue.
 pub(crate) struct Recovered {
     pub(crate) segments: BTreeMap<u64, Rc<SegmentFile>>,
-    /// (segment index, position just after the last valid batch); None: no segment yet.
-    pub(crate) end: Option<(u64, u64)>,
+    /// Just after the last valid batch; None: no segment yet.
+    pub(crate) end: Option<SegmentPosition>,
     pub(crate) chain_crc: u32,
     /// What an explicit repair dropped, if it had to.
     pub(crate) repair: Option<RepairReport>,
@@ -82,6 +82,13 @@ struct Survivor {
 }
 
 impl Survivor {
+    fn at(&self) -> SegmentPosition {
+        SegmentPosition {
+            segment_index: self.segment_index,
+            position: self.position,
+        }
+    }
+
     fn of(segment_index: u64, position: u64, batch: &BatchView<'_>) -> Self {
         Survivor {
             segment_index,
@@ -118,7 +125,7 @@ pub(crate) async fn recover_segments(
 
     let mut scanner = RecoveryScanner::new();
     let mut segments = BTreeMap::new();
-    let mut end: Option<(u64, u64)> = None;
+    let mut end: Option<SegmentPosition> = None;
     for index in indexes.iter().copied().filter(|index| *index < scanned_end) {
         let path = shard_dir.join(segment_file_name(index));
         let expected = segment_header(shard_id, config, index);
@@ -146,19 +153,16 @@ pub(crate) async fn recover_segments(
             break;
         }
         segments.insert(index, Rc::new(segment));
-        end = Some((index, valid_end));
+        end = Some(SegmentPosition {
+            segment_index: index,
+            position: valid_end,
+        });
     }
 
-    let log_end = end.map_or(
-        LogEnd {
-            segment_index: 0,
-            valid_end: DATA_START,
-        },
-        |(segment_index, valid_end)| LogEnd {
-            segment_index,
-            valid_end,
-        },
-    );
+    let log_end = end.unwrap_or(SegmentPosition {
+        segment_index: 0,
+        position: DATA_START,
+    });
     let beyond: Vec<u64> = indexes
         .iter()
         .copied()
@@ -174,7 +178,7 @@ pub(crate) async fn recover_segments(
     .await?;
     let first = survivors
         .iter()
-        .find(|survivor| !crash_explains(log_end, survivor.segment_index, survivor.position))
+        .find(|survivor| !crash_explains(log_end, survivor.at()))
         .copied();
     let Some(first) = first else {
         if hole.is_some() {
@@ -193,14 +197,14 @@ pub(crate) async fn recover_segments(
 
     let end_path = shard_dir.join(segment_file_name(log_end.segment_index));
     let (damage_position, reason) = match segments.get(&log_end.segment_index) {
-        Some(segment) => locate_damage(segment, log_end.valid_end).await,
+        Some(segment) => locate_damage(segment, log_end.position).await,
         None => (0, "no valid segment header".to_owned()),
     };
     tracing::error!(
         shard = shard_id.0,
         path = %end_path.display(),
         position = damage_position,
-        valid_end = log_end.valid_end,
+        valid_end = log_end.position,
         %reason,
         found_segment = first.segment_index,
         found_position = first.position,
@@ -210,7 +214,7 @@ pub(crate) async fn recover_segments(
         return Err(OpenError::Damaged {
             path: end_path,
             position: damage_position,
-            valid_end: log_end.valid_end,
+            valid_end: log_end.position,
             reason,
             found_path: shard_dir.join(segment_file_name(first.segment_index)),
             found_position: first.position,
@@ -227,7 +231,7 @@ pub(crate) async fn recover_segments(
     if let Some(segment) = segments.get(&log_end.segment_index) {
         quarantine.copy_in(segment.path())?;
         segment
-            .zero_from(log_end.valid_end.div_ceil(BLOCK) * BLOCK)
+            .zero_from(log_end.position.div_ceil(BLOCK) * BLOCK)
             .await?;
     }
     let mut lost: BTreeMap<PartitionId, (Offset, Offset)> = BTreeMap::new();
@@ -375,7 +379,7 @@ async fn scan_segment(
 /// `stop_at_damage`, stops at the first one a crash cannot explain.
 async fn find_survivors(
     shard_dir: &Path,
-    end: LogEnd,
+    end: SegmentPosition,
     end_segment_has_data: bool,
     beyond: &[u64],
     stop_at_damage: bool,
@@ -383,7 +387,7 @@ async fn find_survivors(
     let mut survivors = Vec::new();
     let mut regions = Vec::new();
     if end_segment_has_data {
-        regions.push((end.segment_index, end.valid_end.div_ceil(BLOCK) * BLOCK));
+        regions.push((end.segment_index, end.position.div_ceil(BLOCK) * BLOCK));
     }
     regions.extend(beyond.iter().map(|index| (*index, DATA_START)));
     for (index, from) in regions {
@@ -406,7 +410,7 @@ async fn find_survivors(
                         while let Some((batch_position, batch)) = next {
                             let survivor = Survivor::of(index, batch_position, &batch);
                             survivors.push(survivor);
-                            if stop_at_damage && !crash_explains(end, index, survivor.position) {
+                            if stop_at_damage && !crash_explains(end, survivor.at()) {
                                 reader.close().await;
                                 return Ok(survivors);
                             }
@@ -526,14 +530,14 @@ impl Quarantine {
     fn into_report(
         self,
         shard_id: ShardId,
-        end: LogEnd,
+        end: SegmentPosition,
         lost_offsets: Vec<(PartitionId, Offset, Offset)>,
     ) -> Option<RepairReport> {
         let quarantine_dir = self.dir?;
         Some(RepairReport {
             shard_id,
             segment_index: end.segment_index,
-            position: end.valid_end,
+            position: end.position,
             quarantine_dir,
             dropped_segment_count: self.moved_count,
             lost_offsets,

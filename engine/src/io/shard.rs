@@ -134,7 +134,7 @@ impl Shard {
         let repair = recovered.repair;
         let mut segments = recovered.segments;
         let (current_index, write_position) = match recovered.end {
-            Some((index, valid_end)) => (index, align_up(valid_end)),
+            Some(end) => (end.segment_index, align_up(end.position)),
             None => {
                 let header = segment_header(shard_id, &config, 0);
                 let segment =

@@ -24,13 +24,13 @@ use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::offset_index::BatchLocation;
 use crate::core::record::{BatchView, batch_encoded_len, decode_batch};
 use crate::core::recovery::{
-    BlockProbe, LogEnd, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
+    BlockProbe, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
 };
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::shard_log::{
     Admission, GroupPoll, GroupWrite, RecoveredPartition, ShardLog, ShardLogLimits,
 };
-use crate::core::{KeyCondition, Offset, PartitionId, RecordInput};
+use crate::core::{KeyCondition, Offset, PartitionId, RecordInput, SegmentPosition};
 use crate::error::StorageError;
 use crate::sim::disk::{CrashKind, SimDisk};
 
@@ -228,7 +228,7 @@ struct Recovery {
     found: BTreeMap<PartitionId, Vec<FoundBatch>>,
     /// Staging order of what was found, (partition, index into `found`).
     order: Vec<(PartitionId, usize)>,
-    end: Option<(u64, u64)>,
+    end: Option<SegmentPosition>,
     chain_crc: u32,
 }
 
@@ -389,18 +389,15 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
         if index > 0 && accepted == 0 {
             break;
         }
-        end = Some((index, valid_end));
+        end = Some(SegmentPosition {
+            segment_index: index,
+            position: valid_end,
+        });
     }
-    let log_end = end.map_or(
-        LogEnd {
-            segment_index: 0,
-            valid_end: DATA_START,
-        },
-        |(segment_index, valid_end)| LogEnd {
-            segment_index,
-            valid_end,
-        },
-    );
+    let log_end = end.unwrap_or(SegmentPosition {
+        segment_index: 0,
+        position: DATA_START,
+    });
     // The probe must stay quiet: a crash never looks like damage.
     for index in indexes
         .iter()
@@ -409,7 +406,7 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
     {
         let bytes = disk.read(index).unwrap_or_default();
         let from = if index == log_end.segment_index && end.is_some() {
-            log_end.valid_end.div_ceil(BLOCK) * BLOCK
+            log_end.position.div_ceil(BLOCK) * BLOCK
         } else {
             DATA_START
         };
@@ -420,7 +417,13 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
         while let BlockProbe::Found { position, batch } =
             probe_block_starts(chunk, from, probe_from, true)
         {
-            if !crash_explains(log_end, index, position) {
+            if !crash_explains(
+                log_end,
+                SegmentPosition {
+                    segment_index: index,
+                    position,
+                },
+            ) {
                 return Err(format!(
                     "recovery would report damage after a crash: valid batch of {:?} at \
                      segment {index} position {position}, log ends at {log_end:?}",
@@ -482,7 +485,7 @@ impl Sim {
         let recovery = recover(&self.disk, &self.partition_ids)?;
         self.check_recovered(&recovery)?;
         let (current_index, write_position) = match recovery.end {
-            Some((index, valid_end)) => (index, valid_end.div_ceil(BLOCK) * BLOCK),
+            Some(end) => (end.segment_index, end.position.div_ceil(BLOCK) * BLOCK),
             None => {
                 Self::prepare_now(&mut self.disk, 0, self.config.segment_size_bytes);
                 (0, DATA_START)

@@ -250,10 +250,9 @@ impl Args {
             self.server_segment_size_mib
         );
         ensure!(
-            !self.topic.is_empty()
-                && self.topic.len() <= cairn_server::wire::TOPIC_NAME_SIZE_BYTES_MAX,
+            !self.topic.is_empty() && self.topic.len() <= cairn_wire::TOPIC_NAME_SIZE_BYTES_MAX,
             "--topic must be 1..={} bytes",
-            cairn_server::wire::TOPIC_NAME_SIZE_BYTES_MAX
+            cairn_wire::TOPIC_NAME_SIZE_BYTES_MAX
         );
         // The ack log separates fields with spaces.
         ensure!(

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use cairn_server::client::{BlockingClient, ClientConfig};
-use cairn_server::wire::ErrorCode;
+use cairn_wire::ErrorCode;
 use glommio::Placement;
 
 pub use crate::config::Args;

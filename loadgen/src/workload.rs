@@ -10,7 +10,7 @@ use std::io::Write;
 
 use cairn_engine::core::{KeyCondition, Offset, RecordInput};
 use cairn_server::client::{AppendResult, ClientError};
-use cairn_server::wire::ConflictInfo;
+use cairn_wire::ConflictInfo;
 
 use crate::config::{ReadMode, RetryMode, Workload};
 use crate::rng::Rng;

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use cairn_engine::core::Offset;
 
-use crate::wire::{self, FrameError, WireError};
+use cairn_wire::{self as wire, FrameError, WireError};
 
 pub use blocking::BlockingClient;
 pub use pipelined::Client;

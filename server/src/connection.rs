@@ -49,7 +49,7 @@ use glommio::sync::{Semaphore, StaticPermit};
 use crate::admission::{RequestMemory, RequestMemoryPermit};
 use crate::handlers;
 use crate::routing::ShardContext;
-use crate::wire::{FrameError, FrameReader, NON_APPEND_FRAME_SIZE_BYTES_MAX, write_frame};
+use cairn_wire::{FrameError, FrameReader, NON_APPEND_FRAME_SIZE_BYTES_MAX, write_frame};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -70,7 +70,7 @@ const LARGE_RESPONSE_COUNT_MAX: u64 = 4;
 /// `REQUEST_STATE_SIZE_BYTES` each), so that one connection cannot take its shard's whole
 /// budget: two of the largest default frames, so a producer can pipeline full batches. (A
 /// frame over it, possible with a raised `frame_size_bytes_max`, pays all of it.)
-const CONNECTION_REQUEST_BYTES_MAX: usize = 2 * crate::wire::FRAME_SIZE_BYTES_MAX_DEFAULT as usize;
+const CONNECTION_REQUEST_BYTES_MAX: usize = 2 * cairn_wire::FRAME_SIZE_BYTES_MAX_DEFAULT as usize;
 
 /// Bytes each request is charged beyond its frame, for what its task holds until it is
 /// answered (the task and its future's state, the listeners it waits with). Measured in a

@@ -24,10 +24,10 @@ use glommio::sync::StaticPermit;
 
 use crate::connection::ClientConnection;
 use crate::routing::{MeshError, ShardContext};
-use crate::wire::{
-    self, Appended, ConflictInfo, Encoder, ErrorCode, ErrorResponse, FrameError, HeaderList,
-    KeyHistoryResult, KeyRecord, MetadataResult, PartitionMetadata, RecordOut, RecordOutList,
-    Request, RequestBody, Response, ResponseBody, TopicMetadata, decode_request,
+use cairn_wire::{
+    self as wire, Appended, ConflictInfo, Encoder, ErrorCode, ErrorResponse, FrameError,
+    HeaderList, KeyHistoryResult, KeyRecord, MetadataResult, PartitionMetadata, RecordOut,
+    RecordOutList, Request, RequestBody, Response, ResponseBody, TopicMetadata, decode_request,
 };
 
 /// Most bytes of records one fetch or key history returns, whatever the client asks,

@@ -10,8 +10,8 @@
 //! shard is forwarded over the mesh (`routing`); nothing is shared between shards but
 //! messages.
 //!
-//! Module map: `wire` (sans-I/O protocol), `connection` (frames over one socket, limits,
-//! pipelining), `admission` (a shard's request memory budget and connection limit),
+//! Module map (the wire codec is the `cairn-wire` crate): `connection` (frames over one
+//! socket, limits, pipelining), `admission` (a shard's request memory budget and connection limit),
 //! `handlers` (request -> engine -> response), `routing` (the mesh), `client` (the Rust
 //! client).
 
@@ -20,7 +20,6 @@ pub mod client;
 mod connection;
 mod handlers;
 mod routing;
-pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,7 +85,7 @@ impl ServerConfig {
             shard_count: u16::try_from(cpu_count).unwrap_or(u16::MAX),
             pin_shards: true,
             segment_size_bytes: 256 * 1024 * 1024,
-            frame_size_bytes_max: wire::FRAME_SIZE_BYTES_MAX_DEFAULT,
+            frame_size_bytes_max: cairn_wire::FRAME_SIZE_BYTES_MAX_DEFAULT,
             connection_request_count_max: 1024,
             shard_request_bytes_max: 64 * 1024 * 1024,
             shard_connection_count_max: 1024,

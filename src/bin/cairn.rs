@@ -20,8 +20,8 @@ use cairn_engine::{
     FaultHook, FaultPoint, FaultPolicy, KeyCondition, Offset, RecordHeader, RecordInput,
 };
 use cairn_server::client::{AppendResult, BlockingClient, ClientConfig, FetchedRecord};
-use cairn_server::wire::{self, ConflictInfo};
 use cairn_server::{ServerConfig, ShutdownSignal};
+use cairn_wire::{self as wire, ConflictInfo};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 

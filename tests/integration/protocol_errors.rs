@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cairn_engine::{KeyCondition, Offset, RecordInput};
 use cairn_server::client::{BlockingClient, ClientConfig};
-use cairn_server::wire::{
+use cairn_wire::{
     AppendRecords, AppendRequest, CreateTopicRequest, Encoder, ErrorCode, FetchRequest,
     ReadKeyRequest, Request, RequestBody, ResponseBody, decode_response, write_frame,
 };

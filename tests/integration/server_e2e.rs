@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cairn_engine::{KeyCondition, Offset, RecordHeader, RecordInput};
 use cairn_server::client::{AppendResult, BlockingClient, ClientConfig, ClientError};
-use cairn_server::wire::{
+use cairn_wire::{
     ConflictInfo, Encoder, ErrorCode, FetchRequest, Request, RequestBody, Response, ResponseBody,
     decode_response,
 };
@@ -99,7 +99,7 @@ fn every_request_kind_round_trips_through_the_client() {
         }
         other => panic!("expected a key conflict, got {other:?}"),
     }
-    let partition = cairn_server::wire::partition_for_key(b"order-1", 4);
+    let partition = cairn_wire::partition_for_key(b"order-1", 4);
     match client
         .append(
             "orders",

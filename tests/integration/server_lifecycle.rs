@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cairn_engine::{KeyCondition, Offset, RecordInput};
 use cairn_server::client::{AppendResult, BlockingClient, ClientConfig};
-use cairn_server::wire::{
+use cairn_wire::{
     Encoder, ErrorCode, FetchRequest, Request, RequestBody, ResponseBody, decode_response,
 };
 

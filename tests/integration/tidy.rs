@@ -53,6 +53,7 @@ fn no_fixme_or_dbg_on_main() {
     let mut files = Vec::new();
     for dir in [
         "engine/src",
+        "wire/src",
         "server/src",
         "loadgen/src",
         "src",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cairn_engine::core::{Offset, RecordInput};
 
-use crate::wire::{Encoder, FrameReader, Request, RequestBody, decode_response, write_frame};
+use cairn_wire::{Encoder, FrameReader, Request, RequestBody, decode_response, write_frame};
 
 use super::call::Call;
 use super::reply::Reply;
@@ -390,7 +390,7 @@ mod tests {
         model_record,
     };
     use crate::client::routing::Destination;
-    use crate::wire::{ConflictInfo, ErrorCode, partition_for_key};
+    use cairn_wire::{ConflictInfo, ErrorCode, partition_for_key};
 
     /// Long enough for any exchange with the fake server; short enough that a broken test
     /// fails quickly instead of hanging.

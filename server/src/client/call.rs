@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cairn_engine::core::{Offset, RecordInput};
 
-use crate::wire::{
+use cairn_wire::{
     AppendRecords, AppendRequest, CreateTopicRequest, FetchRequest, KeyHistoryRequest,
     ReadKeyRequest, RequestBody,
 };

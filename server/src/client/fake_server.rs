@@ -17,7 +17,7 @@ use std::time::Duration;
 use cairn_engine::core::{KeyCondition, Offset, PartitionId, RecordHeader, ShardId};
 
 use super::FetchedRecord;
-use crate::wire::{
+use cairn_wire::{
     Appended, ConflictInfo, Encoder, ErrorCode, ErrorResponse, Fetched, FrameReader, HeaderList,
     KeyHistoryResult, KeyRecord, MetadataResult, PartitionMetadata, RecordOut, RecordOutList,
     Request, RequestBody, Response, ResponseBody, TopicMetadata, decode_request, partition_for_key,

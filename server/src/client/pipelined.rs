@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cairn_engine::core::{Offset, RecordInput};
 use glommio::sync::Semaphore;
 
-use crate::wire::{Request, RequestBody};
+use cairn_wire::{Request, RequestBody};
 
 use super::call::Call;
 use super::connection::{Connection, ConnectionShared};
@@ -142,7 +142,7 @@ impl Client {
     }
 
     /// Reads synced records of one partition from `offset` on, about `size_bytes_max` of
-    /// them as encoded in the response ([`crate::wire::record_out_size_bytes_max`]; at least one
+    /// them as encoded in the response ([`cairn_wire::record_out_size_bytes_max`]; at least one
     /// record if any is available). When none is, the server waits up to
     /// `wait_max` (in whole milliseconds) for one; the call's timeout grows by as much.
     pub async fn fetch(
@@ -320,7 +320,7 @@ mod tests {
         FakeServer, MODEL_END_OFFSET, MODEL_KEY_ABSENT, MODEL_KEY_OFFSET, MODEL_PARTITION_COUNT,
         MODEL_TOPIC, Step, key_on_shard, model_answer, model_record, response,
     };
-    use crate::wire::{Appended, ConflictInfo, ErrorCode, ResponseBody, partition_for_key};
+    use cairn_wire::{Appended, ConflictInfo, ErrorCode, ResponseBody, partition_for_key};
 
     /// Long enough for any exchange with the fake server; short enough that a broken test
     /// fails quickly instead of hanging.

@@ -7,7 +7,7 @@
 //! another kind [`ClientError::UnexpectedResponse`], and a conflicting append's error
 //! response the value [`AppendResult::Conflict`].
 
-use crate::wire::{
+use cairn_wire::{
     ConflictInfo, ErrorCode, MetadataResult, RecordOut, RecordOutList, ResponseBody, TopicMetadata,
 };
 
@@ -209,7 +209,7 @@ mod tests {
     use cairn_engine::core::{KeyCondition, Offset, RecordHeader};
 
     use super::*;
-    use crate::wire::{Appended, ErrorResponse, Fetched, HeaderList, KeyRecord};
+    use cairn_wire::{Appended, ErrorResponse, Fetched, HeaderList, KeyRecord};
 
     #[test]
     fn conflict_is_a_value_of_append_and_an_error_elsewhere() {

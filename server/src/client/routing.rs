@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::wire;
+use cairn_wire as wire;
 
 use super::{ClientConfig, Metadata, TopicInfo};
 

@@ -17,7 +17,7 @@ use cairn_engine::{KeyCondition, Offset, RecordInput};
 use cairn_server::client::{
     AppendResult, BlockingClient, ClientConfig, ClientError, FetchedRecord,
 };
-use cairn_server::wire::{self, ErrorCode};
+use cairn_wire::{self as wire, ErrorCode};
 
 use super::TestRng;
 

@@ -69,7 +69,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::wire::{
+    use crate::{
         AppendRecords, AppendRequest, ConflictInfo, ErrorCode, ErrorResponse, Fetched, HeaderList,
         RecordOut, RecordOutList, Request, RequestBody, Response, ResponseBody,
     };

@@ -707,8 +707,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::wire::fuzz::fuzz_decode_request;
-    use crate::wire::{ErrorCode, FrameReader, RouteError};
+    use crate::fuzz::fuzz_decode_request;
+    use crate::{ErrorCode, FrameReader, RouteError};
 
     fn round_trip(request: &Request<'_>) {
         let mut encoder = Encoder::new();

@@ -940,7 +940,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::wire::fuzz::fuzz_decode_response;
+    use crate::fuzz::fuzz_decode_response;
 
     fn encode(response: &Response<'_>) -> Vec<u8> {
         Encoder::new().encode_response(response).to_vec()
@@ -1420,7 +1420,7 @@ mod tests {
         assert!(record.encoded_size_bytes_max() <= RECORD_OUT_SIZE_BYTES_MAX);
         let (size_bytes, bound) = fetched_size_and_bound(&[record]);
         assert!(size_bytes <= bound, "{size_bytes} > {bound}");
-        assert!(size_bytes <= crate::wire::FRAME_SIZE_BYTES_MAX_DEFAULT as usize);
+        assert!(size_bytes <= crate::FRAME_SIZE_BYTES_MAX_DEFAULT as usize);
     }
 
     proptest! {

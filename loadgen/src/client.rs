@@ -19,8 +19,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use cairn_client::{AppendResult, Client, ClientConfig, ClientError};
 use cairn_engine::core::{Offset, RecordInput};
-use cairn_server::client::{AppendResult, Client, ClientConfig, ClientError};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::ack_log::AckLog;

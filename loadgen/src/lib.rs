@@ -33,7 +33,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use cairn_server::client::{BlockingClient, ClientConfig};
+use cairn_client::{BlockingClient, ClientConfig};
 use cairn_wire::ErrorCode;
 use glommio::Placement;
 

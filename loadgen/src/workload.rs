@@ -2,14 +2,14 @@
 //! read → append → conflict → retry-or-abandon logic of a command handler.
 //!
 //! Nothing here measures time or touches the network: `client.rs` runs cycles against the
-//! real [`cairn_server::client::Client`] and times them, and the tests below run them
+//! real [`cairn_client::Client`] and times them, and the tests below run them
 //! against a scripted fake. A cycle ends in exactly one [`CycleOutcome`]; a conflict is an
 //! expected outcome of an append (a value), never an error.
 
 use std::io::Write;
 
+use cairn_client::{AppendResult, ClientError};
 use cairn_engine::core::{KeyCondition, Offset, RecordInput};
-use cairn_server::client::{AppendResult, ClientError};
 use cairn_wire::ConflictInfo;
 
 use crate::config::{ReadMode, RetryMode, Workload};

@@ -1,4 +1,4 @@
-//! Cairn's server: TCP, flatbuffers frames, routing between shards, and a Rust client.
+//! Cairn's server: TCP, flatbuffers frames and routing between shards.
 //!
 //! `run` opens the data directory, starts one pinned glommio executor per shard, and on
 //! each: recovers the shard, joins the channel mesh that links the shards, and accepts
@@ -12,11 +12,10 @@
 //!
 //! Module map (the wire codec is the `cairn-wire` crate): `connection` (frames over one
 //! socket, limits, pipelining), `admission` (a shard's request memory budget and connection limit),
-//! `handlers` (request -> engine -> response), `routing` (the mesh), `client` (the Rust
-//! client).
+//! `handlers` (request -> engine -> response), `routing` (the mesh). The Rust client
+//! is the `cairn-client` crate.
 
 mod admission;
-pub mod client;
 mod connection;
 mod handlers;
 mod routing;

@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cairn_client::{AppendResult, BlockingClient, ClientConfig, FetchedRecord};
 use cairn_engine::{
     FaultHook, FaultPoint, FaultPolicy, KeyCondition, Offset, RecordHeader, RecordInput,
 };
-use cairn_server::client::{AppendResult, BlockingClient, ClientConfig, FetchedRecord};
 use cairn_server::{ServerConfig, ShutdownSignal};
 use cairn_wire::{self as wire, ConflictInfo};
 use clap::{Parser, Subcommand};

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cairn_client::{BlockingClient, ClientConfig, FetchedRecord};
 use cairn_engine::Offset;
-use cairn_server::client::{BlockingClient, ClientConfig, FetchedRecord};
 
 use crate::support::server::TestServer;
 

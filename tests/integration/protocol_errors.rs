@@ -5,8 +5,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use cairn_client::{BlockingClient, ClientConfig};
 use cairn_engine::{KeyCondition, Offset, RecordInput};
-use cairn_server::client::{BlockingClient, ClientConfig};
 use cairn_wire::{
     AppendRecords, AppendRequest, CreateTopicRequest, Encoder, ErrorCode, FetchRequest,
     ReadKeyRequest, Request, RequestBody, ResponseBody, decode_response, write_frame,

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_client::AppendResult;
 use cairn_engine::{KeyCondition, Offset, RecordHeader, RecordInput};
-use cairn_server::client::AppendResult;
 use cairn_wire::{
     AppendRecords, AppendRequest, CreateTopicRequest, Encoder, FetchRequest, KeyHistoryRequest,
     ReadKeyRequest, Request, RequestBody, ResponseBody, decode_response, write_frame,

@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_client::AppendResult;
 use cairn_engine::{KeyCondition, Offset, RecordInput};
-use cairn_server::client::AppendResult;
 
 use crate::support::server::TestServer;
 use crate::support::workload::{Workload, connect};

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_client::{AppendResult, BlockingClient, ClientConfig, ClientError};
 use cairn_engine::{KeyCondition, Offset, RecordHeader, RecordInput};
-use cairn_server::client::{AppendResult, BlockingClient, ClientConfig, ClientError};
 use cairn_wire::{
     ConflictInfo, Encoder, ErrorCode, FetchRequest, Request, RequestBody, Response, ResponseBody,
     decode_response,

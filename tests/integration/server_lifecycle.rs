@@ -7,8 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_client::{AppendResult, BlockingClient, ClientConfig};
 use cairn_engine::{KeyCondition, Offset, RecordInput};
-use cairn_server::client::{AppendResult, BlockingClient, ClientConfig};
 use cairn_wire::{
     Encoder, ErrorCode, FetchRequest, Request, RequestBody, ResponseBody, decode_response,
 };

@@ -55,6 +55,7 @@ fn no_fixme_or_dbg_on_main() {
         "engine/src",
         "wire/src",
         "server/src",
+        "client/src",
         "loadgen/src",
         "src",
         "tests",

@@ -13,10 +13,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use cairn_client::{AppendResult, BlockingClient, ClientConfig, ClientError, FetchedRecord};
 use cairn_engine::{KeyCondition, Offset, RecordInput};
-use cairn_server::client::{
-    AppendResult, BlockingClient, ClientConfig, ClientError, FetchedRecord,
-};
 use cairn_wire::{self as wire, ErrorCode};
 
 use super::TestRng;

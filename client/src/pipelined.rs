@@ -315,8 +315,8 @@ mod tests {
     use glommio::{LocalExecutorBuilder, Placement};
 
     use super::*;
-    use crate::client::ConnectionLoss;
-    use crate::client::fake_server::{
+    use crate::ConnectionLoss;
+    use crate::fake_server::{
         FakeServer, MODEL_END_OFFSET, MODEL_KEY_ABSENT, MODEL_KEY_OFFSET, MODEL_PARTITION_COUNT,
         MODEL_TOPIC, Step, key_on_shard, model_answer, model_record, response,
     };

@@ -383,13 +383,13 @@ mod tests {
     use cairn_engine::core::{KeyCondition, RecordHeader};
 
     use super::*;
-    use crate::client::PartitionInfo;
-    use crate::client::fake_server::{
+    use crate::PartitionInfo;
+    use crate::fake_server::{
         FakeServer, MODEL_END_OFFSET, MODEL_KEY_ABSENT, MODEL_KEY_OFFSET, MODEL_KEY_TAKEN,
         MODEL_PARTITION_COUNT, MODEL_TOPIC, Received, Step, key_on_shard, model_answer,
         model_record,
     };
-    use crate::client::routing::Destination;
+    use crate::routing::Destination;
     use cairn_wire::{ConflictInfo, ErrorCode, partition_for_key};
 
     /// Long enough for any exchange with the fake server; short enough that a broken test

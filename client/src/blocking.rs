@@ -144,9 +144,9 @@ impl BlockingClient {
         topic: &str,
         partition: Option<u32>,
         key: &[u8],
-        include_pending: bool,
+        include_appended: bool,
     ) -> Result<Option<FetchedRecord>, ClientError> {
-        self.call(Call::read_key(topic, partition, key, include_pending))?
+        self.call(Call::read_key(topic, partition, key, include_appended))?
             .into_key_record()
     }
 
@@ -457,7 +457,7 @@ mod tests {
                     assert_eq!(fetch.wait_max, Duration::from_millis(250));
                 }
                 RequestBody::ReadKey(read) => {
-                    assert_eq!(read.include_pending, read.key == b"seat-12A");
+                    assert_eq!(read.include_appended, read.key == b"seat-12A");
                 }
                 _ => {}
             }
@@ -539,7 +539,7 @@ mod tests {
             FetchResult {
                 partition: 2,
                 records: vec![model_record(10, b"fetched"), model_record(11, b"fetched")],
-                high_watermark: Offset(12),
+                synced_end: Offset(12),
             }
         );
 

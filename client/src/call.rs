@@ -95,13 +95,13 @@ impl<'a> Call<'a> {
         topic: &'a str,
         partition: Option<u32>,
         key: &'a [u8],
-        include_pending: bool,
+        include_appended: bool,
     ) -> Call<'a> {
         let body = RequestBody::ReadKey(ReadKeyRequest {
             topic,
             partition,
             key,
-            include_pending,
+            include_appended,
         });
         Call::new(
             Destination::Partition {

@@ -334,7 +334,7 @@ pub(super) fn model_answer(received: Received<'_>) -> Vec<Step> {
             let fetched = Fetched {
                 partition: fetch.partition,
                 records: RecordOutList::from_slice(&records),
-                high_watermark: fetch.offset.plus(2),
+                synced_end: fetch.offset.plus(2),
             };
             send(id, ResponseBody::Fetched(fetched))
         }

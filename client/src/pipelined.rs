@@ -165,16 +165,16 @@ impl Client {
     }
 
     /// The latest record of `key` in `partition` (or the key's own), if it has one: synced
-    /// only, or including pending records when `include_pending` (its offset is what an
+    /// only, or including appended (not yet synced) records when `include_appended` (its offset is what an
     /// `At` condition is checked against right now).
     pub async fn read_key(
         &self,
         topic: &str,
         partition: Option<u32>,
         key: &[u8],
-        include_pending: bool,
+        include_appended: bool,
     ) -> Result<Option<FetchedRecord>, ClientError> {
-        self.call(Call::read_key(topic, partition, key, include_pending))
+        self.call(Call::read_key(topic, partition, key, include_appended))
             .await?
             .into_key_record()
     }
@@ -405,7 +405,7 @@ mod tests {
                 fetched.records,
                 [model_record(4, b"fetched"), model_record(5, b"fetched")]
             );
-            assert_eq!(fetched.high_watermark, Offset(6));
+            assert_eq!(fetched.synced_end, Offset(6));
             assert_eq!(
                 client
                     .read_key(MODEL_TOPIC, None, b"seat-12A", false)

@@ -51,7 +51,7 @@ impl Reply {
             ResponseBody::Fetched(fetched) => Reply::Fetched(FetchResult {
                 partition: fetched.partition,
                 records: fetched_records(fetched.records),
-                high_watermark: fetched.high_watermark,
+                synced_end: fetched.synced_end,
             }),
             ResponseBody::KeyRecord(found) => Reply::KeyRecord(found.record.map(fetched_record)),
             ResponseBody::KeyHistory(history) => {
@@ -286,14 +286,14 @@ mod tests {
         let fetched = Reply::from_body(ResponseBody::Fetched(Fetched {
             partition: 4,
             records: RecordOutList::from_slice(&records),
-            high_watermark: Offset(4),
+            synced_end: Offset(4),
         }));
         assert_eq!(
             fetched.into_fetched().unwrap(),
             FetchResult {
                 partition: 4,
                 records: vec![expected.clone()],
-                high_watermark: Offset(4),
+                synced_end: Offset(4),
             }
         );
         let found = Reply::from_body(ResponseBody::KeyRecord(KeyRecord {

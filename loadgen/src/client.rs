@@ -343,10 +343,10 @@ struct ClientOps<'a> {
 
 impl LogOps for ClientOps<'_> {
     async fn read_latest(&self, key: &[u8], read: ReadMode) -> Result<Option<Offset>, ClientError> {
-        let include_pending = read == ReadMode::Pending;
+        let include_appended = read == ReadMode::Appended;
         let record = self
             .client
-            .read_key(self.topic, None, key, include_pending)
+            .read_key(self.topic, None, key, include_appended)
             .await?;
         Ok(record.map(|record| record.offset))
     }

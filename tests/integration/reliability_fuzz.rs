@@ -157,7 +157,7 @@ fn random_request(rng: &mut TestRng, encoder: &mut Encoder) -> Vec<u8> {
             topic: pick::<&str>(rng, &read_topics),
             partition: (rng.below(2) == 0).then_some(partition),
             key: &key,
-            include_pending: rng.below(2) == 0,
+            include_appended: rng.below(2) == 0,
         }),
         _ => RequestBody::KeyHistory(KeyHistoryRequest {
             topic: pick::<&str>(rng, &read_topics),

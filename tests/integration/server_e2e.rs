@@ -121,7 +121,7 @@ fn every_request_kind_round_trips_through_the_client() {
     let fetched = client
         .fetch("orders", partition, Offset(0), 1 << 20, Duration::ZERO)
         .unwrap();
-    assert_eq!(fetched.high_watermark, next.plus(1));
+    assert_eq!(fetched.synced_end, next.plus(1));
     let values: Vec<&[u8]> = fetched.records.iter().map(|r| r.value.as_slice()).collect();
     assert_eq!(values, vec![b"v0".as_slice(), b"v1".as_slice()]);
     assert_eq!(

@@ -142,7 +142,7 @@ async fn respond(
     let body = ResponseBody::Fetched(Fetched {
         partition,
         records: RecordOutList::from_slice(outs),
-        high_watermark: synced_end,
+        synced_end,
     });
     session.respond(correlation_id, body).await;
 }

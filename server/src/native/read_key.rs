@@ -19,7 +19,7 @@ pub(super) async fn serve(
         request.topic,
         request.partition,
         request.key,
-        request.include_pending,
+        request.include_appended,
     )
     .await;
     match result {

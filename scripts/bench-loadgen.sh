@@ -2,7 +2,7 @@
 # The load generator's benchmark tables (issue #5), in one command, for BENCHMARKS.md:
 #   1. uncontended conditional appends, clients 1/16/64/256;
 #   2. hot keys: Zipf(0.99) over 1000 keys and one single hot key, clients 1/16/64/256,
-#      reads durable and pending;
+#      reads synced and appended;
 #   3. blind (unconditional) vs conditional appends at equal load: same clients closed
 #      loop, and the same fixed rates open loop;
 #   4. batches of 64 records of 100 bytes: records/s and MB/s.
@@ -45,7 +45,7 @@ for clients in $CLIENTS; do
     run "uncontended-c$clients" --workload uncontended --clients "$clients"
 done
 for keys in 1000 1; do
-    for read in durable pending; do
+    for read in synced appended; do
         for clients in $CLIENTS; do
             run "hot-k$keys-$read-c$clients" --workload hot --keys "$keys" --zipf 0.99 \
                 --read "$read" --clients "$clients"
@@ -85,7 +85,7 @@ append_latency='"\(.append_latency_us.p50) | \(.append_latency_us.p99) | \(.appe
     echo "| keys | read | clients | cycles/s | conflicts/success | abandoned | cycle p50 µs | p99 µs | p99.9 µs |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
     for keys in 1000 1; do
-        for read in durable pending; do
+        for read in synced appended; do
             for clients in $CLIENTS; do
                 label=$([[ $keys == 1 ]] && echo "1 (single hot key)" || echo "$keys, Zipf 0.99")
                 row "hot-k$keys-$read-c$clients" "\"| $label | $read | \(.clients) | \(.successes_per_sec | floor) | \(.conflicts_per_success * 1000 | round / 1000) | \(.abandoned) | \($latency) |\""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Regenerates the Rust code for the wire protocol from server/schema/cairn.fbs.
+# Regenerates the Rust code for the wire protocol from wire/schema/cairn.fbs.
 #
-#   scripts/gen-flatbuffers.sh           rewrite server/src/wire/generated/cairn_generated.rs
+#   scripts/gen-flatbuffers.sh           rewrite wire/src/generated/cairn_generated.rs
 #   scripts/gen-flatbuffers.sh --check   regenerate into a temporary directory and fail if the
 #                                        committed file differs (CI runs this)
 #
@@ -13,8 +13,8 @@ set -euo pipefail
 
 flatc_version_expected="25.12.19"
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-schema="${repo_root}/server/schema/cairn.fbs"
-generated_dir="${repo_root}/server/src/wire/generated"
+schema="${repo_root}/wire/schema/cairn.fbs"
+generated_dir="${repo_root}/wire/src/generated"
 generated_name="cairn_generated.rs"
 flatc="${FLATC:-flatc}"
 

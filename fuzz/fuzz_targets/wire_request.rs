@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
-    cairn_server::wire::fuzz::fuzz_decode_request(bytes);
+    cairn_wire::fuzz::fuzz_decode_request(bytes);
 });

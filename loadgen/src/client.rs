@@ -19,8 +19,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use cairn_client::{AppendResult, Client, ClientConfig, ClientError};
 use cairn_engine::core::{Offset, RecordInput};
-use cairn_server::client::{AppendResult, Client, ClientConfig, ClientError};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::ack_log::AckLog;
@@ -343,10 +343,10 @@ struct ClientOps<'a> {
 
 impl LogOps for ClientOps<'_> {
     async fn read_latest(&self, key: &[u8], read: ReadMode) -> Result<Option<Offset>, ClientError> {
-        let include_pending = read == ReadMode::Pending;
+        let include_appended = read == ReadMode::Appended;
         let record = self
             .client
-            .read_key(self.topic, None, key, include_pending)
+            .read_key(self.topic, None, key, include_appended)
             .await?;
         Ok(record.map(|record| record.offset))
     }

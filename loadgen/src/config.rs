@@ -62,10 +62,14 @@ impl Workload {
 /// Which latest offset a `hot` cycle reads before appending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ReadMode {
-    /// Synced records only: what any reader of the log sees.
-    Durable,
+    /// Synced records only: what any reader of the log sees. (`durable` is its old name,
+    /// still accepted so that scripts keep working.)
+    #[value(alias = "durable")]
+    Synced,
     /// Including appended records not synced yet: what a condition is checked against.
-    Pending,
+    /// (`pending` is its old name, still accepted.)
+    #[value(alias = "pending")]
+    Appended,
 }
 
 /// What a cycle does after a conflict.
@@ -104,8 +108,9 @@ pub struct Args {
     /// Zipf exponent of `hot`'s key choice (0 = uniform).
     #[arg(long, default_value_t = 0.99)]
     pub zipf: f64,
-    /// What `hot` reads before appending: durable (synced) or pending (what conditions see).
-    #[arg(long, value_enum, default_value = "durable")]
+    /// What `hot` reads before appending: synced records only, or appended ones too (what
+    /// conditions see).
+    #[arg(long, value_enum, default_value = "synced")]
     pub read: ReadMode,
     /// After a conflict: from-conflict (use the offset it carries) or reread.
     #[arg(long, value_enum, default_value = "from-conflict")]
@@ -250,10 +255,9 @@ impl Args {
             self.server_segment_size_mib
         );
         ensure!(
-            !self.topic.is_empty()
-                && self.topic.len() <= cairn_server::wire::TOPIC_NAME_SIZE_BYTES_MAX,
+            !self.topic.is_empty() && self.topic.len() <= cairn_wire::TOPIC_NAME_SIZE_BYTES_MAX,
             "--topic must be 1..={} bytes",
-            cairn_server::wire::TOPIC_NAME_SIZE_BYTES_MAX
+            cairn_wire::TOPIC_NAME_SIZE_BYTES_MAX
         );
         // The ack log separates fields with spaces.
         ensure!(

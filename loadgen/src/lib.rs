@@ -33,8 +33,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use cairn_server::client::{BlockingClient, ClientConfig};
-use cairn_server::wire::ErrorCode;
+use cairn_client::{BlockingClient, ClientConfig};
+use cairn_wire::ErrorCode;
 use glommio::Placement;
 
 pub use crate::config::Args;

@@ -239,8 +239,8 @@ mod tests {
     use std::net::SocketAddr;
     use std::time::Duration;
 
+    use cairn_client::ClientError;
     use cairn_engine::core::Offset;
-    use cairn_server::client::ClientError;
 
     use super::*;
     use crate::workload::CycleError;

@@ -2,15 +2,15 @@
 //! read → append → conflict → retry-or-abandon logic of a command handler.
 //!
 //! Nothing here measures time or touches the network: `client.rs` runs cycles against the
-//! real [`cairn_server::client::Client`] and times them, and the tests below run them
+//! real [`cairn_client::Client`] and times them, and the tests below run them
 //! against a scripted fake. A cycle ends in exactly one [`CycleOutcome`]; a conflict is an
 //! expected outcome of an append (a value), never an error.
 
 use std::io::Write;
 
+use cairn_client::{AppendResult, ClientError};
 use cairn_engine::core::{KeyCondition, Offset, RecordInput};
-use cairn_server::client::{AppendResult, ClientError};
-use cairn_server::wire::ConflictInfo;
+use cairn_wire::ConflictInfo;
 
 use crate::config::{ReadMode, RetryMode, Workload};
 use crate::rng::Rng;
@@ -107,7 +107,7 @@ impl Latest {
               is wanted"
 )]
 pub trait LogOps {
-    /// The offset of `key`'s latest record (synced only, or including pending records),
+    /// The offset of `key`'s latest record (synced only, or including appended records),
     /// `None` when the key has none.
     async fn read_latest(&self, key: &[u8], read: ReadMode) -> Result<Option<Offset>, ClientError>;
 
@@ -233,7 +233,7 @@ pub async fn run_cycle<L: LogOps>(
                 Workload::Hot => policy.read,
                 // The client's own key: only its own append could be pending, and that one
                 // it must see, or it would conflict with itself.
-                Workload::Uncontended | Workload::Blind => ReadMode::Pending,
+                Workload::Uncontended | Workload::Blind => ReadMode::Appended,
             };
             match ops.read_latest(key, read).await {
                 Ok(offset) => offset,
@@ -428,7 +428,7 @@ mod tests {
     fn policy(workload: Workload, retry: RetryMode, retry_count_max: u32) -> CyclePolicy {
         CyclePolicy {
             workload,
-            read: ReadMode::Durable,
+            read: ReadMode::Synced,
             retry,
             retry_count_max,
         }
@@ -467,10 +467,7 @@ mod tests {
         ));
         assert_eq!(
             *log.seen.borrow(),
-            [
-                Seen::Read(ReadMode::Durable),
-                Seen::Append(At(Offset(7)), 1)
-            ]
+            [Seen::Read(ReadMode::Synced), Seen::Append(At(Offset(7)), 1)]
         );
     }
 
@@ -511,7 +508,7 @@ mod tests {
         assert_eq!(
             *log.seen.borrow(),
             [
-                Seen::Read(ReadMode::Durable),
+                Seen::Read(ReadMode::Synced),
                 Seen::Append(At(Offset(3)), 1),
                 Seen::Append(At(Offset(5)), 1),
                 Seen::Append(At(Offset(8)), 1),
@@ -543,9 +540,9 @@ mod tests {
         assert_eq!(
             *log.seen.borrow(),
             [
-                Seen::Read(ReadMode::Durable),
+                Seen::Read(ReadMode::Synced),
                 Seen::Append(At(Offset(3)), 1),
-                Seen::Read(ReadMode::Durable),
+                Seen::Read(ReadMode::Synced),
                 Seen::Append(At(Offset(6)), 1),
             ]
         );
@@ -632,7 +629,7 @@ mod tests {
             *log.seen.borrow(),
             [
                 Seen::Append(At(Offset(10)), 1),
-                Seen::Read(ReadMode::Pending),
+                Seen::Read(ReadMode::Appended),
                 Seen::Append(At(Offset(11)), 1),
             ]
         );
@@ -655,7 +652,7 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(*log.seen.borrow(), [Seen::Read(ReadMode::Durable)]);
+        assert_eq!(*log.seen.borrow(), [Seen::Read(ReadMode::Synced)]);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! that cannot pay stops being read, so back-pressure reaches its client through TCP. The
 //! one exception keeps request-response clients alive while others hold the shard's
 //! budget: a connection with no request in flight may always have one frame of at most
-//! `wire::NON_APPEND_FRAME_SIZE_BYTES_MAX` without paying the shard (see `connection`).
+//! `cairn_wire::NON_APPEND_FRAME_SIZE_BYTES_MAX` without paying the shard (see
+//! `native::connection`).
 //!
 //! A budget serves waiters strictly in arrival order, so a large frame is never starved by
 //! a stream of small ones; a frame larger than the whole budget pays the whole budget, so

@@ -1,4 +1,5 @@
-//! Cairn's server: TCP, flatbuffers frames, routing between shards, and a Rust client.
+//! Cairn's server: shards over the engine, a protocol-agnostic service, and the
+//! flatbuffers protocol as its front end.
 //!
 //! `run` opens the data directory, starts one pinned glommio executor per shard, and on
 //! each: recovers the shard, joins the channel mesh that links the shards, and accepts
@@ -7,180 +8,47 @@
 //! owner directly). Because SO_REUSEPORT would just as well let a second server join those
 //! addresses, `run` first checks that no socket listens on any fixed one and refuses to
 //! start otherwise (`ServerError::AddressInUse`). A request for a partition of another
-//! shard is forwarded over the mesh (`routing`); nothing is shared between shards but
-//! messages.
+//! shard moves over the mesh to its owner, decoded and routed once; nothing is shared
+//! between shards but messages.
 //!
-//! Module map: `wire` (sans-I/O protocol), `connection` (frames over one socket, limits,
-//! pipelining), `admission` (a shard's request memory budget and connection limit),
-//! `handlers` (request -> engine -> response), `routing` (the mesh), `client` (the Rust
-//! client).
+//! Modules, in dependency order (each uses only those before it; none uses `lib.rs`):
+//!
+//! - `config`: `ServerConfig`, `Listening`, `ShutdownSignal`, errors, exit statuses.
+//! - `admission`: a shard's request memory budget and connection limit.
+//! - `operation`: the service's typed results and failures, and the owned form in which
+//!   a request and its result cross the mesh.
+//! - `routing`: partition -> owning shard.
+//! - `mesh`: sending to other shards and waiting for their replies.
+//! - `context`: what a shard's tasks share.
+//! - `service`: append, fetch, read_key, key_history, metadata, create_topic, each run on
+//!   the owning shard.
+//! - `native`: the flatbuffers front end (`cairn-wire`): `connection` plus one module per
+//!   request kind, decode -> service -> encode into the connection's write buffer.
+//! - `shard`: a shard's lifecycle and two-phase shutdown, its accept loops, and its
+//!   receiving end of the mesh.
+//!
+//! The wire codec is the `cairn-wire` crate; the Rust client is `cairn-client`.
 
 mod admission;
-pub mod client;
-mod connection;
-mod handlers;
+mod config;
+mod context;
+mod mesh;
+mod native;
+mod operation;
 mod routing;
-pub mod wire;
+mod service;
+mod shard;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use cairn_engine::{Engine, EngineConfig, FaultHook, OpenError, ShardId};
+use cairn_engine::{Engine, ShardId};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::routing::ShardMessage;
-
-/// Exit status of the server when a shard's storage failed (EX_IOERR): recovery on restart
-/// decides what survived (DESIGN §3.5).
-pub const EXIT_STORAGE_FAILURE: i32 = 74;
-
-/// Exit status when the server finds its own state contradicting itself (EX_SOFTWARE).
-pub const EXIT_INTERNAL: i32 = 70;
-
-/// Everything `cairn serve` can be told.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    /// The data directory.
-    pub data_dir: PathBuf,
-    /// The shared address every shard accepts on.
-    pub listen: SocketAddr,
-    /// Shard `i` also listens on `port_base + i`; 0 picks free ports.
-    pub port_base: u16,
-    /// Shards (executors, one per core).
-    pub shard_count: u16,
-    /// Pin shard `i` to CPU `i` (modulo the CPUs there are).
-    pub pin_shards: bool,
-    /// Preallocated size of each segment file.
-    pub segment_size_bytes: u64,
-    /// Largest frame a client may send.
-    pub frame_size_bytes_max: u32,
-    /// Most requests of one connection being handled at once; beyond it the connection is
-    /// not read until one completes.
-    pub connection_request_count_max: usize,
-    /// Most bytes of request frames one shard holds at once, over all its connections, from
-    /// when a frame's length is known until it is answered; a connection that would exceed
-    /// it is not read until enough is answered (see `connection`, request memory).
-    pub shard_request_bytes_max: usize,
-    /// Most connections one shard serves at once; a connection beyond it is answered
-    /// `Overloaded` and closed.
-    pub shard_connection_count_max: usize,
-    /// Longest a fetch may long-poll.
-    pub fetch_wait_max: Duration,
-    /// Test-only fault injection, passed to the engine (`EngineConfig::fault_hook`); `None`
-    /// in production.
-    pub fault_hook: Option<FaultHook>,
-}
-
-impl ServerConfig {
-    /// Defaults: `./cairn-data`, `127.0.0.1:7878`, one shard per CPU, 256 MiB segments.
-    pub fn new() -> Self {
-        let cpu_count = std::thread::available_parallelism().map_or(1, |count| count.get());
-        ServerConfig {
-            data_dir: PathBuf::from("cairn-data"),
-            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
-            port_base: 0,
-            shard_count: u16::try_from(cpu_count).unwrap_or(u16::MAX),
-            pin_shards: true,
-            segment_size_bytes: 256 * 1024 * 1024,
-            frame_size_bytes_max: wire::FRAME_SIZE_BYTES_MAX_DEFAULT,
-            connection_request_count_max: 1024,
-            shard_request_bytes_max: 64 * 1024 * 1024,
-            shard_connection_count_max: 1024,
-            fetch_wait_max: Duration::from_secs(30),
-            fault_hook: None,
-        }
-    }
-
-    fn engine_config(&self) -> EngineConfig {
-        let mut config = EngineConfig::new(&self.data_dir, self.shard_count);
-        config.segment_size_bytes = self.segment_size_bytes;
-        // A group never spans segments; small (test) segments get smaller groups.
-        let segment_room = usize::try_from(self.segment_size_bytes)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(cairn_engine::core::limits::BLOCK_SIZE_BYTES);
-        config.group_size_bytes_max = config.group_size_bytes_max.min(segment_room);
-        config.fault_hook = self.fault_hook.clone();
-        config
-    }
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig::new()
-    }
-}
-
-/// Why the server could not start or had to stop.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// The data directory could not be opened or recovered.
-    #[error("opening the data directory")]
-    Open(#[from] OpenError),
-    /// A fixed address (`--listen`, or a shard port from `--port-base`) has a listening
-    /// socket already, most likely another server's. Refused rather than joined: our
-    /// listeners use SO_REUSEPORT, and the kernel would split the connections between the
-    /// two processes.
-    #[error("address {address} is already in use by another process")]
-    AddressInUse {
-        /// The address.
-        address: SocketAddr,
-    },
-    /// A listening socket could not be set up.
-    #[error("binding {address}")]
-    Bind {
-        /// The address.
-        address: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// An executor could not be started or failed.
-    #[error("shard {shard}: {problem}")]
-    Shard {
-        /// Which shard.
-        shard: u16,
-        /// What went wrong.
-        problem: String,
-    },
-}
-
-/// Where the server listens, known once every socket is bound.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listening {
-    /// The shared address.
-    pub address: SocketAddr,
-    /// Each shard's own port, by shard id.
-    pub shard_ports: Vec<u16>,
-}
-
-/// Asks a running server to stop: stop accepting, finish in-flight requests, sync, exit.
-#[derive(Clone, Default, Debug)]
-pub struct ShutdownSignal(Arc<AtomicBool>);
-
-impl ShutdownSignal {
-    /// A signal not yet raised.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Raises it.
-    pub fn raise(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether it was raised.
-    pub fn is_raised(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    /// The flag behind it, for signal handlers (`signal_hook::flag::register`).
-    pub fn flag(&self) -> Arc<AtomicBool> {
-        self.0.clone()
-    }
-}
+pub use crate::config::{
+    EXIT_INTERNAL, EXIT_STORAGE_FAILURE, Listening, ServerConfig, ServerError, ShutdownSignal,
+};
+use crate::mesh::ShardMessage;
 
 /// The port shard `shard` is asked to listen on: `port_base + shard`, or 0 (any free port)
 /// when `port_base` is 0.
@@ -304,7 +172,7 @@ pub fn run(
             // non-root memlock limit allows on these machines.
             .io_memory(8 * 1024 * 1024)
             .spawn(move || async move {
-                routing::run_shard(
+                shard::run_shard(
                     ShardId(shard),
                     engine,
                     mesh,

@@ -16,12 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cairn_client::{AppendResult, BlockingClient, ClientConfig, FetchedRecord};
 use cairn_engine::{
     FaultHook, FaultPoint, FaultPolicy, KeyCondition, Offset, RecordHeader, RecordInput,
 };
-use cairn_server::client::{AppendResult, BlockingClient, ClientConfig, FetchedRecord};
-use cairn_server::wire::{self, ConflictInfo};
 use cairn_server::{ServerConfig, ShutdownSignal};
+use cairn_wire::{self as wire, ConflictInfo};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -73,9 +73,10 @@ enum Command {
     ReadKey {
         topic: String,
         key: String,
-        /// Include appended records that are not synced yet.
-        #[arg(long)]
-        pending: bool,
+        /// Include appended records that are not synced yet (`--pending` is its old name,
+        /// still accepted).
+        #[arg(long = "appended", alias = "pending")]
+        include_appended: bool,
     },
     /// A key's records, newest first, following the back-pointers.
     History {
@@ -328,7 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     offset = record.offset.plus(1);
                 }
                 std::io::stdout().flush()?;
-                if !follow && (fetched.records.is_empty() || offset >= fetched.high_watermark) {
+                if !follow && (fetched.records.is_empty() || offset >= fetched.synced_end) {
                     return Ok(ExitCode::SUCCESS);
                 }
             }
@@ -336,9 +337,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ReadKey {
             topic,
             key,
-            pending,
+            include_appended,
         } => {
-            match client()?.read_key(&topic, None, key.as_bytes(), pending)? {
+            match client()?.read_key(&topic, None, key.as_bytes(), include_appended)? {
                 Some(record) => print_record(&record, json),
                 None if json => println!("null"),
                 None => println!("key {key} has no record"),

@@ -4,8 +4,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cairn_client::{BlockingClient, ClientConfig};
 use cairn_engine::{Engine, OpenError, PartitionId, ShardId, Topic};
-use cairn_server::client::{BlockingClient, ClientConfig};
 
 use crate::support::engine::{open_engine, run_local, test_config};
 use crate::support::server::{CAIRN_BIN, TestServer};

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cairn_client::{BlockingClient, ClientConfig, FetchedRecord};
 use cairn_engine::Offset;
-use cairn_server::client::{BlockingClient, ClientConfig, FetchedRecord};
 
 use crate::support::server::TestServer;
 
@@ -144,7 +144,7 @@ fn fetch_all(client: &mut BlockingClient, topic: &str, partition: u32) -> Vec<Fe
             .unwrap();
         if fetched.records.is_empty() {
             assert_eq!(
-                fetched.high_watermark, next,
+                fetched.synced_end, next,
                 "a fetch below the end returns records"
             );
             return records;

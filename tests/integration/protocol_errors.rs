@@ -5,9 +5,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use cairn_client::{BlockingClient, ClientConfig};
 use cairn_engine::{KeyCondition, Offset, RecordInput};
-use cairn_server::client::{BlockingClient, ClientConfig};
-use cairn_server::wire::{
+use cairn_wire::{
     AppendRecords, AppendRequest, CreateTopicRequest, Encoder, ErrorCode, FetchRequest,
     ReadKeyRequest, Request, RequestBody, ResponseBody, decode_response, write_frame,
 };
@@ -204,7 +204,7 @@ fn a_client_that_never_reads_its_responses_stalls_only_itself() {
     let fetched = setup
         .fetch("flood", 0, Offset(0), 1024, Duration::ZERO)
         .unwrap();
-    assert_eq!(fetched.high_watermark, Offset(8));
+    assert_eq!(fetched.synced_end, Offset(8));
 }
 
 #[test]
@@ -289,7 +289,7 @@ fn topic_names_over_249_bytes_are_refused_by_the_wire_with_bad_request() {
                 topic: &name,
                 partition: None,
                 key: b"k",
-                include_pending: false,
+                include_appended: false,
             }),
         };
         assert_eq!(
@@ -469,5 +469,5 @@ fn a_frame_larger_than_the_whole_request_budget_is_still_served() {
     let fetched = setup
         .fetch("big", 0, Offset(0), 1024, Duration::ZERO)
         .unwrap();
-    assert_eq!(fetched.high_watermark, Offset(3));
+    assert_eq!(fetched.synced_end, Offset(3));
 }

@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use cairn_client::{AppendResult, BlockingClient};
 use cairn_engine::{KeyCondition, Offset, RecordInput};
-use cairn_server::client::{AppendResult, BlockingClient};
-use cairn_server::wire::ErrorCode;
+use cairn_wire::ErrorCode;
 
 use crate::support::loop_fs::{LoopFs, REQUIRE_LOOP_MOUNT_ENV};
 use crate::support::server::TestServer;

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_client::AppendResult;
 use cairn_engine::{KeyCondition, Offset, RecordHeader, RecordInput};
-use cairn_server::client::AppendResult;
-use cairn_server::wire::{
+use cairn_wire::{
     AppendRecords, AppendRequest, CreateTopicRequest, Encoder, FetchRequest, KeyHistoryRequest,
     ReadKeyRequest, Request, RequestBody, ResponseBody, decode_response, write_frame,
 };
@@ -29,7 +29,7 @@ use crate::support::workload::{
 use crate::support::{TestRng, test_seed};
 
 /// The server's frame limit (its default), for lengths just over it.
-const FRAME_SIZE_BYTES_MAX: u32 = cairn_server::wire::FRAME_SIZE_BYTES_MAX_DEFAULT;
+const FRAME_SIZE_BYTES_MAX: u32 = cairn_wire::FRAME_SIZE_BYTES_MAX_DEFAULT;
 
 fn fuzz_duration() -> Duration {
     let seconds = std::env::var("CAIRN_FUZZ_SECONDS")
@@ -157,7 +157,7 @@ fn random_request(rng: &mut TestRng, encoder: &mut Encoder) -> Vec<u8> {
             topic: pick::<&str>(rng, &read_topics),
             partition: (rng.below(2) == 0).then_some(partition),
             key: &key,
-            include_pending: rng.below(2) == 0,
+            include_appended: rng.below(2) == 0,
         }),
         _ => RequestBody::KeyHistory(KeyHistoryRequest {
             topic: pick::<&str>(rng, &read_topics),

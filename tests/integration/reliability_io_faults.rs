@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_client::AppendResult;
 use cairn_engine::{KeyCondition, RecordInput};
 use cairn_server::EXIT_STORAGE_FAILURE;
-use cairn_server::client::AppendResult;
 
 use crate::support::server::TestServer;
 use crate::support::workload::{

@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_client::AppendResult;
 use cairn_engine::{KeyCondition, Offset, RecordInput};
-use cairn_server::client::AppendResult;
 
 use crate::support::server::TestServer;
 use crate::support::workload::{Workload, connect};
@@ -203,16 +203,16 @@ fn a_mixed_workload_keeps_memory_flat_and_latency_steady() {
     // Exactness: every acknowledged record is there, once.
     let mut client = connect(server.address).unwrap();
     for partition in 0..PARTITION_COUNT {
-        let high_watermark = client
+        let synced_end = client
             .fetch(&workload.topic, partition, Offset(0), 1, Duration::ZERO)
             .unwrap()
-            .high_watermark;
+            .synced_end;
         assert_eq!(
-            high_watermark.0,
+            synced_end.0,
             acknowledged_records[partition as usize].load(Ordering::SeqCst),
             "partition {partition}: high watermark vs acknowledged records"
         );
-        assert!(followed[partition as usize] <= high_watermark);
+        assert!(followed[partition as usize] <= synced_end);
     }
 
     let quarter = duration / 4;

@@ -8,9 +8,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_client::{AppendResult, BlockingClient, ClientConfig, ClientError};
 use cairn_engine::{KeyCondition, Offset, RecordHeader, RecordInput};
-use cairn_server::client::{AppendResult, BlockingClient, ClientConfig, ClientError};
-use cairn_server::wire::{
+use cairn_wire::{
     ConflictInfo, Encoder, ErrorCode, FetchRequest, Request, RequestBody, Response, ResponseBody,
     decode_response,
 };
@@ -99,7 +99,7 @@ fn every_request_kind_round_trips_through_the_client() {
         }
         other => panic!("expected a key conflict, got {other:?}"),
     }
-    let partition = cairn_server::wire::partition_for_key(b"order-1", 4);
+    let partition = cairn_wire::partition_for_key(b"order-1", 4);
     match client
         .append(
             "orders",
@@ -121,7 +121,7 @@ fn every_request_kind_round_trips_through_the_client() {
     let fetched = client
         .fetch("orders", partition, Offset(0), 1 << 20, Duration::ZERO)
         .unwrap();
-    assert_eq!(fetched.high_watermark, next.plus(1));
+    assert_eq!(fetched.synced_end, next.plus(1));
     let values: Vec<&[u8]> = fetched.records.iter().map(|r| r.value.as_slice()).collect();
     assert_eq!(values, vec![b"v0".as_slice(), b"v1".as_slice()]);
     assert_eq!(
@@ -585,4 +585,90 @@ fn a_key_history_of_records_with_many_headers_fits_the_clients_frame_limit() {
         "key history: {} of 1024 records in one response",
         history.len()
     );
+}
+
+/// Reads that cross to the owning shard come back as typed results the origin encodes; they
+/// must say exactly what the owner says to a client connected to it: records mid-batch,
+/// headers, size cuts, key reads and histories.
+#[test]
+fn forwarded_reads_agree_with_direct_ones() {
+    let server = TestServer::start();
+    let mut direct = client(server.address);
+    direct.create_topic("reads", 8).unwrap();
+    let mut one_port = {
+        let mut config =
+            ClientConfig::new(SocketAddr::new(server.address.ip(), server.shard_ports[0]));
+        config.shard_aware = false;
+        BlockingClient::connect(config).unwrap()
+    };
+    let headers = [RecordHeader {
+        name: b"trace",
+        value: b"abc",
+    }];
+    for partition in 0..8u32 {
+        for round in 0..3u8 {
+            let records = [
+                RecordInput {
+                    key: b"k",
+                    value: &[round; 100],
+                    headers: &headers,
+                    condition: KeyCondition::Any,
+                },
+                RecordInput {
+                    key: b"other",
+                    value: &[round; 10],
+                    headers: &[],
+                    condition: KeyCondition::Any,
+                },
+            ];
+            appended_offset(
+                direct
+                    .append("reads", Some(partition), None, &records)
+                    .unwrap(),
+            );
+        }
+        let mut answers = Vec::new();
+        for reader in [&mut direct, &mut one_port] {
+            let from_mid_batch = reader
+                .fetch("reads", partition, Offset(1), 1 << 20, Duration::ZERO)
+                .unwrap();
+            let one_record = reader
+                .fetch("reads", partition, Offset(0), 1, Duration::ZERO)
+                .unwrap();
+            let latest = reader
+                .read_key("reads", Some(partition), b"k", false)
+                .unwrap();
+            let latest_appended = reader
+                .read_key("reads", Some(partition), b"k", true)
+                .unwrap();
+            let missing = reader
+                .read_key("reads", Some(partition), b"nobody", false)
+                .unwrap();
+            let history = reader
+                .key_history("reads", Some(partition), b"k", 10)
+                .unwrap();
+            assert_eq!(from_mid_batch.records.len(), 5, "partition {partition}");
+            assert_eq!(from_mid_batch.records[0].offset, Offset(1));
+            assert_eq!(
+                one_record.records.len(),
+                1,
+                "at least one record, however small the limit"
+            );
+            assert_eq!(history.len(), 3);
+            assert_eq!(
+                history[0].headers,
+                vec![(b"trace".to_vec(), b"abc".to_vec())]
+            );
+            assert!(missing.is_none());
+            answers.push((
+                from_mid_batch.records,
+                from_mid_batch.synced_end,
+                one_record.records,
+                latest,
+                latest_appended,
+                history,
+            ));
+        }
+        assert_eq!(answers[0], answers[1], "partition {partition}");
+    }
 }

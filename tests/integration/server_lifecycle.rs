@@ -7,9 +7,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_client::{AppendResult, BlockingClient, ClientConfig};
 use cairn_engine::{KeyCondition, Offset, RecordInput};
-use cairn_server::client::{AppendResult, BlockingClient, ClientConfig};
-use cairn_server::wire::{
+use cairn_wire::{
     Encoder, ErrorCode, FetchRequest, Request, RequestBody, ResponseBody, decode_response,
 };
 
@@ -121,7 +121,7 @@ fn read_partition(address: SocketAddr, topic: &str, partition: u32) -> Vec<(Offs
             records.push((record.offset, record.value.clone()));
             next = record.offset.plus(1);
         }
-        if fetched.records.is_empty() || next >= fetched.high_watermark {
+        if fetched.records.is_empty() || next >= fetched.synced_end {
             return records;
         }
     }
@@ -327,7 +327,7 @@ fn sigterm_wakes_long_polling_fetches_and_exits_at_once() {
         match &response.body {
             ResponseBody::Fetched(fetched) => {
                 assert!(fetched.records.is_empty(), "{response:?}");
-                assert_eq!(fetched.high_watermark, Offset(0), "{response:?}");
+                assert_eq!(fetched.synced_end, Offset(0), "{response:?}");
             }
             ResponseBody::Error(error) => {
                 assert_eq!(error.code, ErrorCode::ShuttingDown, "{response:?}");

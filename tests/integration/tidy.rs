@@ -53,7 +53,9 @@ fn no_fixme_or_dbg_on_main() {
     let mut files = Vec::new();
     for dir in [
         "engine/src",
+        "wire/src",
         "server/src",
+        "client/src",
         "loadgen/src",
         "src",
         "tests",

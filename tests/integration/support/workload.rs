@@ -13,11 +13,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use cairn_client::{AppendResult, BlockingClient, ClientConfig, ClientError, FetchedRecord};
 use cairn_engine::{KeyCondition, Offset, RecordInput};
-use cairn_server::client::{
-    AppendResult, BlockingClient, ClientConfig, ClientError, FetchedRecord,
-};
-use cairn_server::wire::{self, ErrorCode};
+use cairn_wire::{self as wire, ErrorCode};
 
 use super::TestRng;
 
@@ -248,8 +246,8 @@ pub fn run_writer(
             if latest.contains_key(key.as_slice()) {
                 continue;
             }
-            let include_pending = rng.below(1000) < shape.pending_read_per_mille;
-            match client.read_key(&workload.topic, None, key, include_pending) {
+            let include_appended = rng.below(1000) < shape.pending_read_per_mille;
+            match client.read_key(&workload.topic, None, key, include_appended) {
                 Ok(record) => {
                     latest.insert(key, record.map(|record| record.offset));
                 }
@@ -412,7 +410,7 @@ pub fn run_follower(
             next = next.plus(1);
         }
         assert!(
-            next <= fetched.high_watermark,
+            next <= fetched.synced_end,
             "{who}: records beyond the high watermark"
         );
         seen_count += sightings.len() as u64;
@@ -437,8 +435,8 @@ pub fn fetch_all(client: &mut BlockingClient, topic: &str, partition: u32) -> Ve
             next = next.plus(1);
             records.push(record);
         }
-        if next >= fetched.high_watermark {
-            assert_eq!(next, fetched.high_watermark, "partition {partition}: end");
+        if next >= fetched.synced_end {
+            assert_eq!(next, fetched.synced_end, "partition {partition}: end");
             return records;
         }
     }

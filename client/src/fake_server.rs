@@ -17,7 +17,7 @@ use std::time::Duration;
 use cairn_engine::core::{KeyCondition, Offset, PartitionId, RecordHeader, ShardId};
 
 use super::FetchedRecord;
-use crate::wire::{
+use cairn_wire::{
     Appended, ConflictInfo, Encoder, ErrorCode, ErrorResponse, Fetched, FrameReader, HeaderList,
     KeyHistoryResult, KeyRecord, MetadataResult, PartitionMetadata, RecordOut, RecordOutList,
     Request, RequestBody, Response, ResponseBody, TopicMetadata, decode_request, partition_for_key,
@@ -334,7 +334,7 @@ pub(super) fn model_answer(received: Received<'_>) -> Vec<Step> {
             let fetched = Fetched {
                 partition: fetch.partition,
                 records: RecordOutList::from_slice(&records),
-                high_watermark: fetch.offset.plus(2),
+                synced_end: fetch.offset.plus(2),
             };
             send(id, ResponseBody::Fetched(fetched))
         }

@@ -69,7 +69,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::wire::{
+    use crate::{
         AppendRecords, AppendRequest, ConflictInfo, ErrorCode, ErrorResponse, Fetched, HeaderList,
         RecordOut, RecordOutList, Request, RequestBody, Response, ResponseBody,
     };
@@ -129,7 +129,7 @@ mod tests {
             body: ResponseBody::Fetched(Fetched {
                 partition: 0,
                 records: RecordOutList::from_slice(&records),
-                high_watermark: Offset(6),
+                synced_end: Offset(6),
             }),
         };
         let conflict = Response {

@@ -28,7 +28,7 @@ pub struct ConditionKind(pub u8);
 impl ConditionKind {
   /// No check: the record is appended whatever the key's history.
   pub const Any: Self = Self(0);
-  /// The key has never been written in this partition (pending records included).
+  /// The key has never been written in this partition (appended records included).
   pub const NoKey: Self = Self(1);
   /// The key has been written at least once.
   pub const KeyExists: Self = Self(2);
@@ -554,7 +554,7 @@ pub enum KeyConditionOffset {}
 
 /// What a record's key must look like for its append to be accepted.
 ///
-/// Conditions see pending records: appended, not yet synced ones count, because they are
+/// Conditions see appended records: not yet synced ones count, because they are
 /// synced in order before any later record or fail together with everything after them.
 pub struct KeyCondition<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
@@ -2028,7 +2028,7 @@ impl<'a> ReadKey<'a> {
   pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
   pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
   pub const VT_KEY: ::flatbuffers::VOffsetT = 8;
-  pub const VT_INCLUDE_PENDING: ::flatbuffers::VOffsetT = 10;
+  pub const VT_INCLUDE_APPENDED: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2043,7 +2043,7 @@ impl<'a> ReadKey<'a> {
     if let Some(x) = args.key { builder.add_key(x); }
     if let Some(x) = args.partition { builder.add_partition(x); }
     if let Some(x) = args.topic { builder.add_topic(x); }
-    builder.add_include_pending(args.include_pending);
+    builder.add_include_appended(args.include_appended);
     builder.finish()
   }
 
@@ -2075,11 +2075,11 @@ impl<'a> ReadKey<'a> {
   /// appended records that are not synced yet: the offset an At condition would be checked
   /// against right now. Such a record may still be lost if its sync fails.
   #[inline]
-  pub fn include_pending(&self) -> bool {
+  pub fn include_appended(&self) -> bool {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<bool>(ReadKey::VT_INCLUDE_PENDING, Some(false)).unwrap()}
+    unsafe { self._tab.get::<bool>(ReadKey::VT_INCLUDE_APPENDED, Some(false)).unwrap()}
   }
 }
 
@@ -2092,7 +2092,7 @@ impl ::flatbuffers::Verifiable for ReadKey<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, true)?
      .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
-     .visit_field::<bool>("include_pending", Self::VT_INCLUDE_PENDING, false)?
+     .visit_field::<bool>("include_appended", Self::VT_INCLUDE_APPENDED, false)?
      .finish();
     Ok(())
   }
@@ -2101,7 +2101,7 @@ pub struct ReadKeyArgs<'a> {
     pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub partition: Option<u32>,
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
-    pub include_pending: bool,
+    pub include_appended: bool,
 }
 impl<'a> Default for ReadKeyArgs<'a> {
   #[inline]
@@ -2110,7 +2110,7 @@ impl<'a> Default for ReadKeyArgs<'a> {
       topic: None, // required field
       partition: None,
       key: None,
-      include_pending: false,
+      include_appended: false,
     }
   }
 }
@@ -2133,8 +2133,8 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadKeyBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReadKey::VT_KEY, key);
   }
   #[inline]
-  pub fn add_include_pending(&mut self, include_pending: bool) {
-    self.fbb_.push_slot::<bool>(ReadKey::VT_INCLUDE_PENDING, include_pending, false);
+  pub fn add_include_appended(&mut self, include_appended: bool) {
+    self.fbb_.push_slot::<bool>(ReadKey::VT_INCLUDE_APPENDED, include_appended, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReadKeyBuilder<'a, 'b, A> {
@@ -2158,7 +2158,7 @@ impl ::core::fmt::Debug for ReadKey<'_> {
       ds.field("topic", &self.topic());
       ds.field("partition", &self.partition());
       ds.field("key", &self.key());
-      ds.field("include_pending", &self.include_pending());
+      ds.field("include_appended", &self.include_appended());
       ds.finish()
   }
 }
@@ -3065,7 +3065,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Fetched<'a> {
 impl<'a> Fetched<'a> {
   pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
   pub const VT_RECORDS: ::flatbuffers::VOffsetT = 6;
-  pub const VT_HIGH_WATERMARK: ::flatbuffers::VOffsetT = 8;
+  pub const VT_SYNCED_END: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3077,7 +3077,7 @@ impl<'a> Fetched<'a> {
     args: &'args FetchedArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Fetched<'bldr>> {
     let mut builder = FetchedBuilder::new(_fbb);
-    builder.add_high_watermark(args.high_watermark);
+    builder.add_synced_end(args.synced_end);
     if let Some(x) = args.records { builder.add_records(x); }
     builder.add_partition(args.partition);
     builder.finish()
@@ -3102,11 +3102,11 @@ impl<'a> Fetched<'a> {
   /// The partition's synced end: the offset the next synced record will get. A reader is
   /// caught up when its next offset equals this.
   #[inline]
-  pub fn high_watermark(&self) -> u64 {
+  pub fn synced_end(&self) -> u64 {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Fetched::VT_HIGH_WATERMARK, Some(0)).unwrap()}
+    unsafe { self._tab.get::<u64>(Fetched::VT_SYNCED_END, Some(0)).unwrap()}
   }
 }
 
@@ -3118,7 +3118,7 @@ impl ::flatbuffers::Verifiable for Fetched<'_> {
     v.visit_table(pos)?
      .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RecordOut>>>>("records", Self::VT_RECORDS, false)?
-     .visit_field::<u64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
+     .visit_field::<u64>("synced_end", Self::VT_SYNCED_END, false)?
      .finish();
     Ok(())
   }
@@ -3126,7 +3126,7 @@ impl ::flatbuffers::Verifiable for Fetched<'_> {
 pub struct FetchedArgs<'a> {
     pub partition: u32,
     pub records: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RecordOut<'a>>>>>,
-    pub high_watermark: u64,
+    pub synced_end: u64,
 }
 impl<'a> Default for FetchedArgs<'a> {
   #[inline]
@@ -3134,7 +3134,7 @@ impl<'a> Default for FetchedArgs<'a> {
     FetchedArgs {
       partition: 0,
       records: None,
-      high_watermark: 0,
+      synced_end: 0,
     }
   }
 }
@@ -3153,8 +3153,8 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchedBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Fetched::VT_RECORDS, records);
   }
   #[inline]
-  pub fn add_high_watermark(&mut self, high_watermark: u64) {
-    self.fbb_.push_slot::<u64>(Fetched::VT_HIGH_WATERMARK, high_watermark, 0);
+  pub fn add_synced_end(&mut self, synced_end: u64) {
+    self.fbb_.push_slot::<u64>(Fetched::VT_SYNCED_END, synced_end, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchedBuilder<'a, 'b, A> {
@@ -3176,7 +3176,7 @@ impl ::core::fmt::Debug for Fetched<'_> {
     let mut ds = f.debug_struct("Fetched");
       ds.field("partition", &self.partition());
       ds.field("records", &self.records());
-      ds.field("high_watermark", &self.high_watermark());
+      ds.field("synced_end", &self.synced_end());
       ds.finish()
   }
 }
@@ -3224,7 +3224,7 @@ impl<'a> KeyRecord<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(KeyRecord::VT_PARTITION, Some(0)).unwrap()}
   }
-  /// The key's latest record; absent when the key has no (synced, unless include_pending)
+  /// The key's latest record; absent when the key has no (synced, unless include_appended)
   /// record in the partition.
   #[inline]
   pub fn record(&self) -> Option<RecordOut<'a>> {
@@ -3477,7 +3477,7 @@ impl<'a> ConflictInfo<'a> {
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<KeyCondition>>(ConflictInfo::VT_CONDITION, None)}
   }
   /// EndOffset: the partition's current end offset (always present).
-  /// Key: the offset of the key's latest record, pending records included, or absent when
+  /// Key: the offset of the key's latest record, appended records included, or absent when
   /// the key has never been written.
   #[inline]
   pub fn current_offset(&self) -> Option<u64> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cairn_engine::core::{Offset, RecordInput};
 
-use crate::wire::{
+use cairn_wire::{
     AppendRecords, AppendRequest, CreateTopicRequest, FetchRequest, KeyHistoryRequest,
     ReadKeyRequest, RequestBody,
 };
@@ -95,13 +95,13 @@ impl<'a> Call<'a> {
         topic: &'a str,
         partition: Option<u32>,
         key: &'a [u8],
-        include_pending: bool,
+        include_appended: bool,
     ) -> Call<'a> {
         let body = RequestBody::ReadKey(ReadKeyRequest {
             topic,
             partition,
             key,
-            include_pending,
+            include_appended,
         });
         Call::new(
             Destination::Partition {

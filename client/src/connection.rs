@@ -30,7 +30,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
 
-use crate::wire::{Encoder, FrameReader, Request, decode_response, write_frame};
+use cairn_wire::{Encoder, FrameReader, Request, decode_response, write_frame};
 
 use super::reply::Reply;
 use super::{ClientConfig, ClientError, ConnectionLoss};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cairn_engine::core::{Offset, RecordInput};
 use glommio::sync::Semaphore;
 
-use crate::wire::{Request, RequestBody};
+use cairn_wire::{Request, RequestBody};
 
 use super::call::Call;
 use super::connection::{Connection, ConnectionShared};
@@ -142,7 +142,7 @@ impl Client {
     }
 
     /// Reads synced records of one partition from `offset` on, about `size_bytes_max` of
-    /// them as encoded in the response ([`crate::wire::record_out_size_bytes_max`]; at least one
+    /// them as encoded in the response ([`cairn_wire::record_out_size_bytes_max`]; at least one
     /// record if any is available). When none is, the server waits up to
     /// `wait_max` (in whole milliseconds) for one; the call's timeout grows by as much.
     pub async fn fetch(
@@ -165,16 +165,16 @@ impl Client {
     }
 
     /// The latest record of `key` in `partition` (or the key's own), if it has one: synced
-    /// only, or including pending records when `include_pending` (its offset is what an
+    /// only, or including appended (not yet synced) records when `include_appended` (its offset is what an
     /// `At` condition is checked against right now).
     pub async fn read_key(
         &self,
         topic: &str,
         partition: Option<u32>,
         key: &[u8],
-        include_pending: bool,
+        include_appended: bool,
     ) -> Result<Option<FetchedRecord>, ClientError> {
-        self.call(Call::read_key(topic, partition, key, include_pending))
+        self.call(Call::read_key(topic, partition, key, include_appended))
             .await?
             .into_key_record()
     }
@@ -315,12 +315,12 @@ mod tests {
     use glommio::{LocalExecutorBuilder, Placement};
 
     use super::*;
-    use crate::client::ConnectionLoss;
-    use crate::client::fake_server::{
+    use crate::ConnectionLoss;
+    use crate::fake_server::{
         FakeServer, MODEL_END_OFFSET, MODEL_KEY_ABSENT, MODEL_KEY_OFFSET, MODEL_PARTITION_COUNT,
         MODEL_TOPIC, Step, key_on_shard, model_answer, model_record, response,
     };
-    use crate::wire::{Appended, ConflictInfo, ErrorCode, ResponseBody, partition_for_key};
+    use cairn_wire::{Appended, ConflictInfo, ErrorCode, ResponseBody, partition_for_key};
 
     /// Long enough for any exchange with the fake server; short enough that a broken test
     /// fails quickly instead of hanging.
@@ -405,7 +405,7 @@ mod tests {
                 fetched.records,
                 [model_record(4, b"fetched"), model_record(5, b"fetched")]
             );
-            assert_eq!(fetched.high_watermark, Offset(6));
+            assert_eq!(fetched.synced_end, Offset(6));
             assert_eq!(
                 client
                     .read_key(MODEL_TOPIC, None, b"seat-12A", false)

@@ -106,7 +106,7 @@ pub struct Fetched<'a> {
     /// In offset order.
     pub records: RecordOutList<'a>,
     /// The partition's synced end: the offset the next synced record will get.
-    pub high_watermark: Offset,
+    pub synced_end: Offset,
 }
 
 /// A key's latest record, if it has one.
@@ -627,7 +627,7 @@ fn decode_body<'a>(response: &fb::Response<'a>) -> Result<ResponseBody<'a>, Viol
             ResponseBody::Fetched(Fetched {
                 partition: fetched.partition(),
                 records: RecordOutList::from_frame(fetched.records()),
-                high_watermark: Offset(fetched.high_watermark()),
+                synced_end: Offset(fetched.synced_end()),
             })
         }
         fb::ResponseBody::KeyRecord => {
@@ -799,7 +799,7 @@ impl Encoder {
                 let args = fb::FetchedArgs {
                     partition: fetched.partition,
                     records,
-                    high_watermark: fetched.high_watermark.0,
+                    synced_end: fetched.synced_end.0,
                 };
                 let fetched = fb::Fetched::create(&mut self.builder, &args);
                 (fb::ResponseBody::Fetched, fetched.as_union_value())
@@ -940,7 +940,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::wire::fuzz::fuzz_decode_response;
+    use crate::fuzz::fuzz_decode_response;
 
     fn encode(response: &Response<'_>) -> Vec<u8> {
         Encoder::new().encode_response(response).to_vec()
@@ -1046,12 +1046,12 @@ mod tests {
             ResponseBody::Fetched(Fetched {
                 partition: 1,
                 records: RecordOutList::from_slice(&records),
-                high_watermark: Offset(13),
+                synced_end: Offset(13),
             }),
             ResponseBody::Fetched(Fetched {
                 partition: 0,
                 records: RecordOutList::default(),
-                high_watermark: Offset(0),
+                synced_end: Offset(0),
             }),
             ResponseBody::KeyRecord(KeyRecord {
                 partition: 2,
@@ -1132,7 +1132,7 @@ mod tests {
             body: ResponseBody::Fetched(Fetched {
                 partition: 1,
                 records: RecordOutList::from_slice(&records),
-                high_watermark: Offset(13),
+                synced_end: Offset(13),
             }),
         };
         let frame = encode(&response);
@@ -1273,7 +1273,7 @@ mod tests {
                 body: ResponseBody::Fetched(Fetched {
                     partition: 1,
                     records: RecordOutList::from_slice(&records),
-                    high_watermark: Offset(13),
+                    synced_end: Offset(13),
                 }),
             }),
             encode(&Response {
@@ -1337,7 +1337,7 @@ mod tests {
             body: ResponseBody::Fetched(Fetched {
                 partition: u32::MAX,
                 records: RecordOutList::from_slice(records),
-                high_watermark: Offset(u64::MAX),
+                synced_end: Offset(u64::MAX),
             }),
         };
         let bound = records
@@ -1420,7 +1420,7 @@ mod tests {
         assert!(record.encoded_size_bytes_max() <= RECORD_OUT_SIZE_BYTES_MAX);
         let (size_bytes, bound) = fetched_size_and_bound(&[record]);
         assert!(size_bytes <= bound, "{size_bytes} > {bound}");
-        assert!(size_bytes <= crate::wire::FRAME_SIZE_BYTES_MAX_DEFAULT as usize);
+        assert!(size_bytes <= crate::FRAME_SIZE_BYTES_MAX_DEFAULT as usize);
     }
 
     proptest! {
@@ -1454,7 +1454,7 @@ mod tests {
         fn fetched_round_trips(
             correlation_id in any::<u64>(),
             partition in any::<u32>(),
-            high_watermark in any::<u64>(),
+            synced_end in any::<u64>(),
             owned in prop::collection::vec(record_out_strategy(), 0..50),
         ) {
             let headers: Vec<Vec<RecordHeader<'_>>> = owned
@@ -1480,7 +1480,7 @@ mod tests {
                 body: ResponseBody::Fetched(Fetched {
                     partition,
                     records: RecordOutList::from_slice(&records),
-                    high_watermark: Offset(high_watermark),
+                    synced_end: Offset(synced_end),
                 }),
             };
             let frame = encode(&response);

@@ -233,7 +233,7 @@ pub struct ReadKeyRequest<'a> {
     /// At most `KEY_SIZE_BYTES_MAX` bytes.
     pub key: &'a [u8],
     /// Also consider appended records that are not synced yet.
-    pub include_pending: bool,
+    pub include_appended: bool,
 }
 
 /// Read a key's synced records, newest first.
@@ -451,7 +451,7 @@ fn decode_read_key(read: fb::ReadKey<'_>) -> Result<ReadKeyRequest<'_>, Violatio
         topic: checked_topic(read.topic())?,
         partition: read.partition(),
         key: checked_key(bytes_or_empty(read.key()))?,
-        include_pending: read.include_pending(),
+        include_appended: read.include_appended(),
     })
 }
 
@@ -647,7 +647,7 @@ impl Encoder {
                     topic: Some(topic),
                     partition: read.partition,
                     key,
-                    include_pending: read.include_pending,
+                    include_appended: read.include_appended,
                 };
                 (
                     fb::RequestBody::ReadKey,
@@ -707,8 +707,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::wire::fuzz::fuzz_decode_request;
-    use crate::wire::{ErrorCode, FrameReader, RouteError};
+    use crate::fuzz::fuzz_decode_request;
+    use crate::{ErrorCode, FrameReader, RouteError};
 
     fn round_trip(request: &Request<'_>) {
         let mut encoder = Encoder::new();
@@ -842,7 +842,7 @@ mod tests {
                     topic: "seats",
                     partition: None,
                     key: b"seat-12A",
-                    include_pending: true,
+                    include_appended: true,
                 }),
             },
             Request {
@@ -851,7 +851,7 @@ mod tests {
                     topic: "seats",
                     partition: Some(7),
                     key: b"",
-                    include_pending: false,
+                    include_appended: false,
                 }),
             },
             Request {
@@ -983,7 +983,7 @@ mod tests {
                 topic: "t",
                 partition: None,
                 key: &key_over,
-                include_pending: false,
+                include_appended: false,
             }),
         };
         let too_long = Violation::KeyTooLong {
@@ -1129,7 +1129,7 @@ mod tests {
                     topic: &topic_max,
                     partition: None,
                     key: &key_max,
-                    include_pending: true,
+                    include_appended: true,
                 }),
             ),
             (

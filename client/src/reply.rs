@@ -7,7 +7,7 @@
 //! another kind [`ClientError::UnexpectedResponse`], and a conflicting append's error
 //! response the value [`AppendResult::Conflict`].
 
-use crate::wire::{
+use cairn_wire::{
     ConflictInfo, ErrorCode, MetadataResult, RecordOut, RecordOutList, ResponseBody, TopicMetadata,
 };
 
@@ -51,7 +51,7 @@ impl Reply {
             ResponseBody::Fetched(fetched) => Reply::Fetched(FetchResult {
                 partition: fetched.partition,
                 records: fetched_records(fetched.records),
-                high_watermark: fetched.high_watermark,
+                synced_end: fetched.synced_end,
             }),
             ResponseBody::KeyRecord(found) => Reply::KeyRecord(found.record.map(fetched_record)),
             ResponseBody::KeyHistory(history) => {
@@ -209,7 +209,7 @@ mod tests {
     use cairn_engine::core::{KeyCondition, Offset, RecordHeader};
 
     use super::*;
-    use crate::wire::{Appended, ErrorResponse, Fetched, HeaderList, KeyRecord};
+    use cairn_wire::{Appended, ErrorResponse, Fetched, HeaderList, KeyRecord};
 
     #[test]
     fn conflict_is_a_value_of_append_and_an_error_elsewhere() {
@@ -286,14 +286,14 @@ mod tests {
         let fetched = Reply::from_body(ResponseBody::Fetched(Fetched {
             partition: 4,
             records: RecordOutList::from_slice(&records),
-            high_watermark: Offset(4),
+            synced_end: Offset(4),
         }));
         assert_eq!(
             fetched.into_fetched().unwrap(),
             FetchResult {
                 partition: 4,
                 records: vec![expected.clone()],
-                high_watermark: Offset(4),
+                synced_end: Offset(4),
             }
         );
         let found = Reply::from_body(ResponseBody::KeyRecord(KeyRecord {

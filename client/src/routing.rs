@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::wire;
+use cairn_wire as wire;
 
 use super::{ClientConfig, Metadata, TopicInfo};
 
@@ -101,7 +101,7 @@ impl TopicTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::PartitionInfo;
+    use crate::PartitionInfo;
 
     const BOOTSTRAP: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9000);

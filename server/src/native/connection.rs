@@ -20,9 +20,10 @@
 //! (`READ_CHUNK_BYTES` each), and the shard serves at most `shard_connection_count_max`
 //! connections (others are told `Overloaded` and closed).
 //!
-//! Responses are bounded per connection: at most `RESPONSE_QUEUE_BYTES_MAX` queued for the
-//! socket (a handler waits for room), and at most `LARGE_RESPONSE_COUNT_MAX` responses that
-//! carry records (fetch, read_key, key_history: up to ~2 MiB each) built but not queued.
+//! Responses are bounded per connection (`session`): about `RESPONSE_QUEUE_BYTES_MAX`
+//! encoded into the write buffer (a handler waits for room), and at most
+//! `LARGE_RESPONSE_COUNT_MAX` responses that carry records (fetch, read_key, key_history:
+//! up to ~2 MiB each) being built.
 //! A client that never reads its responses therefore stalls only itself, and a write that
 //! makes no progress for `WRITE_TIMEOUT` closes the connection.
 //!
@@ -36,8 +37,7 @@
 //! `connection_request_count_max` fetches of megabytes) is not done for nobody while the
 //! shard's other clients wait.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -46,10 +46,11 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
 
+use super::handle_frame;
+use super::session::{Session, connection_refused_frame};
 use crate::admission::{RequestMemory, RequestMemoryPermit};
-use crate::handlers;
-use crate::routing::ShardContext;
-use crate::wire::{FrameError, FrameReader, NON_APPEND_FRAME_SIZE_BYTES_MAX, write_frame};
+use crate::context::ShardContext;
+use cairn_wire::{ErrorCode, FrameError, FrameReader, NON_APPEND_FRAME_SIZE_BYTES_MAX};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -60,60 +61,17 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a refused connection gets to take its `Overloaded` answer.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Bytes of responses queued for the socket before handlers wait for the writer.
-const RESPONSE_QUEUE_BYTES_MAX: usize = 8 * 1024 * 1024;
-
-/// Responses carrying records that may be built at once on one connection.
-const LARGE_RESPONSE_COUNT_MAX: u64 = 4;
-
 /// Most bytes of requests one connection holds at once (frames and
 /// `REQUEST_STATE_SIZE_BYTES` each), so that one connection cannot take its shard's whole
 /// budget: two of the largest default frames, so a producer can pipeline full batches. (A
 /// frame over it, possible with a raised `frame_size_bytes_max`, pays all of it.)
-const CONNECTION_REQUEST_BYTES_MAX: usize = 2 * crate::wire::FRAME_SIZE_BYTES_MAX_DEFAULT as usize;
+const CONNECTION_REQUEST_BYTES_MAX: usize = 2 * cairn_wire::FRAME_SIZE_BYTES_MAX_DEFAULT as usize;
 
 /// Bytes each request is charged beyond its frame, for what its task holds until it is
 /// answered (the task and its future's state, the listeners it waits with). Measured in a
 /// debug build: 8,192 long-polling fetches of 128-byte frames grew the server by 12 MiB,
 /// ~1.5 KiB each, frames included; rounded up.
 const REQUEST_STATE_SIZE_BYTES: usize = 2 * 1024;
-
-/// What a client connection's request handlers may know of their connection.
-pub(crate) struct ClientConnection {
-    /// Permits to build a response that carries records; closed when the connection is
-    /// abandoned (see the module docs).
-    pub(crate) large_responses: Rc<Semaphore>,
-    /// Raised once the client has stopped sending.
-    hung_up: Event,
-    is_hung_up: Cell<bool>,
-}
-
-impl ClientConnection {
-    fn new() -> ClientConnection {
-        ClientConnection {
-            large_responses: Rc::new(Semaphore::new(LARGE_RESPONSE_COUNT_MAX)),
-            hung_up: Event::new(),
-            is_hung_up: Cell::new(false),
-        }
-    }
-
-    /// Completes once the client has stopped sending (end of stream or a read error): it
-    /// may still read responses, but waiting longer for records helps nobody.
-    pub(crate) async fn hung_up(&self) {
-        loop {
-            let listener = self.hung_up.listen();
-            if self.is_hung_up.get() {
-                return;
-            }
-            listener.await;
-        }
-    }
-
-    fn hang_up(&self) {
-        self.is_hung_up.set(true);
-        self.hung_up.notify();
-    }
-}
 
 /// This connection's requests being handled, and an event when one ends.
 #[derive(Default)]
@@ -189,59 +147,6 @@ async fn admit(
     })
 }
 
-/// Responses waiting for the socket, bounded by bytes.
-#[derive(Default)]
-struct ResponseQueue {
-    responses: RefCell<VecDeque<Vec<u8>>>,
-    queued_bytes: Cell<usize>,
-    /// No more responses will come: the writer ends once the queue is empty.
-    closed: Cell<bool>,
-    /// Something was pushed or popped, or the queue closed.
-    changed: Event,
-}
-
-impl ResponseQueue {
-    /// Queues `response`, first waiting while the queue is over its byte bound (an empty
-    /// queue always takes one, however large).
-    async fn push(&self, response: Vec<u8>) {
-        loop {
-            let listener = self.changed.listen();
-            if self.responses.borrow().is_empty()
-                || self.queued_bytes.get() + response.len() <= RESPONSE_QUEUE_BYTES_MAX
-            {
-                break;
-            }
-            listener.await;
-        }
-        self.queued_bytes
-            .set(self.queued_bytes.get() + response.len());
-        self.responses.borrow_mut().push_back(response);
-        self.changed.notify();
-    }
-
-    /// Takes every queued response (waiting for one); `None` once closed and drained.
-    async fn pop_all(&self, out: &mut Vec<Vec<u8>>) -> Option<()> {
-        loop {
-            let listener = self.changed.listen();
-            if !self.responses.borrow().is_empty() {
-                out.extend(self.responses.borrow_mut().drain(..));
-                self.queued_bytes.set(0);
-                self.changed.notify();
-                return Some(());
-            }
-            if self.closed.get() {
-                return None;
-            }
-            listener.await;
-        }
-    }
-
-    fn close(&self) {
-        self.closed.set(true);
-        self.changed.notify();
-    }
-}
-
 /// Serves one accepted connection until the client closes it, it breaks the framing, or
 /// the server shuts down (then in-flight requests are answered before closing). Over the
 /// shard's connection limit, answers `Overloaded` and closes instead.
@@ -260,9 +165,8 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
     }
     let (mut reader, writer) = futures_lite::io::split(stream);
     let request_count_max = context.config.connection_request_count_max.max(1);
-    let queue = Rc::new(ResponseQueue::default());
+    let session = Rc::new(Session::new());
     let slots = Rc::new(Semaphore::new(request_count_max as u64));
-    let client = Rc::new(ClientConnection::new());
     let connection_memory = RequestMemory::new(CONNECTION_REQUEST_BYTES_MAX);
     let in_flight = Rc::new(InFlight::default());
     let mut frames = FrameReader::new(context.config.frame_size_bytes_max);
@@ -275,10 +179,9 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
     let abandoned = Rc::new(Cell::new(false));
     let writer_task = glommio::spawn_local(write_responses(
         writer,
-        queue.clone(),
         Abandon {
             abandoned: abandoned.clone(),
-            client: client.clone(),
+            session: session.clone(),
             broken: broken.clone(),
             is_broken: is_broken.clone(),
         },
@@ -297,7 +200,7 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
                     // The stream cannot be resynchronised after a bad length: say why,
                     // then close this connection only.
                     tracing::info!(?peer, %error, "closing connection on a framing error");
-                    queue.push(handlers::framing_error_response(&error)).await;
+                    respond_framing_error(&session, &error).await;
                     break 'reading;
                 }
             };
@@ -327,7 +230,7 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
                 Ok(None) => break,
                 // Not after its length was accepted; handled like any framing error.
                 Err(error) => {
-                    queue.push(handlers::framing_error_response(&error)).await;
+                    respond_framing_error(&session, &error).await;
                     break 'reading;
                 }
             };
@@ -339,21 +242,15 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
                 .expect("every frame is admitted before its body is buffered");
             in_flight.start();
             let context = context.clone();
-            let queue = queue.clone();
+            let session = session.clone();
             let broken = broken.clone();
             let is_broken = is_broken.clone();
-            let client = client.clone();
             let abandoned = abandoned.clone();
             let in_flight = in_flight.clone();
             glommio::spawn_local(async move {
-                if !abandoned.get() {
-                    let handled = handlers::handle_frame(&context, &frame, Some(&client)).await;
-                    queue.push(handled.response).await;
-                    if handled.close_connection {
-                        is_broken.set(true);
-                        broken.notify();
-                    }
-                    drop(handled.large_response_permit);
+                if !abandoned.get() && handle_frame(&context, &frame, &session).await {
+                    is_broken.set(true);
+                    broken.notify();
                 }
                 // The request is answered (or abandoned): give back what it held.
                 drop(frame);
@@ -375,13 +272,13 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
         let read_bytes = match read {
             None => break,
             Some(Ok(0)) => {
-                client.hang_up();
+                session.hang_up();
                 break;
             }
             Some(Ok(read_bytes)) => read_bytes,
             Some(Err(error)) => {
                 tracing::debug!(?peer, %error, "read failed, closing");
-                client.hang_up();
+                session.hang_up();
                 break;
             }
         };
@@ -409,7 +306,7 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
     drop(chunk);
     // Answer what was read: wait for every in-flight request to give back its slot.
     let _ = slots.acquire(request_count_max as u64).await;
-    queue.close();
+    session.close();
     writer_task.await;
     context
         .open_connections
@@ -417,16 +314,21 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
     context.connection_closed.notify();
 }
 
+/// The response to a frame that broke the framing (sent just before closing).
+async fn respond_framing_error(session: &Session, frame_error: &FrameError) {
+    let code = match frame_error {
+        FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+        FrameError::Truncated { .. } => ErrorCode::BadRequest,
+    };
+    session.error(0, code, &frame_error.to_string()).await;
+}
+
 /// Tells a connection over the shard's limit that it is refused, and closes it.
 async fn refuse(context: &ShardContext, mut stream: TcpStream, open_count_max: usize) {
     context
         .admission
         .note_refused_connection(context.open_connections.get(), open_count_max);
-    let mut out = Vec::new();
-    write_frame(
-        &handlers::connection_refused_response(open_count_max),
-        &mut out,
-    );
+    let out = connection_refused_frame(open_count_max);
     // A fresh socket's send buffer takes these few bytes at once; the timeout only bounds
     // a pathological case. Either way the connection closes.
     let _ = stream.set_write_timeout(Some(REFUSAL_WRITE_TIMEOUT));
@@ -443,7 +345,7 @@ fn configure(stream: &TcpStream) -> glommio::Result<(), ()> {
 /// What the writer raises when a response cannot be written.
 struct Abandon {
     abandoned: Rc<Cell<bool>>,
-    client: Rc<ClientConnection>,
+    session: Rc<Session>,
     broken: Event,
     is_broken: Rc<Cell<bool>>,
 }
@@ -452,7 +354,7 @@ impl Abandon {
     fn raise(&self) {
         self.abandoned.set(true);
         // Requests waiting to build a response with records get an error instead.
-        self.client.large_responses.close();
+        self.session.abandon_large_responses();
         self.is_broken.set(true);
         self.broken.notify();
     }
@@ -461,22 +363,14 @@ impl Abandon {
 /// Writes responses as they complete, batching whatever is ready into one write. After a
 /// write error it abandons the connection and keeps draining (so no handler waits forever)
 /// but writes nothing more.
-async fn write_responses(
-    mut writer: futures_lite::io::WriteHalf<TcpStream>,
-    queue: Rc<ResponseQueue>,
-    abandon: Abandon,
-) {
-    let mut ready: Vec<Vec<u8>> = Vec::new();
+async fn write_responses(mut writer: futures_lite::io::WriteHalf<TcpStream>, abandon: Abandon) {
+    // Swapped with the session's write buffer, so both keep their capacity.
     let mut out: Vec<u8> = Vec::new();
     let mut broken = false;
-    while queue.pop_all(&mut ready).await.is_some() {
+    while abandon.session.take(&mut out).await.is_some() {
         if broken {
-            ready.clear();
+            out.clear();
             continue;
-        }
-        out.clear();
-        for response in ready.drain(..) {
-            write_frame(&response, &mut out);
         }
         let written = async {
             writer.write_all(&out).await?;
@@ -487,6 +381,7 @@ async fn write_responses(
             broken = true;
             abandon.raise();
         }
+        out.clear();
     }
     let _ = writer.close().await;
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use cairn_engine::core::Offset;
 
-use crate::wire::{self, FrameError, WireError};
+use cairn_wire::{self as wire, FrameError, WireError};
 
 pub use blocking::BlockingClient;
 pub use pipelined::Client;
@@ -172,7 +172,7 @@ pub struct FetchResult {
     pub records: Vec<FetchedRecord>,
     /// The partition's synced end: the offset the next synced record will get. A reader
     /// whose next offset equals it is caught up.
-    pub high_watermark: Offset,
+    pub synced_end: Offset,
 }
 
 /// Why a connection stopped carrying requests. Every request waiting on it fails with

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cairn_engine::core::{Offset, RecordInput};
 
-use crate::wire::{Encoder, FrameReader, Request, RequestBody, decode_response, write_frame};
+use cairn_wire::{Encoder, FrameReader, Request, RequestBody, decode_response, write_frame};
 
 use super::call::Call;
 use super::reply::Reply;
@@ -144,9 +144,9 @@ impl BlockingClient {
         topic: &str,
         partition: Option<u32>,
         key: &[u8],
-        include_pending: bool,
+        include_appended: bool,
     ) -> Result<Option<FetchedRecord>, ClientError> {
-        self.call(Call::read_key(topic, partition, key, include_pending))?
+        self.call(Call::read_key(topic, partition, key, include_appended))?
             .into_key_record()
     }
 
@@ -383,14 +383,14 @@ mod tests {
     use cairn_engine::core::{KeyCondition, RecordHeader};
 
     use super::*;
-    use crate::client::PartitionInfo;
-    use crate::client::fake_server::{
+    use crate::PartitionInfo;
+    use crate::fake_server::{
         FakeServer, MODEL_END_OFFSET, MODEL_KEY_ABSENT, MODEL_KEY_OFFSET, MODEL_KEY_TAKEN,
         MODEL_PARTITION_COUNT, MODEL_TOPIC, Received, Step, key_on_shard, model_answer,
         model_record,
     };
-    use crate::client::routing::Destination;
-    use crate::wire::{ConflictInfo, ErrorCode, partition_for_key};
+    use crate::routing::Destination;
+    use cairn_wire::{ConflictInfo, ErrorCode, partition_for_key};
 
     /// Long enough for any exchange with the fake server; short enough that a broken test
     /// fails quickly instead of hanging.
@@ -457,7 +457,7 @@ mod tests {
                     assert_eq!(fetch.wait_max, Duration::from_millis(250));
                 }
                 RequestBody::ReadKey(read) => {
-                    assert_eq!(read.include_pending, read.key == b"seat-12A");
+                    assert_eq!(read.include_appended, read.key == b"seat-12A");
                 }
                 _ => {}
             }
@@ -539,7 +539,7 @@ mod tests {
             FetchResult {
                 partition: 2,
                 records: vec![model_record(10, b"fetched"), model_record(11, b"fetched")],
-                high_watermark: Offset(12),
+                synced_end: Offset(12),
             }
         );
 

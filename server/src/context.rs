@@ -1,0 +1,30 @@
+//! What a shard's tasks share: its engine shard, its end of the mesh, its admission state,
+//! the shutdown flag its connections watch, and its connection count. Lives on one
+//! executor; nothing in it is shared with another shard.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use cairn_engine::io::event::Event;
+use cairn_engine::{Shard, ShardId};
+
+use crate::admission::Admission;
+use crate::config::{Listening, ServerConfig};
+use crate::mesh::Mesh;
+
+/// Everything a shard's tasks share.
+pub(crate) struct ShardContext {
+    pub(crate) shard: Shard,
+    pub(crate) shard_id: ShardId,
+    pub(crate) config: ServerConfig,
+    pub(crate) listening: Listening,
+    /// Raised when the server is shutting down: connections stop reading new requests.
+    pub(crate) stopping: Event,
+    pub(crate) is_stopping: Cell<bool>,
+    pub(crate) mesh: Rc<Mesh>,
+    /// Connections currently open, to wait for on shutdown.
+    pub(crate) open_connections: Cell<usize>,
+    pub(crate) connection_closed: Event,
+    /// The shard's request memory budget and connection limit.
+    pub(crate) admission: Admission,
+}

@@ -1,0 +1,88 @@
+//! The native front end: Cairn's flatbuffers protocol (`cairn-wire`) over TCP, on top of
+//! the service.
+//!
+//! `connection` reads frames from one socket under the connection's and the shard's
+//! budgets and runs [`handle_frame`] for each; `handle_frame` decodes the frame once and
+//! hands it to the module of its kind, which calls the service and encodes the typed
+//! result straight into the connection's write buffer (`session`). A new request kind is a
+//! new module here plus a service call.
+//!
+//! Module order (each uses only those before it): `session`, the request kinds (`ping`,
+//! `metadata`, `create_topic`, `append`, `fetch`, `read_key`, `key_history`), this file's
+//! dispatch, `connection`.
+
+mod append;
+pub(crate) mod connection;
+mod create_topic;
+mod fetch;
+mod key_history;
+mod metadata;
+mod ping;
+mod read_key;
+mod session;
+
+use cairn_wire::{ErrorCode, RequestBody, decode_request};
+
+use crate::context::ShardContext;
+use session::Session;
+
+/// Handles one request frame of a connection; returns whether the connection must close
+/// after the response (the frame was not a flatbuffer at all: nothing in it, not even its
+/// correlation id, can be trusted, so the schema says the connection closes; or the
+/// connection was abandoned).
+pub(crate) async fn handle_frame(context: &ShardContext, frame: &[u8], session: &Session) -> bool {
+    let request = match decode_request(frame) {
+        Ok(request) => request,
+        Err(wire_error) => {
+            tracing::debug!(%wire_error, "bad request");
+            let correlation_id = wire_error.correlation_id();
+            session
+                .error(
+                    correlation_id.unwrap_or(0),
+                    wire_error.error_code(),
+                    &wire_error.to_string(),
+                )
+                .await;
+            return correlation_id.is_none();
+        }
+    };
+    let correlation_id = request.correlation_id;
+    // Responses that carry records (up to ~2 MiB each) are built a few at a time per
+    // connection; see `connection`, memory bounds.
+    let carries_records = matches!(
+        request.body,
+        RequestBody::Fetch(_) | RequestBody::ReadKey(_) | RequestBody::KeyHistory(_)
+    );
+    let large_response_permit = if carries_records {
+        match session.large_response_permit().await {
+            Some(permit) => Some(permit),
+            None => {
+                session
+                    .error(correlation_id, ErrorCode::Internal, "connection abandoned")
+                    .await;
+                return true;
+            }
+        }
+    } else {
+        None
+    };
+    match request.body {
+        RequestBody::Ping => ping::serve(context, session, correlation_id).await,
+        RequestBody::Metadata => metadata::serve(context, session, correlation_id).await,
+        RequestBody::CreateTopic(create) => {
+            create_topic::serve(context, session, correlation_id, create).await;
+        }
+        RequestBody::Append(append) => {
+            append::serve(context, session, correlation_id, append).await;
+        }
+        RequestBody::Fetch(fetch) => fetch::serve(context, session, correlation_id, fetch).await,
+        RequestBody::ReadKey(read) => {
+            read_key::serve(context, session, correlation_id, read).await;
+        }
+        RequestBody::KeyHistory(history) => {
+            key_history::serve(context, session, correlation_id, history).await;
+        }
+    }
+    drop(large_response_permit);
+    false
+}

@@ -1,0 +1,234 @@
+//! The service's vocabulary: typed results, why an operation failed, and the owned form in
+//! which a request crosses to its owning shard and its result comes back.
+//!
+//! Nothing here knows a protocol: a front end maps its requests to the service's calls and
+//! these results to its responses. Everything that crosses the mesh is owned and `Send`
+//! (glommio's channel mesh moves it between executors), and is decoded and routed once, on
+//! the shard the client reached.
+
+use std::time::Duration;
+
+use cairn_engine::core::condition::Conflict;
+use cairn_engine::core::{KeyCondition, RecordInput};
+use cairn_engine::{Fetched, Offset, OwnedRecord, PartitionId, ShardId, Topic};
+
+/// What kind of failure ended an operation; a front end maps each to its protocol's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// The request is malformed or contradicts itself (keys spanning partitions, an
+    /// offset out of range, a bad topic name).
+    BadRequest,
+    /// A batch larger than the engine takes.
+    TooLarge,
+    /// No topic of that name.
+    UnknownTopic,
+    /// The topic has no such partition.
+    UnknownPartition,
+    /// Topic creation: the name is taken.
+    TopicExists,
+    /// The shard's storage failed; it acknowledges nothing more (DESIGN §3.5).
+    StorageFailure,
+    /// The server is shutting down, or the owning shard has stopped.
+    ShuttingDown,
+    /// Our own state contradicts itself.
+    Internal,
+}
+
+/// Why an operation failed, with a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// What kind of failure.
+    pub(crate) kind: FailureKind,
+    /// Says what happened, for logs and error responses.
+    pub(crate) message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The answer to any request while the server shuts down.
+    pub(crate) fn shutting_down() -> Failure {
+        Failure::new(FailureKind::ShuttingDown, "the server is shutting down")
+    }
+}
+
+/// Where a partition lives: its index in its topic, its global id and its owning shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Located {
+    pub(crate) partition_index: u32,
+    pub(crate) partition_id: PartitionId,
+    pub(crate) owner: ShardId,
+}
+
+/// How an append ended that reached the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AppendResult {
+    /// The batch is synced at `base_offset..base_offset + record_count`.
+    Appended {
+        partition: u32,
+        base_offset: Offset,
+        record_count: u32,
+    },
+    /// A condition did not hold; nothing was appended. An expected outcome.
+    ConditionFailed { partition: u32, conflict: Conflict },
+}
+
+/// The records a fetch read: batches as the engine read them on this shard, or, when the
+/// fetch was forwarded, the records from the asked offset on as owned copies (a batch
+/// shares the engine's read buffers, which cannot leave their shard).
+pub(crate) enum FetchedRecords {
+    Batches(Fetched),
+    Owned(Vec<OwnedRecord>),
+}
+
+/// What a fetch found.
+pub(crate) struct FetchResult {
+    pub(crate) partition: u32,
+    /// The first offset asked for.
+    pub(crate) from: Offset,
+    /// The partition's synced end (exclusive) when the fetch was answered.
+    pub(crate) synced_end: Offset,
+    pub(crate) records: FetchedRecords,
+}
+
+/// The latest record of a key, if any.
+pub(crate) struct ReadKeyResult {
+    pub(crate) partition: u32,
+    pub(crate) record: Option<OwnedRecord>,
+}
+
+/// A key's records, newest first.
+pub(crate) struct KeyHistoryResult {
+    pub(crate) partition: u32,
+    pub(crate) records: Vec<OwnedRecord>,
+}
+
+/// What a forwarded fetch found: its records copied out of the owner's read buffers.
+pub(crate) struct ForwardedFetch {
+    pub(crate) partition: u32,
+    pub(crate) from: Offset,
+    pub(crate) synced_end: Offset,
+    pub(crate) records: Vec<OwnedRecord>,
+}
+
+impl From<ForwardedFetch> for FetchResult {
+    fn from(fetched: ForwardedFetch) -> FetchResult {
+        FetchResult {
+            partition: fetched.partition,
+            from: fetched.from,
+            synced_end: fetched.synced_end,
+            records: FetchedRecords::Owned(fetched.records),
+        }
+    }
+}
+
+/// One partition of a topic, and where its owner listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PartitionPlacement {
+    pub(crate) partition: u32,
+    pub(crate) partition_id: PartitionId,
+    pub(crate) shard: ShardId,
+    pub(crate) port: u16,
+}
+
+/// A topic and where its partitions live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TopicPlacement {
+    pub(crate) name: String,
+    pub(crate) partitions: Vec<PartitionPlacement>,
+}
+
+/// Every topic, and every shard's own port (by shard id).
+pub(crate) struct MetadataResult {
+    pub(crate) shard_ports: Vec<u16>,
+    pub(crate) topics: Vec<TopicPlacement>,
+}
+
+/// An append's records, owned so that they can cross to another shard.
+pub(crate) struct OwnedRecordInput {
+    pub(crate) key: Vec<u8>,
+    pub(crate) value: Vec<u8>,
+    pub(crate) headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(crate) condition: KeyCondition,
+}
+
+impl OwnedRecordInput {
+    pub(crate) fn from_input(input: &RecordInput<'_>) -> OwnedRecordInput {
+        OwnedRecordInput {
+            key: input.key.to_vec(),
+            value: input.value.to_vec(),
+            headers: input
+                .headers
+                .iter()
+                .map(|header| (header.name.to_vec(), header.value.to_vec()))
+                .collect(),
+            condition: input.condition,
+        }
+    }
+}
+
+/// A request decoded and routed on the shard the client reached, moved to the shard that
+/// owns its partition (or, for topic creation, the catalog: shard 0).
+pub(crate) enum Forwarded {
+    Append {
+        located: Located,
+        expected_end: Option<Offset>,
+        records: Vec<OwnedRecordInput>,
+    },
+    Fetch {
+        located: Located,
+        from: Offset,
+        size_bytes_max: u32,
+        wait_max: Duration,
+    },
+    ReadKey {
+        located: Located,
+        key: Vec<u8>,
+        include_appended: bool,
+    },
+    KeyHistory {
+        located: Located,
+        key: Vec<u8>,
+        record_count_max: u32,
+    },
+    CreateTopic {
+        name: String,
+        partition_count: u32,
+    },
+}
+
+/// The owner's answer to a `Forwarded`, of the same kind.
+pub(crate) enum ForwardedResult {
+    Append(Result<AppendResult, Failure>),
+    Fetch(Result<ForwardedFetch, Failure>),
+    ReadKey(Result<ReadKeyResult, Failure>),
+    KeyHistory(Result<KeyHistoryResult, Failure>),
+    CreateTopic(Result<TopicPlacement, Failure>),
+}
+
+/// The placement of `topic`'s partitions: each one's owner among `shard_count` shards and
+/// that shard's port.
+pub(crate) fn placement(topic: &Topic, shard_ports: &[u16], shard_count: u16) -> TopicPlacement {
+    let partitions = (0..topic.partition_count)
+        .filter_map(|index| {
+            let partition_id = topic.partition_id(index)?;
+            let shard = ShardId::owner_of(partition_id, shard_count);
+            let port = shard_ports.get(usize::from(shard.0)).copied()?;
+            Some(PartitionPlacement {
+                partition: index,
+                partition_id,
+                shard,
+                port,
+            })
+        })
+        .collect();
+    TopicPlacement {
+        name: topic.name.clone(),
+        partitions,
+    }
+}

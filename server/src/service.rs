@@ -1,0 +1,539 @@
+//! The service: typed operations over the engine, each run on the shard that owns its
+//! partition, whichever protocol asked.
+//!
+//! A front end (`native`, the flatbuffers protocol) decodes a request, calls one function
+//! here, and encodes the typed result. Each function checks that the server is not
+//! shutting down, routes the request (`routing`), and then either runs it on this shard's
+//! engine or moves it, owned and already routed, to the owning shard over the mesh, which
+//! runs it with `serve_forwarded` and sends back the typed result (or, should the owner
+//! have stopped, the caller gets `ShuttingDown`). Topic creation runs on shard 0, which
+//! owns the catalog, and is answered only once every shard knows the topic.
+//!
+//! A fetch long-polls for at most `fetch_wait_max`, and no longer than until the server
+//! starts shutting down or the caller's `hung_up` completes: then it answers with what is
+//! synced, often nothing. Engine outcomes become typed results: a failed condition is an
+//! `AppendResult::ConditionFailed`, a storage failure a `FailureKind::StorageFailure`.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
+
+use cairn_engine::{
+    AppendError, AppendOutcome, Offset, OwnedRecord, ReadError, RecordHeader, RecordInput, ShardId,
+    TopicError,
+};
+
+use crate::context::ShardContext;
+use crate::mesh::MeshError;
+use crate::operation::{
+    AppendResult, Failure, FailureKind, FetchResult, FetchedRecords, Forwarded, ForwardedFetch,
+    ForwardedResult, KeyHistoryResult, Located, MetadataResult, OwnedRecordInput, ReadKeyResult,
+    TopicPlacement, placement,
+};
+use crate::routing;
+
+/// Most bytes of records one fetch or key history reads, whatever the client asks. The
+/// engine counts stored bytes; a front end may cut further by its encoded size, keeping at
+/// least one record so that a reader always gets past a large one.
+pub(crate) const FETCH_SIZE_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// Most records one key history returns.
+pub(crate) const KEY_HISTORY_RECORD_COUNT_MAX: u32 = 1024;
+
+fn ensure_serving(context: &ShardContext) -> Result<(), Failure> {
+    if context.is_stopping.get() {
+        Err(Failure::shutting_down())
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks that the server serves (a ping's whole work).
+pub(crate) fn ping(context: &ShardContext) -> Result<(), Failure> {
+    ensure_serving(context)
+}
+
+async fn forward(
+    context: &ShardContext,
+    owner: ShardId,
+    request: Forwarded,
+) -> Result<ForwardedResult, Failure> {
+    context
+        .mesh
+        .forward(owner, request)
+        .await
+        .map_err(|mesh_error| mesh_failure(&mesh_error))
+}
+
+/// A shard leaves the mesh only when the server stops, so a request that needed it can
+/// only be told so; the client may retry once a server is back.
+fn mesh_failure(mesh_error: &MeshError) -> Failure {
+    match mesh_error {
+        MeshError::ShardStopped { .. } => Failure::new(
+            FailureKind::ShuttingDown,
+            format!("the server is shutting down: {mesh_error}"),
+        ),
+    }
+}
+
+fn mismatched_reply() -> Failure {
+    Failure::new(
+        FailureKind::Internal,
+        "a shard answered with another kind of result",
+    )
+}
+
+/// Appends `records` (one batch) to partition `partition` of `topic`, or to their keys'
+/// partition, if `expected_end` (when given) is the partition's end offset and every
+/// record's key condition holds. Answers once the batch is synced.
+pub(crate) async fn append(
+    context: &ShardContext,
+    topic: &str,
+    partition: Option<u32>,
+    expected_end: Option<Offset>,
+    records: &[RecordInput<'_>],
+) -> Result<AppendResult, Failure> {
+    ensure_serving(context)?;
+    let topic = routing::topic(&context.shard, topic)?;
+    let located = routing::locate_batch(&topic, partition, records, context.config.shard_count)?;
+    if located.owner == context.shard_id {
+        return append_local(context, &located, expected_end, records).await;
+    }
+    let request = Forwarded::Append {
+        located,
+        expected_end,
+        records: records.iter().map(OwnedRecordInput::from_input).collect(),
+    };
+    match forward(context, located.owner, request).await? {
+        ForwardedResult::Append(result) => result,
+        _ => Err(mismatched_reply()),
+    }
+}
+
+async fn append_local(
+    context: &ShardContext,
+    located: &Located,
+    expected_end: Option<Offset>,
+    records: &[RecordInput<'_>],
+) -> Result<AppendResult, Failure> {
+    match context
+        .shard
+        .append(located.partition_id, expected_end, records)
+        .await
+    {
+        Ok(AppendOutcome::Appended {
+            base_offset,
+            record_count,
+        }) => Ok(AppendResult::Appended {
+            partition: located.partition_index,
+            base_offset,
+            record_count,
+        }),
+        Ok(AppendOutcome::ConditionFailed(conflict)) => Ok(AppendResult::ConditionFailed {
+            partition: located.partition_index,
+            conflict,
+        }),
+        Err(append_error) => {
+            let kind = match &append_error {
+                AppendError::UnknownPartition(_) => FailureKind::UnknownPartition,
+                AppendError::InvalidBatch(
+                    cairn_engine::core::record::EncodeError::BatchTooLarge { .. },
+                ) => FailureKind::TooLarge,
+                AppendError::InvalidBatch(_) => FailureKind::BadRequest,
+                AppendError::Storage(_) => FailureKind::StorageFailure,
+                AppendError::ShuttingDown => FailureKind::ShuttingDown,
+            };
+            Err(Failure::new(kind, append_error.to_string()))
+        }
+    }
+}
+
+/// Reads records of partition `partition` of `topic` from offset `from`, at most about
+/// `size_bytes_max` (and `FETCH_SIZE_BYTES_MAX`) of them, first waiting up to `wait_max`
+/// (and `fetch_wait_max`) for one when none is synced there. The wait also ends when the
+/// server starts shutting down or `hung_up` completes (the client stopped sending, so
+/// waiting longer helps nobody); a forwarded fetch waits out its time on the owner.
+pub(crate) async fn fetch(
+    context: &ShardContext,
+    topic: &str,
+    partition: u32,
+    from: Offset,
+    size_bytes_max: u32,
+    wait_max: Duration,
+    hung_up: impl Future<Output = ()>,
+) -> Result<FetchResult, Failure> {
+    ensure_serving(context)?;
+    let topic = routing::topic(&context.shard, topic)?;
+    let located = routing::locate(&topic, partition, context.config.shard_count)?;
+    if located.owner == context.shard_id {
+        return fetch_local(context, &located, from, size_bytes_max, wait_max, hung_up).await;
+    }
+    let request = Forwarded::Fetch {
+        located,
+        from,
+        size_bytes_max,
+        wait_max,
+    };
+    match forward(context, located.owner, request).await? {
+        ForwardedResult::Fetch(result) => result.map(FetchResult::from),
+        _ => Err(mismatched_reply()),
+    }
+}
+
+async fn fetch_local(
+    context: &ShardContext,
+    located: &Located,
+    from: Offset,
+    size_bytes_max: u32,
+    wait_max: Duration,
+    hung_up: impl Future<Output = ()>,
+) -> Result<FetchResult, Failure> {
+    let wait = wait_max.min(context.config.fetch_wait_max);
+    let (_, synced_end) = context
+        .shard
+        .end_offsets(located.partition_id)
+        .map_err(|e| read_failure(&e))?;
+    if from >= synced_end && !wait.is_zero() {
+        // Shutdown ends the wait too: the connection (or, forwarded, another shard's) must
+        // drain, and an answer with what is synced so far is a correct one.
+        let stopping = context.stopping.listen();
+        if !context.is_stopping.get() {
+            let waiting = async {
+                context
+                    .shard
+                    .wait_synced_beyond(located.partition_id, from, wait)
+                    .await
+                    .map(|_| ())
+            };
+            let stopped = async {
+                stopping.await;
+                Ok(())
+            };
+            let hung_up = async {
+                hung_up.await;
+                Ok(())
+            };
+            futures_lite::future::or(futures_lite::future::or(waiting, stopped), hung_up)
+                .await
+                .map_err(|e| read_failure(&e))?;
+        }
+    }
+    let size_bytes_max = (size_bytes_max as usize).min(FETCH_SIZE_BYTES_MAX);
+    let fetched = context
+        .shard
+        .fetch(located.partition_id, from, size_bytes_max)
+        .await
+        .map_err(|e| read_failure(&e))?;
+    Ok(FetchResult {
+        partition: located.partition_index,
+        from,
+        synced_end: fetched.synced_end,
+        records: FetchedRecords::Batches(fetched),
+    })
+}
+
+/// The latest record of `key` in its partition of `topic` (or partition `partition`):
+/// only synced records unless `include_appended`.
+pub(crate) async fn read_key(
+    context: &ShardContext,
+    topic: &str,
+    partition: Option<u32>,
+    key: &[u8],
+    include_appended: bool,
+) -> Result<ReadKeyResult, Failure> {
+    ensure_serving(context)?;
+    let topic = routing::topic(&context.shard, topic)?;
+    let located = routing::locate_key(&topic, partition, key, context.config.shard_count)?;
+    if located.owner == context.shard_id {
+        return read_key_local(context, &located, key, include_appended).await;
+    }
+    let request = Forwarded::ReadKey {
+        located,
+        key: key.to_vec(),
+        include_appended,
+    };
+    match forward(context, located.owner, request).await? {
+        ForwardedResult::ReadKey(result) => result,
+        _ => Err(mismatched_reply()),
+    }
+}
+
+async fn read_key_local(
+    context: &ShardContext,
+    located: &Located,
+    key: &[u8],
+    include_appended: bool,
+) -> Result<ReadKeyResult, Failure> {
+    let record = context
+        .shard
+        .read_key(located.partition_id, key, include_appended)
+        .await
+        .map_err(|e| read_failure(&e))?;
+    Ok(ReadKeyResult {
+        partition: located.partition_index,
+        record,
+    })
+}
+
+/// Up to `record_count_max` (and `KEY_HISTORY_RECORD_COUNT_MAX`) records of `key`, newest
+/// first, about `FETCH_SIZE_BYTES_MAX` of them at most.
+pub(crate) async fn key_history(
+    context: &ShardContext,
+    topic: &str,
+    partition: Option<u32>,
+    key: &[u8],
+    record_count_max: u32,
+) -> Result<KeyHistoryResult, Failure> {
+    ensure_serving(context)?;
+    let topic = routing::topic(&context.shard, topic)?;
+    let located = routing::locate_key(&topic, partition, key, context.config.shard_count)?;
+    if located.owner == context.shard_id {
+        return key_history_local(context, &located, key, record_count_max).await;
+    }
+    let request = Forwarded::KeyHistory {
+        located,
+        key: key.to_vec(),
+        record_count_max,
+    };
+    match forward(context, located.owner, request).await? {
+        ForwardedResult::KeyHistory(result) => result,
+        _ => Err(mismatched_reply()),
+    }
+}
+
+async fn key_history_local(
+    context: &ShardContext,
+    located: &Located,
+    key: &[u8],
+    record_count_max: u32,
+) -> Result<KeyHistoryResult, Failure> {
+    let limit = record_count_max.min(KEY_HISTORY_RECORD_COUNT_MAX);
+    let records = context
+        .shard
+        .key_history(
+            located.partition_id,
+            key,
+            limit as usize,
+            FETCH_SIZE_BYTES_MAX,
+        )
+        .await
+        .map_err(|e| read_failure(&e))?;
+    Ok(KeyHistoryResult {
+        partition: located.partition_index,
+        records,
+    })
+}
+
+/// Every topic this shard knows and where its partitions live.
+pub(crate) fn metadata(context: &ShardContext) -> Result<MetadataResult, Failure> {
+    ensure_serving(context)?;
+    let catalog = context.shard.catalog();
+    let shard_ports = context.listening.shard_ports.clone();
+    let topics = catalog
+        .topics()
+        .iter()
+        .map(|topic| placement(topic, &shard_ports, context.config.shard_count))
+        .collect();
+    Ok(MetadataResult {
+        shard_ports,
+        topics,
+    })
+}
+
+/// Creates topic `name` with `partition_count` partitions; answers once every shard knows
+/// it, so that the client's next request finds it wherever it lands.
+pub(crate) async fn create_topic(
+    context: &ShardContext,
+    name: &str,
+    partition_count: u32,
+) -> Result<TopicPlacement, Failure> {
+    ensure_serving(context)?;
+    if context.shard_id == ShardId(0) {
+        return create_topic_local(context, name, partition_count).await;
+    }
+    let request = Forwarded::CreateTopic {
+        name: name.to_owned(),
+        partition_count,
+    };
+    match forward(context, ShardId(0), request).await? {
+        ForwardedResult::CreateTopic(result) => result,
+        _ => Err(mismatched_reply()),
+    }
+}
+
+async fn create_topic_local(
+    context: &ShardContext,
+    name: &str,
+    partition_count: u32,
+) -> Result<TopicPlacement, Failure> {
+    let topic = context
+        .shard
+        .create_topic(name, partition_count)
+        .map_err(|topic_error| {
+            let kind = match &topic_error {
+                TopicError::Exists(_) => FailureKind::TopicExists,
+                TopicError::InvalidName { .. } | TopicError::BadPartitionCount { .. } => {
+                    FailureKind::BadRequest
+                }
+                TopicError::NotCatalogOwner | TopicError::Contradicts { .. } => {
+                    FailureKind::Internal
+                }
+                TopicError::Storage(_) => FailureKind::StorageFailure,
+            };
+            Failure::new(kind, topic_error.to_string())
+        })?;
+    context
+        .mesh
+        .broadcast_topic(&topic)
+        .await
+        .map_err(|mesh_error| {
+            let failure = mesh_failure(&mesh_error);
+            Failure::new(
+                failure.kind,
+                format!(
+                    "topic {} is in the catalog, but {}",
+                    topic.name, failure.message
+                ),
+            )
+        })?;
+    tracing::info!(
+        topic = topic.name,
+        partitions = topic.partition_count,
+        "topic created"
+    );
+    Ok(placement(
+        &topic,
+        &context.listening.shard_ports,
+        context.config.shard_count,
+    ))
+}
+
+/// Runs a request another shard moved here. While this shard shuts down, new work is
+/// answered `ShuttingDown` (an append already staged gets its real outcome).
+pub(crate) async fn serve_forwarded(
+    context: &Rc<ShardContext>,
+    request: Forwarded,
+) -> ForwardedResult {
+    let serving = ensure_serving(context);
+    match request {
+        Forwarded::Append {
+            located,
+            expected_end,
+            records,
+        } => ForwardedResult::Append(match serving {
+            Err(failure) => Err(failure),
+            Ok(()) => {
+                let headers: Vec<Vec<RecordHeader<'_>>> = records
+                    .iter()
+                    .map(|record| {
+                        record
+                            .headers
+                            .iter()
+                            .map(|(name, value)| RecordHeader { name, value })
+                            .collect()
+                    })
+                    .collect();
+                let inputs: Vec<RecordInput<'_>> = records
+                    .iter()
+                    .zip(&headers)
+                    .map(|(record, headers)| RecordInput {
+                        key: &record.key,
+                        value: &record.value,
+                        headers,
+                        condition: record.condition,
+                    })
+                    .collect();
+                append_local(context, &located, expected_end, &inputs).await
+            }
+        }),
+        Forwarded::Fetch {
+            located,
+            from,
+            size_bytes_max,
+            wait_max,
+        } => ForwardedResult::Fetch(match serving {
+            Err(failure) => Err(failure),
+            Ok(()) => fetch_local(
+                context,
+                &located,
+                from,
+                size_bytes_max,
+                wait_max,
+                std::future::pending::<()>(),
+            )
+            .await
+            .map(owned_fetch_result),
+        }),
+        Forwarded::ReadKey {
+            located,
+            key,
+            include_appended,
+        } => ForwardedResult::ReadKey(match serving {
+            Err(failure) => Err(failure),
+            Ok(()) => read_key_local(context, &located, &key, include_appended).await,
+        }),
+        Forwarded::KeyHistory {
+            located,
+            key,
+            record_count_max,
+        } => ForwardedResult::KeyHistory(match serving {
+            Err(failure) => Err(failure),
+            Ok(()) => key_history_local(context, &located, &key, record_count_max).await,
+        }),
+        Forwarded::CreateTopic {
+            name,
+            partition_count,
+        } => ForwardedResult::CreateTopic(match serving {
+            Err(failure) => Err(failure),
+            Ok(()) => create_topic_local(context, &name, partition_count).await,
+        }),
+    }
+}
+
+/// A fetch's result that can cross the mesh: the records at or after `from`, copied out of
+/// the engine's read buffers.
+fn owned_fetch_result(result: FetchResult) -> ForwardedFetch {
+    let batches = match result.records {
+        FetchedRecords::Owned(records) => {
+            return ForwardedFetch {
+                partition: result.partition,
+                from: result.from,
+                synced_end: result.synced_end,
+                records,
+            };
+        }
+        FetchedRecords::Batches(fetched) => fetched.batches,
+    };
+    let mut records = Vec::new();
+    for batch in &batches {
+        let view = batch.view();
+        for record in view.records().filter(|record| record.offset >= result.from) {
+            records.push(OwnedRecord {
+                offset: record.offset,
+                timestamp_ms: view.timestamp_ms(),
+                prev_key_offset: record.prev_key_offset,
+                key: record.key.to_vec(),
+                value: record.value.to_vec(),
+                headers: record
+                    .headers()
+                    .map(|header| (header.name.to_vec(), header.value.to_vec()))
+                    .collect(),
+            });
+        }
+    }
+    ForwardedFetch {
+        partition: result.partition,
+        from: result.from,
+        synced_end: result.synced_end,
+        records,
+    }
+}
+
+fn read_failure(read_error: &ReadError) -> Failure {
+    let kind = match read_error {
+        ReadError::UnknownPartition(_) => FailureKind::UnknownPartition,
+        ReadError::OffsetOutOfRange { .. } => FailureKind::BadRequest,
+        ReadError::Storage(_) => FailureKind::StorageFailure,
+    };
+    Failure::new(kind, read_error.to_string())
+}

@@ -13,6 +13,7 @@ use cairn_engine::core::limits::{
     BATCH_RECORD_COUNT_MAX, BATCH_SIZE_BYTES_MAX, HEADER_NAME_SIZE_BYTES_MAX, KEY_SIZE_BYTES_MAX,
     RECORD_HEADER_COUNT_MAX,
 };
+use cairn_engine::core::record::BatchSize;
 use cairn_engine::core::{KeyCondition, Offset, RecordHeader, RecordInput};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, Vector, WIPOffset};
 
@@ -371,7 +372,7 @@ fn decode_append(append: fb::Append<'_>) -> Result<AppendRequest<'_>, Violation>
     // it, and each takes at least 4 bytes.
     let mut records = Vec::with_capacity(record_count);
     let mut headers = Vec::new();
-    let mut payload_size_bytes: usize = 0;
+    let mut batch_size = BatchSize::new();
     for (record_index, record) in fb_records.iter().enumerate() {
         let key = bytes_or_empty(record.key());
         if key.len() > KEY_SIZE_BYTES_MAX {
@@ -382,9 +383,7 @@ fn decode_append(append: fb::Append<'_>) -> Result<AppendRequest<'_>, Violation>
             });
         }
         let value = bytes_or_empty(record.value());
-        payload_size_bytes = payload_size_bytes
-            .saturating_add(key.len())
-            .saturating_add(value.len());
+        batch_size.add_record(key.len(), value.len());
         let headers_start = headers.len();
         if let Some(fb_headers) = record.headers() {
             let header_count = fb_headers.len();
@@ -406,9 +405,7 @@ fn decode_append(append: fb::Append<'_>) -> Result<AppendRequest<'_>, Violation>
                     });
                 }
                 let value = bytes_or_empty(header.value());
-                payload_size_bytes = payload_size_bytes
-                    .saturating_add(name.len())
-                    .saturating_add(value.len());
+                batch_size.add_header(name.len(), value.len());
                 headers.push(RecordHeader { name, value });
             }
         }
@@ -420,9 +417,10 @@ fn decode_append(append: fb::Append<'_>) -> Result<AppendRequest<'_>, Violation>
             headers: headers_start..headers.len(),
         });
     }
-    if payload_size_bytes > BATCH_SIZE_BYTES_MAX {
+    // The engine's own definition, checked once here: the engine finds the same number.
+    if batch_size.is_too_large() {
         return Err(Violation::BatchTooLarge {
-            payload_size_bytes,
+            batch_size_bytes: batch_size.bytes(),
             batch_size_bytes_max: BATCH_SIZE_BYTES_MAX,
         });
     }
@@ -945,10 +943,44 @@ mod tests {
         assert_eq!(
             violation(&encode(&append_of(&records))),
             Violation::BatchTooLarge {
-                payload_size_bytes: BATCH_SIZE_BYTES_MAX + 1,
+                // 48 + 22 + 1 + 1 MiB: the encoded batch, as the engine counts it.
+                batch_size_bytes: (BATCH_SIZE_BYTES_MAX + 71) as u64,
                 batch_size_bytes_max: BATCH_SIZE_BYTES_MAX,
             }
         );
+    }
+
+    #[test]
+    fn the_wire_and_the_engine_draw_the_batch_size_line_at_the_same_byte() {
+        let header_value = vec![3u8; 100];
+        let headers = [RecordHeader {
+            name: b"type",
+            value: &header_value,
+        }];
+        for extra in [0usize, 1] {
+            // 48 + 2 x (22 + 1) + 6 + 4 + 100 bytes of overhead: exactly at the limit with
+            // `extra` 0, one byte over with 1.
+            let value_len = BATCH_SIZE_BYTES_MAX - 48 - 2 * (22 + 1) - (6 + 4 + 100) - 10 + extra;
+            let value = vec![7u8; value_len];
+            let records = [
+                RecordInput {
+                    key: b"k",
+                    value: &value,
+                    headers: &headers,
+                    condition: KeyCondition::Any,
+                },
+                RecordInput {
+                    key: b"j",
+                    value: &[0u8; 10],
+                    headers: &[],
+                    condition: KeyCondition::Any,
+                },
+            ];
+            let engine = cairn_engine::core::record::batch_encoded_len(&records);
+            let wire = decode_request(&encode(&append_of(&records))).map(|_| ());
+            assert_eq!(engine.is_ok(), extra == 0, "engine at +{extra}: {engine:?}");
+            assert_eq!(wire.is_ok(), extra == 0, "wire at +{extra}");
+        }
     }
 
     #[test]
@@ -1441,8 +1473,20 @@ mod tests {
             }],
             condition: KeyCondition::At(Offset(0)),
         }];
-        let many_tiny = vec![tiny[0]; BATCH_RECORD_COUNT_MAX];
-        let empty = vec![record(b""); BATCH_RECORD_COUNT_MAX];
+        // As many as one batch holds (48 bytes, then 22 per record and 6 per header): the
+        // record count limit itself cannot be reached with headers, or even without.
+        let count_max = |record: RecordInput<'_>| {
+            let per_record = cairn_engine::core::record::batch_encoded_len(&[record]).unwrap() - 48;
+            (BATCH_SIZE_BYTES_MAX - 48) / per_record
+        };
+        let tiny_count_max = count_max(tiny[0]);
+        let empty_count_max = count_max(record(b""));
+        let many_tiny = vec![tiny[0]; tiny_count_max];
+        let empty = vec![record(b""); empty_count_max];
+        assert!(decode_request(&encode(&append_of(&vec![tiny[0]; tiny_count_max + 1]))).is_err());
+        assert!(
+            decode_request(&encode(&append_of(&vec![record(b""); empty_count_max + 1]))).is_err()
+        );
         let headers = [RecordHeader {
             name: b"",
             value: b"",
@@ -1458,7 +1502,8 @@ mod tests {
                 ..verifier_options(frame.len())
             };
             assert!(flatbuffers::root_with_opts::<fb::Request>(&tight, &frame).is_ok());
-            assert!(decode_request(&frame).is_ok());
+            let decoded = decode_request(&frame).map(|_| ());
+            assert!(decoded.is_ok(), "{decoded:?}");
             assert!(frame.len() < super::super::FRAME_SIZE_BYTES_MAX_DEFAULT as usize);
         }
     }

@@ -133,14 +133,11 @@ pub enum Violation {
         record_count: usize,
         record_count_max: usize,
     },
-    /// An append whose keys, values and headers alone exceed `BATCH_SIZE_BYTES_MAX`, so its
-    /// encoded batch must too.
-    #[error(
-        "records hold {payload_size_bytes} bytes of keys, values and headers, more than a \
-         batch's {batch_size_bytes_max}"
-    )]
+    /// An append whose encoded batch (`cairn_engine::core::record::BatchSize`, the one
+    /// definition) exceeds `BATCH_SIZE_BYTES_MAX`.
+    #[error("the batch encodes to {batch_size_bytes} bytes, more than {batch_size_bytes_max}")]
     BatchTooLarge {
-        payload_size_bytes: usize,
+        batch_size_bytes: u64,
         batch_size_bytes_max: usize,
     },
     /// A key longer than `KEY_SIZE_BYTES_MAX` in an append.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use cairn_engine::{EngineConfig, FaultHook, OpenError};
 
 /// Exit status of the server when a shard's storage failed (EX_IOERR): recovery on restart
-/// decides what survived (DESIGN §3.5).
+/// decides what survived (docs/DESIGN.md §3.5).
 pub const EXIT_STORAGE_FAILURE: i32 = 74;
 
 /// Exit status when the server finds its own state contradicting itself (EX_SOFTWARE).

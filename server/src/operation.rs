@@ -26,7 +26,7 @@ pub(crate) enum FailureKind {
     UnknownPartition,
     /// Topic creation: the name is taken.
     TopicExists,
-    /// The shard's storage failed; it acknowledges nothing more (DESIGN §3.5).
+    /// The shard's storage failed; it acknowledges nothing more (docs/DESIGN.md §3.5).
     StorageFailure,
     /// The server is shutting down, or the owning shard has stopped.
     ShuttingDown,

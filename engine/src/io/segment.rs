@@ -43,6 +43,43 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Writes zeros over `start..end` of `file` in chunks; with `pace`, pauses after each chunk
+/// while it holds false (see `prepare`). Written, not synced.
+async fn zero_fill(
+    file: &DmaFile,
+    path: &Path,
+    start: u64,
+    end: u64,
+    pace: Option<&Cell<bool>>,
+) -> Result<(), StorageError> {
+    let zeros = Rc::new({
+        let mut buffer = file.alloc_dma_buffer(ZERO_FILL_CHUNK_BYTES);
+        buffer.as_bytes_mut().fill(0);
+        buffer
+    });
+    let mut position = start;
+    while position < end {
+        let remaining = end - position;
+        let written_bytes = if remaining >= ZERO_FILL_CHUNK_BYTES as u64 {
+            file.write_rc_at(zeros.clone(), position).await
+        } else {
+            let tail_bytes = usize::try_from(remaining).expect("remaining < chunk size");
+            let mut tail = file.alloc_dma_buffer(tail_bytes);
+            tail.as_bytes_mut().fill(0);
+            file.write_at(tail, position).await
+        }
+        .map_err(|error| StorageError::from_glommio("zero-fill", path, error))?;
+        let chunk_bytes = usize::try_from(remaining.min(ZERO_FILL_CHUNK_BYTES as u64))
+            .expect("at most one chunk");
+        check_written(path, "zero-fill", written_bytes, chunk_bytes)?;
+        position += chunk_bytes as u64;
+        if pace.is_some_and(|urgent| !urgent.get()) {
+            glommio::timer::sleep(ZERO_FILL_PAUSE).await;
+        }
+    }
+    Ok(())
+}
+
 /// O_DIRECT writes of a preallocated range complete in full or fail; a short one means the
 /// device is in trouble, and is handled like any failed write.
 fn check_written(
@@ -123,36 +160,7 @@ impl SegmentFile {
         file.pre_allocate(header.segment_size_bytes, false)
             .await
             .map_err(|error| io_error("fallocate", error))?;
-        let zeros = Rc::new({
-            let mut buffer = file.alloc_dma_buffer(ZERO_FILL_CHUNK_BYTES);
-            buffer.as_bytes_mut().fill(0);
-            buffer
-        });
-        let mut position = 0u64;
-        while position < header.segment_size_bytes {
-            let remaining = header.segment_size_bytes - position;
-            if remaining >= ZERO_FILL_CHUNK_BYTES as u64 {
-                let written_bytes = file
-                    .write_rc_at(zeros.clone(), position)
-                    .await
-                    .map_err(|error| io_error("zero-fill", error))?;
-                check_written(&path, "zero-fill", written_bytes, ZERO_FILL_CHUNK_BYTES)?;
-                position += ZERO_FILL_CHUNK_BYTES as u64;
-                if pace.as_ref().is_some_and(|urgent| !urgent.get()) {
-                    glommio::timer::sleep(ZERO_FILL_PAUSE).await;
-                }
-            } else {
-                let tail_bytes = usize::try_from(remaining).expect("remaining < chunk size");
-                let mut tail = file.alloc_dma_buffer(tail_bytes);
-                tail.as_bytes_mut().fill(0);
-                let written_bytes = file
-                    .write_at(tail, position)
-                    .await
-                    .map_err(|error| io_error("zero-fill", error))?;
-                check_written(&path, "zero-fill", written_bytes, tail_bytes)?;
-                position += remaining;
-            }
-        }
+        zero_fill(&file, &path, 0, header.segment_size_bytes, pace.as_deref()).await?;
         let mut header_block = file.alloc_dma_buffer(SEGMENT_HEADER_SIZE_BYTES);
         header.encode(header_block.as_bytes_mut());
         let written_bytes = file
@@ -315,22 +323,14 @@ impl SegmentFile {
             position.is_multiple_of(BLOCK_SIZE_BYTES as u64),
             "zeroing starts at a block boundary: {position}"
         );
-        let mut position = position;
-        while position < self.header.segment_size_bytes {
-            let len_bytes = usize::try_from(
-                (self.header.segment_size_bytes - position).min(ZERO_FILL_CHUNK_BYTES as u64),
-            )
-            .expect("at most one chunk");
-            let mut zeros = self.file.alloc_dma_buffer(len_bytes);
-            zeros.as_bytes_mut().fill(0);
-            let written_bytes = self
-                .file
-                .write_at(zeros, position)
-                .await
-                .map_err(|error| StorageError::from_glommio("zero-fill", &self.path, error))?;
-            check_written(&self.path, "zero-fill", written_bytes, len_bytes)?;
-            position += len_bytes as u64;
-        }
+        zero_fill(
+            &self.file,
+            &self.path,
+            position,
+            self.header.segment_size_bytes,
+            None,
+        )
+        .await?;
         self.sync().await
     }
 

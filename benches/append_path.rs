@@ -78,6 +78,7 @@ fn run_case(
                                     (0, Some(offset)) => KeyCondition::At(offset),
                                     _ => KeyCondition::Any,
                                 },
+                                ..RecordInput::default()
                             })
                             .collect();
                         let sent = Instant::now();

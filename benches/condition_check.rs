@@ -91,6 +91,7 @@ fn check_and_stage_with_keys(
                 value: &VALUE,
                 headers: &[],
                 condition: KeyCondition::NoKey,
+                ..RecordInput::default()
             })
             .collect();
         let base_offset = state
@@ -143,6 +144,7 @@ fn check_and_stage_with_keys(
                             value: &VALUE,
                             headers: &[],
                             condition,
+                            ..RecordInput::default()
                         });
                     }
                     let result = state.check_and_stage(None, &records, &mut prev_key_offsets);

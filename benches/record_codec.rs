@@ -36,6 +36,7 @@ fn record_codec(c: &mut Criterion) {
                 value: &value,
                 headers: &[],
                 condition: KeyCondition::Any,
+                ..RecordInput::default()
             })
             .collect();
         // Half the keys were seen before, as under a steady workload.

@@ -48,6 +48,7 @@ fn synthetic_segment(record_count: usize) -> (Vec<u8>, usize) {
                     value: &value,
                     headers: &[],
                     condition: KeyCondition::Any,
+                    ..RecordInput::default()
                 })
                 .collect();
             let meta = BatchMeta {

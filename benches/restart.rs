@@ -68,6 +68,7 @@ fn main() {
                                 value: &value,
                                 headers: &[],
                                 condition: KeyCondition::Any,
+                                ..RecordInput::default()
                             })
                             .collect();
                         shard

@@ -414,6 +414,7 @@ mod tests {
             value: b"value",
             headers: &HEADERS,
             condition,
+            ..RecordInput::default()
         }
     }
 
@@ -729,6 +730,7 @@ mod tests {
             value: &value,
             headers: &[],
             condition: KeyCondition::Any,
+            ..RecordInput::default()
         }];
         let error = client
             .append(MODEL_TOPIC, Some(0), None, &records)

@@ -354,6 +354,7 @@ mod tests {
             value: b"value",
             headers: &[],
             condition: KeyCondition::Any,
+            ..RecordInput::default()
         }
     }
 

@@ -83,6 +83,31 @@ pub enum AppendError {
     /// The shard is closing and takes no new appends.
     #[error("shutting down")]
     ShuttingDown,
+    /// The batch's producer stamp does not follow the producer's earlier batches; nothing
+    /// was appended. Answered at once.
+    #[error("producer: {0}")]
+    Producer(ProducerError),
+}
+
+/// Why an idempotent producer's batch was refused (Kafka's rules, KIP-98).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProducerError {
+    /// The batch's epoch is older than the producer's latest on this partition: a newer
+    /// incarnation of the producer has taken over (Kafka's `INVALID_PRODUCER_EPOCH`).
+    #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current_epoch}")]
+    Fenced {
+        producer_id: i64,
+        epoch: i16,
+        current_epoch: i16,
+    },
+    /// The batch's first sequence is not the one after the producer's latest batch, nor
+    /// one of its retained batches (Kafka's `OUT_OF_ORDER_SEQUENCE_NUMBER`).
+    #[error("producer {producer_id}: sequence {base_sequence}, expected {expected_sequence}")]
+    OutOfOrder {
+        producer_id: i64,
+        base_sequence: i32,
+        expected_sequence: i32,
+    },
 }
 
 /// Why a read could not be answered.

@@ -199,6 +199,7 @@ fn batch_records<'a>(
             } else {
                 KeyCondition::Any
             },
+            ..RecordInput::default()
         })
         .collect()
 }

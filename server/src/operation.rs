@@ -155,6 +155,9 @@ pub(crate) struct OwnedRecordInput {
     pub(crate) value: Vec<u8>,
     pub(crate) headers: Vec<(Vec<u8>, Vec<u8>)>,
     pub(crate) condition: KeyCondition,
+    pub(crate) timestamp_ms: Option<i64>,
+    pub(crate) null_key: bool,
+    pub(crate) null_value: bool,
 }
 
 impl OwnedRecordInput {
@@ -168,6 +171,9 @@ impl OwnedRecordInput {
                 .map(|header| (header.name.to_vec(), header.value.to_vec()))
                 .collect(),
             condition: input.condition,
+            timestamp_ms: input.timestamp_ms,
+            null_key: input.null_key,
+            null_value: input.null_value,
         }
     }
 }

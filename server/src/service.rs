@@ -129,6 +129,14 @@ async fn append_local(
             base_offset,
             record_count,
         }),
+        Ok(AppendOutcome::Duplicate {
+            base_offset,
+            record_count,
+        }) => Ok(AppendResult::Appended {
+            partition: located.partition_index,
+            base_offset,
+            record_count,
+        }),
         Ok(AppendOutcome::ConditionFailed(conflict)) => Ok(AppendResult::ConditionFailed {
             partition: located.partition_index,
             conflict,
@@ -142,6 +150,7 @@ async fn append_local(
                 AppendError::InvalidBatch(_) => FailureKind::BadRequest,
                 AppendError::Storage(_) => FailureKind::StorageFailure,
                 AppendError::ShuttingDown => FailureKind::ShuttingDown,
+                AppendError::Producer(_) => FailureKind::BadRequest,
             };
             Err(Failure::new(kind, append_error.to_string()))
         }
@@ -441,6 +450,9 @@ pub(crate) async fn serve_forwarded(
                         value: &record.value,
                         headers,
                         condition: record.condition,
+                        timestamp_ms: record.timestamp_ms,
+                        null_key: record.null_key,
+                        null_value: record.null_value,
                     })
                     .collect();
                 append_local(context, &located, expected_end, &inputs).await

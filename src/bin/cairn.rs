@@ -531,6 +531,7 @@ fn append(client: &mut BlockingClient, args: AppendArgs, json: bool) -> anyhow::
         value: args.value.as_bytes(),
         headers: &headers,
         condition,
+        ..RecordInput::default()
     };
     let expected_end = args.expect_end_offset.map(Offset);
     match client.append(&args.topic, args.partition, expected_end, &[record])? {

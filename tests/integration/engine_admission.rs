@@ -31,6 +31,7 @@ fn record<'a>(key: &'a [u8], value: &'a [u8], condition: KeyCondition) -> Record
         value,
         headers: &[],
         condition,
+        ..RecordInput::default()
     }
 }
 

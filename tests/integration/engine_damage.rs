@@ -48,6 +48,7 @@ fn write_log(dir: &Path) {
                 value: &value,
                 headers: &[],
                 condition: KeyCondition::Any,
+                ..RecordInput::default()
             };
             shard
                 .append(partition, Some(Offset(index)), &[record])
@@ -252,6 +253,7 @@ fn repair_truncates_mid_log_damage_says_what_it_dropped_and_keeps_the_damaged_fi
             value: b"after repair",
             headers: &[],
             condition: KeyCondition::At(Offset(1)),
+            ..RecordInput::default()
         };
         shard
             .append(PartitionId(0), Some(Offset(2)), &[record])

@@ -219,6 +219,7 @@ async fn run_workload(
                             } else {
                                 KeyCondition::Any
                             },
+                            ..RecordInput::default()
                         })
                         .collect();
                     match shard.append(partition, None, &inputs).await {
@@ -228,6 +229,9 @@ async fn run_workload(
                             break;
                         }
                         Ok(AppendOutcome::ConditionFailed(_)) => continue,
+                        Ok(AppendOutcome::Duplicate { .. }) => {
+                            unreachable!("no producer stamp, no duplicate")
+                        }
                         Err(_) => return,
                     }
                 }
@@ -298,6 +302,7 @@ fn acknowledged_records_survive_restart_with_offsets_keys_and_history() {
             value: b"after restart",
             headers: &[],
             condition: KeyCondition::At(latest.offset),
+            ..RecordInput::default()
         };
         let outcome = shard.append(partition, None, &[record]).await.unwrap();
         assert_eq!(
@@ -349,6 +354,7 @@ fn concurrent_conditional_appends_on_one_key_have_one_winner_per_offset() {
                         value: value.as_bytes(),
                         headers: &[],
                         condition: expected.map_or(KeyCondition::NoKey, KeyCondition::At),
+                        ..RecordInput::default()
                     };
                     if let AppendOutcome::Appended { base_offset, .. } =
                         shard.append(partition, None, &[record]).await.unwrap()
@@ -567,6 +573,7 @@ fn torn_tails_and_garbage_after_the_end_recover_a_prefix_and_accept_new_appends(
                     value: value.as_bytes(),
                     headers: &[],
                     condition: KeyCondition::Any,
+                    ..RecordInput::default()
                 };
                 shard
                     .append(
@@ -654,6 +661,7 @@ fn a_failed_write_or_sync_fails_pending_appends_poisons_the_shard_and_loses_noth
                 value: b"v",
                 headers: &[],
                 condition: KeyCondition::Any,
+                ..RecordInput::default()
             };
             assert!(
                 matches!(
@@ -693,6 +701,7 @@ fn a_failed_write_or_sync_fails_pending_appends_poisons_the_shard_and_loses_noth
                 value: b"v",
                 headers: &[],
                 condition: KeyCondition::Any,
+                ..RecordInput::default()
             };
             let outcome = shard
                 .append(PartitionId(0), Some(Offset(count as u64)), &[record])
@@ -745,6 +754,7 @@ fn a_segment_that_cannot_be_prepared_fails_appends_without_poisoning_and_appends
             value: &value,
             headers: &[],
             condition: KeyCondition::Any,
+            ..RecordInput::default()
         };
         let mut acknowledged = 0u64;
         let error = loop {

@@ -162,6 +162,7 @@ fn a_client_that_never_reads_its_responses_stalls_only_itself() {
             value: &value,
             headers: &[],
             condition: KeyCondition::Any,
+            ..RecordInput::default()
         }];
         setup.append("flood", Some(0), None, &records).unwrap();
     }
@@ -434,6 +435,7 @@ fn a_frame_larger_than_the_whole_request_budget_is_still_served() {
         value: &value,
         headers: &[],
         condition: KeyCondition::Any,
+        ..RecordInput::default()
     }];
     let mut stream = connect(owner);
     let mut pipelined = Vec::new();

@@ -80,6 +80,7 @@ impl BigWriter {
                 value: &record.value,
                 headers: &[],
                 condition: record.condition,
+                ..RecordInput::default()
             })
             .collect();
         let result = client.append(&self.workload.topic, Some(partition), None, &inputs);

@@ -132,6 +132,7 @@ fn random_request(rng: &mut TestRng, encoder: &mut Encoder) -> Vec<u8> {
                     value,
                     headers: if with_headers { &headers } else { &[] },
                     condition: *condition,
+                    ..RecordInput::default()
                 })
                 .collect();
             let request = Request {
@@ -462,6 +463,7 @@ fn a_client_that_vanishes_with_unread_fetches_leaves_no_work_behind() {
             value: &value,
             headers: &[],
             condition: KeyCondition::Any,
+            ..RecordInput::default()
         }];
         client.append("precious", Some(0), None, &records).unwrap();
     }
@@ -823,6 +825,7 @@ fn hostile_clients_neither_crash_the_server_nor_touch_the_log() {
                     value: b"still here",
                     headers: &[],
                     condition: latest.map_or(KeyCondition::NoKey, KeyCondition::At),
+                    ..RecordInput::default()
                 };
                 match client.append("fuzz", Some(0), None, &[record]) {
                     Ok(AppendResult::Appended { base_offset, .. }) => latest = Some(base_offset),

@@ -106,6 +106,7 @@ fn a_failed_write_or_sync_stops_the_server_with_74_and_loses_nothing_acknowledge
             value: b"after the storage failure",
             headers: &[],
             condition,
+            ..RecordInput::default()
         };
         assert!(matches!(
             client

@@ -130,6 +130,7 @@ fn a_mixed_workload_keeps_memory_flat_and_latency_steady() {
                             (0, Some(offset)) => KeyCondition::At(offset),
                             _ => KeyCondition::KeyExists,
                         },
+                        ..RecordInput::default()
                     })
                     .collect();
                 let appended_bytes: u64 = values.iter().map(|value| value.len() as u64).sum();

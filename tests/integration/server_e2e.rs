@@ -27,6 +27,7 @@ fn record<'a>(key: &'a [u8], value: &'a [u8], condition: KeyCondition) -> Record
         value,
         headers: &[],
         condition,
+        ..RecordInput::default()
     }
 }
 
@@ -563,6 +564,7 @@ fn a_key_history_of_records_with_many_headers_fits_the_clients_frame_limit() {
             value: &value,
             headers: &headers,
             condition: KeyCondition::Any,
+            ..RecordInput::default()
         };
         64
     ];
@@ -613,12 +615,14 @@ fn forwarded_reads_agree_with_direct_ones() {
                     value: &[round; 100],
                     headers: &headers,
                     condition: KeyCondition::Any,
+                    ..RecordInput::default()
                 },
                 RecordInput {
                     key: b"other",
                     value: &[round; 10],
                     headers: &[],
                     condition: KeyCondition::Any,
+                    ..RecordInput::default()
                 },
             ];
             appended_offset(

@@ -167,6 +167,7 @@ fn sigterm_with_forwarded_appends_in_flight_exits_and_keeps_every_acknowledgemen
                             value: value.as_bytes(),
                             headers: &[],
                             condition: KeyCondition::Any,
+                            ..RecordInput::default()
                         }];
                         match client.append("forwarded", Some(partition), None, &records) {
                             Ok(AppendResult::Appended { base_offset, .. }) => acknowledged

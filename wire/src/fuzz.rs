@@ -87,12 +87,14 @@ mod tests {
                 value: b"v",
                 headers: &HEADERS,
                 condition: KeyCondition::NoKey,
+                ..RecordInput::default()
             },
             RecordInput {
                 key: b"",
                 value: b"",
                 headers: &[],
                 condition: KeyCondition::At(Offset(3)),
+                ..RecordInput::default()
             },
         ];
         let append = Request {

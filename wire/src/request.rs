@@ -175,6 +175,7 @@ impl<'a> AppendRecords<'a> {
                     value: record.value,
                     headers,
                     condition: record.condition,
+                    ..RecordInput::default()
                 })
             }
         }
@@ -751,6 +752,7 @@ mod tests {
             value: b"v",
             headers: &[],
             condition: KeyCondition::Any,
+            ..RecordInput::default()
         }
     }
 
@@ -773,24 +775,28 @@ mod tests {
                 value: b"booked by 7",
                 headers: &HEADERS,
                 condition: KeyCondition::NoKey,
+                ..RecordInput::default()
             },
             RecordInput {
                 key: b"",
                 value: b"",
                 headers: &[],
                 condition: KeyCondition::Any,
+                ..RecordInput::default()
             },
             RecordInput {
                 key: b"seat-12B",
                 value: &[0, 1, 2, 255],
                 headers: &HEADERS[..1],
                 condition: KeyCondition::At(Offset(17)),
+                ..RecordInput::default()
             },
             RecordInput {
                 key: b"seat-12C",
                 value: b"x",
                 headers: &[],
                 condition: KeyCondition::KeyExists,
+                ..RecordInput::default()
             },
         ]
     }
@@ -939,6 +945,7 @@ mod tests {
             value: &value,
             headers: &[],
             condition: KeyCondition::Any,
+            ..RecordInput::default()
         }];
         assert_eq!(
             violation(&encode(&append_of(&records))),
@@ -968,12 +975,14 @@ mod tests {
                     value: &value,
                     headers: &headers,
                     condition: KeyCondition::Any,
+                    ..RecordInput::default()
                 },
                 RecordInput {
                     key: b"j",
                     value: &[0u8; 10],
                     headers: &[],
                     condition: KeyCondition::Any,
+                    ..RecordInput::default()
                 },
             ];
             let engine = cairn_engine::core::record::batch_encoded_len(&records);
@@ -1472,6 +1481,7 @@ mod tests {
                 value: b"",
             }],
             condition: KeyCondition::At(Offset(0)),
+            ..RecordInput::default()
         }];
         // As many as one batch holds (48 bytes, then 22 per record and 6 per header): the
         // record count limit itself cannot be reached with headers, or even without.
@@ -1592,6 +1602,7 @@ mod tests {
                     value,
                     headers,
                     condition: *condition,
+                    ..RecordInput::default()
                 })
                 .collect();
             let request = Request {

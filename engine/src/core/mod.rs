@@ -111,4 +111,39 @@ pub struct RecordInput<'a> {
     pub headers: &'a [RecordHeader<'a>],
     /// What the key must look like before this record is appended.
     pub condition: KeyCondition,
+    /// The producer's time for this record (Kafka's CreateTime), milliseconds since the
+    /// Unix epoch; `None`: the server's time at append.
+    pub timestamp_ms: Option<i64>,
+    /// Kafka's null key: the record has no key (`key` is empty). It is not indexed, has no
+    /// `prev_key_offset`, and accepts only `KeyCondition::Any`.
+    pub null_key: bool,
+    /// Kafka's null value (a tombstone); `value` is empty.
+    pub null_value: bool,
+}
+
+impl Default for RecordInput<'_> {
+    /// An empty record on the empty key, without condition: a base for `..` updates.
+    fn default() -> Self {
+        RecordInput {
+            key: &[],
+            value: &[],
+            headers: &[],
+            condition: KeyCondition::Any,
+            timestamp_ms: None,
+            null_key: false,
+            null_value: false,
+        }
+    }
+}
+
+/// Who sent a batch, for idempotent retries: Kafka's producer id, epoch and the sequence
+/// number of the batch's first record (the others follow it, one per record).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ProducerStamp {
+    /// Allocated by `Shard::allocate_producer_id`; never reused by a data directory.
+    pub producer_id: i64,
+    /// Raised by the producer to fence its older incarnations.
+    pub epoch: i16,
+    /// Sequence of the first record; wraps from `i32::MAX` to 0 as Kafka's do.
+    pub base_sequence: i32,
 }

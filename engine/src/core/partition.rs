@@ -616,6 +616,7 @@ mod tests {
             value: &[0u8; 100],
             headers: &[],
             condition,
+            ..RecordInput::default()
         }
     }
 

@@ -1043,6 +1043,7 @@ mod tests {
             value,
             headers,
             condition: KeyCondition::Any,
+            ..RecordInput::default()
         }
     }
 

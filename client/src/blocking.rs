@@ -7,6 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use cairn_engine::ProducerStamp;
 use cairn_engine::core::{Offset, RecordInput};
 
 use cairn_wire::{Encoder, FrameReader, Request, RequestBody, decode_response, write_frame};
@@ -16,7 +17,7 @@ use super::reply::Reply;
 use super::routing::{Resolution, TopicTable};
 use super::{
     AppendResult, ClientConfig, ClientError, ConnectionLoss, FetchResult, FetchedRecord, Metadata,
-    TopicInfo,
+    ProducerId, TopicInfo,
 };
 
 /// Bytes asked of the socket per read.
@@ -113,8 +114,51 @@ impl BlockingClient {
         expected_end_offset: Option<Offset>,
         records: &[RecordInput<'_>],
     ) -> Result<AppendResult, ClientError> {
-        self.call(Call::append(topic, partition, expected_end_offset, records))?
-            .into_append()
+        self.append_as(topic, partition, expected_end_offset, records, None)
+    }
+
+    /// Like [`BlockingClient::append`], stamped for idempotence (the schema's
+    /// ProducerStamp); [`IdempotentProducer`](super::IdempotentProducer) keeps the stamps
+    /// and resends.
+    pub fn append_as(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        expected_end_offset: Option<Offset>,
+        records: &[RecordInput<'_>],
+        producer: Option<ProducerStamp>,
+    ) -> Result<AppendResult, ClientError> {
+        let call = Call::append(topic, partition, expected_end_offset, records, producer);
+        self.call(call)?.into_append()
+    }
+
+    /// A new producer id for idempotent appends.
+    pub fn init_producer(&mut self) -> Result<ProducerId, ClientError> {
+        self.call(Call::init_producer())?.into_producer()
+    }
+
+    /// The partition of `topic` a request goes to: `partition` if named (the server
+    /// answers UnknownPartition if the topic lacks it), else `key`'s
+    /// ([`cairn_wire::partition_for_key`]), from the cached metadata, refreshed once if the
+    /// topic is not in it.
+    pub fn partition_for(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: &[u8],
+    ) -> Result<u32, ClientError> {
+        if let Some(partition) = partition {
+            return Ok(partition);
+        }
+        if self.topics.partition_count(topic).is_none() {
+            self.metadata()?;
+        }
+        let partition_count = self
+            .topics
+            .partition_count(topic)
+            .filter(|count| *count > 0)
+            .ok_or_else(|| ClientError::UnknownTopic(topic.to_owned()))?;
+        Ok(cairn_wire::partition_for_key(key, partition_count))
     }
 
     /// Reads synced records of one partition from `offset` on; see
@@ -436,6 +480,7 @@ mod tests {
                 RequestBody::Fetch(fetch) => ("Fetch", fetch.topic.into()),
                 RequestBody::ReadKey(read) => ("ReadKey", read.key.to_vec()),
                 RequestBody::KeyHistory(history) => ("KeyHistory", history.key.to_vec()),
+                RequestBody::InitProducer => ("InitProducer", Vec::new()),
             };
             let entry = (received.port, received.connection_index, kind, key);
             log.lock().unwrap().push(entry);
@@ -499,6 +544,7 @@ mod tests {
                 partition: partition_for_key(b"123456789", MODEL_PARTITION_COUNT),
                 base_offset: MODEL_END_OFFSET,
                 record_count: 1,
+                duplicate: false,
             }
         );
         // Conflicts are values, with what the condition saw.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use cairn_engine::ProducerStamp;
 use cairn_engine::core::{Offset, RecordInput};
 
 use cairn_wire::{
@@ -48,6 +49,7 @@ impl<'a> Call<'a> {
         partition: Option<u32>,
         expected_end_offset: Option<Offset>,
         records: &'a [RecordInput<'a>],
+        producer: Option<ProducerStamp>,
     ) -> Call<'a> {
         let key = records.first().map_or(&[][..], |record| record.key);
         let body = RequestBody::Append(AppendRequest {
@@ -55,6 +57,7 @@ impl<'a> Call<'a> {
             partition,
             expected_end_offset,
             records: AppendRecords::from_inputs(records),
+            producer,
         });
         Call::new(
             Destination::Partition {
@@ -64,6 +67,11 @@ impl<'a> Call<'a> {
             },
             body,
         )
+    }
+
+    /// Any shard allocates producer ids; the configured address is as good as any.
+    pub(super) fn init_producer() -> Call<'a> {
+        Call::new(Destination::Bootstrap, RequestBody::InitProducer)
     }
 
     pub(super) fn fetch(

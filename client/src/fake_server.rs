@@ -264,6 +264,9 @@ const MODEL_HEADERS: [RecordHeader<'static>; 2] = [
     },
 ];
 
+/// The producer id the model hands out.
+pub(super) const MODEL_PRODUCER_ID: i64 = 65_536;
+
 /// Answers every request as a server with one topic ([`MODEL_TOPIC`], spread over all the
 /// ports) would, with values the tests can predict: see the `MODEL_*` constants and
 /// [`model_record`].
@@ -290,6 +293,13 @@ pub(super) fn model_answer(received: Received<'_>) -> Vec<Step> {
         RequestBody::Fetch(fetch) => fetch.topic,
         RequestBody::ReadKey(read) => read.topic,
         RequestBody::KeyHistory(history) => history.topic,
+        RequestBody::InitProducer => {
+            let initialized = cairn_wire::ProducerInitialized {
+                producer_id: MODEL_PRODUCER_ID,
+                epoch: 0,
+            };
+            return send(id, ResponseBody::ProducerInitialized(initialized));
+        }
     };
     if topic != MODEL_TOPIC {
         return send(id, error(ErrorCode::UnknownTopic, "no such topic"));
@@ -323,6 +333,7 @@ pub(super) fn model_answer(received: Received<'_>) -> Vec<Step> {
                 partition,
                 base_offset: MODEL_END_OFFSET,
                 record_count: u32::try_from(append.records.len()).unwrap(),
+                duplicate: false,
             };
             send(id, ResponseBody::Appended(appended))
         }

@@ -25,6 +25,7 @@ mod connection;
 #[cfg(test)]
 mod fake_server;
 mod pipelined;
+mod producer;
 mod reply;
 mod routing;
 
@@ -37,6 +38,7 @@ use cairn_wire::{self as wire, FrameError, WireError};
 
 pub use blocking::BlockingClient;
 pub use pipelined::Client;
+pub use producer::{IdempotentProducer, RetryPolicy};
 
 /// How long a request may take, connecting included, unless configured otherwise. A fetch
 /// may take its `wait_max` longer.
@@ -151,6 +153,9 @@ pub enum AppendResult {
         base_offset: Offset,
         /// How many records the batch held.
         record_count: u32,
+        /// An idempotent append's retry found its batch appended before: these are the
+        /// original offsets, and nothing was appended again.
+        duplicate: bool,
     },
     /// A condition failed and nothing was appended. `info` says which and holds the value it
     /// was checked against, so the caller can refresh and retry without another read.
@@ -160,6 +165,15 @@ pub enum AppendResult {
         /// The server's explanation, for people.
         message: String,
     },
+}
+
+/// A producer id and epoch from the server, to stamp idempotent appends with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerId {
+    /// Never handed out before by the server's data directory.
+    pub producer_id: i64,
+    /// The epoch to stamp appends with.
+    pub epoch: i16,
 }
 
 /// Records read from one partition.
@@ -274,6 +288,34 @@ impl From<WireError> for ClientError {
 }
 
 impl ClientError {
+    /// True when the request may or may not have taken effect: the connection was lost or
+    /// timed out before the answer, or the server answered with a code that does not say
+    /// (the schema's ProducerStamp lists them). An idempotent append may be resent after
+    /// these, and only these.
+    #[must_use]
+    pub fn is_outcome_unknown(&self) -> bool {
+        match self {
+            ClientError::Io { .. }
+            | ClientError::Frame(_)
+            | ClientError::Timeout { .. }
+            | ClientError::Closed { .. }
+            // Refused before it was sent, but a retry does no harm: the server that moved
+            // (restarted on other ports) is found again through the metadata.
+            | ClientError::Connect { .. } => true,
+            ClientError::Server { code, .. } => matches!(
+                code,
+                wire::ErrorCode::Overloaded
+                    | wire::ErrorCode::ShuttingDown
+                    | wire::ErrorCode::Internal
+                    | wire::ErrorCode::StorageFailure
+            ),
+            ClientError::Wire(_)
+            | ClientError::UnexpectedResponse { .. }
+            | ClientError::UnknownTopic(_)
+            | ClientError::RequestTooLarge { .. } => false,
+        }
+    }
+
     /// The server's error code, when the server answered with an error.
     #[must_use]
     pub fn server_code(&self) -> Option<wire::ErrorCode> {

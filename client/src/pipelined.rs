@@ -136,9 +136,15 @@ impl Client {
         expected_end_offset: Option<Offset>,
         records: &[RecordInput<'_>],
     ) -> Result<AppendResult, ClientError> {
-        self.call(Call::append(topic, partition, expected_end_offset, records))
-            .await?
-            .into_append()
+        self.call(Call::append(
+            topic,
+            partition,
+            expected_end_offset,
+            records,
+            None,
+        ))
+        .await?
+        .into_append()
     }
 
     /// Reads synced records of one partition from `offset` on, about `size_bytes_max` of
@@ -384,6 +390,7 @@ mod tests {
                     partition: partition_for_key(b"seat-12A", MODEL_PARTITION_COUNT),
                     base_offset: MODEL_END_OFFSET,
                     record_count: 1,
+                    duplicate: false,
                 }
             );
             let result = client
@@ -462,6 +469,7 @@ mod tests {
                             partition: 0,
                             base_offset: Offset(index),
                             record_count: 1,
+                            duplicate: false,
                         };
                         Step::Send(response(correlation_id, ResponseBody::Appended(appended)))
                     })
@@ -486,6 +494,7 @@ mod tests {
                     partition: 0,
                     base_offset: Offset(index),
                     record_count: 1,
+                    duplicate: false,
                 };
                 assert_eq!(task.await.unwrap(), expected);
             }

@@ -12,7 +12,8 @@ use cairn_wire::{
 };
 
 use super::{
-    AppendResult, ClientError, FetchResult, FetchedRecord, Metadata, PartitionInfo, TopicInfo,
+    AppendResult, ClientError, FetchResult, FetchedRecord, Metadata, PartitionInfo, ProducerId,
+    TopicInfo,
 };
 
 /// Any response, owned.
@@ -25,7 +26,9 @@ pub(super) enum Reply {
         partition: u32,
         base_offset: cairn_engine::core::Offset,
         record_count: u32,
+        duplicate: bool,
     },
+    ProducerInitialized(ProducerId),
     Fetched(FetchResult),
     KeyRecord(Option<FetchedRecord>),
     KeyHistory(Vec<FetchedRecord>),
@@ -47,7 +50,14 @@ impl Reply {
                 partition: appended.partition,
                 base_offset: appended.base_offset,
                 record_count: appended.record_count,
+                duplicate: appended.duplicate,
             },
+            ResponseBody::ProducerInitialized(initialized) => {
+                Reply::ProducerInitialized(ProducerId {
+                    producer_id: initialized.producer_id,
+                    epoch: initialized.epoch,
+                })
+            }
             ResponseBody::Fetched(fetched) => Reply::Fetched(FetchResult {
                 partition: fetched.partition,
                 records: fetched_records(fetched.records),
@@ -96,10 +106,12 @@ impl Reply {
                 partition,
                 base_offset,
                 record_count,
+                duplicate,
             } => Ok(AppendResult::Appended {
                 partition,
                 base_offset,
                 record_count,
+                duplicate,
             }),
             // Decoding guarantees a Conflict code comes with its details and only with it.
             Reply::Error {
@@ -108,6 +120,14 @@ impl Reply {
                 conflict: Some(info),
             } => Ok(AppendResult::Conflict { info, message }),
             other => Err(other.unexpected("Appended")),
+        }
+    }
+
+    /// The answer to InitProducer.
+    pub(super) fn into_producer(self) -> Result<ProducerId, ClientError> {
+        match self {
+            Reply::ProducerInitialized(producer) => Ok(producer),
+            other => Err(other.unexpected("ProducerInitialized")),
         }
     }
 
@@ -158,6 +178,7 @@ impl Reply {
             Reply::KeyRecord(_) => "KeyRecord",
             Reply::KeyHistory(_) => "KeyHistoryResult",
             Reply::Error { .. } => "ErrorResponse",
+            Reply::ProducerInitialized(_) => "ProducerInitialized",
         }
     }
 }
@@ -240,6 +261,7 @@ mod tests {
             partition: 1,
             base_offset: Offset(5),
             record_count: 2,
+            duplicate: false,
         }));
         match appended.into_pong() {
             Err(ClientError::UnexpectedResponse { expected, actual }) => {

@@ -58,6 +58,11 @@ impl TopicTable {
         self.topics.insert(topic.name.clone(), topic);
     }
 
+    /// The partition count of `topic`, if the cache knows the topic.
+    pub(super) fn partition_count(&self, topic: &str) -> Option<u32> {
+        self.topics.get(topic).map(TopicInfo::partition_count)
+    }
+
     /// Where a request about `destination` goes.
     pub(super) fn resolve<'a>(
         &self,

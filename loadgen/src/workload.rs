@@ -253,6 +253,7 @@ pub async fn run_cycle<L: LogOps>(
                 partition,
                 base_offset,
                 record_count,
+                ..
             }) => {
                 let last = base_offset.plus(u64::from(record_count.saturating_sub(1)));
                 *latest = Latest::At(last);
@@ -300,6 +301,7 @@ async fn blind_cycle<L: LogOps>(ops: &L, key: &[u8], values: &[Vec<u8>]) -> Cycl
             partition,
             base_offset,
             record_count,
+            ..
         }) => CycleOutcome::Succeeded {
             partition,
             base_offset,
@@ -401,6 +403,7 @@ mod tests {
                     partition: 0,
                     base_offset: Offset(base_offset),
                     record_count: u32::try_from(records.len()).unwrap(),
+                    duplicate: false,
                 }),
                 Scripted::Conflict(current_offset) => Ok(AppendResult::Conflict {
                     info: ConflictInfo::Key {

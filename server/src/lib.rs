@@ -76,6 +76,27 @@ fn shard_port(config: &ServerConfig, shard: u16) -> u16 {
 /// and SO_REUSEPORT, which the shards need to share the address, lets any socket of the
 /// same user join.
 fn ensure_address_free(address: SocketAddr) -> Result<(), ServerError> {
+    let released_by = std::time::Instant::now() + ADDRESS_RELEASE_WAIT_MAX;
+    loop {
+        match probe_address(address) {
+            Err(ServerError::AddressInUse { .. }) if std::time::Instant::now() < released_by => {
+                std::thread::sleep(ADDRESS_RELEASE_POLL_INTERVAL);
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// How long a start waits for a held address to be let go before refusing it. A server
+/// killed with SIGKILL keeps listening for a moment after its process is gone (the kernel
+/// tears its io_uring instances down in the background, and their pending accepts hold
+/// the listening sockets: ~20 ms measured here), so a supervisor that restarts it at once
+/// would otherwise be refused. A server that is alive holds the address for longer.
+const ADDRESS_RELEASE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+const ADDRESS_RELEASE_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+fn probe_address(address: SocketAddr) -> Result<(), ServerError> {
     let bind_error = |source| ServerError::Bind { address, source };
     let probe = socket2::Socket::new(
         socket2::Domain::for_address(address),
@@ -87,11 +108,36 @@ fn ensure_address_free(address: SocketAddr) -> Result<(), ServerError> {
     match probe.bind(&address.into()) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
-            Err(ServerError::AddressInUse { address })
+            if someone_listens_on(address) {
+                Err(ServerError::AddressInUse { address })
+            } else {
+                // Only connections of an earlier run hold the port: the sockets a killed
+                // server had accepted linger in FIN_WAIT_2 for up to a minute, and, made
+                // without SO_REUSEADDR (glommio's listeners do not set it, so neither do
+                // their connections), they fail the bind above. Our own listeners share
+                // the port with them through SO_REUSEPORT.
+                Ok(())
+            }
         }
         Err(error) => Err(bind_error(error)),
     }
 }
+
+/// Whether a connection to `address` (the loopback address for a wildcard one) is
+/// accepted: a listener holds it.
+fn someone_listens_on(address: SocketAddr) -> bool {
+    let mut target = address;
+    if target.ip().is_unspecified() {
+        target.set_ip(match address {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    std::net::TcpStream::connect_timeout(&target, LISTENER_PROBE_TIMEOUT).is_ok()
+}
+
+/// A listener on this host answers a connect in microseconds; a refusal is as fast.
+const LISTENER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Binds a socket with SO_REUSEPORT so that every shard can bind the same address after it,
 /// and returns it with the address it got (port 0 picks a free one).

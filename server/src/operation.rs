@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cairn_engine::core::condition::Conflict;
 use cairn_engine::core::{KeyCondition, RecordInput};
-use cairn_engine::{Fetched, Offset, OwnedRecord, PartitionId, ShardId, Topic};
+use cairn_engine::{Fetched, Offset, OwnedRecord, PartitionId, ProducerStamp, ShardId, Topic};
 
 /// What kind of failure ended an operation; a front end maps each to its protocol's code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,10 @@ pub(crate) enum FailureKind {
     UnknownPartition,
     /// Topic creation: the name is taken.
     TopicExists,
+    /// An idempotent append's sequence does not follow its producer's batches.
+    OutOfOrderSequence,
+    /// An idempotent append from an epoch older than one the partition has seen.
+    ProducerFenced,
     /// The shard's storage failed; it acknowledges nothing more (docs/DESIGN.md §3.5).
     StorageFailure,
     /// The server is shutting down, or the owning shard has stopped.
@@ -73,6 +77,8 @@ pub(crate) enum AppendResult {
         partition: u32,
         base_offset: Offset,
         record_count: u32,
+        /// The batch repeated its producer's earlier one, appended then; nothing now.
+        duplicate: bool,
     },
     /// A condition did not hold; nothing was appended. An expected outcome.
     ConditionFailed { partition: u32, conflict: Conflict },
@@ -185,6 +191,7 @@ pub(crate) enum Forwarded {
         located: Located,
         expected_end: Option<Offset>,
         records: Vec<OwnedRecordInput>,
+        producer: Option<ProducerStamp>,
     },
     Fetch {
         located: Located,

@@ -19,8 +19,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use cairn_engine::{
-    AppendError, AppendOutcome, Offset, OwnedRecord, ReadError, RecordHeader, RecordInput, ShardId,
-    TopicError,
+    AppendError, AppendOutcome, Offset, OwnedRecord, ProducerError, ProducerStamp, ReadError,
+    RecordHeader, RecordInput, ShardId, TopicError,
 };
 
 use crate::context::ShardContext;
@@ -85,24 +85,28 @@ fn mismatched_reply() -> Failure {
 
 /// Appends `records` (one batch) to partition `partition` of `topic`, or to their keys'
 /// partition, if `expected_end` (when given) is the partition's end offset and every
-/// record's key condition holds. Answers once the batch is synced.
+/// record's key condition holds. Answers once the batch is synced. With a `producer`
+/// stamp, a retry of a batch appended before answers its original offsets
+/// (`duplicate`), checked before the conditions.
 pub(crate) async fn append(
     context: &ShardContext,
     topic: &str,
     partition: Option<u32>,
     expected_end: Option<Offset>,
     records: &[RecordInput<'_>],
+    producer: Option<ProducerStamp>,
 ) -> Result<AppendResult, Failure> {
     ensure_serving(context)?;
     let topic = routing::topic(&context.shard, topic)?;
     let located = routing::locate_batch(&topic, partition, records, context.config.shard_count)?;
     if located.owner == context.shard_id {
-        return append_local(context, &located, expected_end, records).await;
+        return append_local(context, &located, expected_end, records, producer).await;
     }
     let request = Forwarded::Append {
         located,
         expected_end,
         records: records.iter().map(OwnedRecordInput::from_input).collect(),
+        producer,
     };
     match forward(context, located.owner, request).await? {
         ForwardedResult::Append(result) => result,
@@ -115,10 +119,11 @@ async fn append_local(
     located: &Located,
     expected_end: Option<Offset>,
     records: &[RecordInput<'_>],
+    producer: Option<ProducerStamp>,
 ) -> Result<AppendResult, Failure> {
     match context
         .shard
-        .append(located.partition_id, expected_end, records)
+        .append_as(located.partition_id, expected_end, records, producer)
         .await
     {
         Ok(AppendOutcome::Appended {
@@ -128,6 +133,7 @@ async fn append_local(
             partition: located.partition_index,
             base_offset,
             record_count,
+            duplicate: false,
         }),
         Ok(AppendOutcome::Duplicate {
             base_offset,
@@ -136,6 +142,7 @@ async fn append_local(
             partition: located.partition_index,
             base_offset,
             record_count,
+            duplicate: true,
         }),
         Ok(AppendOutcome::ConditionFailed(conflict)) => Ok(AppendResult::ConditionFailed {
             partition: located.partition_index,
@@ -150,7 +157,10 @@ async fn append_local(
                 AppendError::InvalidBatch(_) => FailureKind::BadRequest,
                 AppendError::Storage(_) => FailureKind::StorageFailure,
                 AppendError::ShuttingDown => FailureKind::ShuttingDown,
-                AppendError::Producer(_) => FailureKind::BadRequest,
+                AppendError::Producer(ProducerError::OutOfOrder { .. }) => {
+                    FailureKind::OutOfOrderSequence
+                }
+                AppendError::Producer(ProducerError::Fenced { .. }) => FailureKind::ProducerFenced,
             };
             Err(Failure::new(kind, append_error.to_string()))
         }
@@ -417,6 +427,19 @@ async fn create_topic_local(
     ))
 }
 
+/// Allocates a producer id for idempotent appends on this shard: ids carry the shard
+/// that allocated them, so no shard has to ask another, and each is durable before it
+/// is answered (a crash never hands one out twice).
+pub(crate) async fn init_producer(context: &ShardContext) -> Result<(i64, i16), Failure> {
+    ensure_serving(context)?;
+    let producer_id = context
+        .shard
+        .allocate_producer_id()
+        .await
+        .map_err(|error| Failure::new(FailureKind::StorageFailure, error.to_string()))?;
+    Ok((producer_id, 0))
+}
+
 /// Runs a request another shard moved here. While this shard shuts down, new work is
 /// answered `ShuttingDown` (an append already staged gets its real outcome).
 pub(crate) async fn serve_forwarded(
@@ -429,6 +452,7 @@ pub(crate) async fn serve_forwarded(
             located,
             expected_end,
             records,
+            producer,
         } => ForwardedResult::Append(match serving {
             Err(failure) => Err(failure),
             Ok(()) => {
@@ -455,7 +479,7 @@ pub(crate) async fn serve_forwarded(
                         null_value: record.null_value,
                     })
                     .collect();
-                append_local(context, &located, expected_end, &inputs).await
+                append_local(context, &located, expected_end, &inputs, producer).await
             }
         }),
         Forwarded::Fetch {

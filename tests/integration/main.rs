@@ -20,6 +20,7 @@ mod reliability_fuzz;
 mod reliability_io_faults;
 mod reliability_soak;
 mod server_e2e;
+mod server_idempotent;
 mod server_lifecycle;
 mod support;
 mod tidy;

@@ -101,6 +101,7 @@ fn a_rule_violation_is_answered_and_the_connection_stays_usable() {
             partition: Some(0),
             expected_end_offset: None,
             records: AppendRecords::from_inputs(&empty),
+            producer: None,
         }),
     };
     stream.write_all(&encode(&append)).unwrap();
@@ -447,6 +448,7 @@ fn a_frame_larger_than_the_whole_request_budget_is_still_served() {
                 partition: Some(0),
                 expected_end_offset: None,
                 records: AppendRecords::from_inputs(&records),
+                producer: None,
             }),
         };
         let mut payload = Encoder::new().encode_request(&append).to_vec();

@@ -142,6 +142,7 @@ fn random_request(rng: &mut TestRng, encoder: &mut Encoder) -> Vec<u8> {
                     partition: (rng.below(2) == 0).then_some(partition % 4),
                     expected_end_offset: (rng.below(3) == 0).then(|| Offset(*pick(rng, &offsets))),
                     records: AppendRecords::from_inputs(&inputs),
+                    producer: None,
                 }),
             };
             return encoder.encode_request(&request).to_vec();

@@ -109,6 +109,31 @@ fn a_second_server_on_a_listen_address_in_use_exits_naming_it() {
 type Acknowledged = Arc<Mutex<Vec<(Offset, Vec<u8>)>>>;
 
 /// Every record of one partition, from offset 0 to its high watermark.
+/// What a supervisor does after a crash: start the server again at once, on the same
+/// addresses. A server killed with SIGKILL still listens for a few milliseconds after its
+/// process is gone; the restart must wait that out rather than refuse the address.
+#[test]
+fn a_server_restarted_at_once_after_kill_9_gets_its_addresses_back() {
+    let temp_dir = tempfile::tempdir().unwrap();
+    let data_dir = temp_dir.path().join("data");
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = probe.local_addr().unwrap().to_string();
+    drop(probe);
+    let mut server = TestServer::start_on(&data_dir, &["--listen", &listen]);
+    client_at(server.address, true)
+        .create_topic("kept", 1)
+        .unwrap();
+    for _ in 0..3 {
+        // A connection open at the kill, as a supervisor's clients would have.
+        let _open = TcpStream::connect(server.address).unwrap();
+        server.stop_with(9, Duration::from_secs(20));
+        server = TestServer::start_on(&data_dir, &["--listen", &listen]);
+    }
+    assert_eq!(server.address.to_string(), listen);
+    let metadata = client_at(server.address, true).metadata().unwrap();
+    assert!(metadata.topics.iter().any(|topic| topic.name == "kept"));
+}
+
 fn read_partition(address: SocketAddr, topic: &str, partition: u32) -> Vec<(Offset, Vec<u8>)> {
     let mut client = client_at(address, true);
     let mut records = Vec::new();

@@ -104,6 +104,11 @@ mod tests {
                 partition: Some(1),
                 expected_end_offset: Some(Offset(2)),
                 records: AppendRecords::from_inputs(&records),
+                producer: Some(cairn_engine::ProducerStamp {
+                    producer_id: 7,
+                    epoch: 1,
+                    base_sequence: 40,
+                }),
             }),
         };
         let ping = Request {

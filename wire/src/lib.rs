@@ -57,7 +57,7 @@ pub use request::{
 pub use response::{
     Appended, ConflictInfo, ErrorCode, ErrorResponse, Fetched, HEADER_OUT_OVERHEAD_SIZE_BYTES_MAX,
     HeaderList, HeaderListIter, KeyHistoryResult, KeyRecord, MetadataResult, PartitionMetadata,
-    RECORD_OUT_OVERHEAD_SIZE_BYTES_MAX, RECORD_OUT_SIZE_BYTES_MAX,
+    ProducerInitialized, RECORD_OUT_OVERHEAD_SIZE_BYTES_MAX, RECORD_OUT_SIZE_BYTES_MAX,
     RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX, RecordOut, RecordOutList, RecordOutListIter,
     Response, ResponseBody, TopicMetadata, decode_response, record_out_size_bytes_max,
 };

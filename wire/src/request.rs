@@ -14,7 +14,7 @@ use cairn_engine::core::limits::{
     RECORD_HEADER_COUNT_MAX,
 };
 use cairn_engine::core::record::BatchSize;
-use cairn_engine::core::{KeyCondition, Offset, RecordHeader, RecordInput};
+use cairn_engine::core::{KeyCondition, Offset, ProducerStamp, RecordHeader, RecordInput};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, Vector, WIPOffset};
 
 use super::encoder::Encoder;
@@ -51,6 +51,8 @@ pub enum RequestBody<'a> {
     ReadKey(ReadKeyRequest<'a>),
     /// Read a key's records, newest first.
     KeyHistory(KeyHistoryRequest<'a>),
+    /// Allocate a producer id for idempotent appends.
+    InitProducer,
 }
 
 /// Create a topic with a fixed number of partitions.
@@ -74,6 +76,9 @@ pub struct AppendRequest<'a> {
     pub expected_end_offset: Option<Offset>,
     /// 1 to `BATCH_RECORD_COUNT_MAX` records, in offset order.
     pub records: AppendRecords<'a>,
+    /// Set for an idempotent append: a retry with the same stamp is answered with the
+    /// original offsets instead of being appended again (the schema's ProducerStamp).
+    pub producer: Option<ProducerStamp>,
 }
 
 impl AppendRequest<'_> {
@@ -293,6 +298,7 @@ fn check_frame_size(body_type: fb::RequestBody, frame_size_bytes: usize) -> Resu
         fb::RequestBody::Fetch => "Fetch",
         fb::RequestBody::ReadKey => "ReadKey",
         fb::RequestBody::KeyHistory => "KeyHistory",
+        fb::RequestBody::InitProducer => "InitProducer",
         _ => return Ok(()),
     };
     Err(Violation::FrameTooLarge {
@@ -334,6 +340,10 @@ fn decode_body<'a>(request: &fb::Request<'a>) -> Result<RequestBody<'a>, Violati
         fb::RequestBody::KeyHistory => {
             let history = request.body_as_key_history().ok_or(missing)?;
             RequestBody::KeyHistory(decode_key_history(history)?)
+        }
+        fb::RequestBody::InitProducer => {
+            request.body_as_init_producer().ok_or(missing)?;
+            RequestBody::InitProducer
         }
         fb::RequestBody(type_value) => {
             return Err(Violation::UnknownUnionType {
@@ -432,6 +442,24 @@ fn decode_append(append: fb::Append<'_>) -> Result<AppendRequest<'_>, Violation>
         records: AppendRecords {
             repr: AppendRecordsRepr::Decoded { records, headers },
         },
+        producer: append.producer().map(decode_producer).transpose()?,
+    })
+}
+
+fn decode_producer(stamp: fb::ProducerStamp<'_>) -> Result<ProducerStamp, Violation> {
+    let (producer_id, epoch, base_sequence) =
+        (stamp.producer_id(), stamp.epoch(), stamp.base_sequence());
+    if producer_id < 0 || epoch < 0 || base_sequence < 0 {
+        return Err(Violation::ProducerStampNegative {
+            producer_id,
+            epoch,
+            base_sequence,
+        });
+    }
+    Ok(ProducerStamp {
+        producer_id,
+        epoch,
+        base_sequence,
     })
 }
 
@@ -665,6 +693,10 @@ impl Encoder {
                 let history = fb::KeyHistory::create(builder, &args);
                 (fb::RequestBody::KeyHistory, history.as_union_value())
             }
+            RequestBody::InitProducer => {
+                let init = fb::InitProducer::create(builder, &fb::InitProducerArgs {});
+                (fb::RequestBody::InitProducer, init.as_union_value())
+            }
         }
     }
 
@@ -691,11 +723,20 @@ impl Encoder {
         }
         let records = builder.create_vector(record_offsets);
         let topic = builder.create_string(append.topic);
+        let producer = append.producer.map(|stamp| {
+            let args = fb::ProducerStampArgs {
+                producer_id: stamp.producer_id,
+                epoch: stamp.epoch,
+                base_sequence: stamp.base_sequence,
+            };
+            fb::ProducerStamp::create(builder, &args)
+        });
         let args = fb::AppendArgs {
             topic: Some(topic),
             partition: append.partition,
             expected_end_offset: append.expected_end_offset.map(|offset| offset.0),
             records: Some(records),
+            producer,
         };
         fb::Append::create(builder, &args)
     }
@@ -742,6 +783,7 @@ mod tests {
                 partition: None,
                 expected_end_offset: None,
                 records: AppendRecords::from_inputs(records),
+                producer: None,
             }),
         }
     }
@@ -827,7 +869,26 @@ mod tests {
                     partition: Some(0),
                     expected_end_offset: Some(Offset(0)),
                     records: AppendRecords::from_inputs(&records),
+                    producer: None,
                 }),
+            },
+            Request {
+                correlation_id: 7,
+                body: RequestBody::Append(AppendRequest {
+                    topic: "seats",
+                    partition: None,
+                    expected_end_offset: None,
+                    records: AppendRecords::from_inputs(&records),
+                    producer: Some(ProducerStamp {
+                        producer_id: i64::MAX,
+                        epoch: 0,
+                        base_sequence: i32::MAX,
+                    }),
+                }),
+            },
+            Request {
+                correlation_id: 8,
+                body: RequestBody::InitProducer,
             },
             append_of(&records),
             Request {
@@ -870,6 +931,36 @@ mod tests {
         ];
         for request in &requests {
             round_trip(request);
+        }
+    }
+
+    #[test]
+    fn a_negative_producer_stamp_is_a_bad_request() {
+        let records = rich_append_records();
+        for (producer_id, epoch, base_sequence) in [(-1, 0, 0), (0, -1, 0), (0, 0, -1)] {
+            let request = Request {
+                correlation_id: 11,
+                body: RequestBody::Append(AppendRequest {
+                    topic: "seats",
+                    partition: Some(0),
+                    expected_end_offset: None,
+                    records: AppendRecords::from_inputs(&records),
+                    producer: Some(ProducerStamp {
+                        producer_id,
+                        epoch,
+                        base_sequence,
+                    }),
+                }),
+            };
+            let frame = encode(&request);
+            match decode_request(&frame) {
+                Err(WireError::Invalid {
+                    correlation_id: 11,
+                    violation: violation @ Violation::ProducerStampNegative { .. },
+                    ..
+                }) => assert_eq!(violation.error_code(), ErrorCode::BadRequest),
+                other => panic!("expected ProducerStampNegative, got {other:?}"),
+            }
         }
     }
 
@@ -1538,6 +1629,7 @@ mod tests {
             partition: None,
             expected_end_offset: None,
             records: AppendRecords::from_inputs(&records),
+            producer: None,
         };
         assert_eq!(request.route(10), Ok(2));
         request.partition = Some(9);
@@ -1558,6 +1650,7 @@ mod tests {
             partition: None,
             expected_end_offset: None,
             records: AppendRecords::from_inputs(&spanning),
+            producer: None,
         };
         assert_eq!(
             request.route(7),
@@ -1599,6 +1692,7 @@ mod tests {
             partition in proptest::option::of(any::<u32>()),
             expected_end_offset in proptest::option::of(any::<u64>()),
             owned in prop::collection::vec(record_strategy(), 1..50),
+            producer in proptest::option::of((0..=i64::MAX, 0..=i16::MAX, 0..=i32::MAX)),
         ) {
             let headers: Vec<Vec<RecordHeader<'_>>> = owned
                 .iter()
@@ -1624,6 +1718,11 @@ mod tests {
                     partition,
                     expected_end_offset: expected_end_offset.map(Offset),
                     records: AppendRecords::from_inputs(&records),
+                    producer: producer.map(|(producer_id, epoch, base_sequence)| ProducerStamp {
+                        producer_id,
+                        epoch,
+                        base_sequence,
+                    }),
                 }),
             };
             let frame = encode(&request);

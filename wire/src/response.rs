@@ -46,6 +46,8 @@ pub enum ResponseBody<'a> {
     KeyHistory(KeyHistoryResult<'a>),
     /// Any request that failed.
     Error(ErrorResponse<'a>),
+    /// Answer to InitProducer.
+    ProducerInitialized(ProducerInitialized),
 }
 
 /// A topic and where each of its partitions lives.
@@ -96,6 +98,18 @@ pub struct Appended {
     pub base_offset: Offset,
     /// How many records the batch held.
     pub record_count: u32,
+    /// The append repeated an earlier one of its producer: these are the original batch's
+    /// offsets, and nothing was appended now.
+    pub duplicate: bool,
+}
+
+/// A producer id for idempotent appends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerInitialized {
+    /// Never handed out before by this data directory.
+    pub producer_id: i64,
+    /// The epoch to stamp appends with.
+    pub epoch: i16,
 }
 
 /// Records read from a partition.
@@ -163,11 +177,15 @@ pub enum ErrorCode {
     Overloaded,
     /// The server is stopping.
     ShuttingDown,
+    /// An idempotent append's sequence does not follow its producer's batches.
+    OutOfOrderSequence,
+    /// An idempotent append's producer epoch is older than one the partition has seen.
+    ProducerFenced,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::Internal,
         ErrorCode::BadRequest,
         ErrorCode::UnsupportedRequest,
@@ -179,6 +197,8 @@ impl ErrorCode {
         ErrorCode::StorageFailure,
         ErrorCode::Overloaded,
         ErrorCode::ShuttingDown,
+        ErrorCode::OutOfOrderSequence,
+        ErrorCode::ProducerFenced,
     ];
 
     fn to_fb(self) -> fb::ErrorCode {
@@ -194,6 +214,8 @@ impl ErrorCode {
             ErrorCode::StorageFailure => fb::ErrorCode::StorageFailure,
             ErrorCode::Overloaded => fb::ErrorCode::Overloaded,
             ErrorCode::ShuttingDown => fb::ErrorCode::ShuttingDown,
+            ErrorCode::OutOfOrderSequence => fb::ErrorCode::OutOfOrderSequence,
+            ErrorCode::ProducerFenced => fb::ErrorCode::ProducerFenced,
         }
     }
 
@@ -210,6 +232,8 @@ impl ErrorCode {
             fb::ErrorCode::StorageFailure => ErrorCode::StorageFailure,
             fb::ErrorCode::Overloaded => ErrorCode::Overloaded,
             fb::ErrorCode::ShuttingDown => ErrorCode::ShuttingDown,
+            fb::ErrorCode::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
+            fb::ErrorCode::ProducerFenced => ErrorCode::ProducerFenced,
             fb::ErrorCode(value) => {
                 return Err(Violation::UnknownEnumValue {
                     enum_name: "ErrorCode",
@@ -620,6 +644,7 @@ fn decode_body<'a>(response: &fb::Response<'a>) -> Result<ResponseBody<'a>, Viol
                 partition: appended.partition(),
                 base_offset: Offset(appended.base_offset()),
                 record_count: appended.record_count(),
+                duplicate: appended.duplicate(),
             })
         }
         fb::ResponseBody::Fetched => {
@@ -647,6 +672,13 @@ fn decode_body<'a>(response: &fb::Response<'a>) -> Result<ResponseBody<'a>, Viol
         fb::ResponseBody::ErrorResponse => {
             let error = response.body_as_error_response().ok_or(missing)?;
             ResponseBody::Error(decode_error(error)?)
+        }
+        fb::ResponseBody::ProducerInitialized => {
+            let initialized = response.body_as_producer_initialized().ok_or(missing)?;
+            ResponseBody::ProducerInitialized(ProducerInitialized {
+                producer_id: initialized.producer_id(),
+                epoch: initialized.epoch(),
+            })
         }
         fb::ResponseBody(type_value) => {
             return Err(Violation::UnknownUnionType {
@@ -790,6 +822,7 @@ impl Encoder {
                     partition: appended.partition,
                     base_offset: appended.base_offset.0,
                     record_count: appended.record_count,
+                    duplicate: appended.duplicate,
                 };
                 let appended = fb::Appended::create(&mut self.builder, &args);
                 (fb::ResponseBody::Appended, appended.as_union_value())
@@ -830,6 +863,17 @@ impl Encoder {
                 );
                 let error = self.encode_error(error);
                 (fb::ResponseBody::ErrorResponse, error.as_union_value())
+            }
+            ResponseBody::ProducerInitialized(initialized) => {
+                let args = fb::ProducerInitializedArgs {
+                    producer_id: initialized.producer_id,
+                    epoch: initialized.epoch,
+                };
+                let initialized = fb::ProducerInitialized::create(&mut self.builder, &args);
+                (
+                    fb::ResponseBody::ProducerInitialized,
+                    initialized.as_union_value(),
+                )
             }
         }
     }
@@ -1042,6 +1086,17 @@ mod tests {
                 partition: 3,
                 base_offset: Offset(1 << 50),
                 record_count: 65_536,
+                duplicate: false,
+            }),
+            ResponseBody::Appended(Appended {
+                partition: 0,
+                base_offset: Offset(7),
+                record_count: 1,
+                duplicate: true,
+            }),
+            ResponseBody::ProducerInitialized(ProducerInitialized {
+                producer_id: i64::MAX,
+                epoch: i16::MAX,
             }),
             ResponseBody::Fetched(Fetched {
                 partition: 1,
@@ -1218,10 +1273,10 @@ mod tests {
     #[test]
     fn unknown_enum_values_in_responses_are_typed_errors() {
         assert_eq!(
-            violation(&error_frame(fb::ErrorCode(11), None)),
+            violation(&error_frame(fb::ErrorCode(13), None)),
             Violation::UnknownEnumValue {
                 enum_name: "ErrorCode",
-                value: 11
+                value: 13
             }
         );
         assert_eq!(

@@ -127,6 +127,16 @@ pub enum Violation {
     /// An append with no records.
     #[error("append has no records; a batch holds at least one")]
     BatchEmpty,
+    /// A ProducerStamp with a negative field.
+    #[error(
+        "producer stamp fields must be non-negative: producer_id {producer_id}, epoch \
+         {epoch}, base_sequence {base_sequence}"
+    )]
+    ProducerStampNegative {
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+    },
     /// An append with more records than `BATCH_RECORD_COUNT_MAX`.
     #[error("append has {record_count} records, more than {record_count_max}")]
     BatchRecordCountTooLarge {
@@ -195,7 +205,8 @@ impl Violation {
             | Violation::TopicNameEmpty
             | Violation::TopicNameTooLong { .. }
             | Violation::PartitionCountZero
-            | Violation::BatchEmpty => ErrorCode::BadRequest,
+            | Violation::BatchEmpty
+            | Violation::ProducerStampNegative { .. } => ErrorCode::BadRequest,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! `Append`: one batch, answered `Appended` once synced, or `Conflict` with the current
-//! value when a condition failed.
+//! `Append`: one batch, answered `Appended` once synced (or, for a producer's retry of a
+//! batch appended before, at once with the original offsets), or `Conflict` with the
+//! current value when a condition failed.
 
 use cairn_engine::RecordInput;
 use cairn_engine::core::condition::Conflict;
@@ -23,6 +24,7 @@ pub(super) async fn serve(
         request.partition,
         request.expected_end_offset,
         &records,
+        request.producer,
     )
     .await;
     match result {
@@ -30,11 +32,13 @@ pub(super) async fn serve(
             partition,
             base_offset,
             record_count,
+            duplicate,
         }) => {
             let body = ResponseBody::Appended(Appended {
                 partition,
                 base_offset,
                 record_count,
+                duplicate,
             });
             session.respond(correlation_id, body).await;
         }

@@ -8,13 +8,15 @@
 //! new module here plus a service call.
 //!
 //! Module order (each uses only those before it): `session`, the request kinds (`ping`,
-//! `metadata`, `create_topic`, `append`, `fetch`, `read_key`, `key_history`), this file's
+//! `metadata`, `create_topic`, `append`, `fetch`, `read_key`, `key_history`,
+//! `init_producer`), this file's
 //! dispatch, `connection`.
 
 mod append;
 pub(crate) mod connection;
 mod create_topic;
 mod fetch;
+mod init_producer;
 mod key_history;
 mod metadata;
 mod ping;
@@ -81,6 +83,9 @@ pub(crate) async fn handle_frame(context: &ShardContext, frame: &[u8], session: 
         }
         RequestBody::KeyHistory(history) => {
             key_history::serve(context, session, correlation_id, history).await;
+        }
+        RequestBody::InitProducer => {
+            init_producer::serve(context, session, correlation_id).await;
         }
     }
     drop(large_response_permit);

@@ -178,6 +178,8 @@ pub(crate) fn error_code(kind: FailureKind) -> ErrorCode {
         FailureKind::UnknownTopic => ErrorCode::UnknownTopic,
         FailureKind::UnknownPartition => ErrorCode::UnknownPartition,
         FailureKind::TopicExists => ErrorCode::TopicExists,
+        FailureKind::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
+        FailureKind::ProducerFenced => ErrorCode::ProducerFenced,
         FailureKind::StorageFailure => ErrorCode::StorageFailure,
         FailureKind::ShuttingDown => ErrorCode::ShuttingDown,
         FailureKind::Internal => ErrorCode::Internal,

@@ -322,6 +322,7 @@ pub fn run_writer(
                 partition: appended_partition,
                 base_offset,
                 record_count: appended_count,
+                ..
             }) => {
                 assert_eq!(appended_partition as usize, partition, "{who}: routing");
                 assert_eq!(appended_count as usize, record_count, "{who}: whole batch");

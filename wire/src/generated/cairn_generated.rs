@@ -107,10 +107,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConditionKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 7;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 8;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 8] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 9] = [
   RequestBody::NONE,
   RequestBody::Ping,
   RequestBody::CreateTopic,
@@ -119,6 +119,7 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 8] = [
   RequestBody::Fetch,
   RequestBody::ReadKey,
   RequestBody::KeyHistory,
+  RequestBody::InitProducer,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -134,9 +135,10 @@ impl RequestBody {
   pub const Fetch: Self = Self(5);
   pub const ReadKey: Self = Self(6);
   pub const KeyHistory: Self = Self(7);
+  pub const InitProducer: Self = Self(8);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 7;
+  pub const ENUM_MAX: u8 = 8;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Ping,
@@ -146,6 +148,7 @@ impl RequestBody {
     Self::Fetch,
     Self::ReadKey,
     Self::KeyHistory,
+    Self::InitProducer,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -158,6 +161,7 @@ impl RequestBody {
       Self::Fetch => Some("Fetch"),
       Self::ReadKey => Some("ReadKey"),
       Self::KeyHistory => Some("KeyHistory"),
+      Self::InitProducer => Some("InitProducer"),
       _ => None,
     }
   }
@@ -217,10 +221,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 10;
+pub const ENUM_MAX_ERROR_CODE: u16 = 12;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 11] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
   ErrorCode::Internal,
   ErrorCode::BadRequest,
   ErrorCode::UnsupportedRequest,
@@ -232,6 +236,8 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 11] = [
   ErrorCode::StorageFailure,
   ErrorCode::Overloaded,
   ErrorCode::ShuttingDown,
+  ErrorCode::OutOfOrderSequence,
+  ErrorCode::ProducerFenced,
 ];
 
 /// Why a request failed.
@@ -264,9 +270,15 @@ impl ErrorCode {
   pub const Overloaded: Self = Self(9);
   /// The server is stopping; retry against it after it restarts.
   pub const ShuttingDown: Self = Self(10);
+  /// Append with a ProducerStamp: base_sequence is not the partition's next one for this
+  /// producer, nor one of its last 5 batches; nothing was appended.
+  pub const OutOfOrderSequence: Self = Self(11);
+  /// Append with a ProducerStamp: a newer epoch of this producer id has appended to the
+  /// partition; this one is fenced. Nothing was appended.
+  pub const ProducerFenced: Self = Self(12);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 10;
+  pub const ENUM_MAX: u16 = 12;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Internal,
     Self::BadRequest,
@@ -279,6 +291,8 @@ impl ErrorCode {
     Self::StorageFailure,
     Self::Overloaded,
     Self::ShuttingDown,
+    Self::OutOfOrderSequence,
+    Self::ProducerFenced,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -294,6 +308,8 @@ impl ErrorCode {
       Self::StorageFailure => Some("StorageFailure"),
       Self::Overloaded => Some("Overloaded"),
       Self::ShuttingDown => Some("ShuttingDown"),
+      Self::OutOfOrderSequence => Some("OutOfOrderSequence"),
+      Self::ProducerFenced => Some("ProducerFenced"),
       _ => None,
     }
   }
@@ -438,10 +454,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConflictKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 8;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 9] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 10] = [
   ResponseBody::NONE,
   ResponseBody::Pong,
   ResponseBody::TopicCreated,
@@ -451,6 +467,7 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 9] = [
   ResponseBody::KeyRecord,
   ResponseBody::KeyHistoryResult,
   ResponseBody::ErrorResponse,
+  ResponseBody::ProducerInitialized,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -467,9 +484,10 @@ impl ResponseBody {
   pub const KeyRecord: Self = Self(6);
   pub const KeyHistoryResult: Self = Self(7);
   pub const ErrorResponse: Self = Self(8);
+  pub const ProducerInitialized: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Pong,
@@ -480,6 +498,7 @@ impl ResponseBody {
     Self::KeyRecord,
     Self::KeyHistoryResult,
     Self::ErrorResponse,
+    Self::ProducerInitialized,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -493,6 +512,7 @@ impl ResponseBody {
       Self::KeyRecord => Some("KeyRecord"),
       Self::KeyHistoryResult => Some("KeyHistoryResult"),
       Self::ErrorResponse => Some("ErrorResponse"),
+      Self::ProducerInitialized => Some("ProducerInitialized"),
       _ => None,
     }
   }
@@ -1668,6 +1688,153 @@ impl ::core::fmt::Debug for Record<'_> {
       ds.finish()
   }
 }
+pub enum ProducerStampOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Who sent an Append, so that a retry of it is recognised (idempotent appends). The
+/// producer_id and epoch come from ProducerInitialized; base_sequence is the sequence number
+/// of the batch's first record in this partition: 0 for the producer's first batch to a
+/// partition, and each later batch starts where the previous accepted one ended (its
+/// base_sequence + its record count; after 2147483647 comes 0). Sequences count per
+/// partition: a producer appending to several partitions keeps one counter for each.
+///
+/// Resending a batch with the same stamp and records, after an outcome-unknown error (a
+/// closed connection, a timeout, Overloaded, ShuttingDown, Internal, StorageFailure),
+/// is safe: if the first attempt was appended, the answer is its Appended, with the
+/// original offsets and duplicate set, and nothing is appended twice. A batch that was
+/// rejected (Conflict, BadRequest, ...) did not consume its sequence: the next batch reuses
+/// it. The server remembers the last 5 batches of each producer per partition, across
+/// restarts (it is recovered from the log): keep at most 5 batches per partition in flight.
+/// Errors: OutOfOrderSequence when base_sequence is neither the next one nor one of those
+/// 5; ProducerFenced when the epoch is older than one the partition has seen. All three
+/// fields are non-negative.
+pub struct ProducerStamp<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ProducerStamp<'a> {
+  type Inner = ProducerStamp<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ProducerStamp<'a> {
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 6;
+  pub const VT_BASE_SEQUENCE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ProducerStamp { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ProducerStampArgs
+  ) -> ::flatbuffers::WIPOffset<ProducerStamp<'bldr>> {
+    let mut builder = ProducerStampBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    builder.add_base_sequence(args.base_sequence);
+    builder.add_epoch(args.epoch);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ProducerStamp::VT_PRODUCER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(ProducerStamp::VT_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn base_sequence(&self) -> i32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i32>(ProducerStamp::VT_BASE_SEQUENCE, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ProducerStamp<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<i32>("base_sequence", Self::VT_BASE_SEQUENCE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ProducerStampArgs {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+}
+impl<'a> Default for ProducerStampArgs {
+  #[inline]
+  fn default() -> Self {
+    ProducerStampArgs {
+      producer_id: 0,
+      epoch: 0,
+      base_sequence: 0,
+    }
+  }
+}
+
+pub struct ProducerStampBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ProducerStampBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(ProducerStamp::VT_PRODUCER_ID, producer_id, 0);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: i16) {
+    self.fbb_.push_slot::<i16>(ProducerStamp::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn add_base_sequence(&mut self, base_sequence: i32) {
+    self.fbb_.push_slot::<i32>(ProducerStamp::VT_BASE_SEQUENCE, base_sequence, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ProducerStampBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ProducerStampBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ProducerStamp<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ProducerStamp<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ProducerStamp");
+      ds.field("producer_id", &self.producer_id());
+      ds.field("epoch", &self.epoch());
+      ds.field("base_sequence", &self.base_sequence());
+      ds.finish()
+  }
+}
 pub enum AppendOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1694,6 +1861,7 @@ impl<'a> Append<'a> {
   pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
   pub const VT_EXPECTED_END_OFFSET: ::flatbuffers::VOffsetT = 8;
   pub const VT_RECORDS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_PRODUCER: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1706,6 +1874,7 @@ impl<'a> Append<'a> {
   ) -> ::flatbuffers::WIPOffset<Append<'bldr>> {
     let mut builder = AppendBuilder::new(_fbb);
     if let Some(x) = args.expected_end_offset { builder.add_expected_end_offset(x); }
+    if let Some(x) = args.producer { builder.add_producer(x); }
     if let Some(x) = args.records { builder.add_records(x); }
     if let Some(x) = args.partition { builder.add_partition(x); }
     if let Some(x) = args.topic { builder.add_topic(x); }
@@ -1747,6 +1916,14 @@ impl<'a> Append<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Record>>>>(Append::VT_RECORDS, None).unwrap()}
   }
+  /// Absent: an ordinary append, which a retry may duplicate.
+  #[inline]
+  pub fn producer(&self) -> Option<ProducerStamp<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<ProducerStamp>>(Append::VT_PRODUCER, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Append<'_> {
@@ -1759,6 +1936,7 @@ impl ::flatbuffers::Verifiable for Append<'_> {
      .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
      .visit_field::<u64>("expected_end_offset", Self::VT_EXPECTED_END_OFFSET, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Record>>>>("records", Self::VT_RECORDS, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<ProducerStamp>>("producer", Self::VT_PRODUCER, false)?
      .finish();
     Ok(())
   }
@@ -1768,6 +1946,7 @@ pub struct AppendArgs<'a> {
     pub partition: Option<u32>,
     pub expected_end_offset: Option<u64>,
     pub records: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Record<'a>>>>>,
+    pub producer: Option<::flatbuffers::WIPOffset<ProducerStamp<'a>>>,
 }
 impl<'a> Default for AppendArgs<'a> {
   #[inline]
@@ -1777,6 +1956,7 @@ impl<'a> Default for AppendArgs<'a> {
       partition: None,
       expected_end_offset: None,
       records: None, // required field
+      producer: None,
     }
   }
 }
@@ -1803,6 +1983,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AppendBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Append::VT_RECORDS, records);
   }
   #[inline]
+  pub fn add_producer(&mut self, producer: ::flatbuffers::WIPOffset<ProducerStamp<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<ProducerStamp>>(Append::VT_PRODUCER, producer);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AppendBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     AppendBuilder {
@@ -1826,6 +2010,7 @@ impl ::core::fmt::Debug for Append<'_> {
       ds.field("partition", &self.partition());
       ds.field("expected_end_offset", &self.expected_end_offset());
       ds.field("records", &self.records());
+      ds.field("producer", &self.producer());
       ds.finish()
   }
 }
@@ -2318,6 +2503,87 @@ impl ::core::fmt::Debug for KeyHistory<'_> {
       ds.finish()
   }
 }
+pub enum InitProducerOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks for a producer id for idempotent appends (see ProducerStamp); answered with
+/// ProducerInitialized. Ids are never handed out twice by a data directory, across
+/// restarts and crashes included.
+pub struct InitProducer<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for InitProducer<'a> {
+  type Inner = InitProducer<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> InitProducer<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    InitProducer { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args InitProducerArgs
+  ) -> ::flatbuffers::WIPOffset<InitProducer<'bldr>> {
+    let mut builder = InitProducerBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for InitProducer<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InitProducerArgs {
+}
+impl<'a> Default for InitProducerArgs {
+  #[inline]
+  fn default() -> Self {
+    InitProducerArgs {
+    }
+  }
+}
+
+pub struct InitProducerBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InitProducerBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InitProducerBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    InitProducerBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<InitProducer<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for InitProducer<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("InitProducer");
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2484,6 +2750,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_init_producer(&self) -> Option<InitProducer<'a>> {
+    if self.body_type() == RequestBody::InitProducer {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { InitProducer::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -2502,6 +2783,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::Fetch => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Fetch>>("RequestBody::Fetch", pos),
           RequestBody::ReadKey => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadKey>>("RequestBody::ReadKey", pos),
           RequestBody::KeyHistory => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<KeyHistory>>("RequestBody::KeyHistory", pos),
+          RequestBody::InitProducer => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducer>>("RequestBody::InitProducer", pos),
           _ => Ok(()),
         }
      })?
@@ -2607,6 +2889,13 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         RequestBody::KeyHistory => {
           if let Some(x) = self.body_as_key_history() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::InitProducer => {
+          if let Some(x) = self.body_as_init_producer() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -2933,6 +3222,7 @@ impl<'a> Appended<'a> {
   pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
   pub const VT_BASE_OFFSET: ::flatbuffers::VOffsetT = 6;
   pub const VT_RECORD_COUNT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_DUPLICATE: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2947,6 +3237,7 @@ impl<'a> Appended<'a> {
     builder.add_base_offset(args.base_offset);
     builder.add_record_count(args.record_count);
     builder.add_partition(args.partition);
+    builder.add_duplicate(args.duplicate);
     builder.finish()
   }
 
@@ -2974,6 +3265,15 @@ impl<'a> Appended<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Appended::VT_RECORD_COUNT, Some(0)).unwrap()}
   }
+  /// The Append carried a ProducerStamp of a batch appended before: nothing was appended
+  /// now; base_offset and record_count are the original batch's.
+  #[inline]
+  pub fn duplicate(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Appended::VT_DUPLICATE, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Appended<'_> {
@@ -2985,6 +3285,7 @@ impl ::flatbuffers::Verifiable for Appended<'_> {
      .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
      .visit_field::<u64>("base_offset", Self::VT_BASE_OFFSET, false)?
      .visit_field::<u32>("record_count", Self::VT_RECORD_COUNT, false)?
+     .visit_field::<bool>("duplicate", Self::VT_DUPLICATE, false)?
      .finish();
     Ok(())
   }
@@ -2993,6 +3294,7 @@ pub struct AppendedArgs {
     pub partition: u32,
     pub base_offset: u64,
     pub record_count: u32,
+    pub duplicate: bool,
 }
 impl<'a> Default for AppendedArgs {
   #[inline]
@@ -3001,6 +3303,7 @@ impl<'a> Default for AppendedArgs {
       partition: 0,
       base_offset: 0,
       record_count: 0,
+      duplicate: false,
     }
   }
 }
@@ -3023,6 +3326,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AppendedBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(Appended::VT_RECORD_COUNT, record_count, 0);
   }
   #[inline]
+  pub fn add_duplicate(&mut self, duplicate: bool) {
+    self.fbb_.push_slot::<bool>(Appended::VT_DUPLICATE, duplicate, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AppendedBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     AppendedBuilder {
@@ -3043,6 +3350,121 @@ impl ::core::fmt::Debug for Appended<'_> {
       ds.field("partition", &self.partition());
       ds.field("base_offset", &self.base_offset());
       ds.field("record_count", &self.record_count());
+      ds.field("duplicate", &self.duplicate());
+      ds.finish()
+  }
+}
+pub enum ProducerInitializedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Answer to InitProducer.
+pub struct ProducerInitialized<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ProducerInitialized<'a> {
+  type Inner = ProducerInitialized<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ProducerInitialized<'a> {
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ProducerInitialized { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ProducerInitializedArgs
+  ) -> ::flatbuffers::WIPOffset<ProducerInitialized<'bldr>> {
+    let mut builder = ProducerInitializedBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    builder.add_epoch(args.epoch);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(ProducerInitialized::VT_PRODUCER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(ProducerInitialized::VT_EPOCH, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ProducerInitialized<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("epoch", Self::VT_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ProducerInitializedArgs {
+    pub producer_id: i64,
+    pub epoch: i16,
+}
+impl<'a> Default for ProducerInitializedArgs {
+  #[inline]
+  fn default() -> Self {
+    ProducerInitializedArgs {
+      producer_id: 0,
+      epoch: 0,
+    }
+  }
+}
+
+pub struct ProducerInitializedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ProducerInitializedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(ProducerInitialized::VT_PRODUCER_ID, producer_id, 0);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: i16) {
+    self.fbb_.push_slot::<i16>(ProducerInitialized::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ProducerInitializedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ProducerInitializedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ProducerInitialized<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ProducerInitialized<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ProducerInitialized");
+      ds.field("producer_id", &self.producer_id());
+      ds.field("epoch", &self.epoch());
       ds.finish()
   }
 }
@@ -3880,6 +4302,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_producer_initialized(&self) -> Option<ProducerInitialized<'a>> {
+    if self.body_type() == ResponseBody::ProducerInitialized {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ProducerInitialized::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -3899,6 +4336,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::KeyRecord => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<KeyRecord>>("ResponseBody::KeyRecord", pos),
           ResponseBody::KeyHistoryResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<KeyHistoryResult>>("ResponseBody::KeyHistoryResult", pos),
           ResponseBody::ErrorResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ErrorResponse>>("ResponseBody::ErrorResponse", pos),
+          ResponseBody::ProducerInitialized => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ProducerInitialized>>("ResponseBody::ProducerInitialized", pos),
           _ => Ok(()),
         }
      })?
@@ -4011,6 +4449,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::ErrorResponse => {
           if let Some(x) = self.body_as_error_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::ProducerInitialized => {
+          if let Some(x) = self.body_as_producer_initialized() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

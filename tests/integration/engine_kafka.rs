@@ -1,8 +1,12 @@
 //! What the Kafka front end needs of the engine, on a real disk: record timestamps and
-//! nulls survive a restart, and the earliest offset at or after a time is found whatever
-//! order producers' timestamps come in.
+//! nulls survive a restart, the earliest offset at or after a time is found whatever order
+//! producers' timestamps come in, and idempotent producers' retries are answered with the
+//! original offsets (before and after a restart).
 
-use cairn_engine::{AppendOutcome, KeyCondition, Offset, PartitionId, RecordInput, ShardId};
+use cairn_engine::{
+    AppendError, AppendOutcome, KeyCondition, Offset, PartitionId, ProducerError, ProducerStamp,
+    RecordInput, ShardId,
+};
 
 use crate::support::engine::{open_engine, run_local, test_config};
 
@@ -136,6 +140,180 @@ fn engine_offset_for_timestamp_finds_the_earliest_record_at_or_after_a_time() {
                 .map(|record| record.offset),
             None,
             "a null key is not the empty key"
+        );
+        shard.close().await;
+    });
+}
+
+fn stamp(producer_id: i64, epoch: i16, base_sequence: i32) -> Option<ProducerStamp> {
+    Some(ProducerStamp {
+        producer_id,
+        epoch,
+        base_sequence,
+    })
+}
+
+fn keyed(key: &'static [u8], condition: KeyCondition) -> RecordInput<'static> {
+    RecordInput {
+        key,
+        value: b"value",
+        condition,
+        ..RecordInput::default()
+    }
+}
+
+#[test]
+fn engine_idempotent_producer_retries_are_answered_with_the_original_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let engine = open_engine(config.clone());
+    let partition = PartitionId(0);
+    run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        shard.create_topic("events", 1).unwrap();
+        let producer_id = 0;
+        let batch = [
+            keyed(b"k", KeyCondition::NoKey),
+            keyed(b"j", KeyCondition::NoKey),
+        ];
+        // The original and its retry race: the retry finds the original pending and answers
+        // once it is synced, with its offsets.
+        let (original, retry) = futures_lite::future::zip(
+            shard.append_as(partition, Some(Offset(0)), &batch, stamp(producer_id, 0, 0)),
+            shard.append_as(partition, Some(Offset(0)), &batch, stamp(producer_id, 0, 0)),
+        )
+        .await;
+        assert_eq!(
+            original.unwrap(),
+            AppendOutcome::Appended {
+                base_offset: Offset(0),
+                record_count: 2
+            }
+        );
+        let duplicate = AppendOutcome::Duplicate {
+            base_offset: Offset(0),
+            record_count: 2,
+        };
+        assert_eq!(retry.unwrap(), duplicate);
+        assert_eq!(
+            shard.end_offsets(partition).unwrap(),
+            (Offset(2), Offset(2))
+        );
+        // Synced: answered at once, still not a conflict with itself.
+        assert_eq!(
+            shard
+                .append_as(partition, Some(Offset(0)), &batch, stamp(producer_id, 0, 0))
+                .await
+                .unwrap(),
+            duplicate
+        );
+        assert_eq!(
+            shard
+                .append_as(
+                    partition,
+                    None,
+                    &[keyed(b"x", KeyCondition::Any)],
+                    stamp(producer_id, 0, 5)
+                )
+                .await,
+            Err(AppendError::Producer(ProducerError::OutOfOrder {
+                producer_id,
+                base_sequence: 5,
+                expected_sequence: 2
+            }))
+        );
+        assert_eq!(
+            shard
+                .append_as(
+                    partition,
+                    None,
+                    &[keyed(b"x", KeyCondition::Any)],
+                    stamp(producer_id, 0, 2)
+                )
+                .await
+                .unwrap(),
+            AppendOutcome::Appended {
+                base_offset: Offset(2),
+                record_count: 1
+            }
+        );
+        // A stamp with a negative field never reaches the log.
+        assert!(matches!(
+            shard
+                .append_as(
+                    partition,
+                    None,
+                    &[keyed(b"x", KeyCondition::Any)],
+                    stamp(-1, 0, 0)
+                )
+                .await,
+            Err(AppendError::InvalidBatch(_))
+        ));
+        // A null key with a condition is refused before anything is staged.
+        let null_key = [RecordInput {
+            null_key: true,
+            condition: KeyCondition::NoKey,
+            ..RecordInput::default()
+        }];
+        let refused = shard.append(partition, None, &null_key).await.unwrap_err();
+        assert!(refused.to_string().contains("record 0"), "{refused}");
+        // No close: the producer state must come back from the log alone.
+        drop(shard);
+        producer_id
+    });
+
+    let engine = open_engine(config);
+    run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        let producer_id = 0;
+        assert_eq!(
+            shard
+                .append_as(
+                    partition,
+                    Some(Offset(0)),
+                    &[
+                        keyed(b"k", KeyCondition::NoKey),
+                        keyed(b"j", KeyCondition::NoKey)
+                    ],
+                    stamp(producer_id, 0, 0)
+                )
+                .await
+                .unwrap(),
+            AppendOutcome::Duplicate {
+                base_offset: Offset(0),
+                record_count: 2
+            }
+        );
+        // A new epoch takes over at sequence 0 and fences the old one.
+        assert!(matches!(
+            shard
+                .append_as(
+                    partition,
+                    None,
+                    &[keyed(b"y", KeyCondition::Any)],
+                    stamp(producer_id, 1, 0)
+                )
+                .await
+                .unwrap(),
+            AppendOutcome::Appended {
+                base_offset: Offset(3),
+                ..
+            }
+        ));
+        assert_eq!(
+            shard
+                .append_as(
+                    partition,
+                    None,
+                    &[keyed(b"y", KeyCondition::Any)],
+                    stamp(producer_id, 0, 3)
+                )
+                .await,
+            Err(AppendError::Producer(ProducerError::Fenced {
+                producer_id,
+                epoch: 0,
+                current_epoch: 1
+            }))
         );
         shard.close().await;
     });

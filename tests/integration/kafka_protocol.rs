@@ -742,3 +742,72 @@ fn kafka_bad_input_closes_or_errors_and_leaves_the_log_untouched() {
     let (error_code, high_watermark, _) = fetch(&mut setup, "guarded", 0, 0);
     assert_eq!((error_code, high_watermark), (0, 1));
 }
+
+#[test]
+fn kafka_long_poll_ends_at_shutdown_and_the_server_exits_at_once() {
+    let mut server = TestServer::start();
+    let mut connection = KafkaConnection::connect(server.kafka_ports[0]);
+    create_topic(&mut connection, "quiet", 1);
+    let correlation_id = connection.send(ApiKey::Fetch, 12, &fetch_request("quiet", 0, 0, 30_000));
+    // Give the fetch time to start waiting; then SIGTERM must not wait out its 30 s.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = server.stop_with(15, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // It was answered (empty) before the connection closed.
+    let response: FetchResponse = connection.receive(ApiKey::Fetch, 12, correlation_id);
+    let (error_code, _, records) = fetched(&response);
+    assert_eq!((error_code, records.len()), (0, 0));
+}
+
+#[test]
+fn kafka_needs_an_advertised_host_on_an_unspecified_address_and_can_be_off() {
+    let temp_dir = tempfile::tempdir().unwrap();
+    let outcome = crate::support::server::serve_until_exit(
+        &temp_dir.path().join("data"),
+        &["--kafka-listen", "0.0.0.0:0"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(outcome.status.and_then(|status| status.code()), Some(1));
+    assert!(
+        outcome.stderr.contains("--kafka-advertised-host"),
+        "{}",
+        outcome.stderr
+    );
+    // With one, brokers are advertised by that name.
+    let server = TestServer::start_on(
+        &temp_dir.path().join("data"),
+        &[
+            "--kafka-listen",
+            "0.0.0.0:0",
+            "--kafka-advertised-host",
+            "localhost",
+        ],
+    );
+    let mut connection = KafkaConnection::connect(server.kafka_ports[0]);
+    let response: MetadataResponse =
+        connection.call(ApiKey::Metadata, 12, &MetadataRequest::default());
+    assert!(
+        response
+            .brokers
+            .iter()
+            .all(|broker| broker.host.as_str() == "localhost")
+    );
+    let cluster_id = response.cluster_id.clone().unwrap();
+    drop(connection);
+    drop(server);
+    // Off: no Kafka ports. The cluster id is the data directory's: the same after a restart.
+    let off = TestServer::start_on(&temp_dir.path().join("data"), &["--no-kafka"]);
+    assert!(off.kafka_ports.is_empty());
+    drop(off);
+    let again = TestServer::start_on(&temp_dir.path().join("data"), &[]);
+    let mut connection = KafkaConnection::connect(again.kafka_ports[0]);
+    let response: MetadataResponse =
+        connection.call(ApiKey::Metadata, 12, &MetadataRequest::default());
+    assert_eq!(response.cluster_id, Some(cluster_id));
+}

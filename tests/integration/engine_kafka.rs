@@ -1,7 +1,8 @@
 //! What the Kafka front end needs of the engine, on a real disk: record timestamps and
 //! nulls survive a restart, the earliest offset at or after a time is found whatever order
-//! producers' timestamps come in, and idempotent producers' retries are answered with the
-//! original offsets (before and after a restart).
+//! producers' timestamps come in, idempotent producers' retries are answered with the
+//! original offsets (before and after a restart), and producer ids are never handed out
+//! twice, across shards and crashes.
 
 use cairn_engine::{
     AppendError, AppendOutcome, KeyCondition, Offset, PartitionId, ProducerError, ProducerStamp,
@@ -171,7 +172,7 @@ fn engine_idempotent_producer_retries_are_answered_with_the_original_offsets() {
     run_local(move || async move {
         let shard = engine.open_shard(ShardId(0)).await.unwrap();
         shard.create_topic("events", 1).unwrap();
-        let producer_id = 0;
+        let producer_id = shard.allocate_producer_id().await.unwrap();
         let batch = [
             keyed(b"k", KeyCondition::NoKey),
             keyed(b"j", KeyCondition::NoKey),
@@ -317,4 +318,62 @@ fn engine_idempotent_producer_retries_are_answered_with_the_original_offsets() {
         );
         shard.close().await;
     });
+}
+
+#[test]
+fn engine_producer_ids_are_unique_across_shards_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.shard_count = 2;
+    let mut seen = std::collections::BTreeSet::new();
+    for life in 0..3 {
+        let engine = open_engine(config.clone());
+        let ids = run_local(move || async move {
+            let mut ids = Vec::new();
+            for shard_id in [ShardId(0), ShardId(1)] {
+                let shard = engine.open_shard(shard_id).await.unwrap();
+                // A few ids only: the process "dies" mid-block (no close, nothing written
+                // after the block's reservation).
+                for _ in 0..(3 + life) {
+                    ids.push(shard.allocate_producer_id().await.unwrap());
+                }
+                drop(shard);
+            }
+            ids
+        });
+        for id in ids {
+            assert!(id >= 0, "{id}");
+            assert!(seen.insert(id), "id {id} handed out twice (life {life})");
+        }
+    }
+    // Life 0 used block 0 of each shard, the next lives start at the next block.
+    assert!(seen.contains(&0) && seen.contains(&1));
+    assert!(seen.contains(&(1024 * 65_536)));
+    assert!(seen.contains(&(2048 * 65_536 + 1)));
+}
+
+#[test]
+fn engine_a_corrupt_producer_id_file_is_refused_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let engine = open_engine(config.clone());
+    run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        shard.allocate_producer_id().await.unwrap();
+        shard.close().await;
+    });
+    let path = dir.path().join("core-0").join("producer-ids");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("counter_end 1024\n"), "{text}");
+    std::fs::write(&path, text.replace("1024", "9999")).unwrap();
+    let engine = open_engine(config);
+    let error = run_local(move || async move {
+        engine
+            .open_shard(ShardId(0))
+            .await
+            .err()
+            .map(|error| error.to_string())
+    });
+    let error = error.expect("a corrupted reservation is refused");
+    assert!(error.contains("producer-ids"), "{error}");
 }

@@ -22,7 +22,7 @@ use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::shard_log::{Admission, RecoveredPartition, ShardLog, ShardLogLimits};
 use crate::core::{Offset, PartitionId, ProducerStamp, RecordInput, ShardId};
 use crate::error::{AppendError, OpenError, StorageError, TopicError};
-use crate::io::data_dir::{Catalog, DataDir, DataDirLock, Topic};
+use crate::io::data_dir::{Catalog, DataDir, DataDirLock, ProducerIdAllocator, Topic};
 use crate::io::event::Event;
 use crate::io::group_commit;
 use crate::io::recovery::{self, RepairReport};
@@ -212,6 +212,7 @@ impl Shard {
             pending_append_count_max: config.pending_append_count_max,
             read_cache_bytes_max: config.read_cache_bytes_max,
         };
+        let producer_ids = ProducerIdAllocator::load(&shard_dir, shard_id.0)?;
         let synced = partitions.keys().map(|id| (*id, Event::new())).collect();
         let log = ShardLog::new(
             limits,
@@ -232,6 +233,7 @@ impl Shard {
             synced,
             preparation_urgent: Rc::new(Cell::new(false)),
             admission: AdmissionQueue::default(),
+            producer_ids,
             closing: false,
             config,
         };
@@ -441,6 +443,23 @@ impl Shard {
             }),
             Err(error) => Err(AppendError::Storage(error)),
         }
+    }
+
+    /// Hands out a producer id for an idempotent producer: at least 0, never handed out
+    /// before by any shard of this data directory, in this life or an earlier one (a crash
+    /// included), and durable before it is returned. See FORMAT.md, "`producer-ids`".
+    ///
+    /// # Errors
+    ///
+    /// Reserving the next block of ids failed to reach the disk; nothing was handed out.
+    #[expect(
+        clippy::unused_async,
+        reason = "a stable async API: the reservation's file write may move off the executor"
+    )]
+    pub async fn allocate_producer_id(&self) -> Result<i64, StorageError> {
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        state.producer_ids.allocate(&state.shard_dir)
     }
 
     /// Creates a topic durably in the catalog and the partitions it gives this shard.

@@ -811,3 +811,91 @@ fn kafka_needs_an_advertised_host_on_an_unspecified_address_and_can_be_off() {
         connection.call(ApiKey::Metadata, 12, &MetadataRequest::default());
     assert_eq!(response.cluster_id, Some(cluster_id));
 }
+
+#[test]
+fn kafka_idempotent_producers_get_ids_and_retries_answer_the_original_offset() {
+    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+    let server = TestServer::start();
+    let mut connection = KafkaConnection::connect(server.kafka_ports[0]);
+    create_topic(&mut connection, "idem", 1);
+    let init = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let first: InitProducerIdResponse = connection.call(ApiKey::InitProducerId, 4, &init);
+    assert_eq!(first.error_code, 0);
+    assert!(first.producer_id.0 >= 0);
+    assert_eq!(first.producer_epoch, 0);
+    let other: InitProducerIdResponse = connection.call(ApiKey::InitProducerId, 1, &init);
+    assert_ne!(
+        other.producer_id, first.producer_id,
+        "never handed out twice"
+    );
+    // KIP-360: the same id with the next epoch.
+    let bump = init
+        .clone()
+        .with_producer_id(first.producer_id)
+        .with_producer_epoch(0);
+    let bumped: InitProducerIdResponse = connection.call(ApiKey::InitProducerId, 4, &bump);
+    assert_eq!(
+        (bumped.producer_id, bumped.producer_epoch),
+        (first.producer_id, 1)
+    );
+    // Transactions are refused, fatally.
+    let transactional = init
+        .clone()
+        .with_transactional_id(Some(StrBytes::from_static_str("tx").into()));
+    let refused: InitProducerIdResponse =
+        connection.call(ApiKey::InitProducerId, 4, &transactional);
+    assert_eq!(refused.error_code, 53);
+
+    let stamped = |sequence_base: i32, epoch: i16| {
+        let mut records = vec![
+            record(Some("a"), Some("1"), &[]),
+            record(Some("b"), Some("2"), &[]),
+        ];
+        for (index, record) in records.iter_mut().enumerate() {
+            record.producer_id = bumped.producer_id.0;
+            record.producer_epoch = epoch;
+            record.offset = index as i64;
+            record.sequence = sequence_base + index as i32;
+        }
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        buf.freeze()
+    };
+    let appended = produce(&mut connection, "idem", 0, stamped(0, 1));
+    assert_eq!((appended.error_code, appended.base_offset), (0, 0));
+    // A retry of the same batch: not appended again, its original offset answered.
+    let retried = produce(&mut connection, "idem", 0, stamped(0, 1));
+    assert_eq!((retried.error_code, retried.base_offset), (0, 0));
+    assert_eq!(list_offset(&mut connection, "idem", 0, -1), (0, 2));
+    // A gap in the sequence, and an older epoch.
+    let gap = produce(&mut connection, "idem", 0, stamped(7, 1));
+    assert_eq!(gap.error_code, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    let fenced = produce(&mut connection, "idem", 0, stamped(2, 0));
+    assert_eq!(fenced.error_code, 47, "INVALID_PRODUCER_EPOCH");
+    let next = produce(&mut connection, "idem", 0, stamped(2, 1));
+    assert_eq!((next.error_code, next.base_offset), (0, 2));
+    // Fetched batches carry the producer's stamp.
+    let response: FetchResponse =
+        connection.call(ApiKey::Fetch, 12, &fetch_request("idem", 0, 0, 0));
+    let (_, _, records) = fetched(&response);
+    assert_eq!(records.len(), 4);
+    assert!(
+        records
+            .iter()
+            .all(|record| record.producer_id == bumped.producer_id.0)
+    );
+    let sequences: Vec<i32> = records.iter().map(|record| record.sequence).collect();
+    assert_eq!(sequences, [0, 1, 2, 3]);
+}

@@ -428,6 +428,17 @@ fn kafka_produce_then_fetch_round_trips_records() {
     assert_eq!(response.error_code, NOT_LEADER_OR_FOLLOWER);
     let (error_code, _, _) = fetch(&mut connection, "events", 1, 0);
     assert_eq!(error_code, NOT_LEADER_OR_FOLLOWER);
+    // v10 and later name the leader (KIP-951), so clients need no metadata round trip.
+    let request = produce_request("events", 1, batch(vec![record(Some("x"), Some("y"), &[])]));
+    let response: ProduceResponse = connection.call(ApiKey::Produce, 12, &request);
+    let partition = &response.responses[0].partition_responses[0];
+    assert_eq!(partition.error_code, NOT_LEADER_OR_FOLLOWER);
+    assert_eq!(partition.current_leader.leader_id, BrokerId(1));
+    assert_eq!(response.node_endpoints.len(), 1);
+    assert_eq!(
+        response.node_endpoints[0].port,
+        i32::from(server.kafka_ports[1])
+    );
     // Its leader serves it.
     let mut leader = KafkaConnection::connect(server.kafka_ports[1]);
     let response = produce(

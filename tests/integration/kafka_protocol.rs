@@ -790,6 +790,25 @@ fn kafka_needs_an_advertised_host_on_an_unspecified_address_and_can_be_off() {
         "{}",
         outcome.stderr
     );
+    // Kafka ports that overlap the native ones are refused, not shared.
+    let free_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let port_base = free_port.to_string();
+    let kafka_listen = format!("127.0.0.1:{}", free_port + 1);
+    let outcome = crate::support::server::serve_until_exit(
+        &temp_dir.path().join("data"),
+        &["--port-base", &port_base, "--kafka-listen", &kafka_listen],
+        Duration::from_secs(20),
+    );
+    assert_eq!(outcome.status.and_then(|status| status.code()), Some(1));
+    assert!(
+        outcome.stderr.contains("asked for twice"),
+        "{}",
+        outcome.stderr
+    );
     // With one, brokers are advertised by that name.
     let server = TestServer::start_on(
         &temp_dir.path().join("data"),

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use cairn_engine::core::condition::Conflict;
 use cairn_engine::core::{KeyCondition, RecordInput};
-use cairn_engine::{Fetched, Offset, OwnedRecord, PartitionId, ProducerStamp, ShardId, Topic};
+use cairn_engine::{
+    Fetched, Offset, OwnedRecord, PartitionId, ProducerError, ProducerStamp, ShardId, Topic,
+};
 
 /// What kind of failure ended an operation; a front end maps each to its protocol's code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +28,8 @@ pub(crate) enum FailureKind {
     UnknownPartition,
     /// Topic creation: the name is taken.
     TopicExists,
-    /// An idempotent append's sequence does not follow its producer's batches.
-    OutOfOrderSequence,
-    /// An idempotent append from an epoch older than one the partition has seen.
-    ProducerFenced,
+    /// An idempotent producer's batch does not follow its earlier ones (Kafka's rules).
+    Producer(ProducerError),
     /// The shard's storage failed; it acknowledges nothing more (docs/DESIGN.md §3.5).
     StorageFailure,
     /// The server is shutting down, or the owning shard has stopped.

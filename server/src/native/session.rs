@@ -11,6 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use cairn_engine::ProducerError;
 use cairn_engine::io::event::Event;
 use cairn_wire::{Encoder, ErrorCode, ErrorResponse, Response, ResponseBody};
 use glommio::sync::{Semaphore, StaticPermit};
@@ -173,13 +174,14 @@ pub(crate) fn connection_refused_frame(open_count_max: usize) -> Vec<u8> {
 /// The wire's code for a kind of failure.
 pub(crate) fn error_code(kind: FailureKind) -> ErrorCode {
     match kind {
+        // The native protocol has no producer stamps; only Kafka's front end meets these.
         FailureKind::BadRequest => ErrorCode::BadRequest,
         FailureKind::TooLarge => ErrorCode::TooLarge,
         FailureKind::UnknownTopic => ErrorCode::UnknownTopic,
         FailureKind::UnknownPartition => ErrorCode::UnknownPartition,
         FailureKind::TopicExists => ErrorCode::TopicExists,
-        FailureKind::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
-        FailureKind::ProducerFenced => ErrorCode::ProducerFenced,
+        FailureKind::Producer(ProducerError::OutOfOrder { .. }) => ErrorCode::OutOfOrderSequence,
+        FailureKind::Producer(ProducerError::Fenced { .. }) => ErrorCode::ProducerFenced,
         FailureKind::StorageFailure => ErrorCode::StorageFailure,
         FailureKind::ShuttingDown => ErrorCode::ShuttingDown,
         FailureKind::Internal => ErrorCode::Internal,

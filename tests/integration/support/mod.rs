@@ -1,7 +1,9 @@
 //! Shared helpers for the integration tests: executors with explicit options, temp data
 //! directories, seeds.
 
+pub mod client_process;
 pub mod engine;
+pub mod kafka_listener;
 pub mod loop_fs;
 pub mod server;
 pub mod workload;

@@ -26,6 +26,7 @@ fn record_codec(c: &mut Criterion) {
         base_offset: Offset(1_000_000),
         timestamp_ms: 1_790_000_000_000,
         prev_batch_crc: 0x1234_5678,
+        producer: None,
     };
 
     for record_count in RECORDS_PER_BATCH {

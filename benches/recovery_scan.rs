@@ -56,6 +56,7 @@ fn synthetic_segment(record_count: usize) -> (Vec<u8>, usize) {
                 base_offset: Offset(base_offset),
                 timestamp_ms: 1_790_000_000_000 + batch_index,
                 prev_batch_crc: chain_crc,
+                producer: None,
             };
             let start = group.len();
             group.resize(

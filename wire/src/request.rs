@@ -950,8 +950,12 @@ mod tests {
         assert_eq!(
             violation(&encode(&append_of(&records))),
             Violation::BatchTooLarge {
-                // 48 + 22 + 1 + 1 MiB: the encoded batch, as the engine counts it.
-                batch_size_bytes: (BATCH_SIZE_BYTES_MAX + 71) as u64,
+                // Batch header, record fields, 1 key byte, 1 MiB: the encoded batch, as the
+                // engine counts it.
+                batch_size_bytes: (BATCH_SIZE_BYTES_MAX
+                    + cairn_engine::core::record::BATCH_HEADER_SIZE_BYTES
+                    + cairn_engine::core::record::RECORD_FIXED_SIZE_BYTES
+                    + 1) as u64,
                 batch_size_bytes_max: BATCH_SIZE_BYTES_MAX,
             }
         );
@@ -965,9 +969,14 @@ mod tests {
             value: &header_value,
         }];
         for extra in [0usize, 1] {
-            // 48 + 2 x (22 + 1) + 6 + 4 + 100 bytes of overhead: exactly at the limit with
-            // `extra` 0, one byte over with 1.
-            let value_len = BATCH_SIZE_BYTES_MAX - 48 - 2 * (22 + 1) - (6 + 4 + 100) - 10 + extra;
+            // Batch header + 2 x (record fields + 1) + 6 + 4 + 100 bytes of overhead: exactly
+            // at the limit with `extra` 0, one byte over with 1.
+            let value_len = BATCH_SIZE_BYTES_MAX
+                - cairn_engine::core::record::BATCH_HEADER_SIZE_BYTES
+                - 2 * (cairn_engine::core::record::RECORD_FIXED_SIZE_BYTES + 1)
+                - (6 + 4 + 100)
+                - 10
+                + extra;
             let value = vec![7u8; value_len];
             let records = [
                 RecordInput {
@@ -1483,11 +1492,14 @@ mod tests {
             condition: KeyCondition::At(Offset(0)),
             ..RecordInput::default()
         }];
-        // As many as one batch holds (48 bytes, then 22 per record and 6 per header): the
-        // record count limit itself cannot be reached with headers, or even without.
+        // As many as one batch holds (its header, then per record its fixed fields and 6
+        // bytes per header): the record count limit itself cannot be reached with headers,
+        // or even without.
+        let header_bytes = cairn_engine::core::record::BATCH_HEADER_SIZE_BYTES;
         let count_max = |record: RecordInput<'_>| {
-            let per_record = cairn_engine::core::record::batch_encoded_len(&[record]).unwrap() - 48;
-            (BATCH_SIZE_BYTES_MAX - 48) / per_record
+            let per_record =
+                cairn_engine::core::record::batch_encoded_len(&[record]).unwrap() - header_bytes;
+            (BATCH_SIZE_BYTES_MAX - header_bytes) / per_record
         };
         let tiny_count_max = count_max(tiny[0]);
         let empty_count_max = count_max(record(b""));

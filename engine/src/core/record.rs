@@ -10,6 +10,11 @@
 //!
 //! Checksums are CRC-32 (`crc32fast`). Field tables live in FORMAT.md only; the `const`
 //! assertions below pin the sizes documented there.
+//!
+//! The writer writes format version 2 (producer stamp in the batch header; timestamp and
+//! null flags per record). The decoder also reads version 1, which segments written before
+//! it still hold: a v1 record reads as having the batch's timestamp and neither null key
+//! nor null value, a v1 batch as having no producer.
 
 #![deny(clippy::indexing_slicing)]
 
@@ -20,19 +25,41 @@ use crate::core::limits::{
     BATCH_RECORD_COUNT_MAX, BATCH_SIZE_BYTES_MAX, HEADER_NAME_SIZE_BYTES_MAX, KEY_SIZE_BYTES_MAX,
     RECORD_HEADER_COUNT_MAX,
 };
-use crate::core::{Offset, PartitionId, RecordHeader, RecordInput};
+use crate::core::{KeyCondition, Offset, PartitionId, ProducerStamp, RecordHeader, RecordInput};
 
 /// First four bytes of every batch: `CARN` when read as little-endian bytes.
 pub const BATCH_MAGIC: u32 = 0x4E52_4143;
 
-/// The format version this code writes and the only one it reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this code writes. It also reads `FORMAT_VERSION_V1`.
+pub const FORMAT_VERSION: u16 = 2;
 
-/// Bytes of a batch header (FORMAT.md, Batch header).
-pub const BATCH_HEADER_SIZE_BYTES: usize = 48;
+/// The first format version, still read (FORMAT.md, Version history).
+pub const FORMAT_VERSION_V1: u16 = 1;
 
-/// Bytes of a record before its key (FORMAT.md, Record).
-pub const RECORD_FIXED_SIZE_BYTES: usize = 22;
+/// Bytes of a batch header as written (FORMAT.md, Batch header, version 2).
+pub const BATCH_HEADER_SIZE_BYTES: usize = 64;
+
+/// Bytes of a version 1 batch header: also the prefix every version shares, which holds
+/// all the fields the decoder checks before it needs the rest of the batch.
+pub const BATCH_HEADER_V1_SIZE_BYTES: usize = 48;
+
+/// Bytes of a record before its key, as written (FORMAT.md, Record, version 2).
+pub const RECORD_FIXED_SIZE_BYTES: usize = 31;
+
+/// Bytes of a version 1 record before its key.
+pub const RECORD_V1_FIXED_SIZE_BYTES: usize = 22;
+
+/// Record flag (version 2): the record has Kafka's null key.
+pub const RECORD_FLAG_NULL_KEY: u8 = 1 << 0;
+
+/// Record flag (version 2): the record has Kafka's null value (a tombstone).
+pub const RECORD_FLAG_NULL_VALUE: u8 = 1 << 1;
+
+/// Every record flag version 2 defines; any other bit is invalid.
+const RECORD_FLAGS_DEFINED: u8 = RECORD_FLAG_NULL_KEY | RECORD_FLAG_NULL_VALUE;
+
+/// `producer_id`, `producer_epoch` and `base_sequence` of a batch without a producer.
+const PRODUCER_FIELD_NONE: i64 = -1;
 
 /// Bytes of one record header before its name: name length and value length.
 pub const RECORD_HEADER_FIXED_SIZE_BYTES: usize = 6;
@@ -44,8 +71,14 @@ const PREV_KEY_OFFSET_NONE: u64 = u64::MAX;
 const BATCH_CRC_COVERAGE_START_BYTES: usize = 8;
 
 // Field sizes, in FORMAT.md's order, add up to the documented totals.
-const _: () = assert!(4 + 4 + 2 + 2 + 4 + 4 + 4 + 8 + 4 + 4 + 8 == BATCH_HEADER_SIZE_BYTES);
-const _: () = assert!(4 + 8 + 4 + 4 + 2 == RECORD_FIXED_SIZE_BYTES);
+const _: () = assert!(4 + 4 + 2 + 2 + 4 + 4 + 4 + 8 + 4 + 4 + 8 == BATCH_HEADER_V1_SIZE_BYTES);
+const _: () = assert!(BATCH_HEADER_V1_SIZE_BYTES + 8 + 4 + 2 + 2 == BATCH_HEADER_SIZE_BYTES);
+const _: () = assert!(4 + 8 + 4 + 4 + 2 == RECORD_V1_FIXED_SIZE_BYTES);
+const _: () = assert!(4 + 8 + 8 + 4 + 4 + 2 + 1 == RECORD_FIXED_SIZE_BYTES);
+// The producer fields start 8-byte aligned (48) and the header ends so (64), so a
+// header read into an aligned buffer has every field at its natural alignment.
+const _: () = assert!(BATCH_HEADER_V1_SIZE_BYTES.is_multiple_of(8));
+const _: () = assert!(BATCH_HEADER_SIZE_BYTES.is_multiple_of(8));
 const _: () = assert!(2 + 4 == RECORD_HEADER_FIXED_SIZE_BYTES);
 const _: () = assert!(4 + 4 == BATCH_CRC_COVERAGE_START_BYTES);
 // Every length field is wide enough for the largest value its limit allows.
@@ -56,6 +89,10 @@ const _: () = assert!(RECORD_HEADER_COUNT_MAX <= u16::MAX as usize);
 const _: () = assert!(HEADER_NAME_SIZE_BYTES_MAX <= u16::MAX as usize);
 // The smallest batch (one empty record) fits within the limit.
 const _: () = assert!(BATCH_HEADER_SIZE_BYTES + RECORD_FIXED_SIZE_BYTES <= BATCH_SIZE_BYTES_MAX);
+// A version 1 batch is never larger than the same records written as version 2, so every
+// v1 batch on disk is within the limit the v2 writer respects.
+const _: () = assert!(BATCH_HEADER_V1_SIZE_BYTES <= BATCH_HEADER_SIZE_BYTES);
+const _: () = assert!(RECORD_V1_FIXED_SIZE_BYTES <= RECORD_FIXED_SIZE_BYTES);
 
 /// Metadata of a batch the caller is about to encode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,11 +101,14 @@ pub struct BatchMeta {
     pub partition_id: PartitionId,
     /// Offset of the batch's first record; record `i` gets `base_offset + i`.
     pub base_offset: Offset,
-    /// Server time at append, milliseconds since the Unix epoch.
+    /// Server time at append, milliseconds since the Unix epoch; also the timestamp of
+    /// every record whose `timestamp_ms` is `None`.
     pub timestamp_ms: u64,
     /// `crc` of the previous batch of this core log, 0 for the first (FORMAT.md, Why the
     /// checksum chain).
     pub prev_batch_crc: u32,
+    /// The idempotent producer that sent the batch, if any.
+    pub producer: Option<ProducerStamp>,
 }
 
 /// What [`encode_batch`] wrote.
@@ -122,6 +162,35 @@ pub enum EncodeError {
     /// The encoded batch would exceed `BATCH_SIZE_BYTES_MAX`.
     #[error("batch of {len_bytes} bytes exceeds {len_bytes_max}")]
     BatchTooLarge { len_bytes: u64, len_bytes_max: u64 },
+    /// A record with `null_key` has a non-empty key.
+    #[error("record {record_index}: null key with a key of {len_bytes} bytes")]
+    NullKeyNotEmpty {
+        record_index: usize,
+        len_bytes: usize,
+    },
+    /// A record with `null_value` has a non-empty value.
+    #[error("record {record_index}: null value with a value of {len_bytes} bytes")]
+    NullValueNotEmpty {
+        record_index: usize,
+        len_bytes: usize,
+    },
+    /// A record with `null_key` has a condition other than `Any`: a record without a key
+    /// has no key history for a condition to test.
+    #[error("record {record_index}: a null key accepts only condition Any, not {condition:?}")]
+    NullKeyCondition {
+        record_index: usize,
+        condition: KeyCondition,
+    },
+    /// A producer stamp with a negative id, epoch or sequence (Kafka reserves -1 for none).
+    #[error(
+        "producer stamp (id {producer_id}, epoch {epoch}, sequence {base_sequence}) has a \
+         negative field"
+    )]
+    BadProducerStamp {
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+    },
     /// The output buffer cannot hold the batch.
     #[error("batch needs {needed_bytes} bytes, the buffer has {available_bytes}")]
     BufferTooSmall {
@@ -144,10 +213,10 @@ pub enum DecodeError {
     /// The first four bytes are not `BATCH_MAGIC`.
     #[error("magic {actual:#010x} is not {expected:#010x}")]
     BadMagic { expected: u32, actual: u32 },
-    /// A format version this code cannot read.
-    #[error("format version {actual} is not the supported {expected}")]
+    /// A format version this code cannot read (it reads 1 ..= `expected`).
+    #[error("format version {actual} is not supported (this build reads 1..={expected})")]
     UnsupportedVersion { expected: u16, actual: u16 },
-    /// Flags other than 0, which version 1 does not define.
+    /// Flags other than 0, which no version defines.
     #[error("flags {flags:#06x} are not defined in this format version")]
     BadFlags { flags: u16 },
     /// `length_bytes` below the smallest or above the largest possible batch.
@@ -160,9 +229,19 @@ pub enum DecodeError {
     /// The bytes do not match `batch_crc`: torn, stale or corrupt.
     #[error("checksum {actual:#010x} does not match header {expected:#010x}")]
     ChecksumMismatch { expected: u32, actual: u32 },
-    /// The reserved header field is not 0.
+    /// A reserved header field is not 0.
     #[error("reserved field is {actual:#010x}, not 0")]
     ReservedNotZero { actual: u32 },
+    /// The producer fields (version 2) are neither all -1 (no producer) nor all ≥ 0.
+    #[error(
+        "producer fields (id {producer_id}, epoch {epoch}, sequence {base_sequence}) are \
+         neither all -1 nor all non-negative"
+    )]
+    BadProducer {
+        producer_id: i64,
+        epoch: i16,
+        base_sequence: i32,
+    },
     /// `record_count` is 0 or above `BATCH_RECORD_COUNT_MAX`.
     #[error("record count {record_count} is outside 1..={record_count_max}")]
     RecordCountOutOfRange {
@@ -235,6 +314,18 @@ pub enum RecordFault {
         prev_key_offset: Offset,
         offset: Offset,
     },
+    /// Record flags (version 2) with a bit no version defines.
+    #[error("flags {flags:#04x} are not defined")]
+    BadFlags { flags: u8 },
+    /// A null key with key bytes.
+    #[error("null key with a key of {len_bytes} bytes")]
+    NullKeyNotEmpty { len_bytes: u32 },
+    /// A null value with value bytes.
+    #[error("null value with a value of {len_bytes} bytes")]
+    NullValueNotEmpty { len_bytes: u32 },
+    /// A null key with a back-pointer: a record without a key has no key history.
+    #[error("null key with prev_key_offset {prev_key_offset}")]
+    NullKeyWithPrevKeyOffset { prev_key_offset: Offset },
 }
 
 /// Checks every limit (limits.rs) and returns the encoded length of the batch. Called by the
@@ -256,6 +347,24 @@ pub fn batch_encoded_len(records: &[RecordInput<'_>]) -> Result<usize, EncodeErr
     }
     let mut size = BatchSize::new();
     for (record_index, record) in records.iter().enumerate() {
+        if record.null_key && !record.key.is_empty() {
+            return Err(EncodeError::NullKeyNotEmpty {
+                record_index,
+                len_bytes: record.key.len(),
+            });
+        }
+        if record.null_key && record.condition != KeyCondition::Any {
+            return Err(EncodeError::NullKeyCondition {
+                record_index,
+                condition: record.condition,
+            });
+        }
+        if record.null_value && !record.value.is_empty() {
+            return Err(EncodeError::NullValueNotEmpty {
+                record_index,
+                len_bytes: record.value.len(),
+            });
+        }
         if record.key.len() > KEY_SIZE_BYTES_MAX {
             return Err(EncodeError::KeyTooLong {
                 record_index,
@@ -296,12 +405,13 @@ pub fn batch_encoded_len(records: &[RecordInput<'_>]) -> Result<usize, EncodeErr
     Ok(usize::try_from(len_bytes).expect("a length within BATCH_SIZE_BYTES_MAX fits in usize"))
 }
 
-/// Encoded bytes of one record, saturating at `u64::MAX`.
 /// A batch's encoded size, added up record by record: the one definition of a batch's size,
 /// the one `BATCH_SIZE_BYTES_MAX` limits (FORMAT.md, Batch). The wire checks a request with
 /// it before the engine sees it, and `batch_encoded_len` is built on it, so the two never
-/// disagree: 48 bytes of batch header, then per record 22 bytes plus its key and value, and
-/// per header 6 bytes plus its name and value. Saturating: lengths come from a client and
+/// disagree: `BATCH_HEADER_SIZE_BYTES` (64) of batch header, then per record
+/// `RECORD_FIXED_SIZE_BYTES` (31) plus its key and value, and per header
+/// `RECORD_HEADER_FIXED_SIZE_BYTES` (6) plus its name and value. It counts what the writer
+/// writes (format version 2); version 1 batches, only ever read, are smaller. Saturating: lengths come from a client and
 /// only their comparison with the limit matters once they are absurd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchSize(u64);
@@ -350,6 +460,7 @@ impl BatchSize {
     }
 }
 
+/// Encoded bytes of one record as version 2 writes it, saturating at `u64::MAX`.
 fn record_encoded_len(record: &RecordInput<'_>) -> u64 {
     let mut size = BatchSize(0);
     size.add_record(record.key.len(), record.value.len());
@@ -363,11 +474,32 @@ fn len_u64(len: usize) -> u64 {
     u64::try_from(len).expect("usize is at most 64 bits on every supported target")
 }
 
-/// Encodes header + records into `out[..len]` and returns `len` and the batch crc. No
-/// allocation.
+/// Checks a producer stamp a client sent: every field non-negative (Kafka's -1 means "no
+/// producer", which is `None` here). Called by the request path before any state changes.
+///
+/// # Errors
+///
+/// `BadProducerStamp` naming the fields.
+pub fn check_producer_stamp(producer: Option<ProducerStamp>) -> Result<(), EncodeError> {
+    match producer {
+        Some(stamp) if stamp.producer_id < 0 || stamp.epoch < 0 || stamp.base_sequence < 0 => {
+            Err(EncodeError::BadProducerStamp {
+                producer_id: stamp.producer_id,
+                epoch: stamp.epoch,
+                base_sequence: stamp.base_sequence,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Encodes header + records into `out[..len]` as format version 2 and returns `len` and the
+/// batch crc. No allocation. A record whose `timestamp_ms` is `None` gets
+/// `meta.timestamp_ms`.
 ///
 /// `prev_key_offsets[i]` is the offset of the latest earlier record with the key of
-/// `records[i]` in this partition (pending records included), `None` for a new key.
+/// `records[i]` in this partition (pending records included), `None` for a new key and for
+/// a null key.
 ///
 /// # Errors
 ///
@@ -376,20 +508,93 @@ fn len_u64(len: usize) -> u64 {
 ///
 /// # Panics
 ///
-/// If `prev_key_offsets` and `records` differ in length, or a previous key offset is not
-/// before its record's offset: both are bugs of the caller's key index.
+/// If `prev_key_offsets` and `records` differ in length, a previous key offset is not
+/// before its record's offset or is given for a null key, or the producer stamp fails
+/// [`check_producer_stamp`]: all bugs of the caller.
 pub fn encode_batch(
     out: &mut [u8],
     meta: &BatchMeta,
     records: &[RecordInput<'_>],
     prev_key_offsets: &[Option<Offset>],
 ) -> Result<EncodedBatch, EncodeError> {
+    let len_bytes = batch_encoded_len(records)?;
+    encode_version(
+        out,
+        meta,
+        records,
+        prev_key_offsets,
+        FORMAT_VERSION,
+        len_bytes,
+    )
+}
+
+/// Encodes a batch as format version 1, as segments written before version 2 hold it, so
+/// tests and fuzz bodies can check that they still read. Records must have no null key or
+/// value and `meta` no producer; record timestamps are not written (v1 has none).
+///
+/// # Errors
+///
+/// As [`encode_batch`].
+///
+/// # Panics
+///
+/// As [`encode_batch`], and on a null flag or a producer, which version 1 cannot hold.
+#[cfg(any(test, fuzzing))]
+pub fn encode_batch_v1(
+    out: &mut [u8],
+    meta: &BatchMeta,
+    records: &[RecordInput<'_>],
+    prev_key_offsets: &[Option<Offset>],
+) -> Result<EncodedBatch, EncodeError> {
+    assert!(meta.producer.is_none(), "version 1 has no producer fields");
+    assert!(
+        records
+            .iter()
+            .all(|record| !record.null_key && !record.null_value),
+        "version 1 has no null flags"
+    );
+    let len_bytes = batch_encoded_len_v1(records)?;
+    encode_version(
+        out,
+        meta,
+        records,
+        prev_key_offsets,
+        FORMAT_VERSION_V1,
+        len_bytes,
+    )
+}
+
+/// What a batch of these records takes as format version 1.
+///
+/// # Errors
+///
+/// As [`batch_encoded_len`].
+#[cfg(any(test, fuzzing))]
+pub fn batch_encoded_len_v1(records: &[RecordInput<'_>]) -> Result<usize, EncodeError> {
+    let len_bytes = batch_encoded_len(records)?;
+    Ok(len_bytes
+        - (BATCH_HEADER_SIZE_BYTES - BATCH_HEADER_V1_SIZE_BYTES)
+        - records.len() * (RECORD_FIXED_SIZE_BYTES - RECORD_V1_FIXED_SIZE_BYTES))
+}
+
+fn encode_version(
+    out: &mut [u8],
+    meta: &BatchMeta,
+    records: &[RecordInput<'_>],
+    prev_key_offsets: &[Option<Offset>],
+    format_version: u16,
+    len_bytes: usize,
+) -> Result<EncodedBatch, EncodeError> {
     assert_eq!(
         prev_key_offsets.len(),
         records.len(),
         "one previous key offset per record"
     );
-    let len_bytes = batch_encoded_len(records)?;
+    assert_eq!(
+        check_producer_stamp(meta.producer),
+        Ok(()),
+        "the request path checked the producer stamp"
+    );
     let Some(batch) = out.get_mut(..len_bytes) else {
         return Err(EncodeError::BufferTooSmall {
             needed_bytes: len_bytes,
@@ -400,11 +605,13 @@ pub fn encode_batch(
         u32::try_from(records.len()).expect("record count ≤ BATCH_RECORD_COUNT_MAX fits in u32");
     // Panics (a caller's bug) before anything is written if the offsets would overflow.
     let _end_offset = meta.base_offset.plus(u64::from(record_count));
+    let is_v2 = format_version == FORMAT_VERSION;
+    let batch_timestamp_ms = i64::try_from(meta.timestamp_ms).unwrap_or(i64::MAX);
 
     let mut writer = Writer { rest: &mut *batch };
     writer.put_u32(BATCH_MAGIC);
     writer.put_u32(0); // batch_crc, filled in once the rest is written
-    writer.put_u16(FORMAT_VERSION);
+    writer.put_u16(format_version);
     writer.put_u16(0); // flags
     writer.put_u32(u32::try_from(len_bytes).expect("len ≤ BATCH_SIZE_BYTES_MAX fits in u32"));
     writer.put_u32(meta.prev_batch_crc);
@@ -413,6 +620,16 @@ pub fn encode_batch(
     writer.put_u32(record_count);
     writer.put_u32(0); // reserved
     writer.put_u64(meta.timestamp_ms);
+    if is_v2 {
+        let (producer_id, epoch, base_sequence) = match meta.producer {
+            Some(stamp) => (stamp.producer_id, stamp.epoch, stamp.base_sequence),
+            None => (PRODUCER_FIELD_NONE, -1, -1),
+        };
+        writer.put(&producer_id.to_le_bytes());
+        writer.put(&base_sequence.to_le_bytes());
+        writer.put(&epoch.to_le_bytes());
+        writer.put_u16(0); // reserved
+    }
 
     let mut offset = meta.base_offset;
     for (record, prev_key_offset) in records.iter().zip(prev_key_offsets) {
@@ -422,20 +639,39 @@ pub fn encode_batch(
                     *prev_key_offset < offset,
                     "prev_key_offset {prev_key_offset:?} not before its record's offset {offset:?}"
                 );
+                assert!(!record.null_key, "a null key has no prev_key_offset");
                 prev_key_offset.0
             }
             None => PREV_KEY_OFFSET_NONE,
         };
-        let record_len_bytes = u32::try_from(record_encoded_len(record))
+        let mut record_len_bytes = record_encoded_len(record);
+        if !is_v2 {
+            record_len_bytes -= len_u64(RECORD_FIXED_SIZE_BYTES - RECORD_V1_FIXED_SIZE_BYTES);
+        }
+        let record_len_bytes = u32::try_from(record_len_bytes)
             .expect("a record within a batch of at most BATCH_SIZE_BYTES_MAX fits in u32");
         writer.put_u32(record_len_bytes);
         writer.put_u64(prev_key_offset);
+        if is_v2 {
+            let timestamp_ms = record.timestamp_ms.unwrap_or(batch_timestamp_ms);
+            writer.put(&timestamp_ms.to_le_bytes());
+        }
         writer.put_u32(len_u32(record.key.len()));
         writer.put_u32(len_u32(record.value.len()));
         writer.put_u16(
             u16::try_from(record.headers.len())
                 .expect("header count ≤ RECORD_HEADER_COUNT_MAX fits in u16"),
         );
+        if is_v2 {
+            let mut flags = 0;
+            if record.null_key {
+                flags |= RECORD_FLAG_NULL_KEY;
+            }
+            if record.null_value {
+                flags |= RECORD_FLAG_NULL_VALUE;
+            }
+            writer.put(&[flags]);
+        }
         writer.put(record.key);
         writer.put(record.value);
         for header in record.headers {
@@ -528,6 +764,22 @@ impl<'a> Reader<'a> {
         self.array().map(u64::from_le_bytes)
     }
 
+    fn i16(&mut self) -> Option<i16> {
+        self.array().map(i16::from_le_bytes)
+    }
+
+    fn i32(&mut self) -> Option<i32> {
+        self.array().map(i32::from_le_bytes)
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        self.array().map(i64::from_le_bytes)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.array().map(|[byte]| byte)
+    }
+
     fn bytes(&mut self, len_bytes: usize) -> Option<&'a [u8]> {
         let (head, tail) = self.rest.split_at_checked(len_bytes)?;
         self.rest = tail;
@@ -535,7 +787,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The batch header's fields, in FORMAT.md's order.
+/// The batch header's fields common to every version (its first 48 bytes), in FORMAT.md's
+/// order.
 struct BatchHeaderFields {
     magic: u32,
     crc: u32,
@@ -551,9 +804,9 @@ struct BatchHeaderFields {
 }
 
 impl BatchHeaderFields {
-    fn parse(header: &[u8; BATCH_HEADER_SIZE_BYTES]) -> Self {
+    fn parse(header: &[u8; BATCH_HEADER_V1_SIZE_BYTES]) -> Self {
         let mut reader = Reader { rest: header };
-        let invariant = "the header array has exactly BATCH_HEADER_SIZE_BYTES";
+        let invariant = "the header array has exactly BATCH_HEADER_V1_SIZE_BYTES";
         let fields = BatchHeaderFields {
             magic: reader.u32().expect(invariant),
             crc: reader.u32().expect(invariant),
@@ -572,9 +825,77 @@ impl BatchHeaderFields {
     }
 }
 
+/// The fields version 2 adds after the common header, in FORMAT.md's order.
+struct ProducerFields {
+    producer_id: i64,
+    base_sequence: i32,
+    epoch: i16,
+    reserved: u16,
+}
+
+impl ProducerFields {
+    fn parse(fields: &[u8; BATCH_HEADER_SIZE_BYTES - BATCH_HEADER_V1_SIZE_BYTES]) -> Self {
+        let mut reader = Reader { rest: fields };
+        let invariant = "the producer fields are exactly 16 bytes";
+        ProducerFields {
+            producer_id: reader.i64().expect(invariant),
+            base_sequence: reader.i32().expect(invariant),
+            epoch: reader.i16().expect(invariant),
+            reserved: reader.u16().expect(invariant),
+        }
+    }
+
+    /// The stamp, `Ok(None)` for no producer, `Err` for a mix of -1 and other values or
+    /// any other negative field.
+    fn stamp(&self) -> Result<Option<ProducerStamp>, DecodeError> {
+        let none = (
+            self.producer_id,
+            i64::from(self.epoch),
+            i64::from(self.base_sequence),
+        ) == (
+            PRODUCER_FIELD_NONE,
+            PRODUCER_FIELD_NONE,
+            PRODUCER_FIELD_NONE,
+        );
+        if none {
+            return Ok(None);
+        }
+        if self.producer_id < 0 || self.epoch < 0 || self.base_sequence < 0 {
+            return Err(DecodeError::BadProducer {
+                producer_id: self.producer_id,
+                epoch: self.epoch,
+                base_sequence: self.base_sequence,
+            });
+        }
+        Ok(Some(ProducerStamp {
+            producer_id: self.producer_id,
+            epoch: self.epoch,
+            base_sequence: self.base_sequence,
+        }))
+    }
+}
+
+/// What a record parser needs to know of its batch.
+#[derive(Clone, Copy, Debug)]
+struct RecordFormat {
+    format_version: u16,
+    /// Every record's timestamp in version 1, which has none per record.
+    batch_timestamp_ms: i64,
+}
+
+impl RecordFormat {
+    fn fixed_size_bytes(self) -> usize {
+        if self.format_version == FORMAT_VERSION_V1 {
+            RECORD_V1_FIXED_SIZE_BYTES
+        } else {
+            RECORD_FIXED_SIZE_BYTES
+        }
+    }
+}
+
 /// Decodes and FULLY validates the batch at the start of `bytes` (`bytes` may extend past
-/// it): magic, version, flags, length, crc, reserved field, record count, offsets, and every
-/// record's lengths and limits.
+/// it): magic, version (1 or 2), flags, length, crc, reserved fields, producer fields,
+/// record count, offsets, and every record's lengths, flags and limits.
 ///
 /// Zero-copy: the view borrows `bytes`. Never panics, never allocates. Cost: one CRC pass
 /// and one walk over the record headers.
@@ -582,12 +903,13 @@ impl BatchHeaderFields {
 /// # Errors
 ///
 /// The first check that fails, in the order above. Only [`DecodeError::Truncated`] can turn
-/// into success with more bytes; every check before it needs only the 48 header bytes.
+/// into success with more bytes; every check before it needs only the first
+/// `BATCH_HEADER_V1_SIZE_BYTES` (48), which every version shares.
 pub fn decode_batch(bytes: &[u8]) -> Result<BatchView<'_>, DecodeError> {
     let available_bytes = len_u64(bytes.len());
-    let Some((header, _)) = bytes.split_first_chunk::<BATCH_HEADER_SIZE_BYTES>() else {
+    let Some((header, _)) = bytes.split_first_chunk::<BATCH_HEADER_V1_SIZE_BYTES>() else {
         return Err(DecodeError::Truncated {
-            needed_bytes: len_u64(BATCH_HEADER_SIZE_BYTES),
+            needed_bytes: len_u64(BATCH_HEADER_V1_SIZE_BYTES),
             available_bytes,
         });
     };
@@ -598,18 +920,22 @@ pub fn decode_batch(bytes: &[u8]) -> Result<BatchView<'_>, DecodeError> {
             actual: fields.magic,
         });
     }
-    if fields.format_version != FORMAT_VERSION {
-        return Err(DecodeError::UnsupportedVersion {
-            expected: FORMAT_VERSION,
-            actual: fields.format_version,
-        });
-    }
+    let (header_size_bytes, record_fixed_size_bytes) = match fields.format_version {
+        FORMAT_VERSION_V1 => (BATCH_HEADER_V1_SIZE_BYTES, RECORD_V1_FIXED_SIZE_BYTES),
+        FORMAT_VERSION => (BATCH_HEADER_SIZE_BYTES, RECORD_FIXED_SIZE_BYTES),
+        actual => {
+            return Err(DecodeError::UnsupportedVersion {
+                expected: FORMAT_VERSION,
+                actual,
+            });
+        }
+    };
     if fields.flags != 0 {
         return Err(DecodeError::BadFlags {
             flags: fields.flags,
         });
     }
-    let len_bytes_min = len_u32(BATCH_HEADER_SIZE_BYTES + RECORD_FIXED_SIZE_BYTES);
+    let len_bytes_min = len_u32(header_size_bytes + record_fixed_size_bytes);
     let len_bytes_max = len_u32(BATCH_SIZE_BYTES_MAX);
     if !(len_bytes_min..=len_bytes_max).contains(&fields.len_bytes) {
         return Err(DecodeError::LengthOutOfRange {
@@ -641,6 +967,21 @@ pub fn decode_batch(bytes: &[u8]) -> Result<BatchView<'_>, DecodeError> {
             actual: fields.reserved,
         });
     }
+    let producer = match batch
+        .get(BATCH_HEADER_V1_SIZE_BYTES..)
+        .and_then(|rest| rest.first_chunk())
+    {
+        Some(producer_fields) if fields.format_version == FORMAT_VERSION => {
+            let producer_fields = ProducerFields::parse(producer_fields);
+            if producer_fields.reserved != 0 {
+                return Err(DecodeError::ReservedNotZero {
+                    actual: u32::from(producer_fields.reserved),
+                });
+            }
+            producer_fields.stamp()?
+        }
+        _ => None,
+    };
     let record_count_max = len_u32(BATCH_RECORD_COUNT_MAX);
     if !(1..=record_count_max).contains(&fields.record_count) {
         return Err(DecodeError::RecordCountOutOfRange {
@@ -661,13 +1002,17 @@ pub fn decode_batch(bytes: &[u8]) -> Result<BatchView<'_>, DecodeError> {
         });
     }
 
+    let format = RecordFormat {
+        format_version: fields.format_version,
+        batch_timestamp_ms: i64::try_from(fields.timestamp_ms).unwrap_or(i64::MAX),
+    };
     let records = batch
-        .get(BATCH_HEADER_SIZE_BYTES..)
+        .get(header_size_bytes..)
         .expect("len_bytes ≥ the header size was checked");
     let mut rest = records;
     for record_index in 0..fields.record_count {
         let offset = Offset(fields.base_offset + u64::from(record_index));
-        match parse_record(rest, offset) {
+        match parse_record(rest, offset, format) {
             Ok((_, tail)) => rest = tail,
             Err(fault) => {
                 return Err(DecodeError::RecordMalformed {
@@ -686,31 +1031,50 @@ pub fn decode_batch(bytes: &[u8]) -> Result<BatchView<'_>, DecodeError> {
 
     Ok(BatchView {
         bytes: batch,
+        format,
+        header_size_bytes,
         partition_id: PartitionId(fields.partition_id),
         base_offset: Offset(fields.base_offset),
         record_count: fields.record_count,
         timestamp_ms: fields.timestamp_ms,
         prev_batch_crc: fields.prev_batch_crc,
         crc,
+        producer,
     })
 }
 
 /// Parses the record at the start of `bytes` (the rest of its batch) and returns it with the
 /// bytes after it. The one record parser: validation and iteration cannot disagree.
-fn parse_record(bytes: &[u8], offset: Offset) -> Result<(RecordView<'_>, &[u8]), RecordFault> {
+fn parse_record(
+    bytes: &[u8],
+    offset: Offset,
+    format: RecordFormat,
+) -> Result<(RecordView<'_>, &[u8]), RecordFault> {
     let available_bytes = len_u32(bytes.len());
     let mut reader = Reader { rest: bytes };
+    let fixed_size_bytes = format.fixed_size_bytes();
+    let is_v2 = format.format_version == FORMAT_VERSION;
     let truncated_fixed = RecordFault::Truncated {
-        needed_bytes: len_u32(RECORD_FIXED_SIZE_BYTES),
+        needed_bytes: len_u32(fixed_size_bytes),
         available_bytes,
     };
-    let (Some(record_length_bytes), Some(prev_key_offset), Some(key_len_bytes)) =
-        (reader.u32(), reader.u64(), reader.u32())
+    let (Some(record_length_bytes), Some(prev_key_offset)) = (reader.u32(), reader.u64()) else {
+        return Err(truncated_fixed);
+    };
+    let timestamp_ms = if is_v2 {
+        reader.i64().ok_or(truncated_fixed)?
+    } else {
+        format.batch_timestamp_ms
+    };
+    let (Some(key_len_bytes), Some(value_len_bytes), Some(header_count)) =
+        (reader.u32(), reader.u32(), reader.u16())
     else {
         return Err(truncated_fixed);
     };
-    let (Some(value_len_bytes), Some(header_count)) = (reader.u32(), reader.u16()) else {
-        return Err(truncated_fixed);
+    let flags = if is_v2 {
+        reader.u8().ok_or(truncated_fixed)?
+    } else {
+        0
     };
     let record_len = usize::try_from(record_length_bytes).expect("u32 fits in usize");
     let Some((record, after_record)) = bytes.split_at_checked(record_len) else {
@@ -720,13 +1084,13 @@ fn parse_record(bytes: &[u8], offset: Offset) -> Result<(RecordView<'_>, &[u8]),
         });
     };
     // Ends of fields relative to the record's start, in u64 so that no u32 length overflows.
-    let mut field_end_bytes = len_u64(RECORD_FIXED_SIZE_BYTES);
+    let mut field_end_bytes = len_u64(fixed_size_bytes);
     let overrun = |field_end_bytes: u64| RecordFault::FieldsOverrun {
         record_length_bytes,
         field_end_bytes,
     };
     // From here on, fields are read from the record only, so none can run into the next.
-    let Some(record_fields) = record.get(RECORD_FIXED_SIZE_BYTES..) else {
+    let Some(record_fields) = record.get(fixed_size_bytes..) else {
         return Err(overrun(field_end_bytes));
     };
     let mut reader = Reader {
@@ -746,6 +1110,25 @@ fn parse_record(bytes: &[u8], offset: Offset) -> Result<(RecordView<'_>, &[u8]),
         return Err(RecordFault::TooManyHeaders {
             header_count,
             header_count_max,
+        });
+    }
+    if flags & !RECORD_FLAGS_DEFINED != 0 {
+        return Err(RecordFault::BadFlags { flags });
+    }
+    let null_key = flags & RECORD_FLAG_NULL_KEY != 0;
+    if null_key && key_len_bytes != 0 {
+        return Err(RecordFault::NullKeyNotEmpty {
+            len_bytes: key_len_bytes,
+        });
+    }
+    if null_key && prev_key_offset != PREV_KEY_OFFSET_NONE {
+        return Err(RecordFault::NullKeyWithPrevKeyOffset {
+            prev_key_offset: Offset(prev_key_offset),
+        });
+    }
+    if flags & RECORD_FLAG_NULL_VALUE != 0 && value_len_bytes != 0 {
+        return Err(RecordFault::NullValueNotEmpty {
+            len_bytes: value_len_bytes,
         });
     }
     let prev_key_offset = if prev_key_offset == PREV_KEY_OFFSET_NONE {
@@ -805,6 +1188,8 @@ fn parse_record(bytes: &[u8], offset: Offset) -> Result<(RecordView<'_>, &[u8]),
         value,
         headers_bytes,
         header_count,
+        timestamp_ms,
+        flags,
     };
     Ok((view, after_record))
 }
@@ -814,15 +1199,40 @@ fn parse_record(bytes: &[u8], offset: Offset) -> Result<(RecordView<'_>, &[u8]),
 #[derive(Clone, Copy)]
 pub struct BatchView<'a> {
     bytes: &'a [u8],
+    format: RecordFormat,
+    header_size_bytes: usize,
     partition_id: PartitionId,
     base_offset: Offset,
     record_count: u32,
     timestamp_ms: u64,
     prev_batch_crc: u32,
     crc: u32,
+    producer: Option<ProducerStamp>,
 }
 
 impl<'a> BatchView<'a> {
+    /// The format version the batch was written in: 1 or 2 (`FORMAT_VERSION`).
+    #[must_use]
+    pub fn format_version(&self) -> u16 {
+        self.format.format_version
+    }
+
+    /// The idempotent producer that sent the batch; always `None` in version 1.
+    #[must_use]
+    pub fn producer(&self) -> Option<ProducerStamp> {
+        self.producer
+    }
+
+    /// The largest record timestamp of the batch (producer time, or the append time for
+    /// records without one), ms since the Unix epoch. O(records).
+    #[must_use]
+    pub fn max_record_timestamp_ms(&self) -> i64 {
+        self.records()
+            .map(|record| record.timestamp_ms())
+            .max()
+            .unwrap_or(self.format.batch_timestamp_ms)
+    }
+
     /// The partition of every record in the batch.
     #[must_use]
     pub fn partition_id(&self) -> PartitionId {
@@ -848,7 +1258,8 @@ impl<'a> BatchView<'a> {
         self.record_count
     }
 
-    /// Server time at append, milliseconds since the Unix epoch.
+    /// Server time at append, milliseconds since the Unix epoch (each record has its own:
+    /// `RecordView::timestamp_ms`).
     #[must_use]
     pub fn timestamp_ms(&self) -> u64 {
         self.timestamp_ms
@@ -882,12 +1293,10 @@ impl<'a> BatchView<'a> {
     #[must_use]
     pub fn records(&self) -> RecordIter<'a> {
         RecordIter {
-            rest: self
-                .bytes
-                .get(BATCH_HEADER_SIZE_BYTES..)
-                .unwrap_or_default(),
+            rest: self.bytes.get(self.header_size_bytes..).unwrap_or_default(),
             next_offset: self.base_offset,
             remaining_count: self.record_count,
+            format: self.format,
         }
     }
 }
@@ -896,6 +1305,7 @@ impl fmt::Debug for BatchView<'_> {
     // Without the bytes: a batch can be a mebibyte.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BatchView")
+            .field("format_version", &self.format.format_version)
             .field("partition_id", &self.partition_id)
             .field("base_offset", &self.base_offset)
             .field("record_count", &self.record_count)
@@ -906,6 +1316,7 @@ impl fmt::Debug for BatchView<'_> {
                 &format_args!("{:#010x}", self.prev_batch_crc),
             )
             .field("crc", &format_args!("{:#010x}", self.crc))
+            .field("producer", &self.producer)
             .finish()
     }
 }
@@ -916,6 +1327,7 @@ pub struct RecordIter<'a> {
     rest: &'a [u8],
     next_offset: Offset,
     remaining_count: u32,
+    format: RecordFormat,
 }
 
 impl<'a> Iterator for RecordIter<'a> {
@@ -923,7 +1335,7 @@ impl<'a> Iterator for RecordIter<'a> {
 
     fn next(&mut self) -> Option<RecordView<'a>> {
         self.remaining_count = self.remaining_count.checked_sub(1)?;
-        let (record, rest) = parse_record(self.rest, self.next_offset)
+        let (record, rest) = parse_record(self.rest, self.next_offset, self.format)
             .expect("decode_batch validated every record of this batch");
         self.rest = rest;
         self.next_offset = self.next_offset.plus(1);
@@ -948,15 +1360,38 @@ pub struct RecordView<'a> {
     /// Offset of the previous record with the same key in this partition, if any; always
     /// before `offset`.
     pub prev_key_offset: Option<Offset>,
-    /// The key; may be empty.
+    /// The key; may be empty. Empty for a null key (`is_null_key`).
     pub key: &'a [u8],
-    /// The value; may be empty.
+    /// The value; may be empty. Empty for a null value (`is_null_value`).
     pub value: &'a [u8],
     headers_bytes: &'a [u8],
     header_count: u16,
+    timestamp_ms: i64,
+    flags: u8,
 }
 
 impl<'a> RecordView<'a> {
+    /// The record's timestamp, ms since the Unix epoch: the producer's (Kafka's CreateTime)
+    /// if it sent one, else the server's time at append. A version 1 record has its batch's.
+    #[must_use]
+    pub fn timestamp_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+
+    /// Whether the record has Kafka's null key (then `key` is empty and it is in no key's
+    /// history). Always false in version 1.
+    #[must_use]
+    pub fn is_null_key(&self) -> bool {
+        self.flags & RECORD_FLAG_NULL_KEY != 0
+    }
+
+    /// Whether the record has Kafka's null value, a tombstone (then `value` is empty).
+    /// Always false in version 1.
+    #[must_use]
+    pub fn is_null_value(&self) -> bool {
+        self.flags & RECORD_FLAG_NULL_VALUE != 0
+    }
+
     /// The record's headers, in order.
     #[must_use]
     pub fn headers(&self) -> HeaderIter<'a> {
@@ -1022,6 +1457,9 @@ mod tests {
         value: Vec<u8>,
         headers: Vec<(Vec<u8>, Vec<u8>)>,
         prev_key_offset: Option<Offset>,
+        timestamp_ms: Option<i64>,
+        null_key: bool,
+        null_value: bool,
     }
 
     fn meta(base_offset: u64) -> BatchMeta {
@@ -1030,6 +1468,7 @@ mod tests {
             base_offset: Offset(base_offset),
             timestamp_ms: 1_790_000_000_000,
             prev_batch_crc: 0xDEAD_BEEF,
+            producer: None,
         }
     }
 
@@ -1049,6 +1488,11 @@ mod tests {
 
     /// Encodes owned records and returns the batch's bytes.
     fn encode_owned(meta: &BatchMeta, records: &[OwnedRecord]) -> Vec<u8> {
+        encode_owned_as(meta, records, FORMAT_VERSION)
+    }
+
+    /// Encodes owned records in format version 1 or 2.
+    fn encode_owned_as(meta: &BatchMeta, records: &[OwnedRecord], format_version: u16) -> Vec<u8> {
         let headers: Vec<Vec<RecordHeader<'_>>> = records
             .iter()
             .map(|record| {
@@ -1062,15 +1506,25 @@ mod tests {
         let inputs: Vec<RecordInput<'_>> = records
             .iter()
             .zip(&headers)
-            .map(|(record, headers)| input(&record.key, &record.value, headers))
+            .map(|(record, headers)| RecordInput {
+                timestamp_ms: record.timestamp_ms,
+                null_key: record.null_key,
+                null_value: record.null_value,
+                ..input(&record.key, &record.value, headers)
+            })
             .collect();
         let prev_key_offsets: Vec<_> = records
             .iter()
             .map(|record| record.prev_key_offset)
             .collect();
-        let len_bytes = batch_encoded_len(&inputs).unwrap();
+        let (len_bytes, encode): (usize, fn(_, _, _, _) -> _) = if format_version == FORMAT_VERSION
+        {
+            (batch_encoded_len(&inputs).unwrap(), encode_batch)
+        } else {
+            (batch_encoded_len_v1(&inputs).unwrap(), encode_batch_v1)
+        };
         let mut out = vec![0; len_bytes];
-        let encoded = encode_batch(&mut out, meta, &inputs, &prev_key_offsets).unwrap();
+        let encoded = encode(&mut out, meta, &inputs, &prev_key_offsets).unwrap();
         assert_eq!(encoded.len_bytes, len_bytes);
         out
     }
@@ -1082,6 +1536,9 @@ mod tests {
             value: value.to_vec(),
             headers,
             prev_key_offset: None,
+            timestamp_ms: None,
+            null_key: false,
+            null_value: false,
         };
         encode_owned(
             &meta(10),
@@ -1118,9 +1575,15 @@ mod tests {
     // Record 0 of `sample_batch` starts right after the header.
     const RECORD0: usize = BATCH_HEADER_SIZE_BYTES;
     const RECORD0_PREV_KEY: usize = RECORD0 + 4;
-    const RECORD0_KEY_LEN: usize = RECORD0 + 12;
-    const RECORD0_VALUE_LEN: usize = RECORD0 + 16;
-    const RECORD0_HEADER_COUNT: usize = RECORD0 + 20;
+    const RECORD0_KEY_LEN: usize = RECORD0 + 20;
+    const RECORD0_VALUE_LEN: usize = RECORD0 + 24;
+    const RECORD0_HEADER_COUNT: usize = RECORD0 + 28;
+    const RECORD0_FLAGS: usize = RECORD0 + 30;
+    // Producer fields of the batch header (version 2).
+    const PRODUCER_ID: usize = 48;
+    const BASE_SEQUENCE: usize = 56;
+    const PRODUCER_EPOCH: usize = 60;
+    const HEADER_RESERVED_V2: usize = 62;
     // key "k0" and value "v0", then header 0's name length.
     const RECORD0_HEADER0_NAME_LEN: usize = RECORD0 + RECORD_FIXED_SIZE_BYTES + 4;
 
@@ -1128,44 +1591,75 @@ mod tests {
         prop::collection::vec(any::<u8>(), 0..=len_max)
     }
 
-    fn arb_records() -> impl Strategy<Value = (u64, Vec<OwnedRecord>)> {
+    /// Records for version 2, with timestamps and null keys and values; `v1_only` leaves
+    /// out what version 1 cannot hold.
+    fn arb_records_for(v1_only: bool) -> impl Strategy<Value = (u64, Vec<OwnedRecord>)> {
         let record = (
             arb_bytes(40),
             arb_bytes(300),
             prop::collection::vec((arb_bytes(12), arb_bytes(30)), 0..4),
             any::<Option<u64>>(),
+            any::<Option<i64>>(),
+            any::<(bool, bool)>(),
         );
-        (0..u64::MAX / 2, prop::collection::vec(record, 1..8)).prop_map(|(base_offset, records)| {
-            let records = records
-                .into_iter()
-                .enumerate()
-                .map(|(index, (key, value, headers, prev))| {
-                    let offset = base_offset + index as u64;
-                    OwnedRecord {
-                        key,
-                        value,
-                        headers,
-                        // Any offset strictly before the record's own.
-                        prev_key_offset: prev
-                            .filter(|_| offset > 0)
-                            .map(|prev| Offset(prev % offset)),
-                    }
-                })
-                .collect();
-            (base_offset, records)
-        })
+        (0..u64::MAX / 2, prop::collection::vec(record, 1..8)).prop_map(
+            move |(base_offset, records)| {
+                let records = records
+                    .into_iter()
+                    .enumerate()
+                    .map(
+                        |(
+                            index,
+                            (key, value, headers, prev, timestamp_ms, (null_key, null_value)),
+                        )| {
+                            let offset = base_offset + index as u64;
+                            let null_key = null_key && !v1_only;
+                            let null_value = null_value && !v1_only;
+                            OwnedRecord {
+                                key: if null_key { Vec::new() } else { key },
+                                value: if null_value { Vec::new() } else { value },
+                                headers,
+                                // Any offset strictly before the record's own; none for a null key.
+                                prev_key_offset: prev
+                                    .filter(|_| offset > 0 && !null_key)
+                                    .map(|prev| Offset(prev % offset)),
+                                timestamp_ms: timestamp_ms.filter(|_| !v1_only),
+                                null_key,
+                                null_value,
+                            }
+                        },
+                    )
+                    .collect();
+                (base_offset, records)
+            },
+        )
+    }
+
+    fn arb_records() -> impl Strategy<Value = (u64, Vec<OwnedRecord>)> {
+        arb_records_for(false)
+    }
+
+    fn arb_producer() -> impl Strategy<Value = Option<ProducerStamp>> {
+        prop::option::of((0..=i64::MAX, 0..=i16::MAX, 0..=i32::MAX).prop_map(
+            |(producer_id, epoch, base_sequence)| ProducerStamp {
+                producer_id,
+                epoch,
+                base_sequence,
+            },
+        ))
     }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
         #[test]
-        fn batch_round_trips((base_offset, records) in arb_records(), timestamp_ms: u64, prev_batch_crc: u32, partition: u32) {
+        fn batch_round_trips((base_offset, records) in arb_records(), timestamp_ms: u64, prev_batch_crc: u32, partition: u32, producer in arb_producer()) {
             let meta = BatchMeta {
                 partition_id: PartitionId(partition),
                 base_offset: Offset(base_offset),
                 timestamp_ms,
                 prev_batch_crc,
+                producer,
             };
             let mut bytes = encode_owned(&meta, &records);
             let len_bytes = bytes.len();
@@ -1177,6 +1671,8 @@ mod tests {
             prop_assert_eq!(view.end_offset(), meta.base_offset.plus(records.len() as u64));
             prop_assert_eq!(view.record_count() as usize, records.len());
             prop_assert_eq!(view.timestamp_ms(), timestamp_ms);
+            prop_assert_eq!(view.format_version(), FORMAT_VERSION);
+            prop_assert_eq!(view.producer(), producer);
             prop_assert_eq!(view.prev_batch_crc(), prev_batch_crc);
             prop_assert_eq!(view.crc(), crc32fast::hash(&bytes[8..len_bytes]));
             prop_assert_eq!(view.as_bytes(), &bytes[..len_bytes]);
@@ -1189,6 +1685,34 @@ mod tests {
                 prop_assert_eq!(usize::from(record.header_count()), expected.headers.len());
                 let headers: Vec<_> = record.headers().map(|h| (h.name.to_vec(), h.value.to_vec())).collect();
                 prop_assert_eq!(&headers, &expected.headers);
+                let batch_timestamp_ms = i64::try_from(timestamp_ms).unwrap_or(i64::MAX);
+                prop_assert_eq!(record.timestamp_ms(), expected.timestamp_ms.unwrap_or(batch_timestamp_ms));
+                prop_assert_eq!(record.is_null_key(), expected.null_key);
+                prop_assert_eq!(record.is_null_value(), expected.null_value);
+            }
+            fuzz_bodies::decode_checked(&bytes);
+        }
+
+        #[test]
+        fn version_1_batches_still_decode((base_offset, records) in arb_records_for(true), timestamp_ms: u64, prev_batch_crc: u32) {
+            let meta = BatchMeta { base_offset: Offset(base_offset), timestamp_ms, prev_batch_crc, ..meta(0) };
+            let bytes = encode_owned_as(&meta, &records, FORMAT_VERSION_V1);
+            let view = decode_batch(&bytes).unwrap();
+            prop_assert_eq!(view.format_version(), FORMAT_VERSION_V1);
+            prop_assert_eq!(view.len_bytes(), bytes.len());
+            prop_assert_eq!(view.producer(), None);
+            prop_assert_eq!(view.timestamp_ms(), timestamp_ms);
+            // The v2 writer would need more room: 16 header bytes and 9 per record.
+            prop_assert_eq!(
+                encode_owned(&meta, &records).len(),
+                bytes.len() + 16 + 9 * records.len()
+            );
+            for (record, expected) in view.records().zip(&records) {
+                prop_assert_eq!(record.key, &expected.key[..]);
+                prop_assert_eq!(record.value, &expected.value[..]);
+                prop_assert_eq!(record.prev_key_offset, expected.prev_key_offset);
+                prop_assert_eq!(record.timestamp_ms(), i64::try_from(timestamp_ms).unwrap_or(i64::MAX));
+                prop_assert!(!record.is_null_key() && !record.is_null_value());
             }
             fuzz_bodies::decode_checked(&bytes);
         }
@@ -1202,8 +1726,8 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics_on_a_mutated_batch(position in 0_usize..200, byte: u8, reseal_crc: bool) {
-            let mut bytes = sample_batch();
+        fn decode_never_panics_on_a_mutated_batch(position in 0_usize..200, byte: u8, reseal_crc: bool, v1: bool) {
+            let mut bytes = if v1 { sample_batch_v1() } else { sample_batch() };
             let position = position % bytes.len();
             bytes[position] = byte;
             if reseal_crc && let Some(resealed) = fuzz_bodies::resealed(&bytes) {
@@ -1217,8 +1741,8 @@ mod tests {
     fn decode_of_every_strict_prefix_is_truncated() {
         let bytes = sample_batch();
         for len in 0..bytes.len() {
-            let needed_bytes = if len < BATCH_HEADER_SIZE_BYTES {
-                BATCH_HEADER_SIZE_BYTES
+            let needed_bytes = if len < BATCH_HEADER_V1_SIZE_BYTES {
+                BATCH_HEADER_V1_SIZE_BYTES
             } else {
                 bytes.len()
             };
@@ -1371,10 +1895,10 @@ mod tests {
             ),
             (
                 "version",
-                Box::new(|b| patch(b, 8, &2_u16.to_le_bytes())),
+                Box::new(|b| patch(b, 8, &3_u16.to_le_bytes())),
                 DecodeError::UnsupportedVersion {
-                    expected: 1,
-                    actual: 2,
+                    expected: 2,
+                    actual: 3,
                 },
             ),
             (
@@ -1384,10 +1908,10 @@ mod tests {
             ),
             (
                 "length too small",
-                Box::new(|b| patch(b, 12, &69_u32.to_le_bytes())),
+                Box::new(|b| patch(b, 12, &94_u32.to_le_bytes())),
                 DecodeError::LengthOutOfRange {
-                    len_bytes: 69,
-                    len_bytes_min: 70,
+                    len_bytes: 94,
+                    len_bytes_min: 95,
                     len_bytes_max: 1 << 20,
                 },
             ),
@@ -1396,7 +1920,7 @@ mod tests {
                 Box::new(|b| patch(b, 12, &((1_u32 << 20) + 1).to_le_bytes())),
                 DecodeError::LengthOutOfRange {
                     len_bytes: (1 << 20) + 1,
-                    len_bytes_min: 70,
+                    len_bytes_min: 95,
                     len_bytes_max: 1 << 20,
                 },
             ),
@@ -1430,6 +1954,40 @@ mod tests {
                     reseal(b);
                 }),
                 DecodeError::ReservedNotZero { actual: 9 },
+            ),
+            (
+                "reserved after the producer fields",
+                Box::new(|b| {
+                    patch(b, HEADER_RESERVED_V2, &7_u16.to_le_bytes());
+                    reseal(b);
+                }),
+                DecodeError::ReservedNotZero { actual: 7 },
+            ),
+            (
+                "producer id without epoch and sequence",
+                Box::new(|b| {
+                    patch(b, PRODUCER_ID, &5_i64.to_le_bytes());
+                    reseal(b);
+                }),
+                DecodeError::BadProducer {
+                    producer_id: 5,
+                    epoch: -1,
+                    base_sequence: -1,
+                },
+            ),
+            (
+                "negative sequence with a producer",
+                Box::new(|b| {
+                    patch(b, PRODUCER_ID, &5_i64.to_le_bytes());
+                    patch(b, PRODUCER_EPOCH, &0_i16.to_le_bytes());
+                    patch(b, BASE_SEQUENCE, &(-2_i32).to_le_bytes());
+                    reseal(b);
+                }),
+                DecodeError::BadProducer {
+                    producer_id: 5,
+                    epoch: 0,
+                    base_sequence: -2,
+                },
             ),
             (
                 "no records",
@@ -1473,7 +2031,7 @@ mod tests {
                 DecodeError::RecordMalformed {
                     record_index: 2,
                     fault: RecordFault::Truncated {
-                        needed_bytes: 22,
+                        needed_bytes: 31,
                         available_bytes: 0,
                     },
                 },
@@ -1517,12 +2075,12 @@ mod tests {
             ),
             (
                 "record length shorter than the fixed fields",
-                Box::new(|b| patch(b, RECORD0, &21_u32.to_le_bytes())),
+                Box::new(|b| patch(b, RECORD0, &30_u32.to_le_bytes())),
                 malformed(
                     0,
                     RecordFault::FieldsOverrun {
-                        record_length_bytes: 21,
-                        field_end_bytes: 22,
+                        record_length_bytes: 30,
+                        field_end_bytes: 31,
                     },
                 ),
             ),
@@ -1533,7 +2091,7 @@ mod tests {
                     0,
                     RecordFault::FieldsOverrun {
                         record_length_bytes: record0_len_bytes,
-                        field_end_bytes: 122,
+                        field_end_bytes: 131,
                     },
                 ),
             ),
@@ -1544,7 +2102,7 @@ mod tests {
                     0,
                     RecordFault::FieldsOverrun {
                         record_length_bytes: record0_len_bytes,
-                        field_end_bytes: 24 + u64::from(u32::MAX),
+                        field_end_bytes: 33 + u64::from(u32::MAX),
                     },
                 ),
             ),
@@ -1577,7 +2135,7 @@ mod tests {
                     0,
                     RecordFault::FieldsUnderfill {
                         record_length_bytes: record0_len_bytes,
-                        fields_len_bytes: 26,
+                        fields_len_bytes: 35,
                     },
                 ),
             ),
@@ -1631,6 +2189,21 @@ mod tests {
                 Box::new(|b| patch(b, RECORD0_PREV_KEY, &9_u64.to_le_bytes())),
                 Ok(()),
             ),
+            (
+                "undefined record flag",
+                Box::new(|b| patch(b, RECORD0_FLAGS, &[0b100])),
+                malformed(0, RecordFault::BadFlags { flags: 0b100 }),
+            ),
+            (
+                "null key with key bytes",
+                Box::new(|b| patch(b, RECORD0_FLAGS, &[RECORD_FLAG_NULL_KEY])),
+                malformed(0, RecordFault::NullKeyNotEmpty { len_bytes: 2 }),
+            ),
+            (
+                "null value with value bytes",
+                Box::new(|b| patch(b, RECORD0_FLAGS, &[RECORD_FLAG_NULL_VALUE])),
+                malformed(0, RecordFault::NullValueNotEmpty { len_bytes: 2 }),
+            ),
         ];
         for (name, mutate, expected) in cases {
             let mut bytes = good.clone();
@@ -1638,6 +2211,147 @@ mod tests {
             reseal(&mut bytes);
             assert_eq!(decode_result(&bytes), expected, "{name}");
         }
+    }
+
+    /// `sample_batch` in format version 1.
+    fn sample_batch_v1() -> Vec<u8> {
+        let bytes = sample_batch();
+        let view = decode_batch(&bytes).unwrap();
+        let records: Vec<OwnedRecord> = view
+            .records()
+            .map(|record| OwnedRecord {
+                key: record.key.to_vec(),
+                value: record.value.to_vec(),
+                headers: record
+                    .headers()
+                    .map(|header| (header.name.to_vec(), header.value.to_vec()))
+                    .collect(),
+                prev_key_offset: record.prev_key_offset,
+                timestamp_ms: None,
+                null_key: false,
+                null_value: false,
+            })
+            .collect();
+        encode_owned_as(&meta(10), &records, FORMAT_VERSION_V1)
+    }
+
+    #[test]
+    fn a_null_key_with_a_back_pointer_is_rejected() {
+        let record = OwnedRecord {
+            key: Vec::new(),
+            value: b"v".to_vec(),
+            headers: vec![],
+            prev_key_offset: None,
+            timestamp_ms: Some(-5),
+            null_key: true,
+            null_value: false,
+        };
+        let mut bytes = encode_owned(&meta(10), &[record]);
+        let view = decode_batch(&bytes).unwrap();
+        let decoded = view.records().next().unwrap();
+        assert!(decoded.is_null_key() && !decoded.is_null_value());
+        assert_eq!(decoded.timestamp_ms(), -5);
+        patch(&mut bytes, RECORD0_PREV_KEY, &3_u64.to_le_bytes());
+        reseal(&mut bytes);
+        assert_eq!(
+            decode_result(&bytes),
+            malformed(
+                0,
+                RecordFault::NullKeyWithPrevKeyOffset {
+                    prev_key_offset: Offset(3)
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn a_version_1_batch_reads_with_its_batch_timestamp_and_no_producer() {
+        let bytes = sample_batch_v1();
+        assert_eq!(bytes.len(), sample_batch().len() - 16 - 2 * 9);
+        let view = decode_batch(&bytes).unwrap();
+        assert_eq!(view.format_version(), 1);
+        assert_eq!(view.producer(), None);
+        assert_eq!(view.max_record_timestamp_ms(), 1_790_000_000_000);
+        let records: Vec<_> = view.records().collect();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].key, b"k0");
+        assert_eq!(records[1].value, b"value-1");
+        for record in &records {
+            assert_eq!(record.timestamp_ms(), 1_790_000_000_000);
+            assert!(!record.is_null_key() && !record.is_null_value());
+        }
+        // Truncated in the shared 48-byte prefix or after it: both are `Truncated`.
+        assert!(matches!(
+            decode_batch(&bytes[..50]),
+            Err(DecodeError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn encode_rejects_null_fields_that_carry_bytes_and_null_keys_with_conditions() {
+        let null_key = |key: &'static [u8], condition| RecordInput {
+            key,
+            condition,
+            null_key: true,
+            ..RecordInput::default()
+        };
+        assert_eq!(
+            batch_encoded_len(&[input(b"k", b"", &[]), null_key(b"x", KeyCondition::Any)]),
+            Err(EncodeError::NullKeyNotEmpty {
+                record_index: 1,
+                len_bytes: 1
+            })
+        );
+        assert_eq!(
+            batch_encoded_len(&[null_key(b"", KeyCondition::NoKey)]),
+            Err(EncodeError::NullKeyCondition {
+                record_index: 0,
+                condition: KeyCondition::NoKey
+            })
+        );
+        let null_value = RecordInput {
+            value: b"v",
+            null_value: true,
+            ..RecordInput::default()
+        };
+        assert_eq!(
+            batch_encoded_len(&[null_value]),
+            Err(EncodeError::NullValueNotEmpty {
+                record_index: 0,
+                len_bytes: 1
+            })
+        );
+        assert_eq!(
+            batch_encoded_len(&[null_key(b"", KeyCondition::Any)]),
+            Ok(BATCH_HEADER_SIZE_BYTES + RECORD_FIXED_SIZE_BYTES)
+        );
+        assert!(
+            EncodeError::NullKeyCondition {
+                record_index: 3,
+                condition: KeyCondition::KeyExists
+            }
+            .to_string()
+            .contains("record 3")
+        );
+        let stamp = |producer_id, epoch, base_sequence| {
+            Some(ProducerStamp {
+                producer_id,
+                epoch,
+                base_sequence,
+            })
+        };
+        assert_eq!(check_producer_stamp(None), Ok(()));
+        assert_eq!(check_producer_stamp(stamp(0, 0, 0)), Ok(()));
+        assert_eq!(
+            check_producer_stamp(stamp(-1, 0, 0)),
+            Err(EncodeError::BadProducerStamp {
+                producer_id: -1,
+                epoch: 0,
+                base_sequence: 0
+            })
+        );
+        assert!(check_producer_stamp(stamp(1, -1, 0)).is_err());
+        assert!(check_producer_stamp(stamp(1, 0, -1)).is_err());
     }
 
     #[test]

@@ -40,7 +40,8 @@
 //! | yes | no  | any | yes | no  | segment ends, `TornTail` |
 //! | yes | yes | no  | yes | any | segment ends, `TornTail` |
 //!
-//! - *header fits*: at least `BATCH_HEADER_SIZE_BYTES` remain before the segment's end.
+//! - *header fits*: at least `BATCH_HEADER_V1_SIZE_BYTES` (48, the header prefix every format
+//!   version shares, which `decode_batch` needs to judge a batch) remain before the segment's end.
 //! - *batch valid*: `decode_batch` accepts the bytes at *p*, which must end within the segment.
 //! - *continues log*: the batch chains and continues its partition's offsets (see above).
 //! - *tail zero*: every byte from the end of the last batch accepted in this segment to the
@@ -60,7 +61,7 @@ use hashbrown::HashMap;
 use crate::core::limits::{
     BATCH_SIZE_BYTES_MAX, BLOCK_SIZE_BYTES, GROUP_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MAX,
 };
-use crate::core::record::{BATCH_HEADER_SIZE_BYTES, BatchView, DecodeError, decode_batch};
+use crate::core::record::{BATCH_HEADER_V1_SIZE_BYTES, BatchView, DecodeError, decode_batch};
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::{Offset, PartitionId, SegmentPosition};
 
@@ -71,10 +72,10 @@ pub const SCAN_LOOKAHEAD_BYTES: usize = BATCH_SIZE_BYTES_MAX + BLOCK_SIZE_BYTES;
 
 const BLOCK_SIZE: u64 = BLOCK_SIZE_BYTES as u64;
 const SEGMENT_DATA_START: u64 = SEGMENT_HEADER_SIZE_BYTES as u64;
-const BATCH_HEADER_SIZE: u64 = BATCH_HEADER_SIZE_BYTES as u64;
+const BATCH_HEADER_SIZE: u64 = BATCH_HEADER_V1_SIZE_BYTES as u64;
 
 const _: () = assert!(SEGMENT_HEADER_SIZE_BYTES.is_multiple_of(BLOCK_SIZE_BYTES));
-const _: () = assert!(BATCH_HEADER_SIZE_BYTES <= BLOCK_SIZE_BYTES);
+const _: () = assert!(crate::core::record::BATCH_HEADER_SIZE_BYTES <= BLOCK_SIZE_BYTES);
 
 /// How a segment's data ended (FORMAT.md, "Recovery: where the log ends").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -563,7 +564,9 @@ fn decide(observation: &Observation) -> Decision {
 pub mod fuzz_bodies {
     use super::{RecoveryScanner, SCAN_LOOKAHEAD_BYTES, ScanProgress, TailKind};
     use crate::core::limits::BLOCK_SIZE_BYTES;
-    use crate::core::record::{BatchMeta, decode_batch, encode_batch};
+    use crate::core::record::{
+        BatchMeta, FORMAT_VERSION_V1, decode_batch, encode_batch, encode_batch_v1,
+    };
     use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
     use crate::core::{KeyCondition, RecordHeader, RecordInput};
 
@@ -578,7 +581,7 @@ pub mod fuzz_bodies {
     }
 
     /// Decodes `data` as a batch; a batch that decodes must describe exactly its bytes,
-    /// which re-encoding its records must reproduce.
+    /// which re-encoding its records (in its format version: 1 or 2) must reproduce.
     pub fn decode_checked(data: &[u8]) {
         let Ok(view) = decode_batch(data) else {
             return;
@@ -601,12 +604,27 @@ pub mod fuzz_bodies {
                     .is_none_or(|prev| prev < record.offset)
             );
             assert_eq!(record.headers().len(), usize::from(record.header_count()));
+            if record.is_null_key() {
+                assert!(record.key.is_empty() && record.prev_key_offset.is_none());
+            }
+            if record.is_null_value() {
+                assert!(record.value.is_empty());
+            }
+            if view.format_version() == FORMAT_VERSION_V1 {
+                assert!(!record.is_null_key() && !record.is_null_value());
+                assert_eq!(
+                    record.timestamp_ms(),
+                    i64::try_from(view.timestamp_ms()).unwrap_or(i64::MAX)
+                );
+            }
             inputs.push(RecordInput {
                 key: record.key,
                 value: record.value,
                 headers: record_headers,
                 condition: KeyCondition::Any,
-                ..RecordInput::default()
+                timestamp_ms: Some(record.timestamp_ms()),
+                null_key: record.is_null_key(),
+                null_value: record.is_null_value(),
             });
             prev_key_offsets.push(record.prev_key_offset);
         }
@@ -615,10 +633,15 @@ pub mod fuzz_bodies {
             base_offset: view.base_offset(),
             timestamp_ms: view.timestamp_ms(),
             prev_batch_crc: view.prev_batch_crc(),
+            producer: view.producer(),
         };
         let mut encoded = vec![0; view.len_bytes()];
-        let written = encode_batch(&mut encoded, &meta, &inputs, &prev_key_offsets)
-            .expect("a decoded batch re-encodes");
+        let written = if view.format_version() == FORMAT_VERSION_V1 {
+            encode_batch_v1(&mut encoded, &meta, &inputs, &prev_key_offsets)
+        } else {
+            encode_batch(&mut encoded, &meta, &inputs, &prev_key_offsets)
+        }
+        .expect("a decoded batch re-encodes");
         assert_eq!(written.len_bytes, view.len_bytes());
         assert_eq!(written.crc, view.crc());
         assert!(encoded == view.as_bytes(), "re-encoding changed the batch");
@@ -781,7 +804,10 @@ mod tests {
     use super::fuzz_bodies::{self, SegmentScanResult};
     use super::*;
     use crate::core::limits::SEGMENT_SIZE_BYTES_MIN;
-    use crate::core::record::{BatchMeta, batch_encoded_len, encode_batch};
+    use crate::core::record::{
+        BATCH_HEADER_SIZE_BYTES, BatchMeta, RECORD_FIXED_SIZE_BYTES, batch_encoded_len,
+        encode_batch,
+    };
     use crate::core::segment_header::SegmentHeader;
     use crate::core::{KeyCondition, RecordHeader, RecordInput, ShardId};
 
@@ -975,6 +1001,7 @@ mod tests {
                 base_offset,
                 timestamp_ms: state.timestamp_ms,
                 prev_batch_crc: state.chain_crc,
+                producer: None,
             };
             let start = out.len();
             out.resize(start + batch_encoded_len(&inputs).unwrap(), 0);
@@ -1111,8 +1138,14 @@ mod tests {
                 batch(1, vec![record("a", 2000)]),
                 batch(0, vec![record("a", 50)]),
             ],
-            // 48 + 22 + 1 + 15 + value = 4096: the group fills its block exactly.
-            vec![batch(2, vec![record("c", 4096 - 48 - 22 - 1 - 15)])],
+            // 64 + 31 + 1 + 15 + value = 4096: the group fills its block exactly.
+            vec![batch(
+                2,
+                vec![record(
+                    "c",
+                    4096 - BATCH_HEADER_SIZE_BYTES - RECORD_FIXED_SIZE_BYTES - 1 - 15,
+                )],
+            )],
             vec![
                 batch(1, vec![record("b", 300), record("b", 0)]),
                 batch(2, vec![record("", 3000)]),
@@ -1453,7 +1486,8 @@ mod tests {
     #[test]
     fn scan_ends_segment_when_no_room_for_a_batch_header() {
         // A batch that ends 20 bytes before the segment's end, then a batch in the next one.
-        let value_len_bytes = (3 * BLOCK - 20) as usize - 48 - 22 - 1 - 15;
+        let value_len_bytes =
+            (3 * BLOCK - 20) as usize - BATCH_HEADER_SIZE_BYTES - RECORD_FIXED_SIZE_BYTES - 1 - 15;
         let groups = [
             vec![batch(0, vec![record("a", value_len_bytes)])],
             vec![batch(0, vec![record("a", 1)])],

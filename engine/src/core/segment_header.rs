@@ -10,10 +10,14 @@
 
 use crate::core::ShardId;
 use crate::core::limits::{BLOCK_SIZE_BYTES, SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN};
-use crate::core::record::FORMAT_VERSION;
 
 /// Bytes of the segment header: one whole block, so data starts block-aligned.
 pub const SEGMENT_HEADER_SIZE_BYTES: usize = BLOCK_SIZE_BYTES;
+
+/// The segment header's own format version. Batches carry theirs (`record::FORMAT_VERSION`):
+/// format version 2 changed only the batch layout, so segments keep header version 1 and a
+/// segment written before version 2 opens unchanged.
+pub const SEGMENT_FORMAT_VERSION: u16 = 1;
 
 /// First eight bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CAIRNSEG";
@@ -123,7 +127,7 @@ impl SegmentHeader {
             cursor += bytes.len();
         };
         put(&SEGMENT_MAGIC);
-        put(&FORMAT_VERSION.to_le_bytes());
+        put(&SEGMENT_FORMAT_VERSION.to_le_bytes());
         put(&self.shard_id.0.to_le_bytes());
         put(&self.shard_count.to_le_bytes());
         put(&0_u16.to_le_bytes()); // reserved
@@ -177,9 +181,9 @@ impl SegmentHeader {
             });
         }
         let format_version = u16::from_le_bytes(read(&mut rest));
-        if format_version != FORMAT_VERSION {
+        if format_version != SEGMENT_FORMAT_VERSION {
             return Err(SegmentHeaderError::UnsupportedVersion {
-                expected: FORMAT_VERSION,
+                expected: SEGMENT_FORMAT_VERSION,
                 actual: format_version,
             });
         }

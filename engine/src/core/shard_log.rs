@@ -465,6 +465,7 @@ impl ShardLog {
             base_offset,
             timestamp_ms,
             prev_batch_crc: self.chain_crc,
+            producer: None,
         };
         let bytes =
             Rc::get_mut(&mut self.open.bytes).expect("the open group's bytes are not shared");

@@ -107,11 +107,21 @@ fn assert_routed_by_murmur2(server: &TestServer, topic: &str, keys: &[String]) {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address: SocketAddr| address.port())
-        .expect("a free port")
+/// A port `p` with `p + 1` free too: shard `i`'s Kafka listener takes `--kafka-listen`'s
+/// port + `i`. Free when probed; another process could take them before the server does,
+/// which on a test machine is rare enough.
+fn free_kafka_ports() -> u16 {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = first
+            .local_addr()
+            .map(|address: SocketAddr| address.port())
+            .expect("port");
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two consecutive free ports")
 }
 
 fn kcat(server: &TestServer, args: &[&str]) -> Command {
@@ -312,8 +322,9 @@ fn kcat_metadata_lists_one_broker_per_shard_and_each_partitions_leader() {
 fn confluent_kafka_idempotent_producer_loses_and_repeats_nothing_across_a_server_kill() {
     let temp_dir = tempfile::tempdir().expect("temp dir");
     let data_dir = temp_dir.path().join("data");
-    // The producer keeps its bootstrap address across the restart.
-    let kafka_listen = format!("127.0.0.1:{}", free_port());
+    // The restarted server listens where the first one did, so the producer's bootstrap
+    // and broker addresses stay valid.
+    let kafka_listen = format!("127.0.0.1:{}", free_kafka_ports());
     let args = ["--kafka-listen", kafka_listen.as_str()];
     let partition_count = 4;
     let mut server = TestServer::start_on(&data_dir, &args);
@@ -659,7 +670,7 @@ fn kafkajs_default_partitioner_routes_keys_like_partition_for_key() {
 
 /// How long an idle fetch may be held; long enough that a fetch woken by a new record
 /// (within milliseconds) cannot be mistaken for one that ran out its wait.
-const FETCH_WAIT_MAX_MS: u64 = 3000;
+const FETCH_WAIT_MAX_MS: u32 = 3000;
 
 /// A client waiting at a partition's end: an idle fetch is held for the wait the client
 /// asked for and comes back empty, and a record appended while the next fetch waits ends
@@ -668,8 +679,7 @@ fn assert_long_poll(server: &TestServer, mut waiting: ClientProcess) {
     let idle = waiting.expect_event("idle_fetch");
     let latency_ms = idle["latency_ms"].as_f64().expect("latency_ms");
     assert_eq!(idle["records"], 0, "{idle}");
-    #[expect(clippy::cast_precision_loss, reason = "a few thousand milliseconds")]
-    let wait_ms = FETCH_WAIT_MAX_MS as f64;
+    let wait_ms = f64::from(FETCH_WAIT_MAX_MS);
     assert!(
         latency_ms >= wait_ms * 0.9 && latency_ms < wait_ms + 5000.0,
         "an idle fetch took {latency_ms} ms, asked to wait {FETCH_WAIT_MAX_MS} ms"

@@ -11,6 +11,7 @@ mod engine_admission;
 mod engine_damage;
 mod engine_data_dir;
 mod engine_durability;
+mod engine_kafka;
 mod kafka_clients;
 mod loadgen;
 mod protocol_errors;

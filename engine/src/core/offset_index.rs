@@ -3,7 +3,14 @@
 //! One entry per batch, in offset order, appended after the batch is synced (and during
 //! recovery). A fetch finds the batch holding an offset by binary search and reads from
 //! there, so it never scans a partition, let alone the whole core log, from its start.
-//! Entries are 32 bytes; see BENCHMARKS.md for what that costs per record.
+//!
+//! Beside each entry the index keeps the largest record timestamp of the partition up to
+//! and including that batch: a running maximum, so it never decreases even when producers'
+//! timestamps do. The first batch whose running maximum reaches a timestamp is the first
+//! that holds a record at or after it (every earlier record is older), so "earliest offset
+//! with timestamp ≥ t" (Kafka's ListOffsets) is one binary search and one batch read.
+//! Entries are 40 bytes plus 8 for the timestamp; see BENCHMARKS.md for what that costs per
+//! record.
 
 use crate::core::Offset;
 
@@ -22,10 +29,14 @@ pub struct BatchLocation {
     pub len_bytes: u32,
 }
 
+const _: () = assert!(std::mem::size_of::<BatchLocation>() == 40);
+
 /// Offset -> batch location for one partition's durable batches.
 #[derive(Default, Debug)]
 pub struct OffsetIndex {
     batches: Vec<BatchLocation>,
+    /// For each batch, the largest record timestamp (ms) of this batch and all before it.
+    max_timestamps_ms: Vec<i64>,
 }
 
 impl OffsetIndex {
@@ -34,8 +45,9 @@ impl OffsetIndex {
         Self::default()
     }
 
-    /// Records the next durable batch; it must start where the previous one ended.
-    pub fn push(&mut self, location: BatchLocation) {
+    /// Records the next durable batch, whose largest record timestamp is
+    /// `max_timestamp_ms`; it must start where the previous one ended.
+    pub fn push(&mut self, location: BatchLocation, max_timestamp_ms: i64) {
         assert!(
             location.base_offset < location.end_offset,
             "a batch holds at least one record: {location:?}"
@@ -47,6 +59,21 @@ impl OffsetIndex {
             );
         }
         self.batches.push(location);
+        let running_max_ms = self
+            .max_timestamps_ms
+            .last()
+            .map_or(max_timestamp_ms, |previous| max_timestamp_ms.max(*previous));
+        self.max_timestamps_ms.push(running_max_ms);
+    }
+
+    /// Index (into `batches()`) of the first batch holding a record whose timestamp is at
+    /// least `timestamp_ms`, if any durable one does: the batch where the running maximum
+    /// first reaches it.
+    pub fn find_timestamp(&self, timestamp_ms: i64) -> Option<usize> {
+        let index = self
+            .max_timestamps_ms
+            .partition_point(|max_ms| *max_ms < timestamp_ms);
+        (index < self.batches.len()).then_some(index)
     }
 
     /// Index (into `batches()`) of the batch holding `offset`, if it is durable.
@@ -74,6 +101,7 @@ impl OffsetIndex {
     /// Heap bytes held, for the memory figures.
     pub fn memory_bytes(&self) -> usize {
         self.batches.capacity() * std::mem::size_of::<BatchLocation>()
+            + self.max_timestamps_ms.capacity() * std::mem::size_of::<i64>()
     }
 }
 
@@ -94,9 +122,9 @@ mod tests {
     #[test]
     fn find_returns_the_batch_holding_each_offset() {
         let mut index = OffsetIndex::new();
-        index.push(location(0, 1));
-        index.push(location(1, 5));
-        index.push(location(5, 6));
+        index.push(location(0, 1), 10);
+        index.push(location(1, 5), 30);
+        index.push(location(5, 6), 20);
         let found: Vec<_> = (0..7).map(|offset| index.find(Offset(offset))).collect();
         assert_eq!(
             found,
@@ -108,13 +136,33 @@ mod tests {
     #[test]
     fn empty_index_finds_nothing() {
         assert_eq!(OffsetIndex::new().find(Offset(0)), None);
+        assert_eq!(OffsetIndex::new().find_timestamp(i64::MIN), None);
+    }
+
+    #[test]
+    fn find_timestamp_uses_the_running_maximum() {
+        let mut index = OffsetIndex::new();
+        // Batch timestamps go up, down and up: 10, 30, 20, 50.
+        index.push(location(0, 1), 10);
+        index.push(location(1, 5), 30);
+        index.push(location(5, 6), 20);
+        index.push(location(6, 8), 50);
+        let found: Vec<_> = [i64::MIN, 10, 11, 30, 31, 50, 51]
+            .into_iter()
+            .map(|timestamp_ms| index.find_timestamp(timestamp_ms))
+            .collect();
+        // 20 is below the 30 before it: no search lands on batch 2.
+        assert_eq!(
+            found,
+            vec![Some(0), Some(0), Some(1), Some(1), Some(3), Some(3), None]
+        );
     }
 
     #[test]
     #[should_panic(expected = "dense")]
     fn push_rejects_a_gap() {
         let mut index = OffsetIndex::new();
-        index.push(location(0, 1));
-        index.push(location(2, 3));
+        index.push(location(0, 1), 0);
+        index.push(location(2, 3), 0);
     }
 }

@@ -9,7 +9,9 @@
 //!
 //! Invariants, asserted where they change:
 //! - `synced_end <= written_end <= appended_end` (`Watermarks`);
-//! - the key index holds, for every key, its latest offset below `appended_end`;
+//! - the key index holds, for every key, its latest offset below `appended_end`; records
+//!   with a null key (Kafka's `null`, not the empty key) are in no key's history: not
+//!   indexed, `prev_key_offset` none;
 //! - `pending_prev_key_offsets` has exactly one entry per record in
 //!   `synced_end..appended_end`: that record's `prev_key_offset`. Walking it back from the
 //!   key index answers "latest durable offset of a key" without I/O.
@@ -223,9 +225,13 @@ impl PartitionState {
         }
 
         // Check everything before changing anything: the batch is atomic.
-        let key_of = |record_index: usize| records[record_index].key;
+        let key_of = |record_index: usize| indexed_key(&records[record_index]);
         let checked = self.look_up_batch(base_offset, records.len(), key_of, |seen| {
             let condition = records[seen.record_index].condition;
+            debug_assert!(
+                !records[seen.record_index].null_key || condition == KeyCondition::Any,
+                "batch_encoded_len refuses a null key with a condition"
+            );
             if !condition_holds(condition, seen.latest) {
                 return Err(seen.conflict(condition));
             }
@@ -264,7 +270,7 @@ impl PartitionState {
                 actual: base_offset,
             });
         }
-        let key_of = |record_index: usize| records[record_index].key;
+        let key_of = |record_index: usize| indexed_key(&records[record_index]);
         let checked = self.look_up_batch(base_offset, records.len(), key_of, |seen| {
             let condition = records[seen.record_index].condition;
             if condition_holds(condition, seen.latest) {
@@ -326,7 +332,8 @@ impl PartitionState {
 
     /// Recovery: applies one batch read back from disk, where it is durable.
     ///
-    /// `records` yields each record's key and `prev_key_offset` in offset order.
+    /// `records` yields each record's key (`None`: a null key) and `prev_key_offset` in
+    /// offset order.
     /// `base_offset` must equal `appended_end`, and each `prev_key_offset` must equal the
     /// key's latest offset before that record (earlier records of the batch included);
     /// otherwise the log contradicts itself and this returns an error, having changed
@@ -335,7 +342,7 @@ impl PartitionState {
     pub fn recover_batch<'k>(
         &mut self,
         base_offset: Offset,
-        records: impl IntoIterator<Item = (&'k [u8], Option<Offset>)>,
+        records: impl IntoIterator<Item = (Option<&'k [u8]>, Option<Offset>)>,
     ) -> Result<(), RecoveryError> {
         assert_eq!(
             self.watermarks.synced_end, self.watermarks.appended_end,
@@ -352,17 +359,18 @@ impl PartitionState {
         }
         // Collected once per recovered batch: validating before applying needs two passes,
         // and a failed batch must leave the state as it was.
-        let records: Vec<(&[u8], Option<Offset>)> = records.into_iter().collect();
+        let records: Vec<(Option<&[u8]>, Option<Offset>)> = records.into_iter().collect();
         let key_of = |record_index: usize| records[record_index].0;
-        if let Some((record_index, key)) = records
+        if let Some((record_index, key_size_bytes)) = records
             .iter()
             .enumerate()
-            .find(|(_, (key, _))| key.len() > KEY_SIZE_BYTES_MAX)
+            .filter_map(|(index, (key, _))| Some((index, (*key)?.len())))
+            .find(|(_, key_size_bytes)| *key_size_bytes > KEY_SIZE_BYTES_MAX)
         {
             return Err(RecoveryError::KeyTooLong {
                 partition,
                 offset: base_offset.plus(record_index as u64),
-                key_size_bytes: key.0.len(),
+                key_size_bytes,
                 key_size_bytes_max: KEY_SIZE_BYTES_MAX,
             });
         }
@@ -401,17 +409,32 @@ impl PartitionState {
     /// latest offset as that record will see it (pending records and earlier records of
     /// the batch included), and calls `check` with it, in record order. Stops at the first
     /// `Err` and returns it. Remembers each key's slot in `key_slots` for `stage_batch`.
+    /// `key_of` returns `None` for a null key: such a record sees no latest offset and is
+    /// seen by no other record.
     fn look_up_batch<'k, E>(
         &mut self,
         base_offset: Offset,
         record_count: usize,
-        key_of: impl Fn(usize) -> &'k [u8] + Copy,
+        key_of: impl Fn(usize) -> Option<&'k [u8]> + Copy,
         mut check: impl FnMut(Seen) -> Result<(), E>,
     ) -> Result<(), E> {
         self.key_slots.clear();
         self.batch_keys.start(record_count, key_of);
         let mut checked = Ok(());
         for record_index in 0..record_count {
+            let Some(key) = key_of(record_index) else {
+                checked = check(Seen {
+                    record_index,
+                    latest: None,
+                    earlier_in_batch: None,
+                    latest_in_log: None,
+                });
+                if checked.is_err() {
+                    break;
+                }
+                self.key_slots.push(None);
+                continue;
+            };
             let (seen, key_slot) = match self.batch_keys.previous_in_batch(record_index, key_of) {
                 Some(previous_index) => {
                     let key_slot = self.key_slots[previous_index];
@@ -424,7 +447,7 @@ impl PartitionState {
                     (seen, key_slot)
                 }
                 None => {
-                    let key_slot = self.key_index.find(key_of(record_index));
+                    let key_slot = self.key_index.find(key);
                     let latest = key_slot.map(|slot| self.key_index.latest_at(slot));
                     let seen = Seen {
                         record_index,
@@ -454,7 +477,7 @@ impl PartitionState {
         &mut self,
         base_offset: Offset,
         record_count: usize,
-        key_of: impl Fn(usize) -> &'k [u8],
+        key_of: impl Fn(usize) -> Option<&'k [u8]>,
     ) {
         assert_eq!(
             base_offset, self.watermarks.appended_end,
@@ -467,11 +490,12 @@ impl PartitionState {
         );
         for record_index in 0..record_count {
             let offset = base_offset.plus(record_index as u64);
-            let previous = match self.key_slots[record_index] {
-                Some(slot) => Some(self.key_index.replace_latest(slot, offset)),
+            let previous = match (key_of(record_index), self.key_slots[record_index]) {
+                (None, _) => None,
+                (Some(_), Some(slot)) => Some(self.key_index.replace_latest(slot, offset)),
                 // New before this batch: its first record inserts the key, later records of
                 // the batch find it.
-                None => self.key_index.insert(key_of(record_index), offset),
+                (Some(key), None) => self.key_index.insert(key, offset),
             };
             self.pending_prev_key_offsets.push_back(previous);
         }
@@ -498,6 +522,11 @@ impl PartitionState {
             self.watermarks.appended_end
         );
     }
+}
+
+/// The key a record is indexed under: `None` for a null key, which is in no key's history.
+fn indexed_key<'k>(record: &RecordInput<'k>) -> Option<&'k [u8]> {
+    (!record.null_key).then_some(record.key)
 }
 
 /// What one record of a batch sees of its key while the batch is checked.
@@ -548,32 +577,41 @@ struct BatchKeyScratch {
 
 impl BatchKeyScratch {
     /// Prepares for a batch of `record_count` records whose keys `key_of` returns.
-    fn start<'k>(&mut self, record_count: usize, key_of: impl Fn(usize) -> &'k [u8] + Copy) {
+    fn start<'k>(
+        &mut self,
+        record_count: usize,
+        key_of: impl Fn(usize) -> Option<&'k [u8]> + Copy,
+    ) {
         self.record_count = record_count;
         if record_count > BATCH_LINEAR_SCAN_RECORD_COUNT_MAX {
             self.latest_record_indexes.clear();
             let hash_builder = &self.hash_builder;
             self.latest_record_indexes
                 .reserve(record_count, |&record_index| {
-                    hash_key(hash_builder, key_of(record_index as usize))
+                    hash_key(
+                        hash_builder,
+                        key_of(record_index as usize).unwrap_or_default(),
+                    )
                 });
         }
     }
 
     /// The index of the latest record before `record_index` with the same key. Called for
-    /// `record_index` = 0, 1, 2, … in order, each call remembering `record_index`.
+    /// `record_index` = 0, 1, 2, … in order, each call remembering `record_index`; never for
+    /// a null key (`key_of` `None`), which no other record's key equals.
     fn previous_in_batch<'k>(
         &mut self,
         record_index: usize,
-        key_of: impl Fn(usize) -> &'k [u8] + Copy,
+        key_of: impl Fn(usize) -> Option<&'k [u8]> + Copy,
     ) -> Option<usize> {
         let key = key_of(record_index);
+        debug_assert!(key.is_some(), "null keys are not looked up");
         if self.record_count <= BATCH_LINEAR_SCAN_RECORD_COUNT_MAX {
             return (0..record_index)
                 .rev()
                 .find(|&earlier_index| key_of(earlier_index) == key);
         }
-        let hash = hash_key(&self.hash_builder, key);
+        let hash = hash_key(&self.hash_builder, key.unwrap_or_default());
         let record_index_u32 =
             u32::try_from(record_index).expect("BATCH_RECORD_COUNT_MAX fits in u32");
         let found = self
@@ -588,7 +626,10 @@ impl BatchKeyScratch {
         // `start` reserved room for the whole batch, so this never rehashes.
         self.latest_record_indexes
             .insert_unique(hash, record_index_u32, |&earlier_index| {
-                hash_key(hash_builder, key_of(earlier_index as usize))
+                hash_key(
+                    hash_builder,
+                    key_of(earlier_index as usize).unwrap_or_default(),
+                )
             });
         None
     }
@@ -616,6 +657,14 @@ mod tests {
             value: &[0u8; 100],
             headers: &[],
             condition,
+            ..RecordInput::default()
+        }
+    }
+
+    fn null_key_record() -> RecordInput<'static> {
+        RecordInput {
+            value: b"v",
+            null_key: true,
             ..RecordInput::default()
         }
     }
@@ -652,6 +701,65 @@ mod tests {
         state.advance_written(Offset(3));
         state.advance_synced(Offset(3));
         state
+    }
+
+    #[test]
+    fn null_keys_are_not_indexed_and_never_meet_the_empty_key() {
+        let mut state = PartitionState::new(PartitionId(0));
+        let (base_offset, prev_key_offsets) = stage(
+            &mut state,
+            None,
+            &[
+                null_key_record(),
+                record(b"", NoKey),
+                null_key_record(),
+                record(b"", At(Offset(1))),
+                null_key_record(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(base_offset, Offset(0));
+        assert_eq!(
+            prev_key_offsets,
+            vec![None, None, None, Some(Offset(1)), None]
+        );
+        assert_eq!(state.key_count(), 1, "only the empty key is indexed");
+        assert_eq!(state.latest(b""), Some(Offset(3)));
+        state.advance_written(Offset(5));
+        state.advance_synced(Offset(5));
+        assert_eq!(state.latest_synced(b""), Some(Offset(3)));
+
+        // A large batch goes through the scratch table: null keys stay out of it too.
+        let mut records = vec![null_key_record(); 40];
+        records[20] = record(b"", At(Offset(3)));
+        records[30] = record(b"", At(Offset(5 + 20)));
+        let (_, prev_key_offsets) = stage(&mut state, None, &records).unwrap();
+        assert_eq!(prev_key_offsets[20], Some(Offset(3)));
+        assert_eq!(prev_key_offsets[30], Some(Offset(25)));
+        assert_eq!(
+            prev_key_offsets
+                .iter()
+                .filter(|prev| prev.is_some())
+                .count(),
+            2
+        );
+        assert_eq!(state.latest(b""), Some(Offset(35)));
+
+        let mut recovered = PartitionState::new(PartitionId(0));
+        recovered
+            .recover_batch(
+                Offset(0),
+                [
+                    (None, None),
+                    (Some(&b""[..]), None),
+                    (None, None),
+                    (Some(&b""[..]), Some(Offset(1))),
+                    (None, None),
+                ],
+            )
+            .unwrap();
+        assert_eq!(recovered.latest(b""), Some(Offset(3)));
+        assert_eq!(recovered.key_count(), 1);
     }
 
     #[test]
@@ -1007,8 +1115,11 @@ mod tests {
     fn recover_batch_rebuilds_the_same_state() {
         let original = synced_state();
         let mut recovered = PartitionState::new(PartitionId(7));
-        let batch: [(&[u8], Option<Offset>); 3] =
-            [(b"k", None), (b"j", None), (b"k", Some(Offset(0)))];
+        let batch: [(Option<&[u8]>, Option<Offset>); 3] = [
+            (Some(b"k"), None),
+            (Some(b"j"), None),
+            (Some(b"k"), Some(Offset(0))),
+        ];
         recovered.recover_batch(Offset(0), batch).unwrap();
         assert_eq!(recovered.watermarks(), original.watermarks());
         for key in [&b"k"[..], b"j", b"x"] {
@@ -1020,7 +1131,7 @@ mod tests {
             );
         }
         recovered
-            .recover_batch(Offset(3), [(&b"j"[..], Some(Offset(1)))])
+            .recover_batch(Offset(3), [(Some(&b"j"[..]), Some(Offset(1)))])
             .unwrap();
         assert_eq!(recovered.latest(b"j"), Some(Offset(3)));
         assert_eq!(recovered.synced_end(), Offset(4));
@@ -1031,7 +1142,7 @@ mod tests {
         let mut state = synced_state();
         let before = (*state.watermarks(), state.key_count(), state.latest(b"k"));
         assert_eq!(
-            state.recover_batch(Offset(4), [(&b"k"[..], Some(Offset(2)))]),
+            state.recover_batch(Offset(4), [(Some(&b"k"[..]), Some(Offset(2)))]),
             Err(RecoveryError::OffsetGap {
                 partition: PartitionId(7),
                 expected: Offset(3),
@@ -1041,7 +1152,10 @@ mod tests {
         assert_eq!(
             state.recover_batch(
                 Offset(3),
-                [(&b"new"[..], None), (&b"k"[..], Some(Offset(0)))]
+                [
+                    (Some(&b"new"[..]), None),
+                    (Some(&b"k"[..]), Some(Offset(0)))
+                ]
             ),
             Err(RecoveryError::PrevKeyOffsetMismatch {
                 partition: PartitionId(7),
@@ -1051,7 +1165,10 @@ mod tests {
             })
         );
         assert_eq!(
-            state.recover_batch(Offset(3), [(&b"new"[..], None), (&b"new"[..], None)]),
+            state.recover_batch(
+                Offset(3),
+                [(Some(&b"new"[..]), None), (Some(&b"new"[..]), None)]
+            ),
             Err(RecoveryError::PrevKeyOffsetMismatch {
                 partition: PartitionId(7),
                 offset: Offset(4),
@@ -1061,7 +1178,7 @@ mod tests {
         );
         let long_key = vec![0u8; KEY_SIZE_BYTES_MAX + 1];
         assert_eq!(
-            state.recover_batch(Offset(3), [(&long_key[..], None)]),
+            state.recover_batch(Offset(3), [(Some(&long_key[..]), None)]),
             Err(RecoveryError::KeyTooLong {
                 partition: PartitionId(7),
                 offset: Offset(3),
@@ -1080,14 +1197,21 @@ mod tests {
 
     const KEY_COUNT: u8 = 5;
 
-    /// Key 0 is the empty key; the others are one or two bytes.
+    /// Key 0 is the empty key; the others are one or two bytes, except `NULL_KEY_ID`.
     fn key_of(key_id: u8) -> Vec<u8> {
         match key_id {
             0 => Vec::new(),
             1 => vec![1],
+            NULL_KEY_ID => NULL_KEY_MODEL.to_vec(),
             id => vec![b'k', id],
         }
     }
+
+    /// A record with a null key (condition Any, whatever was drawn).
+    const NULL_KEY_ID: u8 = KEY_COUNT;
+
+    /// How the model stores a null key: no real key of the test is this long.
+    const NULL_KEY_MODEL: &[u8] = b"(null key)";
 
     #[derive(Clone, Copy, Debug)]
     enum ConditionChoice {
@@ -1122,8 +1246,8 @@ mod tests {
 
     fn op_strategy() -> impl Strategy<Value = Op> {
         let records = prop_oneof![
-            8 => prop::collection::vec((0..KEY_COUNT, condition_strategy()), 0..5),
-            1 => prop::collection::vec((0..KEY_COUNT, condition_strategy()), 15..40),
+            8 => prop::collection::vec((0..=NULL_KEY_ID, condition_strategy()), 0..5),
+            1 => prop::collection::vec((0..=NULL_KEY_ID, condition_strategy()), 15..40),
         ];
         let expected_end_delta =
             prop_oneof![2 => Just(None), 2 => Just(Some(0i8)), 1 => (-2i8..=2).prop_map(Some)];
@@ -1164,6 +1288,10 @@ mod tests {
             let mut latest = self.latest.clone();
             let mut prev_key_offsets = Vec::new();
             for (index, (key, condition)) in batch.iter().enumerate() {
+                if key == NULL_KEY_MODEL {
+                    prev_key_offsets.push(None);
+                    continue;
+                }
                 let actual = latest.get(key).copied().map(Offset);
                 let holds = match condition {
                     KeyCondition::Any => true,
@@ -1229,8 +1357,13 @@ mod tests {
         assert_eq!(state.appended_end(), Offset(model.records.len() as u64));
         assert_eq!(state.synced_end(), Offset(model.synced_end));
         assert_eq!(state.key_count(), model.latest.len());
-        for key_id in 0..=KEY_COUNT {
-            let key = key_of(key_id);
+        assert_eq!(
+            state.latest(NULL_KEY_MODEL),
+            None,
+            "null keys are not indexed"
+        );
+        // Every key the ops write, and one they never do.
+        for key in (0..KEY_COUNT).map(key_of).chain([vec![b'k', 200]]) {
             let appended_end = model.records.len() as u64;
             assert_eq!(
                 state.latest(&key),
@@ -1270,9 +1403,26 @@ mod tests {
                             )
                         })
                         .collect();
+                    let batch: Vec<(Vec<u8>, KeyCondition)> = batch
+                        .into_iter()
+                        .map(|(key, condition)| {
+                            let condition = if key == NULL_KEY_MODEL {
+                                Any
+                            } else {
+                                condition
+                            };
+                            (key, condition)
+                        })
+                        .collect();
                     let inputs: Vec<RecordInput<'_>> = batch
                         .iter()
-                        .map(|(key, condition)| record(key, *condition))
+                        .map(|(key, condition)| {
+                            if key == NULL_KEY_MODEL {
+                                null_key_record()
+                            } else {
+                                record(key, *condition)
+                            }
+                        })
                         .collect();
                     let actual = state
                         .check_and_stage(expected_end.map(Offset), &inputs, &mut prev_key_offsets)
@@ -1305,7 +1455,10 @@ mod tests {
         for (base_offset, end) in model.batch_base_offsets.iter().copied().zip(batch_ends) {
             let batch = model.records[base_offset as usize..end as usize]
                 .iter()
-                .map(|(key, prev_key_offset)| (key.as_slice(), prev_key_offset.map(Offset)));
+                .map(|(key, prev_key_offset)| {
+                    let key = (key != NULL_KEY_MODEL).then_some(key.as_slice());
+                    (key, prev_key_offset.map(Offset))
+                });
             recovered.recover_batch(Offset(base_offset), batch).unwrap();
         }
         model.written_end = model.records.len() as u64;

@@ -1385,6 +1385,13 @@ impl<'a> RecordView<'a> {
         self.flags & RECORD_FLAG_NULL_KEY != 0
     }
 
+    /// The key the record is indexed under: `None` for a null key, which is in no key's
+    /// history.
+    #[must_use]
+    pub fn indexed_key(&self) -> Option<&'a [u8]> {
+        (!self.is_null_key()).then_some(self.key)
+    }
+
     /// Whether the record has Kafka's null value, a tombstone (then `value` is empty).
     /// Always false in version 1.
     #[must_use]

@@ -60,6 +60,8 @@ struct StagedBatch {
     /// Where the batch starts in its group's bytes.
     group_position: usize,
     len_bytes: u32,
+    /// The largest timestamp of its records, for the offset index.
+    max_timestamp_ms: i64,
 }
 
 /// Everything the log knows about one partition.
@@ -484,12 +486,20 @@ impl ShardLog {
         );
         self.chain_crc = encoded.crc;
         let record_count = u64::try_from(records.len()).expect("usize fits in u64");
+        // As the encoder writes them: a record without a timestamp gets the append time.
+        let append_timestamp_ms = i64::try_from(timestamp_ms).unwrap_or(i64::MAX);
+        let max_timestamp_ms = records
+            .iter()
+            .map(|record| record.timestamp_ms.unwrap_or(append_timestamp_ms))
+            .max()
+            .unwrap_or(append_timestamp_ms);
         log.staged_batches.push_back(StagedBatch {
             base_offset,
             end_offset: base_offset.plus(record_count),
             group_sequence: self.open.sequence,
             group_position,
             len_bytes: u32::try_from(len_bytes).expect("batches are at most 1 MiB"),
+            max_timestamp_ms,
         });
         self.open.partitions.push(partition);
         self.pending_append_count += 1;
@@ -643,13 +653,16 @@ impl ShardLog {
                 batch.group_sequence, sequence,
                 "staged batches of a partition are synced in order"
             );
-            log.synced_batches.push(BatchLocation {
-                base_offset: batch.base_offset,
-                end_offset: batch.end_offset,
-                segment_index: in_flight.segment_index,
-                position: in_flight.position + batch.group_position as u64,
-                len_bytes: batch.len_bytes,
-            });
+            log.synced_batches.push(
+                BatchLocation {
+                    base_offset: batch.base_offset,
+                    end_offset: batch.end_offset,
+                    segment_index: in_flight.segment_index,
+                    position: in_flight.position + batch.group_position as u64,
+                    len_bytes: batch.len_bytes,
+                },
+                batch.max_timestamp_ms,
+            );
             log.state.advance_synced(batch.end_offset);
             touched.push(*partition);
         }
@@ -718,6 +731,19 @@ impl ShardLog {
             }
         }
         Some(Ok((locations, synced_end)))
+    }
+
+    /// The first durable batch of `partition` holding a record whose timestamp is at least
+    /// `timestamp_ms` (`OffsetIndex::find_timestamp`). `None`: unknown partition;
+    /// `Some(None)`: no durable record is that recent.
+    pub fn timestamp_location(
+        &self,
+        partition: PartitionId,
+        timestamp_ms: i64,
+    ) -> Option<Option<BatchLocation>> {
+        let log = self.partitions.get(&partition)?;
+        let index = log.synced_batches.find_timestamp(timestamp_ms);
+        Some(index.and_then(|index| log.synced_batches.batches().get(index).copied()))
     }
 
     /// Where the batch holding `offset` of `partition` can be read: the read cache, the

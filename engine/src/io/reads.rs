@@ -1,4 +1,5 @@
-//! The shard's read path: `fetch`, long-poll, `read_key`, `key_history`. The `ShardLog`
+//! The shard's read path: `fetch`, long-poll, `read_key`, `key_history`,
+//! `offset_for_timestamp`. The `ShardLog`
 //! says where each batch is (the read cache, the disk, or a staged group); this module
 //! reads it and verifies what comes from disk again, so a bit flipped at rest is an error,
 //! never a wrong record. A poisoned shard refuses every read (docs/DESIGN.md §3.5).
@@ -163,6 +164,41 @@ impl Shard {
             synced_end,
             batches,
         })
+    }
+
+    /// The earliest durable record of `partition` whose timestamp is at least
+    /// `timestamp_ms` (Kafka's ListOffsets by time): its offset and timestamp, `None` when
+    /// no durable record is that recent. Record timestamps need not grow with offsets (a
+    /// producer sets them); this still finds the earliest offset, with one binary search
+    /// over the offset index and one batch read.
+    pub async fn offset_for_timestamp(
+        &self,
+        partition: PartitionId,
+        timestamp_ms: i64,
+    ) -> Result<Option<(Offset, i64)>, ReadError> {
+        let source = {
+            let state = self.state.borrow();
+            readable(&state, partition)?;
+            let location = state
+                .log
+                .timestamp_location(partition, timestamp_ms)
+                .ok_or(ReadError::UnknownPartition(partition))?;
+            match location {
+                Some(location) => state.log.durable_source(location),
+                None => return Ok(None),
+            }
+        };
+        let batch = self.read_batch(source).await?;
+        let found = batch
+            .view()
+            .records()
+            .find(|record| record.timestamp_ms() >= timestamp_ms)
+            .map(|record| (record.offset, record.timestamp_ms()));
+        debug_assert!(
+            found.is_some(),
+            "the offset index located a batch with a record at or after {timestamp_ms}"
+        );
+        Ok(found)
     }
 
     /// Waits until `partition`'s durable end passes `offset`, or `timeout` elapses.

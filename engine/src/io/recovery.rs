@@ -559,14 +559,17 @@ fn apply_recovered_batch(
         batch.base_offset(),
         batch
             .records()
-            .map(|record| (record.key, record.prev_key_offset)),
+            .map(|record| (record.indexed_key(), record.prev_key_offset)),
     )?;
-    slot.synced_batches.push(BatchLocation {
-        base_offset: batch.base_offset(),
-        end_offset: batch.end_offset(),
-        segment_index,
-        position,
-        len_bytes: u32::try_from(batch.len_bytes()).expect("batches are at most 1 MiB"),
-    });
+    slot.synced_batches.push(
+        BatchLocation {
+            base_offset: batch.base_offset(),
+            end_offset: batch.end_offset(),
+            segment_index,
+            position,
+            len_bytes: u32::try_from(batch.len_bytes()).expect("batches are at most 1 MiB"),
+        },
+        batch.max_record_timestamp_ms(),
+    );
     Ok(())
 }

@@ -349,18 +349,21 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
                 batch.base_offset(),
                 batch
                     .records()
-                    .map(|record| (record.key, record.prev_key_offset)),
+                    .map(|record| (record.indexed_key(), record.prev_key_offset)),
             ) {
                 problem = Some(format!("recovered batch contradicts the log: {error}"));
                 return;
             }
-            recovered.synced_batches.push(BatchLocation {
-                base_offset: batch.base_offset(),
-                end_offset: batch.end_offset(),
-                segment_index: index,
-                position,
-                len_bytes: batch.len_bytes() as u32,
-            });
+            recovered.synced_batches.push(
+                BatchLocation {
+                    base_offset: batch.base_offset(),
+                    end_offset: batch.end_offset(),
+                    segment_index: index,
+                    position,
+                    len_bytes: batch.len_bytes() as u32,
+                },
+                batch.max_record_timestamp_ms(),
+            );
             let list = found.entry(partition).or_default();
             list.push(FoundBatch {
                 base_offset: batch.base_offset(),

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub shard_connection_count_max: usize,
     /// Longest a fetch may long-poll.
     pub fetch_wait_max: Duration,
+    /// The Kafka front end's listeners, `None` when it is off (`--no-kafka`).
+    pub kafka: Option<KafkaConfig>,
     /// Test-only fault injection, passed to the engine (`EngineConfig::fault_hook`); `None`
     /// in production.
     pub fault_hook: Option<FaultHook>,
@@ -67,6 +69,7 @@ impl ServerConfig {
             shard_request_bytes_max: 64 * 1024 * 1024,
             shard_connection_count_max: 1024,
             fetch_wait_max: Duration::from_secs(30),
+            kafka: Some(KafkaConfig::new()),
             fault_hook: None,
         }
     }
@@ -81,6 +84,44 @@ impl ServerConfig {
         config.group_size_bytes_max = config.group_size_bytes_max.min(segment_room);
         config.fault_hook = self.fault_hook.clone();
         config
+    }
+}
+
+/// Where the Kafka front end listens. Each shard is one Kafka broker (node id = shard
+/// index) on its own port: shard `i` listens on `listen`'s port + `i`, or on any free port
+/// when that port is 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// Shard 0's Kafka address; the IP every shard's Kafka listener binds.
+    pub listen: SocketAddr,
+    /// The host Metadata names for every broker; `None`: `listen`'s IP, which must then be
+    /// a specified one (a client cannot connect to 0.0.0.0).
+    pub advertised_host: Option<String>,
+}
+
+impl KafkaConfig {
+    /// Defaults: `127.0.0.1:9092`, advertised as `127.0.0.1`.
+    pub fn new() -> Self {
+        KafkaConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            advertised_host: None,
+        }
+    }
+
+    /// The host brokers are advertised as, or `None` if `listen` is unspecified and no
+    /// host was given.
+    pub fn advertised_host(&self) -> Option<String> {
+        match &self.advertised_host {
+            Some(host) => Some(host.clone()),
+            None if self.listen.ip().is_unspecified() => None,
+            None => Some(self.listen.ip().to_string()),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig::new()
     }
 }
 
@@ -113,6 +154,16 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// `--kafka-listen` is an unspecified address (0.0.0.0, ::) and no
+    /// `--kafka-advertised-host` says what clients should connect to.
+    #[error(
+        "the Kafka listener on {address} needs an advertised host (--kafka-advertised-host): \
+         clients cannot connect to an unspecified address"
+    )]
+    KafkaAdvertisedHostMissing {
+        /// The Kafka listen address.
+        address: SocketAddr,
+    },
     /// An executor could not be started or failed.
     #[error("shard {shard}: {problem}")]
     Shard {
@@ -130,6 +181,8 @@ pub struct Listening {
     pub address: SocketAddr,
     /// Each shard's own port, by shard id.
     pub shard_ports: Vec<u16>,
+    /// Each shard's Kafka port (its broker's), by shard id; empty when Kafka is off.
+    pub kafka_ports: Vec<u16>,
 }
 
 /// Asks a running server to stop: stop accepting, finish in-flight requests, sync, exit.

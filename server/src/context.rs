@@ -1,5 +1,5 @@
 //! What a shard's tasks share: its engine shard, its end of the mesh, its admission state,
-//! the shutdown flag its connections watch, and its connection count. Lives on one
+//! where the server listens, the shutdown flag its connections watch, and its connection count. Lives on one
 //! executor; nothing in it is shared with another shard.
 
 use std::cell::Cell;
@@ -18,6 +18,8 @@ pub(crate) struct ShardContext {
     pub(crate) shard_id: ShardId,
     pub(crate) config: ServerConfig,
     pub(crate) listening: Listening,
+    /// The Kafka cluster id Metadata and DescribeCluster answer (`kafka::cluster_id`).
+    pub(crate) cluster_id: String,
     /// Raised when the server is shutting down: connections stop reading new requests.
     pub(crate) stopping: Event,
     pub(crate) is_stopping: Cell<bool>,

@@ -1,5 +1,5 @@
-//! Cairn's server: shards over the engine, a protocol-agnostic service, and the
-//! flatbuffers protocol as its front end.
+//! Cairn's server: shards over the engine, a protocol-agnostic service, and two front
+//! ends over it: the flatbuffers protocol and Kafka's.
 //!
 //! `run` opens the data directory, starts one pinned glommio executor per shard, and on
 //! each: recovers the shard, joins the channel mesh that links the shards, and accepts
@@ -24,6 +24,9 @@
 //!   the owning shard.
 //! - `native`: the flatbuffers front end (`cairn-wire`): `connection` plus one module per
 //!   request kind, decode -> service -> encode into the connection's write buffer.
+//! - `kafka`: the Kafka front end (`kafka-protocol`): each shard is one broker on its own
+//!   port; `connection` plus one module per API key, decode -> service (on this shard
+//!   only: a partition of another shard is answered NOT_LEADER_OR_FOLLOWER) -> encode.
 //! - `shard`: a shard's lifecycle and two-phase shutdown, its accept loops, and its
 //!   receiving end of the mesh.
 //!
@@ -32,6 +35,7 @@
 mod admission;
 mod config;
 mod context;
+mod kafka;
 mod mesh;
 mod native;
 mod operation;
@@ -46,7 +50,8 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 pub use crate::config::{
-    EXIT_INTERNAL, EXIT_STORAGE_FAILURE, Listening, ServerConfig, ServerError, ShutdownSignal,
+    EXIT_INTERNAL, EXIT_STORAGE_FAILURE, KafkaConfig, Listening, ServerConfig, ServerError,
+    ShutdownSignal,
 };
 use crate::mesh::ShardMessage;
 
@@ -57,6 +62,15 @@ fn shard_port(config: &ServerConfig, shard: u16) -> u16 {
         0
     } else {
         config.port_base.saturating_add(shard)
+    }
+}
+
+/// The port shard `shard`'s Kafka broker is asked to listen on: the Kafka port + `shard`,
+/// or 0 (any free port) when that is 0.
+fn kafka_shard_port(kafka: &KafkaConfig, shard: u16) -> u16 {
+    match kafka.listen.port() {
+        0 => 0,
+        port => port.saturating_add(shard),
     }
 }
 
@@ -122,12 +136,24 @@ pub fn run(
     shutdown: ShutdownSignal,
     on_listening: impl FnOnce(&Listening),
 ) -> Result<(), ServerError> {
+    if let Some(kafka) = &config.kafka
+        && kafka.advertised_host().is_none()
+    {
+        return Err(ServerError::KafkaAdvertisedHostMissing {
+            address: kafka.listen,
+        });
+    }
     // Before anything else, so that a server started by mistake on a taken address stops
     // at once, before it opens (or creates) its data directory. Port 0 is always free.
     let shard_addresses = (0..config.shard_count)
         .map(|shard| SocketAddr::new(config.listen.ip(), shard_port(&config, shard)));
+    let kafka_addresses = config.kafka.iter().flat_map(|kafka| {
+        (0..config.shard_count)
+            .map(|shard| SocketAddr::new(kafka.listen.ip(), kafka_shard_port(kafka, shard)))
+    });
     for address in std::iter::once(config.listen)
         .chain(shard_addresses)
+        .chain(kafka_addresses)
         .filter(|address| address.port() != 0)
     {
         ensure_address_free(address)?;
@@ -145,9 +171,19 @@ pub fn run(
         reserved.push(socket);
         shard_ports.push(bound.port());
     }
+    let mut kafka_ports = Vec::new();
+    if let Some(kafka) = &config.kafka {
+        for shard in 0..config.shard_count {
+            let port = kafka_shard_port(kafka, shard);
+            let (socket, bound) = reserve_address(SocketAddr::new(kafka.listen.ip(), port))?;
+            reserved.push(socket);
+            kafka_ports.push(bound.port());
+        }
+    }
     let listening = Listening {
         address,
         shard_ports,
+        kafka_ports,
     };
 
     let mesh = MeshBuilder::<ShardMessage, _>::full(usize::from(config.shard_count), 1024);

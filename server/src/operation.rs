@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cairn_engine::core::condition::Conflict;
 use cairn_engine::core::{KeyCondition, RecordInput};
-use cairn_engine::{Fetched, Offset, OwnedRecord, PartitionId, ShardId, Topic};
+use cairn_engine::{Fetched, Offset, OwnedRecord, PartitionId, ProducerError, ShardId, Topic};
 
 /// What kind of failure ended an operation; a front end maps each to its protocol's code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,8 @@ pub(crate) enum FailureKind {
     UnknownPartition,
     /// Topic creation: the name is taken.
     TopicExists,
+    /// An idempotent producer's batch does not follow its earlier ones (Kafka's rules).
+    Producer(ProducerError),
     /// The shard's storage failed; it acknowledges nothing more (docs/DESIGN.md §3.5).
     StorageFailure,
     /// The server is shutting down, or the owning shard has stopped.

@@ -19,8 +19,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use cairn_engine::{
-    AppendError, AppendOutcome, Offset, OwnedRecord, ReadError, RecordHeader, RecordInput, ShardId,
-    TopicError,
+    AppendError, AppendOutcome, Offset, OwnedRecord, ProducerStamp, ReadError, RecordHeader,
+    RecordInput, ShardId, TopicError,
 };
 
 use crate::context::ShardContext;
@@ -97,7 +97,7 @@ pub(crate) async fn append(
     let topic = routing::topic(&context.shard, topic)?;
     let located = routing::locate_batch(&topic, partition, records, context.config.shard_count)?;
     if located.owner == context.shard_id {
-        return append_local(context, &located, expected_end, records).await;
+        return append_local(context, &located, expected_end, records, None).await;
     }
     let request = Forwarded::Append {
         located,
@@ -110,15 +110,40 @@ pub(crate) async fn append(
     }
 }
 
+/// Appends `records` (one batch) to `located`, a partition this shard owns, as `append`
+/// does, for a front end that routes by itself and does not forward (Kafka's: each shard is
+/// the leader of its own partitions). `producer` stamps the batch of an idempotent
+/// producer: a retry of a batch appended before answers its original offsets.
+pub(crate) async fn append_located(
+    context: &ShardContext,
+    located: &Located,
+    expected_end: Option<Offset>,
+    records: &[RecordInput<'_>],
+    producer: Option<ProducerStamp>,
+) -> Result<AppendResult, Failure> {
+    ensure_serving(context)?;
+    if located.owner != context.shard_id {
+        return Err(Failure::new(
+            FailureKind::Internal,
+            format!(
+                "partition {:?} belongs to shard {}, not {}",
+                located.partition_id, located.owner.0, context.shard_id.0
+            ),
+        ));
+    }
+    append_local(context, located, expected_end, records, producer).await
+}
+
 async fn append_local(
     context: &ShardContext,
     located: &Located,
     expected_end: Option<Offset>,
     records: &[RecordInput<'_>],
+    producer: Option<ProducerStamp>,
 ) -> Result<AppendResult, Failure> {
     match context
         .shard
-        .append(located.partition_id, expected_end, records)
+        .append_as(located.partition_id, expected_end, records, producer)
         .await
     {
         Ok(AppendOutcome::Appended {
@@ -150,7 +175,7 @@ async fn append_local(
                 AppendError::InvalidBatch(_) => FailureKind::BadRequest,
                 AppendError::Storage(_) => FailureKind::StorageFailure,
                 AppendError::ShuttingDown => FailureKind::ShuttingDown,
-                AppendError::Producer(_) => FailureKind::BadRequest,
+                AppendError::Producer(producer_error) => FailureKind::Producer(*producer_error),
             };
             Err(Failure::new(kind, append_error.to_string()))
         }
@@ -187,6 +212,29 @@ pub(crate) async fn fetch(
         ForwardedResult::Fetch(result) => result.map(FetchResult::from),
         _ => Err(mismatched_reply()),
     }
+}
+
+/// Reads `located`, a partition this shard owns, as `fetch` does, for a front end that
+/// routes by itself and does not forward.
+pub(crate) async fn fetch_located(
+    context: &ShardContext,
+    located: &Located,
+    from: Offset,
+    size_bytes_max: u32,
+    wait_max: Duration,
+    hung_up: impl Future<Output = ()>,
+) -> Result<FetchResult, Failure> {
+    ensure_serving(context)?;
+    if located.owner != context.shard_id {
+        return Err(Failure::new(
+            FailureKind::Internal,
+            format!(
+                "partition {:?} belongs to shard {}, not {}",
+                located.partition_id, located.owner.0, context.shard_id.0
+            ),
+        ));
+    }
+    fetch_local(context, located, from, size_bytes_max, wait_max, hung_up).await
 }
 
 async fn fetch_local(
@@ -455,7 +503,7 @@ pub(crate) async fn serve_forwarded(
                         null_value: record.null_value,
                     })
                     .collect();
-                append_local(context, &located, expected_end, &inputs).await
+                append_local(context, &located, expected_end, &inputs, None).await
             }
         }),
         Forwarded::Fetch {

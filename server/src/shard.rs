@@ -1,5 +1,5 @@
 //! A shard's life in the server: recover, join the mesh, listen, serve, shut down; its
-//! accept loops; and its receiving end of the mesh (requests other shards forward here,
+//! accept loops (native on the shared and the shard's own port, Kafka on its broker port); and its receiving end of the mesh (requests other shards forward here,
 //! topics to learn, replies, `Drained`).
 //!
 //! Shutdown runs in two phases, so that no shard stops answering the mesh while another
@@ -33,6 +33,7 @@ use glommio::net::TcpListener;
 use crate::admission::Admission;
 use crate::config::{EXIT_INTERNAL, EXIT_STORAGE_FAILURE, Listening, ServerConfig, ShutdownSignal};
 use crate::context::ShardContext;
+use crate::kafka;
 use crate::mesh::{Mesh, PeerStatus, ShardMessage};
 use crate::native;
 use crate::service;
@@ -72,6 +73,8 @@ pub(crate) async fn run_shard(
         shard_id,
         config: config.clone(),
         listening: listening.clone(),
+        // Every shard derives the same id from the same file.
+        cluster_id: kafka::cluster_id(&config.data_dir),
         stopping: Event::new(),
         is_stopping: Cell::new(false),
         mesh: Rc::new(Mesh::new(shard_id, senders)),
@@ -134,10 +137,19 @@ pub(crate) async fn run_shard(
     for address in addresses {
         let listener = TcpListener::bind(address)
             .map_err(|error| fail(format!("binding {address}: {error}")))?;
-        listeners.push(listener);
+        listeners.push((Protocol::Native, listener));
     }
-    for listener in listeners {
-        glommio::spawn_local(accept_loop(context.clone(), listener)).detach();
+    if let (Some(kafka), Some(&port)) = (
+        &config.kafka,
+        listening.kafka_ports.get(usize::from(shard_id.0)),
+    ) {
+        let address = SocketAddr::new(kafka.listen.ip(), port);
+        let listener = TcpListener::bind(address)
+            .map_err(|error| fail(format!("binding {address}: {error}")))?;
+        listeners.push((Protocol::Kafka, listener));
+    }
+    for (protocol, listener) in listeners {
+        glommio::spawn_local(accept_loop(context.clone(), listener, protocol)).detach();
     }
     {
         // Fail-stop: a storage failure ends the process; recovery decides what survived.
@@ -261,7 +273,14 @@ fn handle_message(context: &Rc<ShardContext>, peer: usize, message: ShardMessage
     }
 }
 
-async fn accept_loop(context: Rc<ShardContext>, listener: TcpListener) {
+/// Which front end a listener's connections speak.
+#[derive(Clone, Copy)]
+enum Protocol {
+    Native,
+    Kafka,
+}
+
+async fn accept_loop(context: Rc<ShardContext>, listener: TcpListener, protocol: Protocol) {
     loop {
         let stopping = context.stopping.listen();
         if context.is_stopping.get() {
@@ -274,9 +293,16 @@ async fn accept_loop(context: Rc<ShardContext>, listener: TcpListener) {
         .await;
         match accepted {
             None => return,
-            Some(Ok(stream)) => {
-                glommio::spawn_local(native::connection::serve(context.clone(), stream)).detach();
-            }
+            Some(Ok(stream)) => match protocol {
+                Protocol::Native => {
+                    glommio::spawn_local(native::connection::serve(context.clone(), stream))
+                        .detach();
+                }
+                Protocol::Kafka => {
+                    glommio::spawn_local(kafka::connection::serve(context.clone(), stream))
+                        .detach();
+                }
+            },
             Some(Err(error)) => {
                 // Out of file descriptors and the like: log, back off, keep serving.
                 tracing::warn!(%error, "accept failed");

@@ -20,7 +20,7 @@ use cairn_client::{AppendResult, BlockingClient, ClientConfig, FetchedRecord};
 use cairn_engine::{
     FaultHook, FaultPoint, FaultPolicy, KeyCondition, Offset, RecordHeader, RecordInput,
 };
-use cairn_server::{ServerConfig, ShutdownSignal};
+use cairn_server::{KafkaConfig, ServerConfig, ShutdownSignal};
 use cairn_wire::{self as wire, ConflictInfo};
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -130,6 +130,16 @@ struct ServeArgs {
     /// Most connections each shard serves at once; beyond it they are refused.
     #[arg(long)]
     max_connections_per_shard: Option<usize>,
+    /// Kafka listener of shard 0; shard i listens on its port + i (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    kafka_listen: SocketAddr,
+    /// Do not serve the Kafka protocol.
+    #[arg(long, conflicts_with_all = ["kafka_listen", "kafka_advertised_host"])]
+    no_kafka: bool,
+    /// Host that Kafka Metadata names for every broker (default: the --kafka-listen IP;
+    /// required when that is 0.0.0.0 or ::).
+    #[arg(long)]
+    kafka_advertised_host: Option<String>,
     /// Do not pin shards to CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -388,6 +398,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.shard_connection_count_max = count;
     }
     config.pin_shards = !args.no_pin;
+    config.kafka = (!args.no_kafka).then_some(KafkaConfig {
+        listen: args.kafka_listen,
+        advertised_host: args.kafka_advertised_host,
+    });
     if let Ok(spec) = std::env::var(FAULT_INJECT_ENV) {
         config.fault_hook = Some(parse_fault_spec(&spec)?);
         tracing::warn!(spec, "TEST-ONLY fault injection is active");
@@ -400,9 +414,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     cairn_server::run(config, shutdown, |listening| {
         let ports: Vec<String> = listening.shard_ports.iter().map(u16::to_string).collect();
+        let kafka_ports: Vec<String> = listening.kafka_ports.iter().map(u16::to_string).collect();
+        let kafka = if kafka_ports.is_empty() {
+            String::new()
+        } else {
+            format!(" kafka_ports={}", kafka_ports.join(","))
+        };
         // Tests and scripts wait for this line; it is printed once every shard accepts.
         println!(
-            "listening on {} shard_ports={}",
+            "listening on {} shard_ports={}{kafka}",
             listening.address,
             ports.join(",")
         );

@@ -14,7 +14,6 @@ use cairn_wire::{ConflictInfo, partition_for_key};
 use serde_json::{Value, json};
 
 use crate::support::client_process::{ClientProcess, json_lines, node, python, run_to_end};
-use crate::support::kafka_listener::KafkaListener;
 use crate::support::server::TestServer;
 
 /// The header the Kafka listener reads a record's key condition from.
@@ -280,7 +279,7 @@ fn kcat_metadata_lists_one_broker_per_shard_and_each_partitions_leader() {
         .collect();
     brokers.sort();
     let expected_brokers: Vec<(u64, String)> = server
-        .kafka_ports()
+        .kafka_ports
         .iter()
         .enumerate()
         .map(|(shard, port)| (shard as u64, format!("127.0.0.1:{port}")))

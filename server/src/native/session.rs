@@ -173,7 +173,8 @@ pub(crate) fn connection_refused_frame(open_count_max: usize) -> Vec<u8> {
 /// The wire's code for a kind of failure.
 pub(crate) fn error_code(kind: FailureKind) -> ErrorCode {
     match kind {
-        FailureKind::BadRequest => ErrorCode::BadRequest,
+        // The native protocol has no producer stamps; only Kafka's front end meets these.
+        FailureKind::BadRequest | FailureKind::Producer(_) => ErrorCode::BadRequest,
         FailureKind::TooLarge => ErrorCode::TooLarge,
         FailureKind::UnknownTopic => ErrorCode::UnknownTopic,
         FailureKind::UnknownPartition => ErrorCode::UnknownPartition,

@@ -3,7 +3,6 @@
 
 pub mod client_process;
 pub mod engine;
-pub mod kafka_listener;
 pub mod loop_fs;
 pub mod server;
 pub mod workload;

@@ -17,6 +17,8 @@ pub struct TestServer {
     child: Option<Child>,
     pub address: SocketAddr,
     pub shard_ports: Vec<u16>,
+    /// Each shard's Kafka broker port; empty when started with `--no-kafka`.
+    pub kafka_ports: Vec<u16>,
     _temp_dir: Option<tempfile::TempDir>,
 }
 
@@ -61,14 +63,19 @@ impl TestServer {
         let (address, ports) = rest
             .split_once(" shard_ports=")
             .expect("line names shard ports");
-        let shard_ports = ports
-            .split(',')
-            .map(|port| port.parse().expect("port"))
-            .collect();
+        let (ports, kafka_ports) = ports.split_once(" kafka_ports=").unwrap_or((ports, ""));
+        let parse_ports = |ports: &str| -> Vec<u16> {
+            ports
+                .split(',')
+                .filter(|port| !port.is_empty())
+                .map(|port| port.parse().expect("port"))
+                .collect()
+        };
         TestServer {
             child: Some(child),
             address: address.parse().expect("address"),
-            shard_ports,
+            shard_ports: parse_ports(ports),
+            kafka_ports: parse_ports(kafka_ports),
             _temp_dir: None,
         }
     }
@@ -84,6 +91,15 @@ impl TestServer {
         std::thread::sleep(after);
         let _ = child.kill();
         child.wait().expect("killed server is reaped");
+    }
+
+    /// Shard 0's Kafka address, "127.0.0.1:PORT": what a Kafka client bootstraps from.
+    pub fn kafka_bootstrap(&self) -> String {
+        let port = self
+            .kafka_ports
+            .first()
+            .expect("the server serves Kafka (not started with --no-kafka)");
+        format!("127.0.0.1:{port}")
     }
 
     /// The process id, for /proc.
@@ -207,13 +223,17 @@ pub fn serve_until_exit(data_dir: &Path, extra_args: &[&str], timeout: Duration)
 }
 
 /// `cairn serve` with the test defaults: loopback and free ports (unless `extra_args` names
-/// `--listen`), two unpinned shards, small segments (unless `extra_args` names
+/// `--listen`), Kafka on loopback and free ports (unless it names `--kafka-listen` or
+/// `--no-kafka`), two unpinned shards, small segments (unless `extra_args` names
 /// `--segment-size`), warnings only.
 fn serve_command(data_dir: &Path, extra_args: &[&str]) -> Command {
     let mut command = Command::new(CAIRN_BIN);
     command.arg("serve");
     if !extra_args.contains(&"--listen") {
         command.args(["--listen", "127.0.0.1:0"]);
+    }
+    if !extra_args.contains(&"--kafka-listen") && !extra_args.contains(&"--no-kafka") {
+        command.args(["--kafka-listen", "127.0.0.1:0"]);
     }
     command.args(["--cores", "2", "--no-pin"]);
     if !extra_args.contains(&"--segment-size") {

@@ -1,0 +1,280 @@
+//! Kafka record batches <-> Cairn records: the produce side decodes one RecordBatch v2
+//! (CRC32C checked, decompressed, by the `kafka-protocol` crate) into records and their
+//! conditions; the fetch side encodes one Cairn batch as one uncompressed RecordBatch v2.
+//!
+//! Conditions travel in record headers and are stripped from the stored record:
+//! `cairn.expect` on any record (`no-key`, `exists`, or a decimal offset: the key's latest
+//! record is there) and `cairn.expect-end-offset` (decimal) on a batch's first record only.
+//! A fetched record carries `cairn.prev-key-offset` (decimal) when its key has an earlier
+//! record.
+//!
+//! The batch header is read first (`decode_batch_info`, no records decoded): its record
+//! count is checked against `BATCH_RECORD_COUNT_MAX` and transactional or control batches
+//! are refused before any record is decompressed or decoded.
+
+use bytes::{Bytes, BytesMut};
+use cairn_engine::core::limits::BATCH_RECORD_COUNT_MAX;
+use cairn_engine::core::record::BatchView;
+use cairn_engine::core::{KeyCondition, Offset, ProducerStamp};
+use kafka_protocol::ResponseError;
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, Record, RecordBatchDecoder,
+    RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+/// The header that states a record's key condition.
+pub(super) const EXPECT_HEADER: &str = "cairn.expect";
+/// The header, on a batch's first record, that states the partition's expected end offset.
+pub(super) const EXPECT_END_OFFSET_HEADER: &str = "cairn.expect-end-offset";
+/// The header a fetched record carries when its key has an earlier record.
+pub(super) const PREV_KEY_OFFSET_HEADER: &str = "cairn.prev-key-offset";
+
+/// Why a produced batch was refused before it reached the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BatchError {
+    /// The Kafka error code.
+    pub(super) code: i16,
+    /// The record it is about, if one (Kafka's `batch_index`).
+    pub(super) record_index: Option<u32>,
+    pub(super) message: String,
+}
+
+impl BatchError {
+    fn new(error: ResponseError, message: impl Into<String>) -> BatchError {
+        BatchError {
+            code: error.code(),
+            record_index: None,
+            message: message.into(),
+        }
+    }
+
+    fn record(record_index: usize, message: impl Into<String>) -> BatchError {
+        BatchError {
+            code: ResponseError::InvalidRecord.code(),
+            record_index: u32::try_from(record_index).ok(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One produced batch, decoded, with its conditions.
+pub(super) struct ProducedBatch {
+    pub(super) records: Vec<Record>,
+    /// Each record's key condition, by index.
+    pub(super) conditions: Vec<KeyCondition>,
+    pub(super) expected_end: Option<Offset>,
+    /// The idempotent producer's stamp, if the batch has a producer id.
+    pub(super) producer: Option<ProducerStamp>,
+}
+
+/// Decodes the `records` of one partition of a Produce request: exactly one RecordBatch
+/// v2, not transactional, not a control batch.
+pub(super) fn decode_produced(records: Bytes) -> Result<ProducedBatch, BatchError> {
+    let infos = RecordBatchDecoder::decode_batch_info(&mut records.clone())
+        .map_err(|error| BatchError::new(ResponseError::CorruptMessage, error.to_string()))?;
+    let info = match infos.as_slice() {
+        [info] => info,
+        [] => {
+            return Err(BatchError::new(
+                ResponseError::UnsupportedForMessageFormat,
+                "not a record batch v2 (message formats v0 and v1 are not supported)",
+            ));
+        }
+        _ => {
+            return Err(BatchError::new(
+                ResponseError::InvalidRecord,
+                format!("{} record batches for one partition; send one", infos.len()),
+            ));
+        }
+    };
+    if info.transactional {
+        return Err(BatchError::new(
+            ResponseError::TransactionalIdAuthorizationFailed,
+            "transactions are not supported",
+        ));
+    }
+    if info.control {
+        return Err(BatchError::new(
+            ResponseError::InvalidRecord,
+            "control batches are not accepted from producers",
+        ));
+    }
+    let record_count = usize::try_from(info.record_count).unwrap_or(usize::MAX);
+    if record_count == 0 || record_count > BATCH_RECORD_COUNT_MAX {
+        return Err(BatchError::new(
+            ResponseError::InvalidRecord,
+            format!("a batch has 1 to {BATCH_RECORD_COUNT_MAX} records, not {record_count}"),
+        ));
+    }
+    let producer = (info.producer_id >= 0).then_some(ProducerStamp {
+        producer_id: info.producer_id,
+        epoch: info.producer_epoch,
+        base_sequence: info.base_sequence,
+    });
+    let timestamps_are_create_time = info.timestamp_type == TimestampType::Creation;
+    let mut records_buf = records;
+    let set = RecordBatchDecoder::decode(&mut records_buf)
+        .map_err(|error| BatchError::new(ResponseError::CorruptMessage, error.to_string()))?;
+    let mut records = set.records;
+    if !timestamps_are_create_time {
+        // LogAppendTime from a producer means "the broker's": Cairn stamps the append.
+        for record in &mut records {
+            record.timestamp = -1;
+        }
+    }
+    let (conditions, expected_end) = conditions(&records)?;
+    Ok(ProducedBatch {
+        records,
+        conditions,
+        expected_end,
+        producer,
+    })
+}
+
+/// Whether a header name is one of the condition headers, stripped before storing.
+pub(super) fn is_condition_header(name: &str) -> bool {
+    name == EXPECT_HEADER || name == EXPECT_END_OFFSET_HEADER
+}
+
+/// Each record's key condition and the batch's expected end offset, from their headers.
+fn conditions(records: &[Record]) -> Result<(Vec<KeyCondition>, Option<Offset>), BatchError> {
+    let mut conditions = Vec::with_capacity(records.len());
+    let mut expected_end = None;
+    for (index, record) in records.iter().enumerate() {
+        let mut condition = KeyCondition::Any;
+        for (name, value) in &record.headers {
+            let name: &str = name;
+            if !is_condition_header(name) {
+                continue;
+            }
+            let Some(value) = value
+                .as_ref()
+                .and_then(|value| std::str::from_utf8(value).ok())
+            else {
+                return Err(BatchError::record(
+                    index,
+                    format!("invalid condition: record {index}: {name} has no text value"),
+                ));
+            };
+            if name == EXPECT_HEADER {
+                condition = match value {
+                    "no-key" => KeyCondition::NoKey,
+                    "exists" => KeyCondition::KeyExists,
+                    offset => match parse_offset(offset) {
+                        Some(offset) => KeyCondition::At(offset),
+                        None => {
+                            return Err(BatchError::record(
+                                index,
+                                format!(
+                                    "invalid condition: record {index}: {EXPECT_HEADER} is \
+                                     no-key, exists or a decimal offset, not {value:?}"
+                                ),
+                            ));
+                        }
+                    },
+                };
+                if record.key.is_none() {
+                    return Err(BatchError::record(
+                        index,
+                        format!(
+                            "invalid condition: record {index}: a record with a null key has \
+                             no key to check ({EXPECT_HEADER})"
+                        ),
+                    ));
+                }
+            } else {
+                if index != 0 {
+                    return Err(BatchError::record(
+                        index,
+                        format!(
+                            "invalid condition: record {index}: {EXPECT_END_OFFSET_HEADER} \
+                             belongs on a batch's first record"
+                        ),
+                    ));
+                }
+                expected_end = Some(parse_offset(value).ok_or_else(|| {
+                    BatchError::record(
+                        index,
+                        format!(
+                            "invalid condition: record {index}: {EXPECT_END_OFFSET_HEADER} is \
+                             a decimal offset, not {value:?}"
+                        ),
+                    )
+                })?);
+            }
+        }
+        conditions.push(condition);
+    }
+    Ok((conditions, expected_end))
+}
+
+/// A decimal offset: digits only (no sign, no spaces), fitting in `u64`.
+fn parse_offset(text: &str) -> Option<Offset> {
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().map(Offset)
+}
+
+/// Appends `view` to `out` as one uncompressed RecordBatch v2 (CreateTime) with the
+/// batch's own offsets, each record with its headers and `cairn.prev-key-offset`.
+pub(super) fn encode_fetched(view: &BatchView<'_>, out: &mut BytesMut) -> Result<(), String> {
+    let timestamp_ms = i64::try_from(view.timestamp_ms()).unwrap_or(i64::MAX);
+    let mut records = Vec::with_capacity(usize::try_from(view.record_count()).unwrap_or(0));
+    for (delta, record) in view.records().enumerate() {
+        let mut headers = IndexMap::with_capacity(usize::from(record.header_count()) + 1);
+        for header in record.headers() {
+            let name = String::from_utf8_lossy(header.name).into_owned();
+            headers.insert(
+                StrBytes::from_string(name),
+                Some(Bytes::copy_from_slice(header.value)),
+            );
+        }
+        if let Some(prev) = record.prev_key_offset {
+            headers.insert(
+                StrBytes::from_static_str(PREV_KEY_OFFSET_HEADER),
+                Some(Bytes::from(prev.0.to_string())),
+            );
+        }
+        let delta = i32::try_from(delta).unwrap_or(i32::MAX);
+        records.push(Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            timestamp_type: TimestampType::Creation,
+            offset: i64::try_from(record.offset.0).unwrap_or(i64::MAX),
+            // The encoder keeps records in one batch while offset - sequence is constant:
+            // NO_SEQUENCE for the first, counting up from it.
+            sequence: NO_SEQUENCE.wrapping_add(delta),
+            timestamp: timestamp_ms,
+            key: Some(Bytes::copy_from_slice(record.key)),
+            value: Some(Bytes::copy_from_slice(record.value)),
+            headers,
+        });
+    }
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(out, &records, &options).map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_plain_decimals() {
+        assert_eq!(parse_offset("17"), Some(Offset(17)));
+        assert_eq!(parse_offset(""), None);
+        assert_eq!(parse_offset("+1"), None);
+        assert_eq!(parse_offset("-1"), None);
+        assert_eq!(parse_offset("1 "), None);
+        assert_eq!(parse_offset("99999999999999999999999"), None);
+    }
+}

@@ -1,8 +1,13 @@
 //! What the Kafka front end needs of the engine, on a real disk: record timestamps and
-//! nulls survive a restart, and the earliest offset at or after a time is found whatever
-//! order producers' timestamps come in.
+//! nulls survive a restart, the earliest offset at or after a time is found whatever order
+//! producers' timestamps come in, idempotent producers' retries are answered with the
+//! original offsets (before and after a restart), and producer ids are never handed out
+//! twice, across shards and crashes.
 
-use cairn_engine::{AppendOutcome, KeyCondition, Offset, PartitionId, RecordInput, ShardId};
+use cairn_engine::{
+    AppendError, AppendOutcome, KeyCondition, Offset, PartitionId, ProducerError, ProducerStamp,
+    RecordInput, ShardId,
+};
 
 use crate::support::engine::{open_engine, run_local, test_config};
 
@@ -139,4 +144,236 @@ fn engine_offset_for_timestamp_finds_the_earliest_record_at_or_after_a_time() {
         );
         shard.close().await;
     });
+}
+
+fn stamp(producer_id: i64, epoch: i16, base_sequence: i32) -> Option<ProducerStamp> {
+    Some(ProducerStamp {
+        producer_id,
+        epoch,
+        base_sequence,
+    })
+}
+
+fn keyed(key: &'static [u8], condition: KeyCondition) -> RecordInput<'static> {
+    RecordInput {
+        key,
+        value: b"value",
+        condition,
+        ..RecordInput::default()
+    }
+}
+
+#[test]
+fn engine_idempotent_producer_retries_are_answered_with_the_original_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let engine = open_engine(config.clone());
+    let partition = PartitionId(0);
+    run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        shard.create_topic("events", 1).unwrap();
+        let producer_id = shard.allocate_producer_id().await.unwrap();
+        let batch = [
+            keyed(b"k", KeyCondition::NoKey),
+            keyed(b"j", KeyCondition::NoKey),
+        ];
+        // The original and its retry race: the retry finds the original pending and answers
+        // once it is synced, with its offsets.
+        let (original, retry) = futures_lite::future::zip(
+            shard.append_as(partition, Some(Offset(0)), &batch, stamp(producer_id, 0, 0)),
+            shard.append_as(partition, Some(Offset(0)), &batch, stamp(producer_id, 0, 0)),
+        )
+        .await;
+        assert_eq!(
+            original.unwrap(),
+            AppendOutcome::Appended {
+                base_offset: Offset(0),
+                record_count: 2
+            }
+        );
+        let duplicate = AppendOutcome::Duplicate {
+            base_offset: Offset(0),
+            record_count: 2,
+        };
+        assert_eq!(retry.unwrap(), duplicate);
+        assert_eq!(
+            shard.end_offsets(partition).unwrap(),
+            (Offset(2), Offset(2))
+        );
+        // Synced: answered at once, still not a conflict with itself.
+        assert_eq!(
+            shard
+                .append_as(partition, Some(Offset(0)), &batch, stamp(producer_id, 0, 0))
+                .await
+                .unwrap(),
+            duplicate
+        );
+        assert_eq!(
+            shard
+                .append_as(
+                    partition,
+                    None,
+                    &[keyed(b"x", KeyCondition::Any)],
+                    stamp(producer_id, 0, 5)
+                )
+                .await,
+            Err(AppendError::Producer(ProducerError::OutOfOrder {
+                producer_id,
+                base_sequence: 5,
+                expected_sequence: 2
+            }))
+        );
+        assert_eq!(
+            shard
+                .append_as(
+                    partition,
+                    None,
+                    &[keyed(b"x", KeyCondition::Any)],
+                    stamp(producer_id, 0, 2)
+                )
+                .await
+                .unwrap(),
+            AppendOutcome::Appended {
+                base_offset: Offset(2),
+                record_count: 1
+            }
+        );
+        // A stamp with a negative field never reaches the log.
+        assert!(matches!(
+            shard
+                .append_as(
+                    partition,
+                    None,
+                    &[keyed(b"x", KeyCondition::Any)],
+                    stamp(-1, 0, 0)
+                )
+                .await,
+            Err(AppendError::InvalidBatch(_))
+        ));
+        // A null key with a condition is refused before anything is staged.
+        let null_key = [RecordInput {
+            null_key: true,
+            condition: KeyCondition::NoKey,
+            ..RecordInput::default()
+        }];
+        let refused = shard.append(partition, None, &null_key).await.unwrap_err();
+        assert!(refused.to_string().contains("record 0"), "{refused}");
+        // No close: the producer state must come back from the log alone.
+        drop(shard);
+        producer_id
+    });
+
+    let engine = open_engine(config);
+    run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        let producer_id = 0;
+        assert_eq!(
+            shard
+                .append_as(
+                    partition,
+                    Some(Offset(0)),
+                    &[
+                        keyed(b"k", KeyCondition::NoKey),
+                        keyed(b"j", KeyCondition::NoKey)
+                    ],
+                    stamp(producer_id, 0, 0)
+                )
+                .await
+                .unwrap(),
+            AppendOutcome::Duplicate {
+                base_offset: Offset(0),
+                record_count: 2
+            }
+        );
+        // A new epoch takes over at sequence 0 and fences the old one.
+        assert!(matches!(
+            shard
+                .append_as(
+                    partition,
+                    None,
+                    &[keyed(b"y", KeyCondition::Any)],
+                    stamp(producer_id, 1, 0)
+                )
+                .await
+                .unwrap(),
+            AppendOutcome::Appended {
+                base_offset: Offset(3),
+                ..
+            }
+        ));
+        assert_eq!(
+            shard
+                .append_as(
+                    partition,
+                    None,
+                    &[keyed(b"y", KeyCondition::Any)],
+                    stamp(producer_id, 0, 3)
+                )
+                .await,
+            Err(AppendError::Producer(ProducerError::Fenced {
+                producer_id,
+                epoch: 0,
+                current_epoch: 1
+            }))
+        );
+        shard.close().await;
+    });
+}
+
+#[test]
+fn engine_producer_ids_are_unique_across_shards_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.shard_count = 2;
+    let mut seen = std::collections::BTreeSet::new();
+    for life in 0..3 {
+        let engine = open_engine(config.clone());
+        let ids = run_local(move || async move {
+            let mut ids = Vec::new();
+            for shard_id in [ShardId(0), ShardId(1)] {
+                let shard = engine.open_shard(shard_id).await.unwrap();
+                // A few ids only: the process "dies" mid-block (no close, nothing written
+                // after the block's reservation).
+                for _ in 0..(3 + life) {
+                    ids.push(shard.allocate_producer_id().await.unwrap());
+                }
+                drop(shard);
+            }
+            ids
+        });
+        for id in ids {
+            assert!(id >= 0, "{id}");
+            assert!(seen.insert(id), "id {id} handed out twice (life {life})");
+        }
+    }
+    // Life 0 used block 0 of each shard, the next lives start at the next block.
+    assert!(seen.contains(&0) && seen.contains(&1));
+    assert!(seen.contains(&(1024 * 65_536)));
+    assert!(seen.contains(&(2048 * 65_536 + 1)));
+}
+
+#[test]
+fn engine_a_corrupt_producer_id_file_is_refused_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let engine = open_engine(config.clone());
+    run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        shard.allocate_producer_id().await.unwrap();
+        shard.close().await;
+    });
+    let path = dir.path().join("core-0").join("producer-ids");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("counter_end 1024\n"), "{text}");
+    std::fs::write(&path, text.replace("1024", "9999")).unwrap();
+    let engine = open_engine(config);
+    let error = run_local(move || async move {
+        engine
+            .open_shard(ShardId(0))
+            .await
+            .err()
+            .map(|error| error.to_string())
+    });
+    let error = error.expect("a corrupted reservation is refused");
+    assert!(error.contains("producer-ids"), "{error}");
 }

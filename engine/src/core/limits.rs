@@ -56,3 +56,17 @@ const _: () = assert!(BATCH_LINEAR_SCAN_RECORD_COUNT_MAX <= BATCH_SCRATCH_RECORD
 const _: () = assert!(BATCH_SCRATCH_RECORD_COUNT_MAX <= BATCH_RECORD_COUNT_MAX);
 // A record's index in a batch is reported as a u32 (`Conflict::Key::record_index`).
 const _: () = assert!(BATCH_RECORD_COUNT_MAX <= u32::MAX as usize);
+
+/// Batches of one idempotent producer a partition retains to recognise retries: Kafka's
+/// number, which its producers rely on (`max.in.flight.requests.per.connection` ≤ 5).
+pub const PRODUCER_BATCH_RETAINED_COUNT_MAX: usize = 5;
+
+/// Idempotent producers one partition remembers (`core::producer`). Past it, recording a
+/// new producer evicts the one whose latest append is the oldest; an evicted producer's next
+/// batch must start at sequence 0. About 150 bytes each, counted with the key index: at
+/// most ~150 KiB per partition.
+pub const PRODUCER_COUNT_PER_PARTITION_MAX: usize = 1024;
+
+// A producer's retained batch count is kept in a u8.
+const _: () = assert!(PRODUCER_BATCH_RETAINED_COUNT_MAX <= u8::MAX as usize);
+const _: () = assert!(PRODUCER_BATCH_RETAINED_COUNT_MAX >= 1);

@@ -10,6 +10,7 @@ pub mod key_index;
 pub mod limits;
 pub mod offset_index;
 pub mod partition;
+pub mod producer;
 pub mod read_cache;
 pub mod record;
 pub mod recovery;

@@ -1,5 +1,8 @@
-//! `PartitionState`: one partition's end offset, watermarks and key index, and the check
-//! that admits or rejects a conditional batch (docs/DESIGN.md §1).
+//! `PartitionState`: one partition's end offset, watermarks, key index and idempotent
+//! producers, and the check that admits or rejects a batch (docs/DESIGN.md §1): first its
+//! producer stamp (`core::producer`), then its end offset and key conditions. The producer
+//! comes first so that a retry of an accepted conditional batch is answered with the
+//! original's offsets, not as a conflict with itself.
 //!
 //! The state includes *pending* records (appended, not yet synced): conditions see them,
 //! because they become durable in order before any later record, and if they fail the
@@ -26,7 +29,26 @@ use crate::core::limits::{
     BATCH_LINEAR_SCAN_RECORD_COUNT_MAX, BATCH_RECORD_COUNT_MAX, BATCH_SCRATCH_RECORD_COUNT_MAX,
     KEY_SIZE_BYTES_MAX,
 };
-use crate::core::{KeyCondition, Offset, PartitionId, RecordInput};
+use crate::core::producer::{ProducerBatch, ProducerCheck, ProducerTable};
+use crate::core::{KeyCondition, Offset, PartitionId, ProducerStamp, RecordInput};
+use crate::error::ProducerError;
+
+/// Why a batch was not staged: each is an answer to the client, not a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A condition failed.
+    Conflict(Conflict),
+    /// The batch repeats this batch of its producer, appended before (maybe still pending).
+    Duplicate(ProducerBatch),
+    /// The batch's producer stamp does not follow the producer's batches.
+    Producer(ProducerError),
+}
+
+impl From<Conflict> for Refusal {
+    fn from(conflict: Conflict) -> Self {
+        Refusal::Conflict(conflict)
+    }
+}
 
 /// How far each stage of one partition's write path has got.
 /// Exclusive ends: an empty partition has all three at `Offset(0)`.
@@ -144,6 +166,8 @@ pub struct PartitionState {
     /// For each record of the batch being staged, its key's slot in the index if the key
     /// existed before the batch: the check looks each key up once, staging reuses it.
     key_slots: Vec<Option<KeySlot>>,
+    /// Idempotent producers and their latest batches, pending ones included.
+    producers: ProducerTable,
 }
 
 impl PartitionState {
@@ -157,6 +181,7 @@ impl PartitionState {
             pending_prev_key_offsets: VecDeque::new(),
             batch_keys: BatchKeyScratch::default(),
             key_slots: Vec::new(),
+            producers: ProducerTable::new(),
         }
     }
 
@@ -252,6 +277,77 @@ impl PartitionState {
         Ok(base_offset)
     }
 
+    /// Like [`Self::check_and_stage`], for a batch that may carry a producer stamp, which is
+    /// checked first (`ProducerTable::check`): a retry of a retained batch is refused as its
+    /// `Duplicate`, a stamp that does not follow as `Producer`, both before any condition is
+    /// looked at; otherwise the conditions decide, and a staged batch becomes the producer's
+    /// latest. A batch refused for any reason leaves the producer's state as it was: its
+    /// sequence numbers are not used up. An empty batch has no sequence to check.
+    pub fn check_and_stage_as(
+        &mut self,
+        expected_end: Option<Offset>,
+        records: &[RecordInput<'_>],
+        producer: Option<ProducerStamp>,
+        prev_key_offsets: &mut Vec<Option<Offset>>,
+    ) -> Result<Offset, Refusal> {
+        let record_count =
+            u32::try_from(records.len()).expect("BATCH_RECORD_COUNT_MAX fits in u32");
+        let stamp = producer.filter(|_| record_count > 0);
+        if let Some(stamp) = stamp {
+            match self.producers.check(stamp, record_count) {
+                ProducerCheck::Accept => {}
+                ProducerCheck::Duplicate(original) => {
+                    prev_key_offsets.clear();
+                    return Err(Refusal::Duplicate(original));
+                }
+                ProducerCheck::Refuse(error) => {
+                    prev_key_offsets.clear();
+                    return Err(Refusal::Producer(error));
+                }
+            }
+        }
+        let base_offset = self.check_and_stage(expected_end, records, prev_key_offsets)?;
+        if let Some(stamp) = stamp {
+            self.producers.record(stamp, base_offset, record_count);
+        }
+        Ok(base_offset)
+    }
+
+    /// What [`Self::check_and_stage_as`] would answer now, for an append that must wait for
+    /// room: `Err` only for what it will still answer when the batch is staged. A duplicate
+    /// stays one (or, evicted from the producer's last batches meanwhile, is refused: never
+    /// appended) and a fenced epoch stays fenced, so both are answered at once. An
+    /// out-of-order sequence is not: a batch of the same producer ahead of this one in the
+    /// admission queue can make it the next one by the time it is staged (Kafka's producers
+    /// pipeline up to five batches), so it waits and is decided when staged. Conditions
+    /// are checked only when the producer check passes, as staging would.
+    pub fn check_as(
+        &mut self,
+        expected_end: Option<Offset>,
+        records: &[RecordInput<'_>],
+        producer: Option<ProducerStamp>,
+    ) -> Result<(), Refusal> {
+        let record_count =
+            u32::try_from(records.len()).expect("BATCH_RECORD_COUNT_MAX fits in u32");
+        if let Some(stamp) = producer.filter(|_| record_count > 0) {
+            match self.producers.check(stamp, record_count) {
+                ProducerCheck::Accept => {}
+                ProducerCheck::Duplicate(original) => return Err(Refusal::Duplicate(original)),
+                ProducerCheck::Refuse(error @ ProducerError::Fenced { .. }) => {
+                    return Err(Refusal::Producer(error));
+                }
+                ProducerCheck::Refuse(ProducerError::OutOfOrder { .. }) => return Ok(()),
+            }
+        }
+        self.check(expected_end, records).map_err(Refusal::Conflict)
+    }
+
+    /// The partition's idempotent producers.
+    #[must_use]
+    pub fn producers(&self) -> &ProducerTable {
+        &self.producers
+    }
+
     /// Whether a batch's conditions hold now, as [`Self::check_and_stage`] would decide,
     /// without staging it: an append that must wait for room is answered at once when it is
     /// already doomed. (It is checked again when it is staged: appends admitted before it
@@ -338,10 +434,13 @@ impl PartitionState {
     /// key's latest offset before that record (earlier records of the batch included);
     /// otherwise the log contradicts itself and this returns an error, having changed
     /// nothing, so the caller can stop recovery at the batch before. On success all three
-    /// watermarks advance to the batch's end. Runs before any append: nothing is pending.
+    /// watermarks advance to the batch's end, and a stamped batch becomes its producer's
+    /// latest (the producer table is rebuilt from the log alone). Runs before any append:
+    /// nothing is pending.
     pub fn recover_batch<'k>(
         &mut self,
         base_offset: Offset,
+        producer: Option<ProducerStamp>,
         records: impl IntoIterator<Item = (Option<&'k [u8]>, Option<Offset>)>,
     ) -> Result<(), RecoveryError> {
         assert_eq!(
@@ -387,6 +486,13 @@ impl PartitionState {
             Ok(())
         })?;
         self.stage_batch(base_offset, records.len(), key_of);
+        if let Some(stamp) = producer
+            && !records.is_empty()
+        {
+            let record_count =
+                u32::try_from(records.len()).expect("a decoded batch's count fits in u32");
+            self.producers.record(stamp, base_offset, record_count);
+        }
         let end = self.watermarks.appended_end;
         self.advance_written(end);
         self.advance_synced(end);
@@ -399,10 +505,10 @@ impl PartitionState {
         self.key_index.len()
     }
 
-    /// Heap bytes of the key index, for the memory-per-key figure.
+    /// Heap bytes of the key index and the producer table, for the memory figures.
     #[must_use]
     pub fn key_index_memory_bytes(&self) -> usize {
-        self.key_index.memory_bytes()
+        self.key_index.memory_bytes() + self.producers.memory_bytes()
     }
 
     /// Looks up, for each record of a batch about to be staged at `base_offset`, its key's
@@ -650,6 +756,7 @@ mod tests {
 
     use super::*;
     use crate::core::KeyCondition::{self, Any, At, KeyExists, NoKey};
+    use crate::core::producer::{last_sequence, next_sequence};
 
     fn record(key: &[u8], condition: KeyCondition) -> RecordInput<'_> {
         RecordInput {
@@ -749,6 +856,7 @@ mod tests {
         recovered
             .recover_batch(
                 Offset(0),
+                None,
                 [
                     (None, None),
                     (Some(&b""[..]), None),
@@ -1120,7 +1228,7 @@ mod tests {
             (Some(b"j"), None),
             (Some(b"k"), Some(Offset(0))),
         ];
-        recovered.recover_batch(Offset(0), batch).unwrap();
+        recovered.recover_batch(Offset(0), None, batch).unwrap();
         assert_eq!(recovered.watermarks(), original.watermarks());
         for key in [&b"k"[..], b"j", b"x"] {
             assert_eq!(recovered.latest(key), original.latest(key), "key {key:?}");
@@ -1131,7 +1239,7 @@ mod tests {
             );
         }
         recovered
-            .recover_batch(Offset(3), [(Some(&b"j"[..]), Some(Offset(1)))])
+            .recover_batch(Offset(3), None, [(Some(&b"j"[..]), Some(Offset(1)))])
             .unwrap();
         assert_eq!(recovered.latest(b"j"), Some(Offset(3)));
         assert_eq!(recovered.synced_end(), Offset(4));
@@ -1142,7 +1250,7 @@ mod tests {
         let mut state = synced_state();
         let before = (*state.watermarks(), state.key_count(), state.latest(b"k"));
         assert_eq!(
-            state.recover_batch(Offset(4), [(Some(&b"k"[..]), Some(Offset(2)))]),
+            state.recover_batch(Offset(4), None, [(Some(&b"k"[..]), Some(Offset(2)))]),
             Err(RecoveryError::OffsetGap {
                 partition: PartitionId(7),
                 expected: Offset(3),
@@ -1152,6 +1260,7 @@ mod tests {
         assert_eq!(
             state.recover_batch(
                 Offset(3),
+                None,
                 [
                     (Some(&b"new"[..]), None),
                     (Some(&b"k"[..]), Some(Offset(0)))
@@ -1167,6 +1276,7 @@ mod tests {
         assert_eq!(
             state.recover_batch(
                 Offset(3),
+                None,
                 [(Some(&b"new"[..]), None), (Some(&b"new"[..]), None)]
             ),
             Err(RecoveryError::PrevKeyOffsetMismatch {
@@ -1178,7 +1288,7 @@ mod tests {
         );
         let long_key = vec![0u8; KEY_SIZE_BYTES_MAX + 1];
         assert_eq!(
-            state.recover_batch(Offset(3), [(Some(&long_key[..]), None)]),
+            state.recover_batch(Offset(3), None, [(Some(&long_key[..]), None)]),
             Err(RecoveryError::KeyTooLong {
                 partition: PartitionId(7),
                 offset: Offset(3),
@@ -1191,6 +1301,161 @@ mod tests {
             before
         );
         assert_eq!(state.latest(b"new"), None);
+    }
+
+    // ---- Idempotent producers ----
+
+    fn stamped(producer_id: i64, epoch: i16, base_sequence: i32) -> Option<ProducerStamp> {
+        Some(ProducerStamp {
+            producer_id,
+            epoch,
+            base_sequence,
+        })
+    }
+
+    fn stage_as(
+        state: &mut PartitionState,
+        expected_end: Option<Offset>,
+        records: &[RecordInput<'_>],
+        producer: Option<ProducerStamp>,
+    ) -> Result<Offset, Refusal> {
+        let mut prev_key_offsets = Vec::new();
+        state.check_and_stage_as(expected_end, records, producer, &mut prev_key_offsets)
+    }
+
+    #[test]
+    fn a_retried_conditional_batch_is_its_own_duplicate_not_a_conflict() {
+        let mut state = PartitionState::new(PartitionId(0));
+        let batch = [record(b"k", NoKey), record(b"j", NoKey)];
+        assert_eq!(
+            stage_as(&mut state, Some(Offset(0)), &batch, stamped(7, 0, 0)),
+            Ok(Offset(0))
+        );
+        // The same batch again: its conditions now fail (k and j exist, the end moved), but
+        // the producer check comes first and finds the original, pending or not.
+        let original = ProducerBatch {
+            first_sequence: 0,
+            last_sequence: 1,
+            base_offset: Offset(0),
+            record_count: 2,
+        };
+        assert_eq!(
+            stage_as(&mut state, Some(Offset(0)), &batch, stamped(7, 0, 0)),
+            Err(Refusal::Duplicate(original))
+        );
+        assert_eq!(
+            state.check_as(Some(Offset(0)), &batch, stamped(7, 0, 0)),
+            Err(Refusal::Duplicate(original))
+        );
+        state.advance_written(Offset(2));
+        state.advance_synced(Offset(2));
+        assert_eq!(
+            stage_as(&mut state, Some(Offset(0)), &batch, stamped(7, 0, 0)),
+            Err(Refusal::Duplicate(original))
+        );
+        assert_eq!(state.appended_end(), Offset(2));
+        // Without a stamp it is a new batch, and its conditions decide.
+        assert!(matches!(
+            stage_as(&mut state, Some(Offset(0)), &batch, None),
+            Err(Refusal::Conflict(Conflict::EndOffset { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_refused_batch_does_not_use_up_its_sequence() {
+        let mut state = PartitionState::new(PartitionId(0));
+        assert_eq!(
+            stage_as(&mut state, None, &[record(b"k", NoKey)], stamped(1, 0, 0)),
+            Ok(Offset(0))
+        );
+        assert!(matches!(
+            stage_as(&mut state, None, &[record(b"k", NoKey)], stamped(1, 0, 1)),
+            Err(Refusal::Conflict(_))
+        ));
+        // Sequence 1 was not used: the producer may send it again, with what holds now.
+        assert_eq!(
+            stage_as(
+                &mut state,
+                None,
+                &[record(b"k", At(Offset(0)))],
+                stamped(1, 0, 1)
+            ),
+            Ok(Offset(1))
+        );
+        assert_eq!(
+            stage_as(&mut state, None, &[record(b"k", Any)], stamped(1, 0, 5)),
+            Err(Refusal::Producer(ProducerError::OutOfOrder {
+                producer_id: 1,
+                base_sequence: 5,
+                expected_sequence: 2
+            }))
+        );
+        assert_eq!(
+            stage_as(&mut state, None, &[record(b"k", Any)], stamped(1, 0, 0)),
+            Err(Refusal::Duplicate(ProducerBatch {
+                first_sequence: 0,
+                last_sequence: 0,
+                base_offset: Offset(0),
+                record_count: 1
+            }))
+        );
+    }
+
+    #[test]
+    fn a_waiting_batch_is_answered_early_only_when_staging_would_agree() {
+        let mut state = PartitionState::new(PartitionId(0));
+        stage_as(&mut state, None, &[record(b"k", Any)], stamped(1, 2, 0)).unwrap();
+        // Out of order now, but a batch queued ahead of it may fill the gap: not yet.
+        assert_eq!(
+            state.check_as(None, &[record(b"k", Any)], stamped(1, 2, 2)),
+            Ok(())
+        );
+        // Fenced stays fenced.
+        assert!(matches!(
+            state.check_as(None, &[record(b"k", Any)], stamped(1, 1, 1)),
+            Err(Refusal::Producer(ProducerError::Fenced { .. }))
+        ));
+        // A failed condition of an out-of-order batch waits too: staging decides which.
+        assert_eq!(
+            state.check_as(None, &[record(b"k", NoKey)], stamped(1, 2, 2)),
+            Ok(())
+        );
+        assert!(matches!(
+            state.check_as(None, &[record(b"k", NoKey)], stamped(1, 2, 1)),
+            Err(Refusal::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn recovery_rebuilds_the_producers_from_the_log() {
+        let mut state = PartitionState::new(PartitionId(0));
+        let batches = [
+            (stamped(1, 0, 0), 2),
+            (None, 1),
+            (stamped(2, 0, 0), 1),
+            (stamped(1, 0, 2), 3),
+            (stamped(1, 1, 0), 1),
+        ];
+        let mut recovered = PartitionState::new(PartitionId(0));
+        for (producer, record_count) in batches {
+            let records = vec![record(b"k", Any); record_count];
+            let base_offset = stage_as(&mut state, None, &records, producer).unwrap();
+            let keys = (0..record_count).map(|index| {
+                let prev = base_offset.plus(index as u64).0.checked_sub(1).map(Offset);
+                (Some(&b"k"[..]), prev)
+            });
+            recovered
+                .recover_batch(base_offset, producer, keys)
+                .unwrap();
+        }
+        for producer_id in [1, 2, 3] {
+            assert_eq!(
+                recovered.producers().producer(producer_id),
+                state.producers().producer(producer_id),
+                "producer {producer_id}"
+            );
+        }
+        assert_eq!(recovered.producers().producer(1).unwrap().0, 1);
     }
 
     // ---- Property test against a reference model ----
@@ -1459,11 +1724,248 @@ mod tests {
                     let key = (key != NULL_KEY_MODEL).then_some(key.as_slice());
                     (key, prev_key_offset.map(Offset))
                 });
-            recovered.recover_batch(Offset(base_offset), batch).unwrap();
+            recovered
+                .recover_batch(Offset(base_offset), None, batch)
+                .unwrap();
         }
         model.written_end = model.records.len() as u64;
         model.synced_end = model.records.len() as u64;
         assert_same_answers(&recovered, &model);
+    }
+
+    // ---- Producers against a reference model ----
+
+    #[derive(Clone, Copy, Debug)]
+    enum EpochChoice {
+        Same,
+        Newer,
+        Older,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum SequenceChoice {
+        Next,
+        /// The first sequence of the producer's batch this many back (a retry).
+        Retry(u8),
+        Zero,
+        Near(i8),
+    }
+
+    #[derive(Clone, Debug)]
+    enum ProducerOp {
+        Append {
+            producer_id: i64,
+            epoch: EpochChoice,
+            sequence: SequenceChoice,
+            record_count: u32,
+            wrong_end: bool,
+        },
+        Sync,
+    }
+
+    fn producer_op_strategy() -> impl Strategy<Value = ProducerOp> {
+        let epoch = prop_oneof![
+            8 => Just(EpochChoice::Same),
+            1 => Just(EpochChoice::Newer),
+            1 => Just(EpochChoice::Older),
+        ];
+        let sequence = prop_oneof![
+            6 => Just(SequenceChoice::Next),
+            3 => (0u8..7).prop_map(SequenceChoice::Retry),
+            1 => Just(SequenceChoice::Zero),
+            1 => (-3i8..=3).prop_map(SequenceChoice::Near),
+        ];
+        prop_oneof![
+            6 => (0i64..3, epoch, sequence, 1u32..4, prop::bool::weighted(0.1)).prop_map(
+                |(producer_id, epoch, sequence, record_count, wrong_end)| ProducerOp::Append {
+                    producer_id, epoch, sequence, record_count, wrong_end,
+                }
+            ),
+            1 => Just(ProducerOp::Sync),
+        ]
+    }
+
+    /// The obvious producer bookkeeping: every batch of the current epoch, kept forever.
+    #[derive(Default)]
+    struct ProducerModel {
+        /// Per producer: its epoch and all its batches of that epoch, oldest first.
+        producers: BTreeMap<i64, (i16, Vec<ProducerBatch>)>,
+        end: u64,
+        /// Every appended batch: its stamp, base offset and record count.
+        log: Vec<(Option<ProducerStamp>, u64, u32)>,
+    }
+
+    impl ProducerModel {
+        fn append(
+            &mut self,
+            stamp: ProducerStamp,
+            record_count: u32,
+            wrong_end: bool,
+        ) -> Result<Offset, Refusal> {
+            let out_of_order = |expected_sequence| {
+                Err(Refusal::Producer(ProducerError::OutOfOrder {
+                    producer_id: stamp.producer_id,
+                    base_sequence: stamp.base_sequence,
+                    expected_sequence,
+                }))
+            };
+            let last = last_sequence(stamp.base_sequence, record_count);
+            match self.producers.get(&stamp.producer_id) {
+                None if stamp.base_sequence != 0 => return out_of_order(0),
+                None => {}
+                Some((epoch, _)) if stamp.epoch < *epoch => {
+                    return Err(Refusal::Producer(ProducerError::Fenced {
+                        producer_id: stamp.producer_id,
+                        epoch: stamp.epoch,
+                        current_epoch: *epoch,
+                    }));
+                }
+                Some((epoch, _)) if stamp.epoch > *epoch && stamp.base_sequence != 0 => {
+                    return out_of_order(0);
+                }
+                Some((epoch, _)) if stamp.epoch > *epoch => {}
+                Some((_, batches)) => {
+                    let retained = &batches[batches.len().saturating_sub(5)..];
+                    if let Some(original) = retained.iter().find(|batch| {
+                        batch.first_sequence == stamp.base_sequence && batch.last_sequence == last
+                    }) {
+                        return Err(Refusal::Duplicate(*original));
+                    }
+                    let expected = next_sequence(batches.last().unwrap().last_sequence);
+                    if stamp.base_sequence != expected {
+                        return out_of_order(expected);
+                    }
+                }
+            }
+            if wrong_end {
+                return Err(Refusal::Conflict(Conflict::EndOffset {
+                    expected: Offset(self.end + 1),
+                    actual: Offset(self.end),
+                }));
+            }
+            let base_offset = self.end;
+            self.end += u64::from(record_count);
+            let batch = ProducerBatch {
+                first_sequence: stamp.base_sequence,
+                last_sequence: last,
+                base_offset: Offset(base_offset),
+                record_count,
+            };
+            let entry = self
+                .producers
+                .entry(stamp.producer_id)
+                .or_insert((stamp.epoch, Vec::new()));
+            if entry.0 != stamp.epoch {
+                *entry = (stamp.epoch, Vec::new());
+            }
+            entry.1.push(batch);
+            self.log.push((Some(stamp), base_offset, record_count));
+            Ok(Offset(base_offset))
+        }
+
+        fn resolve(
+            &self,
+            producer_id: i64,
+            epoch: EpochChoice,
+            sequence: SequenceChoice,
+        ) -> ProducerStamp {
+            let (current_epoch, batches) = self
+                .producers
+                .get(&producer_id)
+                .map_or((0, &[][..]), |(epoch, batches)| {
+                    (*epoch, batches.as_slice())
+                });
+            let epoch = match epoch {
+                EpochChoice::Same => current_epoch,
+                EpochChoice::Newer => current_epoch.saturating_add(1),
+                EpochChoice::Older => current_epoch.saturating_sub(1).max(0),
+            };
+            let next = batches
+                .last()
+                .map_or(0, |batch| next_sequence(batch.last_sequence));
+            let base_sequence = match sequence {
+                SequenceChoice::Next => next,
+                SequenceChoice::Retry(back) => batches
+                    .len()
+                    .checked_sub(usize::from(back) + 1)
+                    .map_or(next, |index| batches[index].first_sequence),
+                SequenceChoice::Zero => 0,
+                SequenceChoice::Near(delta) => next.saturating_add(i32::from(delta)).max(0),
+            };
+            ProducerStamp {
+                producer_id,
+                epoch,
+                base_sequence,
+            }
+        }
+    }
+
+    fn run_producer_ops(ops: &[ProducerOp]) {
+        let mut state = PartitionState::new(PartitionId(1));
+        let mut model = ProducerModel::default();
+        let mut prev_key_offsets = Vec::new();
+        for op in ops {
+            match op {
+                ProducerOp::Append {
+                    producer_id,
+                    epoch,
+                    sequence,
+                    record_count,
+                    wrong_end,
+                } => {
+                    let stamp = model.resolve(*producer_id, *epoch, *sequence);
+                    let records = vec![record(b"k", Any); *record_count as usize];
+                    let expected_end = wrong_end.then_some(Offset(state.appended_end().0 + 1));
+                    let early = state.check_as(expected_end, &records, Some(stamp));
+                    let actual = state.check_and_stage_as(
+                        expected_end,
+                        &records,
+                        Some(stamp),
+                        &mut prev_key_offsets,
+                    );
+                    let expected = model.append(stamp, *record_count, *wrong_end);
+                    assert_eq!(actual, expected, "{stamp:?} x {record_count}");
+                    // An early answer is the answer staging gives.
+                    if let Err(refusal) = early {
+                        assert_eq!(Err(refusal), expected, "early answer for {stamp:?}");
+                    }
+                }
+                ProducerOp::Sync => {
+                    let end = state.appended_end();
+                    state.advance_written(end);
+                    state.advance_synced(end);
+                }
+            }
+        }
+        // Recovery from the model's log rebuilds the same producers.
+        let mut recovered = PartitionState::new(PartitionId(1));
+        for (stamp, base_offset, record_count) in &model.log {
+            let keys = (0..u64::from(*record_count)).map(|index| {
+                let offset = base_offset + index;
+                (Some(&b"k"[..]), offset.checked_sub(1).map(Offset))
+            });
+            recovered
+                .recover_batch(Offset(*base_offset), *stamp, keys)
+                .unwrap();
+        }
+        for producer_id in 0..3 {
+            assert_eq!(
+                recovered.producers().producer(producer_id),
+                state.producers().producer(producer_id),
+                "producer {producer_id} after recovery"
+            );
+            let expected = model.producers.get(&producer_id).map(|(epoch, batches)| {
+                (*epoch, batches[batches.len().saturating_sub(5)..].to_vec())
+            });
+            assert_eq!(
+                state
+                    .producers()
+                    .producer(producer_id)
+                    .map(|(epoch, batches)| (epoch, batches.to_vec())),
+                expected,
+                "producer {producer_id}"
+            );
+        }
     }
 
     proptest! {
@@ -1471,6 +1973,11 @@ mod tests {
         #[test]
         fn partition_state_matches_a_reference_model(ops in prop::collection::vec(op_strategy(), 0..60)) {
             run_ops(&ops);
+        }
+
+        #[test]
+        fn producer_state_matches_a_reference_model(ops in prop::collection::vec(producer_op_strategy(), 0..80)) {
+            run_producer_ops(&ops);
         }
     }
 }

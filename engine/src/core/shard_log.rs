@@ -23,14 +23,13 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
-use crate::core::condition::Conflict;
 use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::offset_index::{BatchLocation, OffsetIndex};
-use crate::core::partition::PartitionState;
+use crate::core::partition::{PartitionState, Refusal};
 use crate::core::read_cache::ReadCache;
 use crate::core::record::{BatchMeta, encode_batch};
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
-use crate::core::{Offset, PartitionId, RecordInput, SegmentPosition};
+use crate::core::{Offset, PartitionId, ProducerStamp, RecordInput, SegmentPosition};
 use crate::error::StorageError;
 
 /// Initial capacity of a group's byte buffer; it grows up to `group_size_bytes_max`.
@@ -419,21 +418,38 @@ impl ShardLog {
         }
     }
 
-    /// Whether a batch's conditions hold now, without staging it.
+    /// What staging a batch would answer now, without staging it, as far as staging later
+    /// will answer the same (`PartitionState::check_as`).
     pub fn check(
         &mut self,
         partition: PartitionId,
         expected_end: Option<Offset>,
         records: &[RecordInput<'_>],
-    ) -> Option<Result<(), Conflict>> {
+        producer: Option<ProducerStamp>,
+    ) -> Option<Result<(), Refusal>> {
         let log = self.partitions.get_mut(&partition)?;
-        Some(log.state.check(expected_end, records))
+        Some(log.state.check_as(expected_end, records, producer))
     }
 
-    /// Checks a batch's conditions and, if they hold, stages it in the open group
-    /// (docs/DESIGN.md §1): later appends see it, and it becomes durable with its group.
-    /// `len_bytes` is `batch_encoded_len(records)`, which the caller already validated.
-    /// `None`: unknown partition.
+    /// The group a staged (not yet synced) batch of `partition` starting at `base_offset`
+    /// is in; `None` if no staged batch starts there (it is synced, or never was).
+    pub fn staged_group_of(&self, partition: PartitionId, base_offset: Offset) -> Option<u64> {
+        let log = self.partitions.get(&partition)?;
+        let index = log
+            .staged_batches
+            .partition_point(|batch| batch.base_offset < base_offset);
+        log.staged_batches
+            .get(index)
+            .filter(|batch| batch.base_offset == base_offset)
+            .map(|batch| batch.group_sequence)
+    }
+
+    /// Checks a batch's producer stamp and conditions and, if they hold, stages it in the
+    /// open group (docs/DESIGN.md §1): later appends see it, and it becomes durable with its
+    /// group. A refused batch (a conflict, a duplicate of a producer's earlier batch, a
+    /// stamp out of sequence) is not staged and takes no pending slot. `len_bytes` is
+    /// `batch_encoded_len(records)`, which the caller already validated, as it did the
+    /// stamp (`check_producer_stamp`). `None`: unknown partition.
     ///
     /// # Panics
     ///
@@ -444,9 +460,10 @@ impl ShardLog {
         partition: PartitionId,
         expected_end: Option<Offset>,
         records: &[RecordInput<'_>],
+        producer: Option<ProducerStamp>,
         len_bytes: usize,
         timestamp_ms: u64,
-    ) -> Option<Result<Staged, Conflict>> {
+    ) -> Option<Result<Staged, Refusal>> {
         assert!(self.poisoned.is_none(), "nothing is staged once poisoned");
         assert_eq!(
             self.admission(len_bytes),
@@ -454,20 +471,21 @@ impl ShardLog {
             "a batch is staged only when admitted"
         );
         let log = self.partitions.get_mut(&partition)?;
-        let base_offset =
-            match log
-                .state
-                .check_and_stage(expected_end, records, &mut self.prev_key_offsets)
-            {
-                Ok(base_offset) => base_offset,
-                Err(conflict) => return Some(Err(conflict)),
-            };
+        let base_offset = match log.state.check_and_stage_as(
+            expected_end,
+            records,
+            producer,
+            &mut self.prev_key_offsets,
+        ) {
+            Ok(base_offset) => base_offset,
+            Err(refusal) => return Some(Err(refusal)),
+        };
         let meta = BatchMeta {
             partition_id: partition,
             base_offset,
             timestamp_ms,
             prev_batch_crc: self.chain_crc,
-            producer: None,
+            producer,
         };
         let bytes =
             Rc::get_mut(&mut self.open.bytes).expect("the open group's bytes are not shared");
@@ -889,11 +907,11 @@ mod tests {
     }
 
     /// Stages one record of `value_len_bytes` bytes on partition 0.
-    fn stage(log: &mut ShardLog, key: &[u8], value_len_bytes: usize) -> Result<Staged, Conflict> {
+    fn stage(log: &mut ShardLog, key: &[u8], value_len_bytes: usize) -> Result<Staged, Refusal> {
         let value = vec![7u8; value_len_bytes];
         let records = [record(key, &value, KeyCondition::Any)];
         let len_bytes = batch_encoded_len(&records).unwrap();
-        log.stage(PartitionId(0), None, &records, len_bytes, 1)
+        log.stage(PartitionId(0), None, &records, None, len_bytes, 1)
             .expect("partition 0 exists")
     }
 

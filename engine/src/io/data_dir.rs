@@ -1,5 +1,6 @@
-//! The data directory's identity (`cairn.meta`), its topic catalog (`topics.meta`) and the
-//! lock that makes it one process's at a time (`lock`).
+//! The data directory's identity (`cairn.meta`), its topic catalog (`topics.meta`), each
+//! shard's producer-id reservation (`core-<n>/producer-ids`) and the lock that makes it one
+//! process's at a time (`lock`).
 //!
 //! The lock (`DataDirLock`) is an `flock` on `<data-dir>/lock`, taken before anything is
 //! read or written and held by the `Engine` (and its clones) for the process's life; the
@@ -7,10 +8,11 @@
 //! blocks its restart. The holder's pid is written into the file for the error message of
 //! the one refused.
 //!
-//! Both are tiny text files replaced atomically: write `*.tmp`, `fdatasync`, rename, sync
-//! the directory (FORMAT.md, "cairn.meta and topics.meta"). They are written rarely (at
-//! creation, when a topic is created), so this module uses blocking `std::fs`: a few
-//! milliseconds on shard 0 for an admin request, never on the append path.
+//! All three are tiny text files replaced atomically: write `*.tmp`, `fdatasync`, rename,
+//! sync the directory (FORMAT.md, "cairn.meta and topics.meta"). They are written rarely
+//! (at creation, when a topic is created, once per `PRODUCER_ID_BLOCK_COUNT` producer ids),
+//! so this module uses blocking `std::fs`: a few milliseconds for an admin request or a
+//! producer's InitProducerId, never on the append path.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -22,6 +24,93 @@ use crate::error::{OpenError, StorageError, TopicError};
 
 /// The on-disk format version this build reads and writes (FORMAT.md, version history).
 pub const DATA_DIR_FORMAT_VERSION: u32 = 1;
+
+/// Name of a shard's producer-id reservation file, in its `core-<n>/` directory.
+pub const PRODUCER_IDS_FILE_NAME: &str = "producer-ids";
+
+/// Producer ids a shard reserves with one write of its `producer-ids` file: only one
+/// allocation in this many waits for a sync.
+pub const PRODUCER_ID_BLOCK_COUNT: u64 = 1024;
+
+/// Producer id `n * PRODUCER_ID_SHARD_STRIDE + shard_id` is the `n`th of shard `shard_id`:
+/// shards hand out disjoint ids without talking to each other. Shard ids are `u16`.
+const PRODUCER_ID_SHARD_STRIDE: u64 = 1 << 16;
+
+const _: () = assert!(PRODUCER_ID_SHARD_STRIDE == u16::MAX as u64 + 1);
+
+/// Largest counter whose id fits in a non-negative `i64`.
+const PRODUCER_ID_COUNTER_MAX: u64 = (i64::MAX as u64 - u16::MAX as u64) / PRODUCER_ID_SHARD_STRIDE;
+
+/// One shard's producer-id counter and the end of the block of counters reserved on disk.
+///
+/// Invariant: every id handed out has a counter below the `counter_end` that
+/// `producer-ids` holds durably. On open the counter resumes at that end, so ids of a block
+/// only partly handed out before a crash are skipped, never handed out twice.
+#[derive(Debug)]
+pub struct ProducerIdAllocator {
+    shard_id: u16,
+    next_counter: u64,
+    reserved_end: u64,
+}
+
+impl ProducerIdAllocator {
+    /// Reads shard `shard_id`'s reservation from `shard_dir` (none yet: counter 0).
+    pub fn load(shard_dir: &Path, shard_id: u16) -> Result<Self, OpenError> {
+        let path = shard_dir.join(PRODUCER_IDS_FILE_NAME);
+        let reserved_end = if path.exists() {
+            let body = read_checked(&path)?;
+            let bad = |problem: &str| OpenError::BadMetadata {
+                path: path.clone(),
+                problem: problem.to_owned(),
+            };
+            let value = body
+                .trim_end()
+                .strip_prefix("counter_end ")
+                .ok_or_else(|| bad("expected `counter_end <n>`"))?;
+            let reserved_end: u64 = value.parse().map_err(|_| bad("bad counter_end"))?;
+            if reserved_end > PRODUCER_ID_COUNTER_MAX + 1 {
+                return Err(bad("counter_end beyond the largest producer id"));
+            }
+            reserved_end
+        } else {
+            0
+        };
+        Ok(ProducerIdAllocator {
+            shard_id,
+            next_counter: reserved_end,
+            reserved_end,
+        })
+    }
+
+    /// The next producer id; reserves (durably) the next block first when this one is used
+    /// up.
+    pub fn allocate(&mut self, shard_dir: &Path) -> Result<i64, StorageError> {
+        if self.next_counter > PRODUCER_ID_COUNTER_MAX {
+            return Err(StorageError {
+                operation: "allocate producer id",
+                path: shard_dir.join(PRODUCER_IDS_FILE_NAME),
+                errno: None,
+                message: "every producer id of this shard has been handed out".into(),
+            });
+        }
+        if self.next_counter == self.reserved_end {
+            let reserved_end =
+                (self.next_counter + PRODUCER_ID_BLOCK_COUNT).min(PRODUCER_ID_COUNTER_MAX + 1);
+            // Durable before any id of the block is handed out: after a crash the next life
+            // starts past the block, whatever of it this life used.
+            write_atomically(
+                shard_dir,
+                PRODUCER_IDS_FILE_NAME,
+                &format!("counter_end {reserved_end}\n"),
+            )?;
+            self.reserved_end = reserved_end;
+        }
+        let counter = self.next_counter;
+        self.next_counter += 1;
+        let id = counter * PRODUCER_ID_SHARD_STRIDE + u64::from(self.shard_id);
+        Ok(i64::try_from(id).expect("counters stop at PRODUCER_ID_COUNTER_MAX"))
+    }
+}
 
 /// Most partitions one topic may have.
 pub const TOPIC_PARTITION_COUNT_MAX: u32 = 4096;
@@ -469,6 +558,26 @@ pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn producer_ids_resume_past_the_reserved_block_and_never_repeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut allocator = ProducerIdAllocator::load(dir.path(), 3).unwrap();
+        let first: Vec<i64> = (0..3)
+            .map(|_| allocator.allocate(dir.path()).unwrap())
+            .collect();
+        assert_eq!(first, vec![3, 65_536 + 3, 2 * 65_536 + 3]);
+        // The process dies here, two ids into a block of 1024: the next life skips it.
+        let mut allocator = ProducerIdAllocator::load(dir.path(), 3).unwrap();
+        assert_eq!(allocator.allocate(dir.path()).unwrap(), 1024 * 65_536 + 3);
+        for _ in 1..PRODUCER_ID_BLOCK_COUNT {
+            allocator.allocate(dir.path()).unwrap();
+        }
+        // The block is used up: the next id reserves (and writes) the one after.
+        assert_eq!(allocator.allocate(dir.path()).unwrap(), 2048 * 65_536 + 3);
+        let text = fs::read_to_string(dir.path().join(PRODUCER_IDS_FILE_NAME)).unwrap();
+        assert!(text.starts_with("counter_end 3072\n"), "{text}");
+    }
 
     #[test]
     fn catalog_survives_reopen_and_assigns_dense_partition_ids() {

@@ -557,6 +557,7 @@ fn apply_recovered_batch(
         .ok_or(Inconsistency::UnknownPartition(partition))?;
     slot.state.recover_batch(
         batch.base_offset(),
+        batch.producer(),
         batch
             .records()
             .map(|record| (record.indexed_key(), record.prev_key_offset)),

@@ -16,17 +16,20 @@ use hashbrown::HashMap;
 
 use crate::core::condition::Conflict;
 use crate::core::limits::BLOCK_SIZE_BYTES;
-use crate::core::record::batch_encoded_len;
+use crate::core::partition::Refusal;
+use crate::core::record::{batch_encoded_len, check_producer_stamp};
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::shard_log::{Admission, RecoveredPartition, ShardLog, ShardLogLimits};
 use crate::core::{Offset, PartitionId, ProducerStamp, RecordInput, ShardId};
 use crate::error::{AppendError, OpenError, StorageError, TopicError};
-use crate::io::data_dir::{Catalog, DataDir, DataDirLock, Topic};
+use crate::io::data_dir::{Catalog, DataDir, DataDirLock, ProducerIdAllocator, Topic};
 use crate::io::event::Event;
 use crate::io::group_commit;
 use crate::io::recovery::{self, RepairReport};
 use crate::io::segment::SegmentFile;
-use crate::io::state::{AdmissionQueue, AdmissionTicket, ShardEvents, ShardState, segment_header};
+use crate::io::state::{
+    AdmissionQueue, AdmissionTicket, GroupCompletion, ShardEvents, ShardState, segment_header,
+};
 
 pub use crate::io::config::EngineConfig;
 
@@ -111,6 +114,50 @@ pub struct Shard {
     repair: Option<RepairReport>,
 }
 
+/// How a refused batch is answered: at once, or once the group of the original it repeats
+/// is synced.
+enum RefusalAnswer {
+    Now(Result<AppendOutcome, AppendError>),
+    AfterGroup(Rc<GroupCompletion>, AppendOutcome),
+}
+
+impl RefusalAnswer {
+    async fn wait(self) -> Result<AppendOutcome, AppendError> {
+        match self {
+            RefusalAnswer::Now(answer) => answer,
+            RefusalAnswer::AfterGroup(completion, outcome) => completion
+                .wait()
+                .await
+                .map(|()| outcome)
+                .map_err(AppendError::Storage),
+        }
+    }
+}
+
+fn answer_refusal(
+    state: &mut ShardState,
+    partition: PartitionId,
+    refusal: Refusal,
+) -> RefusalAnswer {
+    match refusal {
+        Refusal::Conflict(conflict) => {
+            RefusalAnswer::Now(Ok(AppendOutcome::ConditionFailed(conflict)))
+        }
+        Refusal::Producer(error) => RefusalAnswer::Now(Err(AppendError::Producer(error))),
+        Refusal::Duplicate(original) => {
+            let outcome = AppendOutcome::Duplicate {
+                base_offset: original.base_offset,
+                record_count: original.record_count,
+            };
+            // The duplicate is acknowledged no earlier than its original: only once synced.
+            match state.log.staged_group_of(partition, original.base_offset) {
+                Some(sequence) => RefusalAnswer::AfterGroup(state.completion(sequence), outcome),
+                None => RefusalAnswer::Now(Ok(outcome)),
+            }
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch, for batch timestamps.
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -165,6 +212,7 @@ impl Shard {
             pending_append_count_max: config.pending_append_count_max,
             read_cache_bytes_max: config.read_cache_bytes_max,
         };
+        let producer_ids = ProducerIdAllocator::load(&shard_dir, shard_id.0)?;
         let synced = partitions.keys().map(|id| (*id, Event::new())).collect();
         let log = ShardLog::new(
             limits,
@@ -185,6 +233,7 @@ impl Shard {
             synced,
             preparation_urgent: Rc::new(Cell::new(false)),
             admission: AdmissionQueue::default(),
+            producer_ids,
             closing: false,
             config,
         };
@@ -248,10 +297,22 @@ impl Shard {
         self.append_as(partition, expected_end, records, None).await
     }
 
-    /// Like [`Shard::append`], for an idempotent producer: a batch that repeats one of the
-    /// producer's retained batches answers `Duplicate` with the original offsets (once they
-    /// are synced) instead of appending again; one that does not follow the producer's
-    /// sequence fails with `AppendError::Producer`. Checked before the conditions.
+    /// Like [`Shard::append`], for an idempotent producer (Kafka's rules, docs/DESIGN.md §1,
+    /// "Idempotent producers"), checked before the end offset and the key conditions:
+    ///
+    /// - a batch that repeats one of the producer's last five batches in this partition
+    ///   answers `Ok(Duplicate)` with the original's offsets and appends nothing. If the
+    ///   original is not synced yet, the answer waits until it is (`Err(Storage)` if the
+    ///   shard fails first: then the original may or may not survive a restart);
+    /// - a stale epoch fails with `Err(Producer(Fenced))`, a sequence that does not follow
+    ///   the producer's latest batch with `Err(Producer(OutOfOrder))`; nothing is appended.
+    ///
+    /// Neither takes a pending slot or is staged. An append that must wait for room is
+    /// answered while waiting only when the answer cannot change (a duplicate, a fenced
+    /// epoch, a failed condition); an out-of-order sequence is decided when its turn comes,
+    /// since the producer's batches queued ahead of it may fill the gap. A batch that is
+    /// refused or fails a condition does not use up its sequence numbers. `producer: None`
+    /// is a plain [`Shard::append`]. A stamp with a negative field is `InvalidBatch`.
     pub async fn append_as(
         &self,
         partition: PartitionId,
@@ -259,7 +320,7 @@ impl Shard {
         records: &[RecordInput<'_>],
         producer: Option<ProducerStamp>,
     ) -> Result<AppendOutcome, AppendError> {
-        let _ = producer; // kafka-engine: the producer state lands here.
+        check_producer_stamp(producer)?;
         let len_bytes = batch_encoded_len(records)?;
         let record_count =
             u32::try_from(records.len()).expect("batch_encoded_len bounds the record count");
@@ -271,7 +332,7 @@ impl Shard {
         let mut preparation_retried = false;
         loop {
             let room = self.events.room.listen();
-            let (decision, turn) = {
+            let step = 'step: {
                 let mut guard = self.state.borrow_mut();
                 let state = &mut *guard;
                 if let Some(error) = state.log.poisoned() {
@@ -299,10 +360,13 @@ impl Shard {
                 };
                 state.publish_urgency();
                 if decision != Admission::Admit {
-                    // It must wait: answer now if its conditions already fail, as they will
-                    // when it is staged (appends only ever move a key or an end forward).
-                    if let Some(Err(conflict)) = state.log.check(partition, expected_end, records) {
-                        return Ok(AppendOutcome::ConditionFailed(conflict));
+                    // It must wait: answer now if it is already refused as it will be when it
+                    // is staged (appends only ever move a key, an end or an epoch forward;
+                    // see `PartitionState::check_as` for what is left to staging).
+                    if let Some(Err(refusal)) =
+                        state.log.check(partition, expected_end, records, producer)
+                    {
+                        break 'step Err(answer_refusal(state, partition, refusal));
                     }
                     if ticket.is_none() {
                         let (id, turn) = state.admission.join();
@@ -320,7 +384,15 @@ impl Shard {
                     }
                     _ => None,
                 };
-                (decision, turn)
+                Ok((decision, turn))
+            };
+            let (decision, turn) = match step {
+                Ok(step) => step,
+                Err(answer) => {
+                    // Out of the queue before waiting for an original's group.
+                    drop(ticket);
+                    return answer.wait().await;
+                }
             };
             match decision {
                 Admission::Admit => break,
@@ -340,17 +412,28 @@ impl Shard {
         }
         // Staged below without an await since the room was checked: pass the turn on.
         drop(ticket);
-        let (completion, base_offset) = {
+        let staged = {
             let mut guard = self.state.borrow_mut();
             let state = &mut *guard;
             let staged = state
                 .log
-                .stage(partition, expected_end, records, len_bytes, now_ms())
+                .stage(
+                    partition,
+                    expected_end,
+                    records,
+                    producer,
+                    len_bytes,
+                    now_ms(),
+                )
                 .expect("partition checked above, without an await since");
             match staged {
-                Ok(staged) => (state.completion(staged.group_sequence), staged.base_offset),
-                Err(conflict) => return Ok(AppendOutcome::ConditionFailed(conflict)),
+                Ok(staged) => Ok((state.completion(staged.group_sequence), staged.base_offset)),
+                Err(refusal) => Err(answer_refusal(state, partition, refusal)),
             }
+        };
+        let (completion, base_offset) = match staged {
+            Ok(staged) => staged,
+            Err(answer) => return answer.wait().await,
         };
         self.events.group_ready.notify();
         match completion.wait().await {
@@ -360,6 +443,23 @@ impl Shard {
             }),
             Err(error) => Err(AppendError::Storage(error)),
         }
+    }
+
+    /// Hands out a producer id for an idempotent producer: at least 0, never handed out
+    /// before by any shard of this data directory, in this life or an earlier one (a crash
+    /// included), and durable before it is returned. See FORMAT.md, "`producer-ids`".
+    ///
+    /// # Errors
+    ///
+    /// Reserving the next block of ids failed to reach the disk; nothing was handed out.
+    #[expect(
+        clippy::unused_async,
+        reason = "a stable async API: the reservation's file write may move off the executor"
+    )]
+    pub async fn allocate_producer_id(&self) -> Result<i64, StorageError> {
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        state.producer_ids.allocate(&state.shard_dir)
     }
 
     /// Creates a topic durably in the catalog and the partitions it gives this shard.

@@ -16,7 +16,7 @@ use crate::core::segment_header::SegmentHeader;
 use crate::core::shard_log::ShardLog;
 use crate::error::StorageError;
 use crate::io::config::EngineConfig;
-use crate::io::data_dir::{Catalog, DataDir};
+use crate::io::data_dir::{Catalog, DataDir, ProducerIdAllocator};
 use crate::io::event::Event;
 use crate::io::segment::SegmentFile;
 
@@ -145,6 +145,8 @@ pub(crate) struct ShardState {
     pub(crate) preparation_urgent: Rc<Cell<bool>>,
     /// Appends waiting for room, in arrival order.
     pub(crate) admission: AdmissionQueue,
+    /// Hands out this shard's producer ids.
+    pub(crate) producer_ids: ProducerIdAllocator,
     pub(crate) closing: bool,
 }
 

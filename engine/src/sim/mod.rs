@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use crate::core::condition::Conflict;
 use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::offset_index::BatchLocation;
+use crate::core::partition::Refusal;
 use crate::core::record::{BatchView, batch_encoded_len, decode_batch};
 use crate::core::recovery::{
     BlockProbe, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
@@ -347,6 +348,7 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
             };
             if let Err(error) = recovered.state.recover_batch(
                 batch.base_offset(),
+                batch.producer(),
                 batch
                     .records()
                     .map(|record| (record.indexed_key(), record.prev_key_offset)),
@@ -681,6 +683,7 @@ impl Sim {
                 partition,
                 expected_end,
                 &inputs,
+                None,
                 len_bytes,
                 1_790_000_000_000,
             )
@@ -706,7 +709,7 @@ impl Sim {
                     .push(entry);
                 Ok(())
             }
-            (Err(conflict), Err(expected)) if conflict == expected => Ok(()),
+            (Err(Refusal::Conflict(conflict)), Err(expected)) if conflict == expected => Ok(()),
             (actual, expected) => Err(format!(
                 "condition outcome differs on {partition:?}: log {actual:?}, model {expected:?} \
                  for {records:?} expecting end {expected_end:?}"

@@ -386,6 +386,7 @@ fn kafka_produce_then_fetch_round_trips_records() {
         record(Some("k1"), Some("v1"), &[("event-type", "created")]),
         record(Some("k2"), None, &[]),
         record(Some("k1"), Some("v3"), &[]),
+        record(None, Some("keyless"), &[]),
     ]);
     let response = produce(&mut connection, "events", 0, records);
     assert_eq!(response.error_code, 0, "{response:?}");
@@ -393,10 +394,20 @@ fn kafka_produce_then_fetch_round_trips_records() {
 
     let (error_code, high_watermark, fetched) = fetch(&mut connection, "events", 0, 0);
     assert_eq!(error_code, 0);
-    assert_eq!(high_watermark, 3);
-    assert_eq!(fetched.len(), 3);
+    assert_eq!(high_watermark, 4);
+    assert_eq!(fetched.len(), 4);
     let offsets: Vec<i64> = fetched.iter().map(|record| record.offset).collect();
-    assert_eq!(offsets, [0, 1, 2]);
+    assert_eq!(offsets, [0, 1, 2, 3]);
+    // The producer's timestamps, nulls kept.
+    assert!(
+        fetched
+            .iter()
+            .all(|record| record.timestamp == 1_700_000_000_000)
+    );
+    assert_eq!(fetched[1].value, None);
+    assert_eq!(fetched[3].key, None);
+    assert_eq!(fetched[3].value.as_deref(), Some(&b"keyless"[..]));
+    assert_eq!(header(&fetched[3], "cairn.prev-key-offset"), None);
     assert_eq!(fetched[0].key.as_deref(), Some(&b"k1"[..]));
     assert_eq!(fetched[0].value.as_deref(), Some(&b"v1"[..]));
     assert_eq!(header(&fetched[0], "event-type"), Some(&b"created"[..]));
@@ -594,6 +605,28 @@ fn kafka_list_offsets_earliest_and_latest() {
     assert_eq!(
         list_offset(&mut connection, "nope", 0, -1).0,
         UNKNOWN_TOPIC_OR_PARTITION
+    );
+
+    // By timestamp: the first record at or after it; none that recent: the end.
+    let timed: Vec<Record> = [1_000, 2_000, 3_000]
+        .into_iter()
+        .map(|timestamp| Record {
+            timestamp,
+            ..record(Some("t"), Some("x"), &[])
+        })
+        .collect();
+    create_topic(&mut connection, "timed", 1);
+    // The second topic's partition 0 has id 1: shard 1 leads it.
+    let mut connection = KafkaConnection::connect(server.kafka_ports[1]);
+    assert_eq!(
+        produce(&mut connection, "timed", 0, batch(timed)).error_code,
+        0
+    );
+    assert_eq!(list_offset(&mut connection, "timed", 0, 1_500), (0, 1));
+    assert_eq!(list_offset(&mut connection, "timed", 0, 0), (0, 0));
+    assert_eq!(
+        list_offset(&mut connection, "timed", 0, 4_000_000_000_000),
+        (0, 3)
     );
 }
 

@@ -3,7 +3,7 @@
 //! offset whose record's timestamp is at least it (`Shard::offset_for_timestamp`), or the
 //! synced end when there is none, as Kafka answers.
 
-use cairn_engine::Offset;
+use cairn_engine::{Offset, ReadError};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::list_offsets_request::ListOffsetsPartition;
 use kafka_protocol::messages::list_offsets_response::{
@@ -82,10 +82,20 @@ async fn list_one(
 }
 
 async fn by_timestamp(
-    _context: &ShardContext,
-    _located: &crate::operation::Located,
-    _timestamp: i64,
-    _synced_end: Offset,
+    context: &ShardContext,
+    located: &crate::operation::Located,
+    timestamp: i64,
+    synced_end: Offset,
 ) -> Result<(i64, Offset), i16> {
-    Err(codes::code(ResponseError::UnsupportedVersion))
+    match context
+        .shard
+        .offset_for_timestamp(located.partition_id, timestamp)
+        .await
+    {
+        Ok(Some((offset, record_timestamp))) => Ok((record_timestamp, offset)),
+        // No record that recent: Kafka answers the end with no timestamp.
+        Ok(None) => Ok((-1, synced_end)),
+        Err(ReadError::Storage(_)) => Err(codes::code(ResponseError::KafkaStorageError)),
+        Err(_) => Err(codes::code(ResponseError::UnknownTopicOrPartition)),
+    }
 }

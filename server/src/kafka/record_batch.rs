@@ -219,9 +219,13 @@ fn parse_offset(text: &str) -> Option<Offset> {
 }
 
 /// Appends `view` to `out` as one uncompressed RecordBatch v2 (CreateTime) with the
-/// batch's own offsets, each record with its headers and `cairn.prev-key-offset`.
+/// batch's own offsets and producer stamp, each record with its timestamp, its headers and
+/// `cairn.prev-key-offset`; null keys and values stay null.
 pub(super) fn encode_fetched(view: &BatchView<'_>, out: &mut BytesMut) -> Result<(), String> {
-    let timestamp_ms = i64::try_from(view.timestamp_ms()).unwrap_or(i64::MAX);
+    let (producer_id, producer_epoch, base_sequence) = match view.producer() {
+        Some(stamp) => (stamp.producer_id, stamp.epoch, stamp.base_sequence),
+        None => (NO_PRODUCER_ID, NO_PRODUCER_EPOCH, NO_SEQUENCE),
+    };
     let mut records = Vec::with_capacity(usize::try_from(view.record_count()).unwrap_or(0));
     for (delta, record) in view.records().enumerate() {
         let mut headers = IndexMap::with_capacity(usize::from(record.header_count()) + 1);
@@ -244,16 +248,16 @@ pub(super) fn encode_fetched(view: &BatchView<'_>, out: &mut BytesMut) -> Result
             control: false,
             delete_horizon: false,
             partition_leader_epoch: 0,
-            producer_id: NO_PRODUCER_ID,
-            producer_epoch: NO_PRODUCER_EPOCH,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i64::try_from(record.offset.0).unwrap_or(i64::MAX),
             // The encoder keeps records in one batch while offset - sequence is constant:
-            // NO_SEQUENCE for the first, counting up from it.
-            sequence: NO_SEQUENCE.wrapping_add(delta),
-            timestamp: timestamp_ms,
-            key: Some(Bytes::copy_from_slice(record.key)),
-            value: Some(Bytes::copy_from_slice(record.value)),
+            // the base sequence for the first (NO_SEQUENCE without a producer), counting up.
+            sequence: base_sequence.wrapping_add(delta),
+            timestamp: record.timestamp_ms(),
+            key: (!record.is_null_key()).then(|| Bytes::copy_from_slice(record.key)),
+            value: (!record.is_null_value()).then(|| Bytes::copy_from_slice(record.value)),
             headers,
         });
     }

@@ -11,7 +11,8 @@
 //       that (the caller appends it).
 //   node kafkajs_client.js times BOOTSTRAP TOPIC PARTITION TIMESTAMP_MS...
 //       One line {"timestamp_ms", "offset"} per target: fetchTopicOffsetsByTimestamp
-//       (ListOffsets by timestamp); kafkajs reports "-1" when no record is that late.
+//       (ListOffsets by timestamp). When no record is that late the broker answers -1, and
+//       kafkajs reports the partition's end offset instead.
 //
 // Logs go to stderr: stdout carries only the JSON lines the test parses.
 'use strict'
@@ -118,8 +119,7 @@ async function times (bootstrap, topic, partition, targets) {
   for (const timestampMs of targets) {
     const found = await admin.fetchTopicOffsetsByTimestamp(topic, timestampMs)
     const entry = found.find(candidate => candidate.partition === partition)
-    const offset = Number(entry.offset)
-    emit({ timestamp_ms: timestampMs, offset: offset < 0 ? null : offset })
+    emit({ timestamp_ms: timestampMs, offset: Number(entry.offset) })
   }
   await admin.disconnect()
 }

@@ -10,19 +10,25 @@
 //! - conditions are exact: every stage outcome (appended at which offset, or which
 //!   conflict) matches the model's, and `prev_key_offset` chains verify on recovery;
 //! - after an I/O error nothing more is acknowledged;
-//! - a crash never looks like damage (the probe of `core::recovery` stays quiet).
+//! - a crash never looks like damage (the probe of `core::recovery` stays quiet);
+//! - idempotent producers: every stamped batch's outcome (appended, duplicate of which
+//!   batch, fenced, out of order, conflict) matches the model's, and the producers resend
+//!   every unacknowledged batch after a crash, as Kafka clients do. A resend is either the
+//!   duplicate of its surviving original (same offsets, same records) or appended once;
+//!   no (producer, epoch, sequence) is ever in the recovered log twice.
 //!
 //! Everything comes from one seed: a failing seed prints itself and replays exactly
 //! (`simulate(seed, &config)`). `scripts/simulate.sh N` runs N seeds in release mode.
 
 pub mod disk;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::core::condition::Conflict;
 use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::offset_index::BatchLocation;
 use crate::core::partition::Refusal;
+use crate::core::producer::{ProducerBatch, last_sequence, next_sequence};
 use crate::core::record::{BatchView, batch_encoded_len, decode_batch};
 use crate::core::recovery::{
     BlockProbe, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
@@ -31,8 +37,8 @@ use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::shard_log::{
     Admission, GroupPoll, GroupWrite, RecoveredPartition, ShardLog, ShardLogLimits,
 };
-use crate::core::{KeyCondition, Offset, PartitionId, RecordInput, SegmentPosition};
-use crate::error::StorageError;
+use crate::core::{KeyCondition, Offset, PartitionId, ProducerStamp, RecordInput, SegmentPosition};
+use crate::error::{ProducerError, StorageError};
 use crate::sim::disk::{CrashKind, SimDisk};
 
 const BLOCK: u64 = BLOCK_SIZE_BYTES as u64;
@@ -125,6 +131,12 @@ pub struct SimReport {
     pub crash_count: u64,
     /// Acknowledged batches checked present after recoveries.
     pub acknowledged_checked_count: u64,
+    /// Producers' resends answered as duplicates of their originals.
+    pub duplicate_count: u64,
+    /// Resends after a crash appended again, their original lost with the crash.
+    pub resend_appended_count: u64,
+    /// Stamped batches refused as fenced or out of order.
+    pub producer_refused_count: u64,
     /// The first invariant broken, with enough context to debug it; `None` if none.
     pub violation: Option<String>,
 }
@@ -138,6 +150,35 @@ struct ModelBatch {
     base_offset: Offset,
     records: Vec<(Vec<u8>, Vec<u8>)>,
     acknowledged: bool,
+    producer: Option<ProducerStamp>,
+}
+
+/// Idempotent producers of the workload; each keeps its own sequence per partition.
+const SIM_PRODUCER_COUNT: i64 = 3;
+
+/// Batches a producer has in flight at most (Kafka's `max.in.flight.requests`).
+const SIM_PRODUCER_IN_FLIGHT_MAX: usize = 5;
+
+/// A batch a producer sent, as it would send it again.
+#[derive(Clone, Debug)]
+struct SentBatch {
+    stamp: ProducerStamp,
+    records: Vec<KeyedCondition>,
+    values: Vec<Vec<u8>>,
+    expected_end: Option<Offset>,
+    /// Where it was staged.
+    base_offset: Offset,
+}
+
+/// One idempotent producer's client state for one partition, as a Kafka client keeps it.
+#[derive(Clone, Debug, Default)]
+struct SimProducer {
+    epoch: i16,
+    next_sequence: i32,
+    /// Sent and staged, not known to be acknowledged: resent after a crash.
+    unacknowledged: Vec<SentBatch>,
+    /// To send again, in order, before anything new.
+    resends: VecDeque<SentBatch>,
 }
 
 /// What the workload has appended, per partition, in offset order; and the staging order
@@ -173,6 +214,83 @@ impl Model {
             }
         }
         None
+    }
+
+    /// What the producer check must answer for a stamped batch of `record_count` records,
+    /// decided the obvious way: from the partition's batches (pending included), the
+    /// producer's latest five of its latest epoch.
+    fn decide_producer(
+        &self,
+        partition: PartitionId,
+        stamp: ProducerStamp,
+        record_count: u32,
+    ) -> Result<(), Refusal> {
+        let out_of_order = |expected_sequence| {
+            Err(Refusal::Producer(ProducerError::OutOfOrder {
+                producer_id: stamp.producer_id,
+                base_sequence: stamp.base_sequence,
+                expected_sequence,
+            }))
+        };
+        let of_producer: Vec<(&ModelBatch, ProducerStamp)> = self
+            .partitions
+            .get(&partition)
+            .into_iter()
+            .flatten()
+            .filter_map(|batch| Some((batch, batch.producer?)))
+            .filter(|(_, producer)| producer.producer_id == stamp.producer_id)
+            .collect();
+        let Some((_, latest)) = of_producer.last() else {
+            return if stamp.base_sequence == 0 {
+                Ok(())
+            } else {
+                out_of_order(0)
+            };
+        };
+        if stamp.epoch < latest.epoch {
+            return Err(Refusal::Producer(ProducerError::Fenced {
+                producer_id: stamp.producer_id,
+                epoch: stamp.epoch,
+                current_epoch: latest.epoch,
+            }));
+        }
+        if stamp.epoch > latest.epoch {
+            return if stamp.base_sequence == 0 {
+                Ok(())
+            } else {
+                out_of_order(0)
+            };
+        }
+        let batches: Vec<ProducerBatch> = of_producer
+            .iter()
+            .filter(|(_, producer)| producer.epoch == latest.epoch)
+            .map(|(batch, producer)| {
+                let record_count = batch.records.len() as u32;
+                ProducerBatch {
+                    first_sequence: producer.base_sequence,
+                    last_sequence: last_sequence(producer.base_sequence, record_count),
+                    base_offset: batch.base_offset,
+                    record_count,
+                }
+            })
+            .collect();
+        let last = last_sequence(stamp.base_sequence, record_count);
+        if let Some(original) = batches[batches.len().saturating_sub(5)..]
+            .iter()
+            .find(|batch| {
+                batch.first_sequence == stamp.base_sequence && batch.last_sequence == last
+            })
+        {
+            return Err(Refusal::Duplicate(*original));
+        }
+        let expected = batches
+            .last()
+            .map_or(0, |batch| next_sequence(batch.last_sequence));
+        if stamp.base_sequence == expected {
+            Ok(())
+        } else {
+            out_of_order(expected)
+        }
     }
 
     /// What a conditional append must come to, decided the obvious way.
@@ -221,6 +339,7 @@ impl Model {
 struct FoundBatch {
     base_offset: Offset,
     records: Vec<(Vec<u8>, Vec<u8>)>,
+    producer: Option<ProducerStamp>,
 }
 
 /// What recovery found on the simulated disk.
@@ -369,6 +488,7 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
             let list = found.entry(partition).or_default();
             list.push(FoundBatch {
                 base_offset: batch.base_offset(),
+                producer: batch.producer(),
                 records: batch
                     .records()
                     .map(|record| (record.key.to_vec(), record.value.to_vec()))
@@ -463,6 +583,8 @@ struct Sim {
     failed: bool,
     life: u32,
     value_counter: u64,
+    /// Idempotent producers' client state, per producer and partition.
+    producers: BTreeMap<(i64, PartitionId), SimProducer>,
     report: SimReport,
 }
 
@@ -523,7 +645,10 @@ impl Sim {
                 ));
             }
             for (index, (found, staged)) in found.iter().zip(batches).enumerate() {
-                if found.base_offset != staged.base_offset || found.records != staged.records {
+                if found.base_offset != staged.base_offset
+                    || found.records != staged.records
+                    || found.producer != staged.producer
+                {
                     return Err(format!(
                         "{partition:?} batch {index}: recovered {found:?}, staged {staged:?}"
                     ));
@@ -545,6 +670,20 @@ impl Sim {
                 .take(found.len())
                 .filter(|batch| batch.acknowledged)
                 .count() as u64;
+            // Exactly once: no producer's (epoch, sequence) twice in what survived.
+            let mut stamps: Vec<(i64, i16, i32)> = found
+                .iter()
+                .filter_map(|batch| batch.producer)
+                .map(|stamp| (stamp.producer_id, stamp.epoch, stamp.base_sequence))
+                .collect();
+            let stamp_count = stamps.len();
+            stamps.sort_unstable();
+            stamps.dedup();
+            if stamps.len() != stamp_count {
+                return Err(format!(
+                    "{partition:?}: a producer's batch was appended twice"
+                ));
+            }
             kept.insert(*partition, found.len());
         }
         if let Some(partition) = recovery
@@ -645,17 +784,182 @@ impl Sim {
         (records, values)
     }
 
-    /// A random append: staged when admitted, its outcome compared with the model's.
+    /// A random append: staged when admitted, its outcome compared with the model's. Now
+    /// and then it comes from an idempotent producer.
     fn step_append(&mut self) -> Result<(), String> {
         let partition =
             self.partition_ids[self.rng.below(self.partition_ids.len() as u64) as usize];
+        if self.rng.chance(300) {
+            return self.step_producer_append(partition);
+        }
         let (records, values) = self.random_batch(partition);
+        let expected_end = self.random_expected_end(partition);
+        self.stage_checked(partition, expected_end, &records, values, None)
+            .map(|_| ())
+    }
+
+    fn random_expected_end(&mut self, partition: PartitionId) -> Option<Offset> {
         let end = self.model.end(partition);
-        let expected_end = match self.rng.below(10) {
+        match self.rng.below(10) {
             0 | 1 => Some(end),
             2 => Some(Offset(self.rng.below(end.0 + 2))),
             _ => None,
+        }
+    }
+
+    /// An idempotent producer's append, as a Kafka client makes it: a resend of what a
+    /// crash left unacknowledged first, else (rarely) a new epoch, a resend of a batch still
+    /// in flight, or a sequence gap; else its next batch.
+    fn step_producer_append(&mut self, partition: PartitionId) -> Result<(), String> {
+        let producer_id = self.rng.below(SIM_PRODUCER_COUNT as u64) as i64;
+        let mut producer = self
+            .producers
+            .get(&(producer_id, partition))
+            .cloned()
+            .unwrap_or_default();
+        // Acknowledged batches leave the producer's in-flight window.
+        let batches = self.model.partitions.get(&partition);
+        producer.unacknowledged.retain(|sent| {
+            !batches.into_iter().flatten().any(|batch| {
+                batch.acknowledged
+                    && batch.base_offset == sent.base_offset
+                    && batch.producer == Some(sent.stamp)
+            })
+        });
+        let choice = self.rng.below(100);
+        let (sent, is_resend) = if let Some(resend) = producer.resends.front().cloned() {
+            (resend, true)
+        } else if choice < 10
+            && let Some(in_flight) = producer.unacknowledged.last().cloned()
+        {
+            (in_flight, true)
+        } else if producer.unacknowledged.len() >= SIM_PRODUCER_IN_FLIGHT_MAX {
+            return Ok(());
+        } else {
+            if choice < 15 {
+                producer.epoch = producer.epoch.saturating_add(1);
+                producer.next_sequence = 0;
+                producer.unacknowledged.clear();
+            }
+            let gap = i32::from(choice >= 97);
+            let (records, values) = self.random_batch(partition);
+            let expected_end = self.random_expected_end(partition);
+            let stamp = ProducerStamp {
+                producer_id,
+                epoch: producer.epoch,
+                base_sequence: producer.next_sequence.saturating_add(gap),
+            };
+            let sent = SentBatch {
+                stamp,
+                records,
+                values,
+                expected_end,
+                base_offset: Offset(0),
+            };
+            (sent, false)
         };
+        let outcome = self.stage_checked(
+            partition,
+            sent.expected_end,
+            &sent.records,
+            sent.values.clone(),
+            Some(sent.stamp),
+        )?;
+        let Some(outcome) = outcome else {
+            // Not admitted: the client tries again later, in the same order.
+            return Ok(());
+        };
+        if is_resend && producer.resends.front().is_some() {
+            producer.resends.pop_front();
+        }
+        match outcome {
+            Ok(base_offset) => {
+                if is_resend {
+                    self.report.resend_appended_count += 1;
+                }
+                producer.next_sequence = next_sequence(last_sequence(
+                    sent.stamp.base_sequence,
+                    sent.records.len() as u32,
+                ));
+                producer.unacknowledged.push(SentBatch {
+                    base_offset,
+                    ..sent
+                });
+            }
+            Err(Refusal::Duplicate(original)) => {
+                // The original must be this very batch: same records, where it was staged.
+                let found = self
+                    .model
+                    .partitions
+                    .get(&partition)
+                    .and_then(|batches| {
+                        batches
+                            .iter()
+                            .find(|batch| batch.base_offset == original.base_offset)
+                    })
+                    .ok_or("a duplicate of a batch the model does not have")?;
+                let records: Vec<(Vec<u8>, Vec<u8>)> = sent
+                    .records
+                    .iter()
+                    .zip(&sent.values)
+                    .map(|((key, _), value)| (key.clone(), value.clone()))
+                    .collect();
+                if !is_resend || found.records != records || found.producer != Some(sent.stamp) {
+                    return Err(format!(
+                        "{partition:?}: {:?} answered as a duplicate of {original:?}, which \
+                         holds other records",
+                        sent.stamp
+                    ));
+                }
+                self.report.duplicate_count += 1;
+            }
+            Err(Refusal::Producer(_)) if !is_resend => self.report.producer_refused_count += 1,
+            Err(_) if is_resend => {
+                // A resend refused for good: the client gives up on what followed it too
+                // and goes on from what the partition expects, as after a reset.
+                producer.resends.clear();
+                producer
+                    .unacknowledged
+                    .retain(|batch| batch.stamp != sent.stamp);
+                producer.next_sequence =
+                    self.expected_sequence(partition, producer_id, producer.epoch);
+            }
+            Err(_) => {}
+        }
+        self.producers.insert((producer_id, partition), producer);
+        Ok(())
+    }
+
+    /// The sequence the partition expects next from a producer in `epoch`.
+    fn expected_sequence(&self, partition: PartitionId, producer_id: i64, epoch: i16) -> i32 {
+        self.model
+            .partitions
+            .get(&partition)
+            .into_iter()
+            .flatten()
+            .rev()
+            .find_map(|batch| {
+                let stamp = batch.producer?;
+                (stamp.producer_id == producer_id && stamp.epoch == epoch).then(|| {
+                    next_sequence(last_sequence(
+                        stamp.base_sequence,
+                        batch.records.len() as u32,
+                    ))
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    /// Stages a batch when admitted and checks the outcome against the model's; records
+    /// what was staged in the model. `Ok(None)`: not admitted.
+    fn stage_checked(
+        &mut self,
+        partition: PartitionId,
+        expected_end: Option<Offset>,
+        records: &[KeyedCondition],
+        values: Vec<Vec<u8>>,
+        producer: Option<ProducerStamp>,
+    ) -> Result<Option<Result<Offset, Refusal>>, String> {
         let inputs: Vec<RecordInput<'_>> = records
             .iter()
             .zip(&values)
@@ -670,20 +974,29 @@ impl Sim {
         let len_bytes = batch_encoded_len(&inputs).map_err(|error| error.to_string())?;
         match self.log.admission(len_bytes) {
             Admission::Admit => {}
-            Admission::Wait => return Ok(()),
+            Admission::Wait => return Ok(None),
             Admission::PreparationFailed(_) => {
                 self.log.retry_preparation();
-                return Ok(());
+                return Ok(None);
             }
         }
-        let expected = self.model.decide(partition, expected_end, &records);
+        let record_count = records.len() as u32;
+        let expected = match producer {
+            Some(stamp) => self.model.decide_producer(partition, stamp, record_count),
+            None => Ok(()),
+        }
+        .and_then(|()| {
+            self.model
+                .decide(partition, expected_end, records)
+                .map_err(Refusal::Conflict)
+        });
         let staged = self
             .log
             .stage(
                 partition,
                 expected_end,
                 &inputs,
-                None,
+                producer,
                 len_bytes,
                 1_790_000_000_000,
             )
@@ -699,6 +1012,7 @@ impl Sim {
                         .map(|((key, _), value)| (key.clone(), value))
                         .collect(),
                     acknowledged: false,
+                    producer,
                 });
                 let entry = (partition, batches.len() - 1);
                 self.model.staged_order.push(entry);
@@ -707,12 +1021,12 @@ impl Sim {
                     .entry(staged.group_sequence)
                     .or_default()
                     .push(entry);
-                Ok(())
+                Ok(Some(Ok(base_offset)))
             }
-            (Err(Refusal::Conflict(conflict)), Err(expected)) if conflict == expected => Ok(()),
+            (Err(refusal), Err(expected)) if refusal == expected => Ok(Some(Err(refusal))),
             (actual, expected) => Err(format!(
-                "condition outcome differs on {partition:?}: log {actual:?}, model {expected:?} \
-                 for {records:?} expecting end {expected_end:?}"
+                "outcome differs on {partition:?}: log {actual:?}, model {expected:?} \
+                 for {records:?} expecting end {expected_end:?}, producer {producer:?}"
             )),
         }
     }
@@ -823,6 +1137,24 @@ impl Sim {
     }
 
     fn crash(&mut self) -> Result<(), String> {
+        // The producers heard back about acknowledged batches only; they resend the rest,
+        // in order, once the shard is back, not knowing which of them survive.
+        for ((_, partition), producer) in &mut self.producers {
+            let batches = self.model.partitions.get(partition);
+            let acknowledged = |sent: &SentBatch| {
+                batches.into_iter().flatten().any(|batch| {
+                    batch.acknowledged
+                        && batch.base_offset == sent.base_offset
+                        && batch.producer == Some(sent.stamp)
+                })
+            };
+            let unacknowledged = std::mem::take(&mut producer.unacknowledged);
+            producer.resends.extend(
+                unacknowledged
+                    .into_iter()
+                    .filter(|sent| !acknowledged(sent)),
+            );
+        }
         let kind = if self.rng.chance(700) {
             CrashKind::Power
         } else {
@@ -881,6 +1213,7 @@ pub fn simulate(seed: u64, config: &SimConfig) -> SimReport {
         failed: false,
         life: 0,
         value_counter: 0,
+        producers: BTreeMap::new(),
         report: SimReport {
             seed,
             ..SimReport::default()
@@ -922,6 +1255,7 @@ mod tests {
         let config = SimConfig::default();
         let mut crash_count = 0;
         let mut acknowledged = 0;
+        let (mut duplicates, mut resends_appended, mut producer_refused) = (0, 0, 0);
         let mut violations = Vec::new();
         for seed in seeds() {
             let report = simulate(seed, &config);
@@ -930,6 +1264,9 @@ mod tests {
             }
             crash_count += report.crash_count;
             acknowledged += report.acknowledged_checked_count;
+            duplicates += report.duplicate_count;
+            resends_appended += report.resend_appended_count;
+            producer_refused += report.producer_refused_count;
         }
         assert!(
             violations.is_empty(),
@@ -940,6 +1277,11 @@ mod tests {
         assert!(
             crash_count > 0 && acknowledged > 0,
             "the simulation did something"
+        );
+        assert!(
+            duplicates > 0 && resends_appended > 0 && producer_refused > 0,
+            "the producers met every case: {duplicates} duplicates, {resends_appended} \
+             resends appended, {producer_refused} refused"
         );
     }
 

@@ -742,3 +742,160 @@ fn kafka_bad_input_closes_or_errors_and_leaves_the_log_untouched() {
     let (error_code, high_watermark, _) = fetch(&mut setup, "guarded", 0, 0);
     assert_eq!((error_code, high_watermark), (0, 1));
 }
+
+#[test]
+fn kafka_long_poll_ends_at_shutdown_and_the_server_exits_at_once() {
+    let mut server = TestServer::start();
+    let mut connection = KafkaConnection::connect(server.kafka_ports[0]);
+    create_topic(&mut connection, "quiet", 1);
+    let correlation_id = connection.send(ApiKey::Fetch, 12, &fetch_request("quiet", 0, 0, 30_000));
+    // Give the fetch time to start waiting; then SIGTERM must not wait out its 30 s.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = server.stop_with(15, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // It was answered (empty) before the connection closed.
+    let response: FetchResponse = connection.receive(ApiKey::Fetch, 12, correlation_id);
+    let (error_code, _, records) = fetched(&response);
+    assert_eq!((error_code, records.len()), (0, 0));
+}
+
+#[test]
+fn kafka_needs_an_advertised_host_on_an_unspecified_address_and_can_be_off() {
+    let temp_dir = tempfile::tempdir().unwrap();
+    let outcome = crate::support::server::serve_until_exit(
+        &temp_dir.path().join("data"),
+        &["--kafka-listen", "0.0.0.0:0"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(outcome.status.and_then(|status| status.code()), Some(1));
+    assert!(
+        outcome.stderr.contains("--kafka-advertised-host"),
+        "{}",
+        outcome.stderr
+    );
+    // With one, brokers are advertised by that name.
+    let server = TestServer::start_on(
+        &temp_dir.path().join("data"),
+        &[
+            "--kafka-listen",
+            "0.0.0.0:0",
+            "--kafka-advertised-host",
+            "localhost",
+        ],
+    );
+    let mut connection = KafkaConnection::connect(server.kafka_ports[0]);
+    let response: MetadataResponse =
+        connection.call(ApiKey::Metadata, 12, &MetadataRequest::default());
+    assert!(
+        response
+            .brokers
+            .iter()
+            .all(|broker| broker.host.as_str() == "localhost")
+    );
+    let cluster_id = response.cluster_id.clone().unwrap();
+    drop(connection);
+    drop(server);
+    // Off: no Kafka ports. The cluster id is the data directory's: the same after a restart.
+    let off = TestServer::start_on(&temp_dir.path().join("data"), &["--no-kafka"]);
+    assert!(off.kafka_ports.is_empty());
+    drop(off);
+    let again = TestServer::start_on(&temp_dir.path().join("data"), &[]);
+    let mut connection = KafkaConnection::connect(again.kafka_ports[0]);
+    let response: MetadataResponse =
+        connection.call(ApiKey::Metadata, 12, &MetadataRequest::default());
+    assert_eq!(response.cluster_id, Some(cluster_id));
+}
+
+#[test]
+fn kafka_idempotent_producers_get_ids_and_retries_answer_the_original_offset() {
+    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+    let server = TestServer::start();
+    let mut connection = KafkaConnection::connect(server.kafka_ports[0]);
+    create_topic(&mut connection, "idem", 1);
+    let init = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let first: InitProducerIdResponse = connection.call(ApiKey::InitProducerId, 4, &init);
+    assert_eq!(first.error_code, 0);
+    assert!(first.producer_id.0 >= 0);
+    assert_eq!(first.producer_epoch, 0);
+    let other: InitProducerIdResponse = connection.call(ApiKey::InitProducerId, 1, &init);
+    assert_ne!(
+        other.producer_id, first.producer_id,
+        "never handed out twice"
+    );
+    // KIP-360: the same id with the next epoch.
+    let bump = init
+        .clone()
+        .with_producer_id(first.producer_id)
+        .with_producer_epoch(0);
+    let bumped: InitProducerIdResponse = connection.call(ApiKey::InitProducerId, 4, &bump);
+    assert_eq!(
+        (bumped.producer_id, bumped.producer_epoch),
+        (first.producer_id, 1)
+    );
+    // Transactions are refused, fatally.
+    let transactional = init
+        .clone()
+        .with_transactional_id(Some(StrBytes::from_static_str("tx").into()));
+    let refused: InitProducerIdResponse =
+        connection.call(ApiKey::InitProducerId, 4, &transactional);
+    assert_eq!(refused.error_code, 53);
+
+    let stamped = |sequence_base: i32, epoch: i16| {
+        let mut records = vec![
+            record(Some("a"), Some("1"), &[]),
+            record(Some("b"), Some("2"), &[]),
+        ];
+        for (index, record) in records.iter_mut().enumerate() {
+            record.producer_id = bumped.producer_id.0;
+            record.producer_epoch = epoch;
+            record.offset = index as i64;
+            record.sequence = sequence_base + index as i32;
+        }
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        buf.freeze()
+    };
+    let appended = produce(&mut connection, "idem", 0, stamped(0, 1));
+    assert_eq!((appended.error_code, appended.base_offset), (0, 0));
+    // A retry of the same batch: not appended again, its original offset answered.
+    let retried = produce(&mut connection, "idem", 0, stamped(0, 1));
+    assert_eq!((retried.error_code, retried.base_offset), (0, 0));
+    assert_eq!(list_offset(&mut connection, "idem", 0, -1), (0, 2));
+    // A gap in the sequence, and an older epoch.
+    let gap = produce(&mut connection, "idem", 0, stamped(7, 1));
+    assert_eq!(gap.error_code, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    let fenced = produce(&mut connection, "idem", 0, stamped(2, 0));
+    assert_eq!(fenced.error_code, 47, "INVALID_PRODUCER_EPOCH");
+    let next = produce(&mut connection, "idem", 0, stamped(2, 1));
+    assert_eq!((next.error_code, next.base_offset), (0, 2));
+    // Fetched batches carry the producer's stamp.
+    let response: FetchResponse =
+        connection.call(ApiKey::Fetch, 12, &fetch_request("idem", 0, 0, 0));
+    let (_, _, records) = fetched(&response);
+    assert_eq!(records.len(), 4);
+    assert!(
+        records
+            .iter()
+            .all(|record| record.producer_id == bumped.producer_id.0)
+    );
+    let sequences: Vec<i32> = records.iter().map(|record| record.sequence).collect();
+    assert_eq!(sequences, [0, 1, 2, 3]);
+}

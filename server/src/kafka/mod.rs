@@ -173,7 +173,7 @@ pub(crate) async fn handle_request(context: &ShardContext, frame: Bytes) -> Hand
             encode_response(api_key, version, correlation_id, &response)
         }
         Request::InitProducerId(request) => {
-            let response = init_producer_id::serve(context, &request, version);
+            let response = init_producer_id::serve(context, &request, version).await;
             encode_response(api_key, version, correlation_id, &response)
         }
         Request::DescribeConfigs(request) => {

@@ -63,7 +63,11 @@ pub(super) async fn serve(
     version: i16,
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
-    let refusal = if request.transactional_id.is_some() {
+    let transactional = request
+        .transactional_id
+        .as_ref()
+        .is_some_and(|id| !id.0.is_empty());
+    let refusal = if transactional {
         // The code InitProducerId gives a transactional producer too (see there).
         Some(Outcome::error(
             codes::code(ResponseError::TransactionalIdAuthorizationFailed),

@@ -4,7 +4,8 @@
 //! are installed by .ci/run from their registries, at pinned versions.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
@@ -121,6 +122,23 @@ fn free_kafka_ports() -> u16 {
         }
     }
     panic!("no two consecutive free ports")
+}
+
+/// A connection the broker on `port` has accepted and answered once (ApiVersions v0), then
+/// left idle.
+fn idle_kafka_connection(port: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    // Length 10; api key 18 (ApiVersions), version 0, correlation id 1, null client id.
+    let request = [0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff];
+    stream.write_all(&request).expect("request sent");
+    let mut length = [0; 4];
+    stream.read_exact(&mut length).expect("response length");
+    let mut response = vec![0; usize::try_from(u32::from_be_bytes(length)).expect("usize")];
+    stream.read_exact(&mut response).expect("response");
+    stream
 }
 
 fn kcat(server: &TestServer, args: &[&str]) -> Command {
@@ -323,7 +341,8 @@ fn confluent_kafka_idempotent_producer_loses_and_repeats_nothing_across_a_server
     let data_dir = temp_dir.path().join("data");
     // The restarted server listens where the first one did, so the producer's bootstrap
     // and broker addresses stay valid.
-    let kafka_listen = format!("127.0.0.1:{}", free_kafka_ports());
+    let kafka_port = free_kafka_ports();
+    let kafka_listen = format!("127.0.0.1:{kafka_port}");
     let args = ["--kafka-listen", kafka_listen.as_str()];
     let partition_count = 4;
     let mut server = TestServer::start_on(&data_dir, &args);
@@ -354,7 +373,16 @@ fn confluent_kafka_idempotent_producer_loses_and_repeats_nothing_across_a_server
         record_report(&producer.next());
     }
     // SIGKILL: whatever is in flight is neither answered nor, unless synced, kept.
+    // SIGKILL, with an idle client connected to each broker as well (a consumer waiting
+    // for records, say): the kernel closes the server's side of those first, so their
+    // TIME_WAIT stays on the broker ports, and a restart must not count it as another
+    // process holding them.
+    let idle: Vec<TcpStream> = [kafka_port, kafka_port + 1]
+        .iter()
+        .map(|&port| idle_kafka_connection(port))
+        .collect();
     server.stop_with(9, Duration::from_secs(10));
+    drop(idle);
     let server = TestServer::start_on(&data_dir, &args);
     // Enough acknowledgements after the restart to know the producer carried on.
     for _ in 0..600 {

@@ -47,6 +47,9 @@ impl EmbeddedServer {
         config.shard_count = shard_count;
         config.pin_shards = pin_shards;
         config.segment_size_bytes = segment_size_bytes;
+        // The load speaks the native protocol; a Kafka listener on the default port would
+        // only collide with another server's.
+        config.kafka = None;
         let shutdown = ShutdownSignal::new();
         let (listening_sender, listening_receiver) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()

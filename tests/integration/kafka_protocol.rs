@@ -899,3 +899,47 @@ fn kafka_idempotent_producers_get_ids_and_retries_answer_the_original_offset() {
     let sequences: Vec<i32> = records.iter().map(|record| record.sequence).collect();
     assert_eq!(sequences, [0, 1, 2, 3]);
 }
+
+#[test]
+fn kafka_fetch_sizes_keep_whole_batches_and_acks_zero_answers_nothing() {
+    let server = TestServer::start();
+    let mut connection = KafkaConnection::connect(server.kafka_ports[0]);
+    create_topic(&mut connection, "sized", 1);
+    for value in ["first-batch", "second-batch"] {
+        let records = batch(vec![
+            record(Some("k"), Some(value), &[]),
+            record(Some("k"), Some(value), &[]),
+        ]);
+        assert_eq!(produce(&mut connection, "sized", 0, records).error_code, 0);
+    }
+    // One byte allowed: still the first batch, whole (KIP-74), and nothing more.
+    let mut request = fetch_request("sized", 0, 0, 0);
+    request.topics[0].partitions[0].partition_max_bytes = 1;
+    let response: FetchResponse = connection.call(ApiKey::Fetch, 12, &request);
+    let (error_code, high_watermark, records) = fetched(&response);
+    assert_eq!((error_code, high_watermark), (0, 4));
+    let offsets: Vec<i64> = records.iter().map(|record| record.offset).collect();
+    assert_eq!(offsets, [0, 1]);
+    // From inside a batch: the whole batch, as Kafka brokers send it.
+    let (_, _, records) = fetch(&mut connection, "sized", 0, 3);
+    let offsets: Vec<i64> = records.iter().map(|record| record.offset).collect();
+    assert_eq!(offsets, [2, 3]);
+
+    // acks=0: appended, never answered; the next request's answer comes next.
+    let records = batch(vec![record(Some("k"), Some("fire-and-forget"), &[])]);
+    connection.send(
+        ApiKey::Produce,
+        9,
+        &produce_request("sized", 0, records).with_acks(0),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (error_code, offset) = list_offset(&mut connection, "sized", 0, -1);
+        assert_eq!(error_code, 0);
+        if offset == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the acks=0 batch never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -5,7 +5,8 @@
 //! partition's synced end to move, up to `max_wait_ms` (at most `fetch_wait_max`), and no
 //! longer than until the server starts shutting down; then it answers with what there is.
 //! Sizes: at most `partition_max_bytes` per partition, `max_bytes` in all, and at most
-//! `FETCH_SIZE_BYTES_MAX` per partition whatever the client asks; but the first batch of
+//! `FETCH_SIZE_BYTES_MAX` per partition and `FETCH_RESPONSE_SIZE_BYTES_MAX` in all whatever
+//! the client asks; but the first batch of
 //! the response is sent whole even when it is larger than the limits (KIP-74), so that a
 //! consumer always gets past it. Sessionless: `session_id` is always 0, so clients send
 //! full fetch requests. `high_watermark` = `last_stable_offset` = the synced end;
@@ -26,6 +27,11 @@ use crate::context::ShardContext;
 use crate::operation::{FetchedRecords, Located};
 use crate::routing;
 use crate::service::{self, FETCH_SIZE_BYTES_MAX};
+
+/// Most bytes of records one Fetch response holds, whatever `max_bytes` says (clients ask
+/// for 50 MiB by default): four partitions' worth, so a connection holds a bounded
+/// response; a consumer simply fetches again.
+const FETCH_RESPONSE_SIZE_BYTES_MAX: usize = 4 * FETCH_SIZE_BYTES_MAX;
 
 /// One asked partition, once resolved.
 enum Target {
@@ -63,7 +69,8 @@ pub(super) async fn serve(
     let max_bytes = usize::try_from(request.max_bytes)
         .ok()
         .filter(|&max_bytes| max_bytes > 0)
-        .unwrap_or(usize::MAX);
+        .unwrap_or(usize::MAX)
+        .min(FETCH_RESPONSE_SIZE_BYTES_MAX);
     let reads = loop {
         let reads = read_all(context, &request, &targets, max_bytes).await;
         let size_bytes: usize = reads.iter().flatten().map(|read| read.records.len()).sum();

@@ -10,10 +10,12 @@
 //!
 //! The batch header is read first (`decode_batch_info`, no records decoded): its record
 //! count is checked against `BATCH_RECORD_COUNT_MAX` and transactional or control batches
-//! are refused before any record is decompressed or decoded.
+//! are refused before any record is decompressed or decoded. Decompression is bounded by
+//! `DECOMPRESSED_SIZE_BYTES_MAX` (the crate's own decompressors are not), so that a small
+//! compressed batch cannot expand into gigabytes.
 
 use bytes::{Bytes, BytesMut};
-use cairn_engine::core::limits::BATCH_RECORD_COUNT_MAX;
+use cairn_engine::core::limits::{BATCH_RECORD_COUNT_MAX, BATCH_SIZE_BYTES_MAX};
 use cairn_engine::core::record::BatchView;
 use cairn_engine::core::{KeyCondition, Offset, ProducerStamp};
 use kafka_protocol::ResponseError;
@@ -30,6 +32,12 @@ pub(super) const EXPECT_HEADER: &str = "cairn.expect";
 pub(super) const EXPECT_END_OFFSET_HEADER: &str = "cairn.expect-end-offset";
 /// The header a fetched record carries when its key has an earlier record.
 pub(super) const PREV_KEY_OFFSET_HEADER: &str = "cairn.prev-key-offset";
+
+/// Most bytes a produced batch's records may take decompressed: twice the largest Cairn
+/// batch (Kafka's record framing is a little smaller than Cairn's, never half), so any
+/// batch the engine could take fits, and a larger one is MESSAGE_TOO_LARGE before it is
+/// expanded further.
+const DECOMPRESSED_SIZE_BYTES_MAX: usize = 2 * BATCH_SIZE_BYTES_MAX;
 
 /// Why a produced batch was refused before it reached the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,8 +123,26 @@ pub(super) fn decode_produced(records: Bytes) -> Result<ProducedBatch, BatchErro
     });
     let timestamps_are_create_time = info.timestamp_type == TimestampType::Creation;
     let mut records_buf = records;
-    let set = RecordBatchDecoder::decode(&mut records_buf)
-        .map_err(|error| BatchError::new(ResponseError::CorruptMessage, error.to_string()))?;
+    let too_large = std::cell::Cell::new(false);
+    let decompress = |buf: &mut Bytes, compression: Compression| {
+        let decompressed = decompress_bounded(buf, compression);
+        if decompressed.is_err() && exceeds_bound(buf, compression) {
+            too_large.set(true);
+        }
+        decompressed
+    };
+    let set =
+        RecordBatchDecoder::decode_with_custom_compression(&mut records_buf, Some(decompress))
+            .map_err(|error| {
+                if too_large.get() {
+                    BatchError::new(
+                        ResponseError::MessageTooLarge,
+                        format!("the batch's records exceed {DECOMPRESSED_SIZE_BYTES_MAX} bytes"),
+                    )
+                } else {
+                    BatchError::new(ResponseError::CorruptMessage, error.to_string())
+                }
+            })?;
     let mut records = set.records;
     if !timestamps_are_create_time {
         // LogAppendTime from a producer means "the broker's": Cairn stamps the append.
@@ -131,6 +157,77 @@ pub(super) fn decode_produced(records: Bytes) -> Result<ProducedBatch, BatchErro
         expected_end,
         producer,
     })
+}
+
+/// The records of a batch, decompressed, at most `DECOMPRESSED_SIZE_BYTES_MAX` of them.
+fn decompress_bounded(buf: &mut Bytes, compression: Compression) -> anyhow::Result<Bytes> {
+    use kafka_protocol::compression::{Decompressor, Snappy};
+    match compression {
+        Compression::None => Ok(buf.clone()),
+        Compression::Gzip => read_bounded(flate2::read::GzDecoder::new(&buf[..])),
+        Compression::Zstd => read_bounded(zstd::stream::read::Decoder::new(&buf[..])?),
+        Compression::Lz4 => read_bounded(lz4::Decoder::new(&buf[..])?),
+        Compression::Snappy => {
+            // Snappy states its lengths up front: check them, then the crate's decoder
+            // (with Kafka's xerial framing) allocates only what they say.
+            if snappy_size_bytes(buf).is_none_or(|size| size > DECOMPRESSED_SIZE_BYTES_MAX) {
+                anyhow::bail!(
+                    "snappy batch over {DECOMPRESSED_SIZE_BYTES_MAX} bytes, or no lengths"
+                );
+            }
+            Snappy::decompress(buf, |out: &mut Bytes| Ok(out.clone()))
+        }
+    }
+}
+
+/// Whether `buf` decompresses to more than the bound (asked only once decompression
+/// failed, to tell a batch too large from a corrupt one).
+fn exceeds_bound(buf: &Bytes, compression: Compression) -> bool {
+    match compression {
+        Compression::None => false,
+        Compression::Snappy => {
+            snappy_size_bytes(buf).is_some_and(|size| size > DECOMPRESSED_SIZE_BYTES_MAX)
+        }
+        Compression::Gzip => bounded_len(flate2::read::GzDecoder::new(&buf[..])),
+        Compression::Zstd => zstd::stream::read::Decoder::new(&buf[..]).is_ok_and(bounded_len),
+        Compression::Lz4 => lz4::Decoder::new(&buf[..]).is_ok_and(bounded_len),
+    }
+}
+
+/// Whether `reader` yields more than the bound before it ends or fails.
+fn bounded_len(reader: impl std::io::Read) -> bool {
+    let bound = u64::try_from(DECOMPRESSED_SIZE_BYTES_MAX).unwrap_or(u64::MAX);
+    std::io::copy(&mut reader.take(bound + 1), &mut std::io::sink()).is_ok_and(|len| len > bound)
+}
+
+fn read_bounded(reader: impl std::io::Read) -> anyhow::Result<Bytes> {
+    use std::io::Read as _;
+    let bound = u64::try_from(DECOMPRESSED_SIZE_BYTES_MAX).unwrap_or(u64::MAX);
+    let mut out = Vec::new();
+    reader.take(bound + 1).read_to_end(&mut out)?;
+    if out.len() > DECOMPRESSED_SIZE_BYTES_MAX {
+        anyhow::bail!("decompressed records exceed {DECOMPRESSED_SIZE_BYTES_MAX} bytes");
+    }
+    Ok(Bytes::from(out))
+}
+
+/// The decompressed size snappy data states: one raw snappy block, or Kafka's xerial
+/// framing (a 16-byte magic header, then blocks each prefixed by a 4-byte big-endian
+/// length). `None` if the lengths cannot be read (the crate's decoder then says why).
+fn snappy_size_bytes(buf: &[u8]) -> Option<usize> {
+    const XERIAL_MAGIC: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+    let Some(mut rest) = buf.strip_prefix(XERIAL_MAGIC) else {
+        return snap::raw::decompress_len(buf).ok();
+    };
+    let mut size_bytes: usize = 0;
+    while !rest.is_empty() {
+        let (len, after) = rest.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        let (block, after) = after.split_at_checked(len)?;
+        size_bytes = size_bytes.checked_add(snap::raw::decompress_len(block).ok()?)?;
+        rest = after;
+    }
+    Some(size_bytes)
 }
 
 /// Whether a header name is one of the condition headers, stripped before storing.
@@ -271,6 +368,70 @@ pub(super) fn encode_fetched(view: &BatchView<'_>, out: &mut BytesMut) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encoded(value_size_bytes: usize, compression: Compression) -> Bytes {
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: NO_SEQUENCE,
+            timestamp: 1,
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from(vec![0u8; value_size_bytes])),
+            headers: IndexMap::new(),
+        };
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression,
+        };
+        RecordBatchEncoder::encode(&mut buf, [&record], &options).expect("encodes");
+        buf.freeze()
+    }
+
+    #[test]
+    fn every_compression_decodes() {
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let batch = decode_produced(encoded(1000, compression)).expect("decodes");
+            assert_eq!(batch.records.len(), 1, "{compression:?}");
+            assert_eq!(batch.records[0].value.as_ref().map(Bytes::len), Some(1000));
+        }
+    }
+
+    #[test]
+    fn a_compressed_batch_that_expands_too_far_is_too_large_not_decoded() {
+        for compression in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let bytes = encoded(DECOMPRESSED_SIZE_BYTES_MAX + 1, compression);
+            assert!(
+                bytes.len() < DECOMPRESSED_SIZE_BYTES_MAX / 10,
+                "{compression:?}"
+            );
+            let Err(error) = decode_produced(bytes) else {
+                panic!("{compression:?} decoded");
+            };
+            assert_eq!(
+                error.code,
+                ResponseError::MessageTooLarge.code(),
+                "{compression:?}"
+            );
+        }
+    }
 
     #[test]
     fn offsets_are_plain_decimals() {

@@ -846,7 +846,9 @@ fn timestamped_input() -> String {
 }
 
 /// Targets and the offset ListOffsets must answer for each: the first record whose
-/// timestamp is at or after the target; none after the last.
+/// timestamp is at or after the target; none after the last (a Kafka broker answers offset
+/// -1 and timestamp -1, which Java's offsetsForTimes reports as null and kafka-python as
+/// None).
 fn timestamp_targets() -> Vec<(i64, Option<u64>)> {
     vec![
         (TIMESTAMP_BASE_MS - 60_000, Some(0)),

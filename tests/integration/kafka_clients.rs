@@ -335,6 +335,125 @@ fn kcat_metadata_lists_one_broker_per_shard_and_each_partitions_leader() {
     assert_eq!(leaders, native_leaders, "{stdout}");
 }
 
+/// confluent_idempotent.py producing a numbered sequence, and what its delivery reports
+/// said.
+struct IdempotentProducer {
+    process: ClientProcess,
+    /// seq -> (partition, offset) of every acknowledged record.
+    acknowledged: BTreeMap<u64, (u32, u64)>,
+    failed: Vec<Value>,
+    /// The client errors librdkafka reported on the way (timeouts, lost connections).
+    errors: Vec<Value>,
+}
+
+impl IdempotentProducer {
+    fn spawn(server: &TestServer, topic: &str, settings: &[&str]) -> IdempotentProducer {
+        let bootstrap = server.kafka_bootstrap();
+        let mut args = vec![bootstrap.as_str(), topic, "16"];
+        args.extend_from_slice(settings);
+        IdempotentProducer {
+            process: ClientProcess::spawn(python("confluent_idempotent.py", &args)),
+            acknowledged: BTreeMap::new(),
+            failed: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Handles one line; `false` if it was the last (`done`).
+    fn handle(&mut self, line: &Value) -> bool {
+        if line["event"] == "error" {
+            self.errors.push(line.clone());
+            return true;
+        }
+        if line["event"] == "done" {
+            assert_eq!(line["unflushed"], 0, "{line}");
+            return false;
+        }
+        let seq = line["seq"].as_u64().unwrap_or_else(|| panic!("{line}"));
+        if line["ok"] == true {
+            let place = (
+                u32::try_from(line["partition"].as_u64().expect("partition")).expect("u32"),
+                line["offset"].as_u64().expect("offset"),
+            );
+            assert!(
+                self.acknowledged.insert(seq, place).is_none(),
+                "two reports for {seq}"
+            );
+        } else {
+            self.failed.push(line.clone());
+        }
+        true
+    }
+
+    /// Reads until `count` more records are acknowledged.
+    fn wait_for_acknowledged(&mut self, count: usize) {
+        let target = self.acknowledged.len() + count;
+        while self.acknowledged.len() < target {
+            let line = self.process.next();
+            assert!(self.handle(&line), "done before {target} acknowledgements");
+        }
+    }
+
+    /// Reads until librdkafka reports an error: with a short socket.timeout.ms, a paused
+    /// server's connections time out and are dropped ("2/2 brokers are down").
+    fn wait_for_error(&mut self) {
+        let errors = self.errors.len();
+        while self.errors.len() == errors {
+            let line = self.process.next();
+            assert!(self.handle(&line), "done before an error");
+        }
+    }
+
+    /// Stops producing, waits for every outstanding delivery report, and checks the log:
+    /// every acknowledged record once, where its report said, no record twice, each
+    /// partition in production order.
+    fn finish_and_check(mut self, server: &TestServer, topic: &str, partition_count: u32) {
+        self.process.close_stdin();
+        // librdkafka may still be resending; message.timeout.ms (60 s) bounds that.
+        loop {
+            let line = self.process.next_within(Duration::from_secs(70));
+            if !self.handle(&line) {
+                break;
+            }
+        }
+        self.process.finish();
+        assert!(
+            self.failed.is_empty(),
+            "failed deliveries: {:?}",
+            self.failed
+        );
+
+        let mut client = native(server);
+        let mut seen = BTreeSet::new();
+        for partition in 0..partition_count {
+            let mut last_seq = None;
+            for record in fetch_all(&mut client, topic, partition) {
+                let seq: u64 = String::from_utf8_lossy(&record.value)
+                    .parse()
+                    .expect("numbered value");
+                assert!(seen.insert(seq), "{seq} is in the log twice");
+                assert!(
+                    last_seq < Some(seq),
+                    "partition {partition}: {seq} after {last_seq:?}"
+                );
+                last_seq = Some(seq);
+                if let Some(&place) = self.acknowledged.get(&seq) {
+                    assert_eq!(place, (partition, record.offset.0), "seq {seq}");
+                }
+            }
+        }
+        let missing: Vec<&u64> = self
+            .acknowledged
+            .keys()
+            .filter(|seq| !seen.contains(seq))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "acknowledged but not in the log: {missing:?}"
+        );
+    }
+}
+
 #[test]
 fn confluent_kafka_idempotent_producer_loses_and_repeats_nothing_across_a_server_kill() {
     let temp_dir = tempfile::tempdir().expect("temp dir");
@@ -344,39 +463,15 @@ fn confluent_kafka_idempotent_producer_loses_and_repeats_nothing_across_a_server
     let kafka_port = free_kafka_ports();
     let kafka_listen = format!("127.0.0.1:{kafka_port}");
     let args = ["--kafka-listen", kafka_listen.as_str()];
-    let partition_count = 4;
     let mut server = TestServer::start_on(&data_dir, &args);
-    create_topic(&server, "idem", partition_count);
+    create_topic(&server, "idem", 4);
 
-    let mut producer = ClientProcess::spawn(python(
-        "confluent_idempotent.py",
-        &[&server.kafka_bootstrap(), "idem", "16"],
-    ));
-    let mut acknowledged: BTreeMap<u64, (u32, u64)> = BTreeMap::new();
-    let mut failed = Vec::new();
-    let mut record_report = |report: &Value| {
-        let seq = report["seq"].as_u64().expect("seq");
-        if report["ok"] == true {
-            let place = (
-                u32::try_from(report["partition"].as_u64().expect("partition")).expect("u32"),
-                report["offset"].as_u64().expect("offset"),
-            );
-            assert!(
-                acknowledged.insert(seq, place).is_none(),
-                "two reports for {seq}"
-            );
-        } else {
-            failed.push(report.clone());
-        }
-    };
-    for _ in 0..300 {
-        record_report(&producer.next());
-    }
-    // SIGKILL: whatever is in flight is neither answered nor, unless synced, kept.
-    // SIGKILL, with an idle client connected to each broker as well (a consumer waiting
-    // for records, say): the kernel closes the server's side of those first, so their
-    // TIME_WAIT stays on the broker ports, and a restart must not count it as another
-    // process holding them.
+    let mut producer = IdempotentProducer::spawn(&server, "idem", &[]);
+    producer.wait_for_acknowledged(300);
+    // SIGKILL: whatever is in flight is neither answered nor, unless synced, kept. With an
+    // idle client connected to each broker as well (a consumer waiting for records, say):
+    // the kernel closes the server's side of those first, so their TIME_WAIT stays on the
+    // broker ports, and a restart must not count it as another process holding them.
     let idle: Vec<TcpStream> = [kafka_port, kafka_port + 1]
         .iter()
         .map(|&port| idle_kafka_connection(port))
@@ -385,50 +480,31 @@ fn confluent_kafka_idempotent_producer_loses_and_repeats_nothing_across_a_server
     drop(idle);
     let server = TestServer::start_on(&data_dir, &args);
     // Enough acknowledgements after the restart to know the producer carried on.
-    for _ in 0..600 {
-        record_report(&producer.next());
-    }
-    producer.close_stdin();
-    loop {
-        let line = producer.next_within(Duration::from_secs(70));
-        if line.get("seq").is_some() {
-            record_report(&line);
-            continue;
-        }
-        assert_eq!(line["event"], "done", "{line}");
-        assert_eq!(line["unflushed"], 0, "{line}");
-        break;
-    }
-    producer.finish();
-    assert!(failed.is_empty(), "failed deliveries: {failed:?}");
+    producer.wait_for_acknowledged(600);
+    producer.finish_and_check(&server, "idem", 4);
+}
 
-    let mut client = native(&server);
-    let mut seen = BTreeSet::new();
-    for partition in 0..partition_count {
-        let mut last_seq = None;
-        for record in fetch_all(&mut client, "idem", partition) {
-            let seq: u64 = String::from_utf8_lossy(&record.value)
-                .parse()
-                .expect("numbered value");
-            assert!(seen.insert(seq), "{seq} is in the log twice");
-            assert!(
-                last_seq < Some(seq),
-                "partition {partition}: {seq} after {last_seq:?}"
-            );
-            last_seq = Some(seq);
-            if let Some(&place) = acknowledged.get(&seq) {
-                assert_eq!(place, (partition, record.offset.0), "seq {seq}");
-            }
-        }
-    }
-    let missing: Vec<&u64> = acknowledged
-        .keys()
-        .filter(|seq| !seen.contains(seq))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged but not in the log: {missing:?}"
-    );
+#[test]
+fn confluent_kafka_idempotent_producer_resends_are_not_appended_twice() {
+    let server = TestServer::start();
+    create_topic(&server, "resend", 4);
+    // Requests time out quickly, so a paused server makes librdkafka resend batches whose
+    // first copies are still waiting, unread, in the server's sockets.
+    let mut producer = IdempotentProducer::spawn(&server, "resend", &["socket.timeout.ms=1000"]);
+    producer.wait_for_acknowledged(300);
+    let pid = server.pid().to_string();
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, pid.as_str()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {name} {pid}");
+    };
+    signal("-STOP");
+    producer.wait_for_error();
+    signal("-CONT");
+    producer.wait_for_acknowledged(600);
+    producer.finish_and_check(&server, "resend", 4);
 }
 
 /// A confluent-kafka producer that waits for `{"event": "ready"}`.

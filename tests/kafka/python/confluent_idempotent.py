@@ -1,14 +1,16 @@
 """An idempotent confluent-kafka producer writing a numbered sequence until told to stop.
 
-    python3 confluent_idempotent.py BOOTSTRAP TOPIC KEY_COUNT
+    python3 confluent_idempotent.py BOOTSTRAP TOPIC KEY_COUNT [librdkafka key=value ...]
 
 Produces values "0", "1", "2", ... on keys "key-(n % KEY_COUNT)", at most IN_FLIGHT_MAX
 unacknowledged at a time, with enable.idempotence=true (acks=all, librdkafka's retries),
 until stdin is closed; then flushes and exits. So the caller can SIGKILL and restart the
 server mid-stream and decide when enough has been acknowledged. One JSON line on stdout per
 delivery report: {"seq", "ok": true, "partition", "offset"} or {"seq", "ok": false,
-"error_code", "error"}; a fatal producer error is {"event": "fatal", "error"}; the last line
-is {"event": "done", "produced": count, "unflushed": count}.
+"error_code", "error"}; each error librdkafka reports on the way (a timed-out request, a
+lost connection) is {"event": "error", "error_code", "error"}, a fatal one
+{"event": "fatal", "error"}; the last line is {"event": "done", "produced": count,
+"unflushed": count}.
 """
 
 import json
@@ -22,6 +24,7 @@ IN_FLIGHT_MAX = 200
 
 def main():
     bootstrap, topic, key_count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    overrides = dict(override.split("=", 1) for override in sys.argv[4:])
     stop = threading.Event()
 
     def wait_for_eof():
@@ -35,8 +38,10 @@ def main():
     def on_error(error):
         if error.fatal():
             fatal.append(error)
+        else:
+            emit({"event": "error", "error_code": error.name(), "error": error.str()})
 
-    producer = Producer({
+    config = {
         "bootstrap.servers": bootstrap,
         "enable.idempotence": True,
         "acks": "all",
@@ -46,7 +51,9 @@ def main():
         "retry.backoff.ms": 50,
         "reconnect.backoff.max.ms": 200,
         "error_cb": on_error,
-    })
+    }
+    config.update(overrides)
+    producer = Producer(config)
     in_flight = [0]
 
     def on_delivery(error, message):

@@ -146,6 +146,15 @@ pub enum ServerError {
         /// The address.
         address: SocketAddr,
     },
+    /// Two of the server's own listeners would share an address (`--listen`, the ports
+    /// from `--port-base` and from `--kafka-listen` overlap).
+    #[error(
+        "address {address} is asked for twice (--listen, --port-base and --kafka-listen overlap)"
+    )]
+    AddressTwice {
+        /// The address.
+        address: SocketAddr,
+    },
     /// A listening socket could not be set up.
     #[error("binding {address}")]
     Bind {

@@ -151,11 +151,18 @@ pub fn run(
         (0..config.shard_count)
             .map(|shard| SocketAddr::new(kafka.listen.ip(), kafka_shard_port(kafka, shard)))
     });
-    for address in std::iter::once(config.listen)
+    let mut fixed_addresses: Vec<SocketAddr> = std::iter::once(config.listen)
         .chain(shard_addresses)
         .chain(kafka_addresses)
         .filter(|address| address.port() != 0)
-    {
+        .collect();
+    // Our own listeners use SO_REUSEPORT, so two of them on one address would split its
+    // connections between them (say a Kafka client reaching the native protocol).
+    fixed_addresses.sort_unstable();
+    if let Some(pair) = fixed_addresses.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(ServerError::AddressTwice { address: pair[0] });
+    }
+    for &address in &fixed_addresses {
         ensure_address_free(address)?;
     }
     let engine = Engine::open(config.engine_config())?;

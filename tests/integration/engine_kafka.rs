@@ -377,3 +377,110 @@ fn engine_a_corrupt_producer_id_file_is_refused_not_trusted() {
     let error = error.expect("a corrupted reservation is refused");
     assert!(error.contains("producer-ids"), "{error}");
 }
+
+/// A format version 1 batch of one record, as builds before version 2 wrote it
+/// (FORMAT.md, "Version 1"): the first batch of its core log.
+fn version_1_batch(key: &[u8], value: &[u8], timestamp_ms: u64) -> Vec<u8> {
+    let record_len_bytes = 22 + key.len() + value.len();
+    let len_bytes = 48 + record_len_bytes;
+    let mut batch = Vec::with_capacity(len_bytes);
+    batch.extend_from_slice(&0x4E52_4143_u32.to_le_bytes());
+    batch.extend_from_slice(&0_u32.to_le_bytes()); // batch_crc, below
+    batch.extend_from_slice(&1_u16.to_le_bytes());
+    batch.extend_from_slice(&0_u16.to_le_bytes());
+    batch.extend_from_slice(&(len_bytes as u32).to_le_bytes());
+    batch.extend_from_slice(&0_u32.to_le_bytes()); // prev_batch_crc: the first batch
+    batch.extend_from_slice(&0_u32.to_le_bytes()); // partition 0
+    batch.extend_from_slice(&0_u64.to_le_bytes()); // base_offset
+    batch.extend_from_slice(&1_u32.to_le_bytes()); // record_count
+    batch.extend_from_slice(&0_u32.to_le_bytes()); // reserved
+    batch.extend_from_slice(&timestamp_ms.to_le_bytes());
+    batch.extend_from_slice(&(record_len_bytes as u32).to_le_bytes());
+    batch.extend_from_slice(&u64::MAX.to_le_bytes()); // prev_key_offset: none
+    batch.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    batch.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    batch.extend_from_slice(&0_u16.to_le_bytes());
+    batch.extend_from_slice(key);
+    batch.extend_from_slice(value);
+    let crc = crc32fast::hash(&batch[8..]);
+    batch[4..8].copy_from_slice(&crc.to_le_bytes());
+    batch
+}
+
+#[test]
+fn engine_a_segment_written_in_format_version_1_opens_and_continues_in_version_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let engine = open_engine(config.clone());
+    run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        shard.create_topic("old", 1).unwrap();
+        shard.close().await;
+    });
+    // The segment holds its header and nothing else: put a v1 batch where the first group
+    // goes, as an old build would have, padded to its block.
+    let segment_path = dir.path().join("core-0").join(format!("{:020}.seg", 0));
+    let mut segment = std::fs::read(&segment_path).unwrap();
+    let batch = version_1_batch(b"k", b"written by v1", 1_700_000_000_000);
+    segment[4096..4096 + batch.len()].copy_from_slice(&batch);
+    std::fs::write(&segment_path, &segment).unwrap();
+
+    let engine = open_engine(config.clone());
+    let partition = PartitionId(0);
+    run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        assert_eq!(
+            shard.end_offsets(partition).unwrap(),
+            (Offset(1), Offset(1))
+        );
+        let old = shard
+            .read_key(partition, b"k", false)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(old.value, b"written by v1");
+        assert_eq!(old.timestamp_ms, 1_700_000_000_000);
+        let outcome = shard
+            .append(partition, None, &[keyed(b"k", KeyCondition::At(Offset(0)))])
+            .await
+            .unwrap();
+        assert!(matches!(
+            outcome,
+            AppendOutcome::Appended {
+                base_offset: Offset(1),
+                ..
+            }
+        ));
+        assert_eq!(
+            shard
+                .offset_for_timestamp(partition, 1_700_000_000_000)
+                .await
+                .unwrap(),
+            Some((Offset(0), 1_700_000_000_000))
+        );
+        shard.close().await;
+    });
+    let engine = open_engine(config);
+    run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        let fetched = shard.fetch(partition, Offset(0), 1 << 20).await.unwrap();
+        let versions: Vec<u16> = fetched
+            .batches
+            .iter()
+            .map(|batch| batch.view().format_version())
+            .collect();
+        assert_eq!(versions, vec![1, 2]);
+        let history = shard
+            .key_history(partition, b"k", 10, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            history
+                .iter()
+                .map(|record| record.offset)
+                .collect::<Vec<_>>(),
+            vec![Offset(1), Offset(0)]
+        );
+        shard.close().await;
+    });
+}

@@ -428,6 +428,17 @@ fn kafka_produce_then_fetch_round_trips_records() {
     assert_eq!(response.error_code, NOT_LEADER_OR_FOLLOWER);
     let (error_code, _, _) = fetch(&mut connection, "events", 1, 0);
     assert_eq!(error_code, NOT_LEADER_OR_FOLLOWER);
+    // v10 and later name the leader (KIP-951), so clients need no metadata round trip.
+    let request = produce_request("events", 1, batch(vec![record(Some("x"), Some("y"), &[])]));
+    let response: ProduceResponse = connection.call(ApiKey::Produce, 12, &request);
+    let partition = &response.responses[0].partition_responses[0];
+    assert_eq!(partition.error_code, NOT_LEADER_OR_FOLLOWER);
+    assert_eq!(partition.current_leader.leader_id, BrokerId(1));
+    assert_eq!(response.node_endpoints.len(), 1);
+    assert_eq!(
+        response.node_endpoints[0].port,
+        i32::from(server.kafka_ports[1])
+    );
     // Its leader serves it.
     let mut leader = KafkaConnection::connect(server.kafka_ports[1]);
     let response = produce(
@@ -779,6 +790,25 @@ fn kafka_needs_an_advertised_host_on_an_unspecified_address_and_can_be_off() {
         "{}",
         outcome.stderr
     );
+    // Kafka ports that overlap the native ones are refused, not shared.
+    let free_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let port_base = free_port.to_string();
+    let kafka_listen = format!("127.0.0.1:{}", free_port + 1);
+    let outcome = crate::support::server::serve_until_exit(
+        &temp_dir.path().join("data"),
+        &["--port-base", &port_base, "--kafka-listen", &kafka_listen],
+        Duration::from_secs(20),
+    );
+    assert_eq!(outcome.status.and_then(|status| status.code()), Some(1));
+    assert!(
+        outcome.stderr.contains("asked for twice"),
+        "{}",
+        outcome.stderr
+    );
     // With one, brokers are advertised by that name.
     let server = TestServer::start_on(
         &temp_dir.path().join("data"),
@@ -942,4 +972,66 @@ fn kafka_fetch_sizes_keep_whole_batches_and_acks_zero_answers_nothing() {
         assert!(Instant::now() < deadline, "the acks=0 batch never appeared");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn kafka_describe_configs_and_cluster_answer_the_fixed_set_and_every_shard() {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::{
+        DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
+        DescribeConfigsResponse,
+    };
+    let server = TestServer::start();
+    let mut connection = KafkaConnection::connect(server.kafka_ports[0]);
+    create_topic(&mut connection, "configured", 1);
+    let resource = |resource_type: i8, name: &str| {
+        DescribeConfigsResource::default()
+            .with_resource_type(resource_type)
+            .with_resource_name(StrBytes::from_string(name.to_owned()))
+            .with_configuration_keys(None)
+    };
+    for version in [1, 4] {
+        let request = DescribeConfigsRequest::default().with_resources(vec![
+            resource(2, "configured"),
+            resource(2, "absent"),
+            resource(4, "0"),
+        ]);
+        let response: DescribeConfigsResponse =
+            connection.call(ApiKey::DescribeConfigs, version, &request);
+        let topic = &response.results[0];
+        assert_eq!(topic.error_code, 0);
+        let value = |name: &str| {
+            topic
+                .configs
+                .iter()
+                .find(|config| config.name.as_str() == name)
+                .and_then(|config| config.value.as_ref().map(|value| value.to_string()))
+        };
+        assert_eq!(value("cleanup.policy").as_deref(), Some("delete"));
+        assert_eq!(value("retention.ms").as_deref(), Some("-1"));
+        assert_eq!(value("min.insync.replicas").as_deref(), Some("1"));
+        assert_eq!(
+            value("message.timestamp.type").as_deref(),
+            Some("CreateTime")
+        );
+        assert!(topic.configs.iter().all(|config| config.read_only));
+        assert_eq!(response.results[1].error_code, UNKNOWN_TOPIC_OR_PARTITION);
+        assert_eq!(response.results[2].error_code, 0);
+        assert!(!response.results[2].configs.is_empty());
+    }
+    let response: DescribeClusterResponse = connection.call(
+        ApiKey::DescribeCluster,
+        1,
+        &DescribeClusterRequest::default().with_endpoint_type(1),
+    );
+    assert_eq!(response.error_code, 0);
+    assert_eq!(response.controller_id, BrokerId(0));
+    assert_eq!(response.cluster_id.len(), 22);
+    let ports: Vec<i32> = response.brokers.iter().map(|broker| broker.port).collect();
+    let expected: Vec<i32> = server
+        .kafka_ports
+        .iter()
+        .map(|&port| i32::from(port))
+        .collect();
+    assert_eq!(ports, expected);
 }

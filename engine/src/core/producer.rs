@@ -13,7 +13,8 @@
 //! batch of a new producer into a full table first evicts the producer whose last append is
 //! the oldest. An evicted producer is unknown again: its next batch is accepted only with
 //! sequence 0 (Kafka's producers then reset), anything else is `OutOfOrder`, and a retry of
-//! one of its old batches is no longer recognised as a duplicate. Recovery replays the same
+//! one of its old batches is no longer recognised as a duplicate (refused as `OutOfOrder`,
+//! unless it started at sequence 0: then it is appended again). Recovery replays the same
 //! evictions, since they depend only on the order of appends.
 
 use hashbrown::HashMap;

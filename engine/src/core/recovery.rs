@@ -1484,6 +1484,52 @@ mod tests {
     }
 
     #[test]
+    fn a_log_of_version_1_batches_then_version_2_batches_scans_whole() {
+        // A segment written before format version 2, continued after the upgrade.
+        let mut segment = vec![0u8; SMALL_SEGMENT_SIZE_BYTES as usize];
+        let record = RecordInput {
+            key: b"k",
+            value: b"value",
+            ..RecordInput::default()
+        };
+        let mut position = DATA_START as usize;
+        let mut chain_crc = 0;
+        let mut batches = Vec::new();
+        for (base_offset, v1) in [(0, true), (1, true), (2, false), (3, false)] {
+            let meta = BatchMeta {
+                partition_id: PartitionId(0),
+                base_offset: Offset(base_offset),
+                timestamp_ms: 1_790_000_000_000,
+                prev_batch_crc: chain_crc,
+                producer: None,
+            };
+            let prev_key_offsets = [base_offset.checked_sub(1).map(Offset)];
+            let out = &mut segment[position..];
+            let encoded = if v1 {
+                crate::core::record::encode_batch_v1(out, &meta, &[record], &prev_key_offsets)
+            } else {
+                encode_batch(out, &meta, &[record], &prev_key_offsets)
+            }
+            .unwrap();
+            batches.push((position as u64, encoded.len_bytes as u64));
+            position += encoded.len_bytes;
+            chain_crc = encoded.crc;
+        }
+        let mut scanner = RecoveryScanner::new();
+        let scanned = fuzz_bodies::scan_segment(&mut scanner, &segment, &mut whole_segments);
+        assert_eq!(
+            scanned,
+            SegmentScanResult {
+                batches,
+                valid_end: position as u64,
+                tail: TailKind::Clean,
+            }
+        );
+        assert_eq!(scanner.chain_crc(), chain_crc);
+        assert_eq!(scanner.next_offset(PartitionId(0)), Offset(4));
+    }
+
+    #[test]
     fn scan_ends_segment_when_no_room_for_a_batch_header() {
         // A batch that ends 20 bytes before the segment's end, then a batch in the next one.
         let value_len_bytes =

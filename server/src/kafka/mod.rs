@@ -4,7 +4,8 @@
 //! Each shard is one broker: node id = shard index, its own port, leader of exactly the
 //! partitions the shard owns. Metadata tells clients so, and they connect straight to the
 //! owner; a Produce, Fetch or ListOffsets for another shard's partition is answered
-//! NOT_LEADER_OR_FOLLOWER (the client refreshes its metadata), never forwarded.
+//! NOT_LEADER_OR_FOLLOWER (the client refreshes its metadata, or, from Produce v10, goes
+//! to the leader the answer names), never forwarded.
 //!
 //! `connection` reads one size-prefixed request at a time under the shard's budgets and
 //! runs [`handle_request`] for it; that decodes the header and body with the
@@ -15,8 +16,8 @@
 //! Module order (each uses only those before it): `codes` (the error codes and the
 //! message grammar of a failed condition), `record_batch` (Kafka batches <-> Cairn
 //! records), the APIs (`api_versions`, `metadata`, `create_topics`, `produce`, `fetch`,
-//! `list_offsets`, `init_producer_id`, `describe_configs`, `describe_cluster`), this file's
-//! dispatch, `connection`.
+//! `list_offsets`, `init_producer_id`, `describe_configs`, `describe_cluster`; `produce`
+//! also uses this file's `join_all`), this file's dispatch, `connection`.
 
 mod api_versions;
 mod codes;
@@ -93,7 +94,7 @@ enum Request {
 }
 
 /// A response body ready to encode.
-pub(crate) trait ResponseBody {
+trait ResponseBody {
     fn encode_body(&self, buf: &mut BytesMut, version: i16) -> Result<(), String>;
 }
 
@@ -104,7 +105,8 @@ impl<T: Encodable> ResponseBody for T {
 }
 
 /// Handles one request frame (without its size prefix). Never panics on its bytes: every
-/// decode is the crate's checked one, and a frame it refuses closes the connection.
+/// decode is the crate's checked one (its reservations bounded by the bytes there are:
+/// vendor/kafka-protocol/CAIRN-PATCH.md), and a frame it refuses closes the connection.
 pub(crate) async fn handle_request(context: &ShardContext, frame: Bytes) -> Handled {
     // The first 8 bytes of every request header version: api key, version, correlation id.
     let mut peek = frame.clone();

@@ -13,14 +13,15 @@ use cairn_engine::{RecordHeader, RecordInput};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{
-    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse,
+    TopicProduceResponse,
 };
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::codes;
 use super::join_all;
 use super::record_batch::{self, BatchError, ProducedBatch};
+use super::{codes, metadata};
 use crate::context::ShardContext;
 use crate::operation::{AppendResult, FailureKind};
 use crate::{routing, service};
@@ -32,6 +33,9 @@ struct Outcome {
     /// For a failed condition or a bad record: which record (`batch_index`).
     record_index: Option<u32>,
     message: Option<String>,
+    /// For NOT_LEADER_OR_FOLLOWER: the broker that leads the partition (KIP-951), so the
+    /// client can go there without refreshing its metadata.
+    leader: Option<i32>,
 }
 
 impl Outcome {
@@ -41,6 +45,7 @@ impl Outcome {
             base_offset: -1,
             record_index: None,
             message: Some(message.into()),
+            leader: None,
         }
     }
 }
@@ -52,6 +57,7 @@ impl From<BatchError> for Outcome {
             base_offset: -1,
             record_index: batch_error.record_index,
             message: Some(batch_error.message),
+            leader: None,
         }
     }
 }
@@ -109,6 +115,12 @@ pub(super) async fn serve(
     if acks == 0 {
         return None;
     }
+    let mut leaders: Vec<i32> = outcomes
+        .iter()
+        .filter_map(|outcome| outcome.leader)
+        .collect();
+    leaders.sort_unstable();
+    leaders.dedup();
     let mut outcomes = outcomes.into_iter();
     let responses = request
         .topic_data
@@ -125,7 +137,20 @@ pub(super) async fn serve(
                 .with_partition_responses(partition_responses)
         })
         .collect();
-    Some(ProduceResponse::default().with_responses(responses))
+    let mut response = ProduceResponse::default().with_responses(responses);
+    if version >= 10 {
+        response.node_endpoints = metadata::brokers(context)
+            .into_iter()
+            .filter(|(node_id, _, _)| leaders.contains(node_id))
+            .map(|(node_id, host, port)| {
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(node_id))
+                    .with_host(host)
+                    .with_port(port)
+            })
+            .collect();
+    }
+    Some(response)
 }
 
 fn partition_response(index: i32, outcome: Outcome, version: i16) -> PartitionProduceResponse {
@@ -140,6 +165,13 @@ fn partition_response(index: i32, outcome: Outcome, version: i16) -> PartitionPr
         } else {
             -1
         };
+    }
+    if version >= 10
+        && let Some(leader) = outcome.leader
+    {
+        response.current_leader = LeaderIdAndEpoch::default()
+            .with_leader_id(BrokerId(leader))
+            .with_leader_epoch(0);
     }
     if version >= 8 {
         if let Some(record_index) = outcome.record_index {
@@ -176,13 +208,16 @@ async fn produce_partition(
         Err(failure) => return unknown(failure.message),
     };
     if located.owner != context.shard_id {
-        return Outcome::error(
-            codes::code(ResponseError::NotLeaderOrFollower),
-            format!(
-                "broker {} leads partition {partition_index}",
-                located.owner.0
-            ),
-        );
+        return Outcome {
+            leader: Some(i32::from(located.owner.0)),
+            ..Outcome::error(
+                codes::code(ResponseError::NotLeaderOrFollower),
+                format!(
+                    "broker {} leads partition {partition_index}",
+                    located.owner.0
+                ),
+            )
+        };
     }
     let Some(records) = partition.records.clone() else {
         return Outcome::error(codes::code(ResponseError::CorruptMessage), "no records");
@@ -244,6 +279,7 @@ async fn append(
             base_offset: i64::try_from(base_offset.0).unwrap_or(i64::MAX),
             record_index: None,
             message: None,
+            leader: None,
         },
         Ok(AppendResult::ConditionFailed { conflict, .. }) => conflict_outcome(&conflict, &inputs),
         // The engine refused a record (a key too long, too many headers): a bad record.
@@ -266,5 +302,6 @@ fn conflict_outcome(conflict: &Conflict, inputs: &[RecordInput<'_>]) -> Outcome 
         base_offset: -1,
         record_index: Some(codes::conflict_record_index(conflict)),
         message: Some(codes::conflict_message(conflict, key_of)),
+        leader: None,
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! A topic's partition `i` has the global id `first_partition_id + i`, owned by shard
 //! `id % shard_count` (`ShardId::owner_of`). A request names its partition, or names a key
-//! whose partition is `crc32(key) % partition_count` (`cairn_wire::partition_for_key`, the
-//! hash every client computes). Routing happens once, on the shard a client reached; a
+//! whose partition is Kafka's `(murmur2(key) & 0x7fffffff) % partition_count`
+//! (`cairn_wire::partition_for_key`, the hash every client computes). Routing happens once, on the shard a client reached; a
 //! request for another shard's partition crosses the mesh already located.
 
 use cairn_engine::core::RecordInput;

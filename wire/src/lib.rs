@@ -92,8 +92,10 @@ pub const TOPIC_NAME_SIZE_BYTES_MAX: usize = cairn_engine::io::data_dir::TOPIC_N
 const _: () = assert!(TOPIC_NAME_SIZE_BYTES_MAX == 249);
 
 /// The partition, `0..partition_count`, that a record with `key` goes to when the client
-/// names none: `crc32(key) % partition_count`, CRC-32/ISO-HDLC as computed by `crc32fast`
-/// (the IEEE CRC of zlib and gzip). Every client must compute the same function; the schema
+/// names none: `(murmur2(key) & 0x7fffffff) % partition_count`, Kafka's own key routing (the
+/// Java client's default partitioner, Streams, Connect, kafka-python, kafkajs, librdkafka
+/// with `partitioner=murmur2_random`), so a keyed record lands on the same partition
+/// whichever protocol wrote it. Every client must compute the same function; the schema
 /// documents it with check values.
 ///
 /// # Panics
@@ -103,7 +105,41 @@ const _: () = assert!(TOPIC_NAME_SIZE_BYTES_MAX == 249);
 #[must_use]
 pub fn partition_for_key(key: &[u8], partition_count: u32) -> u32 {
     assert!(partition_count > 0, "a topic has at least one partition");
-    crc32fast::hash(key) % partition_count
+    (murmur2(key) & 0x7fff_ffff) % partition_count
+}
+
+/// Kafka's murmur2 (Java `org.apache.kafka.common.utils.Utils.murmur2`), bit for bit: 32-bit
+/// MurmurHash2 with Kafka's seed, little-endian 4-byte blocks, the 1 to 3 tail bytes folded in
+/// as Java's fall-through switch does. Java returns it as a signed `int`; this is the same
+/// 32 bits unsigned. Written out rather than taken from a crate because it is part of the
+/// wire contract: a variant (another seed, big-endian blocks, MurmurHash2A) routes keys
+/// elsewhere without any error.
+#[must_use]
+pub fn murmur2(key: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    // Java mixes in the length as an `int`; keys are at most 4096 bytes, far below 2^31.
+    let mut h = SEED ^ key.len() as u32;
+    let (blocks, tail) = key.as_chunks::<4>();
+    for block in blocks {
+        let mut k = u32::from_le_bytes(*block);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    if !tail.is_empty() {
+        for (index, &byte) in tail.iter().enumerate() {
+            h ^= u32::from(byte) << (8 * index);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
 }
 
 /// Why a request could not be routed to a partition of its topic.
@@ -160,16 +196,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn murmur2_matches_kafkas_test_vectors() {
+        // Kafka's UtilsTest.testMurmur2 (signed Java ints), checked against kafka-python
+        // 3.0.12's kafka.partitioner.default.murmur2.
+        let vectors: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            (b"abc", 479_470_107),
+        ];
+        for (key, expected) in vectors {
+            assert_eq!(
+                murmur2(key).cast_signed(),
+                expected,
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
+    #[test]
     fn partition_for_key_matches_documented_values() {
-        // Computed independently with Python's zlib.crc32; the schema quotes the first two.
-        assert_eq!(crc32fast::hash(b""), 0);
-        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
-        assert_eq!(partition_for_key(b"123456789", 10), 2);
-        assert_eq!(partition_for_key(b"", 7), 0);
-        assert_eq!(partition_for_key(b"a", 7), 4);
-        assert_eq!(partition_for_key(b"seat-12A", 16), 11);
-        assert_eq!(partition_for_key(b"order-42", 3), 1);
-        assert_eq!(partition_for_key(b"\xff\x00\x10", 1000), 755);
+        // Computed independently with kafka-python's murmur2 (`& 0x7fffffff`, then `%`); the
+        // schema quotes the first three. Tails of 0 to 3 bytes and a high byte are covered.
+        assert_eq!(murmur2(b""), 0x106e_08d9);
+        assert_eq!(murmur2(b"123456789"), 0x9362_de66);
+        assert_eq!(partition_for_key(b"123456789", 10), 6);
+        assert_eq!(partition_for_key(b"", 7), 2);
+        assert_eq!(partition_for_key(b"a", 7), 5);
+        assert_eq!(partition_for_key(b"seat-12A", 16), 9);
+        assert_eq!(partition_for_key(b"order-42", 3), 0);
+        assert_eq!(partition_for_key(b"\xff\x00\x10", 1000), 512);
         assert_eq!(partition_for_key(b"anything", 1), 0);
     }
 
@@ -182,7 +244,7 @@ mod tests {
     #[test]
     fn route_prefers_the_named_partition_and_checks_it() {
         assert_eq!(route(Some(3), b"123456789", 10), Ok(3));
-        assert_eq!(route(None, b"123456789", 10), Ok(2));
+        assert_eq!(route(None, b"123456789", 10), Ok(6));
         assert_eq!(
             route(Some(10), b"k", 10),
             Err(RouteError::UnknownPartition {

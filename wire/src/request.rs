@@ -1631,7 +1631,7 @@ mod tests {
             records: AppendRecords::from_inputs(&records),
             producer: None,
         };
-        assert_eq!(request.route(10), Ok(2));
+        assert_eq!(request.route(10), Ok(6));
         request.partition = Some(9);
         assert_eq!(request.route(10), Ok(9));
         request.partition = Some(10);
@@ -1643,7 +1643,7 @@ mod tests {
             })
         );
 
-        // "a" goes to partition 4 of 7, "123456789" to 3421780262 % 7 = 5.
+        // "a" goes to partition 5 of 7, "123456789" to 325246566 % 7 = 1.
         let spanning = [record(b"a"), record(b"a"), record(b"123456789")];
         let request = AppendRequest {
             topic: "t",
@@ -1656,8 +1656,8 @@ mod tests {
             request.route(7),
             Err(RouteError::KeysSpanPartitions {
                 record_index: 2,
-                partition_first: 4,
-                partition_record: 5
+                partition_first: 5,
+                partition_record: 1
             })
         );
         assert_eq!(request.route(1), Ok(0));

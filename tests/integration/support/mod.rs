@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: executors with explicit options, temp data
 //! directories, seeds.
 
+pub mod client_process;
 pub mod engine;
 pub mod loop_fs;
 pub mod server;

@@ -1,0 +1,144 @@
+// kafkajs against a Cairn Kafka listener: produce, long-poll fetch, offsets by time.
+//
+//   node kafkajs_client.js produce BOOTSTRAP TOPIC
+//       stdin: JSON lines {"key", "value", "timestamp_ms" (optional), "partition" (optional)};
+//       stdout: per record {"key", "partition", "offset"}, the DefaultPartitioner (Java's
+//       murmur2) choosing the partition when none is given.
+//   node kafkajs_client.js long-poll BOOTSTRAP TOPIC PARTITION MAX_WAIT_MS
+//       Prints {"event": "idle_fetch", "latency_ms", "records"} once a fetch from the
+//       partition's end came back empty, then {"event": "waiting"}, then {"event":
+//       "received", "offset", "value", "waited_ms"} for the first record that arrives after
+//       that (the caller appends it).
+//   node kafkajs_client.js times BOOTSTRAP TOPIC PARTITION TIMESTAMP_MS...
+//       One line {"timestamp_ms", "offset"} per target: fetchTopicOffsetsByTimestamp
+//       (ListOffsets by timestamp). When no record is that late the broker answers -1, and
+//       kafkajs reports the partition's end offset instead.
+//
+// Logs go to stderr: stdout carries only the JSON lines the test parses.
+'use strict'
+
+const readline = require('readline')
+const { Kafka, logLevel } = require('kafkajs')
+
+const TIMEOUT_MS = 15000
+
+function kafkaFor (bootstrap) {
+  return new Kafka({
+    clientId: 'cairn-kafkajs-test',
+    brokers: [bootstrap],
+    logLevel: logLevel.WARN,
+    logCreator: () => ({ level, log }) => {
+      process.stderr.write(`kafkajs ${level}: ${JSON.stringify(log)}\n`)
+    },
+    requestTimeout: TIMEOUT_MS,
+    retry: { retries: 3 }
+  })
+}
+
+function emit (result) {
+  process.stdout.write(JSON.stringify(result) + '\n')
+}
+
+async function produce (bootstrap, topic) {
+  const producer = kafkaFor(bootstrap).producer({ allowAutoTopicCreation: false })
+  await producer.connect()
+  const lines = readline.createInterface({ input: process.stdin })
+  for await (const line of lines) {
+    if (!line.trim()) continue
+    const request = JSON.parse(line)
+    const message = { key: request.key, value: request.value }
+    if (request.partition != null) message.partition = request.partition
+    if (request.timestamp_ms != null) message.timestamp = String(request.timestamp_ms)
+    const [metadata] = await producer.send({ topic, acks: -1, messages: [message] })
+    emit({ key: request.key, partition: metadata.partition, offset: Number(metadata.baseOffset) })
+  }
+  await producer.disconnect()
+}
+
+// kafkajs fetches only inside a consumer group; Cairn has no groups yet, so this drives
+// kafkajs's own cluster and broker code (its Fetch encoding and connection) directly.
+async function leaderOf (kafka, topic, partition) {
+  const createCluster = kafka[Object.getOwnPropertySymbols(kafka)
+    .find(symbol => symbol.description === 'private:Kafka:createCluster')]
+  const cluster = createCluster({})
+  await cluster.connect()
+  await cluster.addTargetTopic(topic)
+  const byLeader = cluster.findLeaderForPartitions(topic, [partition])
+  const [nodeId] = Object.keys(byLeader)
+  return { cluster, broker: await cluster.findBroker({ nodeId }) }
+}
+
+async function longPoll (bootstrap, topic, partition, maxWaitMs) {
+  const kafka = kafkaFor(bootstrap)
+  const admin = kafka.admin()
+  await admin.connect()
+  const offsets = await admin.fetchTopicOffsets(topic)
+  const end = offsets.find(entry => entry.partition === partition).high
+  await admin.disconnect()
+  const { cluster, broker } = await leaderOf(kafka, topic, partition)
+
+  const fetch = async (fetchOffset) => {
+    const started = Date.now()
+    const response = await broker.fetch({
+      maxWaitTime: maxWaitMs,
+      minBytes: 1,
+      topics: [{ topic, partitions: [{ partition, fetchOffset, maxBytes: 1048576 }] }]
+    })
+    const messages = response.responses.flatMap(entry =>
+      entry.partitions.flatMap(data => {
+        if (data.errorCode !== 0) throw new Error(`fetch error code ${data.errorCode}`)
+        return data.messages
+      }))
+    return { latencyMs: Date.now() - started, messages }
+  }
+
+  const idle = await fetch(end)
+  if (idle.messages.length !== 0) throw new Error(`records on an idle partition at ${end}`)
+  emit({ event: 'idle_fetch', latency_ms: idle.latencyMs, records: 0 })
+  emit({ event: 'waiting' })
+  const waitingSince = Date.now()
+  for (;;) {
+    const { messages } = await fetch(end)
+    if (Date.now() - waitingSince > TIMEOUT_MS + maxWaitMs) throw new Error('nothing received')
+    if (messages.length > 0) {
+      emit({
+        event: 'received',
+        offset: Number(messages[0].offset),
+        value: messages[0].value.toString(),
+        waited_ms: Date.now() - waitingSince
+      })
+      break
+    }
+  }
+  await cluster.disconnect()
+}
+
+async function times (bootstrap, topic, partition, targets) {
+  const admin = kafkaFor(bootstrap).admin()
+  await admin.connect()
+  for (const timestampMs of targets) {
+    const found = await admin.fetchTopicOffsetsByTimestamp(topic, timestampMs)
+    const entry = found.find(candidate => candidate.partition === partition)
+    emit({ timestamp_ms: timestampMs, offset: Number(entry.offset) })
+  }
+  await admin.disconnect()
+}
+
+async function main () {
+  const [mode, bootstrap, topic, ...rest] = process.argv.slice(2)
+  if (mode === 'produce') {
+    await produce(bootstrap, topic)
+  } else if (mode === 'long-poll') {
+    await longPoll(bootstrap, topic, Number(rest[0]), Number(rest[1]))
+  } else if (mode === 'times') {
+    await times(bootstrap, topic, Number(rest[0]), rest.slice(1).map(Number))
+  } else {
+    throw new Error(`unknown mode ${mode}`)
+  }
+}
+
+process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1'
+main().catch(error => {
+  process.stderr.write(`${error.stack || error}\n`)
+  process.exit(1)
+})

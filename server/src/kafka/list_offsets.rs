@@ -29,9 +29,12 @@ pub(super) async fn serve(
         for partition in &topic.partitions {
             let response = match list_one(context, topic.name.0.as_str(), partition).await {
                 Ok((timestamp, offset)) => {
+                    let offset = offset.map_or(UNKNOWN_OFFSET, |offset| {
+                        i64::try_from(offset.0).unwrap_or(i64::MAX)
+                    });
                     let mut response = ListOffsetsPartitionResponse::default()
                         .with_timestamp(timestamp)
-                        .with_offset(i64::try_from(offset.0).unwrap_or(i64::MAX));
+                        .with_offset(offset);
                     if version >= 4 {
                         response.leader_epoch = 0;
                     }
@@ -52,12 +55,17 @@ pub(super) async fn serve(
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-/// The (timestamp, offset) answer for one partition, or its error code.
+/// Kafka's answer for "no such offset": no record at or after the timestamp asked for.
+/// Java's `offsetsForTimes` turns it into null, kafka-python's into None.
+const UNKNOWN_OFFSET: i64 = -1;
+
+/// The (timestamp, offset) answer for one partition (`None`: no offset matches), or its
+/// error code.
 async fn list_one(
     context: &ShardContext,
     topic_name: &str,
     partition: &ListOffsetsPartition,
-) -> Result<(i64, Offset), i16> {
+) -> Result<(i64, Option<Offset>), i16> {
     let unknown = codes::code(ResponseError::UnknownTopicOrPartition);
     let topic = routing::topic(&context.shard, topic_name).map_err(|_| unknown)?;
     let index = u32::try_from(partition.partition_index).map_err(|_| unknown)?;
@@ -74,9 +82,9 @@ async fn list_one(
         .end_offsets(located.partition_id)
         .map_err(|_| unknown)?;
     match partition.timestamp {
-        LATEST => Ok((-1, synced_end)),
-        EARLIEST => Ok((-1, Offset(0))),
-        timestamp if timestamp >= 0 => by_timestamp(context, &located, timestamp, synced_end).await,
+        LATEST => Ok((-1, Some(synced_end))),
+        EARLIEST => Ok((-1, Some(Offset(0)))),
+        timestamp if timestamp >= 0 => by_timestamp(context, &located, timestamp).await,
         _ => Err(codes::code(ResponseError::InvalidRequest)),
     }
 }
@@ -85,16 +93,15 @@ async fn by_timestamp(
     context: &ShardContext,
     located: &crate::operation::Located,
     timestamp: i64,
-    synced_end: Offset,
-) -> Result<(i64, Offset), i16> {
+) -> Result<(i64, Option<Offset>), i16> {
     match context
         .shard
         .offset_for_timestamp(located.partition_id, timestamp)
         .await
     {
-        Ok(Some((offset, record_timestamp))) => Ok((record_timestamp, offset)),
-        // No record that recent: Kafka answers the end with no timestamp.
-        Ok(None) => Ok((-1, synced_end)),
+        Ok(Some((offset, record_timestamp))) => Ok((record_timestamp, Some(offset))),
+        // No record that recent: Kafka answers offset -1 with timestamp -1.
+        Ok(None) => Ok((-1, None)),
         Err(ReadError::Storage(_)) => Err(codes::code(ResponseError::KafkaStorageError)),
         Err(_) => Err(codes::code(ResponseError::UnknownTopicOrPartition)),
     }

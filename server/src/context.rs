@@ -1,5 +1,6 @@
 //! What a shard's tasks share: its engine shard, its end of the mesh, its admission state,
-//! where the server listens, the shutdown flag its connections watch, and its connection count. Lives on one
+//! where the server listens, the shutdown flag its connections watch, its connection count
+//! and the consumer groups it coordinates. Lives on one
 //! executor; nothing in it is shared with another shard.
 
 use std::cell::Cell;
@@ -10,6 +11,7 @@ use cairn_engine::{Shard, ShardId};
 
 use crate::admission::Admission;
 use crate::config::{Listening, ServerConfig};
+use crate::group::Groups;
 use crate::mesh::Mesh;
 
 /// Everything a shard's tasks share.
@@ -29,4 +31,6 @@ pub(crate) struct ShardContext {
     pub(crate) connection_closed: Event,
     /// The shard's request memory budget and connection limit.
     pub(crate) admission: Admission,
+    /// The consumer groups this shard coordinates (Kafka's group protocol).
+    pub(crate) groups: Groups,
 }

@@ -19,6 +19,8 @@
 //!   a request and its result cross the mesh.
 //! - `routing`: partition -> owning shard.
 //! - `mesh`: sending to other shards and waiting for their replies.
+//! - `group`: the consumer groups a shard coordinates: membership as a sans-I/O state
+//!   machine (`group::state`), its timers and long-polls.
 //! - `context`: what a shard's tasks share.
 //! - `service`: append, fetch, read_key, key_history, metadata, create_topic, each run on
 //!   the owning shard.
@@ -35,6 +37,7 @@
 mod admission;
 mod config;
 mod context;
+mod group;
 mod kafka;
 mod mesh;
 mod native;

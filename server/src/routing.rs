@@ -92,3 +92,11 @@ fn route_failure(route_error: RouteError) -> Failure {
     };
     Failure::new(kind, route_error.to_string())
 }
+
+/// The shard that coordinates consumer group `group_id`: `(murmur2(group_id) & 0x7fffffff)
+/// % shard_count`, the hash keys are routed by (`cairn_wire::partition_for_key`), so any
+/// client or tool can compute it. Its Kafka broker is FindCoordinator's answer.
+pub(crate) fn coordinator_shard(group_id: &str, shard_count: u16) -> ShardId {
+    let shard = partition_for_key(group_id.as_bytes(), u32::from(shard_count.max(1)));
+    ShardId(u16::try_from(shard).expect("a shard index is below shard_count, a u16"))
+}

@@ -81,6 +81,7 @@ pub(crate) async fn run_shard(
         open_connections: Cell::new(0),
         connection_closed: Event::new(),
         admission: Admission::new(config.shard_request_bytes_max),
+        groups: crate::group::Groups::new(shard_id.0),
     });
     let mesh = context.mesh.clone();
 

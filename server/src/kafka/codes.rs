@@ -30,6 +30,7 @@ use cairn_engine::core::KeyCondition;
 use cairn_engine::core::condition::Conflict;
 use kafka_protocol::ResponseError;
 
+use crate::group::GroupError;
 use crate::operation::{Failure, FailureKind};
 
 /// No error.
@@ -52,6 +53,23 @@ pub(super) fn failure_code(failure: &Failure) -> i16 {
         // Retriable: clients refresh their metadata and retry, by when a server is back.
         FailureKind::ShuttingDown => ResponseError::NotLeaderOrFollower,
         FailureKind::Internal => ResponseError::UnknownServerError,
+    };
+    error.code()
+}
+
+/// The code of a refused group request.
+pub(super) fn group_error_code(error: GroupError) -> i16 {
+    let error = match error {
+        GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
+        GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
+        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        GroupError::FencedInstanceId => ResponseError::FencedInstanceId,
+        GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
+        GroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
+        GroupError::MemberIdRequired => ResponseError::MemberIdRequired,
+        GroupError::InvalidRequest => ResponseError::InvalidRequest,
+        GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
     };
     error.code()
 }

@@ -13,6 +13,7 @@ mod engine_data_dir;
 mod engine_durability;
 mod engine_kafka;
 mod kafka_clients;
+mod kafka_group_clients;
 mod kafka_groups;
 mod kafka_protocol;
 mod loadgen;

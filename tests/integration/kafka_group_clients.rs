@@ -1,0 +1,237 @@
+//! Real Kafka clients in consumer groups against a real `cairn serve` (scripts in
+//! tests/kafka/): confluent-kafka consumers share a topic's partitions and take over a
+//! leaver's. Records are written with the native client at moments the test chooses:
+//! only once every consumer reports a settled assignment, so that "each record read
+//! exactly once" is a fact about the group protocol, not about timing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use cairn_client::{BlockingClient, ClientConfig};
+use cairn_engine::RecordInput;
+use serde_json::{Value, json};
+
+use crate::support::client_process::{ClientProcess, python};
+use crate::support::server::TestServer;
+
+/// Longest the group may take to settle after a change, or the consumers to read what was
+/// written: generous for a loaded 2-core machine.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long to listen to one consumer before looking at the next.
+const LISTEN_SLICE: Duration = Duration::from_millis(20);
+
+fn native(server: &TestServer) -> BlockingClient {
+    BlockingClient::connect(ClientConfig::new(server.address)).expect("native client connects")
+}
+
+/// A consumer process and what it has reported.
+struct GroupConsumer {
+    process: ClientProcess,
+    assigned: BTreeSet<u32>,
+    /// (partition, offset, key) of every record it read.
+    records: Vec<(u32, u64, String)>,
+    closed: bool,
+}
+
+impl GroupConsumer {
+    fn spawn(server: &TestServer, group: &str, topic: &str) -> GroupConsumer {
+        let bootstrap = server.kafka_bootstrap();
+        let process = ClientProcess::spawn(python(
+            "confluent_group.py",
+            &[&bootstrap, group, topic, "end"],
+        ));
+        GroupConsumer {
+            process,
+            assigned: BTreeSet::new(),
+            records: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Takes in one reported line, if one comes within `LISTEN_SLICE`.
+    fn listen(&mut self) {
+        let Some(line) = self.process.try_next_within(LISTEN_SLICE) else {
+            return;
+        };
+        let partitions = |line: &Value| -> BTreeSet<u32> {
+            line["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| u32::try_from(p.as_u64().unwrap()).unwrap())
+                .collect()
+        };
+        match line["event"].as_str() {
+            Some("assigned") => self.assigned = partitions(&line),
+            Some("revoked") => self.assigned.clear(),
+            Some("record") => self.records.push((
+                u32::try_from(line["partition"].as_u64().unwrap()).unwrap(),
+                line["offset"].as_u64().unwrap(),
+                line["key"].as_str().unwrap().to_owned(),
+            )),
+            Some("closed") => self.closed = true,
+            // Transient errors (a broker connection closing) are the client's to retry.
+            Some("error") => eprintln!("consumer error: {line}"),
+            _ => panic!("unexpected line {line}"),
+        }
+    }
+}
+
+/// Listens to every consumer until `done` holds, within `SETTLE_TIMEOUT`.
+fn listen_until(
+    consumers: &mut [GroupConsumer],
+    what: &str,
+    done: impl Fn(&[GroupConsumer]) -> bool,
+) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while !done(consumers) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {SETTLE_TIMEOUT:?}: assignments {:?}",
+            consumers
+                .iter()
+                .map(|consumer| &consumer.assigned)
+                .collect::<Vec<_>>()
+        );
+        for consumer in consumers.iter_mut().filter(|consumer| !consumer.closed) {
+            consumer.listen();
+        }
+    }
+}
+
+/// Whether the open consumers' assignments are non-empty, disjoint, and cover
+/// `0..partition_count`.
+fn settled(consumers: &[GroupConsumer], partition_count: u32) -> bool {
+    let open: Vec<&GroupConsumer> = consumers
+        .iter()
+        .filter(|consumer| !consumer.closed)
+        .collect();
+    let total: usize = open.iter().map(|consumer| consumer.assigned.len()).sum();
+    let union: BTreeSet<u32> = open
+        .iter()
+        .flat_map(|consumer| consumer.assigned.iter().copied())
+        .collect();
+    open.iter().all(|consumer| !consumer.assigned.is_empty())
+        && total == union.len()
+        && union == (0..partition_count).collect()
+}
+
+/// Writes `count` records with keys `{prefix}-{i}`, record i to partition i % partitions.
+fn write(
+    server: &TestServer,
+    topic: &str,
+    partition_count: u32,
+    prefix: &str,
+    count: u32,
+) -> Vec<String> {
+    let mut client = native(server);
+    (0..count)
+        .map(|index| {
+            let key = format!("{prefix}-{index}");
+            let record = RecordInput {
+                key: key.as_bytes(),
+                value: b"v",
+                ..RecordInput::default()
+            };
+            client
+                .append(topic, Some(index % partition_count), None, &[record])
+                .expect("native append");
+            key
+        })
+        .collect()
+}
+
+/// Every key read by any consumer, with how often.
+fn read_counts(consumers: &[GroupConsumer]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for consumer in consumers {
+        for (_, _, key) in &consumer.records {
+            *counts.entry(key.clone()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn confluent_kafka_three_consumers_share_partitions_and_take_over_a_leavers() {
+    const PARTITIONS: u32 = 8;
+    const PER_PHASE: u32 = 64;
+    let server = TestServer::start();
+    native(&server)
+        .create_topic("shared", PARTITIONS)
+        .expect("topic created");
+    let mut consumers: Vec<GroupConsumer> = (0..3)
+        .map(|_| GroupConsumer::spawn(&server, "sharers", "shared"))
+        .collect();
+    listen_until(&mut consumers, "three consumers settle", |consumers| {
+        settled(consumers, PARTITIONS)
+    });
+
+    // Phase 1: every record is read once, by the consumer its partition is assigned to.
+    let first = write(&server, "shared", PARTITIONS, "first", PER_PHASE);
+    listen_until(&mut consumers, "phase 1 read", |consumers| {
+        read_counts(consumers).len() == first.len()
+    });
+    let counts = read_counts(&consumers);
+    assert!(counts.values().all(|&count| count == 1), "{counts:?}");
+    for consumer in &consumers {
+        assert!(
+            !consumer.records.is_empty(),
+            "each of the three reads its share"
+        );
+        for (partition, _, _) in &consumer.records {
+            assert!(consumer.assigned.contains(partition));
+        }
+    }
+
+    // One leaves (close: LeaveGroup); the other two take over its partitions.
+    let leaver_partitions = consumers[1].assigned.clone();
+    consumers[1].process.send(&json!({"op": "close"}));
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while !consumers[1].closed {
+        assert!(Instant::now() < deadline, "close returns");
+        consumers[1].listen();
+    }
+    let read_before = consumers[1].records.len();
+    listen_until(&mut consumers, "two consumers settle", |consumers| {
+        settled(consumers, PARTITIONS)
+    });
+    for partition in &leaver_partitions {
+        assert!(
+            consumers[0].assigned.contains(partition) || consumers[2].assigned.contains(partition)
+        );
+    }
+
+    // Phase 2: the survivors read everything, the leaver's partitions included, once.
+    let second = write(&server, "shared", PARTITIONS, "second", PER_PHASE);
+    listen_until(&mut consumers, "phase 2 read", |consumers| {
+        read_counts(consumers).len() == first.len() + second.len()
+    });
+    let counts = read_counts(&consumers);
+    assert!(counts.values().all(|&count| count == 1), "{counts:?}");
+    assert_eq!(
+        consumers[1].records.len(),
+        read_before,
+        "the leaver reads nothing more"
+    );
+    let taken_over: usize = [&consumers[0], &consumers[2]]
+        .iter()
+        .flat_map(|consumer| consumer.records.iter())
+        .filter(|(partition, _, key)| {
+            key.starts_with("second-") && leaver_partitions.contains(partition)
+        })
+        .count();
+    assert_eq!(
+        taken_over,
+        second.len() / PARTITIONS as usize * leaver_partitions.len()
+    );
+    for consumer in consumers {
+        let mut process = consumer.process;
+        if !consumer.closed {
+            process.send(&json!({"op": "close"}));
+            while process.next()["event"] != "closed" {}
+        }
+        process.finish();
+    }
+}

@@ -193,12 +193,12 @@ impl Catalog {
     ) -> Result<Topic, TopicError> {
         assert!(alignment > 0, "an alignment of 0 has no multiples");
         let next = self.next_partition_id();
-        let first = next
-            .checked_next_multiple_of(alignment)
-            .ok_or(TopicError::BadPartitionCount {
-                partition_count,
-                partition_count_max: 0,
-            })?;
+        let first =
+            next.checked_next_multiple_of(alignment)
+                .ok_or(TopicError::BadPartitionCount {
+                    partition_count,
+                    partition_count_max: 0,
+                })?;
         self.add_at(name, partition_count, first)
     }
 
@@ -644,7 +644,13 @@ mod tests {
             assert_eq!(ShardId::owner_of(id, 4), ShardId(index as u16));
         }
         // Already a multiple: no gap.
-        assert_eq!(catalog.add_aligned("seats", 2, 4).unwrap().first_partition_id, 8);
+        assert_eq!(
+            catalog
+                .add_aligned("seats", 2, 4)
+                .unwrap()
+                .first_partition_id,
+            8
+        );
         assert_eq!(catalog.add("tail", 1).unwrap().first_partition_id, 10);
         data_dir.save_catalog(&catalog).unwrap();
         drop(data_dir);

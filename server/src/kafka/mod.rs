@@ -15,12 +15,17 @@
 //!
 //! Module order (each uses only those before it): `codes` (the error codes and the
 //! message grammar of a failed condition), `record_batch` (Kafka batches <-> Cairn
-//! records), the APIs (`api_versions`, `metadata`, `create_topics`, `produce`, `fetch`,
-//! `list_offsets`, `init_producer_id`, `describe_configs`, `describe_cluster`; `produce`
-//! also uses this file's `join_all`), the consumer group APIs over `crate::group`
+//! records), `group_gate` (may a member commit: the boundary to group membership, over
+//! `crate::group`), the APIs (`api_versions`, `metadata`, `create_topics`, `produce`,
+//! `fetch`, `list_offsets`, `init_producer_id`, `describe_configs`, `describe_cluster`;
+//! `produce` also uses this file's `join_all`), the consumer group APIs
 //! (`find_coordinator`, which also has the coordinator check the others make first, then
-//! `join_group`, `sync_group`, `heartbeat`, `leave_group`, `describe_groups`,
-//! `list_groups`, `delete_groups`), this file's dispatch, `connection`.
+//! `offset_fetch`, `offset_commit`, `offset_delete` over the offsets store, and `join_group`,
+//! `sync_group`, `heartbeat`, `leave_group`, `describe_groups`, `list_groups`,
+//! `delete_groups` over `crate::group`), this file's dispatch, `connection`.
+//!
+//! Group APIs are answered by the group's coordinator shard (`routing::coordinator_shard`)
+//! and NOT_COORDINATOR elsewhere, never forwarded either.
 
 mod api_versions;
 mod codes;
@@ -32,6 +37,7 @@ mod describe_configs;
 mod describe_groups;
 mod fetch;
 mod find_coordinator;
+mod group_gate;
 mod heartbeat;
 mod init_producer_id;
 mod join_group;
@@ -39,6 +45,9 @@ mod leave_group;
 mod list_groups;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
 mod produce;
 mod record_batch;
 mod sync_group;
@@ -51,8 +60,9 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DescribeClusterRequest,
     DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
     HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, RequestHeader,
-    ResponseHeader, SyncGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -73,6 +83,9 @@ pub(crate) const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::JoinGroup, 2, 9),
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
@@ -114,6 +127,9 @@ enum Request {
     DescribeConfigs(DescribeConfigsRequest),
     DescribeCluster(DescribeClusterRequest),
     FindCoordinator(FindCoordinatorRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    OffsetDelete(OffsetDeleteRequest),
     JoinGroup(JoinGroupRequest),
     SyncGroup(SyncGroupRequest),
     Heartbeat(HeartbeatRequest),
@@ -268,6 +284,18 @@ pub(crate) async fn handle_request(
             let response = delete_groups::serve(context, &request);
             encode_response(api_key, version, correlation_id, &response)
         }
+        Request::OffsetCommit(request) => {
+            let response = offset_commit::serve(context, request, version).await;
+            encode_response(api_key, version, correlation_id, &response)
+        }
+        Request::OffsetFetch(request) => {
+            let response = offset_fetch::serve(context, request, version).await;
+            encode_response(api_key, version, correlation_id, &response)
+        }
+        Request::OffsetDelete(request) => {
+            let response = offset_delete::serve(context, &request).await;
+            encode_response(api_key, version, correlation_id, &response)
+        }
     }
 }
 
@@ -305,6 +333,13 @@ fn decode_body(api_key: ApiKey, buf: &mut Bytes, version: i16) -> Result<Request
         ApiKey::ListGroups => ListGroupsRequest::decode(buf, version).map(Request::ListGroups),
         ApiKey::DeleteGroups => {
             DeleteGroupsRequest::decode(buf, version).map(Request::DeleteGroups)
+        }
+        ApiKey::OffsetCommit => {
+            OffsetCommitRequest::decode(buf, version).map(Request::OffsetCommit)
+        }
+        ApiKey::OffsetFetch => OffsetFetchRequest::decode(buf, version).map(Request::OffsetFetch),
+        ApiKey::OffsetDelete => {
+            OffsetDeleteRequest::decode(buf, version).map(Request::OffsetDelete)
         }
         other => return Err(format!("{other:?} is not implemented")),
     };

@@ -3,7 +3,8 @@
 //! FindCoordinator, the join/sync/heartbeat flow of two members over generations, the
 //! member id round trip, REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID,
 //! session expiry, static members, concurrent joins, NOT_COORDINATOR from the wrong shard,
-//! LeaveGroup, DescribeGroups, ListGroups, DeleteGroups, and a parked join at shutdown.
+//! LeaveGroup, DescribeGroups, ListGroups, DeleteGroups (which deletes the committed
+//! offsets too), the OffsetCommit gate through a rebalance, and a parked join at shutdown.
 //!
 //! Waits are the protocol's own: a join long-polls until its rebalance completes; a test
 //! learns that a request was taken by asking DescribeGroups, never by sleeping.
@@ -15,13 +16,18 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest,
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, RequestHeader, ResponseHeader,
-    SyncGroupRequest, SyncGroupResponse,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, RequestHeader, ResponseHeader,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -242,6 +248,47 @@ impl Member {
     fn heartbeat(&mut self) -> i16 {
         let member_id = self.member_id.clone();
         self.heartbeat_as(self.generation_id, &member_id)
+    }
+
+    /// Commits `offset` for partition 0 of `topic` as this member with `generation_id`;
+    /// the partition's error code.
+    fn commit_as(&mut self, topic: &str, generation_id: i32, member_id: &str, offset: i64) -> i16 {
+        let request = OffsetCommitRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_generation_id_or_member_epoch(generation_id)
+            .with_member_id(text(member_id))
+            .with_group_instance_id(self.instance_id.as_deref().map(text))
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(text(topic)))
+                    .with_partitions(vec![
+                        OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(offset),
+                    ]),
+            ]);
+        let response: OffsetCommitResponse =
+            self.connection.call(ApiKey::OffsetCommit, 8, &request);
+        response.topics[0].partitions[0].error_code
+    }
+
+    fn commit(&mut self, topic: &str, offset: i64) -> i16 {
+        let member_id = self.member_id.clone();
+        self.commit_as(topic, self.generation_id, &member_id, offset)
+    }
+
+    /// The group's committed offset of partition 0 of `topic` (-1: none).
+    fn committed(&mut self, topic: &str) -> i64 {
+        let request = OffsetFetchRequest::default()
+            .with_group_id(group_id(&self.group))
+            .with_topics(Some(vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(TopicName(text(topic)))
+                    .with_partition_indexes(vec![0]),
+            ]));
+        let response: OffsetFetchResponse = self.connection.call(ApiKey::OffsetFetch, 7, &request);
+        assert_eq!(response.error_code, NONE);
+        response.topics[0].partitions[0].committed_offset
     }
 
     fn leave(&mut self) -> LeaveGroupResponse {
@@ -641,4 +688,95 @@ fn kafka_groups_a_parked_join_ends_at_shutdown() {
         started.elapsed()
     );
     assert_eq!(second.receive_join().error_code, COORDINATOR_NOT_AVAILABLE);
+}
+
+fn create_topic(server: &TestServer, topic: &str) {
+    cairn_client::BlockingClient::connect(cairn_client::ClientConfig::new(server.address))
+        .expect("native client connects")
+        .create_topic(topic, 1)
+        .expect("topic created");
+}
+
+#[test]
+fn kafka_groups_commits_are_gated_by_membership_through_a_rebalance() {
+    let server = TestServer::start();
+    create_topic(&server, "progress");
+    let group = group_on_shard("gate", 1);
+    let mut first = Member::new(&server, &group);
+    stable_alone(&mut first, b"x");
+    assert_eq!(first.commit("progress", 1), NONE);
+    assert_eq!(
+        first.commit_as("progress", 1, "nobody", 2),
+        UNKNOWN_MEMBER_ID
+    );
+    assert_eq!(
+        first.commit_as("progress", -1, "", 2),
+        UNKNOWN_MEMBER_ID,
+        "the group has members"
+    );
+
+    // PreparingRebalance: the current generation still commits (what it consumed before
+    // its partitions are revoked).
+    let mut second = Member::new(&server, &group);
+    second.send_join();
+    let mut observer = KafkaConnection::connect(server.kafka_ports[1]);
+    until_described(&mut observer, &group, |response| {
+        state_and_members(response) == ("PreparingRebalance".into(), 2)
+    });
+    assert_eq!(first.commit("progress", 3), NONE);
+
+    // CompletingRebalance: the new generation and the previous one are told to wait.
+    let old_generation = first.generation_id;
+    assert_eq!(first.join().error_code, NONE);
+    assert_eq!(second.receive_join().error_code, NONE);
+    let member_id = first.member_id.clone();
+    assert_eq!(first.commit("progress", 4), REBALANCE_IN_PROGRESS);
+    assert_eq!(
+        first.commit_as("progress", old_generation, &member_id, 4),
+        REBALANCE_IN_PROGRESS
+    );
+
+    // Stable again: only the current generation.
+    let second_id = second.member_id.clone();
+    second.send_sync(&[]);
+    first.send_sync(&[(&member_id, b"p0"), (&second_id, b"")]);
+    assert_eq!(first.receive_sync().error_code, NONE);
+    assert_eq!(second.receive_sync().error_code, NONE);
+    assert_eq!(first.commit("progress", 5), NONE);
+    assert_eq!(
+        first.commit_as("progress", old_generation, &member_id, 6),
+        ILLEGAL_GENERATION
+    );
+    assert_eq!(first.committed("progress"), 5);
+}
+
+#[test]
+fn kafka_groups_delete_groups_deletes_the_committed_offsets() {
+    let server = TestServer::start();
+    create_topic(&server, "progress");
+    let group = group_on_shard("forget", 0);
+    let mut member = Member::new(&server, &group);
+    stable_alone(&mut member, b"x");
+    assert_eq!(member.commit("progress", 42), NONE);
+    assert_eq!(member.leave().members[0].error_code, NONE);
+    assert_eq!(
+        member.committed("progress"),
+        42,
+        "leaving keeps the commits"
+    );
+    let request = DeleteGroupsRequest::default().with_groups_names(vec![group_id(&group)]);
+    let response: DeleteGroupsResponse = member.connection.call(ApiKey::DeleteGroups, 2, &request);
+    assert_eq!(response.results[0].error_code, NONE);
+    assert_eq!(member.committed("progress"), -1);
+
+    // A group known only by its commits (as after a restart) is deleted too.
+    let group = group_on_shard("commits-only", 0);
+    let mut tool = Member::new(&server, &group);
+    assert_eq!(tool.commit_as("progress", -1, "", 7), NONE);
+    let request = DeleteGroupsRequest::default().with_groups_names(vec![group_id(&group)]);
+    let response: DeleteGroupsResponse = tool.connection.call(ApiKey::DeleteGroups, 2, &request);
+    assert_eq!(response.results[0].error_code, NONE);
+    assert_eq!(tool.committed("progress"), -1);
+    let response: DeleteGroupsResponse = tool.connection.call(ApiKey::DeleteGroups, 2, &request);
+    assert_eq!(response.results[0].error_code, GROUP_ID_NOT_FOUND);
 }

@@ -940,13 +940,6 @@ impl Group {
     /// `doCommitOffsets` and `validateOffsetCommit`). A commit without a generation (-1,
     /// no member id: a consumer that assigns itself partitions, or a tool) is accepted
     /// while the group has no members.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the OffsetCommit gate calls it once the offsets store is in"
-        )
-    )]
     pub(crate) fn validate_commit(
         &self,
         member_id: &str,

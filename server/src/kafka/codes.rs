@@ -61,7 +61,12 @@ pub(super) fn failure_code(failure: &Failure) -> i16 {
 
 /// The code of a refused group request.
 pub(super) fn group_error_code(error: GroupError) -> i16 {
-    let error = match error {
+    group_error(error).code()
+}
+
+/// The Kafka error of a refused group request.
+pub(super) fn group_error(error: GroupError) -> ResponseError {
+    match error {
         GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
         GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
         GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
@@ -72,8 +77,7 @@ pub(super) fn group_error_code(error: GroupError) -> i16 {
         GroupError::MemberIdRequired => ResponseError::MemberIdRequired,
         GroupError::InvalidRequest => ResponseError::InvalidRequest,
         GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
-    };
-    error.code()
+    }
 }
 
 /// Shorthand for a code.

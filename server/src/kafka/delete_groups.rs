@@ -1,5 +1,7 @@
-//! `DeleteGroups`: forgets groups that have no members: NON_EMPTY_GROUP while one has,
-//! GROUP_ID_NOT_FOUND for a group this shard does not know.
+//! `DeleteGroups`: forgets groups that have no members, their committed offsets included
+//! (tombstones in the coordinator's partition of the offsets topic, synced before the
+//! answer): NON_EMPTY_GROUP while a group has members, GROUP_ID_NOT_FOUND for a group
+//! with neither membership state nor committed offsets.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
@@ -7,29 +9,69 @@ use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 
 use super::codes;
 use super::find_coordinator::coordinates;
+use super::offset_fetch::group_failure_code;
 use crate::context::ShardContext;
+use crate::offsets;
+use crate::operation::OffsetCommitEntry;
+use crate::service;
 
-pub(super) fn serve(context: &ShardContext, request: &DeleteGroupsRequest) -> DeleteGroupsResponse {
-    let results = request
-        .groups_names
-        .iter()
-        .map(|group_id| {
-            let outcome = coordinates(context, group_id.0.as_str()).and_then(|()| {
-                context
-                    .groups
-                    .delete(group_id.0.as_str())
-                    .map_err(|has_members| {
-                        codes::code(if has_members {
-                            ResponseError::NonEmptyGroup
-                        } else {
-                            ResponseError::GroupIdNotFound
-                        })
-                    })
-            });
+pub(super) async fn serve(
+    context: &ShardContext,
+    request: &DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
+    let mut results = Vec::with_capacity(request.groups_names.len());
+    for group_id in &request.groups_names {
+        let error_code = match delete(context, group_id.0.as_str()).await {
+            Ok(()) => codes::NONE,
+            Err(code) => code,
+        };
+        results.push(
             DeletableGroupResult::default()
                 .with_group_id(group_id.clone())
-                .with_error_code(outcome.err().unwrap_or(codes::NONE))
+                .with_error_code(error_code),
+        );
+    }
+    DeleteGroupsResponse::default().with_results(results)
+}
+
+async fn delete(context: &ShardContext, group_id: &str) -> Result<(), i16> {
+    coordinates(context, group_id)?;
+    // Membership first: a member that joins meanwhile starts a new group, whose commits
+    // come after these tombstones.
+    let had_members_state = match context.groups.delete(group_id) {
+        Ok(()) => true,
+        Err(true) => return Err(codes::code(ResponseError::NonEmptyGroup)),
+        Err(false) => false,
+    };
+    let partitions: Vec<(String, u32)> = context
+        .shard
+        .catalog()
+        .topics()
+        .iter()
+        .filter(|topic| !offsets::is_internal(&topic.name))
+        .flat_map(|topic| (0..topic.partition_count).map(|index| (topic.name.clone(), index)))
+        .collect();
+    let committed = service::fetch_offsets(context, group_id, partitions.clone())
+        .await
+        .map_err(|failure| group_failure_code(&failure))?;
+    let tombstones: Vec<OffsetCommitEntry> = partitions
+        .into_iter()
+        .zip(committed)
+        .filter(|(_, committed)| committed.is_some())
+        .map(|((topic, partition), _)| OffsetCommitEntry {
+            topic,
+            partition,
+            commit: None,
         })
         .collect();
-    DeleteGroupsResponse::default().with_results(results)
+    if tombstones.is_empty() {
+        return if had_members_state {
+            Ok(())
+        } else {
+            Err(codes::code(ResponseError::GroupIdNotFound))
+        };
+    }
+    service::commit_offsets(context, group_id, tombstones)
+        .await
+        .map_err(|failure| group_failure_code(&failure))
 }

@@ -281,7 +281,7 @@ pub(crate) async fn handle_request(
             encode_response(api_key, version, correlation_id, &response)
         }
         Request::DeleteGroups(request) => {
-            let response = delete_groups::serve(context, &request);
+            let response = delete_groups::serve(context, &request).await;
             encode_response(api_key, version, correlation_id, &response)
         }
         Request::OffsetCommit(request) => {

@@ -1,17 +1,19 @@
 //! Real Kafka clients in consumer groups against a real `cairn serve` (scripts in
 //! tests/kafka/): confluent-kafka consumers share a topic's partitions and take over a
-//! leaver's. Records are written with the native client at moments the test chooses:
+//! leaver's; kafka-python, kafkajs and kcat -G group consumers commit and the group's next
+//! consumer resumes there. Records are written with the native client at moments the test chooses:
 //! only once every consumer reports a settled assignment, so that "each record read
 //! exactly once" is a fact about the group protocol, not about timing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_client::{BlockingClient, ClientConfig};
 use cairn_engine::RecordInput;
 use serde_json::{Value, json};
 
-use crate::support::client_process::{ClientProcess, python};
+use crate::support::client_process::{ClientProcess, json_lines, node, python, run_to_end};
 use crate::support::server::TestServer;
 
 /// Longest the group may take to settle after a change, or the consumers to read what was
@@ -234,4 +236,101 @@ fn confluent_kafka_three_consumers_share_partitions_and_take_over_a_leavers() {
         }
         process.finish();
     }
+}
+
+/// The keys of `{"records": [[partition, offset, key], ...]}`.
+fn keys_of(stdout: &str) -> Vec<String> {
+    let lines = json_lines(stdout);
+    assert_eq!(lines.len(), 1, "{stdout}");
+    lines[0]["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| record[2].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Two consumers of one group in turn (`consume(count)` runs one to its end): the second
+/// resumes at the first one's commits, so together they read every record once.
+fn commits_and_resumes(server: &TestServer, topic: &str, consume: impl Fn(&str) -> Command) {
+    const PARTITIONS: u32 = 2;
+    native(server)
+        .create_topic(topic, PARTITIONS)
+        .expect("topic created");
+    let written = write(server, topic, PARTITIONS, "r", 20);
+    let first = keys_of(&run_to_end(consume("8"), ""));
+    let second = keys_of(&run_to_end(consume("12"), ""));
+    let mut read: Vec<String> = first.iter().chain(&second).cloned().collect();
+    read.sort();
+    let mut expected = written;
+    expected.sort();
+    assert_eq!(read, expected, "first {first:?}, second {second:?}");
+}
+
+#[test]
+fn kafka_python_group_consumer_commits_and_a_new_one_resumes() {
+    let server = TestServer::start();
+    let bootstrap = server.kafka_bootstrap();
+    commits_and_resumes(&server, "resume-python", |count| {
+        python(
+            "kafka_python_group.py",
+            &[&bootstrap, "python-readers", "resume-python", count],
+        )
+    });
+}
+
+#[test]
+fn kafkajs_group_consumer_commits_and_a_new_one_resumes() {
+    let server = TestServer::start();
+    let bootstrap = server.kafka_bootstrap();
+    commits_and_resumes(&server, "resume-js", |count| {
+        node(
+            "kafkajs_group.js",
+            &[&bootstrap, "js-readers", "resume-js", count],
+        )
+    });
+}
+
+#[test]
+fn kcat_balanced_consumer_reads_a_topic_and_resumes_after_its_commits() {
+    const PARTITIONS: u32 = 3;
+    let server = TestServer::start();
+    native(&server)
+        .create_topic("balanced", PARTITIONS)
+        .expect("topic created");
+    let bootstrap = server.kafka_bootstrap();
+    let kcat = |count: &str| {
+        let mut command = Command::new("kcat");
+        command.args([
+            "-b",
+            &bootstrap,
+            "-G",
+            "kcat-readers",
+            "-X",
+            "auto.offset.reset=earliest",
+            "-X",
+            "heartbeat.interval.ms=200",
+            "-c",
+            count,
+            "-q",
+            "-f",
+            "%k\\n",
+            "balanced",
+        ]);
+        command
+    };
+    let keys =
+        |stdout: String| -> BTreeSet<String> { stdout.lines().map(ToOwned::to_owned).collect() };
+    let first = write(&server, "balanced", PARTITIONS, "a", 12);
+    assert_eq!(
+        keys(run_to_end(kcat("12"), "")),
+        first.into_iter().collect()
+    );
+    // kcat commits (auto commit, and on close): the group's next consumer reads only what
+    // is new.
+    let second = write(&server, "balanced", PARTITIONS, "b", 6);
+    assert_eq!(
+        keys(run_to_end(kcat("6"), "")),
+        second.into_iter().collect()
+    );
 }

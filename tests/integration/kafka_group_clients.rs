@@ -34,20 +34,29 @@ struct GroupConsumer {
     /// (partition, offset, key) of every record it read.
     records: Vec<(u32, u64, String)>,
     closed: bool,
+    /// "committed" events seen.
+    commit_count: usize,
 }
 
 impl GroupConsumer {
+    /// A consumer that starts each assigned partition at its end (see the script).
     fn spawn(server: &TestServer, group: &str, topic: &str) -> GroupConsumer {
+        GroupConsumer::spawn_from(server, group, topic, "end")
+    }
+
+    /// `start`: "end" or "committed" (the script's START).
+    fn spawn_from(server: &TestServer, group: &str, topic: &str, start: &str) -> GroupConsumer {
         let bootstrap = server.kafka_bootstrap();
         let process = ClientProcess::spawn(python(
             "confluent_group.py",
-            &[&bootstrap, group, topic, "end"],
+            &[&bootstrap, group, topic, start],
         ));
         GroupConsumer {
             process,
             assigned: BTreeSet::new(),
             records: Vec::new(),
             closed: false,
+            commit_count: 0,
         }
     }
 
@@ -73,6 +82,7 @@ impl GroupConsumer {
                 line["key"].as_str().unwrap().to_owned(),
             )),
             Some("closed") => self.closed = true,
+            Some("committed") => self.commit_count += 1,
             // Transient errors (a broker connection closing) are the client's to retry.
             Some("error") => eprintln!("consumer error: {line}"),
             _ => panic!("unexpected line {line}"),
@@ -234,6 +244,79 @@ fn confluent_kafka_three_consumers_share_partitions_and_take_over_a_leavers() {
             process.send(&json!({"op": "close"}));
             while process.next()["event"] != "closed" {}
         }
+        process.finish();
+    }
+}
+
+#[test]
+fn confluent_kafka_group_commits_survive_a_kill_and_the_group_resumes_with_nothing_lost() {
+    const PARTITIONS: u32 = 8;
+    let temp_dir = tempfile::tempdir().unwrap();
+    let data_dir = temp_dir.path().join("data");
+    let mut server = TestServer::start_on(&data_dir, &[]);
+    native(&server)
+        .create_topic("durable", PARTITIONS)
+        .expect("topic created");
+    let spawn_three = |server: &TestServer| -> Vec<GroupConsumer> {
+        (0..3)
+            .map(|_| GroupConsumer::spawn_from(server, "resumers", "durable", "committed"))
+            .collect()
+    };
+    let mut consumers = spawn_three(&server);
+    listen_until(&mut consumers, "three consumers settle", |consumers| {
+        settled(consumers, PARTITIONS)
+    });
+    let committed = write(&server, "durable", PARTITIONS, "committed", 96);
+    listen_until(&mut consumers, "the first records read", |consumers| {
+        read_counts(consumers).len() == committed.len()
+    });
+    for consumer in &mut consumers {
+        consumer.process.send(&json!({"op": "commit"}));
+    }
+    listen_until(&mut consumers, "every consumer commits", |consumers| {
+        consumers.iter().all(|consumer| consumer.commit_count == 1)
+    });
+    // A tail that is read but never committed.
+    let tail = write(&server, "durable", PARTITIONS, "tail", 32);
+    listen_until(&mut consumers, "the tail read", |consumers| {
+        read_counts(consumers).len() == committed.len() + tail.len()
+    });
+    let status = server.stop_with(9, Duration::from_secs(10));
+    assert!(!status.success(), "SIGKILL: {status:?}");
+    drop(consumers);
+
+    // After the restart the group forms again (membership was soft state) and resumes at
+    // the commits: the committed records are not read again; the tail is, perhaps more
+    // than once while the group forms (at least once).
+    let server = TestServer::start_on(&data_dir, &[]);
+    let mut consumers = spawn_three(&server);
+    let tail_keys: BTreeSet<String> = tail.iter().cloned().collect();
+    listen_until(&mut consumers, "the tail read again", |consumers| {
+        let read: BTreeSet<String> = read_counts(consumers).into_keys().collect();
+        settled(consumers, PARTITIONS) && tail_keys.is_subset(&read)
+    });
+    let after = write(&server, "durable", PARTITIONS, "after", 16);
+    listen_until(&mut consumers, "new records read", |consumers| {
+        let read = read_counts(consumers);
+        after.iter().all(|key| read.contains_key(key))
+    });
+    let read = read_counts(&consumers);
+    let committed_again: Vec<&String> = committed
+        .iter()
+        .filter(|key| read.contains_key(*key))
+        .collect();
+    assert!(
+        committed_again.is_empty(),
+        "read again after their commit: {committed_again:?}"
+    );
+    assert!(
+        read.keys()
+            .all(|key| tail_keys.contains(key) || after.contains(key))
+    );
+    for consumer in consumers {
+        let mut process = consumer.process;
+        process.send(&json!({"op": "close"}));
+        while process.next()["event"] != "closed" {}
         process.finish();
     }
 }

@@ -496,8 +496,9 @@ pub(crate) async fn init_producer(context: &ShardContext) -> Result<(i64, i16), 
 /// forwarding there if need be: one record per entry in the coordinator's partition of
 /// `offsets::OFFSETS_TOPIC`, all in one batch, so the commit is atomic; answers once it is
 /// synced. An entry without a commit writes a tombstone (no committed offset). The
-/// commit's timestamp is the coordinator's clock. The caller has checked that each
-/// entry's topic and partition exist; an empty list is a no-op.
+/// commit's timestamp is the coordinator's clock. Every entry's topic and partition must
+/// exist (else `UnknownTopic` / `UnknownPartition`, and nothing is committed); an empty
+/// list is a no-op.
 pub(crate) async fn commit_offsets(
     context: &ShardContext,
     group: &str,
@@ -509,6 +510,8 @@ pub(crate) async fn commit_offsets(
         if offsets::is_internal(&entry.topic) {
             return Err(internal_topic_failure(&entry.topic));
         }
+        let topic = routing::topic(&context.shard, &entry.topic)?;
+        routing::locate(&topic, entry.partition, context.config.shard_count)?;
         if let Some(commit) = &entry.commit
             && commit.metadata.len() > offsets::METADATA_SIZE_BYTES_MAX
         {

@@ -14,8 +14,8 @@ use super::{RequestSource, codes};
 use crate::context::ShardContext;
 use crate::group::{self, GroupError, JoinRequest, JoinResult, JoinStart};
 
-/// A parked join waits at most this beyond its rebalance timeout (the state machine
-/// answers by then; this only bounds a bug).
+/// A parked join waits at most this beyond the longest rebalance timeout (the state
+/// machine answers by then; this only bounds a bug).
 const JOIN_WAIT_SLACK: Duration = Duration::from_secs(5);
 
 fn millis(ms: i32) -> Duration {
@@ -87,7 +87,9 @@ pub(super) async fn serve(
         require_known_member_id: version >= 4,
         new_member_id: context.groups.new_member_id(&source.client_id),
     };
-    let bound = rebalance_timeout.min(group::state::REBALANCE_TIMEOUT_MAX) + JOIN_WAIT_SLACK;
+    // The rebalance may run to another member's (longer) rebalance timeout: only the
+    // longest there can be bounds this wait.
+    let bound = group::state::REBALANCE_TIMEOUT_MAX + JOIN_WAIT_SLACK;
     let start = cell.update(|group| group.join(join, Instant::now()));
     let result = match start {
         JoinStart::Done(result) => result,

@@ -46,9 +46,21 @@ pub(crate) const INITIAL_REBALANCE_DELAY: Duration = Duration::from_millis(300);
 /// joins from the network can take. Beyond it a join is GROUP_MAX_SIZE_REACHED.
 pub(crate) const GROUP_MEMBER_COUNT_MAX: usize = 1000;
 
-/// Most bytes of protocol metadata one member may send (all protocols together), and of
-/// one assignment; beyond them a join or sync is refused as INVALID_REQUEST.
+/// Most bytes of protocol metadata one member may send (all protocols together, each
+/// counted with `PROTOCOL_OVERHEAD_BYTES`), and of one assignment; beyond them a join or
+/// sync is refused as INVALID_REQUEST. Consumers send a few hundred bytes to a few KiB.
 pub(crate) const MEMBER_METADATA_SIZE_BYTES_MAX: usize = 1 << 20;
+
+/// What one protocol entry costs in memory beyond its name and metadata, so that a join of
+/// many empty protocols is bounded too.
+const PROTOCOL_OVERHEAD_BYTES: usize = 64;
+
+/// Most bytes of protocol metadata (as counted for one member) all of a group's members
+/// may hold together: beyond it a joining member is GROUP_MAX_SIZE_REACHED. Without it a
+/// group's metadata could reach `GROUP_MEMBER_COUNT_MAX` times the member's maximum.
+pub(crate) const GROUP_METADATA_SIZE_BYTES_MAX: usize = 32 << 20;
+
+const _: () = assert!(MEMBER_METADATA_SIZE_BYTES_MAX <= GROUP_METADATA_SIZE_BYTES_MAX);
 
 /// Why a group request was refused: each is one Kafka error code (`kafka::codes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +224,18 @@ struct Member {
     sync_ticket: Option<Ticket>,
     /// When it is evicted unless it heartbeats (not while a join or sync is parked).
     session_deadline: Instant,
+}
+
+/// What a member's protocols count against the metadata bounds.
+fn metadata_size_bytes(protocols: &[(String, Bytes)]) -> usize {
+    protocols
+        .iter()
+        .map(|(name, metadata)| name.len() + metadata.len() + PROTOCOL_OVERHEAD_BYTES)
+        .sum()
+}
+
+fn metadata_size_bytes_of(member: &Member) -> usize {
+    metadata_size_bytes(&member.protocols) + member.assignment.len()
 }
 
 impl Member {
@@ -427,13 +451,19 @@ impl Group {
         if !(SESSION_TIMEOUT_MIN..=SESSION_TIMEOUT_MAX).contains(&request.session_timeout) {
             return fail(GroupError::InvalidSessionTimeout);
         }
-        let metadata_size_bytes: usize = request
-            .protocols
-            .iter()
-            .map(|(name, metadata)| name.len() + metadata.len())
-            .sum();
+        let metadata_size_bytes = metadata_size_bytes(&request.protocols);
         if metadata_size_bytes > MEMBER_METADATA_SIZE_BYTES_MAX {
             return fail(GroupError::InvalidRequest);
+        }
+        // The group's metadata once this member's replaces its own (if it has any).
+        let others_size_bytes: usize = self
+            .members
+            .iter()
+            .filter(|member| member.member_id != request.member_id || request.member_id.is_empty())
+            .map(metadata_size_bytes_of)
+            .sum();
+        if others_size_bytes + metadata_size_bytes > GROUP_METADATA_SIZE_BYTES_MAX {
+            return fail(GroupError::GroupMaxSizeReached);
         }
         if !self.supports(&request.protocol_type, &request.protocols) {
             return fail(GroupError::InconsistentGroupProtocol);
@@ -677,6 +707,8 @@ impl Group {
                 for member in &mut self.members {
                     member.assignment = Bytes::new();
                     if let Some(ticket) = member.sync_ticket.take() {
+                        // Its session restarts with the answer, as after any response.
+                        member.session_deadline = now + member.session_timeout;
                         self.sync_results
                             .insert(ticket, SyncResult::failed(GroupError::RebalanceInProgress));
                     }
@@ -1299,6 +1331,109 @@ mod tests {
         assert_eq!(group.leave("b", None, now), Ok(()));
         assert_eq!(group.state(), GroupState::Empty);
         assert_eq!(group.generation_id(), 2);
+    }
+
+    #[test]
+    fn the_initial_delay_waits_for_more_members_and_is_extended_by_each() {
+        let now = Instant::now();
+        let mut group = Group::new();
+        let a = wait(group.join(join_request("", "a", b"m"), now));
+        let half = INITIAL_REBALANCE_DELAY / 2;
+        let b = wait(group.join(join_request("", "b", b"m"), now + half));
+        group.tick(now + INITIAL_REBALANCE_DELAY);
+        assert_eq!(
+            group.state(),
+            GroupState::PreparingRebalance,
+            "extended by b"
+        );
+        group.tick(now + half + INITIAL_REBALANCE_DELAY);
+        assert_eq!(group.state(), GroupState::CompletingRebalance);
+        let a = group.take_join_result(a).unwrap();
+        assert_eq!((a.generation_id, a.members.len()), (1, 2));
+        assert!(group.take_join_result(b).is_some());
+    }
+
+    #[test]
+    fn a_leader_that_never_syncs_is_evicted_at_the_sync_deadline() {
+        let now = Instant::now();
+        let mut group = Group::new();
+        let a = wait(group.join(join_request("", "a", b"m"), now));
+        let b = wait(group.join(join_request("", "b", b"m"), now));
+        group.tick(now + INITIAL_REBALANCE_DELAY);
+        group.take_join_result(a);
+        group.take_join_result(b);
+        let SyncStart::Wait(b_sync) = group.sync(sync_request("b", 1, vec![]), now) else {
+            panic!()
+        };
+        group.tick(now + INITIAL_REBALANCE_DELAY + REBALANCE);
+        assert_eq!(
+            group.take_sync_result(b_sync).unwrap().error,
+            Some(GroupError::RebalanceInProgress)
+        );
+        assert_eq!(group.state(), GroupState::PreparingRebalance);
+        assert_eq!(group.member_count(), 1, "the leader is gone");
+        let b = wait(group.join(join_request("b", "x", b"m"), now + REBALANCE));
+        let result = group.take_join_result(b).unwrap();
+        assert_eq!((result.generation_id, result.leader_id.as_str()), (2, "b"));
+    }
+
+    #[test]
+    fn an_id_handed_out_but_never_used_expires() {
+        let now = Instant::now();
+        let mut group = stable_pair(now);
+        let mut request = join_request("", "c", b"m");
+        request.require_known_member_id = true;
+        let JoinStart::Done(_) = group.join(request, now) else {
+            panic!()
+        };
+        let a = wait(group.join(join_request("a", "x", b"ma2"), now));
+        let b = wait(group.join(join_request("b", "x", b"mb"), now));
+        assert!(
+            group.take_join_result(a).is_none(),
+            "waits for c's id to come back"
+        );
+        group.tick(now + SESSION);
+        assert_eq!(group.take_join_result(a).unwrap().generation_id, 2);
+        assert!(group.take_join_result(b).is_some());
+    }
+
+    #[test]
+    fn a_second_join_of_one_member_answers_the_first() {
+        let now = Instant::now();
+        let mut group = stable_pair(now);
+        let first = wait(group.join(join_request("a", "x", b"ma2"), now));
+        let second = wait(group.join(join_request("a", "x", b"ma2"), now));
+        assert_eq!(
+            group.take_join_result(first).unwrap().error,
+            Some(GroupError::RebalanceInProgress)
+        );
+        let _ = wait(group.join(join_request("b", "x", b"mb"), now));
+        assert_eq!(group.take_join_result(second).unwrap().generation_id, 2);
+    }
+
+    #[test]
+    fn metadata_is_bounded_per_member_and_per_group() {
+        let now = Instant::now();
+        let mut group = Group::new();
+        let mut request = join_request("", "a", b"");
+        request.protocols = vec![("range".into(), Bytes::new()); 20_000];
+        let JoinStart::Done(result) = group.join(request, now) else {
+            panic!()
+        };
+        assert_eq!(result.error, Some(GroupError::InvalidRequest));
+        let big = Bytes::from(vec![0u8; MEMBER_METADATA_SIZE_BYTES_MAX - 1000]);
+        let joins = GROUP_METADATA_SIZE_BYTES_MAX / big.len();
+        for index in 0..joins {
+            let mut request = join_request("", &format!("m{index}"), b"");
+            request.protocols = vec![("range".into(), big.clone())];
+            let _ = wait(group.join(request, now));
+        }
+        let mut request = join_request("", "one-too-many", b"");
+        request.protocols = vec![("range".into(), big)];
+        let JoinStart::Done(result) = group.join(request, now) else {
+            panic!()
+        };
+        assert_eq!(result.error, Some(GroupError::GroupMaxSizeReached));
     }
 
     #[test]

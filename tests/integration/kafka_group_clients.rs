@@ -39,18 +39,18 @@ struct GroupConsumer {
 }
 
 impl GroupConsumer {
-    /// A consumer that starts each assigned partition at its end (see the script).
-    fn spawn(server: &TestServer, group: &str, topic: &str) -> GroupConsumer {
-        GroupConsumer::spawn_from(server, group, topic, "end")
-    }
-
-    /// `start`: "end" or "committed" (the script's START).
-    fn spawn_from(server: &TestServer, group: &str, topic: &str, start: &str) -> GroupConsumer {
+    /// `start`: "end" or "committed" (the script's START); `settings`: librdkafka's.
+    fn spawn_from(
+        server: &TestServer,
+        group: &str,
+        topic: &str,
+        start: &str,
+        settings: &[&str],
+    ) -> GroupConsumer {
         let bootstrap = server.kafka_bootstrap();
-        let process = ClientProcess::spawn(python(
-            "confluent_group.py",
-            &[&bootstrap, group, topic, start],
-        ));
+        let mut args = vec![bootstrap.as_str(), group, topic, start];
+        args.extend_from_slice(settings);
+        let process = ClientProcess::spawn(python("confluent_group.py", &args));
         GroupConsumer {
             process,
             assigned: BTreeSet::new(),
@@ -75,7 +75,6 @@ impl GroupConsumer {
         };
         match line["event"].as_str() {
             Some("assigned") => self.assigned = partitions(&line),
-            Some("revoked") => self.assigned.clear(),
             Some("record") => self.records.push((
                 u32::try_from(line["partition"].as_u64().unwrap()).unwrap(),
                 line["offset"].as_u64().unwrap(),
@@ -167,6 +166,17 @@ fn read_counts(consumers: &[GroupConsumer]) -> BTreeMap<String, usize> {
 
 #[test]
 fn confluent_kafka_three_consumers_share_partitions_and_take_over_a_leavers() {
+    three_consumers_share_and_take_over(&["partition.assignment.strategy=range"]);
+}
+
+/// The same with incremental cooperative rebalancing (KIP-429), which runs on the classic
+/// protocol: the broker sees only more rebalances, with opaque metadata.
+#[test]
+fn confluent_kafka_cooperative_sticky_consumers_share_partitions_and_take_over_a_leavers() {
+    three_consumers_share_and_take_over(&["partition.assignment.strategy=cooperative-sticky"]);
+}
+
+fn three_consumers_share_and_take_over(settings: &[&str]) {
     const PARTITIONS: u32 = 8;
     const PER_PHASE: u32 = 64;
     let server = TestServer::start();
@@ -174,7 +184,7 @@ fn confluent_kafka_three_consumers_share_partitions_and_take_over_a_leavers() {
         .create_topic("shared", PARTITIONS)
         .expect("topic created");
     let mut consumers: Vec<GroupConsumer> = (0..3)
-        .map(|_| GroupConsumer::spawn(&server, "sharers", "shared"))
+        .map(|_| GroupConsumer::spawn_from(&server, "sharers", "shared", "end", settings))
         .collect();
     listen_until(&mut consumers, "three consumers settle", |consumers| {
         settled(consumers, PARTITIONS)
@@ -259,7 +269,7 @@ fn confluent_kafka_group_commits_survive_a_kill_and_the_group_resumes_with_nothi
         .expect("topic created");
     let spawn_three = |server: &TestServer| -> Vec<GroupConsumer> {
         (0..3)
-            .map(|_| GroupConsumer::spawn_from(server, "resumers", "durable", "committed"))
+            .map(|_| GroupConsumer::spawn_from(server, "resumers", "durable", "committed", &[]))
             .collect()
     };
     let mut consumers = spawn_three(&server);

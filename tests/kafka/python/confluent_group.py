@@ -10,9 +10,10 @@ START says where an assigned partition is read from:
   earliest when there is none).
 
 Stdout, one JSON object a line:
-- {"event": "assigned", "partitions": [p, ...]}: the partitions it now reads (eager
-  protocol: the whole assignment), printed once their positions are known;
-- {"event": "revoked", "partitions": [p, ...]};
+- {"event": "assigned", "partitions": [p, ...]}: the whole assignment it now reads,
+  after every change (partitions added once their positions are known, or revoked);
+  with partition.assignment.strategy=cooperative-sticky changes are incremental
+  (KIP-429), otherwise eager;
 - {"event": "record", "partition": p, "offset": o, "key": k, "value": v};
 - {"event": "committed", "partitions": [p, ...]} after a "commit" command;
 - {"event": "error", "error": ...} for a consumer error;
@@ -50,6 +51,8 @@ def main():
         config[name] = value
     consumer = Consumer(config)
 
+    cooperative = config["partition.assignment.strategy"] == "cooperative-sticky"
+
     def on_assign(consumer, partitions):
         if start == "end":
             for partition in partitions:
@@ -59,12 +62,18 @@ def main():
         else:
             for partition in partitions:
                 partition.offset = OFFSET_INVALID
-        consumer.assign(partitions)
-        emit({"event": "assigned", "partitions": sorted(p.partition for p in partitions)})
+        if cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        emit_assignment(consumer)
 
     def on_revoke(consumer, partitions):
-        consumer.unassign()
-        emit({"event": "revoked", "partitions": sorted(p.partition for p in partitions)})
+        if cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
+        emit_assignment(consumer)
 
     consumer.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
 
@@ -107,6 +116,10 @@ def main():
             "key": (message.key() or b"").decode(),
             "value": (message.value() or b"").decode(),
         })
+
+
+def emit_assignment(consumer):
+    emit({"event": "assigned", "partitions": sorted(p.partition for p in consumer.assignment())})
 
 
 def emit(result):

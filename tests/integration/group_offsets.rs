@@ -578,3 +578,66 @@ fn a_data_dir_from_before_committed_offsets_gets_the_offsets_topic_on_restart() 
         );
     }
 }
+
+/// OffsetFetch with topics null, as admin tools send it: every committed partition of the
+/// group, `(topic, partition, offset)` in order.
+fn every_committed(server: &TestServer, group: &str) -> Vec<(String, i32, i64)> {
+    let coordinator = partition_for_key(group.as_bytes(), SHARD_COUNT) as usize;
+    let mut kafka = KafkaConnection::connect(server.kafka_ports[coordinator]);
+    let request = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+        .with_topics(None);
+    let response: OffsetFetchResponse = kafka.call(ApiKey::OffsetFetch, 7, &request);
+    assert_eq!(response.error_code, 0);
+    response
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().map(|partition| {
+                (
+                    topic.name.0.to_string(),
+                    partition.partition_index,
+                    partition.committed_offset,
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn kafka_offset_fetch_of_every_topic_lists_the_groups_commits_also_after_sigkill() {
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let server = TestServer::start_on(&data_dir, &[]);
+    let mut client = native(&server);
+    client.create_topic("alpha", 3).unwrap();
+    client.create_topic("beta", 1).unwrap();
+    let group = group_on("listed", 1);
+    commit(&mut client, &group, "beta", &[(0, 4, "")]);
+    commit(&mut client, &group, "alpha", &[(2, 8, ""), (0, 1, "")]);
+    commit(&mut client, &group_on("other", 1), "alpha", &[(1, 5, "")]);
+    let expected = vec![
+        ("alpha".to_owned(), 0, 1),
+        ("alpha".to_owned(), 2, 8),
+        ("beta".to_owned(), 0, 4),
+    ];
+    assert_eq!(every_committed(&server, &group), expected);
+
+    // The index is rebuilt from the log; a deleted offset stays deleted.
+    let server = restart_after_sigkill(server, &data_dir);
+    assert_eq!(every_committed(&server, &group), expected);
+    let delete = OffsetDeleteRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+        .with_topics(vec![
+            OffsetDeleteRequestTopic::default()
+                .with_name(topic_name("alpha"))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0),
+                ]),
+        ]);
+    let mut kafka = KafkaConnection::connect(server.kafka_ports[1]);
+    let response: OffsetDeleteResponse = kafka.call(ApiKey::OffsetDelete, 0, &delete);
+    assert_eq!(response.error_code, 0);
+    let server = restart_after_sigkill(server, &data_dir);
+    assert_eq!(every_committed(&server, &group), expected[1..].to_vec());
+}

@@ -6,8 +6,9 @@
 //! hidden from clients' topic lists and refuses their writes, and appears in a data
 //! directory created before it on the next start.
 //!
-//! kafkajs is not here: its consumer commits only as a member of a group it joined
-//! (subscribe + run), which needs the group membership APIs.
+//! kafkajs only reads committed offsets here (its admin client's fetchOffsets): its
+//! consumer commits only as a member of a group it joined (subscribe + run), which needs
+//! the group membership APIs.
 
 use std::path::Path;
 use std::process::Command;
@@ -37,7 +38,7 @@ use kafka_protocol::protocol::StrBytes;
 use serde_json::Value;
 
 use crate::kafka_protocol::{KafkaConnection, batch, fetch, produce, record, topic_name};
-use crate::support::client_process::{json_lines, python, run_to_end};
+use crate::support::client_process::{json_lines, node, python, run_to_end};
 use crate::support::server::{CAIRN_BIN, TestServer};
 
 const OFFSETS_TOPIC: &str = "__cairn_offsets";
@@ -640,4 +641,33 @@ fn kafka_offset_fetch_of_every_topic_lists_the_groups_commits_also_after_sigkill
     assert_eq!(response.error_code, 0);
     let server = restart_after_sigkill(server, &data_dir);
     assert_eq!(every_committed(&server, &group), expected[1..].to_vec());
+}
+
+#[test]
+fn kafkajs_admin_reads_offsets_committed_by_cairn_fetch_group() {
+    let server = TestServer::start();
+    let mut client = native(&server);
+    client.create_topic("tracked", 3).unwrap();
+    append_records(&mut client, "tracked", 1, 3);
+    assert_eq!(
+        cli_fetch_group(&server, "tracked", "js-readers"),
+        vec![0, 1, 2]
+    );
+    let bootstrap = server.kafka_bootstrap();
+    let stdout = run_to_end(
+        node(
+            "kafkajs_client.js",
+            &["committed", &bootstrap, "tracked", "js-readers"],
+        ),
+        "",
+    );
+    let lines = json_lines(&stdout);
+    assert_eq!(
+        lines,
+        vec![serde_json::json!({"partitions": [
+            {"partition": 0, "offset": -1, "metadata": null},
+            {"partition": 1, "offset": 3, "metadata": "cairn fetch"},
+            {"partition": 2, "offset": -1, "metadata": null},
+        ]})]
+    );
 }

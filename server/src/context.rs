@@ -1,9 +1,9 @@
 //! What a shard's tasks share: its engine shard, its end of the mesh, its admission state,
-//! where the server listens, the shutdown flag its connections watch, its connection count
-//! and the consumer groups it coordinates. Lives on one
+//! where the server listens, the shutdown flag its connections watch, its connection count,
+//! the consumer groups it coordinates and the index of those whose offsets it keeps. Lives on one
 //! executor; nothing in it is shared with another shard.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use cairn_engine::io::event::Event;
@@ -13,6 +13,7 @@ use crate::admission::Admission;
 use crate::config::{Listening, ServerConfig};
 use crate::group::Groups;
 use crate::mesh::Mesh;
+use crate::offsets::GroupOffsetsIndex;
 
 /// Everything a shard's tasks share.
 pub(crate) struct ShardContext {
@@ -33,4 +34,7 @@ pub(crate) struct ShardContext {
     pub(crate) admission: Admission,
     /// The consumer groups this shard coordinates (Kafka's group protocol).
     pub(crate) groups: Groups,
+    /// The groups with committed offsets in this shard's partition of the offsets topic
+    /// (the groups this shard coordinates that have any).
+    pub(crate) group_offsets: RefCell<GroupOffsetsIndex>,
 }

@@ -105,8 +105,7 @@ pub(crate) fn encode_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
 }
 
 /// The (group, topic, partition) of a key made by [`encode_key`], or `None` if `key` is
-/// not one. Only the tests read keys back so far: lookups go by the encoded key.
-#[cfg(test)]
+/// not one.
 pub(crate) fn decode_key(key: &[u8]) -> Option<(String, String, u32)> {
     let (&version, rest) = key.split_first()?;
     if version != KEY_VERSION {
@@ -118,7 +117,6 @@ pub(crate) fn decode_key(key: &[u8]) -> Option<(String, String, u32)> {
     Some((group, topic, partition))
 }
 
-#[cfg(test)]
 fn take_string(bytes: &[u8]) -> Option<(String, &[u8])> {
     let (len, rest) = bytes.split_first_chunk::<2>()?;
     let len = usize::from(u16::from_be_bytes(*len));
@@ -169,6 +167,52 @@ pub(crate) fn decode_value(value: &[u8]) -> Result<Option<CommittedOffset>, Offs
     }))
 }
 
+/// Which (topic, partition)s each group has a committed offset for, in one coordinator
+/// partition: what the key index cannot list (it finds a key, it does not enumerate a
+/// group's). Rebuilt at start from the partition's records, in offset order, and kept up
+/// to date by each synced commit; one entry per committed (group, topic, partition), as
+/// the key index has. Answers "every offset of the group" (OffsetFetch with topics null)
+/// and "delete the group's offsets" (DeleteGroups).
+#[derive(Debug, Default)]
+pub(crate) struct GroupOffsetsIndex {
+    groups: std::collections::BTreeMap<String, std::collections::BTreeSet<(String, u32)>>,
+}
+
+impl GroupOffsetsIndex {
+    /// Applies one record of the offsets partition, read back in offset order: a commit
+    /// adds its key, a tombstone removes it. A key that is not one of ours changes nothing
+    /// (nothing else is ever written there).
+    pub(crate) fn apply_record(&mut self, key: &[u8], value: &[u8]) {
+        if let Some((group, topic, partition)) = decode_key(key) {
+            self.apply(&group, &topic, partition, !value.is_empty());
+        }
+    }
+
+    /// Records that `group` now has (`committed`) or no longer has a committed offset of
+    /// `partition` of `topic`.
+    pub(crate) fn apply(&mut self, group: &str, topic: &str, partition: u32, committed: bool) {
+        if committed {
+            self.groups
+                .entry(group.to_owned())
+                .or_default()
+                .insert((topic.to_owned(), partition));
+        } else if let Some(partitions) = self.groups.get_mut(group) {
+            partitions.remove(&(topic.to_owned(), partition));
+            if partitions.is_empty() {
+                self.groups.remove(group);
+            }
+        }
+    }
+
+    /// Every (topic, partition) `group` has a committed offset for, in order.
+    pub(crate) fn partitions_of(&self, group: &str) -> Vec<(String, u32)> {
+        self.groups
+            .get(group)
+            .map(|partitions| partitions.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +261,29 @@ mod tests {
         assert!(is_internal("__cairn_anything"));
         assert!(!is_internal("_cairn"));
         assert!(!is_internal("__consumer_offsets"));
+    }
+
+    #[test]
+    fn the_group_index_follows_commits_and_tombstones() {
+        let mut index = GroupOffsetsIndex::default();
+        let commit = encode_value(&CommittedOffset {
+            offset: 1,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 0,
+        });
+        index.apply_record(&encode_key("g", "b", 1), &commit);
+        index.apply_record(&encode_key("g", "a", 0), &commit);
+        index.apply_record(&encode_key("h", "a", 0), &commit);
+        index.apply_record(&encode_key("g", "a", 0), &commit);
+        index.apply_record(b"not a key", &commit);
+        assert_eq!(
+            index.partitions_of("g"),
+            vec![("a".to_owned(), 0), ("b".to_owned(), 1)]
+        );
+        index.apply_record(&encode_key("h", "a", 0), &[]);
+        assert_eq!(index.groups.keys().collect::<Vec<_>>(), vec!["g"]);
+        assert!(index.partitions_of("h").is_empty());
     }
 
     proptest! {

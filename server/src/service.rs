@@ -25,7 +25,7 @@ use cairn_engine::{
 
 use crate::context::ShardContext;
 use crate::mesh::MeshError;
-use crate::offsets::{self, CommittedOffset};
+use crate::offsets::{self, CommittedOffset, GroupOffsetsIndex};
 use crate::operation::{
     AppendResult, Failure, FailureKind, FetchResult, FetchedRecords, Forwarded, ForwardedFetch,
     ForwardedResult, KeyHistoryResult, Located, MetadataResult, OffsetCommitEntry,
@@ -583,7 +583,15 @@ async fn commit_offsets_local(
         })
         .collect();
     match append_local(context, &located, None, &records, None).await? {
-        AppendResult::Appended { .. } => Ok(()),
+        AppendResult::Appended { .. } => {
+            // Synced: the index may list these now (a later commit of the same key, also
+            // synced, can only come after, as its append comes after).
+            let mut index = context.group_offsets.borrow_mut();
+            for entry in entries {
+                index.apply(group, &entry.topic, entry.partition, entry.commit.is_some());
+            }
+            Ok(())
+        }
         AppendResult::ConditionFailed { .. } => Err(Failure::new(
             FailureKind::Internal,
             "a commit without conditions failed a condition",
@@ -642,6 +650,100 @@ async fn fetch_offsets_local(
         committed.push(offset);
     }
     Ok(committed)
+}
+
+/// Every committed offset of `group`, with its topic and partition, on this shard, which
+/// must be the group's coordinator (a front end that does not forward checks that first).
+pub(crate) async fn fetch_group_offsets(
+    context: &ShardContext,
+    group: &str,
+) -> Result<Vec<((String, u32), CommittedOffset)>, Failure> {
+    ensure_serving(context)?;
+    ensure_coordinator(context, group)?;
+    let partitions = context.group_offsets.borrow().partitions_of(group);
+    let committed = fetch_offsets_local(context, group, &partitions).await?;
+    Ok(partitions
+        .into_iter()
+        .zip(committed)
+        .filter_map(|(key, committed)| Some((key, committed?)))
+        .collect())
+}
+
+/// Deletes every committed offset of `group` (one batch of tombstones, synced before it
+/// returns) on this shard, which must be the group's coordinator; how many there were.
+/// For Kafka's DeleteGroups.
+#[expect(
+    dead_code,
+    reason = "DeleteGroups, with group membership (issue 12), calls it; remove this then"
+)]
+pub(crate) async fn delete_group_offsets(
+    context: &ShardContext,
+    group: &str,
+) -> Result<usize, Failure> {
+    ensure_serving(context)?;
+    ensure_coordinator(context, group)?;
+    let entries: Vec<OffsetCommitEntry> = context
+        .group_offsets
+        .borrow()
+        .partitions_of(group)
+        .into_iter()
+        .map(|(topic, partition)| OffsetCommitEntry {
+            topic,
+            partition,
+            commit: None,
+        })
+        .collect();
+    commit_offsets_local(context, group, &entries).await?;
+    Ok(entries.len())
+}
+
+fn ensure_coordinator(context: &ShardContext, group: &str) -> Result<(), Failure> {
+    let coordinator = routing::coordinator_shard(group, context.config.shard_count);
+    if coordinator != context.shard_id {
+        return Err(Failure::new(
+            FailureKind::Internal,
+            format!(
+                "group {group:?} is coordinated by shard {}, not {}",
+                coordinator.0, context.shard_id.0
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads shard `shard`'s partition of the committed-offsets topic from its start and
+/// returns which groups have committed offsets of which partitions. Run once at start,
+/// before the shard serves anything (forwarded requests included). Reads every commit
+/// ever made to the partition: its cost grows with the commit history, as recovery's
+/// does with the log.
+pub(crate) async fn load_group_offsets(
+    shard: &cairn_engine::Shard,
+    shard_count: u16,
+) -> Result<GroupOffsetsIndex, String> {
+    let topic = shard
+        .topic(offsets::OFFSETS_TOPIC)
+        .ok_or_else(|| format!("no topic {}", offsets::OFFSETS_TOPIC))?;
+    let located = routing::offsets_partition(&topic, shard.id(), shard_count)
+        .map_err(|failure| failure.message)?;
+    let mut index = GroupOffsetsIndex::default();
+    let mut from = Offset(0);
+    loop {
+        let fetched = shard
+            .fetch(located.partition_id, from, FETCH_SIZE_BYTES_MAX)
+            .await
+            .map_err(|error| error.to_string())?;
+        let start = from;
+        for batch in &fetched.batches {
+            let view = batch.view();
+            for record in view.records().filter(|record| record.offset >= start) {
+                index.apply_record(record.key, record.value);
+                from = record.offset.plus(1);
+            }
+        }
+        if fetched.batches.is_empty() || from >= fetched.synced_end {
+            return Ok(index);
+        }
+    }
 }
 
 /// This shard's partition of the committed-offsets topic.

@@ -6,8 +6,9 @@
 //! hidden from clients' topic lists and refuses their writes, and appears in a data
 //! directory created before it on the next start.
 //!
-//! kafkajs is not here: its consumer commits only as a member of a group it joined
-//! (subscribe + run), which needs the group membership APIs.
+//! kafkajs only reads committed offsets here (its admin client's fetchOffsets): its
+//! consumer commits only as a member of a group it joined (subscribe + run), which needs
+//! the group membership APIs.
 
 use std::path::Path;
 use std::process::Command;
@@ -37,7 +38,7 @@ use kafka_protocol::protocol::StrBytes;
 use serde_json::Value;
 
 use crate::kafka_protocol::{KafkaConnection, batch, fetch, produce, record, topic_name};
-use crate::support::client_process::{json_lines, python, run_to_end};
+use crate::support::client_process::{json_lines, node, python, run_to_end};
 use crate::support::server::{CAIRN_BIN, TestServer};
 
 const OFFSETS_TOPIC: &str = "__cairn_offsets";
@@ -577,4 +578,96 @@ fn a_data_dir_from_before_committed_offsets_gets_the_offsets_topic_on_restart() 
             vec![(Some(100 + index as i64), "m".to_owned())]
         );
     }
+}
+
+/// OffsetFetch with topics null, as admin tools send it: every committed partition of the
+/// group, `(topic, partition, offset)` in order.
+fn every_committed(server: &TestServer, group: &str) -> Vec<(String, i32, i64)> {
+    let coordinator = partition_for_key(group.as_bytes(), SHARD_COUNT) as usize;
+    let mut kafka = KafkaConnection::connect(server.kafka_ports[coordinator]);
+    let request = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+        .with_topics(None);
+    let response: OffsetFetchResponse = kafka.call(ApiKey::OffsetFetch, 7, &request);
+    assert_eq!(response.error_code, 0);
+    response
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().map(|partition| {
+                (
+                    topic.name.0.to_string(),
+                    partition.partition_index,
+                    partition.committed_offset,
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn kafka_offset_fetch_of_every_topic_lists_the_groups_commits_also_after_sigkill() {
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let server = TestServer::start_on(&data_dir, &[]);
+    let mut client = native(&server);
+    client.create_topic("alpha", 3).unwrap();
+    client.create_topic("beta", 1).unwrap();
+    let group = group_on("listed", 1);
+    commit(&mut client, &group, "beta", &[(0, 4, "")]);
+    commit(&mut client, &group, "alpha", &[(2, 8, ""), (0, 1, "")]);
+    commit(&mut client, &group_on("other", 1), "alpha", &[(1, 5, "")]);
+    let expected = vec![
+        ("alpha".to_owned(), 0, 1),
+        ("alpha".to_owned(), 2, 8),
+        ("beta".to_owned(), 0, 4),
+    ];
+    assert_eq!(every_committed(&server, &group), expected);
+
+    // The index is rebuilt from the log; a deleted offset stays deleted.
+    let server = restart_after_sigkill(server, &data_dir);
+    assert_eq!(every_committed(&server, &group), expected);
+    let delete = OffsetDeleteRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.clone())))
+        .with_topics(vec![
+            OffsetDeleteRequestTopic::default()
+                .with_name(topic_name("alpha"))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0),
+                ]),
+        ]);
+    let mut kafka = KafkaConnection::connect(server.kafka_ports[1]);
+    let response: OffsetDeleteResponse = kafka.call(ApiKey::OffsetDelete, 0, &delete);
+    assert_eq!(response.error_code, 0);
+    let server = restart_after_sigkill(server, &data_dir);
+    assert_eq!(every_committed(&server, &group), expected[1..].to_vec());
+}
+
+#[test]
+fn kafkajs_admin_reads_offsets_committed_by_cairn_fetch_group() {
+    let server = TestServer::start();
+    let mut client = native(&server);
+    client.create_topic("tracked", 3).unwrap();
+    append_records(&mut client, "tracked", 1, 3);
+    assert_eq!(
+        cli_fetch_group(&server, "tracked", "js-readers"),
+        vec![0, 1, 2]
+    );
+    let bootstrap = server.kafka_bootstrap();
+    let stdout = run_to_end(
+        node(
+            "kafkajs_client.js",
+            &["committed", &bootstrap, "tracked", "js-readers"],
+        ),
+        "",
+    );
+    let lines = json_lines(&stdout);
+    assert_eq!(
+        lines,
+        vec![serde_json::json!({"partitions": [
+            {"partition": 0, "offset": -1, "metadata": null},
+            {"partition": 1, "offset": 3, "metadata": "cairn fetch"},
+            {"partition": 2, "offset": -1, "metadata": null},
+        ]})]
+    );
 }

@@ -7,7 +7,8 @@
 //! (or whose commit was deleted) is offset -1, leader epoch -1, empty metadata and no
 //! error, as Kafka answers; so is a topic Cairn does not have. `require_stable` needs no
 //! handling: without transactions no commit is ever pending. Asking for every topic of a
-//! group (topics null) is answered with none: the store finds commits by key only.
+//! group (topics null, what admin tools send) answers every partition the group has a
+//! committed offset for (`offsets::GroupOffsetsIndex`).
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::offset_fetch_response::{
@@ -15,6 +16,7 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 
 use super::codes;
 use crate::context::ShardContext;
@@ -139,6 +141,29 @@ pub(super) async fn serve(
     response
 }
 
+/// Topics null: every partition the group has a committed offset for, by topic.
+async fn every_offset_of(context: &ShardContext, group: &str) -> (i16, Vec<TopicOffsets>) {
+    let committed = match service::fetch_group_offsets(context, group).await {
+        Ok(committed) => committed,
+        Err(failure) => return (group_failure_code(&failure), Vec::new()),
+    };
+    let mut topics: Vec<TopicOffsets> = Vec::new();
+    // In (topic, partition) order, so a topic's partitions are adjacent.
+    for ((topic, partition), offset) in committed {
+        let index = i32::try_from(partition).unwrap_or(i32::MAX);
+        match topics.last_mut() {
+            Some((name, partitions)) if name.0.as_str() == topic => {
+                partitions.push((index, Some(offset), codes::NONE));
+            }
+            _ => topics.push((
+                TopicName(StrBytes::from_string(topic)),
+                vec![(index, Some(offset), codes::NONE)],
+            )),
+        }
+    }
+    (codes::NONE, topics)
+}
+
 fn answer(committed: Option<CommittedOffset>) -> (i64, i32, kafka_protocol::protocol::StrBytes) {
     match committed {
         Some(committed) => (
@@ -161,7 +186,6 @@ async fn fetch_group(
     group: &str,
     asked: Option<Vec<(TopicName, Vec<i32>)>>,
 ) -> (i16, Vec<TopicOffsets>) {
-    let asked = asked.unwrap_or_default();
     let blank = |asked: Vec<(TopicName, Vec<i32>)>| -> Vec<TopicOffsets> {
         asked
             .into_iter()
@@ -175,8 +199,11 @@ async fn fetch_group(
             .collect()
     };
     if let Err(error) = check_coordinator(context, group) {
-        return (codes::code(error), blank(asked));
+        return (codes::code(error), blank(asked.unwrap_or_default()));
     }
+    let Some(asked) = asked else {
+        return every_offset_of(context, group).await;
+    };
     // Negative partition indexes name nothing: answered -1 without a lookup.
     let keys: Vec<(String, u32)> = asked
         .iter()

@@ -11,8 +11,6 @@ use super::codes;
 use super::find_coordinator::coordinates;
 use super::offset_fetch::group_failure_code;
 use crate::context::ShardContext;
-use crate::offsets;
-use crate::operation::OffsetCommitEntry;
 use crate::service;
 
 pub(super) async fn serve(
@@ -43,35 +41,11 @@ async fn delete(context: &ShardContext, group_id: &str) -> Result<(), i16> {
         Err(true) => return Err(codes::code(ResponseError::NonEmptyGroup)),
         Err(false) => false,
     };
-    let partitions: Vec<(String, u32)> = context
-        .shard
-        .catalog()
-        .topics()
-        .iter()
-        .filter(|topic| !offsets::is_internal(&topic.name))
-        .flat_map(|topic| (0..topic.partition_count).map(|index| (topic.name.clone(), index)))
-        .collect();
-    let committed = service::fetch_offsets(context, group_id, partitions.clone())
+    let deleted_count = service::delete_group_offsets(context, group_id)
         .await
         .map_err(|failure| group_failure_code(&failure))?;
-    let tombstones: Vec<OffsetCommitEntry> = partitions
-        .into_iter()
-        .zip(committed)
-        .filter(|(_, committed)| committed.is_some())
-        .map(|((topic, partition), _)| OffsetCommitEntry {
-            topic,
-            partition,
-            commit: None,
-        })
-        .collect();
-    if tombstones.is_empty() {
-        return if had_members_state {
-            Ok(())
-        } else {
-            Err(codes::code(ResponseError::GroupIdNotFound))
-        };
+    if deleted_count == 0 && !had_members_state {
+        return Err(codes::code(ResponseError::GroupIdNotFound));
     }
-    service::commit_offsets(context, group_id, tombstones)
-        .await
-        .map_err(|failure| group_failure_code(&failure))
+    Ok(())
 }

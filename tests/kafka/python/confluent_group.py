@@ -52,6 +52,8 @@ def main():
     consumer = Consumer(config)
 
     cooperative = config["partition.assignment.strategy"] == "cooperative-sticky"
+    # Tracked here: consumer.assignment() fails inside the revocation close() runs.
+    current = set()
 
     def on_assign(consumer, partitions):
         if start == "end":
@@ -66,14 +68,18 @@ def main():
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
-        emit_assignment(consumer)
+            current.clear()
+        current.update(p.partition for p in partitions)
+        emit({"event": "assigned", "partitions": sorted(current)})
 
     def on_revoke(consumer, partitions):
         if cooperative:
             consumer.incremental_unassign(partitions)
+            current.difference_update(p.partition for p in partitions)
         else:
             consumer.unassign()
-        emit_assignment(consumer)
+            current.clear()
+        emit({"event": "assigned", "partitions": sorted(current)})
 
     consumer.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
 
@@ -116,10 +122,6 @@ def main():
             "key": (message.key() or b"").decode(),
             "value": (message.value() or b"").decode(),
         })
-
-
-def emit_assignment(consumer):
-    emit({"event": "assigned", "partitions": sorted(p.partition for p in consumer.assignment())})
 
 
 def emit(result):

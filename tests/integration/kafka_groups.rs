@@ -135,6 +135,8 @@ struct Member {
     session_timeout_ms: i32,
     rebalance_timeout_ms: i32,
     metadata: Bytes,
+    /// The JoinGroup version it speaks.
+    join_version: i16,
     generation_id: i32,
     /// The correlation id of a join sent and not yet received.
     join_in_flight: Option<i32>,
@@ -151,6 +153,7 @@ impl Member {
             session_timeout_ms: 10_000,
             rebalance_timeout_ms: 15_000,
             metadata: Bytes::from_static(b"subscription"),
+            join_version: JOIN_VERSION,
             generation_id: -1,
             join_in_flight: None,
             sync_in_flight: None,
@@ -175,19 +178,20 @@ impl Member {
     /// Sends a JoinGroup; a dynamic member without an id first makes the
     /// MEMBER_ID_REQUIRED round trip.
     fn send_join(&mut self) {
-        if self.member_id.is_empty() && self.instance_id.is_none() {
+        if self.member_id.is_empty() && self.instance_id.is_none() && self.join_version >= 4 {
             let response: JoinGroupResponse =
                 self.connection
-                    .call(ApiKey::JoinGroup, JOIN_VERSION, &self.join_request());
+                    .call(ApiKey::JoinGroup, self.join_version, &self.join_request());
             assert_eq!(response.error_code, MEMBER_ID_REQUIRED, "{response:?}");
             assert!(!response.member_id.is_empty());
             self.member_id = response.member_id.to_string();
         }
         let request = self.join_request();
-        self.join_in_flight = Some(
-            self.connection
-                .send(ApiKey::JoinGroup, JOIN_VERSION, &request),
-        );
+        self.join_in_flight = Some(self.connection.send(
+            ApiKey::JoinGroup,
+            self.join_version,
+            &request,
+        ));
     }
 
     /// Receives the JoinGroup sent; adopts its member id and generation.
@@ -195,7 +199,7 @@ impl Member {
         let correlation_id = self.join_in_flight.take().expect("a join was sent");
         let response: JoinGroupResponse =
             self.connection
-                .receive(ApiKey::JoinGroup, JOIN_VERSION, correlation_id);
+                .receive(ApiKey::JoinGroup, self.join_version, correlation_id);
         if response.error_code == NONE {
             self.member_id = response.member_id.to_string();
             self.generation_id = response.generation_id;
@@ -779,4 +783,52 @@ fn kafka_groups_delete_groups_deletes_the_committed_offsets() {
     assert_eq!(tool.committed("progress"), -1);
     let response: DeleteGroupsResponse = tool.connection.call(ApiKey::DeleteGroups, 2, &request);
     assert_eq!(response.results[0].error_code, GROUP_ID_NOT_FOUND);
+}
+
+#[test]
+fn kafka_groups_the_oldest_and_newest_join_versions_share_a_group() {
+    let server = TestServer::start();
+    let group = group_on_shard("versions", 1);
+    // v9 (Java 4.x: flexible, protocol type and name in the response) forms the group;
+    // a v2 member (no member id round trip) joins it.
+    let mut newest = Member::new(&server, &group);
+    newest.join_version = 9;
+    let joined = newest.join();
+    assert_eq!(joined.error_code, NONE, "{joined:?}");
+    assert_eq!(joined.protocol_type.as_deref(), Some("consumer"));
+    assert_eq!(joined.protocol_name.as_deref(), Some("range"));
+    assert!(!joined.skip_assignment);
+    let newest_id = newest.member_id.clone();
+    newest.send_sync(&[(&newest_id, b"all")]);
+    assert_eq!(newest.receive_sync().assignment, &b"all"[..]);
+
+    let mut oldest = Member::new(&server, &group);
+    oldest.join_version = 2;
+    oldest.send_join();
+    let mut observer = KafkaConnection::connect(server.kafka_ports[1]);
+    until_described(&mut observer, &group, |response| {
+        state_and_members(response).1 == 2
+    });
+    assert_eq!(newest.heartbeat(), REBALANCE_IN_PROGRESS);
+    assert_eq!(newest.join().error_code, NONE);
+    let joined = oldest.receive_join();
+    assert_eq!(joined.error_code, NONE, "{joined:?}");
+    assert_eq!(joined.protocol_name.as_deref(), Some("range"));
+    assert_eq!(joined.generation_id, newest.generation_id);
+    let oldest_id = oldest.member_id.clone();
+    oldest.send_sync(&[]);
+    newest.send_sync(&[(&newest_id, b"a"), (&oldest_id, b"b")]);
+    assert_eq!(newest.receive_sync().assignment, &b"a"[..]);
+    assert_eq!(oldest.receive_sync().assignment, &b"b"[..]);
+    // LeaveGroup v0 (one member id) and v5 (a batch).
+    let request = LeaveGroupRequest::default()
+        .with_group_id(group_id(&group))
+        .with_member_id(text(&oldest_id));
+    let left: LeaveGroupResponse = oldest.connection.call(ApiKey::LeaveGroup, 0, &request);
+    assert_eq!(left.error_code, NONE);
+    assert_eq!(newest.leave().members[0].error_code, NONE);
+    assert_eq!(
+        state_and_members(&describe(&mut observer, &group, 0)),
+        ("Empty".into(), 0)
+    );
 }

@@ -507,6 +507,34 @@ fn confluent_kafka_idempotent_producer_resends_are_not_appended_twice() {
     producer.finish_and_check(&server, "resend", 4);
 }
 
+/// librdkafka's default batch limits (batch.size 1 MB, up to 10,000 records) with the
+/// linger a throughput-minded producer sets: every batch it fills must fit one Cairn
+/// batch. With a 1 MiB limit all 30,000 records of 85 bytes failed with
+/// MSG_SIZE_TOO_LARGE (DESIGN, the Kafka front end).
+#[test]
+fn confluent_kafka_default_batches_of_small_records_fit_one_cairn_batch() {
+    const RECORD_COUNT: u64 = 30_000;
+    let server = TestServer::start();
+    create_topic(&server, "bulk", 1);
+    let bootstrap = server.kafka_bootstrap();
+    let count = RECORD_COUNT.to_string();
+    let stdout = run_to_end(
+        python(
+            "confluent_bulk.py",
+            &[&bootstrap, "bulk", &count, "85", "linger.ms=200"],
+        ),
+        "",
+    );
+    let outcome = &json_lines(&stdout)[0];
+    assert_eq!(outcome["failed"], 0, "{outcome}");
+    assert_eq!(outcome["delivered"], RECORD_COUNT, "{outcome}");
+    let synced_end = native(&server)
+        .fetch("bulk", 0, Offset(0), 1, Duration::ZERO)
+        .expect("native fetch")
+        .synced_end;
+    assert_eq!(synced_end, Offset(RECORD_COUNT));
+}
+
 /// A confluent-kafka producer that waits for `{"event": "ready"}`.
 fn confluent_producer(server: &TestServer, topic: &str, settings: &[&str]) -> ClientProcess {
     let bootstrap = server.kafka_bootstrap();

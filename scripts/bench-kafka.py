@@ -7,8 +7,8 @@
 Starts `target/release/cairn serve` (2 shards) on a temporary directory and, per round,
 alternating which goes first:
 
-- native: `cairn-loadgen --workload blind` (16 clients, batches of 64 records of 256 bytes,
-  8 s) on a fresh 8-partition topic;
+- native: `cairn-loadgen --workload blind` (16 clients, batches of 64 and of 1024 records
+  of 256 bytes, 8 s each) on fresh 8-partition topics;
 - kafka: a confluent-kafka producer (acks=all, murmur2_random, librdkafka's default
   batching with linger.ms=5) writes --records records of 256 bytes to a fresh 8-partition
   topic, then one consumer (assign(), from offset 0) reads them back.
@@ -58,12 +58,12 @@ def records_in(topic):
     return total
 
 
-def native_round(args, pid, topic):
+def native_round(args, pid, topic, batch):
     create_topic(args.cairn, topic)
     report = Path(tempfile.mkstemp(suffix=".json")[1])
     cpu = server_cpu_s(pid)
     subprocess.run([args.loadgen, "--addr", NATIVE, "--topic", topic, "--partitions", "8",
-                    "--workload", "blind", "--clients", "16", "--batch", "64",
+                    "--workload", "blind", "--clients", "16", "--batch", str(batch),
                     "--value-bytes", "256", "--duration", "8", "--warmup", "1",
                     "--json", str(report), "--quiet"], check=True, stdout=subprocess.DEVNULL)
     cpu = server_cpu_s(pid) - cpu
@@ -140,13 +140,15 @@ def main():
             stdout=subprocess.PIPE)
         try:
             server.stdout.readline()
-            results = {"native produce": [], "kafka produce": [], "kafka consume": []}
+            results = {"native, batch 64": [], "native, batch 1024": [], "kafka produce": [],
+                       "kafka consume": []}
             for round_index in range(args.rounds):
                 order = ["native", "kafka"] if round_index % 2 == 0 else ["kafka", "native"]
                 for path in order:
                     if path == "native":
-                        results["native produce"].append(
-                            native_round(args, server.pid, f"native-{round_index}"))
+                        for batch in (64, 1024):
+                            results[f"native, batch {batch}"].append(native_round(
+                                args, server.pid, f"native-{batch}-{round_index}", batch))
                     else:
                         topic = f"kafka-{round_index}"
                         results["kafka produce"].append(kafka_produce(args, server.pid, topic))
@@ -154,12 +156,13 @@ def main():
             commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                     capture_output=True, text=True).stdout.strip()
             print(f"commit {commit}, {args.rounds} rounds, medians")
-            native_cpu = statistics.median(r["cpu_us_per_record"] for r in results["native produce"])
+            native_cpu = statistics.median(
+                r["cpu_us_per_record"] for r in results["native, batch 64"])
             for name, runs in results.items():
                 rate = statistics.median(r["records_per_s"] for r in runs)
                 cpu = statistics.median(r["cpu_us_per_record"] for r in runs)
                 print(f"{name:15} {rate:>12,.0f} records/s  server {cpu:6.2f} us CPU/record"
-                      f"  ({cpu / native_cpu:.2f}x native produce)  all: "
+                      f"  ({cpu / native_cpu:.2f}x native batch 64)  all: "
                       + ", ".join(f"{r['records_per_s']:,.0f}" for r in runs))
         finally:
             server.terminate()

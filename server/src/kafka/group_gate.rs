@@ -7,16 +7,17 @@
 //!
 //! | generation_id | member_id | answer |
 //! |---|---|---|
-//! | < 0 | empty | accepted: a "simple consumer" commit (what `assign()`-based consumers and admin tools send) |
+//! | < 0 | empty | accepted: a "simple consumer" commit (`assign()`-based consumers, admin tools) |
 //! | any | non-empty | UNKNOWN_MEMBER_ID: no member has that id |
 //! | >= 0 | empty | ILLEGAL_GENERATION: the group has no such generation |
 //!
 //! OffsetDelete asks [`check_delete`] per topic (default: accepted).
 //!
-//! Membership replaces the body of [`check_commit`] (and [`check_delete`]) with a lookup in its group state (on
-//! this shard, the group's coordinator: the caller has checked that), keeping the
-//! signature: `Ok(())` to store the commit, or the error code every partition of the
-//! request is answered with (REBALANCE_IN_PROGRESS, FENCED_INSTANCE_ID, ...).
+//! Membership replaces the bodies of [`check_commit`] and [`check_delete`] with lookups in
+//! its group state (on this shard, the group's coordinator: the caller has checked that),
+//! keeping the signatures: `Ok(())` to store the commit, or the error code every
+//! partition of the request is answered with (REBALANCE_IN_PROGRESS, FENCED_INSTANCE_ID,
+//! ...).
 
 use kafka_protocol::ResponseError;
 

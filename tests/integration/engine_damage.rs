@@ -24,7 +24,7 @@ const BATCH_COUNT: u64 = 200;
 fn config(dir: &Path) -> EngineConfig {
     let mut config = EngineConfig::new(dir, 1);
     config.segment_size_bytes = SEGMENT_SIZE_BYTES;
-    config.group_size_bytes_max = 1024 * 1024;
+    config.group_size_bytes_max = 2 * 1024 * 1024;
     config.read_cache_bytes_max = 4 * 1024 * 1024;
     config
 }

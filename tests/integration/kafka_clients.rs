@@ -14,7 +14,9 @@ use cairn_engine::{KeyCondition, Offset, RecordInput};
 use cairn_wire::{ConflictInfo, partition_for_key};
 use serde_json::{Value, json};
 
-use crate::support::client_process::{ClientProcess, json_lines, node, python, run_to_end};
+use crate::support::client_process::{
+    ClientProcess, json_lines, kafka_script, node, python, run_to_end,
+};
 use crate::support::server::TestServer;
 
 /// The header the Kafka listener reads a record's key condition from.
@@ -505,6 +507,34 @@ fn confluent_kafka_idempotent_producer_resends_are_not_appended_twice() {
     signal("-CONT");
     producer.wait_for_acknowledged(600);
     producer.finish_and_check(&server, "resend", 4);
+}
+
+/// librdkafka's default batch limits (batch.size 1 MB, up to 10,000 records) with the
+/// linger a throughput-minded producer sets: every batch it fills must fit one Cairn
+/// batch. With a 1 MiB limit all 30,000 records of 85 bytes failed with
+/// MSG_SIZE_TOO_LARGE (DESIGN, the Kafka front end).
+#[test]
+fn confluent_kafka_default_batches_of_small_records_fit_one_cairn_batch() {
+    const RECORD_COUNT: u64 = 30_000;
+    let server = TestServer::start();
+    create_topic(&server, "bulk", 1);
+    let bootstrap = server.kafka_bootstrap();
+    let count = RECORD_COUNT.to_string();
+    let stdout = run_to_end(
+        python(
+            "confluent_bulk.py",
+            &[&bootstrap, "bulk", &count, "85", "linger.ms=200"],
+        ),
+        "",
+    );
+    let outcome = &json_lines(&stdout)[0];
+    assert_eq!(outcome["failed"], 0, "{outcome}");
+    assert_eq!(outcome["delivered"], RECORD_COUNT, "{outcome}");
+    let synced_end = native(&server)
+        .fetch("bulk", 0, Offset(0), 1, Duration::ZERO)
+        .expect("native fetch")
+        .synced_end;
+    assert_eq!(synced_end, Offset(RECORD_COUNT));
 }
 
 /// A confluent-kafka producer that waits for `{"event": "ready"}`.
@@ -1015,4 +1045,62 @@ fn kafkajs_offsets_by_timestamp_finds_the_first_record_at_or_after_a_timestamp()
         &json_lines(&run_to_end(node("kafkajs_client.js", &args), "")),
         Some(end_offset),
     );
+}
+
+/// The README's Kafka examples, run as a reader of the README would: the first booking of
+/// a seat wins, the second is told it is taken (exit status 3), from confluent-kafka and
+/// from kafkajs alike, and the log holds the winner only.
+#[test]
+fn the_readme_conditional_produce_examples_book_a_seat_once() {
+    let server = TestServer::start();
+    create_topic(&server, "seats", 4);
+    let bootstrap = server.kafka_bootstrap();
+    let example = |file: &str| {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/kafka")
+            .join(file)
+    };
+    let run = |mut command: Command| {
+        let output = command.output().expect("example runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        (
+            output.status.code(),
+            stdout,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let book = |tool: &str, seat: &str, passenger: &str| {
+        let mut command = if tool == "python" {
+            let mut command = Command::new("python3");
+            command.arg(example("conditional_produce.py"));
+            command
+        } else {
+            let mut command = Command::new("node");
+            command
+                .env("NODE_PATH", kafka_script("js/node_modules"))
+                .arg(example("conditional_produce.js"));
+            command
+        };
+        command.args([bootstrap.as_str(), "seats", seat, passenger]);
+        run(command)
+    };
+    let partition = partition_for_key(b"12A", 4);
+    for (first, second, seat) in [("python", "node", "12A"), ("node", "python", "14C")] {
+        let (code, stdout, stderr) = book(first, seat, "alice");
+        assert_eq!(code, Some(0), "{first}: {stdout} {stderr}");
+        let partition_seat = partition_for_key(seat.as_bytes(), 4);
+        assert_eq!(
+            stdout,
+            format!("booked {seat} at {partition_seat}/0"),
+            "{stderr}"
+        );
+        let (code, stdout, stderr) = book(second, seat, "bob");
+        assert_eq!(code, Some(3), "{second}: {stdout} {stderr}");
+        assert_eq!(stdout, format!("taken {seat}"), "{stderr}");
+    }
+    let booked = native(&server)
+        .read_key("seats", Some(partition), b"12A", false)
+        .expect("native read_key")
+        .expect("12A is booked");
+    assert_eq!(booked.value, b"alice");
 }

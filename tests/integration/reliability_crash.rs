@@ -27,7 +27,7 @@ const PARTITION_COUNT: u32 = 4;
 const KEY_COUNT: u32 = 48;
 /// The smallest segments the engine allows (1 MiB + 4 KiB), so that rounds roll segments
 /// often and kills also land in segment preparation and rolls.
-const SERVER_ARGS: &[&str] = &["--segment-size", "1052672"];
+const SERVER_ARGS: &[&str] = &["--segment-size", "2101248"];
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -66,7 +66,7 @@ pub use response::{
 pub use verify::{Violation, WireError};
 
 /// Largest frame (flatbuffer bytes, without the 4-byte length) a server accepts unless
-/// configured otherwise: a full batch (`BATCH_SIZE_BYTES_MAX`, 1 MiB) with room for the
+/// configured otherwise: a full batch (`BATCH_SIZE_BYTES_MAX`, 2 MiB) with room for the
 /// flatbuffer's own overhead, which for 65536 tiny records exceeds the payload. Only
 /// appends need it; see [`NON_APPEND_FRAME_SIZE_BYTES_MAX`].
 pub const FRAME_SIZE_BYTES_MAX_DEFAULT: u32 = 4 * 1024 * 1024;

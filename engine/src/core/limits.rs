@@ -17,11 +17,15 @@ pub const HEADER_NAME_SIZE_BYTES_MAX: usize = 256;
 pub const BATCH_RECORD_COUNT_MAX: usize = 65_536;
 
 /// Largest encoded batch, header included. A batch never spans segments, so it must fit in
-/// the smallest segment.
-pub const BATCH_SIZE_BYTES_MAX: usize = 1024 * 1024;
+/// the smallest segment. 2 MiB, not Kafka's 1 MB, because a Kafka producer's batch is one
+/// Cairn batch and Cairn stores a record with more framing than Kafka does (31 bytes
+/// before the key against Kafka's ~8 of varints): librdkafka's defaults (batch.size 1 MB,
+/// at most 10,000 records) make batches of up to ~1.25 MiB as Cairn counts them, which a
+/// 1 MiB limit refused with MESSAGE_TOO_LARGE, all of them, under load.
+pub const BATCH_SIZE_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// Smallest segment file a data directory may be configured with.
-pub const SEGMENT_SIZE_BYTES_MIN: u64 = 1024 * 1024 + BLOCK_SIZE_BYTES as u64;
+pub const SEGMENT_SIZE_BYTES_MIN: u64 = 2 * 1024 * 1024 + BLOCK_SIZE_BYTES as u64;
 
 /// Largest segment file. Positions inside a segment are `u64`, but the scanner reads a
 /// segment in chunks; this bounds a data directory's file sizes to something a human expects.

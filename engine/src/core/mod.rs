@@ -21,7 +21,7 @@ use std::fmt;
 
 /// A record's number within its partition: dense, starting at 0.
 ///
-/// Never a byte position; bytes in a file are a `position` (see STYLE.md, Names).
+/// Never a byte position; bytes in a file are a `position`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Offset(pub u64);
 

@@ -1919,16 +1919,16 @@ mod tests {
                 DecodeError::LengthOutOfRange {
                     len_bytes: 94,
                     len_bytes_min: 95,
-                    len_bytes_max: 1 << 20,
+                    len_bytes_max: BATCH_SIZE_BYTES_MAX as u32,
                 },
             ),
             (
                 "length too large",
-                Box::new(|b| patch(b, 12, &((1_u32 << 20) + 1).to_le_bytes())),
+                Box::new(|b| patch(b, 12, &(BATCH_SIZE_BYTES_MAX as u32 + 1).to_le_bytes())),
                 DecodeError::LengthOutOfRange {
-                    len_bytes: (1 << 20) + 1,
+                    len_bytes: BATCH_SIZE_BYTES_MAX as u32 + 1,
                     len_bytes_min: 95,
-                    len_bytes_max: 1 << 20,
+                    len_bytes_max: BATCH_SIZE_BYTES_MAX as u32,
                 },
             ),
             (

@@ -20,8 +20,8 @@
 //!
 //! | generation_id | member_id | answer |
 //! |---|---|---|
-//! | < 0 | empty | accepted: a "simple consumer" commit (what `assign()`-based consumers and admin tools send) |
-//! | any | non-empty | UNKNOWN_MEMBER_ID: no member has that id (after a restart the member rejoins) |
+//! | < 0 | empty | accepted: a "simple consumer" commit (`assign()`-based consumers, admin tools) |
+//! | any | non-empty | UNKNOWN_MEMBER_ID: no member has that id (after a restart it rejoins) |
 //! | >= 0 | empty | ILLEGAL_GENERATION: the group has no such generation |
 //!
 //! OffsetDelete asks [`check_delete`] per topic (accepted: Kafka's GROUP_SUBSCRIBED_TO_TOPIC

@@ -8,13 +8,13 @@ use cairn_engine::{Engine, EngineConfig};
 use glommio::{LocalExecutorBuilder, Placement};
 
 /// Segment size for tests: the smallest allowed plus a little, so a few MiB roll.
-pub const TEST_SEGMENT_SIZE_BYTES: u64 = 2 * 1024 * 1024;
+pub const TEST_SEGMENT_SIZE_BYTES: u64 = 2 * 1024 * 1024 + 4096;
 
 /// A config for a one-shard engine in `dir` with test-sized segments and groups.
 pub fn test_config(dir: &Path) -> EngineConfig {
     let mut config = EngineConfig::new(dir, 1);
     config.segment_size_bytes = TEST_SEGMENT_SIZE_BYTES;
-    config.group_size_bytes_max = 1024 * 1024;
+    config.group_size_bytes_max = 2 * 1024 * 1024;
     config.read_cache_bytes_max = 4 * 1024 * 1024;
     config
 }

@@ -16,8 +16,8 @@ use super::call::Call;
 use super::reply::Reply;
 use super::routing::{Resolution, TopicTable};
 use super::{
-    AppendResult, ClientConfig, ClientError, ConnectionLoss, FetchResult, FetchedRecord, Metadata,
-    ProducerId, TopicInfo,
+    AppendResult, ClientConfig, ClientError, CommittedOffset, ConnectionLoss, FetchResult,
+    FetchedRecord, Metadata, PartitionOffset, ProducerId, TopicInfo,
 };
 
 /// Bytes asked of the socket per read.
@@ -192,6 +192,30 @@ impl BlockingClient {
     ) -> Result<Option<FetchedRecord>, ClientError> {
         self.call(Call::read_key(topic, partition, key, include_appended))?
             .into_key_record()
+    }
+
+    /// Stores consumer group `group`'s offsets of partitions of `topic`, all or none, once
+    /// durable; see [`Client::commit_offsets`](super::Client::commit_offsets).
+    pub fn commit_offsets(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partitions: &[PartitionOffset<'_>],
+    ) -> Result<(), ClientError> {
+        self.call(Call::commit_offsets(group, topic, partitions))?
+            .into_offsets_committed()
+    }
+
+    /// Consumer group `group`'s committed offsets of `partitions` of `topic`; see
+    /// [`Client::fetch_offsets`](super::Client::fetch_offsets).
+    pub fn fetch_offsets(
+        &mut self,
+        group: &str,
+        topic: &str,
+        partitions: &[u32],
+    ) -> Result<Vec<CommittedOffset>, ClientError> {
+        self.call(Call::fetch_offsets(group, topic, partitions))?
+            .into_committed_offsets()
     }
 
     /// Up to `record_count_max` synced records of `key`, newest first.
@@ -481,6 +505,8 @@ mod tests {
                 RequestBody::ReadKey(read) => ("ReadKey", read.key.to_vec()),
                 RequestBody::KeyHistory(history) => ("KeyHistory", history.key.to_vec()),
                 RequestBody::InitProducer => ("InitProducer", Vec::new()),
+                RequestBody::CommitOffsets(commit) => ("CommitOffsets", commit.group.into()),
+                RequestBody::FetchOffsets(fetch) => ("FetchOffsets", fetch.group.into()),
             };
             let entry = (received.port, received.connection_index, kind, key);
             log.lock().unwrap().push(entry);

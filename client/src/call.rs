@@ -8,8 +8,8 @@ use cairn_engine::ProducerStamp;
 use cairn_engine::core::{Offset, RecordInput};
 
 use cairn_wire::{
-    AppendRecords, AppendRequest, CreateTopicRequest, FetchRequest, KeyHistoryRequest,
-    ReadKeyRequest, RequestBody,
+    AppendRecords, AppendRequest, CommitOffsetsRequest, CreateTopicRequest, FetchOffsetsRequest,
+    FetchRequest, KeyHistoryRequest, PartitionOffset, ReadKeyRequest, RequestBody,
 };
 
 use super::routing::Destination;
@@ -72,6 +72,30 @@ impl<'a> Call<'a> {
     /// Any shard allocates producer ids; the configured address is as good as any.
     pub(super) fn init_producer() -> Call<'a> {
         Call::new(Destination::Bootstrap, RequestBody::InitProducer)
+    }
+
+    /// Any shard takes it and forwards it to the group's coordinator.
+    pub(super) fn commit_offsets(
+        group: &'a str,
+        topic: &'a str,
+        partitions: &[PartitionOffset<'a>],
+    ) -> Call<'a> {
+        let body = RequestBody::CommitOffsets(CommitOffsetsRequest {
+            group,
+            topic,
+            partitions: partitions.to_vec(),
+        });
+        Call::new(Destination::Bootstrap, body)
+    }
+
+    /// Any shard takes it and forwards it to the group's coordinator.
+    pub(super) fn fetch_offsets(group: &'a str, topic: &'a str, partitions: &[u32]) -> Call<'a> {
+        let body = RequestBody::FetchOffsets(FetchOffsetsRequest {
+            group,
+            topic,
+            partitions: partitions.to_vec(),
+        });
+        Call::new(Destination::Bootstrap, body)
     }
 
     pub(super) fn fetch(

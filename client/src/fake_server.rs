@@ -300,6 +300,20 @@ pub(super) fn model_answer(received: Received<'_>) -> Vec<Step> {
             };
             return send(id, ResponseBody::ProducerInitialized(initialized));
         }
+        // The model keeps no offsets: nothing is ever committed.
+        RequestBody::CommitOffsets(_) => return send(id, ResponseBody::OffsetsCommitted),
+        RequestBody::FetchOffsets(fetch) => {
+            let entries = fetch
+                .partitions
+                .iter()
+                .map(|&partition| cairn_wire::CommittedOffset {
+                    partition,
+                    offset: None,
+                    metadata: "",
+                })
+                .collect();
+            return send(id, ResponseBody::CommittedOffsets(entries));
+        }
     };
     if topic != MODEL_TOPIC {
         return send(id, error(ErrorCode::UnknownTopic, "no such topic"));

@@ -37,6 +37,7 @@ use cairn_engine::core::Offset;
 use cairn_wire::{self as wire, FrameError, WireError};
 
 pub use blocking::BlockingClient;
+pub use cairn_wire::PartitionOffset;
 pub use pipelined::Client;
 pub use producer::{IdempotentProducer, RetryPolicy};
 
@@ -174,6 +175,17 @@ pub struct ProducerId {
     pub producer_id: i64,
     /// The epoch to stamp appends with.
     pub epoch: i16,
+}
+
+/// A consumer group's committed offset of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    /// The partition.
+    pub partition: u32,
+    /// The next offset the group reads; `None`: nothing committed.
+    pub offset: Option<i64>,
+    /// As committed (empty when nothing is).
+    pub metadata: String,
 }
 
 /// Records read from one partition.

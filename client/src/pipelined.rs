@@ -16,7 +16,8 @@ use super::connection::{Connection, ConnectionShared};
 use super::reply::Reply;
 use super::routing::{Destination, Resolution, TopicTable};
 use super::{
-    AppendResult, ClientConfig, ClientError, FetchResult, FetchedRecord, Metadata, TopicInfo,
+    AppendResult, ClientConfig, ClientError, CommittedOffset, FetchResult, FetchedRecord, Metadata,
+    PartitionOffset, TopicInfo,
 };
 
 /// A client for the tasks of one glommio executor: cheap to clone (clones share the
@@ -183,6 +184,33 @@ impl Client {
         self.call(Call::read_key(topic, partition, key, include_appended))
             .await?
             .into_key_record()
+    }
+
+    /// Stores consumer group `group`'s offsets of partitions of `topic` (each the next
+    /// offset the group reads, with a metadata string of at most 4096 bytes), all or none;
+    /// returns once they are durable. The same store Kafka consumers of the group use.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: &[PartitionOffset<'_>],
+    ) -> Result<(), ClientError> {
+        self.call(Call::commit_offsets(group, topic, partitions))
+            .await?
+            .into_offsets_committed()
+    }
+
+    /// Consumer group `group`'s committed offsets of `partitions` of `topic`, in that
+    /// order (`offset: None` where nothing is committed).
+    pub async fn fetch_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: &[u32],
+    ) -> Result<Vec<CommittedOffset>, ClientError> {
+        self.call(Call::fetch_offsets(group, topic, partitions))
+            .await?
+            .into_committed_offsets()
     }
 
     /// Up to `record_count_max` synced records of `key`, newest first.

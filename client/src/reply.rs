@@ -12,8 +12,8 @@ use cairn_wire::{
 };
 
 use super::{
-    AppendResult, ClientError, FetchResult, FetchedRecord, Metadata, PartitionInfo, ProducerId,
-    TopicInfo,
+    AppendResult, ClientError, CommittedOffset, FetchResult, FetchedRecord, Metadata,
+    PartitionInfo, ProducerId, TopicInfo,
 };
 
 /// Any response, owned.
@@ -32,6 +32,8 @@ pub(super) enum Reply {
     Fetched(FetchResult),
     KeyRecord(Option<FetchedRecord>),
     KeyHistory(Vec<FetchedRecord>),
+    OffsetsCommitted,
+    CommittedOffsets(Vec<CommittedOffset>),
     Error {
         code: ErrorCode,
         message: String,
@@ -67,6 +69,17 @@ impl Reply {
             ResponseBody::KeyHistory(history) => {
                 Reply::KeyHistory(fetched_records(history.records))
             }
+            ResponseBody::OffsetsCommitted => Reply::OffsetsCommitted,
+            ResponseBody::CommittedOffsets(entries) => Reply::CommittedOffsets(
+                entries
+                    .iter()
+                    .map(|entry| CommittedOffset {
+                        partition: entry.partition,
+                        offset: entry.offset,
+                        metadata: entry.metadata.to_owned(),
+                    })
+                    .collect(),
+            ),
             ResponseBody::Error(error) => Reply::Error {
                 code: error.code,
                 message: error.message.to_owned(),
@@ -155,6 +168,22 @@ impl Reply {
         }
     }
 
+    /// The answer to CommitOffsets.
+    pub(super) fn into_offsets_committed(self) -> Result<(), ClientError> {
+        match self {
+            Reply::OffsetsCommitted => Ok(()),
+            other => Err(other.unexpected("OffsetsCommitted")),
+        }
+    }
+
+    /// The answer to FetchOffsets.
+    pub(super) fn into_committed_offsets(self) -> Result<Vec<CommittedOffset>, ClientError> {
+        match self {
+            Reply::CommittedOffsets(entries) => Ok(entries),
+            other => Err(other.unexpected("CommittedOffsets")),
+        }
+    }
+
     /// The error for a reply that is not the `expected` kind: the server's own error if it
     /// sent one.
     fn unexpected(self, expected: &'static str) -> ClientError {
@@ -179,6 +208,8 @@ impl Reply {
             Reply::KeyHistory(_) => "KeyHistoryResult",
             Reply::Error { .. } => "ErrorResponse",
             Reply::ProducerInitialized(_) => "ProducerInitialized",
+            Reply::OffsetsCommitted => "OffsetsCommitted",
+            Reply::CommittedOffsets(_) => "CommittedOffsets",
         }
     }
 }

@@ -137,6 +137,14 @@ pub enum ServerError {
     /// The data directory could not be opened or recovered.
     #[error("opening the data directory")]
     Open(#[from] OpenError),
+    /// An internal topic (the committed offsets') could not be created.
+    #[error("creating the internal topic {topic}")]
+    InternalTopic {
+        /// The topic.
+        topic: &'static str,
+        /// Why.
+        source: cairn_engine::TopicError,
+    },
     /// A fixed address (`--listen`, or a shard port from `--port-base`) has a listening
     /// socket already, most likely another server's. Refused rather than joined: our
     /// listeners use SO_REUSEPORT, and the kernel would split the connections between the

@@ -1,8 +1,9 @@
 //! What a shard's tasks share: its engine shard, its end of the mesh, its admission state,
-//! where the server listens, the shutdown flag its connections watch, and its connection count. Lives on one
+//! where the server listens, the shutdown flag its connections watch, its connection count,
+//! and the index of the groups whose offsets it keeps. Lives on one
 //! executor; nothing in it is shared with another shard.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use cairn_engine::io::event::Event;
@@ -11,6 +12,7 @@ use cairn_engine::{Shard, ShardId};
 use crate::admission::Admission;
 use crate::config::{Listening, ServerConfig};
 use crate::mesh::Mesh;
+use crate::offsets::GroupOffsetsIndex;
 
 /// Everything a shard's tasks share.
 pub(crate) struct ShardContext {
@@ -29,4 +31,7 @@ pub(crate) struct ShardContext {
     pub(crate) connection_closed: Event,
     /// The shard's request memory budget and connection limit.
     pub(crate) admission: Admission,
+    /// The groups with committed offsets in this shard's partition of the offsets topic
+    /// (the groups this shard coordinates that have any).
+    pub(crate) group_offsets: RefCell<GroupOffsetsIndex>,
 }

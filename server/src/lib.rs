@@ -15,9 +15,12 @@
 //!
 //! - `config`: `ServerConfig`, `Listening`, `ShutdownSignal`, errors, exit statuses.
 //! - `admission`: a shard's request memory budget and connection limit.
+//! - `offsets`: the committed-offsets store's internal topic and its key and value
+//!   encodings (sans-I/O).
 //! - `operation`: the service's typed results and failures, and the owned form in which
 //!   a request and its result cross the mesh.
-//! - `routing`: partition -> owning shard.
+//! - `routing`: partition -> owning shard; group id -> coordinator shard
+//!   (`coordinator_shard`).
 //! - `mesh`: sending to other shards and waiting for their replies.
 //! - `context`: what a shard's tasks share.
 //! - `service`: append, fetch, read_key, key_history, metadata, create_topic, each run on
@@ -38,6 +41,7 @@ mod context;
 mod kafka;
 mod mesh;
 mod native;
+mod offsets;
 mod operation;
 mod routing;
 mod service;
@@ -211,7 +215,15 @@ pub fn run(
     for &address in &fixed_addresses {
         ensure_address_free(address)?;
     }
-    let engine = Engine::open(config.engine_config())?;
+    let mut engine = Engine::open(config.engine_config())?;
+    // Before any shard opens, so that every shard learns it with the catalog: a data
+    // directory from before committed offsets gets the topic on its next start.
+    engine
+        .ensure_topic_aligned(offsets::OFFSETS_TOPIC, u32::from(config.shard_count))
+        .map_err(|source| ServerError::InternalTopic {
+            topic: offsets::OFFSETS_TOPIC,
+            source,
+        })?;
 
     // Reserve every address before the executors start, so that all shards know all ports
     // (for `metadata`) and the shared port is the same for everyone even when it was 0.

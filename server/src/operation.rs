@@ -14,6 +14,8 @@ use cairn_engine::{
     Fetched, Offset, OwnedRecord, PartitionId, ProducerError, ProducerStamp, ShardId, Topic,
 };
 
+use crate::offsets::CommittedOffset;
+
 /// What kind of failure ended an operation; a front end maps each to its protocol's code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FailureKind {
@@ -28,6 +30,8 @@ pub(crate) enum FailureKind {
     UnknownPartition,
     /// Topic creation: the name is taken.
     TopicExists,
+    /// A client tried to create or write an internal topic (`offsets::is_internal`).
+    InternalTopic,
     /// An idempotent producer's batch does not follow its earlier ones (Kafka's rules).
     Producer(ProducerError),
     /// The shard's storage failed; it acknowledges nothing more (docs/DESIGN.md §3.5).
@@ -184,6 +188,26 @@ impl OwnedRecordInput {
     }
 }
 
+/// A new commit of one partition's offset, as a front end received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OffsetToCommit {
+    /// The next offset the group will read.
+    pub(crate) offset: i64,
+    /// The leader epoch the client saw, or -1.
+    pub(crate) leader_epoch: i32,
+    /// At most `offsets::METADATA_SIZE_BYTES_MAX` bytes.
+    pub(crate) metadata: String,
+}
+
+/// One partition of a group's commit: a new offset, or `None` to delete its committed
+/// offset (a tombstone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OffsetCommitEntry {
+    pub(crate) topic: String,
+    pub(crate) partition: u32,
+    pub(crate) commit: Option<OffsetToCommit>,
+}
+
 /// A request decoded and routed on the shard the client reached, moved to the shard that
 /// owns its partition (or, for topic creation, the catalog: shard 0).
 pub(crate) enum Forwarded {
@@ -213,6 +237,16 @@ pub(crate) enum Forwarded {
         name: String,
         partition_count: u32,
     },
+    /// To the group's coordinator shard.
+    CommitOffsets {
+        group: String,
+        entries: Vec<OffsetCommitEntry>,
+    },
+    /// To the group's coordinator shard.
+    FetchOffsets {
+        group: String,
+        partitions: Vec<(String, u32)>,
+    },
 }
 
 /// The owner's answer to a `Forwarded`, of the same kind.
@@ -222,6 +256,8 @@ pub(crate) enum ForwardedResult {
     ReadKey(Result<ReadKeyResult, Failure>),
     KeyHistory(Result<KeyHistoryResult, Failure>),
     CreateTopic(Result<TopicPlacement, Failure>),
+    CommitOffsets(Result<(), Failure>),
+    FetchOffsets(Result<Vec<Option<CommittedOffset>>, Failure>),
 }
 
 /// The placement of `topic`'s partitions: each one's owner among `shard_count` shards and

@@ -5,12 +5,51 @@
 //! whose partition is Kafka's `(murmur2(key) & 0x7fffffff) % partition_count`
 //! (`cairn_wire::partition_for_key`, the hash every client computes). Routing happens once, on the shard a client reached; a
 //! request for another shard's partition crosses the mesh already located.
+//!
+//! A consumer group's coordinator is the shard [`coordinator_shard`] names, by the same
+//! hash of the group id; it keeps the group's committed offsets (in its partition of
+//! `offsets::OFFSETS_TOPIC`) and, for Kafka, answers FindCoordinator, membership and
+//! offset requests for the group.
 
 use cairn_engine::core::RecordInput;
 use cairn_engine::{Shard, ShardId, Topic};
 use cairn_wire::{RouteError, partition_for_key};
 
 use crate::operation::{Failure, FailureKind, Located};
+
+/// The coordinator shard of consumer group `group_id` among `shard_count` shards:
+/// `(murmur2(group_id) & 0x7fffffff) % shard_count`, Kafka's murmur2 over the id's UTF-8
+/// bytes as in `cairn_wire::partition_for_key`. Stable for a data directory (its shard
+/// count never changes), so a group's committed offsets are always found where they were
+/// written. Every request about a group (FindCoordinator's answer, OffsetCommit,
+/// OffsetFetch, membership, native CommitOffsets/FetchOffsets) goes by this one function.
+pub(crate) fn coordinator_shard(group_id: &str, shard_count: u16) -> ShardId {
+    let shard = partition_for_key(group_id.as_bytes(), u32::from(shard_count));
+    ShardId(u16::try_from(shard).expect("a remainder of a u16 divisor fits in u16"))
+}
+
+/// The partition of `offsets_topic` (`offsets::OFFSETS_TOPIC`) that `shard` owns: with
+/// the aligned placement the catalog gives it, partition `shard`.
+pub(crate) fn offsets_partition(
+    offsets_topic: &Topic,
+    shard: ShardId,
+    shard_count: u16,
+) -> Result<Located, Failure> {
+    (0..offsets_topic.partition_count)
+        .find_map(|index| {
+            let located = locate(offsets_topic, index, shard_count).ok()?;
+            (located.owner == shard).then_some(located)
+        })
+        .ok_or_else(|| {
+            Failure::new(
+                FailureKind::Internal,
+                format!(
+                    "{} has no partition on shard {}",
+                    offsets_topic.name, shard.0
+                ),
+            )
+        })
+}
 
 /// The topic named `name`, as this shard knows it.
 pub(crate) fn topic(shard: &Shard, name: &str) -> Result<Topic, Failure> {
@@ -91,4 +130,19 @@ fn route_failure(route_error: RouteError) -> Failure {
         RouteError::KeysSpanPartitions { .. } => FailureKind::BadRequest,
     };
     Failure::new(kind, route_error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_coordinator_is_the_key_partition_of_the_group_id() {
+        for group in ["", "g", "orders-projection", "ümlaut"] {
+            for shard_count in [1u16, 2, 3, 8] {
+                let expected = partition_for_key(group.as_bytes(), u32::from(shard_count));
+                assert_eq!(u32::from(coordinator_shard(group, shard_count).0), expected);
+            }
+        }
+    }
 }

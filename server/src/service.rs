@@ -25,10 +25,11 @@ use cairn_engine::{
 
 use crate::context::ShardContext;
 use crate::mesh::MeshError;
+use crate::offsets::{self, CommittedOffset, GroupOffsetsIndex};
 use crate::operation::{
     AppendResult, Failure, FailureKind, FetchResult, FetchedRecords, Forwarded, ForwardedFetch,
-    ForwardedResult, KeyHistoryResult, Located, MetadataResult, OwnedRecordInput, ReadKeyResult,
-    TopicPlacement, placement,
+    ForwardedResult, KeyHistoryResult, Located, MetadataResult, OffsetCommitEntry,
+    OwnedRecordInput, ReadKeyResult, TopicPlacement, placement,
 };
 use crate::routing;
 
@@ -97,6 +98,9 @@ pub(crate) async fn append(
     producer: Option<ProducerStamp>,
 ) -> Result<AppendResult, Failure> {
     ensure_serving(context)?;
+    if offsets::is_internal(topic) {
+        return Err(internal_topic_failure(topic));
+    }
     let topic = routing::topic(&context.shard, topic)?;
     let located = routing::locate_batch(&topic, partition, records, context.config.shard_count)?;
     if located.owner == context.shard_id {
@@ -386,7 +390,7 @@ async fn key_history_local(
     })
 }
 
-/// Every topic this shard knows and where its partitions live.
+/// Every topic this shard knows and where its partitions live, internal ones left out.
 pub(crate) fn metadata(context: &ShardContext) -> Result<MetadataResult, Failure> {
     ensure_serving(context)?;
     let catalog = context.shard.catalog();
@@ -394,6 +398,7 @@ pub(crate) fn metadata(context: &ShardContext) -> Result<MetadataResult, Failure
     let topics = catalog
         .topics()
         .iter()
+        .filter(|topic| !offsets::is_internal(&topic.name))
         .map(|topic| placement(topic, &shard_ports, context.config.shard_count))
         .collect();
     Ok(MetadataResult {
@@ -410,6 +415,9 @@ pub(crate) async fn create_topic(
     partition_count: u32,
 ) -> Result<TopicPlacement, Failure> {
     ensure_serving(context)?;
+    if offsets::is_internal(name) {
+        return Err(internal_topic_failure(name));
+    }
     if context.shard_id == ShardId(0) {
         return create_topic_local(context, name, partition_count).await;
     }
@@ -481,6 +489,287 @@ pub(crate) async fn init_producer(context: &ShardContext) -> Result<(i64, i16), 
         .await
         .map_err(|error| Failure::new(FailureKind::StorageFailure, error.to_string()))?;
     Ok((producer_id, 0))
+}
+
+/// Commits `entries` for `group` on its coordinator shard (`routing::coordinator_shard`),
+/// forwarding there if need be: one record per entry in the coordinator's partition of
+/// `offsets::OFFSETS_TOPIC`, all in one batch, so the commit is atomic; answers once it is
+/// synced. An entry without a commit writes a tombstone (no committed offset). The
+/// commit's timestamp is the coordinator's clock. Every entry's topic and partition must
+/// exist (else `UnknownTopic` / `UnknownPartition`, and nothing is committed); an empty
+/// list is a no-op.
+pub(crate) async fn commit_offsets(
+    context: &ShardContext,
+    group: &str,
+    entries: Vec<OffsetCommitEntry>,
+) -> Result<(), Failure> {
+    ensure_serving(context)?;
+    check_group(group)?;
+    for entry in &entries {
+        if offsets::is_internal(&entry.topic) {
+            return Err(internal_topic_failure(&entry.topic));
+        }
+        let topic = routing::topic(&context.shard, &entry.topic)?;
+        routing::locate(&topic, entry.partition, context.config.shard_count)?;
+        if let Some(commit) = &entry.commit
+            && commit.metadata.len() > offsets::METADATA_SIZE_BYTES_MAX
+        {
+            return Err(Failure::new(
+                FailureKind::TooLarge,
+                format!(
+                    "metadata of {} bytes for {}/{} exceeds {}",
+                    commit.metadata.len(),
+                    entry.topic,
+                    entry.partition,
+                    offsets::METADATA_SIZE_BYTES_MAX
+                ),
+            ));
+        }
+    }
+    let coordinator = routing::coordinator_shard(group, context.config.shard_count);
+    if coordinator == context.shard_id {
+        return commit_offsets_local(context, group, &entries).await;
+    }
+    let request = Forwarded::CommitOffsets {
+        group: group.to_owned(),
+        entries,
+    };
+    match forward(context, coordinator, request).await? {
+        ForwardedResult::CommitOffsets(result) => result,
+        _ => Err(mismatched_reply()),
+    }
+}
+
+async fn commit_offsets_local(
+    context: &ShardContext,
+    group: &str,
+    entries: &[OffsetCommitEntry],
+) -> Result<(), Failure> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let located = offsets_located(context)?;
+    let commit_timestamp_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        });
+    let keys: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|entry| offsets::encode_key(group, &entry.topic, entry.partition))
+        .collect();
+    let values: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|entry| {
+            entry.commit.as_ref().map_or_else(Vec::new, |commit| {
+                offsets::encode_value(&CommittedOffset {
+                    offset: commit.offset,
+                    leader_epoch: commit.leader_epoch,
+                    metadata: commit.metadata.clone(),
+                    commit_timestamp_ms,
+                })
+            })
+        })
+        .collect();
+    let records: Vec<RecordInput<'_>> = entries
+        .iter()
+        .zip(keys.iter().zip(&values))
+        .map(|(entry, (key, value))| RecordInput {
+            key,
+            value,
+            null_value: entry.commit.is_none(),
+            ..RecordInput::default()
+        })
+        .collect();
+    match append_local(context, &located, None, &records, None).await? {
+        AppendResult::Appended { .. } => {
+            // Synced: the index may list these now (a later commit of the same key, also
+            // synced, can only come after, as its append comes after).
+            let mut index = context.group_offsets.borrow_mut();
+            for entry in entries {
+                index.apply(group, &entry.topic, entry.partition, entry.commit.is_some());
+            }
+            Ok(())
+        }
+        AppendResult::ConditionFailed { .. } => Err(Failure::new(
+            FailureKind::Internal,
+            "a commit without conditions failed a condition",
+        )),
+    }
+}
+
+/// The latest committed offset of each of `partitions` (topic, partition index) for
+/// `group`, in order, read on the group's coordinator shard (forwarded there if need be):
+/// `None` where nothing was committed or the commit was deleted. Synced commits only, so
+/// nothing returned can be lost in a crash.
+pub(crate) async fn fetch_offsets(
+    context: &ShardContext,
+    group: &str,
+    partitions: Vec<(String, u32)>,
+) -> Result<Vec<Option<CommittedOffset>>, Failure> {
+    ensure_serving(context)?;
+    check_group(group)?;
+    let coordinator = routing::coordinator_shard(group, context.config.shard_count);
+    if coordinator == context.shard_id {
+        return fetch_offsets_local(context, group, &partitions).await;
+    }
+    let request = Forwarded::FetchOffsets {
+        group: group.to_owned(),
+        partitions,
+    };
+    match forward(context, coordinator, request).await? {
+        ForwardedResult::FetchOffsets(result) => result,
+        _ => Err(mismatched_reply()),
+    }
+}
+
+async fn fetch_offsets_local(
+    context: &ShardContext,
+    group: &str,
+    partitions: &[(String, u32)],
+) -> Result<Vec<Option<CommittedOffset>>, Failure> {
+    let located = offsets_located(context)?;
+    let mut committed = Vec::with_capacity(partitions.len());
+    for (topic, partition) in partitions {
+        let key = offsets::encode_key(group, topic, *partition);
+        let record = context
+            .shard
+            .read_key(located.partition_id, &key, false)
+            .await
+            .map_err(|e| read_failure(&e))?;
+        let offset = match record {
+            None => None,
+            Some(record) => offsets::decode_value(&record.value).map_err(|error| {
+                Failure::new(
+                    FailureKind::Internal,
+                    format!("the commit of {group}/{topic}/{partition}: {error}"),
+                )
+            })?,
+        };
+        committed.push(offset);
+    }
+    Ok(committed)
+}
+
+/// Every committed offset of `group`, with its topic and partition, on this shard, which
+/// must be the group's coordinator (a front end that does not forward checks that first).
+pub(crate) async fn fetch_group_offsets(
+    context: &ShardContext,
+    group: &str,
+) -> Result<Vec<((String, u32), CommittedOffset)>, Failure> {
+    ensure_serving(context)?;
+    ensure_coordinator(context, group)?;
+    let partitions = context.group_offsets.borrow().partitions_of(group);
+    let committed = fetch_offsets_local(context, group, &partitions).await?;
+    Ok(partitions
+        .into_iter()
+        .zip(committed)
+        .filter_map(|(key, committed)| Some((key, committed?)))
+        .collect())
+}
+
+/// Deletes every committed offset of `group` (one batch of tombstones, synced before it
+/// returns) on this shard, which must be the group's coordinator; how many there were.
+/// For Kafka's DeleteGroups.
+#[expect(
+    dead_code,
+    reason = "DeleteGroups, with group membership (issue 12), calls it; remove this then"
+)]
+pub(crate) async fn delete_group_offsets(
+    context: &ShardContext,
+    group: &str,
+) -> Result<usize, Failure> {
+    ensure_serving(context)?;
+    ensure_coordinator(context, group)?;
+    let entries: Vec<OffsetCommitEntry> = context
+        .group_offsets
+        .borrow()
+        .partitions_of(group)
+        .into_iter()
+        .map(|(topic, partition)| OffsetCommitEntry {
+            topic,
+            partition,
+            commit: None,
+        })
+        .collect();
+    commit_offsets_local(context, group, &entries).await?;
+    Ok(entries.len())
+}
+
+fn ensure_coordinator(context: &ShardContext, group: &str) -> Result<(), Failure> {
+    let coordinator = routing::coordinator_shard(group, context.config.shard_count);
+    if coordinator != context.shard_id {
+        return Err(Failure::new(
+            FailureKind::Internal,
+            format!(
+                "group {group:?} is coordinated by shard {}, not {}",
+                coordinator.0, context.shard_id.0
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads shard `shard`'s partition of the committed-offsets topic from its start and
+/// returns which groups have committed offsets of which partitions. Run once at start,
+/// before the shard serves anything (forwarded requests included). Reads every commit
+/// ever made to the partition: its cost grows with the commit history, as recovery's
+/// does with the log.
+pub(crate) async fn load_group_offsets(
+    shard: &cairn_engine::Shard,
+    shard_count: u16,
+) -> Result<GroupOffsetsIndex, String> {
+    let topic = shard
+        .topic(offsets::OFFSETS_TOPIC)
+        .ok_or_else(|| format!("no topic {}", offsets::OFFSETS_TOPIC))?;
+    let located = routing::offsets_partition(&topic, shard.id(), shard_count)
+        .map_err(|failure| failure.message)?;
+    let mut index = GroupOffsetsIndex::default();
+    let mut from = Offset(0);
+    loop {
+        let fetched = shard
+            .fetch(located.partition_id, from, FETCH_SIZE_BYTES_MAX)
+            .await
+            .map_err(|error| error.to_string())?;
+        let start = from;
+        for batch in &fetched.batches {
+            let view = batch.view();
+            for record in view.records().filter(|record| record.offset >= start) {
+                index.apply_record(record.key, record.value);
+                from = record.offset.plus(1);
+            }
+        }
+        if fetched.batches.is_empty() || from >= fetched.synced_end {
+            return Ok(index);
+        }
+    }
+}
+
+/// This shard's partition of the committed-offsets topic.
+fn offsets_located(context: &ShardContext) -> Result<Located, Failure> {
+    let topic = routing::topic(&context.shard, offsets::OFFSETS_TOPIC)?;
+    routing::offsets_partition(&topic, context.shard_id, context.config.shard_count)
+}
+
+fn check_group(group: &str) -> Result<(), Failure> {
+    if group.len() > offsets::GROUP_ID_SIZE_BYTES_MAX {
+        return Err(Failure::new(
+            FailureKind::BadRequest,
+            format!(
+                "a group id of {} bytes exceeds {}",
+                group.len(),
+                offsets::GROUP_ID_SIZE_BYTES_MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn internal_topic_failure(topic: &str) -> Failure {
+    Failure::new(
+        FailureKind::InternalTopic,
+        format!("{topic} is internal: clients cannot create or write it"),
+    )
 }
 
 /// Runs a request another shard moved here. While this shard shuts down, new work is
@@ -566,6 +855,18 @@ pub(crate) async fn serve_forwarded(
             Err(failure) => Err(failure),
             Ok(()) => create_topic_local(context, &name, partition_count).await,
         }),
+        Forwarded::CommitOffsets { group, entries } => {
+            ForwardedResult::CommitOffsets(match serving {
+                Err(failure) => Err(failure),
+                Ok(()) => commit_offsets_local(context, &group, &entries).await,
+            })
+        }
+        Forwarded::FetchOffsets { group, partitions } => {
+            ForwardedResult::FetchOffsets(match serving {
+                Err(failure) => Err(failure),
+                Ok(()) => fetch_offsets_local(context, &group, &partitions).await,
+            })
+        }
     }
 }
 

@@ -20,7 +20,7 @@
 //! A storage failure ends the process (fail-stop, `EXIT_STORAGE_FAILURE`); shards that
 //! disagree on the topic catalog end it too (`EXIT_INTERNAL`).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -64,6 +64,10 @@ pub(crate) async fn run_shard(
         .open_shard(shard_id)
         .await
         .map_err(|error| fail(error.to_string()))?;
+    // Before the mesh: a forwarded commit must find the index complete.
+    let group_offsets = service::load_group_offsets(&shard, config.shard_count)
+        .await
+        .map_err(|problem| fail(format!("reading committed offsets: {problem}")))?;
     let (senders, mut receivers) = mesh
         .join()
         .await
@@ -81,6 +85,7 @@ pub(crate) async fn run_shard(
         open_connections: Cell::new(0),
         connection_closed: Event::new(),
         admission: Admission::new(config.shard_request_bytes_max),
+        group_offsets: RefCell::new(group_offsets),
     });
     let mesh = context.mesh.clone();
 

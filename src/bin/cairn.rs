@@ -57,12 +57,21 @@ enum Command {
     /// Append one record, optionally conditional.
     Append(AppendArgs),
     /// Read records of a partition from an offset on.
+    ///
+    /// With `--group G`, each partition (`--partition`, or every partition of the topic)
+    /// resumes from the group's committed offset (0 if none), and the offset after each
+    /// printed chunk is committed for the group, so a second run prints only what is new.
+    /// The same committed offsets as a Kafka consumer of group G.
     Fetch {
         topic: String,
+        /// Required without `--group`.
         #[arg(long)]
-        partition: u32,
-        #[arg(long, default_value_t = 0)]
+        partition: Option<u32>,
+        #[arg(long, default_value_t = 0, conflicts_with = "group")]
         from: u64,
+        /// Consumer group whose committed offsets to resume from and commit.
+        #[arg(long)]
+        group: Option<String>,
         /// Keep waiting for new records (long-poll) until interrupted.
         #[arg(long)]
         follow: bool,
@@ -321,10 +330,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fetch {
             topic,
             partition,
-            from,
+            // clap refuses --from with --group.
+            from: _,
+            group: Some(group),
             follow,
             max_bytes,
         } => {
+            let mut client = client()?;
+            fetch_as_group(
+                &mut client,
+                &topic,
+                partition,
+                &group,
+                follow,
+                max_bytes,
+                json,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fetch {
+            topic,
+            partition,
+            from,
+            group: None,
+            follow,
+            max_bytes,
+        } => {
+            let Some(partition) = partition else {
+                bail!("--partition is required without --group");
+            };
             let mut client = client()?;
             let mut offset = Offset(from);
             loop {
@@ -597,6 +631,86 @@ fn append(client: &mut BlockingClient, args: AppendArgs, json: bool) -> anyhow::
                 eprintln!("conflict: expected {expected}, but {current}");
             }
             Ok(ExitCode::from(EXIT_CONFLICT))
+        }
+    }
+}
+
+/// Metadata string `cairn fetch --group` commits with its offsets.
+const FETCH_COMMIT_METADATA: &str = "cairn fetch";
+
+/// `cairn fetch --group`: reads `partition` (or every partition of `topic`) from `group`'s
+/// committed offsets, committing the offset after each printed chunk. Without `follow` it
+/// stops once every partition is caught up; with it, it polls the partitions in turn.
+fn fetch_as_group(
+    client: &mut BlockingClient,
+    topic: &str,
+    partition: Option<u32>,
+    group: &str,
+    follow: bool,
+    max_bytes: u32,
+    json: bool,
+) -> anyhow::Result<()> {
+    let partitions: Vec<u32> = match partition {
+        Some(partition) => vec![partition],
+        None => {
+            let metadata = client.metadata()?;
+            let info = metadata
+                .topics
+                .iter()
+                .find(|info| info.name == topic)
+                .with_context(|| format!("no topic named {topic:?}"))?;
+            (0..info.partition_count()).collect()
+        }
+    };
+    let committed = client.fetch_offsets(group, topic, &partitions)?;
+    let mut offsets: Vec<Offset> = committed
+        .iter()
+        .map(|entry| {
+            Offset(
+                entry
+                    .offset
+                    .and_then(|offset| u64::try_from(offset).ok())
+                    .unwrap_or(0),
+            )
+        })
+        .collect();
+    // One partition long-polls; several take turns with a short wait each, so that a
+    // quiet partition does not hold up the others for long.
+    let wait = match (follow, partitions.len()) {
+        (false, _) => Duration::ZERO,
+        (true, 1) => Duration::from_secs(10),
+        (true, _) => Duration::from_millis(500),
+    };
+    loop {
+        let mut caught_up = true;
+        for (&partition, offset) in partitions.iter().zip(offsets.iter_mut()) {
+            let fetched = client.fetch(topic, partition, *offset, max_bytes, wait)?;
+            if fetched.records.is_empty() {
+                continue;
+            }
+            for record in &fetched.records {
+                print_record(record, json);
+                *offset = record.offset.plus(1);
+            }
+            std::io::stdout().flush()?;
+            // Printed first, committed after: a crash in between prints the chunk again
+            // (at least once), never skips it.
+            let next = i64::try_from(offset.0).context("offset beyond i64")?;
+            client.commit_offsets(
+                group,
+                topic,
+                &[cairn_client::PartitionOffset {
+                    partition,
+                    offset: next,
+                    metadata: FETCH_COMMIT_METADATA,
+                }],
+            )?;
+            if *offset < fetched.synced_end {
+                caught_up = false;
+            }
+        }
+        if !follow && caught_up {
+            return Ok(());
         }
     }
 }

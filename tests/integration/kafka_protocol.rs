@@ -39,14 +39,15 @@ const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 const INVALID_REPLICATION_FACTOR: i16 = 38;
 
-/// A blocking Kafka connection that speaks one request at a time.
-struct KafkaConnection {
+/// A blocking Kafka connection that speaks one request at a time (also used by
+/// `group_offsets`).
+pub(crate) struct KafkaConnection {
     stream: TcpStream,
     correlation_id: i32,
 }
 
 impl KafkaConnection {
-    fn connect(port: u16) -> KafkaConnection {
+    pub(crate) fn connect(port: u16) -> KafkaConnection {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the Kafka port");
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -111,7 +112,12 @@ impl KafkaConnection {
         R::decode(&mut frame, version).unwrap()
     }
 
-    fn call<T: Encodable, R: Decodable>(&mut self, api_key: ApiKey, version: i16, body: &T) -> R {
+    pub(crate) fn call<T: Encodable, R: Decodable>(
+        &mut self,
+        api_key: ApiKey,
+        version: i16,
+        body: &T,
+    ) -> R {
         let correlation_id = self.send(api_key, version, body);
         self.receive(api_key, version, correlation_id)
     }
@@ -123,7 +129,7 @@ impl KafkaConnection {
     }
 }
 
-fn topic_name(name: &str) -> TopicName {
+pub(crate) fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_owned()))
 }
 
@@ -141,7 +147,7 @@ fn create_topic(connection: &mut KafkaConnection, name: &str, partitions: i32) {
 }
 
 /// A record for a produce batch.
-fn record(key: Option<&str>, value: Option<&str>, headers: &[(&str, &str)]) -> Record {
+pub(crate) fn record(key: Option<&str>, value: Option<&str>, headers: &[(&str, &str)]) -> Record {
     let mut header_map = IndexMap::new();
     for (name, value) in headers {
         header_map.insert(
@@ -167,7 +173,7 @@ fn record(key: Option<&str>, value: Option<&str>, headers: &[(&str, &str)]) -> R
 }
 
 /// One RecordBatch v2 of `records`, offsets and sequences numbered from 0.
-fn batch(mut records: Vec<Record>) -> Bytes {
+pub(crate) fn batch(mut records: Vec<Record>) -> Bytes {
     for (index, record) in records.iter_mut().enumerate() {
         record.offset = index as i64;
         if record.producer_id >= 0 {
@@ -200,7 +206,7 @@ fn produce_request(topic: &str, partition: i32, records: Bytes) -> ProduceReques
         ])
 }
 
-fn produce(
+pub(crate) fn produce(
     connection: &mut KafkaConnection,
     topic: &str,
     partition: i32,
@@ -232,7 +238,7 @@ fn fetch_request(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> 
 }
 
 /// Fetches `partition` from `offset` without waiting: (error code, high watermark, records).
-fn fetch(
+pub(crate) fn fetch(
     connection: &mut KafkaConnection,
     topic: &str,
     partition: i32,

@@ -12,6 +12,7 @@ mod engine_damage;
 mod engine_data_dir;
 mod engine_durability;
 mod engine_kafka;
+mod group_offsets;
 mod kafka_clients;
 mod kafka_protocol;
 mod loadgen;

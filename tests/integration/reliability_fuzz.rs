@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use cairn_client::AppendResult;
 use cairn_engine::{KeyCondition, Offset, RecordHeader, RecordInput};
 use cairn_wire::{
-    AppendRecords, AppendRequest, CreateTopicRequest, Encoder, FetchRequest, KeyHistoryRequest,
-    ReadKeyRequest, Request, RequestBody, ResponseBody, decode_response, write_frame,
+    AppendRecords, AppendRequest, CommitOffsetsRequest, CreateTopicRequest, Encoder,
+    FetchOffsetsRequest, FetchRequest, KeyHistoryRequest, PartitionOffset, ReadKeyRequest, Request,
+    RequestBody, ResponseBody, decode_response, write_frame,
 };
 
 use crate::support::server::TestServer;
@@ -161,6 +162,42 @@ fn random_request(rng: &mut TestRng, encoder: &mut Encoder) -> Vec<u8> {
             key: &key,
             include_appended: rng.below(2) == 0,
         }),
+        // Committed offsets: groups of every size (1024 bytes is the most), to existing
+        // and missing topics and the internal one, metadata up to past its 4096 bytes.
+        89..=92 => {
+            let group = String::from_utf8_lossy(&key).into_owned();
+            let metadata = "m".repeat(*pick(rng, &[0usize, 5, 4096, 4097]));
+            let partition_count = *pick(rng, &[0usize, 1, 3, 4097]);
+            let partitions: Vec<PartitionOffset<'_>> = (0..partition_count)
+                .map(|index| PartitionOffset {
+                    partition: if index == 0 { partition } else { partition % 4 },
+                    offset: *pick(rng, &[-1i64, 0, 7, i64::MAX]),
+                    metadata: &metadata,
+                })
+                .collect();
+            let request = Request {
+                correlation_id,
+                body: RequestBody::CommitOffsets(CommitOffsetsRequest {
+                    group: &group,
+                    topic: pick::<&str>(rng, &["fuzz", "nope", "__cairn_offsets", ""]),
+                    partitions,
+                }),
+            };
+            return encoder.encode_request(&request).to_vec();
+        }
+        93..=95 => {
+            let group = String::from_utf8_lossy(&key).into_owned();
+            let partition_count = *pick(rng, &[0usize, 1, 3, 4097]);
+            let request = Request {
+                correlation_id,
+                body: RequestBody::FetchOffsets(FetchOffsetsRequest {
+                    group: &group,
+                    topic: pick::<&str>(rng, &read_topics),
+                    partitions: (0..partition_count).map(|_| partition).collect(),
+                }),
+            };
+            return encoder.encode_request(&request).to_vec();
+        }
         _ => RequestBody::KeyHistory(KeyHistoryRequest {
             topic: pick::<&str>(rng, &read_topics),
             partition: (rng.below(2) == 0).then_some(partition),

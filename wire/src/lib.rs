@@ -51,15 +51,17 @@ mod generated;
 pub use encoder::Encoder;
 pub use frame::{FRAME_LENGTH_SIZE_BYTES, FrameError, FrameReader, write_frame};
 pub use request::{
-    AppendRecords, AppendRequest, CreateTopicRequest, FetchRequest, KeyHistoryRequest,
-    ReadKeyRequest, Request, RequestBody, decode_request,
+    AppendRecords, AppendRequest, CommitOffsetsRequest, CreateTopicRequest, FetchOffsetsRequest,
+    FetchRequest, KeyHistoryRequest, PartitionOffset, ReadKeyRequest, Request, RequestBody,
+    decode_request,
 };
 pub use response::{
-    Appended, ConflictInfo, ErrorCode, ErrorResponse, Fetched, HEADER_OUT_OVERHEAD_SIZE_BYTES_MAX,
-    HeaderList, HeaderListIter, KeyHistoryResult, KeyRecord, MetadataResult, PartitionMetadata,
-    ProducerInitialized, RECORD_OUT_OVERHEAD_SIZE_BYTES_MAX, RECORD_OUT_SIZE_BYTES_MAX,
-    RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX, RecordOut, RecordOutList, RecordOutListIter,
-    Response, ResponseBody, TopicMetadata, decode_response, record_out_size_bytes_max,
+    Appended, CommittedOffset, ConflictInfo, ErrorCode, ErrorResponse, Fetched,
+    HEADER_OUT_OVERHEAD_SIZE_BYTES_MAX, HeaderList, HeaderListIter, KeyHistoryResult, KeyRecord,
+    MetadataResult, PartitionMetadata, ProducerInitialized, RECORD_OUT_OVERHEAD_SIZE_BYTES_MAX,
+    RECORD_OUT_SIZE_BYTES_MAX, RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX, RecordOut, RecordOutList,
+    RecordOutListIter, Response, ResponseBody, TopicMetadata, decode_response,
+    record_out_size_bytes_max,
 };
 pub use verify::{Violation, WireError};
 
@@ -90,6 +92,18 @@ pub const TOPIC_NAME_SIZE_BYTES_MAX: usize = cairn_engine::io::data_dir::TOPIC_N
 
 // The schema (wire/schema/cairn.fbs, ERRORS AND BAD INPUT and CreateTopic.name) quotes it.
 const _: () = assert!(TOPIC_NAME_SIZE_BYTES_MAX == 249);
+
+/// Longest consumer group id (CommitOffsets, FetchOffsets), in bytes; ids are 1 to this
+/// many bytes of UTF-8. The server's committed-offsets store keys by it, within the
+/// engine's key limit.
+pub const GROUP_ID_SIZE_BYTES_MAX: usize = 1024;
+
+/// Longest metadata string of one committed offset, in bytes (Kafka's default
+/// `offset.metadata.max.bytes`).
+pub const OFFSET_METADATA_SIZE_BYTES_MAX: usize = 4096;
+
+/// Most partitions one CommitOffsets or FetchOffsets names.
+pub const OFFSET_PARTITION_COUNT_MAX: usize = 4096;
 
 /// The partition, `0..partition_count`, that a record with `key` goes to when the client
 /// names none: `(murmur2(key) & 0x7fffffff) % partition_count`, Kafka's own key routing (the

@@ -53,6 +53,43 @@ pub enum RequestBody<'a> {
     KeyHistory(KeyHistoryRequest<'a>),
     /// Allocate a producer id for idempotent appends.
     InitProducer,
+    /// Store a consumer group's offsets of a topic's partitions.
+    CommitOffsets(CommitOffsetsRequest<'a>),
+    /// Read a consumer group's committed offsets of a topic's partitions.
+    FetchOffsets(FetchOffsetsRequest<'a>),
+}
+
+/// Store consumer group `group`'s offsets of partitions of `topic`, all or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOffsetsRequest<'a> {
+    /// 1 to [`super::GROUP_ID_SIZE_BYTES_MAX`] bytes.
+    pub group: &'a str,
+    /// The topic's name.
+    pub topic: &'a str,
+    /// 1 to [`super::OFFSET_PARTITION_COUNT_MAX`] partitions.
+    pub partitions: Vec<PartitionOffset<'a>>,
+}
+
+/// One partition's offset to commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffset<'a> {
+    /// The partition within the topic.
+    pub partition: u32,
+    /// The next offset the group will read.
+    pub offset: i64,
+    /// At most [`super::OFFSET_METADATA_SIZE_BYTES_MAX`] bytes, returned as is.
+    pub metadata: &'a str,
+}
+
+/// Read consumer group `group`'s committed offsets of partitions of `topic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchOffsetsRequest<'a> {
+    /// 1 to [`super::GROUP_ID_SIZE_BYTES_MAX`] bytes.
+    pub group: &'a str,
+    /// The topic's name.
+    pub topic: &'a str,
+    /// 1 to [`super::OFFSET_PARTITION_COUNT_MAX`] partition indexes.
+    pub partitions: Vec<u32>,
 }
 
 /// Create a topic with a fixed number of partitions.
@@ -299,6 +336,8 @@ fn check_frame_size(body_type: fb::RequestBody, frame_size_bytes: usize) -> Resu
         fb::RequestBody::ReadKey => "ReadKey",
         fb::RequestBody::KeyHistory => "KeyHistory",
         fb::RequestBody::InitProducer => "InitProducer",
+        fb::RequestBody::CommitOffsets => "CommitOffsets",
+        fb::RequestBody::FetchOffsets => "FetchOffsets",
         _ => return Ok(()),
     };
     Err(Violation::FrameTooLarge {
@@ -344,6 +383,14 @@ fn decode_body<'a>(request: &fb::Request<'a>) -> Result<RequestBody<'a>, Violati
         fb::RequestBody::InitProducer => {
             request.body_as_init_producer().ok_or(missing)?;
             RequestBody::InitProducer
+        }
+        fb::RequestBody::CommitOffsets => {
+            let commit = request.body_as_commit_offsets().ok_or(missing)?;
+            RequestBody::CommitOffsets(decode_commit_offsets(commit)?)
+        }
+        fb::RequestBody::FetchOffsets => {
+            let fetch = request.body_as_fetch_offsets().ok_or(missing)?;
+            RequestBody::FetchOffsets(decode_fetch_offsets(fetch)?)
         }
         fb::RequestBody(type_value) => {
             return Err(Violation::UnknownUnionType {
@@ -480,6 +527,70 @@ fn decode_read_key(read: fb::ReadKey<'_>) -> Result<ReadKeyRequest<'_>, Violatio
         key: checked_key(bytes_or_empty(read.key()))?,
         include_appended: read.include_appended(),
     })
+}
+
+fn decode_commit_offsets(
+    commit: fb::CommitOffsets<'_>,
+) -> Result<CommitOffsetsRequest<'_>, Violation> {
+    let entries = commit.partitions();
+    checked_offset_partition_count(entries.len())?;
+    let mut partitions = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let metadata = entry.metadata().unwrap_or_default();
+        if metadata.len() > super::OFFSET_METADATA_SIZE_BYTES_MAX {
+            return Err(Violation::OffsetMetadataTooLong {
+                partition: entry.partition(),
+                metadata_size_bytes: metadata.len(),
+                metadata_size_bytes_max: super::OFFSET_METADATA_SIZE_BYTES_MAX,
+            });
+        }
+        partitions.push(PartitionOffset {
+            partition: entry.partition(),
+            offset: entry.offset(),
+            metadata,
+        });
+    }
+    Ok(CommitOffsetsRequest {
+        group: checked_group(commit.group())?,
+        topic: checked_topic(commit.topic())?,
+        partitions,
+    })
+}
+
+fn decode_fetch_offsets(fetch: fb::FetchOffsets<'_>) -> Result<FetchOffsetsRequest<'_>, Violation> {
+    let partitions = fetch.partitions();
+    checked_offset_partition_count(partitions.len())?;
+    Ok(FetchOffsetsRequest {
+        group: checked_group(fetch.group())?,
+        topic: checked_topic(fetch.topic())?,
+        partitions: partitions.iter().collect(),
+    })
+}
+
+fn checked_group(group: &str) -> Result<&str, Violation> {
+    if group.is_empty() {
+        return Err(Violation::GroupIdEmpty);
+    }
+    if group.len() > super::GROUP_ID_SIZE_BYTES_MAX {
+        return Err(Violation::GroupIdTooLong {
+            group_id_size_bytes: group.len(),
+            group_id_size_bytes_max: super::GROUP_ID_SIZE_BYTES_MAX,
+        });
+    }
+    Ok(group)
+}
+
+fn checked_offset_partition_count(partition_count: usize) -> Result<(), Violation> {
+    if partition_count == 0 {
+        return Err(Violation::OffsetPartitionsEmpty);
+    }
+    if partition_count > super::OFFSET_PARTITION_COUNT_MAX {
+        return Err(Violation::OffsetPartitionCountTooLarge {
+            partition_count,
+            partition_count_max: super::OFFSET_PARTITION_COUNT_MAX,
+        });
+    }
+    Ok(())
 }
 
 fn decode_key_history(history: fb::KeyHistory<'_>) -> Result<KeyHistoryRequest<'_>, Violation> {
@@ -697,6 +808,43 @@ impl Encoder {
                 let init = fb::InitProducer::create(builder, &fb::InitProducerArgs {});
                 (fb::RequestBody::InitProducer, init.as_union_value())
             }
+            RequestBody::CommitOffsets(commit) => {
+                let entries: Vec<_> = commit
+                    .partitions
+                    .iter()
+                    .map(|entry| {
+                        let metadata = builder.create_string(entry.metadata);
+                        let args = fb::PartitionOffsetArgs {
+                            partition: entry.partition,
+                            offset: entry.offset,
+                            metadata: Some(metadata),
+                        };
+                        fb::PartitionOffset::create(builder, &args)
+                    })
+                    .collect();
+                let partitions = builder.create_vector(&entries);
+                let group = builder.create_string(commit.group);
+                let topic = builder.create_string(commit.topic);
+                let args = fb::CommitOffsetsArgs {
+                    group: Some(group),
+                    topic: Some(topic),
+                    partitions: Some(partitions),
+                };
+                let commit = fb::CommitOffsets::create(builder, &args);
+                (fb::RequestBody::CommitOffsets, commit.as_union_value())
+            }
+            RequestBody::FetchOffsets(fetch) => {
+                let partitions = builder.create_vector(&fetch.partitions);
+                let group = builder.create_string(fetch.group);
+                let topic = builder.create_string(fetch.topic);
+                let args = fb::FetchOffsetsArgs {
+                    group: Some(group),
+                    topic: Some(topic),
+                    partitions: Some(partitions),
+                };
+                let fetch = fb::FetchOffsets::create(builder, &args);
+                (fb::RequestBody::FetchOffsets, fetch.as_union_value())
+            }
         }
     }
 
@@ -890,6 +1038,33 @@ mod tests {
                 correlation_id: 8,
                 body: RequestBody::InitProducer,
             },
+            Request {
+                correlation_id: 9,
+                body: RequestBody::CommitOffsets(CommitOffsetsRequest {
+                    group: "projections",
+                    topic: "seats",
+                    partitions: vec![
+                        PartitionOffset {
+                            partition: 0,
+                            offset: 12,
+                            metadata: "",
+                        },
+                        PartitionOffset {
+                            partition: u32::MAX,
+                            offset: i64::MIN,
+                            metadata: "checkpoint ✓",
+                        },
+                    ],
+                }),
+            },
+            Request {
+                correlation_id: 10,
+                body: RequestBody::FetchOffsets(FetchOffsetsRequest {
+                    group: "g",
+                    topic: "seats",
+                    partitions: vec![0, 7, u32::MAX],
+                }),
+            },
             append_of(&records),
             Request {
                 correlation_id: 3,
@@ -960,6 +1135,53 @@ mod tests {
                     ..
                 }) => assert_eq!(violation.error_code(), ErrorCode::BadRequest),
                 other => panic!("expected ProducerStampNegative, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn offset_requests_are_checked_against_their_limits() {
+        let long_metadata = "m".repeat(crate::OFFSET_METADATA_SIZE_BYTES_MAX + 1);
+        let long_group = "g".repeat(crate::GROUP_ID_SIZE_BYTES_MAX + 1);
+        let commit = |group: &'static str, partitions: Vec<PartitionOffset<'static>>| Request {
+            correlation_id: 21,
+            body: RequestBody::CommitOffsets(CommitOffsetsRequest {
+                group,
+                topic: "seats",
+                partitions,
+            }),
+        };
+        let one = |metadata: &'static str| {
+            vec![PartitionOffset {
+                partition: 0,
+                offset: 1,
+                metadata,
+            }]
+        };
+        let long_metadata: &'static str = Box::leak(long_metadata.into_boxed_str());
+        let long_group: &'static str = Box::leak(long_group.into_boxed_str());
+        let cases = [
+            (commit("", one("")), ErrorCode::BadRequest),
+            (commit(long_group, one("")), ErrorCode::BadRequest),
+            (commit("g", vec![]), ErrorCode::BadRequest),
+            (commit("g", one(long_metadata)), ErrorCode::TooLarge),
+            (
+                Request {
+                    correlation_id: 21,
+                    body: RequestBody::FetchOffsets(FetchOffsetsRequest {
+                        group: "g",
+                        topic: "seats",
+                        partitions: vec![0; crate::OFFSET_PARTITION_COUNT_MAX + 1],
+                    }),
+                },
+                ErrorCode::TooLarge,
+            ),
+        ];
+        for (request, code) in cases {
+            let frame = encode(&request);
+            match decode_request(&frame) {
+                Err(error @ WireError::Invalid { .. }) => assert_eq!(error.error_code(), code),
+                other => panic!("expected a violation, got {other:?}"),
             }
         }
     }

@@ -48,6 +48,21 @@ pub enum ResponseBody<'a> {
     Error(ErrorResponse<'a>),
     /// Answer to InitProducer.
     ProducerInitialized(ProducerInitialized),
+    /// Answer to CommitOffsets: every offset is durable.
+    OffsetsCommitted,
+    /// Answer to FetchOffsets: one entry per partition asked for, in that order.
+    CommittedOffsets(Vec<CommittedOffset<'a>>),
+}
+
+/// A consumer group's committed offset of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommittedOffset<'a> {
+    /// The partition within the topic.
+    pub partition: u32,
+    /// The next offset the group will read; `None`: nothing committed.
+    pub offset: Option<i64>,
+    /// As committed; empty when nothing is.
+    pub metadata: &'a str,
 }
 
 /// A topic and where each of its partitions lives.
@@ -680,6 +695,24 @@ fn decode_body<'a>(response: &fb::Response<'a>) -> Result<ResponseBody<'a>, Viol
                 epoch: initialized.epoch(),
             })
         }
+        fb::ResponseBody::OffsetsCommitted => {
+            response.body_as_offsets_committed().ok_or(missing)?;
+            ResponseBody::OffsetsCommitted
+        }
+        fb::ResponseBody::CommittedOffsets => {
+            let committed = response.body_as_committed_offsets().ok_or(missing)?;
+            ResponseBody::CommittedOffsets(
+                committed
+                    .partitions()
+                    .iter()
+                    .map(|entry| CommittedOffset {
+                        partition: entry.partition(),
+                        offset: entry.offset(),
+                        metadata: entry.metadata().unwrap_or_default(),
+                    })
+                    .collect(),
+            )
+        }
         fb::ResponseBody(type_value) => {
             return Err(Violation::UnknownUnionType {
                 union_name: "ResponseBody",
@@ -873,6 +906,38 @@ impl Encoder {
                 (
                     fb::ResponseBody::ProducerInitialized,
                     initialized.as_union_value(),
+                )
+            }
+            ResponseBody::OffsetsCommitted => {
+                let committed =
+                    fb::OffsetsCommitted::create(&mut self.builder, &fb::OffsetsCommittedArgs {});
+                (
+                    fb::ResponseBody::OffsetsCommitted,
+                    committed.as_union_value(),
+                )
+            }
+            ResponseBody::CommittedOffsets(entries) => {
+                let builder = &mut self.builder;
+                let entries: Vec<_> = entries
+                    .iter()
+                    .map(|entry| {
+                        let metadata = builder.create_string(entry.metadata);
+                        let args = fb::CommittedOffsetArgs {
+                            partition: entry.partition,
+                            offset: entry.offset,
+                            metadata: Some(metadata),
+                        };
+                        fb::CommittedOffset::create(builder, &args)
+                    })
+                    .collect();
+                let partitions = builder.create_vector(&entries);
+                let args = fb::CommittedOffsetsArgs {
+                    partitions: Some(partitions),
+                };
+                let committed = fb::CommittedOffsets::create(builder, &args);
+                (
+                    fb::ResponseBody::CommittedOffsets,
+                    committed.as_union_value(),
                 )
             }
         }
@@ -1098,6 +1163,19 @@ mod tests {
                 producer_id: i64::MAX,
                 epoch: i16::MAX,
             }),
+            ResponseBody::OffsetsCommitted,
+            ResponseBody::CommittedOffsets(vec![
+                CommittedOffset {
+                    partition: 0,
+                    offset: Some(42),
+                    metadata: "checkpoint",
+                },
+                CommittedOffset {
+                    partition: 3,
+                    offset: None,
+                    metadata: "",
+                },
+            ]),
             ResponseBody::Fetched(Fetched {
                 partition: 1,
                 records: RecordOutList::from_slice(&records),

@@ -163,6 +163,34 @@ pub enum Violation {
         key_size_bytes: usize,
         key_size_bytes_max: usize,
     },
+    /// CommitOffsets or FetchOffsets with an empty group id.
+    #[error("group id is empty")]
+    GroupIdEmpty,
+    /// A group id longer than `GROUP_ID_SIZE_BYTES_MAX`.
+    #[error("group id of {group_id_size_bytes} bytes exceeds {group_id_size_bytes_max}")]
+    GroupIdTooLong {
+        group_id_size_bytes: usize,
+        group_id_size_bytes_max: usize,
+    },
+    /// CommitOffsets or FetchOffsets naming no partition.
+    #[error("no partitions named; at least one is")]
+    OffsetPartitionsEmpty,
+    /// CommitOffsets or FetchOffsets naming more than `OFFSET_PARTITION_COUNT_MAX`.
+    #[error("{partition_count} partitions named, more than {partition_count_max}")]
+    OffsetPartitionCountTooLarge {
+        partition_count: usize,
+        partition_count_max: usize,
+    },
+    /// A committed offset's metadata longer than `OFFSET_METADATA_SIZE_BYTES_MAX`.
+    #[error(
+        "partition {partition}: metadata of {metadata_size_bytes} bytes exceeds \
+         {metadata_size_bytes_max}"
+    )]
+    OffsetMetadataTooLong {
+        partition: u32,
+        metadata_size_bytes: usize,
+        metadata_size_bytes_max: usize,
+    },
     /// A record with more headers than `RECORD_HEADER_COUNT_MAX`.
     #[error("record {record_index}: {header_count} headers, more than {header_count_max}")]
     HeaderCountTooLarge {
@@ -198,7 +226,9 @@ impl Violation {
             | Violation::RecordKeyTooLong { .. }
             | Violation::KeyTooLong { .. }
             | Violation::HeaderCountTooLarge { .. }
-            | Violation::HeaderNameTooLong { .. } => ErrorCode::TooLarge,
+            | Violation::HeaderNameTooLong { .. }
+            | Violation::OffsetPartitionCountTooLarge { .. }
+            | Violation::OffsetMetadataTooLong { .. } => ErrorCode::TooLarge,
             Violation::MissingField { .. }
             | Violation::UnexpectedField { .. }
             | Violation::UnknownEnumValue { .. }
@@ -206,7 +236,10 @@ impl Violation {
             | Violation::TopicNameTooLong { .. }
             | Violation::PartitionCountZero
             | Violation::BatchEmpty
-            | Violation::ProducerStampNegative { .. } => ErrorCode::BadRequest,
+            | Violation::ProducerStampNegative { .. }
+            | Violation::GroupIdEmpty
+            | Violation::GroupIdTooLong { .. }
+            | Violation::OffsetPartitionsEmpty => ErrorCode::BadRequest,
         }
     }
 }

@@ -178,6 +178,42 @@ impl Catalog {
     /// Adds a topic in memory (the caller persists the catalog), assigning it the next
     /// unused partition ids.
     pub fn add(&mut self, name: &str, partition_count: u32) -> Result<Topic, TopicError> {
+        self.add_aligned(name, partition_count, 1)
+    }
+
+    /// Adds a topic as `add` does, but with a first partition id that is a multiple of
+    /// `alignment` (ids below it and above the last topic's stay unused forever). With
+    /// `alignment` = the shard count, partition `i` is owned by shard `i % shard_count`
+    /// (`ShardId::owner_of`): what an internal topic with one partition per shard needs.
+    pub fn add_aligned(
+        &mut self,
+        name: &str,
+        partition_count: u32,
+        alignment: u32,
+    ) -> Result<Topic, TopicError> {
+        assert!(alignment > 0, "an alignment of 0 has no multiples");
+        let next = self.next_partition_id();
+        let first =
+            next.checked_next_multiple_of(alignment)
+                .ok_or(TopicError::BadPartitionCount {
+                    partition_count,
+                    partition_count_max: 0,
+                })?;
+        self.add_at(name, partition_count, first)
+    }
+
+    /// Adds a topic at `first_partition_id`, which must not be below any id in use (ids
+    /// are never reused; gaps are allowed).
+    fn add_at(
+        &mut self,
+        name: &str,
+        partition_count: u32,
+        first_partition_id: u32,
+    ) -> Result<Topic, TopicError> {
+        assert!(
+            first_partition_id >= self.next_partition_id(),
+            "partition id {first_partition_id} is in use"
+        );
         validate_topic_name(name)?;
         if !(1..=TOPIC_PARTITION_COUNT_MAX).contains(&partition_count) {
             return Err(TopicError::BadPartitionCount {
@@ -188,7 +224,6 @@ impl Catalog {
         if self.topic(name).is_some() {
             return Err(TopicError::Exists(name.to_owned()));
         }
-        let first_partition_id = self.next_partition_id();
         if first_partition_id.checked_add(partition_count).is_none() {
             return Err(TopicError::BadPartitionCount {
                 partition_count,
@@ -270,15 +305,17 @@ impl Catalog {
             let first: u32 = first
                 .parse()
                 .map_err(|_| bad(format!("bad id in {line:?}")))?;
-            let topic = catalog
-                .add(name, count)
-                .map_err(|error| bad(error.to_string()))?;
-            if topic.first_partition_id != first {
+            // Topics come in creation order, each after the ids of those before; a gap
+            // is an aligned topic's (`add_aligned`).
+            if first < catalog.next_partition_id() {
                 return Err(bad(format!(
-                    "topic {name} starts at partition {first}, expected {}",
-                    topic.first_partition_id
+                    "topic {name} starts at partition {first}, below {}, which is in use",
+                    catalog.next_partition_id()
                 )));
             }
+            catalog
+                .add_at(name, count, first)
+                .map_err(|error| bad(error.to_string()))?;
         }
         Ok(catalog)
     }
@@ -558,6 +595,7 @@ pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::ShardId;
 
     #[test]
     fn producer_ids_resume_past_the_reserved_block_and_never_repeat() {
@@ -590,6 +628,34 @@ mod tests {
         drop(data_dir);
 
         let reopened = DataDir::open_or_create(dir.path(), 2).unwrap();
+        assert_eq!(reopened.load_catalog().unwrap(), catalog);
+    }
+
+    #[test]
+    fn an_aligned_topic_starts_at_a_multiple_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open_or_create(dir.path(), 4).unwrap();
+        let mut catalog = data_dir.load_catalog().unwrap();
+        assert_eq!(catalog.add("orders", 3).unwrap().first_partition_id, 0);
+        let aligned = catalog.add_aligned("__cairn_offsets", 4, 4).unwrap();
+        assert_eq!(aligned.first_partition_id, 4);
+        for index in 0..4 {
+            let id = aligned.partition_id(index).unwrap();
+            assert_eq!(ShardId::owner_of(id, 4), ShardId(index as u16));
+        }
+        // Already a multiple: no gap.
+        assert_eq!(
+            catalog
+                .add_aligned("seats", 2, 4)
+                .unwrap()
+                .first_partition_id,
+            8
+        );
+        assert_eq!(catalog.add("tail", 1).unwrap().first_partition_id, 10);
+        data_dir.save_catalog(&catalog).unwrap();
+        drop(data_dir);
+
+        let reopened = DataDir::open_or_create(dir.path(), 4).unwrap();
         assert_eq!(reopened.load_catalog().unwrap(), catalog);
     }
 

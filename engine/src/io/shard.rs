@@ -94,6 +94,33 @@ impl Engine {
         &self.catalog
     }
 
+    /// Creates topic `name` durably in the catalog, with its first partition id a multiple
+    /// of the shard count, so that its partition `i` is owned by shard `i % shard_count`;
+    /// or, if it exists, returns it as it is (also when an older version created it
+    /// unaligned: routing must follow the ids on disk). Blocking; call before any shard
+    /// is opened, which then learns it with the rest of the catalog.
+    ///
+    /// # Errors
+    ///
+    /// The name or count is invalid, or the catalog could not be saved.
+    pub fn ensure_topic_aligned(
+        &mut self,
+        name: &str,
+        partition_count: u32,
+    ) -> Result<Topic, TopicError> {
+        if let Some(topic) = self.catalog.topic(name) {
+            return Ok(topic.clone());
+        }
+        let mut catalog = self.catalog.clone();
+        let topic =
+            catalog.add_aligned(name, partition_count, u32::from(self.config.shard_count))?;
+        self.data_dir
+            .save_catalog(&catalog)
+            .map_err(TopicError::Storage)?;
+        self.catalog = catalog;
+        Ok(topic)
+    }
+
     /// Recovers shard `shard_id` and starts its committer. Call on that shard's executor.
     pub async fn open_shard(&self, shard_id: ShardId) -> Result<Shard, OpenError> {
         if shard_id.0 >= self.config.shard_count {

@@ -44,6 +44,8 @@ pub(super) fn failure_code(failure: &Failure) -> i16 {
             ResponseError::UnknownTopicOrPartition
         }
         FailureKind::TopicExists => ResponseError::TopicAlreadyExists,
+        // Kafka's answer to a client writing one of its internal topics.
+        FailureKind::InternalTopic => ResponseError::InvalidTopicException,
         FailureKind::Producer(ProducerError::Fenced { .. }) => ResponseError::InvalidProducerEpoch,
         FailureKind::Producer(ProducerError::OutOfOrder { .. }) => {
             ResponseError::OutOfOrderSequenceNumber

@@ -15,6 +15,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::codes;
 use crate::context::ShardContext;
+use crate::offsets;
 use crate::operation::FailureKind;
 use crate::service;
 
@@ -119,6 +120,12 @@ async fn create(
             }
         },
     };
+    if offsets::is_internal(name) {
+        return fail(
+            ResponseError::InvalidTopicException,
+            format!("{name:?} is an internal name: clients cannot create such topics"),
+        );
+    }
     if validate_only {
         if context.shard.topic(name).is_some() {
             return fail(

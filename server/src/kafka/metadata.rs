@@ -1,6 +1,7 @@
 //! `Metadata`: the brokers (one per shard) and, for each topic asked about (or all), its
 //! partitions with the owning shard as leader, sole replica and in-sync replica. Topics
-//! are never created by a Metadata request: an unknown one is UNKNOWN_TOPIC_OR_PARTITION.
+//! are never created by a Metadata request: an unknown one is UNKNOWN_TOPIC_OR_PARTITION,
+//! and so is an internal one (`offsets::is_internal`), which no listing shows.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::metadata_response::{
@@ -11,6 +12,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::codes;
 use crate::context::ShardContext;
+use crate::offsets;
 use crate::operation::{TopicPlacement, placement};
 
 /// Every shard as a broker: node id = shard index, the advertised host, its Kafka port.
@@ -59,12 +61,16 @@ pub(super) fn serve(
         None => catalog
             .topics()
             .iter()
+            .filter(|topic| !offsets::is_internal(&topic.name))
             .map(|topic| topic_metadata(&placement(topic, shard_ports, shard_count), version))
             .collect(),
         Some(names) => names
             .into_iter()
             .map(|name| match name {
-                Some(name) => match catalog.topic(&name) {
+                Some(name) => match catalog
+                    .topic(&name)
+                    .filter(|topic| !offsets::is_internal(&topic.name))
+                {
                     Some(topic) => {
                         topic_metadata(&placement(topic, shard_ports, shard_count), version)
                     }

@@ -15,9 +15,15 @@
 //!
 //! Module order (each uses only those before it): `codes` (the error codes and the
 //! message grammar of a failed condition), `record_batch` (Kafka batches <-> Cairn
-//! records), the APIs (`api_versions`, `metadata`, `create_topics`, `produce`, `fetch`,
-//! `list_offsets`, `init_producer_id`, `describe_configs`, `describe_cluster`; `produce`
-//! also uses this file's `join_all`), this file's dispatch, `connection`.
+//! records), `group_gate` (may a member commit: the boundary to group membership), the
+//! APIs (`api_versions`, `metadata`, `create_topics`, `produce`, `fetch`, `list_offsets`,
+//! `init_producer_id`, `describe_configs`, `describe_cluster`, `find_coordinator`,
+//! `offset_fetch`, `offset_commit`, `offset_delete`; `produce` also uses this file's
+//! `join_all`), this file's dispatch, `connection`.
+//!
+//! Group APIs (FindCoordinator, OffsetCommit, OffsetFetch, OffsetDelete) are answered by
+//! the group's coordinator shard (`routing::coordinator_shard`) and NOT_COORDINATOR
+//! elsewhere, never forwarded either.
 
 mod api_versions;
 mod codes;
@@ -26,9 +32,14 @@ mod create_topics;
 mod describe_cluster;
 mod describe_configs;
 mod fetch;
+mod find_coordinator;
+mod group_gate;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
 mod produce;
 mod record_batch;
 
@@ -37,8 +48,9 @@ use std::path::Path;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreateTopicsRequest, DescribeClusterRequest,
-    DescribeConfigsRequest, FetchRequest, InitProducerIdRequest, ListOffsetsRequest,
-    MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    DescribeConfigsRequest, FetchRequest, FindCoordinatorRequest, InitProducerIdRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -58,6 +70,10 @@ pub(crate) const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// Whether `version` of `api_key` is one we speak.
@@ -91,6 +107,10 @@ enum Request {
     InitProducerId(InitProducerIdRequest),
     DescribeConfigs(DescribeConfigsRequest),
     DescribeCluster(DescribeClusterRequest),
+    FindCoordinator(FindCoordinatorRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    OffsetDelete(OffsetDeleteRequest),
 }
 
 /// A response body ready to encode.
@@ -186,6 +206,22 @@ pub(crate) async fn handle_request(context: &ShardContext, frame: Bytes) -> Hand
             let response = describe_cluster::serve(context, &request, version);
             encode_response(api_key, version, correlation_id, &response)
         }
+        Request::FindCoordinator(request) => {
+            let response = find_coordinator::serve(context, &request, version);
+            encode_response(api_key, version, correlation_id, &response)
+        }
+        Request::OffsetCommit(request) => {
+            let response = offset_commit::serve(context, request, version).await;
+            encode_response(api_key, version, correlation_id, &response)
+        }
+        Request::OffsetFetch(request) => {
+            let response = offset_fetch::serve(context, request, version).await;
+            encode_response(api_key, version, correlation_id, &response)
+        }
+        Request::OffsetDelete(request) => {
+            let response = offset_delete::serve(context, &request).await;
+            encode_response(api_key, version, correlation_id, &response)
+        }
     }
 }
 
@@ -209,6 +245,16 @@ fn decode_body(api_key: ApiKey, buf: &mut Bytes, version: i16) -> Result<Request
         }
         ApiKey::DescribeCluster => {
             DescribeClusterRequest::decode(buf, version).map(Request::DescribeCluster)
+        }
+        ApiKey::FindCoordinator => {
+            FindCoordinatorRequest::decode(buf, version).map(Request::FindCoordinator)
+        }
+        ApiKey::OffsetCommit => {
+            OffsetCommitRequest::decode(buf, version).map(Request::OffsetCommit)
+        }
+        ApiKey::OffsetFetch => OffsetFetchRequest::decode(buf, version).map(Request::OffsetFetch),
+        ApiKey::OffsetDelete => {
+            OffsetDeleteRequest::decode(buf, version).map(Request::OffsetDelete)
         }
         other => return Err(format!("{other:?} is not implemented")),
     };

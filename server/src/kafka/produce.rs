@@ -24,7 +24,7 @@ use super::record_batch::{self, BatchError, ProducedBatch};
 use super::{codes, metadata};
 use crate::context::ShardContext;
 use crate::operation::{AppendResult, FailureKind};
-use crate::{routing, service};
+use crate::{offsets, routing, service};
 
 /// How one partition's batch ended.
 struct Outcome {
@@ -196,6 +196,13 @@ async fn produce_partition(
     let unknown = |message: String| {
         Outcome::error(codes::code(ResponseError::UnknownTopicOrPartition), message)
     };
+    if offsets::is_internal(topic_name) {
+        // Kafka's answer to a client producing to one of its internal topics.
+        return Outcome::error(
+            codes::code(ResponseError::InvalidTopicException),
+            format!("{topic_name} is internal: clients cannot write it"),
+        );
+    }
     let topic = match routing::topic(&context.shard, topic_name) {
         Ok(topic) => topic,
         Err(failure) => return unknown(failure.message),

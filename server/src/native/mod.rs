@@ -9,13 +9,15 @@
 //!
 //! Module order (each uses only those before it): `session`, the request kinds (`ping`,
 //! `metadata`, `create_topic`, `append`, `fetch`, `read_key`, `key_history`,
-//! `init_producer`), this file's
+//! `init_producer`, `commit_offsets`, `fetch_offsets`), this file's
 //! dispatch, `connection`.
 
 mod append;
+mod commit_offsets;
 pub(crate) mod connection;
 mod create_topic;
 mod fetch;
+mod fetch_offsets;
 mod init_producer;
 mod key_history;
 mod metadata;
@@ -86,6 +88,12 @@ pub(crate) async fn handle_frame(context: &ShardContext, frame: &[u8], session: 
         }
         RequestBody::InitProducer => {
             init_producer::serve(context, session, correlation_id).await;
+        }
+        RequestBody::CommitOffsets(commit) => {
+            commit_offsets::serve(context, session, correlation_id, commit).await;
+        }
+        RequestBody::FetchOffsets(fetch) => {
+            fetch_offsets::serve(context, session, correlation_id, fetch).await;
         }
     }
     drop(large_response_permit);

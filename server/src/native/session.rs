@@ -175,7 +175,7 @@ pub(crate) fn connection_refused_frame(open_count_max: usize) -> Vec<u8> {
 pub(crate) fn error_code(kind: FailureKind) -> ErrorCode {
     match kind {
         // The native protocol has no producer stamps; only Kafka's front end meets these.
-        FailureKind::BadRequest => ErrorCode::BadRequest,
+        FailureKind::BadRequest | FailureKind::InternalTopic => ErrorCode::BadRequest,
         FailureKind::TooLarge => ErrorCode::TooLarge,
         FailureKind::UnknownTopic => ErrorCode::UnknownTopic,
         FailureKind::UnknownPartition => ErrorCode::UnknownPartition,

@@ -13,6 +13,11 @@
 //       One line {"timestamp_ms", "offset"} per target: fetchTopicOffsetsByTimestamp
 //       (ListOffsets by timestamp). When no record is that late the broker answers -1, and
 //       kafkajs reports the partition's end offset instead.
+//   node kafkajs_client.js committed BOOTSTRAP TOPIC GROUP
+//       One line {"partitions": [{"partition", "offset", "metadata"}]}: the group's committed
+//       offsets of the topic by admin.fetchOffsets (FindCoordinator, then OffsetFetch), an
+//       offset of -1 where nothing is committed. (A kafkajs consumer commits only as a
+//       member of a group it joined, so kafkajs reads committed offsets here, never writes.)
 //
 // Logs go to stderr: stdout carries only the JSON lines the test parses.
 'use strict'
@@ -124,6 +129,17 @@ async function times (bootstrap, topic, partition, targets) {
   await admin.disconnect()
 }
 
+async function committed (bootstrap, topic, group) {
+  const admin = kafkaFor(bootstrap).admin()
+  await admin.connect()
+  const [found] = await admin.fetchOffsets({ groupId: group, topics: [topic] })
+  const partitions = found.partitions
+    .map(entry => ({ partition: entry.partition, offset: Number(entry.offset), metadata: entry.metadata }))
+    .sort((left, right) => left.partition - right.partition)
+  emit({ partitions })
+  await admin.disconnect()
+}
+
 async function main () {
   const [mode, bootstrap, topic, ...rest] = process.argv.slice(2)
   if (mode === 'produce') {
@@ -132,6 +148,8 @@ async function main () {
     await longPoll(bootstrap, topic, Number(rest[0]), Number(rest[1]))
   } else if (mode === 'times') {
     await times(bootstrap, topic, Number(rest[0]), rest.slice(1).map(Number))
+  } else if (mode === 'committed') {
+    await committed(bootstrap, topic, rest[0])
   } else {
     throw new Error(`unknown mode ${mode}`)
   }

@@ -107,10 +107,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConditionKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 8;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 9] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 11] = [
   RequestBody::NONE,
   RequestBody::Ping,
   RequestBody::CreateTopic,
@@ -120,6 +120,8 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 9] = [
   RequestBody::ReadKey,
   RequestBody::KeyHistory,
   RequestBody::InitProducer,
+  RequestBody::CommitOffsets,
+  RequestBody::FetchOffsets,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -136,9 +138,11 @@ impl RequestBody {
   pub const ReadKey: Self = Self(6);
   pub const KeyHistory: Self = Self(7);
   pub const InitProducer: Self = Self(8);
+  pub const CommitOffsets: Self = Self(9);
+  pub const FetchOffsets: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Ping,
@@ -149,6 +153,8 @@ impl RequestBody {
     Self::ReadKey,
     Self::KeyHistory,
     Self::InitProducer,
+    Self::CommitOffsets,
+    Self::FetchOffsets,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -162,6 +168,8 @@ impl RequestBody {
       Self::ReadKey => Some("ReadKey"),
       Self::KeyHistory => Some("KeyHistory"),
       Self::InitProducer => Some("InitProducer"),
+      Self::CommitOffsets => Some("CommitOffsets"),
+      Self::FetchOffsets => Some("FetchOffsets"),
       _ => None,
     }
   }
@@ -454,10 +462,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConflictKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 9;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 11;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 10] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 12] = [
   ResponseBody::NONE,
   ResponseBody::Pong,
   ResponseBody::TopicCreated,
@@ -468,6 +476,8 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 10] = [
   ResponseBody::KeyHistoryResult,
   ResponseBody::ErrorResponse,
   ResponseBody::ProducerInitialized,
+  ResponseBody::OffsetsCommitted,
+  ResponseBody::CommittedOffsets,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -485,9 +495,11 @@ impl ResponseBody {
   pub const KeyHistoryResult: Self = Self(7);
   pub const ErrorResponse: Self = Self(8);
   pub const ProducerInitialized: Self = Self(9);
+  pub const OffsetsCommitted: Self = Self(10);
+  pub const CommittedOffsets: Self = Self(11);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Pong,
@@ -499,6 +511,8 @@ impl ResponseBody {
     Self::KeyHistoryResult,
     Self::ErrorResponse,
     Self::ProducerInitialized,
+    Self::OffsetsCommitted,
+    Self::CommittedOffsets,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -513,6 +527,8 @@ impl ResponseBody {
       Self::KeyHistoryResult => Some("KeyHistoryResult"),
       Self::ErrorResponse => Some("ErrorResponse"),
       Self::ProducerInitialized => Some("ProducerInitialized"),
+      Self::OffsetsCommitted => Some("OffsetsCommitted"),
+      Self::CommittedOffsets => Some("CommittedOffsets"),
       _ => None,
     }
   }
@@ -2584,6 +2600,417 @@ impl ::core::fmt::Debug for InitProducer<'_> {
       ds.finish()
   }
 }
+pub enum PartitionOffsetOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One partition's offset in a CommitOffsets.
+pub struct PartitionOffset<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PartitionOffset<'a> {
+  type Inner = PartitionOffset<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PartitionOffset<'a> {
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
+  pub const VT_METADATA: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PartitionOffset { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PartitionOffsetArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PartitionOffset<'bldr>> {
+    let mut builder = PartitionOffsetBuilder::new(_fbb);
+    builder.add_offset(args.offset);
+    if let Some(x) = args.metadata { builder.add_metadata(x); }
+    builder.add_partition(args.partition);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(PartitionOffset::VT_PARTITION, Some(0)).unwrap()}
+  }
+  /// The next offset the group will read in the partition (Kafka's convention: one past
+  /// the last record processed).
+  #[inline]
+  pub fn offset(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(PartitionOffset::VT_OFFSET, Some(0)).unwrap()}
+  }
+  /// Kept and returned as is by FetchOffsets; at most 4096 bytes. Absent: the empty one.
+  #[inline]
+  pub fn metadata(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PartitionOffset::VT_METADATA, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PartitionOffset<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("metadata", Self::VT_METADATA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PartitionOffsetArgs<'a> {
+    pub partition: u32,
+    pub offset: i64,
+    pub metadata: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for PartitionOffsetArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PartitionOffsetArgs {
+      partition: 0,
+      offset: 0,
+      metadata: None,
+    }
+  }
+}
+
+pub struct PartitionOffsetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PartitionOffsetBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: u32) {
+    self.fbb_.push_slot::<u32>(PartitionOffset::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: i64) {
+    self.fbb_.push_slot::<i64>(PartitionOffset::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_metadata(&mut self, metadata: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionOffset::VT_METADATA, metadata);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PartitionOffsetBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PartitionOffsetBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PartitionOffset<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PartitionOffset<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PartitionOffset");
+      ds.field("partition", &self.partition());
+      ds.field("offset", &self.offset());
+      ds.field("metadata", &self.metadata());
+      ds.finish()
+  }
+}
+pub enum CommitOffsetsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Store a consumer group's offsets of partitions of one topic; answered with
+/// OffsetsCommitted once durable. All partitions are committed together, in one atomic
+/// batch, or none is; the latest commit of a (group, topic, partition) wins. The same
+/// store as Kafka's OffsetCommit: a Kafka consumer of the group resumes from these.
+/// Errors: UnknownTopic, UnknownPartition, BadRequest (a group id of more than 1024
+/// bytes, a topic whose name starts with __cairn), TooLarge (metadata over 4096 bytes).
+pub struct CommitOffsets<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CommitOffsets<'a> {
+  type Inner = CommitOffsets<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CommitOffsets<'a> {
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CommitOffsets { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CommitOffsetsArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CommitOffsets<'bldr>> {
+    let mut builder = CommitOffsetsBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    if let Some(x) = args.group { builder.add_group(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CommitOffsets::VT_GROUP, None).unwrap()}
+  }
+  #[inline]
+  pub fn topic(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CommitOffsets::VT_TOPIC, None).unwrap()}
+  }
+  /// 1 to 4096 partitions.
+  #[inline]
+  pub fn partitions(&self) -> ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionOffset<'a>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionOffset>>>>(CommitOffsets::VT_PARTITIONS, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CommitOffsets<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group", Self::VT_GROUP, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PartitionOffset>>>>("partitions", Self::VT_PARTITIONS, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CommitOffsetsArgs<'a> {
+    pub group: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionOffset<'a>>>>>,
+}
+impl<'a> Default for CommitOffsetsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CommitOffsetsArgs {
+      group: None, // required field
+      topic: None, // required field
+      partitions: None, // required field
+    }
+  }
+}
+
+pub struct CommitOffsetsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CommitOffsetsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group(&mut self, group: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CommitOffsets::VT_GROUP, group);
+  }
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CommitOffsets::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<PartitionOffset<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CommitOffsets::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CommitOffsetsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CommitOffsetsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CommitOffsets<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, CommitOffsets::VT_GROUP,"group");
+    self.fbb_.required(o, CommitOffsets::VT_TOPIC,"topic");
+    self.fbb_.required(o, CommitOffsets::VT_PARTITIONS,"partitions");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CommitOffsets<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CommitOffsets");
+      ds.field("group", &self.group());
+      ds.field("topic", &self.topic());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum FetchOffsetsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Read a consumer group's committed offsets of partitions of one topic (the latest
+/// durable commit of each, whether by CommitOffsets or Kafka's OffsetCommit); answered
+/// with CommittedOffsets. A topic or partition that does not exist has no offset.
+pub struct FetchOffsets<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for FetchOffsets<'a> {
+  type Inner = FetchOffsets<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> FetchOffsets<'a> {
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    FetchOffsets { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args FetchOffsetsArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<FetchOffsets<'bldr>> {
+    let mut builder = FetchOffsetsBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    if let Some(x) = args.group { builder.add_group(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(FetchOffsets::VT_GROUP, None).unwrap()}
+  }
+  #[inline]
+  pub fn topic(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(FetchOffsets::VT_TOPIC, None).unwrap()}
+  }
+  /// 1 to 4096 partition indexes.
+  #[inline]
+  pub fn partitions(&self) -> ::flatbuffers::Vector<'a, u32> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u32>>>(FetchOffsets::VT_PARTITIONS, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for FetchOffsets<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group", Self::VT_GROUP, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topic", Self::VT_TOPIC, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u32>>>("partitions", Self::VT_PARTITIONS, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct FetchOffsetsArgs<'a> {
+    pub group: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u32>>>,
+}
+impl<'a> Default for FetchOffsetsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    FetchOffsetsArgs {
+      group: None, // required field
+      topic: None, // required field
+      partitions: None, // required field
+    }
+  }
+}
+
+pub struct FetchOffsetsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchOffsetsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group(&mut self, group: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(FetchOffsets::VT_GROUP, group);
+  }
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(FetchOffsets::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(FetchOffsets::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchOffsetsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    FetchOffsetsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<FetchOffsets<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, FetchOffsets::VT_GROUP,"group");
+    self.fbb_.required(o, FetchOffsets::VT_TOPIC,"topic");
+    self.fbb_.required(o, FetchOffsets::VT_PARTITIONS,"partitions");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for FetchOffsets<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("FetchOffsets");
+      ds.field("group", &self.group());
+      ds.field("topic", &self.topic());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2765,6 +3192,36 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_commit_offsets(&self) -> Option<CommitOffsets<'a>> {
+    if self.body_type() == RequestBody::CommitOffsets {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CommitOffsets::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_fetch_offsets(&self) -> Option<FetchOffsets<'a>> {
+    if self.body_type() == RequestBody::FetchOffsets {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { FetchOffsets::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -2784,6 +3241,8 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::ReadKey => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReadKey>>("RequestBody::ReadKey", pos),
           RequestBody::KeyHistory => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<KeyHistory>>("RequestBody::KeyHistory", pos),
           RequestBody::InitProducer => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducer>>("RequestBody::InitProducer", pos),
+          RequestBody::CommitOffsets => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CommitOffsets>>("RequestBody::CommitOffsets", pos),
+          RequestBody::FetchOffsets => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FetchOffsets>>("RequestBody::FetchOffsets", pos),
           _ => Ok(()),
         }
      })?
@@ -2896,6 +3355,20 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         RequestBody::InitProducer => {
           if let Some(x) = self.body_as_init_producer() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::CommitOffsets => {
+          if let Some(x) = self.body_as_commit_offsets() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::FetchOffsets => {
+          if let Some(x) = self.body_as_fetch_offsets() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -3351,6 +3824,316 @@ impl ::core::fmt::Debug for Appended<'_> {
       ds.field("base_offset", &self.base_offset());
       ds.field("record_count", &self.record_count());
       ds.field("duplicate", &self.duplicate());
+      ds.finish()
+  }
+}
+pub enum OffsetsCommittedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Answer to CommitOffsets: every partition's offset is durable.
+pub struct OffsetsCommitted<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OffsetsCommitted<'a> {
+  type Inner = OffsetsCommitted<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OffsetsCommitted<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OffsetsCommitted { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args OffsetsCommittedArgs
+  ) -> ::flatbuffers::WIPOffset<OffsetsCommitted<'bldr>> {
+    let mut builder = OffsetsCommittedBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for OffsetsCommitted<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OffsetsCommittedArgs {
+}
+impl<'a> Default for OffsetsCommittedArgs {
+  #[inline]
+  fn default() -> Self {
+    OffsetsCommittedArgs {
+    }
+  }
+}
+
+pub struct OffsetsCommittedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetsCommittedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OffsetsCommittedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OffsetsCommittedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetsCommitted<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OffsetsCommitted<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OffsetsCommitted");
+      ds.finish()
+  }
+}
+pub enum CommittedOffsetOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One partition of a CommittedOffsets.
+pub struct CommittedOffset<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CommittedOffset<'a> {
+  type Inner = CommittedOffset<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CommittedOffset<'a> {
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
+  pub const VT_METADATA: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CommittedOffset { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CommittedOffsetArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CommittedOffset<'bldr>> {
+    let mut builder = CommittedOffsetBuilder::new(_fbb);
+    if let Some(x) = args.offset { builder.add_offset(x); }
+    if let Some(x) = args.metadata { builder.add_metadata(x); }
+    builder.add_partition(args.partition);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partition(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(CommittedOffset::VT_PARTITION, Some(0)).unwrap()}
+  }
+  /// Absent: the group has no committed offset for the partition.
+  #[inline]
+  pub fn offset(&self) -> Option<i64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(CommittedOffset::VT_OFFSET, None)}
+  }
+  /// As committed (empty when absent or when nothing is committed).
+  #[inline]
+  pub fn metadata(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CommittedOffset::VT_METADATA, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CommittedOffset<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
+     .visit_field::<i64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("metadata", Self::VT_METADATA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CommittedOffsetArgs<'a> {
+    pub partition: u32,
+    pub offset: Option<i64>,
+    pub metadata: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for CommittedOffsetArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CommittedOffsetArgs {
+      partition: 0,
+      offset: None,
+      metadata: None,
+    }
+  }
+}
+
+pub struct CommittedOffsetBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CommittedOffsetBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partition(&mut self, partition: u32) {
+    self.fbb_.push_slot::<u32>(CommittedOffset::VT_PARTITION, partition, 0);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: i64) {
+    self.fbb_.push_slot_always::<i64>(CommittedOffset::VT_OFFSET, offset);
+  }
+  #[inline]
+  pub fn add_metadata(&mut self, metadata: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CommittedOffset::VT_METADATA, metadata);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CommittedOffsetBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CommittedOffsetBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CommittedOffset<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CommittedOffset<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CommittedOffset");
+      ds.field("partition", &self.partition());
+      ds.field("offset", &self.offset());
+      ds.field("metadata", &self.metadata());
+      ds.finish()
+  }
+}
+pub enum CommittedOffsetsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Answer to FetchOffsets: one entry per partition asked for, in the order asked.
+pub struct CommittedOffsets<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CommittedOffsets<'a> {
+  type Inner = CommittedOffsets<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CommittedOffsets<'a> {
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CommittedOffsets { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CommittedOffsetsArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CommittedOffsets<'bldr>> {
+    let mut builder = CommittedOffsetsBuilder::new(_fbb);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn partitions(&self) -> ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommittedOffset<'a>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommittedOffset>>>>(CommittedOffsets::VT_PARTITIONS, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CommittedOffsets<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<CommittedOffset>>>>("partitions", Self::VT_PARTITIONS, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CommittedOffsetsArgs<'a> {
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommittedOffset<'a>>>>>,
+}
+impl<'a> Default for CommittedOffsetsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CommittedOffsetsArgs {
+      partitions: None, // required field
+    }
+  }
+}
+
+pub struct CommittedOffsetsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CommittedOffsetsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<CommittedOffset<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CommittedOffsets::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CommittedOffsetsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CommittedOffsetsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CommittedOffsets<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, CommittedOffsets::VT_PARTITIONS,"partitions");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CommittedOffsets<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CommittedOffsets");
+      ds.field("partitions", &self.partitions());
       ds.finish()
   }
 }
@@ -4317,6 +5100,36 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_offsets_committed(&self) -> Option<OffsetsCommitted<'a>> {
+    if self.body_type() == ResponseBody::OffsetsCommitted {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { OffsetsCommitted::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_committed_offsets(&self) -> Option<CommittedOffsets<'a>> {
+    if self.body_type() == ResponseBody::CommittedOffsets {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CommittedOffsets::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -4337,6 +5150,8 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::KeyHistoryResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<KeyHistoryResult>>("ResponseBody::KeyHistoryResult", pos),
           ResponseBody::ErrorResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ErrorResponse>>("ResponseBody::ErrorResponse", pos),
           ResponseBody::ProducerInitialized => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ProducerInitialized>>("ResponseBody::ProducerInitialized", pos),
+          ResponseBody::OffsetsCommitted => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OffsetsCommitted>>("ResponseBody::OffsetsCommitted", pos),
+          ResponseBody::CommittedOffsets => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CommittedOffsets>>("ResponseBody::CommittedOffsets", pos),
           _ => Ok(()),
         }
      })?
@@ -4456,6 +5271,20 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::ProducerInitialized => {
           if let Some(x) = self.body_as_producer_initialized() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::OffsetsCommitted => {
+          if let Some(x) = self.body_as_offsets_committed() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::CommittedOffsets => {
+          if let Some(x) = self.body_as_committed_offsets() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

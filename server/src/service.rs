@@ -118,6 +118,21 @@ pub(crate) async fn append(
     }
 }
 
+/// A front end that routes by itself (the Kafka one: each shard is a broker) must only
+/// hand over partitions of this shard; anything else is its bug, not the client's.
+fn ensure_owned(context: &ShardContext, located: &Located) -> Result<(), Failure> {
+    if located.owner == context.shard_id {
+        return Ok(());
+    }
+    Err(Failure::new(
+        FailureKind::Internal,
+        format!(
+            "partition {:?} belongs to shard {}, not {}",
+            located.partition_id, located.owner.0, context.shard_id.0
+        ),
+    ))
+}
+
 /// Appends `records` (one batch) to `located`, a partition this shard owns, as `append`
 /// does, for a front end that routes by itself and does not forward (Kafka's: each shard is
 /// the leader of its own partitions). `producer` stamps the batch of an idempotent
@@ -130,15 +145,7 @@ pub(crate) async fn append_located(
     producer: Option<ProducerStamp>,
 ) -> Result<AppendResult, Failure> {
     ensure_serving(context)?;
-    if located.owner != context.shard_id {
-        return Err(Failure::new(
-            FailureKind::Internal,
-            format!(
-                "partition {:?} belongs to shard {}, not {}",
-                located.partition_id, located.owner.0, context.shard_id.0
-            ),
-        ));
-    }
+    ensure_owned(context, located)?;
     append_local(context, located, expected_end, records, producer).await
 }
 
@@ -235,15 +242,7 @@ pub(crate) async fn fetch_located(
     hung_up: impl Future<Output = ()>,
 ) -> Result<FetchResult, Failure> {
     ensure_serving(context)?;
-    if located.owner != context.shard_id {
-        return Err(Failure::new(
-            FailureKind::Internal,
-            format!(
-                "partition {:?} belongs to shard {}, not {}",
-                located.partition_id, located.owner.0, context.shard_id.0
-            ),
-        ));
-    }
+    ensure_owned(context, located)?;
     fetch_local(context, located, from, size_bytes_max, wait_max, hung_up).await
 }
 

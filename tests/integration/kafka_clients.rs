@@ -986,6 +986,28 @@ fn assert_offsets_for_times(lookups: &[Value], past_the_end: Option<u64>) {
     assert_eq!(found, expected, "{lookups:?}");
 }
 
+/// Produces the timestamped records with `make`'s client (`python3 kafka_python_client.py`
+/// or `node kafkajs_client.js` with the arguments given), checks they got offsets 0..,
+/// and returns the client's lookups of every target.
+fn produce_timestamped_then_look_up(
+    make: impl Fn(&[&str]) -> Command,
+    bootstrap: &str,
+) -> Vec<Value> {
+    let produced = json_lines(&run_to_end(
+        make(&["produce", bootstrap, "times"]),
+        &timestamped_input(),
+    ));
+    let offsets: Vec<u64> = produced
+        .iter()
+        .map(|report| report["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(offsets, [0, 1, 2, 3, 4]);
+    let targets = target_args();
+    let mut args = vec!["times", bootstrap, "times", "0"];
+    args.extend(targets.iter().map(String::as_str));
+    json_lines(&run_to_end(make(&args), ""))
+}
+
 fn target_args() -> Vec<String> {
     timestamp_targets()
         .iter()
@@ -997,21 +1019,10 @@ fn target_args() -> Vec<String> {
 fn kafka_python_offsets_for_times_finds_the_first_record_at_or_after_a_timestamp() {
     let server = TestServer::start();
     create_topic(&server, "times", 1);
-    let bootstrap = server.kafka_bootstrap();
-    let produced = json_lines(&run_to_end(
-        python("kafka_python_client.py", &["produce", &bootstrap, "times"]),
-        &timestamped_input(),
-    ));
-    let offsets: Vec<u64> = produced
-        .iter()
-        .map(|report| report["offset"].as_u64().expect("offset"))
-        .collect();
-    assert_eq!(offsets, [0, 1, 2, 3, 4]);
-
-    let targets = target_args();
-    let mut args = vec!["times", bootstrap.as_str(), "times", "0"];
-    args.extend(targets.iter().map(String::as_str));
-    let lookups = json_lines(&run_to_end(python("kafka_python_client.py", &args), ""));
+    let lookups = produce_timestamped_then_look_up(
+        |args| python("kafka_python_client.py", args),
+        &server.kafka_bootstrap(),
+    );
     assert_offsets_for_times(&lookups, None);
     for (lookup, (_, expected)) in lookups.iter().zip(timestamp_targets()) {
         let record_timestamp = lookup["record_timestamp_ms"].as_i64();
@@ -1025,26 +1036,13 @@ fn kafka_python_offsets_for_times_finds_the_first_record_at_or_after_a_timestamp
 fn kafkajs_offsets_by_timestamp_finds_the_first_record_at_or_after_a_timestamp() {
     let server = TestServer::start();
     create_topic(&server, "times", 1);
-    let bootstrap = server.kafka_bootstrap();
-    let produced = json_lines(&run_to_end(
-        node("kafkajs_client.js", &["produce", &bootstrap, "times"]),
-        &timestamped_input(),
-    ));
-    let offsets: Vec<u64> = produced
-        .iter()
-        .map(|report| report["offset"].as_u64().expect("offset"))
-        .collect();
-    assert_eq!(offsets, [0, 1, 2, 3, 4]);
-
-    let targets = target_args();
-    let mut args = vec!["times", bootstrap.as_str(), "times", "0"];
-    args.extend(targets.iter().map(String::as_str));
+    let lookups = produce_timestamped_then_look_up(
+        |args| node("kafkajs_client.js", args),
+        &server.kafka_bootstrap(),
+    );
     // kafkajs turns the broker's "none" (-1) into the partition's end offset.
     let end_offset = u64::try_from(TIMESTAMPED_RECORD_COUNT).expect("positive");
-    assert_offsets_for_times(
-        &json_lines(&run_to_end(node("kafkajs_client.js", &args), "")),
-        Some(end_offset),
-    );
+    assert_offsets_for_times(&lookups, Some(end_offset));
 }
 
 /// The README's Kafka examples, run as a reader of the README would: the first booking of

@@ -375,6 +375,14 @@ fn kafka_groups_find_coordinator_names_the_hashed_shard_and_refuses_transactions
         .with_key_type(1);
     let response: FindCoordinatorResponse = connection.call(ApiKey::FindCoordinator, 3, &request);
     assert_eq!(response.error_code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    assert_eq!(
+        response.error_message.as_deref(),
+        Some("transactions are not supported")
+    );
+    // v0 has no error message.
+    let request = FindCoordinatorRequest::default().with_key(text(&groups[1]));
+    let response: FindCoordinatorResponse = connection.call(ApiKey::FindCoordinator, 0, &request);
+    assert_eq!((response.error_code, response.node_id.0), (NONE, 1));
 }
 
 #[test]

@@ -37,24 +37,54 @@ pub(super) fn coordinates(context: &ShardContext, group_id: &str) -> Result<(), 
     Ok(())
 }
 
-/// The coordinator of `key`: (error code, node id, host, port).
-fn find(context: &ShardContext, key_type: i8, key: &str) -> (i16, i32, StrBytes, i32) {
-    let refused = |error: ResponseError| (codes::code(error), -1, StrBytes::default(), -1);
+/// Where one key's coordinator is, or why there is none.
+struct Found {
+    error_code: i16,
+    /// For a refusal: what the client shows (v1 and later).
+    error_message: Option<StrBytes>,
+    node_id: i32,
+    host: StrBytes,
+    port: i32,
+}
+
+/// The coordinator of `key`.
+fn find(context: &ShardContext, key_type: i8, key: &str) -> Found {
+    let refused = |error: ResponseError, message: &'static str| Found {
+        error_code: codes::code(error),
+        error_message: Some(StrBytes::from_static_str(message)),
+        node_id: -1,
+        host: StrBytes::default(),
+        port: -1,
+    };
     match key_type {
         KEY_TYPE_GROUP => {}
-        KEY_TYPE_TRANSACTION => return refused(ResponseError::TransactionalIdAuthorizationFailed),
-        _ => return refused(ResponseError::InvalidRequest),
+        KEY_TYPE_TRANSACTION => {
+            return refused(
+                ResponseError::TransactionalIdAuthorizationFailed,
+                "transactions are not supported",
+            );
+        }
+        _ => return refused(ResponseError::InvalidRequest, "unknown key type"),
     }
     if key.is_empty() {
-        return refused(ResponseError::InvalidGroupId);
+        return refused(ResponseError::InvalidGroupId, "the group id is empty");
     }
     if context.is_stopping.get() {
-        return refused(ResponseError::CoordinatorNotAvailable);
+        return refused(
+            ResponseError::CoordinatorNotAvailable,
+            "the server is shutting down",
+        );
     }
     let shard = routing::coordinator_shard(key, context.config.shard_count);
     match brokers(context).into_iter().nth(usize::from(shard.0)) {
-        Some((node_id, host, port)) => (codes::NONE, node_id, host, port),
-        None => refused(ResponseError::CoordinatorNotAvailable),
+        Some((node_id, host, port)) => Found {
+            error_code: codes::NONE,
+            error_message: None,
+            node_id,
+            host,
+            port,
+        },
+        None => refused(ResponseError::CoordinatorNotAvailable, "no such broker"),
     }
 }
 
@@ -64,24 +94,29 @@ pub(super) fn serve(
     version: i16,
 ) -> FindCoordinatorResponse {
     if version < 4 {
-        let (error_code, node_id, host, port) = find(context, request.key_type, &request.key);
-        return FindCoordinatorResponse::default()
-            .with_error_code(error_code)
-            .with_node_id(BrokerId(node_id))
-            .with_host(host)
-            .with_port(port);
+        let found = find(context, request.key_type, &request.key);
+        let mut response = FindCoordinatorResponse::default()
+            .with_error_code(found.error_code)
+            .with_node_id(BrokerId(found.node_id))
+            .with_host(found.host)
+            .with_port(found.port);
+        if version >= 1 {
+            response.error_message = found.error_message;
+        }
+        return response;
     }
     let coordinators = request
         .coordinator_keys
         .iter()
         .map(|key| {
-            let (error_code, node_id, host, port) = find(context, request.key_type, key);
+            let found = find(context, request.key_type, key);
             Coordinator::default()
                 .with_key(key.clone())
-                .with_error_code(error_code)
-                .with_node_id(BrokerId(node_id))
-                .with_host(host)
-                .with_port(port)
+                .with_error_code(found.error_code)
+                .with_error_message(found.error_message)
+                .with_node_id(BrokerId(found.node_id))
+                .with_host(found.host)
+                .with_port(found.port)
         })
         .collect();
     FindCoordinatorResponse::default().with_coordinators(coordinators)

@@ -1,6 +1,6 @@
 //! What a shard's tasks share: its engine shard, its end of the mesh, its admission state,
 //! where the server listens, the shutdown flag its connections watch, its connection count,
-//! and the index of the groups whose offsets it keeps. Lives on one
+//! the consumer groups it coordinates and the index of those whose offsets it keeps. Lives on one
 //! executor; nothing in it is shared with another shard.
 
 use std::cell::{Cell, RefCell};
@@ -11,6 +11,7 @@ use cairn_engine::{Shard, ShardId};
 
 use crate::admission::Admission;
 use crate::config::{Listening, ServerConfig};
+use crate::group::Groups;
 use crate::mesh::Mesh;
 use crate::offsets::GroupOffsetsIndex;
 
@@ -31,6 +32,8 @@ pub(crate) struct ShardContext {
     pub(crate) connection_closed: Event,
     /// The shard's request memory budget and connection limit.
     pub(crate) admission: Admission,
+    /// The consumer groups this shard coordinates (Kafka's group protocol).
+    pub(crate) groups: Groups,
     /// The groups with committed offsets in this shard's partition of the offsets topic
     /// (the groups this shard coordinates that have any).
     pub(crate) group_offsets: RefCell<GroupOffsetsIndex>,

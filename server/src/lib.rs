@@ -22,6 +22,8 @@
 //! - `routing`: partition -> owning shard; group id -> coordinator shard
 //!   (`coordinator_shard`).
 //! - `mesh`: sending to other shards and waiting for their replies.
+//! - `group`: the consumer groups a shard coordinates: membership as a sans-I/O state
+//!   machine (`group::state`), its timers and long-polls.
 //! - `context`: what a shard's tasks share.
 //! - `service`: append, fetch, read_key, key_history, metadata, create_topic, each run on
 //!   the owning shard.
@@ -38,6 +40,7 @@
 mod admission;
 mod config;
 mod context;
+mod group;
 mod kafka;
 mod mesh;
 mod native;

@@ -671,10 +671,6 @@ pub(crate) async fn fetch_group_offsets(
 /// Deletes every committed offset of `group` (one batch of tombstones, synced before it
 /// returns) on this shard, which must be the group's coordinator; how many there were.
 /// For Kafka's DeleteGroups.
-#[expect(
-    dead_code,
-    reason = "DeleteGroups, with group membership (issue 12), calls it; remove this then"
-)]
 pub(crate) async fn delete_group_offsets(
     context: &ShardContext,
     group: &str,

@@ -85,6 +85,7 @@ pub(crate) async fn run_shard(
         open_connections: Cell::new(0),
         connection_closed: Event::new(),
         admission: Admission::new(config.shard_request_bytes_max),
+        groups: crate::group::Groups::new(shard_id.0),
         group_offsets: RefCell::new(group_offsets),
     });
     let mesh = context.mesh.clone();

@@ -14,6 +14,8 @@ mod engine_durability;
 mod engine_kafka;
 mod group_offsets;
 mod kafka_clients;
+mod kafka_group_clients;
+mod kafka_groups;
 mod kafka_protocol;
 mod loadgen;
 mod protocol_errors;

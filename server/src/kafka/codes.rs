@@ -30,6 +30,7 @@ use cairn_engine::core::KeyCondition;
 use cairn_engine::core::condition::Conflict;
 use kafka_protocol::ResponseError;
 
+use crate::group::GroupError;
 use crate::operation::{Failure, FailureKind};
 
 /// No error.
@@ -56,6 +57,27 @@ pub(super) fn failure_code(failure: &Failure) -> i16 {
         FailureKind::Internal => ResponseError::UnknownServerError,
     };
     error.code()
+}
+
+/// The code of a refused group request.
+pub(super) fn group_error_code(error: GroupError) -> i16 {
+    group_error(error).code()
+}
+
+/// The Kafka error of a refused group request.
+pub(super) fn group_error(error: GroupError) -> ResponseError {
+    match error {
+        GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
+        GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
+        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        GroupError::FencedInstanceId => ResponseError::FencedInstanceId,
+        GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
+        GroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
+        GroupError::MemberIdRequired => ResponseError::MemberIdRequired,
+        GroupError::InvalidRequest => ResponseError::InvalidRequest,
+        GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+    }
 }
 
 /// Shorthand for a code.

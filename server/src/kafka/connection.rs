@@ -79,7 +79,7 @@ pub(crate) async fn serve(context: Rc<ShardContext>, mut stream: TcpStream) {
             }
         };
         let (frame, _permit) = frame;
-        match handle_request(&context, frame).await {
+        match handle_request(&context, frame, peer).await {
             Handled::Respond(response) => {
                 let written = async {
                     stream.write_all(&response).await?;

@@ -15,26 +15,34 @@
 //!
 //! Module order (each uses only those before it): `codes` (the error codes and the
 //! message grammar of a failed condition), `record_batch` (Kafka batches <-> Cairn
-//! records), `group_gate` (may a member commit: the boundary to group membership), the
-//! APIs (`api_versions`, `metadata`, `create_topics`, `produce`, `fetch`, `list_offsets`,
-//! `init_producer_id`, `describe_configs`, `describe_cluster`, `find_coordinator`,
-//! `offset_fetch`, `offset_commit`, `offset_delete`; `produce` also uses this file's
-//! `join_all`), this file's dispatch, `connection`.
+//! records), `group_gate` (may a member commit: the boundary to group membership, over
+//! `crate::group`), the APIs (`api_versions`, `metadata`, `create_topics`, `produce`,
+//! `fetch`, `list_offsets`, `init_producer_id`, `describe_configs`, `describe_cluster`;
+//! `produce` also uses this file's `join_all`), the consumer group APIs
+//! (`find_coordinator`, which also has the coordinator check the others make first, then
+//! `offset_fetch`, `offset_commit`, `offset_delete` over the offsets store, and `join_group`,
+//! `sync_group`, `heartbeat`, `leave_group`, `describe_groups`, `list_groups`,
+//! `delete_groups` over `crate::group`), this file's dispatch, `connection`.
 //!
-//! Group APIs (FindCoordinator, OffsetCommit, OffsetFetch, OffsetDelete) are answered by
-//! the group's coordinator shard (`routing::coordinator_shard`) and NOT_COORDINATOR
-//! elsewhere, never forwarded either.
+//! Group APIs are answered by the group's coordinator shard (`routing::coordinator_shard`)
+//! and NOT_COORDINATOR elsewhere, never forwarded either.
 
 mod api_versions;
 mod codes;
 pub(crate) mod connection;
 mod create_topics;
+mod delete_groups;
 mod describe_cluster;
 mod describe_configs;
+mod describe_groups;
 mod fetch;
 mod find_coordinator;
 mod group_gate;
+mod heartbeat;
 mod init_producer_id;
+mod join_group;
+mod leave_group;
+mod list_groups;
 mod list_offsets;
 mod metadata;
 mod offset_commit;
@@ -42,15 +50,19 @@ mod offset_delete;
 mod offset_fetch;
 mod produce;
 mod record_batch;
+mod sync_group;
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DescribeClusterRequest,
-    DescribeConfigsRequest, FetchRequest, FindCoordinatorRequest, InitProducerIdRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
-    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
+    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -70,10 +82,17 @@ pub(crate) const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DescribeCluster, 0, 1),
-    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 8),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::JoinGroup, 2, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 /// Whether `version` of `api_key` is one we speak.
@@ -111,6 +130,21 @@ enum Request {
     OffsetCommit(OffsetCommitRequest),
     OffsetFetch(OffsetFetchRequest),
     OffsetDelete(OffsetDeleteRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    DescribeGroups(DescribeGroupsRequest),
+    ListGroups(ListGroupsRequest),
+    DeleteGroups(DeleteGroupsRequest),
+}
+
+/// Who sent a request, as group members are described (DescribeGroups).
+pub(crate) struct RequestSource {
+    /// The request header's client id ("" if null).
+    pub(crate) client_id: String,
+    /// Kafka's form, "/" and the peer's IP address.
+    pub(crate) client_host: String,
 }
 
 /// A response body ready to encode.
@@ -127,7 +161,11 @@ impl<T: Encodable> ResponseBody for T {
 /// Handles one request frame (without its size prefix). Never panics on its bytes: every
 /// decode is the crate's checked one (its reservations bounded by the bytes there are:
 /// vendor/kafka-protocol/CAIRN-PATCH.md), and a frame it refuses closes the connection.
-pub(crate) async fn handle_request(context: &ShardContext, frame: Bytes) -> Handled {
+pub(crate) async fn handle_request(
+    context: &ShardContext,
+    frame: Bytes,
+    peer: Option<SocketAddr>,
+) -> Handled {
     // The first 8 bytes of every request header version: api key, version, correlation id.
     let mut peek = frame.clone();
     if peek.remaining() < 8 {
@@ -210,6 +248,42 @@ pub(crate) async fn handle_request(context: &ShardContext, frame: Bytes) -> Hand
             let response = find_coordinator::serve(context, &request, version);
             encode_response(api_key, version, correlation_id, &response)
         }
+        Request::JoinGroup(request) => {
+            let source = RequestSource {
+                client_id: header
+                    .client_id
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                client_host: peer.map_or_else(String::new, |peer| format!("/{}", peer.ip())),
+            };
+            let response = join_group::serve(context, request, version, &source).await;
+            encode_response(api_key, version, correlation_id, &response)
+        }
+        Request::SyncGroup(request) => {
+            let response = sync_group::serve(context, request, version).await;
+            encode_response(api_key, version, correlation_id, &response)
+        }
+        Request::Heartbeat(request) => {
+            let response = heartbeat::serve(context, &request);
+            encode_response(api_key, version, correlation_id, &response)
+        }
+        Request::LeaveGroup(request) => {
+            let response = leave_group::serve(context, &request, version);
+            encode_response(api_key, version, correlation_id, &response)
+        }
+        Request::DescribeGroups(request) => {
+            let response = describe_groups::serve(context, &request, version);
+            encode_response(api_key, version, correlation_id, &response)
+        }
+        Request::ListGroups(request) => {
+            let response = list_groups::serve(context, &request, version);
+            encode_response(api_key, version, correlation_id, &response)
+        }
+        Request::DeleteGroups(request) => {
+            let response = delete_groups::serve(context, &request).await;
+            encode_response(api_key, version, correlation_id, &response)
+        }
         Request::OffsetCommit(request) => {
             let response = offset_commit::serve(context, request, version).await;
             encode_response(api_key, version, correlation_id, &response)
@@ -248,6 +322,17 @@ fn decode_body(api_key: ApiKey, buf: &mut Bytes, version: i16) -> Result<Request
         }
         ApiKey::FindCoordinator => {
             FindCoordinatorRequest::decode(buf, version).map(Request::FindCoordinator)
+        }
+        ApiKey::JoinGroup => JoinGroupRequest::decode(buf, version).map(Request::JoinGroup),
+        ApiKey::SyncGroup => SyncGroupRequest::decode(buf, version).map(Request::SyncGroup),
+        ApiKey::Heartbeat => HeartbeatRequest::decode(buf, version).map(Request::Heartbeat),
+        ApiKey::LeaveGroup => LeaveGroupRequest::decode(buf, version).map(Request::LeaveGroup),
+        ApiKey::DescribeGroups => {
+            DescribeGroupsRequest::decode(buf, version).map(Request::DescribeGroups)
+        }
+        ApiKey::ListGroups => ListGroupsRequest::decode(buf, version).map(Request::ListGroups),
+        ApiKey::DeleteGroups => {
+            DeleteGroupsRequest::decode(buf, version).map(Request::DeleteGroups)
         }
         ApiKey::OffsetCommit => {
             OffsetCommitRequest::decode(buf, version).map(Request::OffsetCommit)

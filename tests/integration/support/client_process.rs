@@ -113,6 +113,19 @@ impl ClientProcess {
         }
     }
 
+    /// The next JSON line if one comes within `timeout` (for a test that watches several
+    /// clients in turn); a client that exits or prints something else fails the test.
+    pub fn try_next_within(&mut self, timeout: Duration) -> Option<Value> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => Some(
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|error| self.fail(&format!("printed {line:?}: {error}"))),
+            ),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => self.fail("exited before its next line"),
+        }
+    }
+
     /// The next JSON line, within [`CLIENT_STEP_TIMEOUT`].
     pub fn next(&mut self) -> Value {
         self.next_within(CLIENT_STEP_TIMEOUT)

@@ -9,11 +9,9 @@
 //! Waits are the protocol's own: a join long-polls until its rebalance completes; a test
 //! learns that a request was taken by asking DescribeGroups, never by sleeping.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
@@ -26,11 +24,12 @@ use kafka_protocol::messages::{
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
     LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, RequestHeader, ResponseHeader,
-    SyncGroupRequest, SyncGroupResponse, TopicName,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 
+use crate::support::kafka_connection::KafkaConnection;
 use crate::support::server::TestServer;
 
 const NONE: i16 = 0;
@@ -48,62 +47,6 @@ const FENCED_INSTANCE_ID: i16 = 82;
 
 /// The JoinGroup version most tests speak: member id round trip and static members.
 const JOIN_VERSION: i16 = 5;
-
-/// A blocking Kafka connection, one request at a time.
-struct KafkaConnection {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl KafkaConnection {
-    fn connect(port: u16) -> KafkaConnection {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the Kafka port");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        KafkaConnection {
-            stream,
-            correlation_id: 0,
-        }
-    }
-
-    fn send<T: Encodable>(&mut self, api_key: ApiKey, version: i16, body: &T) -> i32 {
-        self.correlation_id += 1;
-        let mut header = RequestHeader::default();
-        header.request_api_key = api_key as i16;
-        header.request_api_version = version;
-        header.correlation_id = self.correlation_id;
-        header.client_id = Some(StrBytes::from_static_str("cairn-test"));
-        let mut buf = BytesMut::new();
-        header
-            .encode(&mut buf, api_key.request_header_version(version))
-            .unwrap();
-        body.encode(&mut buf, version).unwrap();
-        let size = u32::try_from(buf.len()).unwrap();
-        self.stream.write_all(&size.to_be_bytes()).unwrap();
-        self.stream.write_all(&buf).unwrap();
-        self.correlation_id
-    }
-
-    fn receive<R: Decodable>(&mut self, api_key: ApiKey, version: i16, correlation_id: i32) -> R {
-        let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).expect("a response");
-        let mut frame = vec![0u8; u32::from_be_bytes(size) as usize];
-        self.stream
-            .read_exact(&mut frame)
-            .expect("a whole response");
-        let mut frame = Bytes::from(frame);
-        let header =
-            ResponseHeader::decode(&mut frame, api_key.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, correlation_id);
-        R::decode(&mut frame, version).unwrap()
-    }
-
-    fn call<T: Encodable, R: Decodable>(&mut self, api_key: ApiKey, version: i16, body: &T) -> R {
-        let correlation_id = self.send(api_key, version, body);
-        self.receive(api_key, version, correlation_id)
-    }
-}
 
 fn group_id(name: &str) -> GroupId {
     GroupId(StrBytes::from_string(name.to_owned()))

@@ -3,6 +3,7 @@
 
 pub mod client_process;
 pub mod engine;
+pub mod kafka_connection;
 pub mod loop_fs;
 pub mod server;
 pub mod workload;

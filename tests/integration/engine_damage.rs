@@ -201,6 +201,8 @@ fn repair_truncates_mid_log_damage_says_what_it_dropped_and_keeps_the_damaged_fi
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
             "--cores",
             "1",
             "--no-pin",

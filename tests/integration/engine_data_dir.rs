@@ -47,6 +47,8 @@ fn a_second_server_on_a_data_directory_in_use_refuses_to_start_and_says_why() {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
             "--cores",
             "2",
             "--no-pin",

@@ -100,7 +100,7 @@ pub(crate) fn batch(mut records: Vec<Record>) -> Bytes {
     buf.freeze()
 }
 
-fn produce_request(topic: &str, partition: i32, records: Bytes) -> ProduceRequest {
+pub(crate) fn produce_request(topic: &str, partition: i32, records: Bytes) -> ProduceRequest {
     ProduceRequest::default()
         .with_acks(-1)
         .with_timeout_ms(10_000)
@@ -129,7 +129,12 @@ pub(crate) fn produce(
     response.responses[0].partition_responses[0].clone()
 }
 
-fn fetch_request(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> FetchRequest {
+pub(crate) fn fetch_request(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_wait_ms: i32,
+) -> FetchRequest {
     FetchRequest::default()
         .with_max_wait_ms(max_wait_ms)
         .with_min_bytes(1)

@@ -23,6 +23,7 @@ mod reliability_crash;
 mod reliability_disk_full;
 mod reliability_fuzz;
 mod reliability_io_faults;
+mod reliability_kafka_fuzz;
 mod reliability_soak;
 mod server_e2e;
 mod server_idempotent;

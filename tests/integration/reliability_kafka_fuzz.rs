@@ -246,8 +246,8 @@ fn hostile_kafka_frames_neither_crash_the_server_nor_touch_what_it_holds() {
     native.create_topic(SEED_TOPIC, 2).unwrap();
     native.create_topic("fuzzed", 2).unwrap();
     let mut before = Vec::new();
-    for partition in 0..2 {
-        let mut connection = KafkaConnection::connect(ports[partition]);
+    for (partition, port) in ports.iter().enumerate() {
+        let mut connection = KafkaConnection::connect(*port);
         for index in 0..SEED_RECORD_COUNT / 2 {
             let value = format!("value-{partition}-{index}");
             let records = batch(vec![record(Some("key"), Some(&value), &[])]);

@@ -369,7 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 let fetched = client.fetch(&topic, partition, offset, max_bytes, wait)?;
                 for record in &fetched.records {
-                    print_record(record, json);
+                    print_record(record, None, json);
                     offset = record.offset.plus(1);
                 }
                 std::io::stdout().flush()?;
@@ -384,7 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             include_appended,
         } => {
             match client()?.read_key(&topic, None, key.as_bytes(), include_appended)? {
-                Some(record) => print_record(&record, json),
+                Some(record) => print_record(&record, None, json),
                 None if json => println!("null"),
                 None => println!("key {key} has no record"),
             }
@@ -392,7 +392,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::History { topic, key, limit } => {
             for record in client()?.key_history(&topic, None, key.as_bytes(), limit)? {
-                print_record(&record, json);
+                print_record(&record, None, json);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -662,6 +662,7 @@ fn fetch_as_group(
             (0..info.partition_count()).collect()
         }
     };
+    let several = partitions.len() > 1;
     let committed = client.fetch_offsets(group, topic, &partitions)?;
     let mut offsets: Vec<Offset> = committed
         .iter()
@@ -689,7 +690,7 @@ fn fetch_as_group(
                 continue;
             }
             for record in &fetched.records {
-                print_record(record, json);
+                print_record(record, several.then_some(partition), json);
                 *offset = record.offset.plus(1);
             }
             std::io::stdout().flush()?;
@@ -715,7 +716,9 @@ fn fetch_as_group(
     }
 }
 
-fn print_record(record: &FetchedRecord, json: bool) {
+/// Prints one record: its offset, or `partition/offset` when `partition` is given (a read
+/// of several partitions, whose offsets alone would be ambiguous).
+fn print_record(record: &FetchedRecord, partition: Option<u32>, json: bool) {
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     if json {
         let headers: serde_json::Map<String, serde_json::Value> = record
@@ -723,17 +726,18 @@ fn print_record(record: &FetchedRecord, json: bool) {
             .iter()
             .map(|(name, value)| (text(name), json!(text(value))))
             .collect();
-        println!(
-            "{}",
-            json!({
-                "offset": record.offset.0,
-                "timestamp_ms": record.timestamp_ms,
-                "key": text(&record.key),
-                "value": text(&record.value),
-                "headers": headers,
-                "prev_key_offset": record.prev_key_offset.map(|offset| offset.0),
-            })
-        );
+        let mut object = json!({
+            "offset": record.offset.0,
+            "timestamp_ms": record.timestamp_ms,
+            "key": text(&record.key),
+            "value": text(&record.value),
+            "headers": headers,
+            "prev_key_offset": record.prev_key_offset.map(|offset| offset.0),
+        });
+        if let Some(partition) = partition {
+            object["partition"] = json!(partition);
+        }
+        println!("{object}");
     } else {
         let headers: Vec<String> = record
             .headers
@@ -743,9 +747,13 @@ fn print_record(record: &FetchedRecord, json: bool) {
         let previous = record
             .prev_key_offset
             .map_or("-".to_owned(), |offset| offset.to_string());
+        let position = match partition {
+            Some(partition) => format!("{partition}/{}", record.offset),
+            None => record.offset.to_string(),
+        };
         println!(
             "{}\tkey={}\tprev={}\t[{}]\t{}",
-            record.offset,
+            position,
             text(&record.key),
             previous,
             headers.join(","),

@@ -671,3 +671,59 @@ fn kafkajs_admin_reads_offsets_committed_by_cairn_fetch_group() {
         ]})]
     );
 }
+
+/// `cairn fetch --group` over several partitions says which partition each record is from
+/// (`--json`: a `partition` field; text: `partition/offset`): offsets alone repeat across
+/// partitions.
+#[test]
+fn cli_fetch_group_names_each_records_partition() {
+    let server = TestServer::start();
+    let mut client = BlockingClient::connect(ClientConfig::new(server.address)).unwrap();
+    client.create_topic("split", 2).unwrap();
+    let mut expected = Vec::new();
+    for partition in 0..2 {
+        for index in 0..2 {
+            let value = format!("p{partition}-{index}");
+            let records = [RecordInput {
+                key: b"k",
+                value: value.as_bytes(),
+                ..RecordInput::default()
+            }];
+            client
+                .append("split", Some(partition), None, &records)
+                .unwrap();
+            expected.push((u64::from(partition), index, value));
+        }
+    }
+    let run = |json: bool| {
+        let mut command = Command::new(CAIRN_BIN);
+        command.args(["--addr", &server.address.to_string()]);
+        if json {
+            command.arg("--json");
+        }
+        let output = command
+            .args(["fetch", "split", "--group", if json { "j" } else { "t" }])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let mut seen: Vec<(u64, u64, String)> = json_lines(&run(true))
+        .iter()
+        .map(|line| {
+            (
+                line["partition"].as_u64().expect("partition"),
+                line["offset"].as_u64().expect("offset"),
+                line["value"].as_str().expect("value").to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, expected);
+    let mut positions: Vec<String> = run(false)
+        .lines()
+        .map(|line| line.split('\t').next().unwrap().to_owned())
+        .collect();
+    positions.sort();
+    assert_eq!(positions, ["0/0", "0/1", "1/0", "1/1"]);
+}

@@ -2385,6 +2385,7 @@ impl<'a> KeyHistory<'a> {
   pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
   pub const VT_KEY: ::flatbuffers::VOffsetT = 8;
   pub const VT_RECORD_COUNT_MAX: ::flatbuffers::VOffsetT = 10;
+  pub const VT_FROM_OFFSET: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2396,6 +2397,7 @@ impl<'a> KeyHistory<'a> {
     args: &'args KeyHistoryArgs<'args>
   ) -> ::flatbuffers::WIPOffset<KeyHistory<'bldr>> {
     let mut builder = KeyHistoryBuilder::new(_fbb);
+    if let Some(x) = args.from_offset { builder.add_from_offset(x); }
     builder.add_record_count_max(args.record_count_max);
     if let Some(x) = args.key { builder.add_key(x); }
     if let Some(x) = args.partition { builder.add_partition(x); }
@@ -2429,14 +2431,24 @@ impl<'a> KeyHistory<'a> {
   }
   /// Most records to return. The server applies at most 1024, and returns no more records
   /// than fit in 2 MiB counted as for Fetch.size_bytes_max (at least one when the key
-  /// has any), so a response fits in a 4 MiB frame. The rest of a longer history can be
-  /// walked with Fetch: a fetch from a record's prev_key_offset starts with that record.
+  /// has any), so a response fits in a 4 MiB frame.
   #[inline]
   pub fn record_count_max(&self) -> u32 {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(KeyHistory::VT_RECORD_COUNT_MAX, Some(100)).unwrap()}
+  }
+  /// Continue a history: start at the record at this offset (newest first from there)
+  /// instead of at the key's latest synced record. Pass the previous answer's
+  /// KeyHistoryResult.next_offset. It must be the offset of a synced record of this key
+  /// in this partition, or the request fails with BadRequest.
+  #[inline]
+  pub fn from_offset(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(KeyHistory::VT_FROM_OFFSET, None)}
   }
 }
 
@@ -2450,6 +2462,7 @@ impl ::flatbuffers::Verifiable for KeyHistory<'_> {
      .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, false)?
      .visit_field::<u32>("record_count_max", Self::VT_RECORD_COUNT_MAX, false)?
+     .visit_field::<u64>("from_offset", Self::VT_FROM_OFFSET, false)?
      .finish();
     Ok(())
   }
@@ -2459,6 +2472,7 @@ pub struct KeyHistoryArgs<'a> {
     pub partition: Option<u32>,
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub record_count_max: u32,
+    pub from_offset: Option<u64>,
 }
 impl<'a> Default for KeyHistoryArgs<'a> {
   #[inline]
@@ -2468,6 +2482,7 @@ impl<'a> Default for KeyHistoryArgs<'a> {
       partition: None,
       key: None,
       record_count_max: 100,
+      from_offset: None,
     }
   }
 }
@@ -2494,6 +2509,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyHistoryBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u32>(KeyHistory::VT_RECORD_COUNT_MAX, record_count_max, 100);
   }
   #[inline]
+  pub fn add_from_offset(&mut self, from_offset: u64) {
+    self.fbb_.push_slot_always::<u64>(KeyHistory::VT_FROM_OFFSET, from_offset);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeyHistoryBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     KeyHistoryBuilder {
@@ -2516,6 +2535,7 @@ impl ::core::fmt::Debug for KeyHistory<'_> {
       ds.field("partition", &self.partition());
       ds.field("key", &self.key());
       ds.field("record_count_max", &self.record_count_max());
+      ds.field("from_offset", &self.from_offset());
       ds.finish()
   }
 }
@@ -4521,6 +4541,7 @@ impl<'a> ::flatbuffers::Follow<'a> for KeyHistoryResult<'a> {
 impl<'a> KeyHistoryResult<'a> {
   pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
   pub const VT_RECORDS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_NEXT_OFFSET: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4532,6 +4553,7 @@ impl<'a> KeyHistoryResult<'a> {
     args: &'args KeyHistoryResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<KeyHistoryResult<'bldr>> {
     let mut builder = KeyHistoryResultBuilder::new(_fbb);
+    if let Some(x) = args.next_offset { builder.add_next_offset(x); }
     if let Some(x) = args.records { builder.add_records(x); }
     builder.add_partition(args.partition);
     builder.finish()
@@ -4553,6 +4575,16 @@ impl<'a> KeyHistoryResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RecordOut>>>>(KeyHistoryResult::VT_RECORDS, None)}
   }
+  /// Where the history goes on: the prev_key_offset of the last record returned, to pass
+  /// as KeyHistory.from_offset for the next page. Absent when the key's first record has
+  /// been returned (or the key has no record).
+  #[inline]
+  pub fn next_offset(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(KeyHistoryResult::VT_NEXT_OFFSET, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for KeyHistoryResult<'_> {
@@ -4563,6 +4595,7 @@ impl ::flatbuffers::Verifiable for KeyHistoryResult<'_> {
     v.visit_table(pos)?
      .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RecordOut>>>>("records", Self::VT_RECORDS, false)?
+     .visit_field::<u64>("next_offset", Self::VT_NEXT_OFFSET, false)?
      .finish();
     Ok(())
   }
@@ -4570,6 +4603,7 @@ impl ::flatbuffers::Verifiable for KeyHistoryResult<'_> {
 pub struct KeyHistoryResultArgs<'a> {
     pub partition: u32,
     pub records: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RecordOut<'a>>>>>,
+    pub next_offset: Option<u64>,
 }
 impl<'a> Default for KeyHistoryResultArgs<'a> {
   #[inline]
@@ -4577,6 +4611,7 @@ impl<'a> Default for KeyHistoryResultArgs<'a> {
     KeyHistoryResultArgs {
       partition: 0,
       records: None,
+      next_offset: None,
     }
   }
 }
@@ -4593,6 +4628,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyHistoryResultBuilder<'a, '
   #[inline]
   pub fn add_records(&mut self, records: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<RecordOut<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyHistoryResult::VT_RECORDS, records);
+  }
+  #[inline]
+  pub fn add_next_offset(&mut self, next_offset: u64) {
+    self.fbb_.push_slot_always::<u64>(KeyHistoryResult::VT_NEXT_OFFSET, next_offset);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeyHistoryResultBuilder<'a, 'b, A> {
@@ -4614,6 +4653,7 @@ impl ::core::fmt::Debug for KeyHistoryResult<'_> {
     let mut ds = f.debug_struct("KeyHistoryResult");
       ds.field("partition", &self.partition());
       ds.field("records", &self.records());
+      ds.field("next_offset", &self.next_offset());
       ds.finish()
   }
 }

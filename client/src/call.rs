@@ -156,6 +156,7 @@ impl<'a> Call<'a> {
             partition,
             key,
             record_count_max,
+            from_offset: None,
         });
         Call::new(
             Destination::Partition {

@@ -384,6 +384,7 @@ pub(super) fn model_answer(received: Received<'_>) -> Vec<Step> {
             let result = KeyHistoryResult {
                 partition,
                 records: RecordOutList::from_slice(&records),
+                next_offset: None,
             };
             send(id, ResponseBody::KeyHistory(result))
         }

@@ -291,6 +291,9 @@ pub struct KeyHistoryRequest<'a> {
     pub key: &'a [u8],
     /// Most records to return.
     pub record_count_max: u32,
+    /// Start at this record of the key (a previous answer's `next_offset`) instead of at
+    /// its latest synced one.
+    pub from_offset: Option<u64>,
 }
 
 const ROOT: &str = "Request";
@@ -599,6 +602,7 @@ fn decode_key_history(history: fb::KeyHistory<'_>) -> Result<KeyHistoryRequest<'
         partition: history.partition(),
         key: checked_key(bytes_or_empty(history.key()))?,
         record_count_max: history.record_count_max(),
+        from_offset: history.from_offset(),
     })
 }
 
@@ -800,6 +804,7 @@ impl Encoder {
                     partition: history.partition,
                     key,
                     record_count_max: history.record_count_max,
+                    from_offset: history.from_offset,
                 };
                 let history = fb::KeyHistory::create(builder, &args);
                 (fb::RequestBody::KeyHistory, history.as_union_value())
@@ -1101,6 +1106,7 @@ mod tests {
                     partition: Some(2),
                     key: b"seat-12A",
                     record_count_max: 10,
+                    from_offset: Some(3),
                 }),
             },
         ];
@@ -1361,6 +1367,7 @@ mod tests {
                 partition: None,
                 key: &key_over,
                 record_count_max: 1,
+                from_offset: None,
             }),
         };
         assert_eq!(violation(&encode(&history)), too_long);
@@ -1502,6 +1509,7 @@ mod tests {
                     partition: Some(1),
                     key: &key_max,
                     record_count_max: 1,
+                    from_offset: None,
                 }),
             ),
         ];
@@ -1729,6 +1737,7 @@ mod tests {
                     partition: Some(2),
                     key: b"seat-12A",
                     record_count_max: 10,
+                    from_offset: None,
                 }),
             }),
         ];

@@ -154,6 +154,9 @@ pub struct KeyHistoryResult<'a> {
     pub partition: u32,
     /// Newest first.
     pub records: RecordOutList<'a>,
+    /// The offset to continue the history from (`KeyHistoryRequest::from_offset`); `None`
+    /// once the key's first record has been returned.
+    pub next_offset: Option<u64>,
 }
 
 /// Why a request failed.
@@ -682,6 +685,7 @@ fn decode_body<'a>(response: &fb::Response<'a>) -> Result<ResponseBody<'a>, Viol
             ResponseBody::KeyHistory(KeyHistoryResult {
                 partition: history.partition(),
                 records: RecordOutList::from_frame(history.records()),
+                next_offset: history.next_offset(),
             })
         }
         fb::ResponseBody::ErrorResponse => {
@@ -884,6 +888,7 @@ impl Encoder {
                 let args = fb::KeyHistoryResultArgs {
                     partition: history.partition,
                     records,
+                    next_offset: history.next_offset,
                 };
                 let history = fb::KeyHistoryResult::create(&mut self.builder, &args);
                 (fb::ResponseBody::KeyHistoryResult, history.as_union_value())
@@ -1197,6 +1202,7 @@ mod tests {
             ResponseBody::KeyHistory(KeyHistoryResult {
                 partition: 5,
                 records: RecordOutList::from_slice(&records[..2]),
+                next_offset: Some(3),
             }),
             ResponseBody::Error(ErrorResponse {
                 code: ErrorCode::Conflict,

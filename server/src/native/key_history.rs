@@ -43,6 +43,10 @@ pub(super) async fn serve(
     }
     let body = ResponseBody::KeyHistory(KeyHistoryResult {
         partition: history.partition,
+        next_offset: outs
+            .last()
+            .and_then(|record| record.prev_key_offset)
+            .map(|offset| offset.0),
         records: RecordOutList::from_slice(&outs),
     });
     session.respond(correlation_id, body).await;

@@ -203,6 +203,7 @@ fn random_request(rng: &mut TestRng, encoder: &mut Encoder) -> Vec<u8> {
             partition: (rng.below(2) == 0).then_some(partition),
             key: &key,
             record_count_max: *pick(rng, &[0, 1, 5, u32::MAX]),
+            from_offset: (rng.below(2) == 0).then(|| rng.below(64)),
         }),
     };
     encoder

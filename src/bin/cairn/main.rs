@@ -22,8 +22,15 @@ use cairn_engine::{
 };
 use cairn_server::{KafkaConfig, ServerConfig, ShutdownSignal};
 use cairn_wire::{self as wire, ConflictInfo};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::json;
+
+use crate::config::ServeArgs;
+
+mod config;
+
+/// Exit status of a usage error: a bad flag (clap's own), config file or setting.
+const EXIT_USAGE: u8 = 2;
 
 /// Exit status when a conditional append was rejected.
 const EXIT_CONFLICT: u8 = 3;
@@ -111,50 +118,6 @@ enum Command {
         #[arg(long)]
         truncate_at_damage: bool,
     },
-}
-
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// Data directory (created if missing).
-    #[arg(long, default_value = "cairn-data")]
-    data_dir: PathBuf,
-    /// Shared listening address; every shard accepts on it.
-    #[arg(long, default_value = "127.0.0.1:7878")]
-    listen: SocketAddr,
-    /// Shard i also listens on port-base + i; 0 picks free ports (metadata tells clients).
-    #[arg(long, default_value_t = 0)]
-    port_base: u16,
-    /// Shards (one executor per core); fixed when the data directory is created.
-    #[arg(long)]
-    cores: Option<u16>,
-    /// Segment file size in bytes.
-    #[arg(long, default_value_t = 256 * 1024 * 1024)]
-    segment_size: u64,
-    /// Largest request frame accepted, in bytes (appends; other requests: 64 KiB).
-    #[arg(long, default_value_t = wire::FRAME_SIZE_BYTES_MAX_DEFAULT)]
-    max_frame_bytes: u32,
-    /// Most bytes of requests each shard holds at once; beyond it connections wait.
-    #[arg(long)]
-    max_request_bytes_per_shard: Option<usize>,
-    /// Most connections each shard serves at once; beyond it they are refused.
-    #[arg(long)]
-    max_connections_per_shard: Option<usize>,
-    /// Kafka listener of shard 0; shard i listens on its port + i (port 0: any free port).
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    kafka_listen: SocketAddr,
-    /// Do not serve the Kafka protocol.
-    #[arg(long, conflicts_with_all = ["kafka_listen", "kafka_advertised_host"])]
-    no_kafka: bool,
-    /// Host that Kafka Metadata names for every broker (default: the --kafka-listen IP;
-    /// required when that is 0.0.0.0 or ::).
-    #[arg(long)]
-    kafka_advertised_host: Option<String>,
-    /// Do not pin shards to CPUs.
-    #[arg(long)]
-    no_pin: bool,
-    /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
-    #[arg(long, default_value = "info")]
-    log_level: String,
 }
 
 #[derive(Subcommand)]
@@ -252,24 +215,33 @@ fn repair(data_dir: &std::path::Path, truncate_at_damage: bool) -> anyhow::Resul
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let serve_matches = matches.subcommand_matches("serve").cloned();
+    match run(cli, serve_matches) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("cairn: {error:#}");
-            ExitCode::FAILURE
+            if error.downcast_ref::<config::UsageError>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Result<ExitCode> {
     let json = cli.json;
     let client = || {
         BlockingClient::connect(ClientConfig::new(cli.addr))
             .with_context(|| format!("connecting to {}", cli.addr))
     };
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => {
+            let matches = serve_matches.context("the serve subcommand's flags")?;
+            serve(args.with_file(&matches)?)
+        }
         Command::Repair {
             data_dir,
             truncate_at_damage,
@@ -409,13 +381,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
-        .context("--log-level")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    if args.print_config {
+        print!("{}", args.to_toml()?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    config::init_logs(&args.log_level, args.log_format)?;
     let mut config = ServerConfig::new();
     config.data_dir = args.data_dir;
     config.listen = args.listen;

@@ -1,7 +1,8 @@
 //! `cairn`: the server (`cairn serve`) and a command-line client for people at a terminal.
 //!
-//! Exit statuses: 0 success, 1 error, 2 usage, 3 a condition failed (conflict), 74 the
-//! server stopped on a storage failure.
+//! Exit statuses: 0 success, 1 error, 2 usage (a bad flag or config file), 3 a condition
+//! failed (conflict), 65 `cairn check` found damage, 70 the server found its own state
+//! contradicting itself, 74 the server stopped on a storage failure.
 //!
 //! Test-only: `cairn serve` reads `CAIRN_FAULT_INJECT` (see [`FAULT_INJECT_ENV`]) to make
 //! chosen writes, syncs or segment preparations fail, so that the reliability tests can
@@ -27,7 +28,9 @@ use serde_json::json;
 
 use crate::config::ServeArgs;
 
+mod check;
 mod config;
+mod dump;
 
 /// Exit status of a usage error: a bad flag (clap's own), config file or setting.
 const EXIT_USAGE: u8 = 2;
@@ -103,6 +106,19 @@ enum Command {
     },
     /// The partition a key routes to in a topic.
     PartitionOf { topic: String, key: String },
+    /// Verify a stopped server's data directory (offline): every segment of every shard.
+    ///
+    /// Takes the data directory's lock (refused while a server runs on it) and scans each
+    /// shard's core log with the server's own recovery: checksums, the chain, partition
+    /// offsets. Prints per shard the valid end, per partition its offsets and key count,
+    /// and any damage by segment file and byte position. Exit status: 0 clean, 65 damage
+    /// found, 1 could not check.
+    Check {
+        /// Data directory.
+        data_dir: PathBuf,
+    },
+    /// Print the batches and records of a segment file or of a partition's offset range.
+    Dump(dump::DumpArgs),
     /// Truncate a damaged core log before the damage (offline: stop the server first).
     ///
     /// When `cairn serve` refuses to start because a core log is damaged (a bad block with
@@ -246,6 +262,8 @@ fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Result<Exit
             data_dir,
             truncate_at_damage,
         } => repair(&data_dir, truncate_at_damage),
+        Command::Check { data_dir } => check::check(&data_dir, json),
+        Command::Dump(args) => dump::dump(&args, json),
         Command::Topic {
             command: TopicCommand::Create { name, partitions },
         } => {

@@ -1,7 +1,7 @@
 //! The `cairn serve` settings: its flags, and the TOML file (`--config`) that can set each
 //! of them under the same name in kebab-case (`--data-dir` is `data-dir = "..."`).
 //!
-//! One list, [`serve_settings!`], declares every setting once: the macro makes the clap
+//! One list, `serve_settings!`, declares every setting once: the macro makes the clap
 //! flags (`ServeArgs`) and the file's keys (`ServeFile`) from it, so a new flag is a new
 //! key without anything else to keep in step. Precedence: a flag given on the command line,
 //! then the file, then the flag's default. clap's `ValueSource` tells a flag the operator

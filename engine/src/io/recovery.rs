@@ -339,7 +339,8 @@ fn is_damage(error: &OpenError) -> bool {
 /// core log with recovery itself, so checksums, the chain, partition offsets and the damage
 /// rules are exactly those `cairn serve` applies when it opens it. Prepares, repairs and
 /// writes nothing (a segment is `fdatasync`ed before it is read, as recovery does).
-/// `on_batch(shard, segment_index, position, batch)` sees every valid batch in log order.
+/// `on_batch(catalog, shard, segment_index, position, batch)` sees every valid batch in log
+/// order, with the directory's topic catalog as read under the lock.
 /// Blocking: runs one short-lived executor per shard on the calling thread.
 ///
 /// # Errors
@@ -348,12 +349,13 @@ fn is_damage(error: &OpenError) -> bool {
 /// an error: it is in the shard's [`ShardScan::damage`].
 pub fn scan_data_dir(
     path: &Path,
-    on_batch: &mut dyn FnMut(ShardId, u64, u64, &BatchView<'_>),
+    on_batch: &mut dyn FnMut(&crate::Catalog, ShardId, u64, u64, &BatchView<'_>),
 ) -> Result<(crate::Catalog, Vec<ShardScan>), OpenError> {
     let shard_count = crate::io::data_dir::recorded_shard_count(path)?.ok_or_else(|| {
         OpenError::BadConfig(format!("{} is not a cairn data directory", path.display()))
     })?;
     let engine = crate::Engine::open(EngineConfig::new(path, shard_count))?;
+    let catalog = engine.catalog().clone();
     let mut scans = Vec::new();
     for shard in 0..shard_count {
         let shard_id = ShardId(shard);
@@ -365,13 +367,13 @@ pub fn scan_data_dir(
             .map_err(|error| OpenError::BadConfig(format!("starting an executor: {error}")))?;
         let scan = executor.run(async {
             let mut visit = |segment_index: u64, position: u64, batch: &BatchView<'_>| {
-                on_batch(shard_id, segment_index, position, batch);
+                on_batch(&catalog, shard_id, segment_index, position, batch);
             };
             engine.scan_shard(shard_id, &mut visit).await
         })?;
         scans.push(scan);
     }
-    Ok((engine.catalog().clone(), scans))
+    Ok((catalog, scans))
 }
 
 /// One shard of [`scan_data_dir`], on an executor: recovery over `partitions` (the shard's,

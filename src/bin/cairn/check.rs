@@ -41,7 +41,7 @@ fn partition_name(catalog: &Catalog, partition: PartitionId) -> Option<(String, 
 }
 
 pub fn check(data_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let (catalog, scans) = scan_data_dir(data_dir, &mut |_, _, _, _| {})
+    let (catalog, scans) = scan_data_dir(data_dir, &mut |_, _, _, _, _| {})
         .with_context(|| format!("checking {}", data_dir.display()))?;
     let damaged_count = scans.iter().filter(|scan| scan.damage.is_some()).count();
     if json {

@@ -217,11 +217,11 @@ pub fn init_logs(level: &str, format: LogFormat) -> anyhow::Result<()> {
         .map_err(|error| UsageError(format!("log level {level:?}: {error}")))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Escape codes inside JSON strings would reach the shipper even from a terminal.
+        LogFormat::Json => builder.with_ansi(false).json().init(),
     }
     Ok(())
 }

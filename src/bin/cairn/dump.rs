@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use cairn_engine::core::record::{BatchView, decode_batch};
 use cairn_engine::core::recovery::{BlockProbe, probe_block_starts};
 use cairn_engine::core::segment_header::{SEGMENT_HEADER_SIZE_BYTES, SegmentHeader};
-use cairn_engine::io::data_dir::{DataDir, recorded_shard_count};
 use cairn_engine::io::recovery::scan_data_dir;
+use cairn_engine::{Catalog, PartitionId};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -55,28 +55,38 @@ pub fn dump(args: &DumpArgs, json: bool) -> anyhow::Result<ExitCode> {
         bail!("give --segment PATH, or DATA_DIR with --topic and --partition");
     };
     let range = args.from..args.to.unwrap_or(u64::MAX);
-    // The catalog first, to know the partition id to look for; the scan takes the lock.
-    let shard_count = recorded_shard_count(data_dir)?
-        .with_context(|| format!("{} is not a cairn data directory", data_dir.display()))?;
-    let catalog = DataDir::open_or_create(data_dir, shard_count)?.load_catalog()?;
-    let partition_id = catalog
-        .topic(topic)
-        .with_context(|| format!("no topic named {topic:?}"))?
-        .partition_id(partition)
-        .with_context(|| format!("topic {topic:?} has no partition {partition}"))?;
+    let resolve = |catalog: &Catalog| -> anyhow::Result<PartitionId> {
+        catalog
+            .topic(topic)
+            .with_context(|| format!("no topic named {topic:?}"))?
+            .partition_id(partition)
+            .with_context(|| format!("topic {topic:?} has no partition {partition}"))
+    };
+    // The partition's id is known once the catalog is read, under the directory's lock.
+    let mut partition_id: Option<PartitionId> = None;
     let mut printed_count = 0u64;
-    let (_, scans) = scan_data_dir(data_dir, &mut |shard, segment_index, position, batch| {
-        let overlaps = batch.base_offset().0 < range.end && batch.end_offset().0 > range.start;
-        if batch.partition_id() == partition_id && overlaps {
-            let place = format!(
-                "core-{}/{} position {position}",
-                shard.0,
-                cairn_engine::io::segment::segment_file_name(segment_index)
-            );
-            printer.batch(&place, position, batch, &range);
-            printed_count += 1;
-        }
-    })?;
+    let (catalog, scans) =
+        scan_data_dir(data_dir, &mut |catalog,
+                                      shard,
+                                      segment_index,
+                                      position,
+                                      batch| {
+            let Some(id) = partition_id.or_else(|| resolve(catalog).ok()) else {
+                return;
+            };
+            partition_id = Some(id);
+            let overlaps = batch.base_offset().0 < range.end && batch.end_offset().0 > range.start;
+            if batch.partition_id() == id && overlaps {
+                let place = format!(
+                    "core-{}/{} position {position}",
+                    shard.0,
+                    cairn_engine::io::segment::segment_file_name(segment_index)
+                );
+                printer.batch(&place, position, batch, &range);
+                printed_count += 1;
+            }
+        })?;
+    resolve(&catalog)?;
     for scan in &scans {
         if let Some(error) = &scan.damage {
             eprintln!(

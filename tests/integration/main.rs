@@ -18,6 +18,8 @@ mod kafka_group_clients;
 mod kafka_groups;
 mod kafka_protocol;
 mod loadgen;
+mod ops_check;
+mod ops_config;
 mod protocol_errors;
 mod reliability_crash;
 mod reliability_disk_full;

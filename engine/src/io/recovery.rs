@@ -107,6 +107,7 @@ pub(crate) async fn recover_segments(
     shard_id: ShardId,
     config: &EngineConfig,
     partitions: &mut HashMap<PartitionId, RecoveredPartition>,
+    on_batch: &mut dyn FnMut(u64, u64, &BatchView<'_>),
 ) -> Result<Recovered, OpenError> {
     let indexes = list_segments(shard_dir)?;
     let mut quarantine = Quarantine::new(shard_dir);
@@ -146,7 +147,7 @@ pub(crate) async fn recover_segments(
             Err(error) => return Err(error),
         };
         let (valid_end, accepted_batch_count) =
-            scan_segment(&segment, index, &mut scanner, partitions).await?;
+            scan_segment(&segment, index, &mut scanner, partitions, on_batch).await?;
         if index > 0 && accepted_batch_count == 0 {
             // The log ended in the previous segment; this one was prepared ahead (or holds
             // what a torn group left) and is looked at below with everything after the end.
@@ -289,6 +290,131 @@ pub fn repair_data_dir(
     Ok((engine.catalog().clone(), reports))
 }
 
+/// What [`scan_data_dir`] found in one shard's core log.
+#[derive(Debug)]
+pub struct ShardScan {
+    /// The shard.
+    pub shard_id: ShardId,
+    /// Segment files in its directory.
+    pub segment_count: usize,
+    /// Just after the last valid batch; `None` when the log holds none (or is damaged).
+    pub end: Option<SegmentPosition>,
+    /// Its partitions, as far as the log is valid, by id.
+    pub partitions: Vec<PartitionScan>,
+    /// Damage that would make `cairn serve` refuse to open the shard: a missing segment, a
+    /// damaged segment header in front of data, a short segment file, valid data beyond
+    /// what a torn write explains, a batch contradicting the catalog. Each names its file
+    /// and position.
+    pub damage: Option<OpenError>,
+}
+
+/// One partition of a [`ShardScan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionScan {
+    /// The partition.
+    pub partition_id: PartitionId,
+    /// Its first offset in the log (0 when empty).
+    pub offsets_start: Offset,
+    /// Its end offset (exclusive).
+    pub offsets_end: Offset,
+    /// Distinct non-empty keys.
+    pub key_count: usize,
+    /// Batches.
+    pub batch_count: usize,
+}
+
+/// Whether `error` is damage found in the log (as opposed to a failure to read it).
+fn is_damage(error: &OpenError) -> bool {
+    matches!(
+        error,
+        OpenError::MissingSegment { .. }
+            | OpenError::BadSegmentHeader { .. }
+            | OpenError::Inconsistent { .. }
+            | OpenError::Damaged { .. }
+    )
+}
+
+/// Offline verification of a stopped server's data directory (`cairn check`, `cairn dump`):
+/// takes the directory's lock (refused while a server holds it), then scans every shard's
+/// core log with recovery itself, so checksums, the chain, partition offsets and the damage
+/// rules are exactly those `cairn serve` applies when it opens it. Prepares, repairs and
+/// writes nothing (a segment is `fdatasync`ed before it is read, as recovery does).
+/// `on_batch(catalog, shard, segment_index, position, batch)` sees every valid batch in log
+/// order, with the directory's topic catalog as read under the lock.
+/// Blocking: runs one short-lived executor per shard on the calling thread.
+///
+/// # Errors
+///
+/// `path` is not a cairn data directory, is in use, or could not be read. Damage is not
+/// an error: it is in the shard's [`ShardScan::damage`].
+pub fn scan_data_dir(
+    path: &Path,
+    on_batch: &mut dyn FnMut(&crate::Catalog, ShardId, u64, u64, &BatchView<'_>),
+) -> Result<(crate::Catalog, Vec<ShardScan>), OpenError> {
+    let shard_count = crate::io::data_dir::recorded_shard_count(path)?.ok_or_else(|| {
+        OpenError::BadConfig(format!("{} is not a cairn data directory", path.display()))
+    })?;
+    let engine = crate::Engine::open(EngineConfig::new(path, shard_count))?;
+    let catalog = engine.catalog().clone();
+    let mut scans = Vec::new();
+    for shard in 0..shard_count {
+        let shard_id = ShardId(shard);
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .name("cairn-check")
+            // Explicit, as everywhere: what a non-root memlock limit allows here.
+            .io_memory(8 * 1024 * 1024)
+            .make()
+            .map_err(|error| OpenError::BadConfig(format!("starting an executor: {error}")))?;
+        let scan = executor.run(async {
+            let mut visit = |segment_index: u64, position: u64, batch: &BatchView<'_>| {
+                on_batch(&catalog, shard_id, segment_index, position, batch);
+            };
+            engine.scan_shard(shard_id, &mut visit).await
+        })?;
+        scans.push(scan);
+    }
+    Ok((catalog, scans))
+}
+
+/// One shard of [`scan_data_dir`], on an executor: recovery over `partitions` (the shard's,
+/// empty), its damage caught into the result.
+pub(crate) async fn scan_shard_dir(
+    shard_dir: &Path,
+    shard_id: ShardId,
+    config: &EngineConfig,
+    mut partitions: HashMap<PartitionId, RecoveredPartition>,
+    on_batch: &mut dyn FnMut(u64, u64, &BatchView<'_>),
+) -> Result<ShardScan, OpenError> {
+    let segment_count = list_segments(shard_dir)?.len();
+    let (end, damage) =
+        match recover_segments(shard_dir, shard_id, config, &mut partitions, on_batch).await {
+            Ok(recovered) => (recovered.end, None),
+            Err(error) if is_damage(&error) => (None, Some(error)),
+            Err(error) => return Err(error),
+        };
+    let mut partitions: Vec<PartitionScan> = partitions
+        .into_iter()
+        .map(|(partition_id, recovered)| {
+            let batches = recovered.synced_batches.batches();
+            PartitionScan {
+                partition_id,
+                offsets_start: batches.first().map_or(Offset(0), |batch| batch.base_offset),
+                offsets_end: recovered.synced_batches.end_offset(),
+                key_count: recovered.state.key_count(),
+                batch_count: batches.len(),
+            }
+        })
+        .collect();
+    partitions.sort_by_key(|partition| partition.partition_id);
+    Ok(ShardScan {
+        shard_id,
+        segment_count,
+        end,
+        partitions,
+        damage,
+    })
+}
+
 fn list_segments(shard_dir: &Path) -> Result<Vec<u64>, StorageError> {
     let entries = std::fs::read_dir(shard_dir)
         .map_err(|error| StorageError::from_io("list", shard_dir, &error))?;
@@ -328,6 +454,7 @@ async fn scan_segment(
     index: u64,
     scanner: &mut RecoveryScanner,
     partitions: &mut HashMap<PartitionId, RecoveredPartition>,
+    visit: &mut dyn FnMut(u64, u64, &BatchView<'_>),
 ) -> Result<(u64, u64), OpenError> {
     let segment_size_bytes = segment.size_bytes();
     scanner.begin_segment(segment_size_bytes);
@@ -345,12 +472,15 @@ async fn scan_segment(
             if inconsistency.is_some() {
                 return;
             }
-            if let Err(problem) = apply_recovered_batch(partitions, index, position, batch) {
-                inconsistency = Some(OpenError::Inconsistent {
-                    path: segment.path().to_owned(),
-                    position,
-                    problem,
-                });
+            match apply_recovered_batch(partitions, index, position, batch) {
+                Ok(()) => visit(index, position, batch),
+                Err(problem) => {
+                    inconsistency = Some(OpenError::Inconsistent {
+                        path: segment.path().to_owned(),
+                        position,
+                        problem,
+                    });
+                }
             }
         };
         match scanner.scan(&chunk, chunk_position, &mut on_batch) {

@@ -121,6 +121,23 @@ impl Engine {
         Ok(topic)
     }
 
+    /// Scans shard `shard_id`'s core log as opening it does, without preparing, writing or
+    /// starting anything (`io::recovery::scan_data_dir`). Call on an executor.
+    pub(crate) async fn scan_shard(
+        &self,
+        shard_id: ShardId,
+        on_batch: &mut dyn FnMut(u64, u64, &crate::core::record::BatchView<'_>),
+    ) -> Result<recovery::ShardScan, OpenError> {
+        let partitions = self
+            .catalog
+            .partition_ids()
+            .filter(|id| ShardId::owner_of(*id, self.config.shard_count) == shard_id)
+            .map(|id| (id, RecoveredPartition::empty(id)))
+            .collect();
+        let shard_dir = self.data_dir.shard_dir(shard_id.0);
+        recovery::scan_shard_dir(&shard_dir, shard_id, &self.config, partitions, on_batch).await
+    }
+
     /// Recovers shard `shard_id` and starts its committer. Call on that shard's executor.
     pub async fn open_shard(&self, shard_id: ShardId) -> Result<Shard, OpenError> {
         if shard_id.0 >= self.config.shard_count {
@@ -211,8 +228,14 @@ impl Shard {
             .map(|id| (id, RecoveredPartition::empty(id)))
             .collect();
 
-        let recovered =
-            recovery::recover_segments(&shard_dir, shard_id, &config, &mut partitions).await?;
+        let recovered = recovery::recover_segments(
+            &shard_dir,
+            shard_id,
+            &config,
+            &mut partitions,
+            &mut |_, _, _| {},
+        )
+        .await?;
         let repair = recovered.repair;
         let mut segments = recovered.segments;
         let (current_index, write_position) = match recovered.end {

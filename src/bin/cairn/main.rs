@@ -1,7 +1,8 @@
 //! `cairn`: the server (`cairn serve`) and a command-line client for people at a terminal.
 //!
-//! Exit statuses: 0 success, 1 error, 2 usage, 3 a condition failed (conflict), 74 the
-//! server stopped on a storage failure.
+//! Exit statuses: 0 success, 1 error, 2 usage (a bad flag or config file), 3 a condition
+//! failed (conflict), 65 `cairn check` found damage, 70 the server found its own state
+//! contradicting itself, 74 the server stopped on a storage failure.
 //!
 //! Test-only: `cairn serve` reads `CAIRN_FAULT_INJECT` (see [`FAULT_INJECT_ENV`]) to make
 //! chosen writes, syncs or segment preparations fail, so that the reliability tests can
@@ -22,8 +23,17 @@ use cairn_engine::{
 };
 use cairn_server::{KafkaConfig, ServerConfig, ShutdownSignal};
 use cairn_wire::{self as wire, ConflictInfo};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::json;
+
+use crate::config::ServeArgs;
+
+mod check;
+mod config;
+mod dump;
+
+/// Exit status of a usage error: a bad flag (clap's own), config file or setting.
+const EXIT_USAGE: u8 = 2;
 
 /// Exit status when a conditional append was rejected.
 const EXIT_CONFLICT: u8 = 3;
@@ -96,6 +106,19 @@ enum Command {
     },
     /// The partition a key routes to in a topic.
     PartitionOf { topic: String, key: String },
+    /// Verify a stopped server's data directory (offline): every segment of every shard.
+    ///
+    /// Takes the data directory's lock (refused while a server runs on it) and scans each
+    /// shard's core log with the server's own recovery: checksums, the chain, partition
+    /// offsets. Prints per shard the valid end, per partition its offsets and key count,
+    /// and any damage by segment file and byte position. Exit status: 0 clean, 65 damage
+    /// found, 1 could not check.
+    Check {
+        /// Data directory.
+        data_dir: PathBuf,
+    },
+    /// Print the batches and records of a segment file or of a partition's offset range.
+    Dump(dump::DumpArgs),
     /// Truncate a damaged core log before the damage (offline: stop the server first).
     ///
     /// When `cairn serve` refuses to start because a core log is damaged (a bad block with
@@ -111,50 +134,6 @@ enum Command {
         #[arg(long)]
         truncate_at_damage: bool,
     },
-}
-
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// Data directory (created if missing).
-    #[arg(long, default_value = "cairn-data")]
-    data_dir: PathBuf,
-    /// Shared listening address; every shard accepts on it.
-    #[arg(long, default_value = "127.0.0.1:7878")]
-    listen: SocketAddr,
-    /// Shard i also listens on port-base + i; 0 picks free ports (metadata tells clients).
-    #[arg(long, default_value_t = 0)]
-    port_base: u16,
-    /// Shards (one executor per core); fixed when the data directory is created.
-    #[arg(long)]
-    cores: Option<u16>,
-    /// Segment file size in bytes.
-    #[arg(long, default_value_t = 256 * 1024 * 1024)]
-    segment_size: u64,
-    /// Largest request frame accepted, in bytes (appends; other requests: 64 KiB).
-    #[arg(long, default_value_t = wire::FRAME_SIZE_BYTES_MAX_DEFAULT)]
-    max_frame_bytes: u32,
-    /// Most bytes of requests each shard holds at once; beyond it connections wait.
-    #[arg(long)]
-    max_request_bytes_per_shard: Option<usize>,
-    /// Most connections each shard serves at once; beyond it they are refused.
-    #[arg(long)]
-    max_connections_per_shard: Option<usize>,
-    /// Kafka listener of shard 0; shard i listens on its port + i (port 0: any free port).
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    kafka_listen: SocketAddr,
-    /// Do not serve the Kafka protocol.
-    #[arg(long, conflicts_with_all = ["kafka_listen", "kafka_advertised_host"])]
-    no_kafka: bool,
-    /// Host that Kafka Metadata names for every broker (default: the --kafka-listen IP;
-    /// required when that is 0.0.0.0 or ::).
-    #[arg(long)]
-    kafka_advertised_host: Option<String>,
-    /// Do not pin shards to CPUs.
-    #[arg(long)]
-    no_pin: bool,
-    /// Log level: error, warn, info, debug, trace (RUST_LOG overrides).
-    #[arg(long, default_value = "info")]
-    log_level: String,
 }
 
 #[derive(Subcommand)]
@@ -252,28 +231,39 @@ fn repair(data_dir: &std::path::Path, truncate_at_damage: bool) -> anyhow::Resul
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let serve_matches = matches.subcommand_matches("serve").cloned();
+    match run(cli, serve_matches) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("cairn: {error:#}");
-            ExitCode::FAILURE
+            if error.downcast_ref::<config::UsageError>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Result<ExitCode> {
     let json = cli.json;
     let client = || {
         BlockingClient::connect(ClientConfig::new(cli.addr))
             .with_context(|| format!("connecting to {}", cli.addr))
     };
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => {
+            let matches = serve_matches.context("the serve subcommand's flags")?;
+            serve(args.with_file(&matches)?)
+        }
         Command::Repair {
             data_dir,
             truncate_at_damage,
         } => repair(&data_dir, truncate_at_damage),
+        Command::Check { data_dir } => check::check(&data_dir, json),
+        Command::Dump(args) => dump::dump(&args, json),
         Command::Topic {
             command: TopicCommand::Create { name, partitions },
         } => {
@@ -409,13 +399,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
-        .context("--log-level")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    if args.print_config {
+        print!("{}", args.to_toml()?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    config::init_logs(&args.log_level, args.log_format)?;
     let mut config = ServerConfig::new();
     config.data_dir = args.data_dir;
     config.listen = args.listen;

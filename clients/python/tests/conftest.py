@@ -40,6 +40,12 @@ class Server:
                 "--no-kafka",
                 "--cores",
                 "2",
+                "--no-pin",
+                # Small preallocated segments: the default 256 MiB per shard adds up fast.
+                "--segment-size",
+                "2101248",
+                "--log-level",
+                "warn",
             ],
             stdout=subprocess.PIPE,
         )

@@ -1,0 +1,71 @@
+"""Append throughput of one Python process against a running `cairn serve`.
+
+    python bench/bench_append.py --port 7878 --mode single --seconds 10
+    python bench/bench_append.py --port 7878 --mode batch --batch 64 --value-bytes 256
+
+single: single-record appends, `--window` of them in flight (pipelined on one connection
+per shard). batch: appends of `--batch` records each, `--window` batches in flight.
+Prints records/s and appends/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+import uuid
+
+from cairn import Client, Pending, Record
+from cairn.types import Appended
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7878)
+    parser.add_argument("--mode", choices=["single", "batch"], default="single")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--value-bytes", type=int, default=256)
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    value = b"v" * args.value_bytes
+    batch_size = 1 if args.mode == "single" else args.batch
+    with Client(args.host, args.port, timeout=60) as client:
+        client.create_topic(topic, args.partitions)
+        client.metadata()
+        keys = [f"key-{index}".encode() for index in range(1000)]
+        in_flight: collections.deque[Pending[Appended]] = collections.deque()
+        appends = records = 0
+        sequence = 0
+        started = time.perf_counter()
+        deadline = started + args.seconds
+        while True:
+            now = time.perf_counter()
+            if now >= deadline and not in_flight:
+                break
+            if now < deadline and len(in_flight) < args.window:
+                partition = sequence % args.partitions
+                batch = [
+                    Record(keys[(sequence + index) % len(keys)], value)
+                    for index in range(batch_size)
+                ]
+                sequence += 1
+                in_flight.append(client.submit_append(topic, batch, partition=partition))
+                continue
+            appended = in_flight.popleft().result()
+            appends += 1
+            records += appended.record_count
+        elapsed = time.perf_counter() - started
+    print(
+        f"mode={args.mode} batch={batch_size} value_bytes={args.value_bytes} "
+        f"window={args.window} seconds={elapsed:.1f} appends={appends} records={records} "
+        f"appends_per_s={appends / elapsed:,.0f} records_per_s={records / elapsed:,.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

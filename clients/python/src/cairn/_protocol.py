@@ -166,12 +166,26 @@ class _Writer:
         return self.buf
 
 
+def _request_template() -> tuple[bytes, int, int, int]:
+    """Every frame starts the same way: the Request table at the same position. Its bytes
+    and the positions (in the frame) of correlation_id and body_type, and of body."""
+    writer = _Writer()
+    position, offsets = writer.table(3, [(0, "Q", 0), (1, "B", 0)], [2])
+    _U32.pack_into(writer.buf, 4, position)
+    return bytes(writer.buf), position + 4 + 4, position + 4 + 16, offsets[2]
+
+
+_REQUEST_PREFIX, _CORRELATION_ID_AT, _BODY_TYPE_AT, _BODY_FIELD = _request_template()
+_U64 = struct.Struct("<Q")
+
+
 def _request(correlation_id: int, body_type: int) -> tuple[_Writer, int]:
     """Starts a frame with its Request table; returns the writer and the body field."""
     writer = _Writer()
-    position, offsets = writer.table(3, [(0, "Q", correlation_id), (1, "B", body_type)], [2])
-    _U32.pack_into(writer.buf, 4, position)
-    return writer, offsets[2]
+    buf = writer.buf = bytearray(_REQUEST_PREFIX)
+    _U64.pack_into(buf, _CORRELATION_ID_AT, correlation_id)
+    buf[_BODY_TYPE_AT] = body_type
+    return writer, _BODY_FIELD
 
 
 def _empty_body(correlation_id: int, body_type: int) -> bytearray:

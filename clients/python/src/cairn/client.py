@@ -42,6 +42,8 @@ T = TypeVar("T")
 _FRAME_LENGTH = struct.Struct("<I")
 #: Largest response frame accepted: a Fetched is at most 2 MiB and 128 bytes.
 RESPONSE_SIZE_BYTES_MAX = 8 * 1024 * 1024
+#: Queued requests are sent at once past this many bytes, without waiting for a flush.
+_OUTBOX_SIZE_BYTES_FLUSH = 256 * 1024
 
 
 class _Call:
@@ -74,22 +76,36 @@ class _Connection:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._pending: dict[int, _Call] = {}
+        self._outbox = bytearray()
         self.closed = False
         self._reader = threading.Thread(target=self._read_loop, daemon=True, name=f"cairn-{port}")
         self._reader.start()
 
     def submit(self, correlation_id: int, frame: bytearray) -> _Call:
+        """Queues the request; it is sent by `flush`, which every wait for an answer
+        calls, or here once enough is queued. Pipelined submits so share one send."""
         call = _Call()
         with self._lock:
             if self.closed:
                 raise ConnectionLost(f"connection to port {self.port} is closed")
             self._pending[correlation_id] = call
-        try:
-            with self._send_lock:
-                self.sock.sendall(frame)
-        except OSError as error:
-            self.close(ConnectionLost(f"sending to port {self.port}: {error}"))
+            self._outbox += frame
+            full = len(self._outbox) >= _OUTBOX_SIZE_BYTES_FLUSH
+        if full:
+            self.flush()
         return call
+
+    def flush(self) -> None:
+        with self._send_lock:
+            with self._lock:
+                data = self._outbox
+                self._outbox = bytearray()
+            if not data:
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError as error:
+                self.close(ConnectionLost(f"sending to port {self.port}: {error}"))
 
     def abandon(self, correlation_id: int) -> None:
         with self._lock:
@@ -162,6 +178,7 @@ class Pending(Generic[T]):
         self._timeout = timeout
 
     def result(self) -> T:
+        self._connection.flush()
         if not self._call.wait(self._timeout):
             self._connection.abandon(self._correlation_id)
             raise RequestTimeout(f"no answer within {self._timeout} s")
@@ -178,7 +195,9 @@ class Client:
     OutcomeUnknown); the next call connects again.
 
     Every method waits for its answer; the `submit_*` methods return a Pending instead, so
-    that one thread can keep many requests in flight."""
+    that one thread can keep many requests in flight. Submitted requests are queued and
+    sent together when a Pending's result is asked for, when 256 KiB are queued, or on
+    `flush()`."""
 
     def __init__(
         self,
@@ -203,6 +222,13 @@ class Client:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+    def flush(self) -> None:
+        """Sends every submitted request still queued."""
+        with self._lock:
+            connections = list(self._connections.values())
+        for connection in connections:
+            connection.flush()
 
     def close(self) -> None:
         with self._lock:

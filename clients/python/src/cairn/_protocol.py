@@ -11,6 +11,7 @@ vectors are sliced out of the frame, never read byte by byte.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 from typing import Any, Final
@@ -80,7 +81,6 @@ R_COMMITTED_OFFSETS: Final = 11
 _SCALAR_SIZE: Final = {"Q": 8, "q": 8, "I": 4, "i": 4, "H": 2, "h": 2, "B": 1, "?": 1}
 _PADDING: Final = (b"", b"\0", b"\0\0", b"\0\0\0")
 _U32 = struct.Struct("<I")
-_RECORD_HEAD = struct.Struct("<iIII")
 # The vtable every plain record (key and value, no headers, no condition) shares: 8 bytes,
 # a 12-byte table, the key's offset at 4 and the value's at 8.
 _PLAIN_RECORD_VTABLE: Final = struct.pack("<4H", 8, 12, 4, 8)
@@ -223,9 +223,28 @@ def _condition(writer: _Writer, condition: KeyCondition) -> int:
     return position
 
 
-def _is_plain(record: Record) -> bool:
-    condition = record.condition
-    return not record.headers and (condition is None or condition.kind == ConditionKind.ANY)
+@functools.lru_cache(maxsize=8)
+def _append_template(
+    has_partition: bool, has_expected_end_offset: bool, has_producer: bool
+) -> tuple[bytes, int, int, dict[int, int]]:
+    """The Request and Append tables of an append of this shape, whose bytes differ only in
+    the values: the frame so far, the frame positions of partition and
+    expected_end_offset, and the Append's offset fields (flatbuffer positions)."""
+    writer, body_field = _request(0, APPEND)
+    scalars: list[tuple[int, str, int]] = []
+    if has_partition:
+        scalars.append((1, "I", 0))
+    if has_expected_end_offset:
+        scalars.append((2, "Q", 0))
+    offset_slots = [0, 3, 4] if has_producer else [0, 3]
+    position, offsets = writer.table(5, scalars, offset_slots)
+    writer.patch(body_field, position)
+    # Where the table put each scalar: read back from the vtable just written.
+    vtable_at = position + 4 - struct.unpack_from("<i", writer.buf, position + 4)[0]
+    entries = struct.unpack_from("<7H", writer.buf, vtable_at)[2:]
+    partition_at = position + 4 + entries[1] if has_partition else -1
+    expected_at = position + 4 + entries[2] if has_expected_end_offset else -1
+    return bytes(writer.buf), partition_at, expected_at, offsets
 
 
 def encode_append(
@@ -236,15 +255,17 @@ def encode_append(
     expected_end_offset: int | None = None,
     producer: ProducerStamp | None = None,
 ) -> bytearray:
-    writer, body_field = _request(correlation_id, APPEND)
-    scalars: list[tuple[int, str, int]] = []
+    template, partition_at, expected_at, offsets = _append_template(
+        partition is not None, expected_end_offset is not None, producer is not None
+    )
+    writer = _Writer()
+    buf = writer.buf = bytearray(template)
+    _U64.pack_into(buf, _CORRELATION_ID_AT, correlation_id)
+    buf[_BODY_TYPE_AT] = APPEND
     if partition is not None:
-        scalars.append((1, "I", partition))
+        _U32.pack_into(buf, partition_at, partition)
     if expected_end_offset is not None:
-        scalars.append((2, "Q", expected_end_offset))
-    offset_slots = [0, 3] if producer is None else [0, 3, 4]
-    position, offsets = writer.table(5, scalars, offset_slots)
-    writer.patch(body_field, position)
+        _U64.pack_into(buf, expected_at, expected_end_offset)
     writer.patch(offsets[0], writer.string(topic))
     if producer is not None:
         stamp, _ = writer.table(
@@ -256,47 +277,64 @@ def encode_append(
             ],
         )
         writer.patch(offsets[4], stamp)
-    if all(_is_plain(record) for record in records):
-        _plain_records(writer, offsets[3], records)
-    else:
+    if not _plain_records(writer, offsets[3], records):
         _records(writer, offsets[3], records)
     return writer.finish()
 
 
-def _plain_records(writer: _Writer, records_field: int, records: Sequence[Record]) -> None:
-    """The fast path: one shared vtable, then the vector, then per record one 16-byte head
-    (vtable offset, key and value offsets, key length) and the two byte vectors."""
+@functools.lru_cache(maxsize=4096)
+def _plain_record_struct(key_length: int, value_length: int) -> struct.Struct:
+    """One record of the fast path as one struct: its 16-byte head (vtable offset, key and
+    value offsets, key length), the key and its padding, the value's length, the value and
+    its padding."""
+    key_padding = _pad4(key_length) - key_length
+    value_padding = _pad4(value_length) - value_length
+    return struct.Struct(
+        f"<iIII{key_length}s{key_padding}xI{value_length}s{value_padding}x"
+    )
+
+
+def _plain_records(writer: _Writer, records_field: int, records: Sequence[Record]) -> bool:
+    """The fast path: one shared vtable, then the vector, then each record in one pack.
+    Returns False, having written nothing, when a record has headers or a condition."""
     buf = writer.buf
+    written = len(buf)
     vtable_position = writer.position()
-    buf += _PLAIN_RECORD_VTABLE
     vector_position = vtable_position + 8
-    writer.patch(records_field, vector_position)
     record_count = len(records)
     entry = vector_position + 4
     position = entry + 4 * record_count
     entries: list[int] = []
     parts: list[bytes] = []
-    pack_head = _RECORD_HEAD.pack
-    pack_u32 = _U32.pack
-    padding = _PADDING
+    record_struct = _plain_record_struct
     for record in records:
+        if record.headers or (
+            record.condition is not None and record.condition.kind != ConditionKind.ANY
+        ):
+            del buf[written:]
+            return False
         key = record.key
         value = record.value
-        key_length = len(key)
-        value_length = len(value)
-        key_padded = (key_length + 3) & ~3
-        value_padded = (value_length + 3) & ~3
+        layout = record_struct(len(key), len(value))
         entries.append(position - entry)
         entry += 4
-        parts.append(pack_head(position - vtable_position, 8, 8 + key_padded, key_length))
-        parts.append(key)
-        parts.append(padding[key_padded - key_length])
-        parts.append(pack_u32(value_length))
-        parts.append(value)
-        parts.append(padding[value_padded - value_length])
-        position += 20 + key_padded + value_padded
+        parts.append(
+            layout.pack(
+                position - vtable_position,
+                8,
+                8 + ((len(key) + 3) & ~3),
+                len(key),
+                key,
+                len(value),
+                value,
+            )
+        )
+        position += layout.size
+    buf += _PLAIN_RECORD_VTABLE
+    writer.patch(records_field, vector_position)
     buf += struct.pack(f"<I{record_count}I", record_count, *entries)
     buf += b"".join(parts)
+    return True
 
 
 def _records(writer: _Writer, records_field: int, records: Sequence[Record]) -> None:

@@ -4,6 +4,7 @@ directory, and go on with the same client."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -55,8 +56,10 @@ def test_kill_and_restart_loses_no_acknowledged_append(server: Server, topic: st
     parked = client.submit_fetch(topic, 0, 1_000_000, wait_ms_max=15_000)
     producer = threading.Thread(target=produce)
     producer.start()
+    deadline = time.monotonic() + 20
     while len(acknowledged) < 200:
-        threading.Event().wait(0.01)
+        assert time.monotonic() < deadline and producer.is_alive(), "appends are acknowledged"
+        time.sleep(0.01)
     port = server.port
     server.kill()
     with pytest.raises(ConnectionLost):

@@ -222,3 +222,21 @@ def test_pipelined_appends_from_threads(server: Server, topic: str) -> None:
         assert sum(results) == 800
         total = sum(client.fetch(topic, p, 0).synced_end for p in range(4))
         assert total == 800
+
+
+def test_requests_go_to_the_owning_shards_port(server: Server, topic: str) -> None:
+    with Client(server.host, server.port) as client:
+        client.create_topic(topic, 4)
+        info = client.metadata().topics[topic]
+        owners = {p.port for p in info.partitions}
+        for partition in range(4):
+            client.append_one(topic, b"k", b"v", partition=partition)
+        # One connection per owning shard (plus the bootstrap one for metadata).
+        assert owners <= set(client._connections)
+        assert len(owners) == 2, "a 4-partition topic spans both shards"
+    # A client that is not shard-aware sends everything to the bootstrap port, which
+    # forwards.
+    with Client(server.host, server.port, shard_aware=False) as client:
+        for partition in range(4):
+            assert client.append_one(topic, b"k", b"w", partition=partition).base_offset == 1
+        assert set(client._connections) == {server.port}

@@ -161,7 +161,7 @@ class _Connection:
 class Pending(Generic[T]):
     """A call in flight; `result()` waits for its answer."""
 
-    __slots__ = ("_connection", "_correlation_id", "_call", "_decode", "_timeout")
+    __slots__ = ("_connection", "_correlation_id", "_call", "_decode", "_timeout", "_flush")
 
     def __init__(
         self,
@@ -170,7 +170,9 @@ class Pending(Generic[T]):
         call: _Call,
         decode: Callable[[protocol.Response], T],
         timeout: float | None,
+        flush: Callable[[], None],
     ) -> None:
+        self._flush = flush
         self._connection = connection
         self._correlation_id = correlation_id
         self._call = call
@@ -178,7 +180,9 @@ class Pending(Generic[T]):
         self._timeout = timeout
 
     def result(self) -> T:
-        self._connection.flush()
+        # Every connection's queue, not only this one's: requests to other shards must not
+        # wait for a later result.
+        self._flush()
         if not self._call.wait(self._timeout):
             self._connection.abandon(self._correlation_id)
             raise RequestTimeout(f"no answer within {self._timeout} s")
@@ -278,7 +282,9 @@ class Client:
         connection = self._connection(port if self.shard_aware else self._routing.bootstrap_port)
         correlation_id = next(self._correlation_ids)
         call = connection.submit(correlation_id, encode(correlation_id))
-        return Pending(connection, correlation_id, call, decode, timeout or self.timeout)
+        return Pending(
+            connection, correlation_id, call, decode, timeout or self.timeout, self.flush
+        )
 
     def _route(self, topic: str, partition: int | None, key: bytes) -> int:
         if self.shard_aware and self._routing.topic(topic) is None:

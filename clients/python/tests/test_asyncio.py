@@ -7,7 +7,16 @@ import asyncio
 
 import pytest
 
-from cairn import AsyncClient, BadRequest, Conflict, OffsetOutOfRange, KeyCondition, PartitionOffset, Record
+from cairn import (
+    AsyncClient,
+    BadRequest,
+    Conflict,
+    ConnectionLost,
+    KeyCondition,
+    OffsetOutOfRange,
+    PartitionOffset,
+    Record,
+)
 from conftest import Server
 
 
@@ -76,5 +85,34 @@ def test_asyncio_long_poll_wakes_up(server: Server, topic: str) -> None:
             await client.append_one(topic, b"k", b"wake", partition=0)
             fetched = await asyncio.wait_for(waiting, 15)
             assert [r.value for r in fetched.records] == [b"wake"]
+
+    asyncio.run(scenario())
+
+
+def test_asyncio_client_reconnects_after_kill_and_restart(server: Server, topic: str) -> None:
+    async def before() -> tuple[AsyncClient, "asyncio.Future[object]", int]:
+        client = AsyncClient(server.host, server.port)
+        await client.create_topic(topic, 2)
+        appended = await client.append_one(topic, b"k", b"before", partition=1)
+        parked: asyncio.Future[object] = asyncio.ensure_future(
+            client.fetch(topic, 0, 0, wait_ms_max=15_000)
+        )
+        await asyncio.sleep(0.2)
+        return client, parked, appended.base_offset
+
+    async def scenario() -> None:
+        client, parked, offset = await before()
+        port = server.port
+        server.kill()
+        with pytest.raises(ConnectionLost):
+            await asyncio.wait_for(parked, 10)
+        server.start(port)
+        # The shard ports moved: the client finds the partition again through the
+        # bootstrap port and fresh metadata.
+        read = await client.read_key(topic, b"k", partition=1)
+        assert read.record is not None and read.record.offset == offset
+        again = await client.append_one(topic, b"k", b"after", partition=1)
+        assert again.base_offset == offset + 1
+        await client.close()
 
     asyncio.run(scenario())

@@ -91,8 +91,8 @@ class ConnectionLost(OutcomeUnknown):
 
 
 class RequestTimeout(OutcomeUnknown):
-    """No answer within the call's timeout; the connection is closed, since its state is
-    unknown."""
+    """No answer within the call's timeout. The connection stays open; an answer that
+    comes later is dropped."""
 
 
 class ConnectError(CairnError):

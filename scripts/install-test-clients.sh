@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests drive besides Cairn itself: the real Kafka clients of
-# tests/integration/kafka_clients.rs, and cargo-nextest. From the registries only: Debian
+# tests/integration/kafka_clients.rs, cargo-nextest, and the Python client (clients/python)
+# with pytest and mypy for its suite. From the registries only: Debian
 # for kcat (and node when the machine lacks it), PyPI for the Python clients, npm
 # (tests/kafka/js/package-lock.json, registry.npmjs.org only) for kafkajs. Pinned, so a new
 # client release cannot change what the tests see without a commit here. Each step is a
@@ -18,5 +19,7 @@ command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 command -v kcat >/dev/null || apt_install kcat
 command -v npm >/dev/null || apt_install nodejs npm
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-  confluent-kafka==2.16.2 kafka-python==3.0.12
+  confluent-kafka==2.16.2 kafka-python==3.0.12 pytest==9.2.0 mypy==2.4.1
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  ./clients/python
 (cd tests/kafka/js && npm ci --silent --no-audit --no-fund)

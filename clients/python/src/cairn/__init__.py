@@ -1,0 +1,101 @@
+"""Python client for Cairn's native protocol (wire/schema/cairn.fbs).
+
+    from cairn import Client, Record
+    with Client("127.0.0.1", 7878) as client:
+        client.create_topic("seats", 4)
+        print(client.append("seats", [Record(b"12A", b"booked")]))
+"""
+
+from .aio import AsyncClient
+from .client import Client, Pending
+from .errors import (
+    BadRequest,
+    CairnError,
+    ConditionKind,
+    Conflict,
+    ConflictKind,
+    ConnectError,
+    ConnectionLost,
+    ErrorCode,
+    InternalError,
+    KeyCondition,
+    OffsetOutOfRange,
+    OutcomeUnknown,
+    OutOfOrderSequence,
+    Overloaded,
+    ProducerFenced,
+    ProtocolError,
+    RequestTimeout,
+    ServerError,
+    ShuttingDown,
+    StorageFailure,
+    TooLarge,
+    TopicExists,
+    UnknownPartition,
+    UnknownTopic,
+    UnsupportedRequest,
+)
+from .keyhash import murmur2, partition_for_key
+from .producer import IdempotentProducer
+from .types import (
+    Appended,
+    ClusterMetadata,
+    CommittedOffset,
+    Fetched,
+    KeyHistoryPage,
+    KeyRead,
+    PartitionInfo,
+    PartitionOffset,
+    ProducerId,
+    ProducerStamp,
+    Record,
+    StoredRecord,
+    TopicInfo,
+)
+
+__all__ = [
+    "Appended",
+    "AsyncClient",
+    "BadRequest",
+    "CairnError",
+    "Client",
+    "ClusterMetadata",
+    "CommittedOffset",
+    "ConditionKind",
+    "Conflict",
+    "ConflictKind",
+    "ConnectError",
+    "ConnectionLost",
+    "ErrorCode",
+    "Fetched",
+    "IdempotentProducer",
+    "InternalError",
+    "KeyCondition",
+    "KeyHistoryPage",
+    "KeyRead",
+    "OffsetOutOfRange",
+    "OutOfOrderSequence",
+    "OutcomeUnknown",
+    "Overloaded",
+    "PartitionInfo",
+    "PartitionOffset",
+    "Pending",
+    "ProducerFenced",
+    "ProducerId",
+    "ProducerStamp",
+    "ProtocolError",
+    "Record",
+    "RequestTimeout",
+    "ServerError",
+    "ShuttingDown",
+    "StorageFailure",
+    "StoredRecord",
+    "TooLarge",
+    "TopicExists",
+    "TopicInfo",
+    "UnknownPartition",
+    "UnknownTopic",
+    "UnsupportedRequest",
+    "murmur2",
+    "partition_for_key",
+]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates the Rust code for the wire protocol from wire/schema/cairn.fbs.
+# Regenerates the Rust code for the wire protocol from wire/schema/cairn.fbs (every type,
+# Request's root) and wire/schema/cairn_response.fbs (Response's root helpers only).
 #
-#   scripts/gen-flatbuffers.sh           rewrite wire/src/generated/cairn_generated.rs
-#   scripts/gen-flatbuffers.sh --check   regenerate into a temporary directory and fail if the
+#   scripts/gen-flatbuffers.sh           rewrite wire/src/generated/*_generated.rs
+#   scripts/gen-flatbuffers.sh --check   regenerate into a temporary directory and fail if a
 #                                        committed file differs (CI runs this)
 #
 # The compiler is pinned: flatc 25.12.19 matches the flatbuffers crate 25.12.19 the server
@@ -13,9 +14,9 @@ set -euo pipefail
 
 flatc_version_expected="25.12.19"
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-schema="${repo_root}/wire/schema/cairn.fbs"
+schemas=("${repo_root}/wire/schema/cairn.fbs" "${repo_root}/wire/schema/cairn_response.fbs")
 generated_dir="${repo_root}/wire/src/generated"
-generated_name="cairn_generated.rs"
+generated_names=(cairn_generated.rs cairn_response_generated.rs)
 flatc="${FLATC:-flatc}"
 
 mode="write"
@@ -39,17 +40,19 @@ fi
 tmp_dir="$(mktemp -d)"
 trap 'rm -rf "${tmp_dir}"' EXIT
 
-"${flatc}" --rust -o "${tmp_dir}" "${schema}"
+"${flatc}" --rust -o "${tmp_dir}" "${schemas[@]}"
 
-if [[ "${mode}" == "check" ]]; then
-  if ! diff -u "${generated_dir}/${generated_name}" "${tmp_dir}/${generated_name}"; then
-    echo "error: ${generated_dir}/${generated_name} is stale;" \
-      "run scripts/gen-flatbuffers.sh and commit the result" >&2
-    exit 1
+for generated_name in "${generated_names[@]}"; do
+  if [[ "${mode}" == "check" ]]; then
+    if ! diff -u "${generated_dir}/${generated_name}" "${tmp_dir}/${generated_name}"; then
+      echo "error: ${generated_dir}/${generated_name} is stale;" \
+        "run scripts/gen-flatbuffers.sh and commit the result" >&2
+      exit 1
+    fi
+    echo "${generated_name} is up to date"
+  else
+    mkdir -p "${generated_dir}"
+    cp "${tmp_dir}/${generated_name}" "${generated_dir}/${generated_name}"
+    echo "wrote ${generated_dir}/${generated_name}"
   fi
-  echo "${generated_name} is up to date"
-else
-  mkdir -p "${generated_dir}"
-  cp "${tmp_dir}/${generated_name}" "${generated_dir}/${generated_name}"
-  echo "wrote ${generated_dir}/${generated_name}"
-fi
+done

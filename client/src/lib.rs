@@ -143,6 +143,18 @@ pub struct FetchedRecord {
     pub prev_key_offset: Option<Offset>,
 }
 
+/// One page of a key's history, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHistoryPage {
+    /// The partition read (derived from the key if none was named).
+    pub partition: u32,
+    /// Synced records of the key, newest first.
+    pub records: Vec<FetchedRecord>,
+    /// Where the history goes on: pass it as `from_offset` for the next page. `None` once
+    /// the key's first record has been returned.
+    pub next_offset: Option<Offset>,
+}
+
 /// What became of an append: synced, or refused because a condition failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendResult {

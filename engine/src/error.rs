@@ -124,6 +124,12 @@ pub enum ReadError {
         /// The partition's durable end (exclusive).
         synced_end: u64,
     },
+    /// A key history was asked to start at an offset that holds a record of another key.
+    #[error("offset {offset} holds a record of another key, not of the key asked for")]
+    NotKeyRecord {
+        /// The offset asked for.
+        offset: u64,
+    },
     /// Reading failed, or what was read does not verify.
     #[error("storage failure: {0}")]
     Storage(StorageError),

@@ -342,23 +342,26 @@ async fn read_key_local(
 }
 
 /// Up to `record_count_max` (and `KEY_HISTORY_RECORD_COUNT_MAX`) records of `key`, newest
-/// first, about `FETCH_SIZE_BYTES_MAX` of them at most.
+/// first, about `FETCH_SIZE_BYTES_MAX` of them at most, from its latest synced record or
+/// from `from_offset` (which must hold a synced record of `key`: a previous page's cursor).
 pub(crate) async fn key_history(
     context: &ShardContext,
     topic: &str,
     partition: Option<u32>,
     key: &[u8],
+    from_offset: Option<Offset>,
     record_count_max: u32,
 ) -> Result<KeyHistoryResult, Failure> {
     ensure_serving(context)?;
     let topic = routing::topic(&context.shard, topic)?;
     let located = routing::locate_key(&topic, partition, key, context.config.shard_count)?;
     if located.owner == context.shard_id {
-        return key_history_local(context, &located, key, record_count_max).await;
+        return key_history_local(context, &located, key, from_offset, record_count_max).await;
     }
     let request = Forwarded::KeyHistory {
         located,
         key: key.to_vec(),
+        from_offset,
         record_count_max,
     };
     match forward(context, located.owner, request).await? {
@@ -371,6 +374,7 @@ async fn key_history_local(
     context: &ShardContext,
     located: &Located,
     key: &[u8],
+    from_offset: Option<Offset>,
     record_count_max: u32,
 ) -> Result<KeyHistoryResult, Failure> {
     let limit = record_count_max.min(KEY_HISTORY_RECORD_COUNT_MAX);
@@ -379,6 +383,7 @@ async fn key_history_local(
         .key_history(
             located.partition_id,
             key,
+            from_offset,
             limit as usize,
             FETCH_SIZE_BYTES_MAX,
         )
@@ -839,10 +844,13 @@ pub(crate) async fn serve_forwarded(
         Forwarded::KeyHistory {
             located,
             key,
+            from_offset,
             record_count_max,
         } => ForwardedResult::KeyHistory(match serving {
             Err(failure) => Err(failure),
-            Ok(()) => key_history_local(context, &located, &key, record_count_max).await,
+            Ok(()) => {
+                key_history_local(context, &located, &key, from_offset, record_count_max).await
+            }
         }),
         Forwarded::CreateTopic {
             name,
@@ -908,7 +916,8 @@ fn owned_fetch_result(result: FetchResult) -> ForwardedFetch {
 fn read_failure(read_error: &ReadError) -> Failure {
     let kind = match read_error {
         ReadError::UnknownPartition(_) => FailureKind::UnknownPartition,
-        ReadError::OffsetOutOfRange { .. } => FailureKind::BadRequest,
+        ReadError::OffsetOutOfRange { .. } => FailureKind::OffsetOutOfRange,
+        ReadError::NotKeyRecord { .. } => FailureKind::BadRequest,
         ReadError::Storage(_) => FailureKind::StorageFailure,
     };
     Failure::new(kind, read_error.to_string())

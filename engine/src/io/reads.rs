@@ -270,21 +270,39 @@ impl Shard {
     /// The durable history of `key`, newest first, following `prev_key_offset`
     /// back-pointers (no partition scan): at most `record_count_max` records, and no more
     /// once their keys and values pass `size_bytes_max` (at least one record when any).
+    ///
+    /// It starts at the key's latest synced record, or at `from` when given (a previous
+    /// page's last `prev_key_offset`): that must be a synced record of `key`, else
+    /// `OffsetOutOfRange` (at or beyond the synced end) or `NotKeyRecord`.
     pub async fn key_history(
         &self,
         partition: PartitionId,
         key: &[u8],
+        from: Option<Offset>,
         record_count_max: usize,
         size_bytes_max: usize,
     ) -> Result<Vec<OwnedRecord>, ReadError> {
         let mut next = {
             let state = self.state.borrow();
             readable(&state, partition)?;
-            state
+            let partition_state = state
                 .log
                 .partition_state(partition)
-                .ok_or(ReadError::UnknownPartition(partition))?
-                .latest_synced(key)
+                .ok_or(ReadError::UnknownPartition(partition))?;
+            match from {
+                None => partition_state.latest_synced(key),
+                Some(from) => {
+                    // Checked here, not by `read_record`, which also serves staged records.
+                    let synced_end = partition_state.synced_end();
+                    if from >= synced_end {
+                        return Err(ReadError::OffsetOutOfRange {
+                            requested: from.0,
+                            synced_end: synced_end.0,
+                        });
+                    }
+                    Some(from)
+                }
+            }
         };
         let mut history = Vec::new();
         let mut size_bytes = 0usize;
@@ -295,6 +313,11 @@ impl Shard {
                 break;
             }
             let record = self.read_record(partition, offset).await?;
+            // Only the first record can be another key's: the rest are reached by the
+            // key's own back-pointers.
+            if history.is_empty() && record.key != key {
+                return Err(ReadError::NotKeyRecord { offset: offset.0 });
+            }
             next = record.prev_key_offset;
             size_bytes += record.key.len() + record.value.len();
             history.push(record);

@@ -117,7 +117,7 @@ pub enum ReadError {
     #[error("unknown partition {0:?}")]
     UnknownPartition(PartitionId),
     /// The requested offset lies beyond the partition's durable end.
-    #[error("offset {requested} is beyond the durable end {synced_end}")]
+    #[error("offset {requested} is out of range: the partition's synced end is {synced_end}")]
     OffsetOutOfRange {
         /// The offset asked for.
         requested: u64,

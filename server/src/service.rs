@@ -259,7 +259,15 @@ async fn fetch_local(
         .shard
         .end_offsets(located.partition_id)
         .map_err(|e| read_failure(&e))?;
-    if from >= synced_end && !wait.is_zero() {
+    // Beyond the synced end is an answer now, not after a wait: no wait makes it valid
+    // sooner than the records before it are synced.
+    if from > synced_end {
+        return Err(read_failure(&ReadError::OffsetOutOfRange {
+            requested: from.0,
+            synced_end: synced_end.0,
+        }));
+    }
+    if from == synced_end && !wait.is_zero() {
         // Shutdown ends the wait too: the connection (or, forwarded, another shard's) must
         // drain, and an answer with what is synced so far is a correct one.
         let stopping = context.stopping.listen();

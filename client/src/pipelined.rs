@@ -16,8 +16,8 @@ use super::connection::{Connection, ConnectionShared};
 use super::reply::Reply;
 use super::routing::{Destination, Resolution, TopicTable};
 use super::{
-    AppendResult, ClientConfig, ClientError, CommittedOffset, FetchResult, FetchedRecord, Metadata,
-    KeyHistoryPage, PartitionOffset, TopicInfo,
+    AppendResult, ClientConfig, ClientError, CommittedOffset, FetchResult, FetchedRecord,
+    KeyHistoryPage, Metadata, PartitionOffset, TopicInfo,
 };
 
 /// A client for the tasks of one glommio executor: cheap to clone (clones share the

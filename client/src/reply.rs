@@ -12,8 +12,8 @@ use cairn_wire::{
 };
 
 use super::{
-    AppendResult, ClientError, CommittedOffset, FetchResult, FetchedRecord, Metadata,
-    KeyHistoryPage, PartitionInfo, ProducerId, TopicInfo,
+    AppendResult, ClientError, CommittedOffset, FetchResult, FetchedRecord, KeyHistoryPage,
+    Metadata, PartitionInfo, ProducerId, TopicInfo,
 };
 
 /// Any response, owned.

@@ -613,13 +613,13 @@ const ROOT: &str = "Response";
 /// enum values and union types, and that a Conflict carries its details. Never panics; the
 /// result borrows from `frame`.
 pub fn decode_response(frame: &[u8]) -> Result<Response<'_>, WireError> {
-    let response =
-        fb::root_as_response_with_opts(&verifier_options(frame.len()), frame)
-            .map_err(|invalid| WireError::Malformed {
-                root: ROOT,
-                frame_size_bytes: frame.len(),
-                invalid,
-            })?;
+    let response = fb::root_as_response_with_opts(&verifier_options(frame.len()), frame).map_err(
+        |invalid| WireError::Malformed {
+            root: ROOT,
+            frame_size_bytes: frame.len(),
+            invalid,
+        },
+    )?;
     let correlation_id = response.correlation_id();
     let body = decode_body(&response).map_err(|violation| WireError::Invalid {
         root: ROOT,

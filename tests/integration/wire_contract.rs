@@ -15,7 +15,7 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, CreateTopicsResponse};
 
 use crate::kafka_protocol::{KafkaConnection, topic_name};
-use crate::support::server::{CAIRN_BIN, TestServer};
+use crate::support::server::{CAIRN_BIN, TestServer, serve_until_exit};
 
 /// Kafka's INVALID_TOPIC_EXCEPTION.
 const INVALID_TOPIC_EXCEPTION: i16 = 17;
@@ -417,4 +417,26 @@ fn shard_ports_follow_the_listen_port_and_survive_a_restart() {
     for partition in &metadata.topics[0].partitions {
         assert_eq!(partition.port, expected[usize::from(partition.shard)]);
     }
+
+    // Another server listening just below: its shard 0 would take this one's main port,
+    // and it must refuse to start, naming that port.
+    let below = SocketAddr::new(server.address.ip(), server.address.port() - 1);
+    drop(std::net::TcpListener::bind(below).expect("the port below is free"));
+    let other_dir = temp_dir.path().join("other");
+    let outcome = serve_until_exit(
+        &other_dir,
+        &["--listen", &below.to_string()],
+        Duration::from_secs(20),
+    );
+    assert!(
+        outcome.status.is_some_and(|status| !status.success()),
+        "{outcome:?}"
+    );
+    assert!(
+        outcome
+            .stderr
+            .contains(&format!("address {} is already in use", server.address)),
+        "{}",
+        outcome.stderr
+    );
 }

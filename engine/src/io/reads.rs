@@ -312,12 +312,10 @@ impl Shard {
             {
                 break;
             }
-            let record = self.read_record(partition, offset).await?;
-            // Only the first record can be another key's: the rest are reached by the
-            // key's own back-pointers.
-            if history.is_empty() && record.key != key {
-                return Err(ReadError::NotKeyRecord { offset: offset.0 });
-            }
+            // Only the first record can be another key's (from `from`): the rest are reached
+            // by the key's own back-pointers.
+            let key_expected = history.is_empty().then_some(key);
+            let record = self.read_record_of(partition, offset, key_expected).await?;
             next = record.prev_key_offset;
             size_bytes += record.key.len() + record.value.len();
             history.push(record);
@@ -329,6 +327,17 @@ impl Shard {
         &self,
         partition: PartitionId,
         offset: Offset,
+    ) -> Result<OwnedRecord, ReadError> {
+        self.read_record_of(partition, offset, None).await
+    }
+
+    /// The record at `offset`; with `key_expected`, `NotKeyRecord` unless it is a record of
+    /// that key (a null key is no key's, not even the empty one's).
+    async fn read_record_of(
+        &self,
+        partition: PartitionId,
+        offset: Offset,
+        key_expected: Option<&[u8]>,
     ) -> Result<OwnedRecord, ReadError> {
         let source = {
             let state = self.state.borrow();
@@ -349,6 +358,11 @@ impl Shard {
             .records()
             .find(|record| record.offset == offset)
             .expect("the batch located for an offset holds it");
+        if let Some(key) = key_expected
+            && (record.is_null_key() || record.key != key)
+        {
+            return Err(ReadError::NotKeyRecord { offset: offset.0 });
+        }
         Ok(OwnedRecord::from_view(&record, timestamp_ms))
     }
 

@@ -396,13 +396,27 @@ fn a_long_key_history_reads_in_pages_locally_and_forwarded() {
     );
 }
 
+/// An address on 127.0.0.1 whose port and the `count - 1` after it are free when probed,
+/// below the kernel's ephemeral range (32768 and up by default), where ports bound to 0 by
+/// tests running alongside cannot land on them.
+fn free_port_run(count: u16) -> SocketAddr {
+    let mut rng = crate::support::TestRng::new(crate::support::test_seed("free_port_run"));
+    loop {
+        let port = 20_000 + u16::try_from(rng.below(10_000)).unwrap();
+        let probes: Result<Vec<_>, _> = (port..port + count)
+            .map(|port| std::net::TcpListener::bind(("127.0.0.1", port)))
+            .collect();
+        if probes.is_ok() {
+            return SocketAddr::from(([127, 0, 0, 1], port));
+        }
+    }
+}
+
 #[test]
 fn shard_ports_follow_the_listen_port_and_survive_a_restart() {
     let temp_dir = tempfile::tempdir().unwrap();
     let data_dir = temp_dir.path().join("data");
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let listen = probe.local_addr().unwrap();
-    drop(probe);
+    let listen = free_port_run(3);
     let expected = vec![listen.port() + 1, listen.port() + 2];
     let listen = listen.to_string();
     let mut server = TestServer::start_on(&data_dir, &["--listen", &listen]);

@@ -1362,10 +1362,10 @@ mod tests {
     #[test]
     fn unknown_enum_values_in_responses_are_typed_errors() {
         assert_eq!(
-            violation(&error_frame(fb::ErrorCode(13), None)),
+            violation(&error_frame(fb::ErrorCode(14), None)),
             Violation::UnknownEnumValue {
                 enum_name: "ErrorCode",
-                value: 13
+                value: 14
             }
         );
         assert_eq!(

@@ -314,8 +314,10 @@ impl From<WireError> for ClientError {
 impl ClientError {
     /// True when the request may or may not have taken effect: the connection was lost or
     /// timed out before the answer, or the server answered with a code that does not say
-    /// (the schema's ProducerStamp lists them). An idempotent append may be resent after
-    /// these, and only these.
+    /// (the schema's OUTCOME OF AN APPEND THAT FAILED lists them). An idempotent append may
+    /// be resent after these, and only these. Overloaded is counted too, although the server
+    /// sends it only when refusing a connection, before reading any request: resending is
+    /// what a caller should do after it.
     #[must_use]
     pub fn is_outcome_unknown(&self) -> bool {
         match self {

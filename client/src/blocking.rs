@@ -17,7 +17,7 @@ use super::reply::Reply;
 use super::routing::{Resolution, TopicTable};
 use super::{
     AppendResult, ClientConfig, ClientError, CommittedOffset, ConnectionLoss, FetchResult,
-    FetchedRecord, Metadata, PartitionOffset, ProducerId, TopicInfo,
+    FetchedRecord, KeyHistoryPage, Metadata, PartitionOffset, ProducerId, TopicInfo,
 };
 
 /// Bytes asked of the socket per read.
@@ -226,8 +226,28 @@ impl BlockingClient {
         key: &[u8],
         record_count_max: u32,
     ) -> Result<Vec<FetchedRecord>, ClientError> {
-        self.call(Call::key_history(topic, partition, key, record_count_max))?
-            .into_key_history()
+        Ok(self
+            .key_history_from(topic, partition, key, None, record_count_max)?
+            .records)
+    }
+
+    /// [`Client::key_history_from`](super::Client::key_history_from).
+    pub fn key_history_from(
+        &mut self,
+        topic: &str,
+        partition: Option<u32>,
+        key: &[u8],
+        from_offset: Option<Offset>,
+        record_count_max: u32,
+    ) -> Result<KeyHistoryPage, ClientError> {
+        self.call(Call::key_history(
+            topic,
+            partition,
+            key,
+            from_offset,
+            record_count_max,
+        ))?
+        .into_key_history()
     }
 
     /// Sends a request where its destination routes, refreshing the metadata once if its

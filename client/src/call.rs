@@ -149,6 +149,7 @@ impl<'a> Call<'a> {
         topic: &'a str,
         partition: Option<u32>,
         key: &'a [u8],
+        from_offset: Option<Offset>,
         record_count_max: u32,
     ) -> Call<'a> {
         let body = RequestBody::KeyHistory(KeyHistoryRequest {
@@ -156,7 +157,7 @@ impl<'a> Call<'a> {
             partition,
             key,
             record_count_max,
-            from_offset: None,
+            from_offset: from_offset.map(|offset| offset.0),
         });
         Call::new(
             Destination::Partition {

@@ -143,6 +143,18 @@ pub struct FetchedRecord {
     pub prev_key_offset: Option<Offset>,
 }
 
+/// One page of a key's history, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHistoryPage {
+    /// The partition read (derived from the key if none was named).
+    pub partition: u32,
+    /// Synced records of the key, newest first.
+    pub records: Vec<FetchedRecord>,
+    /// Where the history goes on: pass it as `from_offset` for the next page. `None` once
+    /// the key's first record has been returned.
+    pub next_offset: Option<Offset>,
+}
+
 /// What became of an append: synced, or refused because a condition failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendResult {
@@ -302,8 +314,10 @@ impl From<WireError> for ClientError {
 impl ClientError {
     /// True when the request may or may not have taken effect: the connection was lost or
     /// timed out before the answer, or the server answered with a code that does not say
-    /// (the schema's ProducerStamp lists them). An idempotent append may be resent after
-    /// these, and only these.
+    /// (the schema's OUTCOME OF AN APPEND THAT FAILED lists them). An idempotent append may
+    /// be resent after these, and only these. Overloaded is counted too, although the server
+    /// sends it only when refusing a connection, before reading any request: resending is
+    /// what a caller should do after it.
     #[must_use]
     pub fn is_outcome_unknown(&self) -> bool {
         match self {

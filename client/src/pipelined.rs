@@ -16,8 +16,8 @@ use super::connection::{Connection, ConnectionShared};
 use super::reply::Reply;
 use super::routing::{Destination, Resolution, TopicTable};
 use super::{
-    AppendResult, ClientConfig, ClientError, CommittedOffset, FetchResult, FetchedRecord, Metadata,
-    PartitionOffset, TopicInfo,
+    AppendResult, ClientConfig, ClientError, CommittedOffset, FetchResult, FetchedRecord,
+    KeyHistoryPage, Metadata, PartitionOffset, TopicInfo,
 };
 
 /// A client for the tasks of one glommio executor: cheap to clone (clones share the
@@ -221,9 +221,34 @@ impl Client {
         key: &[u8],
         record_count_max: u32,
     ) -> Result<Vec<FetchedRecord>, ClientError> {
-        self.call(Call::key_history(topic, partition, key, record_count_max))
+        Ok(self
+            .key_history_from(topic, partition, key, None, record_count_max)
             .await?
-            .into_key_history()
+            .records)
+    }
+
+    /// One page of `key`'s history, newest first: from its latest synced record, or from
+    /// `from_offset`, a previous page's `next_offset` (which must hold a synced record of
+    /// `key`: another key's is `BadRequest`, one at or past the synced end
+    /// `OffsetOutOfRange`). Repeat with each page's `next_offset` until it is `None` to
+    /// read the whole history, however long.
+    pub async fn key_history_from(
+        &self,
+        topic: &str,
+        partition: Option<u32>,
+        key: &[u8],
+        from_offset: Option<Offset>,
+        record_count_max: u32,
+    ) -> Result<KeyHistoryPage, ClientError> {
+        self.call(Call::key_history(
+            topic,
+            partition,
+            key,
+            from_offset,
+            record_count_max,
+        ))
+        .await?
+        .into_key_history()
     }
 
     fn timeout(&self) -> Duration {

@@ -12,8 +12,8 @@ use cairn_wire::{
 };
 
 use super::{
-    AppendResult, ClientError, CommittedOffset, FetchResult, FetchedRecord, Metadata,
-    PartitionInfo, ProducerId, TopicInfo,
+    AppendResult, ClientError, CommittedOffset, FetchResult, FetchedRecord, KeyHistoryPage,
+    Metadata, PartitionInfo, ProducerId, TopicInfo,
 };
 
 /// Any response, owned.
@@ -31,7 +31,7 @@ pub(super) enum Reply {
     ProducerInitialized(ProducerId),
     Fetched(FetchResult),
     KeyRecord(Option<FetchedRecord>),
-    KeyHistory(Vec<FetchedRecord>),
+    KeyHistory(KeyHistoryPage),
     OffsetsCommitted,
     CommittedOffsets(Vec<CommittedOffset>),
     Error {
@@ -66,9 +66,11 @@ impl Reply {
                 synced_end: fetched.synced_end,
             }),
             ResponseBody::KeyRecord(found) => Reply::KeyRecord(found.record.map(fetched_record)),
-            ResponseBody::KeyHistory(history) => {
-                Reply::KeyHistory(fetched_records(history.records))
-            }
+            ResponseBody::KeyHistory(history) => Reply::KeyHistory(KeyHistoryPage {
+                partition: history.partition,
+                records: fetched_records(history.records),
+                next_offset: history.next_offset.map(cairn_engine::core::Offset),
+            }),
             ResponseBody::OffsetsCommitted => Reply::OffsetsCommitted,
             ResponseBody::CommittedOffsets(entries) => Reply::CommittedOffsets(
                 entries
@@ -161,9 +163,9 @@ impl Reply {
     }
 
     /// The answer to KeyHistory.
-    pub(super) fn into_key_history(self) -> Result<Vec<FetchedRecord>, ClientError> {
+    pub(super) fn into_key_history(self) -> Result<KeyHistoryPage, ClientError> {
         match self {
-            Reply::KeyHistory(records) => Ok(records),
+            Reply::KeyHistory(page) => Ok(page),
             other => Err(other.unexpected("KeyHistoryResult")),
         }
     }

@@ -117,12 +117,18 @@ pub enum ReadError {
     #[error("unknown partition {0:?}")]
     UnknownPartition(PartitionId),
     /// The requested offset lies beyond the partition's durable end.
-    #[error("offset {requested} is beyond the durable end {synced_end}")]
+    #[error("offset {requested} is out of range: the partition's synced end is {synced_end}")]
     OffsetOutOfRange {
         /// The offset asked for.
         requested: u64,
         /// The partition's durable end (exclusive).
         synced_end: u64,
+    },
+    /// A key history was asked to start at an offset that holds a record of another key.
+    #[error("offset {offset} holds a record of another key, not of the key asked for")]
+    NotKeyRecord {
+        /// The offset asked for.
+        offset: u64,
     },
     /// Reading failed, or what was read does not verify.
     #[error("storage failure: {0}")]

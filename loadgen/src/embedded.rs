@@ -43,7 +43,7 @@ impl EmbeddedServer {
         let mut config = ServerConfig::new();
         config.data_dir = data_dir.path().join("data");
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config.port_base = 0;
+        config.port_base = Some(0);
         config.shard_count = shard_count;
         config.pin_shards = pin_shards;
         config.segment_size_bytes = segment_size_bytes;

@@ -24,8 +24,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The shared address every shard accepts on.
     pub listen: SocketAddr,
-    /// Shard `i` also listens on `port_base + i`; 0 picks free ports.
-    pub port_base: u16,
+    /// Shard `i` also listens on `port_base + i`; 0 picks free ports. `None` (the default):
+    /// on `listen`'s port + 1 + `i`, stable across restarts (free ports when that is 0).
+    pub port_base: Option<u16>,
     /// Shards (executors, one per core).
     pub shard_count: u16,
     /// Pin shard `i` to CPU `i` (modulo the CPUs there are).
@@ -60,7 +61,7 @@ impl ServerConfig {
         ServerConfig {
             data_dir: PathBuf::from("cairn-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
-            port_base: 0,
+            port_base: None,
             shard_count: u16::try_from(cpu_count).unwrap_or(u16::MAX),
             pin_shards: true,
             segment_size_bytes: 256 * 1024 * 1024,

@@ -62,13 +62,22 @@ pub use crate::config::{
 };
 use crate::mesh::ShardMessage;
 
-/// The port shard `shard` is asked to listen on: `port_base + shard`, or 0 (any free port)
-/// when `port_base` is 0.
+/// The port shard `shard` is asked to listen on: `port_base + shard` when it is set, else
+/// the shared port + 1 + `shard`, so that a restart keeps every port clients cached from
+/// Metadata; 0 (any free port) when the one they derive from is 0 (tests). A port past
+/// 65535 saturates, and the start fails naming the address asked for twice.
 fn shard_port(config: &ServerConfig, shard: u16) -> u16 {
-    if config.port_base == 0 {
+    let base = match config.port_base {
+        Some(port_base) => port_base,
+        None => match config.listen.port() {
+            0 => 0,
+            port => port.saturating_add(1),
+        },
+    };
+    if base == 0 {
         0
     } else {
-        config.port_base.saturating_add(shard)
+        base.saturating_add(shard)
     }
 }
 

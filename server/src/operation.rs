@@ -24,6 +24,8 @@ pub(crate) enum FailureKind {
     BadRequest,
     /// A batch larger than the engine takes.
     TooLarge,
+    /// A read starts beyond the partition's synced end.
+    OffsetOutOfRange,
     /// No topic of that name.
     UnknownTopic,
     /// The topic has no such partition.
@@ -231,6 +233,7 @@ pub(crate) enum Forwarded {
     KeyHistory {
         located: Located,
         key: Vec<u8>,
+        from_offset: Option<Offset>,
         record_count_max: u32,
     },
     CreateTopic {

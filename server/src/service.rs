@@ -259,7 +259,15 @@ async fn fetch_local(
         .shard
         .end_offsets(located.partition_id)
         .map_err(|e| read_failure(&e))?;
-    if from >= synced_end && !wait.is_zero() {
+    // Beyond the synced end is an answer now, not after a wait: no wait makes it valid
+    // sooner than the records before it are synced.
+    if from > synced_end {
+        return Err(read_failure(&ReadError::OffsetOutOfRange {
+            requested: from.0,
+            synced_end: synced_end.0,
+        }));
+    }
+    if from == synced_end && !wait.is_zero() {
         // Shutdown ends the wait too: the connection (or, forwarded, another shard's) must
         // drain, and an answer with what is synced so far is a correct one.
         let stopping = context.stopping.listen();
@@ -342,23 +350,26 @@ async fn read_key_local(
 }
 
 /// Up to `record_count_max` (and `KEY_HISTORY_RECORD_COUNT_MAX`) records of `key`, newest
-/// first, about `FETCH_SIZE_BYTES_MAX` of them at most.
+/// first, about `FETCH_SIZE_BYTES_MAX` of them at most, from its latest synced record or
+/// from `from_offset` (which must hold a synced record of `key`: a previous page's cursor).
 pub(crate) async fn key_history(
     context: &ShardContext,
     topic: &str,
     partition: Option<u32>,
     key: &[u8],
+    from_offset: Option<Offset>,
     record_count_max: u32,
 ) -> Result<KeyHistoryResult, Failure> {
     ensure_serving(context)?;
     let topic = routing::topic(&context.shard, topic)?;
     let located = routing::locate_key(&topic, partition, key, context.config.shard_count)?;
     if located.owner == context.shard_id {
-        return key_history_local(context, &located, key, record_count_max).await;
+        return key_history_local(context, &located, key, from_offset, record_count_max).await;
     }
     let request = Forwarded::KeyHistory {
         located,
         key: key.to_vec(),
+        from_offset,
         record_count_max,
     };
     match forward(context, located.owner, request).await? {
@@ -371,6 +382,7 @@ async fn key_history_local(
     context: &ShardContext,
     located: &Located,
     key: &[u8],
+    from_offset: Option<Offset>,
     record_count_max: u32,
 ) -> Result<KeyHistoryResult, Failure> {
     let limit = record_count_max.min(KEY_HISTORY_RECORD_COUNT_MAX);
@@ -379,6 +391,7 @@ async fn key_history_local(
         .key_history(
             located.partition_id,
             key,
+            from_offset,
             limit as usize,
             FETCH_SIZE_BYTES_MAX,
         )
@@ -839,10 +852,13 @@ pub(crate) async fn serve_forwarded(
         Forwarded::KeyHistory {
             located,
             key,
+            from_offset,
             record_count_max,
         } => ForwardedResult::KeyHistory(match serving {
             Err(failure) => Err(failure),
-            Ok(()) => key_history_local(context, &located, &key, record_count_max).await,
+            Ok(()) => {
+                key_history_local(context, &located, &key, from_offset, record_count_max).await
+            }
         }),
         Forwarded::CreateTopic {
             name,
@@ -908,7 +924,8 @@ fn owned_fetch_result(result: FetchResult) -> ForwardedFetch {
 fn read_failure(read_error: &ReadError) -> Failure {
     let kind = match read_error {
         ReadError::UnknownPartition(_) => FailureKind::UnknownPartition,
-        ReadError::OffsetOutOfRange { .. } => FailureKind::BadRequest,
+        ReadError::OffsetOutOfRange { .. } => FailureKind::OffsetOutOfRange,
+        ReadError::NotKeyRecord { .. } => FailureKind::BadRequest,
         ReadError::Storage(_) => FailureKind::StorageFailure,
     };
     Failure::new(kind, read_error.to_string())

@@ -136,7 +136,7 @@ async fn verify_recovered(shard: &Shard, partition: PartitionId, ledger: &Ledger
             .expect("found");
         assert_eq!(read.offset, *offset, "key index answer for {key:?}");
         let history = shard
-            .key_history(partition, key, usize::MAX, usize::MAX)
+            .key_history(partition, key, None, usize::MAX, usize::MAX)
             .await
             .expect("history");
         let expected: Vec<Offset> = records
@@ -380,7 +380,7 @@ fn concurrent_conditional_appends_on_one_key_have_one_winner_per_offset() {
             previous = Some(*offset);
         }
         let history = shard
-            .key_history(partition, b"seat-12A", usize::MAX, usize::MAX)
+            .key_history(partition, b"seat-12A", None, usize::MAX, usize::MAX)
             .await
             .unwrap();
         assert_eq!(

@@ -471,7 +471,7 @@ fn engine_a_segment_written_in_format_version_1_opens_and_continues_in_version_2
             .collect();
         assert_eq!(versions, vec![1, 2]);
         let history = shard
-            .key_history(partition, b"k", 10, 1 << 20)
+            .key_history(partition, b"k", None, 10, 1 << 20)
             .await
             .unwrap();
         assert_eq!(

@@ -32,3 +32,4 @@ mod server_idempotent;
 mod server_lifecycle;
 mod support;
 mod tidy;
+mod wire_contract;

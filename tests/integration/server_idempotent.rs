@@ -52,7 +52,7 @@ fn a_resent_batch_gets_its_original_offsets_even_after_kill_9() {
     let temp_dir = tempfile::tempdir().unwrap();
     let data_dir = temp_dir.path().join("data");
     let listen = free_listen_address();
-    let mut server = TestServer::start_on(&data_dir, &["--listen", &listen]);
+    let mut server = TestServer::start_on(&data_dir, &["--listen", &listen, "--port-base", "0"]);
     let mut client = connect(&server);
     client.create_topic(TOPIC, 2).unwrap();
     let producer = client.init_producer().unwrap();
@@ -79,7 +79,7 @@ fn a_resent_batch_gets_its_original_offsets_even_after_kill_9() {
 
     // The producer state is in the log, so a restarted server knows the batch too.
     server.stop_with(9, Duration::from_secs(20));
-    let server = TestServer::start_on(&data_dir, &["--listen", &listen]);
+    let server = TestServer::start_on(&data_dir, &["--listen", &listen, "--port-base", "0"]);
     let mut client = connect(&server);
     let resent = client
         .append_as(TOPIC, Some(0), None, &first, Some(stamp(0)))
@@ -175,7 +175,7 @@ fn an_idempotent_producer_appends_through_kill_9_exactly_once() {
     let temp_dir = tempfile::tempdir().unwrap();
     let data_dir = temp_dir.path().join("data");
     let listen = free_listen_address();
-    let mut server = TestServer::start_on(&data_dir, &["--listen", &listen]);
+    let mut server = TestServer::start_on(&data_dir, &["--listen", &listen, "--port-base", "0"]);
     connect(&server).create_topic(TOPIC, 2).unwrap();
 
     let (acknowledged_sender, acknowledged) = std::sync::mpsc::channel();
@@ -214,7 +214,7 @@ fn an_idempotent_producer_appends_through_kill_9_exactly_once() {
             seen.insert(number, (partition, offset));
         }
         server.stop_with(9, Duration::from_secs(20));
-        server = TestServer::start_on(&data_dir, &["--listen", &listen]);
+        server = TestServer::start_on(&data_dir, &["--listen", &listen, "--port-base", "0"]);
     }
     producing.join().expect("the producer finished");
     seen.extend(acknowledged.try_iter().map(|(n, p, o)| (n, (p, o))));

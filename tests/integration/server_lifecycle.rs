@@ -119,7 +119,7 @@ fn a_server_restarted_at_once_after_kill_9_gets_its_addresses_back() {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = probe.local_addr().unwrap().to_string();
     drop(probe);
-    let mut server = TestServer::start_on(&data_dir, &["--listen", &listen]);
+    let mut server = TestServer::start_on(&data_dir, &["--listen", &listen, "--port-base", "0"]);
     client_at(server.address, true)
         .create_topic("kept", 1)
         .unwrap();
@@ -127,7 +127,7 @@ fn a_server_restarted_at_once_after_kill_9_gets_its_addresses_back() {
         // A connection open at the kill, as a supervisor's clients would have.
         let _open = TcpStream::connect(server.address).unwrap();
         server.stop_with(9, Duration::from_secs(20));
-        server = TestServer::start_on(&data_dir, &["--listen", &listen]);
+        server = TestServer::start_on(&data_dir, &["--listen", &listen, "--port-base", "0"]);
     }
     assert_eq!(server.address.to_string(), listen);
     let metadata = client_at(server.address, true).metadata().unwrap();

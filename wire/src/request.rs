@@ -304,12 +304,13 @@ const ROOT: &str = "Request";
 /// its kind's limit (only appends may exceed [`NON_APPEND_FRAME_SIZE_BYTES_MAX`]), then the
 /// protocol's rules and the engine's limits. Never panics; the result borrows from `frame`.
 pub fn decode_request(frame: &[u8]) -> Result<Request<'_>, WireError> {
-    let request = flatbuffers::root_with_opts::<fb::Request>(&verifier_options(frame.len()), frame)
-        .map_err(|invalid| WireError::Malformed {
+    let request = fb::root_as_request_with_opts(&verifier_options(frame.len()), frame).map_err(
+        |invalid| WireError::Malformed {
             root: ROOT,
             frame_size_bytes: frame.len(),
             invalid,
-        })?;
+        },
+    )?;
     let correlation_id = request.correlation_id();
     let invalid = |violation| WireError::Invalid {
         root: ROOT,

@@ -199,11 +199,13 @@ pub enum ErrorCode {
     OutOfOrderSequence,
     /// An idempotent append's producer epoch is older than one the partition has seen.
     ProducerFenced,
+    /// A read starts beyond the partition's synced end; the message names the end.
+    OffsetOutOfRange,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::Internal,
         ErrorCode::BadRequest,
         ErrorCode::UnsupportedRequest,
@@ -217,6 +219,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::OutOfOrderSequence,
         ErrorCode::ProducerFenced,
+        ErrorCode::OffsetOutOfRange,
     ];
 
     fn to_fb(self) -> fb::ErrorCode {
@@ -234,6 +237,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => fb::ErrorCode::ShuttingDown,
             ErrorCode::OutOfOrderSequence => fb::ErrorCode::OutOfOrderSequence,
             ErrorCode::ProducerFenced => fb::ErrorCode::ProducerFenced,
+            ErrorCode::OffsetOutOfRange => fb::ErrorCode::OffsetOutOfRange,
         }
     }
 
@@ -252,6 +256,7 @@ impl ErrorCode {
             fb::ErrorCode::ShuttingDown => ErrorCode::ShuttingDown,
             fb::ErrorCode::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
             fb::ErrorCode::ProducerFenced => ErrorCode::ProducerFenced,
+            fb::ErrorCode::OffsetOutOfRange => ErrorCode::OffsetOutOfRange,
             fb::ErrorCode(value) => {
                 return Err(Violation::UnknownEnumValue {
                     enum_name: "ErrorCode",
@@ -608,13 +613,13 @@ const ROOT: &str = "Response";
 /// enum values and union types, and that a Conflict carries its details. Never panics; the
 /// result borrows from `frame`.
 pub fn decode_response(frame: &[u8]) -> Result<Response<'_>, WireError> {
-    let response =
-        flatbuffers::root_with_opts::<fb::Response>(&verifier_options(frame.len()), frame)
-            .map_err(|invalid| WireError::Malformed {
-                root: ROOT,
-                frame_size_bytes: frame.len(),
-                invalid,
-            })?;
+    let response = fb::root_as_response_with_opts(&verifier_options(frame.len()), frame).map_err(
+        |invalid| WireError::Malformed {
+            root: ROOT,
+            frame_size_bytes: frame.len(),
+            invalid,
+        },
+    )?;
     let correlation_id = response.correlation_id();
     let body = decode_body(&response).map_err(|violation| WireError::Invalid {
         root: ROOT,
@@ -1357,10 +1362,10 @@ mod tests {
     #[test]
     fn unknown_enum_values_in_responses_are_typed_errors() {
         assert_eq!(
-            violation(&error_frame(fb::ErrorCode(13), None)),
+            violation(&error_frame(fb::ErrorCode(14), None)),
             Violation::UnknownEnumValue {
                 enum_name: "ErrorCode",
-                value: 13
+                value: 14
             }
         );
         assert_eq!(

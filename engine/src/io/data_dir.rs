@@ -338,6 +338,11 @@ fn validate_topic_name(name: &str) -> Result<(), TopicError> {
     {
         return Err(invalid("only A-Z a-z 0-9 . _ - are allowed"));
     }
+    // Kafka refuses them too (they name directories there), so a Kafka user's tools and
+    // mirrors never meet them.
+    if name == "." || name == ".." {
+        return Err(invalid("\".\" and \"..\" are not topic names"));
+    }
     Ok(())
 }
 
@@ -702,6 +707,13 @@ mod tests {
             catalog.add("a b", 1),
             Err(TopicError::InvalidName { .. })
         ));
+        for name in [".", ".."] {
+            assert!(matches!(
+                catalog.add(name, 1),
+                Err(TopicError::InvalidName { .. })
+            ));
+        }
+        catalog.add("...", 1).unwrap();
         assert!(matches!(
             catalog.add("ok", 0),
             Err(TopicError::BadPartitionCount { .. })

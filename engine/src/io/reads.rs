@@ -270,21 +270,39 @@ impl Shard {
     /// The durable history of `key`, newest first, following `prev_key_offset`
     /// back-pointers (no partition scan): at most `record_count_max` records, and no more
     /// once their keys and values pass `size_bytes_max` (at least one record when any).
+    ///
+    /// It starts at the key's latest synced record, or at `from` when given (a previous
+    /// page's last `prev_key_offset`): that must be a synced record of `key`, else
+    /// `OffsetOutOfRange` (at or beyond the synced end) or `NotKeyRecord`.
     pub async fn key_history(
         &self,
         partition: PartitionId,
         key: &[u8],
+        from: Option<Offset>,
         record_count_max: usize,
         size_bytes_max: usize,
     ) -> Result<Vec<OwnedRecord>, ReadError> {
         let mut next = {
             let state = self.state.borrow();
             readable(&state, partition)?;
-            state
+            let partition_state = state
                 .log
                 .partition_state(partition)
-                .ok_or(ReadError::UnknownPartition(partition))?
-                .latest_synced(key)
+                .ok_or(ReadError::UnknownPartition(partition))?;
+            match from {
+                None => partition_state.latest_synced(key),
+                Some(from) => {
+                    // Checked here, not by `read_record`, which also serves staged records.
+                    let synced_end = partition_state.synced_end();
+                    if from >= synced_end {
+                        return Err(ReadError::OffsetOutOfRange {
+                            requested: from.0,
+                            synced_end: synced_end.0,
+                        });
+                    }
+                    Some(from)
+                }
+            }
         };
         let mut history = Vec::new();
         let mut size_bytes = 0usize;
@@ -294,7 +312,10 @@ impl Shard {
             {
                 break;
             }
-            let record = self.read_record(partition, offset).await?;
+            // Only the first record can be another key's (from `from`): the rest are reached
+            // by the key's own back-pointers.
+            let key_expected = history.is_empty().then_some(key);
+            let record = self.read_record_of(partition, offset, key_expected).await?;
             next = record.prev_key_offset;
             size_bytes += record.key.len() + record.value.len();
             history.push(record);
@@ -306,6 +327,17 @@ impl Shard {
         &self,
         partition: PartitionId,
         offset: Offset,
+    ) -> Result<OwnedRecord, ReadError> {
+        self.read_record_of(partition, offset, None).await
+    }
+
+    /// The record at `offset`; with `key_expected`, `NotKeyRecord` unless it is a record of
+    /// that key (a null key is no key's, not even the empty one's).
+    async fn read_record_of(
+        &self,
+        partition: PartitionId,
+        offset: Offset,
+        key_expected: Option<&[u8]>,
     ) -> Result<OwnedRecord, ReadError> {
         let source = {
             let state = self.state.borrow();
@@ -326,6 +358,11 @@ impl Shard {
             .records()
             .find(|record| record.offset == offset)
             .expect("the batch located for an offset holds it");
+        if let Some(key) = key_expected
+            && (record.is_null_key() || record.key != key)
+        {
+            return Err(ReadError::NotKeyRecord { offset: offset.0 });
+        }
         Ok(OwnedRecord::from_view(&record, timestamp_ms))
     }
 

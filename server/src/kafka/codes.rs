@@ -41,6 +41,7 @@ pub(super) fn failure_code(failure: &Failure) -> i16 {
     let error = match failure.kind {
         FailureKind::BadRequest => ResponseError::InvalidRequest,
         FailureKind::TooLarge => ResponseError::MessageTooLarge,
+        FailureKind::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
         FailureKind::UnknownTopic | FailureKind::UnknownPartition => {
             ResponseError::UnknownTopicOrPartition
         }

@@ -159,9 +159,11 @@ async fn create(
 }
 
 /// The engine's rule for topic names (checked again there when the topic is created):
-/// 1 to 249 bytes of A-Z a-z 0-9 . _ -
+/// 1 to 249 bytes of A-Z a-z 0-9 . _ -, and not `.` or `..`
 fn is_valid_name(name: &str) -> bool {
     (1..=TOPIC_NAME_SIZE_BYTES_MAX).contains(&name.len())
+        && name != "."
+        && name != ".."
         && name
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte))

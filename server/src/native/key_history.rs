@@ -1,7 +1,7 @@
 //! `KeyHistory`: a key's records, newest first, cut to `FETCH_SIZE_BYTES_MAX` of encoded
 //! records (at least one).
 
-use cairn_engine::RecordHeader;
+use cairn_engine::{Offset, RecordHeader};
 use cairn_wire::{KeyHistoryRequest, KeyHistoryResult, RecordOut, RecordOutList, ResponseBody};
 
 use super::fetch::{header_list, record_out};
@@ -20,6 +20,7 @@ pub(super) async fn serve(
         request.topic,
         request.partition,
         request.key,
+        request.from_offset.map(Offset),
         request.record_count_max,
     )
     .await;
@@ -43,9 +44,12 @@ pub(super) async fn serve(
     }
     let body = ResponseBody::KeyHistory(KeyHistoryResult {
         partition: history.partition,
+        // No record returned (a record_count_max of 0) leaves the cursor where it was.
         next_offset: outs
             .last()
-            .and_then(|record| record.prev_key_offset)
+            .map_or(request.from_offset.map(Offset), |record| {
+                record.prev_key_offset
+            })
             .map(|offset| offset.0),
         records: RecordOutList::from_slice(&outs),
     });

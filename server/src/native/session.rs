@@ -177,6 +177,7 @@ pub(crate) fn error_code(kind: FailureKind) -> ErrorCode {
         // The native protocol has no producer stamps; only Kafka's front end meets these.
         FailureKind::BadRequest | FailureKind::InternalTopic => ErrorCode::BadRequest,
         FailureKind::TooLarge => ErrorCode::TooLarge,
+        FailureKind::OffsetOutOfRange => ErrorCode::OffsetOutOfRange,
         FailureKind::UnknownTopic => ErrorCode::UnknownTopic,
         FailureKind::UnknownPartition => ErrorCode::UnknownPartition,
         FailureKind::TopicExists => ErrorCode::TopicExists,

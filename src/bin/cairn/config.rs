@@ -87,9 +87,11 @@ serve_settings! {
     /// Shared listening address; every shard accepts on it.
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
-    /// Shard i also listens on port-base + i; 0 picks free ports (metadata tells clients).
-    #[arg(long, default_value_t = 0)]
-    port_base: u16,
+    /// Shard i also listens on port-base + i; 0 picks free ports at each start (metadata
+    /// tells clients). Default: the --listen port + 1 + i (7879, 7880, ...), so restarts
+    /// keep them; free ports when the --listen port is 0.
+    #[arg(long)]
+    port_base: Option<u16>,
     /// Shards (one executor per core); fixed when the data directory is created.
     #[arg(long)]
     cores: Option<u16>,

@@ -98,11 +98,18 @@ enum Command {
         include_appended: bool,
     },
     /// A key's records, newest first, following the back-pointers.
+    ///
+    /// Prints at most --limit records (the server returns at most 1024 per request); when
+    /// the history goes on, says on stderr which --from continues it.
     History {
         topic: String,
         key: String,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Start at this record of the key (a previous run's continuation offset) instead
+        /// of at its latest.
+        #[arg(long = "from")]
+        from_offset: Option<u64>,
     },
     /// The partition a key routes to in a topic.
     PartitionOf { topic: String, key: String },
@@ -380,9 +387,25 @@ fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Result<Exit
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::History { topic, key, limit } => {
-            for record in client()?.key_history(&topic, None, key.as_bytes(), limit)? {
-                print_record(&record, None, json);
+        Command::History {
+            topic,
+            key,
+            limit,
+            from_offset,
+        } => {
+            let page = client()?.key_history_from(
+                &topic,
+                None,
+                key.as_bytes(),
+                from_offset.map(Offset),
+                limit,
+            )?;
+            for record in &page.records {
+                print_record(record, None, json);
+            }
+            // On stderr, so that --json output stays one record per line.
+            if let Some(next) = page.next_offset {
+                eprintln!("more: cairn history {topic} {key} --from {}", next.0);
             }
             Ok(ExitCode::SUCCESS)
         }

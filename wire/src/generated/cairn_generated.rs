@@ -229,10 +229,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 12;
+pub const ENUM_MAX_ERROR_CODE: u16 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
   ErrorCode::Internal,
   ErrorCode::BadRequest,
   ErrorCode::UnsupportedRequest,
@@ -246,6 +246,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
   ErrorCode::ShuttingDown,
   ErrorCode::OutOfOrderSequence,
   ErrorCode::ProducerFenced,
+  ErrorCode::OffsetOutOfRange,
 ];
 
 /// Why a request failed.
@@ -254,7 +255,8 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
 pub struct ErrorCode(pub u16);
 #[allow(non_upper_case_globals)]
 impl ErrorCode {
-  /// A bug or an unexpected state in the server; the message says more.
+  /// A bug or an unexpected state in the server; the message says more. An Append's outcome
+  /// is unknown (see OUTCOME OF AN APPEND THAT FAILED).
   pub const Internal: Self = Self(0);
   /// The request breaks a rule of this protocol; the message says which.
   pub const BadRequest: Self = Self(1);
@@ -269,14 +271,16 @@ impl ErrorCode {
   pub const TopicExists: Self = Self(6);
   /// Append: a condition failed and nothing was appended; see ErrorResponse.conflict.
   pub const Conflict: Self = Self(7);
-  /// The server could not write or sync; the request's outcome is unknown unless it was a
-  /// read. The server stops after this and recovers on restart.
+  /// The server could not write or sync; an Append's outcome is unknown. The server stops
+  /// after this and recovers on restart.
   pub const StorageFailure: Self = Self(8);
-  /// Too much work queued; retry later. Also the one frame a connection gets, with
-  /// correlation_id 0, when the server already serves as many connections as it may on
-  /// that port's shard: the server closes the connection after it.
+  /// The one frame a connection gets, with correlation_id 0, when the server already serves
+  /// as many connections as it may on that port's shard: the server closes the connection
+  /// after it, having read no request (nothing was appended). Retry later or on another
+  /// port.
   pub const Overloaded: Self = Self(9);
-  /// The server is stopping; retry against it after it restarts.
+  /// The server is stopping; retry against it after it restarts. An Append's outcome is
+  /// unknown (a forwarded one may have been appended by its owning shard).
   pub const ShuttingDown: Self = Self(10);
   /// Append with a ProducerStamp: base_sequence is not the partition's next one for this
   /// producer, nor one of its last 5 batches; nothing was appended.
@@ -284,9 +288,13 @@ impl ErrorCode {
   /// Append with a ProducerStamp: a newer epoch of this producer id has appended to the
   /// partition; this one is fenced. Nothing was appended.
   pub const ProducerFenced: Self = Self(12);
+  /// Fetch or KeyHistory.from_offset: the offset is beyond what the partition has synced
+  /// (for KeyHistory, at or beyond); the message names the synced end. (Fetch at exactly
+  /// the synced end is no error: it long-polls.)
+  pub const OffsetOutOfRange: Self = Self(13);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 12;
+  pub const ENUM_MAX: u16 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Internal,
     Self::BadRequest,
@@ -301,6 +309,7 @@ impl ErrorCode {
     Self::ShuttingDown,
     Self::OutOfOrderSequence,
     Self::ProducerFenced,
+    Self::OffsetOutOfRange,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -318,6 +327,7 @@ impl ErrorCode {
       Self::ShuttingDown => Some("ShuttingDown"),
       Self::OutOfOrderSequence => Some("OutOfOrderSequence"),
       Self::ProducerFenced => Some("ProducerFenced"),
+      Self::OffsetOutOfRange => Some("OffsetOutOfRange"),
       _ => None,
     }
   }
@@ -1358,6 +1368,11 @@ pub enum CreateTopicOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
 /// Create a topic; answered with TopicCreated, or TopicExists if the name is taken.
+///
+/// TopicCreated means the topic is durable: the server has synced its catalog (fdatasync
+/// of the file, then of its directory) before answering, and every shard knows the topic,
+/// so any request that follows, on any port, finds it, and so does the server after a
+/// crash.
 pub struct CreateTopic<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -1390,7 +1405,8 @@ impl<'a> CreateTopic<'a> {
   }
 
 
-  /// 1 to 249 bytes (Kafka's limit) of A-Z a-z 0-9 . _ -; BadRequest otherwise.
+  /// 1 to 249 bytes (Kafka's limit) of A-Z a-z 0-9 . _ -, and not "." or ".."; BadRequest
+  /// otherwise.
   #[inline]
   pub fn name(&self) -> &'a str {
     // Safety:
@@ -1398,7 +1414,7 @@ impl<'a> CreateTopic<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CreateTopic::VT_NAME, None).unwrap()}
   }
-  /// Fixed for the topic's lifetime; at least 1.
+  /// Fixed for the topic's lifetime; 1 to 4096, BadRequest otherwise.
   #[inline]
   pub fn partition_count(&self) -> u32 {
     // Safety:
@@ -1715,7 +1731,7 @@ pub enum ProducerStampOffset {}
 /// partition: a producer appending to several partitions keeps one counter for each.
 ///
 /// Resending a batch with the same stamp and records, after an outcome-unknown error (a
-/// closed connection, a timeout, Overloaded, ShuttingDown, Internal, StorageFailure),
+/// closed connection, a timeout, ShuttingDown, Internal, StorageFailure),
 /// is safe: if the first attempt was appended, the answer is its Appended, with the
 /// original offsets and duplicate set, and nothing is appended twice. A batch that was
 /// rejected (Conflict, BadRequest, ...) did not consume its sequence: the next batch reuses
@@ -1858,8 +1874,11 @@ pub enum AppendOffset {}
 /// appended, with consecutive offsets in the given order, or none is.
 ///
 /// Answered with Appended once the batch is synced, or with an ErrorResponse with code
-/// Conflict as soon as a condition fails (nothing is appended then). Records are checked in
-/// order, each against the partition as it would be after the records before it.
+/// Conflict as soon as a condition fails (nothing is appended then). expected_end_offset is
+/// checked first: when it and a key condition both fail, the Conflict is kind EndOffset
+/// (fix the end offset, then retry to learn about the keys). Records are checked in order,
+/// each against the partition as it would be after the records before it, and the first
+/// one whose condition fails is reported.
 pub struct Append<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -1907,7 +1926,9 @@ impl<'a> Append<'a> {
   }
   /// The partition to append to. Absent: derived from the first record's key (see KEY
   /// ROUTING above); every other record's key must then route to the same partition, or
-  /// the request fails with BadRequest.
+  /// the request fails with BadRequest. Present: the records go to that partition whatever
+  /// partition their keys would route to (keys are not checked against it), and reads of
+  /// those keys must then name the partition too.
   #[inline]
   pub fn partition(&self) -> Option<u32> {
     // Safety:
@@ -2035,9 +2056,11 @@ pub enum FetchOffset {}
 
 /// Read records of one partition from an offset on; answered with Fetched.
 ///
-/// Returns synced records only. When none is available at offset, the server waits up to
-/// wait_ms_max for one to be synced before answering, possibly with no records; it answers
-/// at once instead when the client has shut down its sending side of the connection.
+/// Returns synced records only. When offset is the partition's synced end (none is
+/// available yet), the server waits up to wait_ms_max for one to be synced before
+/// answering, possibly with no records; it answers at once instead when the client has
+/// shut down its sending side of the connection. An offset beyond the synced end fails at
+/// once with OffsetOutOfRange, whose message names the synced end.
 pub struct Fetch<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -2441,8 +2464,10 @@ impl<'a> KeyHistory<'a> {
   }
   /// Continue a history: start at the record at this offset (newest first from there)
   /// instead of at the key's latest synced record. Pass the previous answer's
-  /// KeyHistoryResult.next_offset. It must be the offset of a synced record of this key
-  /// in this partition, or the request fails with BadRequest.
+  /// KeyHistoryResult.next_offset, and the same key and partition; repeat until
+  /// next_offset is absent. It must be the offset of a synced record of this key in this
+  /// partition: an offset at or beyond the synced end is OffsetOutOfRange, one holding
+  /// another key's record is BadRequest.
   #[inline]
   pub fn from_offset(&self) -> Option<u64> {
     // Safety:

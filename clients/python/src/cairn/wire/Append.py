@@ -10,8 +10,11 @@ np = import_numpy()
 # appended, with consecutive offsets in the given order, or none is.
 #
 # Answered with Appended once the batch is synced, or with an ErrorResponse with code
-# Conflict as soon as a condition fails (nothing is appended then). Records are checked in
-# order, each against the partition as it would be after the records before it.
+# Conflict as soon as a condition fails (nothing is appended then). expected_end_offset is
+# checked first: when it and a key condition both fail, the Conflict is kind EndOffset
+# (fix the end offset, then retry to learn about the keys). Records are checked in order,
+# each against the partition as it would be after the records before it, and the first
+# one whose condition fails is reported.
 class Append(object):
     __slots__ = ['_tab']
 
@@ -39,7 +42,9 @@ class Append(object):
 
     # The partition to append to. Absent: derived from the first record's key (see KEY
     # ROUTING above); every other record's key must then route to the same partition, or
-    # the request fails with BadRequest.
+    # the request fails with BadRequest. Present: the records go to that partition whatever
+    # partition their keys would route to (keys are not checked against it), and reads of
+    # those keys must then name the partition too.
     # Append
     def Partition(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))

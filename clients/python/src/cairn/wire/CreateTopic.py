@@ -7,6 +7,11 @@ from flatbuffers.compat import import_numpy
 np = import_numpy()
 
 # Create a topic; answered with TopicCreated, or TopicExists if the name is taken.
+#
+# TopicCreated means the topic is durable: the server has synced its catalog (fdatasync
+# of the file, then of its directory) before answering, and every shard knows the topic,
+# so any request that follows, on any port, finds it, and so does the server after a
+# crash.
 class CreateTopic(object):
     __slots__ = ['_tab']
 
@@ -25,7 +30,8 @@ class CreateTopic(object):
     def Init(self, buf, pos):
         self._tab = flatbuffers.table.Table(buf, pos)
 
-    # 1 to 249 bytes (Kafka's limit) of A-Z a-z 0-9 . _ -; BadRequest otherwise.
+    # 1 to 249 bytes (Kafka's limit) of A-Z a-z 0-9 . _ -, and not "." or ".."; BadRequest
+    # otherwise.
     # CreateTopic
     def Name(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
@@ -33,7 +39,7 @@ class CreateTopic(object):
             return self._tab.String(o + self._tab.Pos)
         return None
 
-    # Fixed for the topic's lifetime; at least 1.
+    # Fixed for the topic's lifetime; 1 to 4096, BadRequest otherwise.
     # CreateTopic
     def PartitionCount(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))

@@ -4,7 +4,8 @@
 
 # Why a request failed.
 class ErrorCode(object):
-    # A bug or an unexpected state in the server; the message says more.
+    # A bug or an unexpected state in the server; the message says more. An Append's outcome
+    # is unknown (see OUTCOME OF AN APPEND THAT FAILED).
     Internal = 0
     # The request breaks a rule of this protocol; the message says which.
     BadRequest = 1
@@ -19,14 +20,16 @@ class ErrorCode(object):
     TopicExists = 6
     # Append: a condition failed and nothing was appended; see ErrorResponse.conflict.
     Conflict = 7
-    # The server could not write or sync; the request's outcome is unknown unless it was a
-    # read. The server stops after this and recovers on restart.
+    # The server could not write or sync; an Append's outcome is unknown. The server stops
+    # after this and recovers on restart.
     StorageFailure = 8
-    # Too much work queued; retry later. Also the one frame a connection gets, with
-    # correlation_id 0, when the server already serves as many connections as it may on
-    # that port's shard: the server closes the connection after it.
+    # The one frame a connection gets, with correlation_id 0, when the server already serves
+    # as many connections as it may on that port's shard: the server closes the connection
+    # after it, having read no request (nothing was appended). Retry later or on another
+    # port.
     Overloaded = 9
-    # The server is stopping; retry against it after it restarts.
+    # The server is stopping; retry against it after it restarts. An Append's outcome is
+    # unknown (a forwarded one may have been appended by its owning shard).
     ShuttingDown = 10
     # Append with a ProducerStamp: base_sequence is not the partition's next one for this
     # producer, nor one of its last 5 batches; nothing was appended.
@@ -34,3 +37,7 @@ class ErrorCode(object):
     # Append with a ProducerStamp: a newer epoch of this producer id has appended to the
     # partition; this one is fenced. Nothing was appended.
     ProducerFenced = 12
+    # Fetch or KeyHistory.from_offset: the offset is beyond what the partition has synced
+    # (for KeyHistory, at or beyond); the message names the synced end. (Fetch at exactly
+    # the synced end is no error: it long-polls.)
+    OffsetOutOfRange = 13

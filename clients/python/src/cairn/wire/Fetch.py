@@ -8,9 +8,11 @@ np = import_numpy()
 
 # Read records of one partition from an offset on; answered with Fetched.
 #
-# Returns synced records only. When none is available at offset, the server waits up to
-# wait_ms_max for one to be synced before answering, possibly with no records; it answers
-# at once instead when the client has shut down its sending side of the connection.
+# Returns synced records only. When offset is the partition's synced end (none is
+# available yet), the server waits up to wait_ms_max for one to be synced before
+# answering, possibly with no records; it answers at once instead when the client has
+# shut down its sending side of the connection. An offset beyond the synced end fails at
+# once with OffsetOutOfRange, whose message names the synced end.
 class Fetch(object):
     __slots__ = ['_tab']
 

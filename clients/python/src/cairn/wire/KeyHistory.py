@@ -81,8 +81,10 @@ class KeyHistory(object):
 
     # Continue a history: start at the record at this offset (newest first from there)
     # instead of at the key's latest synced record. Pass the previous answer's
-    # KeyHistoryResult.next_offset. It must be the offset of a synced record of this key
-    # in this partition, or the request fails with BadRequest.
+    # KeyHistoryResult.next_offset, and the same key and partition; repeat until
+    # next_offset is absent. It must be the offset of a synced record of this key in this
+    # partition: an offset at or beyond the synced end is OffsetOutOfRange, one holding
+    # another key's record is BadRequest.
     # KeyHistory
     def FromOffset(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))

@@ -14,7 +14,7 @@ np = import_numpy()
 # partition: a producer appending to several partitions keeps one counter for each.
 #
 # Resending a batch with the same stamp and records, after an outcome-unknown error (a
-# closed connection, a timeout, Overloaded, ShuttingDown, Internal, StorageFailure),
+# closed connection, a timeout, ShuttingDown, Internal, StorageFailure),
 # is safe: if the first attempt was appended, the answer is its Appended, with the
 # original offsets and duplicate set, and nothing is appended twice. A batch that was
 # rejected (Conflict, BadRequest, ...) did not consume its sequence: the next batch reuses

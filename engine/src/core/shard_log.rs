@@ -332,6 +332,17 @@ impl ShardLog {
         self.stats
     }
 
+    /// Where the synced core log ends: the segment groups are written to now and the
+    /// block-aligned position the next group goes to (the group in flight, if any, starts
+    /// there, also right after a roll). Every byte before it is synced and never written
+    /// again, so a backup may copy it while the log goes on (docs/DESIGN.md, backup).
+    pub fn synced_end_position(&self) -> SegmentPosition {
+        SegmentPosition {
+            segment_index: self.current_index,
+            position: self.write_position,
+        }
+    }
+
     /// The segment groups are written to now.
     pub fn current_segment_index(&self) -> u64 {
         self.current_index

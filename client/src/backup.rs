@@ -133,7 +133,10 @@ fn check_manifest(manifest: &BackupManifest) -> Result<(), BackupError> {
     }
     for (expected, shard) in (0u16..).zip(&manifest.shards) {
         if shard.shard.0 != expected {
-            return bad(format!("shard {} listed where {expected} belongs", shard.shard.0));
+            return bad(format!(
+                "shard {} listed where {expected} belongs",
+                shard.shard.0
+            ));
         }
         if shard.segments.is_empty() {
             return bad(format!("shard {expected} lists no segment"));

@@ -18,9 +18,8 @@ use super::call::Call;
 use super::reply::Reply;
 use super::routing::{Resolution, TopicTable};
 use super::{
-    BackupManifest,
-    AppendResult, ClientConfig, ClientError, CommittedOffset, ConnectionLoss, FetchResult,
-    FetchedRecord, Metadata, PartitionOffset, ProducerId, TopicInfo,
+    AppendResult, BackupManifest, ClientConfig, ClientError, CommittedOffset, ConnectionLoss,
+    FetchResult, FetchedRecord, Metadata, PartitionOffset, ProducerId, TopicInfo,
 };
 
 /// Bytes asked of the socket per read.

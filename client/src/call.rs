@@ -8,8 +8,9 @@ use cairn_engine::ProducerStamp;
 use cairn_engine::core::{Offset, RecordInput};
 
 use cairn_wire::{
-    AppendRecords, AppendRequest, BackupReadRequest, CommitOffsetsRequest, CreateTopicRequest, FetchOffsetsRequest,
-    FetchRequest, KeyHistoryRequest, PartitionOffset, ReadKeyRequest, RequestBody,
+    AppendRecords, AppendRequest, BackupReadRequest, CommitOffsetsRequest, CreateTopicRequest,
+    FetchOffsetsRequest, FetchRequest, KeyHistoryRequest, PartitionOffset, ReadKeyRequest,
+    RequestBody,
 };
 
 use super::routing::Destination;

@@ -315,7 +315,10 @@ pub(super) fn model_answer(received: Received<'_>) -> Vec<Step> {
             return send(id, ResponseBody::CommittedOffsets(entries));
         }
         RequestBody::BackupBegin | RequestBody::BackupRead(_) => {
-            return send(id, error(ErrorCode::UnsupportedRequest, "the model takes no backups"));
+            return send(
+                id,
+                error(ErrorCode::UnsupportedRequest, "the model takes no backups"),
+            );
         }
     };
     if topic != MODEL_TOPIC {

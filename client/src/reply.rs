@@ -12,8 +12,8 @@ use cairn_wire::{
 };
 
 use super::{
-    AppendResult, BackupManifest, ClientError, CommittedOffset, FetchResult, FetchedRecord, Metadata,
-    PartitionInfo, ProducerId, TopicInfo,
+    AppendResult, BackupManifest, ClientError, CommittedOffset, FetchResult, FetchedRecord,
+    Metadata, PartitionInfo, ProducerId, TopicInfo,
 };
 
 /// Any response, owned.

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use cairn_engine::core::condition::Conflict;
-use cairn_engine::io::backup::BackupPoint;
 use cairn_engine::core::{KeyCondition, RecordInput};
+use cairn_engine::io::backup::BackupPoint;
 use cairn_engine::{
     Fetched, Offset, OwnedRecord, PartitionId, ProducerError, ProducerStamp, ShardId, Topic,
 };

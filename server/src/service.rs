@@ -822,10 +822,9 @@ async fn backup_read_local(
             FailureKind::BackupRangeUnavailable,
             error.to_string(),
         )),
-        Err(error @ BackupReadError::Storage(_)) => Err(Failure::new(
-            FailureKind::StorageFailure,
-            error.to_string(),
-        )),
+        Err(error @ BackupReadError::Storage(_)) => {
+            Err(Failure::new(FailureKind::StorageFailure, error.to_string()))
+        }
     }
 }
 

@@ -261,7 +261,11 @@ fn repair(data_dir: &std::path::Path, truncate_at_damage: bool) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
-fn backup(client: &mut BlockingClient, dest: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+fn backup(
+    client: &mut BlockingClient,
+    dest: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let report = cairn_client::backup::take_backup(client, dest).with_context(|| {
         format!(
             "backup into {} failed; it is incomplete and no server will open it (marker {}): \

@@ -192,7 +192,11 @@ fn backup_under_load_restores_every_record_acknowledged_before_it() {
         // Recovery on the copy ends exactly at the backup point, and the copy is the
         // original's prefix up to it: nothing torn, nothing reordered.
         assert_eq!(copy.len() as u64, point, "partition {partition}");
-        assert_eq!(copy.as_slice(), &original[..copy.len()], "partition {partition}");
+        assert_eq!(
+            copy.as_slice(),
+            &original[..copy.len()],
+            "partition {partition}"
+        );
         let end = restored_client
             .fetch(TOPIC, partition, Offset(point), 1024, Duration::ZERO)
             .unwrap()
@@ -205,7 +209,10 @@ fn backup_under_load_restores_every_record_acknowledged_before_it() {
             copies.insert((partition, record.offset.0), (record.key, record.value));
         }
     }
-    let before: Vec<&Acknowledged> = acknowledged.iter().filter(|ack| ack.before_backup).collect();
+    let before: Vec<&Acknowledged> = acknowledged
+        .iter()
+        .filter(|ack| ack.before_backup)
+        .collect();
     assert!(before.len() >= 3000);
     for ack in &before {
         let copy = copies
@@ -237,7 +244,9 @@ fn backup_under_load_restores_every_record_acknowledged_before_it() {
             condition,
             ..RecordInput::default()
         };
-        let appended = restored_client.append(TOPIC, None, None, &[record]).unwrap();
+        let appended = restored_client
+            .append(TOPIC, None, None, &[record])
+            .unwrap();
         assert!(
             matches!(appended, AppendResult::Appended { base_offset, .. } if base_offset.0 >= backup_point[&partition]),
             "key {key_index}: {appended:?}"
@@ -251,7 +260,10 @@ fn backup_under_load_restores_every_record_acknowledged_before_it() {
             ..RecordInput::default()
         };
         let refused = restored_client.append(TOPIC, None, None, &[stale]).unwrap();
-        assert!(matches!(refused, AppendResult::Conflict { .. }), "key {key_index}");
+        assert!(
+            matches!(refused, AppendResult::Conflict { .. }),
+            "key {key_index}"
+        );
     }
 
     // Committed group offsets live in the log and came along.
@@ -299,7 +311,10 @@ fn a_server_killed_during_a_backup_leaves_it_unservable() {
     // the backup writes), then kill it.
     let marker = dest.join("backup-incomplete");
     while !marker.exists() {
-        assert!(backup.try_wait().unwrap().is_none(), "backup ended before it began");
+        assert!(
+            backup.try_wait().unwrap().is_none(),
+            "backup ended before it began"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     let paused = Command::new("kill")
@@ -310,7 +325,10 @@ fn a_server_killed_during_a_backup_leaves_it_unservable() {
     source.stop_with(9, Duration::from_secs(10));
     let output = backup.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "backup succeeded against a killed server");
+    assert!(
+        !output.status.success(),
+        "backup succeeded against a killed server"
+    );
     assert!(stderr.contains("incomplete"), "{stderr}");
     assert!(marker.exists());
 
@@ -319,7 +337,11 @@ fn a_server_killed_during_a_backup_leaves_it_unservable() {
         outcome.status.is_some_and(|status| !status.success()),
         "{outcome:?}"
     );
-    assert!(outcome.stderr.contains("incomplete backup"), "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("incomplete backup"),
+        "{}",
+        outcome.stderr
+    );
 }
 
 #[test]
@@ -340,7 +362,11 @@ fn backup_reads_outside_the_synced_log_are_refused() {
     let shard = &manifest.shards[0];
     let current = *shard.segments.last().unwrap();
     assert!(current.length_bytes >= 8192, "{current:?}");
-    let read = |client: &mut BlockingClient, shard: u16, segment_index: u64, position: u64, length_bytes: u32| {
+    let read = |client: &mut BlockingClient,
+                shard: u16,
+                segment_index: u64,
+                position: u64,
+                length_bytes: u32| {
         client.backup_read(BackupReadRequest {
             shard: ShardId(shard),
             segment_index,
@@ -355,14 +381,23 @@ fn backup_reads_outside_the_synced_log_are_refused() {
         other => panic!("expected an error response, got {other:?}"),
     };
     // Past the synced end of the current segment.
-    let past_end = read(&mut client, 0, current.segment_index, current.length_bytes - 4096, 8192);
+    let past_end = read(
+        &mut client,
+        0,
+        current.segment_index,
+        current.length_bytes - 4096,
+        8192,
+    );
     assert_eq!(code(past_end), ErrorCode::BackupRangeUnavailable);
     // A segment beyond the current one (perhaps prepared, never synced into).
     let beyond = read(&mut client, 0, current.segment_index + 1, 0, 4096);
     assert_eq!(code(beyond), ErrorCode::BackupRangeUnavailable);
     let far = read(&mut client, 1, u64::MAX, u64::MAX - 1, 4096);
     assert_eq!(code(far), ErrorCode::BackupRangeUnavailable);
-    assert_eq!(code(read(&mut client, 7, 0, 0, 4096)), ErrorCode::BadRequest);
+    assert_eq!(
+        code(read(&mut client, 7, 0, 0, 4096)),
+        ErrorCode::BadRequest
+    );
     assert_eq!(code(read(&mut client, 0, 0, 0, 0)), ErrorCode::BadRequest);
     assert_eq!(
         code(read(&mut client, 0, 0, 0, 2 * 1024 * 1024)),
@@ -378,5 +413,8 @@ fn backup_reads_outside_the_synced_log_are_refused() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not empty"), "{stderr}");
-    assert_eq!(std::fs::read(temp.path().join("precious")).unwrap(), b"keep");
+    assert_eq!(
+        std::fs::read(temp.path().join("precious")).unwrap(),
+        b"keep"
+    );
 }

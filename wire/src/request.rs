@@ -14,9 +14,7 @@ use cairn_engine::core::limits::{
     RECORD_HEADER_COUNT_MAX,
 };
 use cairn_engine::core::record::BatchSize;
-use cairn_engine::core::{
-    KeyCondition, Offset, ProducerStamp, RecordHeader, RecordInput, ShardId,
-};
+use cairn_engine::core::{KeyCondition, Offset, ProducerStamp, RecordHeader, RecordInput, ShardId};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, Vector, WIPOffset};
 
 use super::encoder::Encoder;
@@ -1130,6 +1128,19 @@ mod tests {
                     group: "g",
                     topic: "seats",
                     partitions: vec![0, 7, u32::MAX],
+                }),
+            },
+            Request {
+                correlation_id: 11,
+                body: RequestBody::BackupBegin,
+            },
+            Request {
+                correlation_id: 12,
+                body: RequestBody::BackupRead(BackupReadRequest {
+                    shard: ShardId(3),
+                    segment_index: u64::MAX,
+                    position: 4096,
+                    length_bytes: BACKUP_READ_SIZE_BYTES_MAX,
                 }),
             },
             append_of(&records),

@@ -1055,7 +1055,9 @@ impl Encoder {
                         let partitions: Vec<_> = shard
                             .partitions
                             .iter()
-                            .map(|end| fb::BackupPartitionEnd::new(end.partition_id.0, end.end_offset.0))
+                            .map(|end| {
+                                fb::BackupPartitionEnd::new(end.partition_id.0, end.end_offset.0)
+                            })
                             .collect();
                         let partitions = builder.create_vector(&partitions);
                         let args = fb::BackupShardArgs {
@@ -1367,6 +1369,40 @@ mod tests {
                     current_end_offset: Offset(9),
                 }),
             }),
+            ResponseBody::BackupManifest(BackupManifest {
+                shard_count: 2,
+                shards: vec![
+                    BackupShard {
+                        shard: ShardId(0),
+                        segments: vec![
+                            BackupSegment {
+                                segment_index: 0,
+                                length_bytes: 2 * 1024 * 1024,
+                                size_bytes: 2 * 1024 * 1024,
+                            },
+                            BackupSegment {
+                                segment_index: 1,
+                                length_bytes: 8192,
+                                size_bytes: 2 * 1024 * 1024,
+                            },
+                        ],
+                        producer_id_counter_end: 1024,
+                        partitions: vec![BackupPartitionEnd {
+                            partition_id: PartitionId(0),
+                            end_offset: Offset(u64::MAX),
+                        }],
+                    },
+                    BackupShard {
+                        shard: ShardId(1),
+                        segments: Vec::new(),
+                        producer_id_counter_end: 0,
+                        partitions: Vec::new(),
+                    },
+                ],
+                topics_meta: "topic seats 2 0\n",
+            }),
+            ResponseBody::BackupChunk(b"CAIRNSEG\0\x01"),
+            ResponseBody::BackupChunk(b""),
         ];
         for (correlation_id, body) in (0..).zip(bodies) {
             round_trip(&Response {

@@ -203,7 +203,8 @@ impl BackupTarget {
     /// Creates `path` (which must not exist, or be an empty directory) as a data directory
     /// of `shard_count` shards, marked incomplete.
     pub fn create(path: &Path, shard_count: u16) -> Result<BackupTarget, OpenError> {
-        let storage = |operation, error: &std::io::Error| StorageError::from_io(operation, path, error);
+        let storage =
+            |operation, error: &std::io::Error| StorageError::from_io(operation, path, error);
         match fs::read_dir(path) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
@@ -215,7 +216,9 @@ impl BackupTarget {
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 fs::create_dir_all(path).map_err(|error| storage("create directory", &error))?;
-                if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty())
+                if let Some(parent) = path
+                    .parent()
+                    .filter(|parent| !parent.as_os_str().is_empty())
                 {
                     sync_dir(parent)?;
                 }
@@ -248,7 +251,11 @@ impl BackupTarget {
 
     /// Creates segment `segment_index` of shard `shard`, empty; fill it with
     /// [`SegmentWriter::append`] and end with [`SegmentWriter::finish`].
-    pub fn create_segment(&self, shard: u16, segment_index: u64) -> Result<SegmentWriter, StorageError> {
+    pub fn create_segment(
+        &self,
+        shard: u16,
+        segment_index: u64,
+    ) -> Result<SegmentWriter, StorageError> {
         let dir = self.data_dir.shard_dir(shard);
         let path = dir.join(segment_file_name(segment_index));
         let file = OpenOptions::new()
@@ -272,7 +279,8 @@ impl BackupTarget {
             sync_dir(&self.data_dir.shard_dir(shard))?;
         }
         let marker = path.join(INCOMPLETE_BACKUP_FILE_NAME);
-        fs::remove_file(&marker).map_err(|error| StorageError::from_io("remove", &marker, &error))?;
+        fs::remove_file(&marker)
+            .map_err(|error| StorageError::from_io("remove", &marker, &error))?;
         sync_dir(&path)?;
         Ok(path)
     }
@@ -304,9 +312,12 @@ impl SegmentWriter {
     /// Extends the file to `size_bytes` with zeros (sparsely: recovery reads a hole as
     /// zeros, so the log ends where the copied bytes do, `Clean`), syncs it and its name.
     pub fn finish(self, size_bytes: u64) -> Result<(), StorageError> {
-        let io = |operation, error: std::io::Error| StorageError::from_io(operation, &self.path, &error);
+        let io =
+            |operation, error: std::io::Error| StorageError::from_io(operation, &self.path, &error);
         if size_bytes > self.written_bytes {
-            self.file.set_len(size_bytes).map_err(|error| io("extend", error))?;
+            self.file
+                .set_len(size_bytes)
+                .map_err(|error| io("extend", error))?;
         }
         self.file.sync_all().map_err(|error| io("fsync", error))?;
         sync_dir(&self.dir)

@@ -3,8 +3,7 @@
 //! answers a range of one shard's synced log as a `BackupChunk`, read on that shard.
 
 use cairn_wire::{
-    BackupManifest, BackupPartitionEnd, BackupReadRequest, BackupSegment, BackupShard,
-    ResponseBody,
+    BackupManifest, BackupPartitionEnd, BackupReadRequest, BackupSegment, BackupShard, ResponseBody,
 };
 
 use super::session::Session;

@@ -14,9 +14,12 @@ use std::time::Duration;
 use cairn_client::{AppendResult, BlockingClient, ClientConfig, ClientError, PartitionOffset};
 use cairn_engine::core::Offset;
 use cairn_engine::{KeyCondition, RecordInput, ShardId};
-use cairn_wire::{BackupReadRequest, ErrorCode};
+use cairn_wire::{BackupReadRequest, ErrorCode, partition_for_key};
+use kafka_protocol::messages::{ApiKey, OffsetCommitResponse};
 use serde_json::Value;
 
+use crate::group_offsets::{commit_codes, offset_commit};
+use crate::kafka_protocol::KafkaConnection;
 use crate::support::server::{CAIRN_BIN, TestServer, serve_until_exit};
 
 const TOPIC: &str = "accounts";
@@ -137,6 +140,16 @@ fn backup_under_load_restores_every_record_acknowledged_before_it() {
         },
     ];
     client.commit_offsets(group, TOPIC, &commits).unwrap();
+    // And one through Kafka's OffsetCommit, on the group's coordinator broker.
+    let kafka_group = "kafka-billing";
+    let coordinator = partition_for_key(kafka_group.as_bytes(), 2) as usize;
+    let mut kafka = KafkaConnection::connect(source.kafka_ports[coordinator]);
+    let response: OffsetCommitResponse = kafka.call(
+        ApiKey::OffsetCommit,
+        8,
+        &offset_commit(kafka_group, TOPIC, 2, 42),
+    );
+    assert_eq!(commit_codes(&response), [0]);
 
     let stop = Arc::new(AtomicBool::new(false));
     let backup_started = Arc::new(AtomicBool::new(false));
@@ -272,6 +285,13 @@ fn backup_under_load_restores_every_record_acknowledged_before_it() {
         .unwrap();
     let offsets: Vec<Option<i64>> = committed.iter().map(|entry| entry.offset).collect();
     assert_eq!(offsets, [Some(17), None, Some(5)]);
+    let committed = restored_client
+        .fetch_offsets(kafka_group, TOPIC, &[2])
+        .unwrap();
+    assert_eq!(
+        (committed[0].offset, committed[0].metadata.as_str()),
+        (Some(42), "raw")
+    );
     // The producer-id reservation came along: the copy never hands out an id again.
     let producer_after = restored_client.init_producer().unwrap();
     assert_ne!(producer_after.producer_id, producer_before.producer_id);

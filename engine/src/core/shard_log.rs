@@ -1055,6 +1055,45 @@ mod tests {
     }
 
     #[test]
+    fn the_synced_end_position_moves_only_when_a_group_is_synced() {
+        let at = |segment_index, position| SegmentPosition {
+            segment_index,
+            position,
+        };
+        let mut log = log();
+        log.poll_preparation();
+        log.handle_prepared(1, Ok(()));
+        assert_eq!(log.synced_end_position(), at(0, SEGMENT_DATA_START));
+        stage(&mut log, b"a", 16_000).unwrap();
+        let GroupPoll::Write(write) = log.poll_group_write() else {
+            panic!("a group to write");
+        };
+        log.handle_written(write.sequence);
+        assert_eq!(
+            log.synced_end_position(),
+            at(0, SEGMENT_DATA_START),
+            "a written group is not synced: a backup must not copy it"
+        );
+        log.handle_synced(write.sequence);
+        let synced_end = SEGMENT_DATA_START + write.padded_len_bytes;
+        assert_eq!(log.synced_end_position(), at(0, synced_end));
+        // A group that rolls: while it is in flight the synced log ends where the new
+        // segment's data begins (nothing of it is synced), then after the group.
+        stage(&mut log, b"b", 16_000).unwrap();
+        let GroupPoll::Write(write) = log.poll_group_write() else {
+            panic!("a group to write");
+        };
+        assert!(write.rolled);
+        assert_eq!(log.synced_end_position(), at(1, SEGMENT_DATA_START));
+        log.handle_written(write.sequence);
+        log.handle_synced(write.sequence);
+        assert_eq!(
+            log.synced_end_position(),
+            at(1, SEGMENT_DATA_START + write.padded_len_bytes)
+        );
+    }
+
+    #[test]
     fn a_failed_preparation_fails_admission_until_retried() {
         let mut log = log();
         assert_eq!(log.poll_preparation(), Some(1));

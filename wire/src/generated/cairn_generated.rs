@@ -3442,7 +3442,12 @@ pub enum BackupReadOffset {}
 /// BackupRangeUnavailable and the range asked for in the message (a segment that does
 /// not exist, or exists only beyond the synced log); a shard that does not exist is
 /// BadRequest. Bytes are returned exactly as on disk, unverified: the restored server's
-/// recovery verifies them.
+/// recovery verifies them. Any shard's port takes it (it is read on the shard named);
+/// answers count as record-carrying responses for the connection's limits, so pipeline a
+/// few at a time. A client copying a manifest writes each segment's length_bytes from 0
+/// and extends the file to size_bytes with zeros; it must not serve the copy until every
+/// file and directory is synced (`cairn backup` keeps a `backup-incomplete` marker until
+/// then, which `cairn serve` refuses).
 pub struct BackupRead<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }

@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 use cairn_engine::ProducerStamp;
 use cairn_engine::core::{Offset, RecordInput};
 
-use cairn_wire::{Encoder, FrameReader, Request, RequestBody, decode_response, write_frame};
+use cairn_wire::{
+    BackupReadRequest, Encoder, FrameReader, Request, RequestBody, decode_response, write_frame,
+};
 
 use super::call::Call;
 use super::reply::Reply;
 use super::routing::{Resolution, TopicTable};
 use super::{
-    AppendResult, ClientConfig, ClientError, CommittedOffset, ConnectionLoss, FetchResult,
-    FetchedRecord, KeyHistoryPage, Metadata, PartitionOffset, ProducerId, TopicInfo,
+    AppendResult, BackupManifest, ClientConfig, ClientError, CommittedOffset, ConnectionLoss,
+    FetchResult, FetchedRecord, KeyHistoryPage, Metadata, PartitionOffset, ProducerId, TopicInfo,
 };
 
 /// Bytes asked of the socket per read.
@@ -130,6 +132,17 @@ impl BlockingClient {
     ) -> Result<AppendResult, ClientError> {
         let call = Call::append(topic, partition, expected_end_offset, records, producer);
         self.call(call)?.into_append()
+    }
+
+    /// Starts an online backup: the server's backup point (the schema's BackupBegin).
+    pub fn backup_begin(&mut self) -> Result<BackupManifest, ClientError> {
+        self.call(Call::backup_begin())?.into_backup_manifest()
+    }
+
+    /// Bytes of a segment of a shard's synced log, for a backup (the schema's BackupRead):
+    /// exactly `read.length_bytes` of them.
+    pub fn backup_read(&mut self, read: BackupReadRequest) -> Result<Vec<u8>, ClientError> {
+        self.call(Call::backup_read(read))?.into_backup_chunk()
     }
 
     /// A new producer id for idempotent appends.
@@ -527,6 +540,8 @@ mod tests {
                 RequestBody::InitProducer => ("InitProducer", Vec::new()),
                 RequestBody::CommitOffsets(commit) => ("CommitOffsets", commit.group.into()),
                 RequestBody::FetchOffsets(fetch) => ("FetchOffsets", fetch.group.into()),
+                RequestBody::BackupBegin => ("BackupBegin", Vec::new()),
+                RequestBody::BackupRead(_) => ("BackupRead", Vec::new()),
             };
             let entry = (received.port, received.connection_index, kind, key);
             log.lock().unwrap().push(entry);

@@ -8,8 +8,9 @@ use cairn_engine::ProducerStamp;
 use cairn_engine::core::{Offset, RecordInput};
 
 use cairn_wire::{
-    AppendRecords, AppendRequest, CommitOffsetsRequest, CreateTopicRequest, FetchOffsetsRequest,
-    FetchRequest, KeyHistoryRequest, PartitionOffset, ReadKeyRequest, RequestBody,
+    AppendRecords, AppendRequest, BackupReadRequest, CommitOffsetsRequest, CreateTopicRequest,
+    FetchOffsetsRequest, FetchRequest, KeyHistoryRequest, PartitionOffset, ReadKeyRequest,
+    RequestBody,
 };
 
 use super::routing::Destination;
@@ -72,6 +73,16 @@ impl<'a> Call<'a> {
     /// Any shard allocates producer ids; the configured address is as good as any.
     pub(super) fn init_producer() -> Call<'a> {
         Call::new(Destination::Bootstrap, RequestBody::InitProducer)
+    }
+
+    /// Any shard takes it and asks every shard for its backup point.
+    pub(super) fn backup_begin() -> Call<'a> {
+        Call::new(Destination::Bootstrap, RequestBody::BackupBegin)
+    }
+
+    /// Any shard takes it and forwards it to the shard read.
+    pub(super) fn backup_read(read: BackupReadRequest) -> Call<'a> {
+        Call::new(Destination::Bootstrap, RequestBody::BackupRead(read))
     }
 
     /// Any shard takes it and forwards it to the group's coordinator.

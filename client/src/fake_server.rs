@@ -314,6 +314,12 @@ pub(super) fn model_answer(received: Received<'_>) -> Vec<Step> {
                 .collect();
             return send(id, ResponseBody::CommittedOffsets(entries));
         }
+        RequestBody::BackupBegin | RequestBody::BackupRead(_) => {
+            return send(
+                id,
+                error(ErrorCode::UnsupportedRequest, "the model takes no backups"),
+            );
+        }
     };
     if topic != MODEL_TOPIC {
         return send(id, error(ErrorCode::UnknownTopic, "no such topic"));

@@ -19,6 +19,7 @@
 //! A failed append condition is an expected outcome under contention, so it is a value
 //! ([`AppendResult::Conflict`]), not an error; [`ClientError`] carries only real failures.
 
+pub mod backup;
 mod blocking;
 mod call;
 mod connection;
@@ -187,6 +188,17 @@ pub struct ProducerId {
     pub producer_id: i64,
     /// The epoch to stamp appends with.
     pub epoch: i16,
+}
+
+/// A server's backup point (the schema's BackupManifest), owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupManifest {
+    /// The data directory's shard count.
+    pub shard_count: u16,
+    /// One per shard, by shard id.
+    pub shards: Vec<cairn_wire::BackupShard>,
+    /// `topics.meta` without its crc line.
+    pub topics_meta: String,
 }
 
 /// A consumer group's committed offset of one partition.

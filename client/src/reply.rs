@@ -12,8 +12,8 @@ use cairn_wire::{
 };
 
 use super::{
-    AppendResult, ClientError, CommittedOffset, FetchResult, FetchedRecord, KeyHistoryPage,
-    Metadata, PartitionInfo, ProducerId, TopicInfo,
+    AppendResult, BackupManifest, ClientError, CommittedOffset, FetchResult, FetchedRecord,
+    KeyHistoryPage, Metadata, PartitionInfo, ProducerId, TopicInfo,
 };
 
 /// Any response, owned.
@@ -34,6 +34,8 @@ pub(super) enum Reply {
     KeyHistory(KeyHistoryPage),
     OffsetsCommitted,
     CommittedOffsets(Vec<CommittedOffset>),
+    BackupManifest(BackupManifest),
+    BackupChunk(Vec<u8>),
     Error {
         code: ErrorCode,
         message: String,
@@ -82,6 +84,12 @@ impl Reply {
                     })
                     .collect(),
             ),
+            ResponseBody::BackupManifest(manifest) => Reply::BackupManifest(BackupManifest {
+                shard_count: manifest.shard_count,
+                shards: manifest.shards,
+                topics_meta: manifest.topics_meta.to_owned(),
+            }),
+            ResponseBody::BackupChunk(bytes) => Reply::BackupChunk(bytes.to_vec()),
             ResponseBody::Error(error) => Reply::Error {
                 code: error.code,
                 message: error.message.to_owned(),
@@ -186,6 +194,22 @@ impl Reply {
         }
     }
 
+    /// The answer to BackupBegin.
+    pub(super) fn into_backup_manifest(self) -> Result<BackupManifest, ClientError> {
+        match self {
+            Reply::BackupManifest(manifest) => Ok(manifest),
+            other => Err(other.unexpected("BackupManifest")),
+        }
+    }
+
+    /// The answer to BackupRead.
+    pub(super) fn into_backup_chunk(self) -> Result<Vec<u8>, ClientError> {
+        match self {
+            Reply::BackupChunk(bytes) => Ok(bytes),
+            other => Err(other.unexpected("BackupChunk")),
+        }
+    }
+
     /// The error for a reply that is not the `expected` kind: the server's own error if it
     /// sent one.
     fn unexpected(self, expected: &'static str) -> ClientError {
@@ -212,6 +236,8 @@ impl Reply {
             Reply::ProducerInitialized(_) => "ProducerInitialized",
             Reply::OffsetsCommitted => "OffsetsCommitted",
             Reply::CommittedOffsets(_) => "CommittedOffsets",
+            Reply::BackupManifest(_) => "BackupManifest",
+            Reply::BackupChunk(_) => "BackupChunk",
         }
     }
 }

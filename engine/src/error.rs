@@ -204,6 +204,18 @@ pub enum OpenError {
         /// The process id the holder wrote into the lock file, when readable.
         holder_pid: Option<u32>,
     },
+    /// The directory is a backup that `cairn backup` did not finish: some of its files may
+    /// be missing or short, so serving it could lose acknowledged records.
+    #[error(
+        "{path} is an incomplete backup (marker {marker} present: `cairn backup` did not \
+         finish); take the backup again into an empty directory",
+        path = .marker.parent().unwrap_or(.marker).display(),
+        marker = .marker.display()
+    )]
+    IncompleteBackup {
+        /// The marker file.
+        marker: PathBuf,
+    },
     /// A segment is missing between others: the core log has a hole that no crash makes.
     #[error(
         "core log damaged: segment {path} is missing but later segments exist; refusing to \

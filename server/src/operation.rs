@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use cairn_engine::core::condition::Conflict;
 use cairn_engine::core::{KeyCondition, RecordInput};
+use cairn_engine::io::backup::BackupPoint;
 use cairn_engine::{
     Fetched, Offset, OwnedRecord, PartitionId, ProducerError, ProducerStamp, ShardId, Topic,
 };
@@ -40,6 +41,8 @@ pub(crate) enum FailureKind {
     StorageFailure,
     /// The server is shutting down, or the owning shard has stopped.
     ShuttingDown,
+    /// A backup read outside the shard's synced log.
+    BackupRangeUnavailable,
     /// Our own state contradicts itself.
     Internal,
 }
@@ -250,6 +253,14 @@ pub(crate) enum Forwarded {
         group: String,
         partitions: Vec<(String, u32)>,
     },
+    /// To each shard in turn: its backup point.
+    BackupPoint,
+    /// To the shard whose segment is read.
+    BackupRead {
+        segment_index: u64,
+        position: u64,
+        length_bytes: u32,
+    },
 }
 
 /// The owner's answer to a `Forwarded`, of the same kind.
@@ -261,6 +272,8 @@ pub(crate) enum ForwardedResult {
     CreateTopic(Result<TopicPlacement, Failure>),
     CommitOffsets(Result<(), Failure>),
     FetchOffsets(Result<Vec<Option<CommittedOffset>>, Failure>),
+    BackupPoint(Result<BackupPoint, Failure>),
+    BackupRead(Result<Vec<u8>, Failure>),
 }
 
 /// The placement of `topic`'s partitions: each one's owner among `shard_count` shards and

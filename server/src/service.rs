@@ -23,6 +23,8 @@ use cairn_engine::{
     RecordInput, ShardId, TopicError,
 };
 
+use cairn_engine::io::backup::{BackupPoint, BackupReadError};
+
 use crate::context::ShardContext;
 use crate::mesh::MeshError;
 use crate::offsets::{self, CommittedOffset, GroupOffsetsIndex};
@@ -754,6 +756,91 @@ pub(crate) async fn load_group_offsets(
     }
 }
 
+/// The backup point of every shard, by shard id (docs/DESIGN.md, "Backup"). Shard 0 is
+/// asked last: it owns the catalog and saves a topic before any shard learns it, so its
+/// catalog names every partition that any earlier shard's point holds data of.
+pub(crate) async fn backup_begin(context: &ShardContext) -> Result<Vec<BackupPoint>, Failure> {
+    ensure_serving(context)?;
+    let shard_count = context.config.shard_count;
+    let mut points = Vec::with_capacity(usize::from(shard_count));
+    for shard in (1..shard_count).chain([0]) {
+        let owner = ShardId(shard);
+        let point = if owner == context.shard_id {
+            backup_point_local(context)?
+        } else {
+            match forward(context, owner, Forwarded::BackupPoint).await? {
+                ForwardedResult::BackupPoint(point) => point?,
+                _ => return Err(mismatched_reply()),
+            }
+        };
+        points.push(point);
+    }
+    points.sort_by_key(|point| point.shard_id);
+    Ok(points)
+}
+
+fn backup_point_local(context: &ShardContext) -> Result<BackupPoint, Failure> {
+    context
+        .shard
+        .backup_point()
+        .map_err(|error| Failure::new(FailureKind::StorageFailure, error.to_string()))
+}
+
+/// Bytes `position .. position + length_bytes` of segment `segment_index` of shard
+/// `shard`'s synced log, read on that shard (forwarded there if need be).
+pub(crate) async fn backup_read(
+    context: &ShardContext,
+    shard: ShardId,
+    segment_index: u64,
+    position: u64,
+    length_bytes: u32,
+) -> Result<Vec<u8>, Failure> {
+    ensure_serving(context)?;
+    if shard.0 >= context.config.shard_count {
+        return Err(Failure::new(
+            FailureKind::BadRequest,
+            format!(
+                "shard {} does not exist; the server has {}",
+                shard.0, context.config.shard_count
+            ),
+        ));
+    }
+    if shard == context.shard_id {
+        return backup_read_local(context, segment_index, position, length_bytes).await;
+    }
+    let request = Forwarded::BackupRead {
+        segment_index,
+        position,
+        length_bytes,
+    };
+    match forward(context, shard, request).await? {
+        ForwardedResult::BackupRead(result) => result,
+        _ => Err(mismatched_reply()),
+    }
+}
+
+async fn backup_read_local(
+    context: &ShardContext,
+    segment_index: u64,
+    position: u64,
+    length_bytes: u32,
+) -> Result<Vec<u8>, Failure> {
+    match context
+        .shard
+        .backup_read(segment_index, position, length_bytes)
+        .await
+    {
+        Ok(read) => Ok(read.to_vec()),
+        Err(error @ BackupReadError::Unavailable { .. }) => Err(Failure::new(
+            FailureKind::BackupRangeUnavailable,
+            error.to_string(),
+        )),
+        Err(error @ BackupReadError::Storage(_)) => {
+            Err(Failure::new(FailureKind::StorageFailure, error.to_string()))
+        }
+    }
+}
+
 /// This shard's partition of the committed-offsets topic.
 fn offsets_located(context: &ShardContext) -> Result<Located, Failure> {
     let topic = routing::topic(&context.shard, offsets::OFFSETS_TOPIC)?;
@@ -879,6 +966,18 @@ pub(crate) async fn serve_forwarded(
                 Ok(()) => fetch_offsets_local(context, &group, &partitions).await,
             })
         }
+        Forwarded::BackupPoint => ForwardedResult::BackupPoint(match serving {
+            Err(failure) => Err(failure),
+            Ok(()) => backup_point_local(context),
+        }),
+        Forwarded::BackupRead {
+            segment_index,
+            position,
+            length_bytes,
+        } => ForwardedResult::BackupRead(match serving {
+            Err(failure) => Err(failure),
+            Ok(()) => backup_read_local(context, segment_index, position, length_bytes).await,
+        }),
     }
 }
 

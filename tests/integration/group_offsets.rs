@@ -277,7 +277,12 @@ fn cairn_fetch_group_and_a_kafka_consumer_share_committed_offsets() {
     assert_eq!(cli_fetch_group(&server, "shared", group), Vec::<u64>::new());
 }
 
-fn offset_commit(group: &str, topic: &str, partition: i32, offset: i64) -> OffsetCommitRequest {
+pub(crate) fn offset_commit(
+    group: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> OffsetCommitRequest {
     OffsetCommitRequest::default()
         .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
         .with_generation_id_or_member_epoch(-1)
@@ -304,7 +309,7 @@ fn offset_fetch_v5(group: &str, topic: &str, partitions: Vec<i32>) -> OffsetFetc
         ]))
 }
 
-fn commit_codes(response: &OffsetCommitResponse) -> Vec<i16> {
+pub(crate) fn commit_codes(response: &OffsetCommitResponse) -> Vec<i16> {
     response
         .topics
         .iter()

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_client::AppendResult;
-use cairn_engine::{KeyCondition, Offset, RecordHeader, RecordInput};
+use cairn_engine::{KeyCondition, Offset, RecordHeader, RecordInput, ShardId};
 use cairn_wire::{
-    AppendRecords, AppendRequest, CommitOffsetsRequest, CreateTopicRequest, Encoder,
-    FetchOffsetsRequest, FetchRequest, KeyHistoryRequest, PartitionOffset, ReadKeyRequest, Request,
-    RequestBody, ResponseBody, decode_response, write_frame,
+    AppendRecords, AppendRequest, BackupReadRequest, CommitOffsetsRequest, CreateTopicRequest,
+    Encoder, FetchOffsetsRequest, FetchRequest, KeyHistoryRequest, PartitionOffset, ReadKeyRequest,
+    Request, RequestBody, ResponseBody, decode_response, write_frame,
 };
 
 use crate::support::server::TestServer;
@@ -198,6 +198,13 @@ fn random_request(rng: &mut TestRng, encoder: &mut Encoder) -> Vec<u8> {
             };
             return encoder.encode_request(&request).to_vec();
         }
+        96 => RequestBody::BackupBegin,
+        97 => RequestBody::BackupRead(BackupReadRequest {
+            shard: ShardId(*pick(rng, &[0u16, 1, 2, u16::MAX])),
+            segment_index: *pick(rng, &[0u64, 1, 2, u64::MAX]),
+            position: *pick(rng, &[0u64, 4095, 4096, u64::MAX - 1]),
+            length_bytes: *pick(rng, &[0u32, 1, 4096, 1024 * 1024, u32::MAX]),
+        }),
         _ => RequestBody::KeyHistory(KeyHistoryRequest {
             topic: pick::<&str>(rng, &read_topics),
             partition: (rng.below(2) == 0).then_some(partition),

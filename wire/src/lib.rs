@@ -86,17 +86,17 @@ mod generated {
 pub use encoder::Encoder;
 pub use frame::{FRAME_LENGTH_SIZE_BYTES, FrameError, FrameReader, write_frame};
 pub use request::{
-    AppendRecords, AppendRequest, CommitOffsetsRequest, CreateTopicRequest, FetchOffsetsRequest,
-    FetchRequest, KeyHistoryRequest, PartitionOffset, ReadKeyRequest, Request, RequestBody,
-    decode_request,
+    AppendRecords, AppendRequest, BACKUP_READ_SIZE_BYTES_MAX, BackupReadRequest,
+    CommitOffsetsRequest, CreateTopicRequest, FetchOffsetsRequest, FetchRequest, KeyHistoryRequest,
+    PartitionOffset, ReadKeyRequest, Request, RequestBody, decode_request,
 };
 pub use response::{
-    Appended, CommittedOffset, ConflictInfo, ErrorCode, ErrorResponse, Fetched,
-    HEADER_OUT_OVERHEAD_SIZE_BYTES_MAX, HeaderList, HeaderListIter, KeyHistoryResult, KeyRecord,
-    MetadataResult, PartitionMetadata, ProducerInitialized, RECORD_OUT_OVERHEAD_SIZE_BYTES_MAX,
-    RECORD_OUT_SIZE_BYTES_MAX, RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX, RecordOut, RecordOutList,
-    RecordOutListIter, Response, ResponseBody, TopicMetadata, decode_response,
-    record_out_size_bytes_max,
+    Appended, BackupManifest, BackupPartitionEnd, BackupSegment, BackupShard, CommittedOffset,
+    ConflictInfo, ErrorCode, ErrorResponse, Fetched, HEADER_OUT_OVERHEAD_SIZE_BYTES_MAX,
+    HeaderList, HeaderListIter, KeyHistoryResult, KeyRecord, MetadataResult, PartitionMetadata,
+    ProducerInitialized, RECORD_OUT_OVERHEAD_SIZE_BYTES_MAX, RECORD_OUT_SIZE_BYTES_MAX,
+    RECORDS_RESPONSE_OVERHEAD_SIZE_BYTES_MAX, RecordOut, RecordOutList, RecordOutListIter,
+    Response, ResponseBody, TopicMetadata, decode_response, record_out_size_bytes_max,
 };
 pub use verify::{Violation, WireError};
 

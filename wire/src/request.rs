@@ -14,7 +14,7 @@ use cairn_engine::core::limits::{
     RECORD_HEADER_COUNT_MAX,
 };
 use cairn_engine::core::record::BatchSize;
-use cairn_engine::core::{KeyCondition, Offset, ProducerStamp, RecordHeader, RecordInput};
+use cairn_engine::core::{KeyCondition, Offset, ProducerStamp, RecordHeader, RecordInput, ShardId};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, Vector, WIPOffset};
 
 use super::encoder::Encoder;
@@ -57,6 +57,26 @@ pub enum RequestBody<'a> {
     CommitOffsets(CommitOffsetsRequest<'a>),
     /// Read a consumer group's committed offsets of a topic's partitions.
     FetchOffsets(FetchOffsetsRequest<'a>),
+    /// Start an online backup: the backup point of every shard.
+    BackupBegin,
+    /// Read a range of one segment file of a shard's synced log, for a backup.
+    BackupRead(BackupReadRequest),
+}
+
+/// Most bytes one BackupRead asks for.
+pub const BACKUP_READ_SIZE_BYTES_MAX: u32 = 1024 * 1024;
+
+/// Read `length_bytes` bytes at `position` of segment `segment_index` of shard `shard`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupReadRequest {
+    /// The shard whose core log is read.
+    pub shard: ShardId,
+    /// The segment's index (its file name), never a path.
+    pub segment_index: u64,
+    /// Byte position in the segment file.
+    pub position: u64,
+    /// 1 to [`BACKUP_READ_SIZE_BYTES_MAX`].
+    pub length_bytes: u32,
 }
 
 /// Store consumer group `group`'s offsets of partitions of `topic`, all or none.
@@ -342,6 +362,8 @@ fn check_frame_size(body_type: fb::RequestBody, frame_size_bytes: usize) -> Resu
         fb::RequestBody::InitProducer => "InitProducer",
         fb::RequestBody::CommitOffsets => "CommitOffsets",
         fb::RequestBody::FetchOffsets => "FetchOffsets",
+        fb::RequestBody::BackupBegin => "BackupBegin",
+        fb::RequestBody::BackupRead => "BackupRead",
         _ => return Ok(()),
     };
     Err(Violation::FrameTooLarge {
@@ -395,6 +417,14 @@ fn decode_body<'a>(request: &fb::Request<'a>) -> Result<RequestBody<'a>, Violati
         fb::RequestBody::FetchOffsets => {
             let fetch = request.body_as_fetch_offsets().ok_or(missing)?;
             RequestBody::FetchOffsets(decode_fetch_offsets(fetch)?)
+        }
+        fb::RequestBody::BackupBegin => {
+            request.body_as_backup_begin().ok_or(missing)?;
+            RequestBody::BackupBegin
+        }
+        fb::RequestBody::BackupRead => {
+            let read = request.body_as_backup_read().ok_or(missing)?;
+            RequestBody::BackupRead(decode_backup_read(read)?)
         }
         fb::RequestBody(type_value) => {
             return Err(Violation::UnknownUnionType {
@@ -568,6 +598,22 @@ fn decode_fetch_offsets(fetch: fb::FetchOffsets<'_>) -> Result<FetchOffsetsReque
         group: checked_group(fetch.group())?,
         topic: checked_topic(fetch.topic())?,
         partitions: partitions.iter().collect(),
+    })
+}
+
+fn decode_backup_read(read: fb::BackupRead<'_>) -> Result<BackupReadRequest, Violation> {
+    let length_bytes = read.length_bytes();
+    if length_bytes == 0 || length_bytes > BACKUP_READ_SIZE_BYTES_MAX {
+        return Err(Violation::BackupReadLength {
+            length_bytes,
+            length_bytes_max: BACKUP_READ_SIZE_BYTES_MAX,
+        });
+    }
+    Ok(BackupReadRequest {
+        shard: ShardId(read.shard()),
+        segment_index: read.segment_index(),
+        position: read.position(),
+        length_bytes,
     })
 }
 
@@ -851,6 +897,20 @@ impl Encoder {
                 let fetch = fb::FetchOffsets::create(builder, &args);
                 (fb::RequestBody::FetchOffsets, fetch.as_union_value())
             }
+            RequestBody::BackupBegin => {
+                let begin = fb::BackupBegin::create(builder, &fb::BackupBeginArgs {});
+                (fb::RequestBody::BackupBegin, begin.as_union_value())
+            }
+            RequestBody::BackupRead(read) => {
+                let args = fb::BackupReadArgs {
+                    shard: read.shard.0,
+                    segment_index: read.segment_index,
+                    position: read.position,
+                    length_bytes: read.length_bytes,
+                };
+                let read = fb::BackupRead::create(builder, &args);
+                (fb::RequestBody::BackupRead, read.as_union_value())
+            }
         }
     }
 
@@ -1069,6 +1129,19 @@ mod tests {
                     group: "g",
                     topic: "seats",
                     partitions: vec![0, 7, u32::MAX],
+                }),
+            },
+            Request {
+                correlation_id: 11,
+                body: RequestBody::BackupBegin,
+            },
+            Request {
+                correlation_id: 12,
+                body: RequestBody::BackupRead(BackupReadRequest {
+                    shard: ShardId(3),
+                    segment_index: u64::MAX,
+                    position: 4096,
+                    length_bytes: BACKUP_READ_SIZE_BYTES_MAX,
                 }),
             },
             append_of(&records),

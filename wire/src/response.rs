@@ -52,6 +52,54 @@ pub enum ResponseBody<'a> {
     OffsetsCommitted,
     /// Answer to FetchOffsets: one entry per partition asked for, in that order.
     CommittedOffsets(Vec<CommittedOffset<'a>>),
+    /// Answer to BackupBegin: the backup point.
+    BackupManifest(BackupManifest<'a>),
+    /// Answer to BackupRead: the bytes asked for.
+    BackupChunk(&'a [u8]),
+}
+
+/// The backup point of every shard, and the catalog that goes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupManifest<'a> {
+    /// The data directory's shard count.
+    pub shard_count: u16,
+    /// One per shard, by shard id.
+    pub shards: Vec<BackupShard>,
+    /// `topics.meta` without its crc line.
+    pub topics_meta: &'a str,
+}
+
+/// One shard at the backup point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupShard {
+    /// The shard.
+    pub shard: ShardId,
+    /// Its segment files, in index order; the last is the one it writes now.
+    pub segments: Vec<BackupSegment>,
+    /// Its durable producer-id reservation.
+    pub producer_id_counter_end: u64,
+    /// The synced end offset of every partition it owns.
+    pub partitions: Vec<BackupPartitionEnd>,
+}
+
+/// One segment file to copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupSegment {
+    /// The segment's index.
+    pub segment_index: u64,
+    /// Bytes to copy from position 0.
+    pub length_bytes: u64,
+    /// The file's preallocated size.
+    pub size_bytes: u64,
+}
+
+/// One partition's synced end offset at the backup point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupPartitionEnd {
+    /// The partition's id.
+    pub partition_id: PartitionId,
+    /// Its synced end.
+    pub end_offset: Offset,
 }
 
 /// A consumer group's committed offset of one partition.
@@ -201,11 +249,13 @@ pub enum ErrorCode {
     ProducerFenced,
     /// A read starts beyond the partition's synced end; the message names the end.
     OffsetOutOfRange,
+    /// A BackupRead range outside the shard's synced log.
+    BackupRangeUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::Internal,
         ErrorCode::BadRequest,
         ErrorCode::UnsupportedRequest,
@@ -220,6 +270,7 @@ impl ErrorCode {
         ErrorCode::OutOfOrderSequence,
         ErrorCode::ProducerFenced,
         ErrorCode::OffsetOutOfRange,
+        ErrorCode::BackupRangeUnavailable,
     ];
 
     fn to_fb(self) -> fb::ErrorCode {
@@ -238,6 +289,7 @@ impl ErrorCode {
             ErrorCode::OutOfOrderSequence => fb::ErrorCode::OutOfOrderSequence,
             ErrorCode::ProducerFenced => fb::ErrorCode::ProducerFenced,
             ErrorCode::OffsetOutOfRange => fb::ErrorCode::OffsetOutOfRange,
+            ErrorCode::BackupRangeUnavailable => fb::ErrorCode::BackupRangeUnavailable,
         }
     }
 
@@ -257,6 +309,7 @@ impl ErrorCode {
             fb::ErrorCode::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
             fb::ErrorCode::ProducerFenced => ErrorCode::ProducerFenced,
             fb::ErrorCode::OffsetOutOfRange => ErrorCode::OffsetOutOfRange,
+            fb::ErrorCode::BackupRangeUnavailable => ErrorCode::BackupRangeUnavailable,
             fb::ErrorCode(value) => {
                 return Err(Violation::UnknownEnumValue {
                     enum_name: "ErrorCode",
@@ -722,6 +775,42 @@ fn decode_body<'a>(response: &fb::Response<'a>) -> Result<ResponseBody<'a>, Viol
                     .collect(),
             )
         }
+        fb::ResponseBody::BackupManifest => {
+            let manifest = response.body_as_backup_manifest().ok_or(missing)?;
+            ResponseBody::BackupManifest(BackupManifest {
+                shard_count: manifest.shard_count(),
+                shards: manifest
+                    .shards()
+                    .iter()
+                    .map(|shard| BackupShard {
+                        shard: ShardId(shard.shard()),
+                        segments: shard
+                            .segments()
+                            .iter()
+                            .map(|segment| BackupSegment {
+                                segment_index: segment.segment_index(),
+                                length_bytes: segment.length_bytes(),
+                                size_bytes: segment.size_bytes(),
+                            })
+                            .collect(),
+                        producer_id_counter_end: shard.producer_id_counter_end(),
+                        partitions: shard
+                            .partitions()
+                            .iter()
+                            .map(|end| BackupPartitionEnd {
+                                partition_id: PartitionId(end.partition_id()),
+                                end_offset: Offset(end.end_offset()),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                topics_meta: manifest.topics_meta(),
+            })
+        }
+        fb::ResponseBody::BackupChunk => {
+            let chunk = response.body_as_backup_chunk().ok_or(missing)?;
+            ResponseBody::BackupChunk(chunk.bytes().bytes())
+        }
         fb::ResponseBody(type_value) => {
             return Err(Violation::UnknownUnionType {
                 union_name: "ResponseBody",
@@ -949,6 +1038,57 @@ impl Encoder {
                     fb::ResponseBody::CommittedOffsets,
                     committed.as_union_value(),
                 )
+            }
+            ResponseBody::BackupManifest(manifest) => {
+                let builder = &mut self.builder;
+                let shards: Vec<_> = manifest
+                    .shards
+                    .iter()
+                    .map(|shard| {
+                        let segments: Vec<_> = shard
+                            .segments
+                            .iter()
+                            .map(|segment| {
+                                fb::BackupSegment::new(
+                                    segment.segment_index,
+                                    segment.length_bytes,
+                                    segment.size_bytes,
+                                )
+                            })
+                            .collect();
+                        let segments = builder.create_vector(&segments);
+                        let partitions: Vec<_> = shard
+                            .partitions
+                            .iter()
+                            .map(|end| {
+                                fb::BackupPartitionEnd::new(end.partition_id.0, end.end_offset.0)
+                            })
+                            .collect();
+                        let partitions = builder.create_vector(&partitions);
+                        let args = fb::BackupShardArgs {
+                            shard: shard.shard.0,
+                            segments: Some(segments),
+                            producer_id_counter_end: shard.producer_id_counter_end,
+                            partitions: Some(partitions),
+                        };
+                        fb::BackupShard::create(builder, &args)
+                    })
+                    .collect();
+                let shards = builder.create_vector(&shards);
+                let topics_meta = builder.create_string(manifest.topics_meta);
+                let args = fb::BackupManifestArgs {
+                    shard_count: manifest.shard_count,
+                    shards: Some(shards),
+                    topics_meta: Some(topics_meta),
+                };
+                let manifest = fb::BackupManifest::create(builder, &args);
+                (fb::ResponseBody::BackupManifest, manifest.as_union_value())
+            }
+            ResponseBody::BackupChunk(bytes) => {
+                let bytes = self.builder.create_vector(bytes);
+                let args = fb::BackupChunkArgs { bytes: Some(bytes) };
+                let chunk = fb::BackupChunk::create(&mut self.builder, &args);
+                (fb::ResponseBody::BackupChunk, chunk.as_union_value())
             }
         }
     }
@@ -1234,6 +1374,40 @@ mod tests {
                     current_end_offset: Offset(9),
                 }),
             }),
+            ResponseBody::BackupManifest(BackupManifest {
+                shard_count: 2,
+                shards: vec![
+                    BackupShard {
+                        shard: ShardId(0),
+                        segments: vec![
+                            BackupSegment {
+                                segment_index: 0,
+                                length_bytes: 2 * 1024 * 1024,
+                                size_bytes: 2 * 1024 * 1024,
+                            },
+                            BackupSegment {
+                                segment_index: 1,
+                                length_bytes: 8192,
+                                size_bytes: 2 * 1024 * 1024,
+                            },
+                        ],
+                        producer_id_counter_end: 1024,
+                        partitions: vec![BackupPartitionEnd {
+                            partition_id: PartitionId(0),
+                            end_offset: Offset(u64::MAX),
+                        }],
+                    },
+                    BackupShard {
+                        shard: ShardId(1),
+                        segments: Vec::new(),
+                        producer_id_counter_end: 0,
+                        partitions: Vec::new(),
+                    },
+                ],
+                topics_meta: "topic seats 2 0\n",
+            }),
+            ResponseBody::BackupChunk(b"CAIRNSEG\0\x01"),
+            ResponseBody::BackupChunk(b""),
         ];
         for (correlation_id, body) in (0..).zip(bodies) {
             round_trip(&Response {

@@ -209,6 +209,12 @@ pub enum Violation {
         name_size_bytes: usize,
         name_size_bytes_max: usize,
     },
+    /// A BackupRead asking for no bytes or more than `BACKUP_READ_SIZE_BYTES_MAX`.
+    #[error("backup read of {length_bytes} bytes; 1 to {length_bytes_max} may be read at once")]
+    BackupReadLength {
+        length_bytes: u32,
+        length_bytes_max: u32,
+    },
 }
 
 impl Violation {
@@ -239,7 +245,8 @@ impl Violation {
             | Violation::ProducerStampNegative { .. }
             | Violation::GroupIdEmpty
             | Violation::GroupIdTooLong { .. }
-            | Violation::OffsetPartitionsEmpty => ErrorCode::BadRequest,
+            | Violation::OffsetPartitionsEmpty
+            | Violation::BackupReadLength { .. } => ErrorCode::BadRequest,
         }
     }
 }

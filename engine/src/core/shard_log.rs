@@ -332,6 +332,17 @@ impl ShardLog {
         self.stats
     }
 
+    /// Where the synced core log ends: the segment groups are written to now and the
+    /// block-aligned position the next group goes to (the group in flight, if any, starts
+    /// there, also right after a roll). Every byte before it is synced and never written
+    /// again, so a backup may copy it while the log goes on (docs/DESIGN.md, backup).
+    pub fn synced_end_position(&self) -> SegmentPosition {
+        SegmentPosition {
+            segment_index: self.current_index,
+            position: self.write_position,
+        }
+    }
+
     /// The segment groups are written to now.
     pub fn current_segment_index(&self) -> u64 {
         self.current_index
@@ -1040,6 +1051,45 @@ mod tests {
             log.poll_preparation(),
             Some(2),
             "the one after is asked for next"
+        );
+    }
+
+    #[test]
+    fn the_synced_end_position_moves_only_when_a_group_is_synced() {
+        let at = |segment_index, position| SegmentPosition {
+            segment_index,
+            position,
+        };
+        let mut log = log();
+        log.poll_preparation();
+        log.handle_prepared(1, Ok(()));
+        assert_eq!(log.synced_end_position(), at(0, SEGMENT_DATA_START));
+        stage(&mut log, b"a", 16_000).unwrap();
+        let GroupPoll::Write(write) = log.poll_group_write() else {
+            panic!("a group to write");
+        };
+        log.handle_written(write.sequence);
+        assert_eq!(
+            log.synced_end_position(),
+            at(0, SEGMENT_DATA_START),
+            "a written group is not synced: a backup must not copy it"
+        );
+        log.handle_synced(write.sequence);
+        let synced_end = SEGMENT_DATA_START + write.padded_len_bytes;
+        assert_eq!(log.synced_end_position(), at(0, synced_end));
+        // A group that rolls: while it is in flight the synced log ends where the new
+        // segment's data begins (nothing of it is synced), then after the group.
+        stage(&mut log, b"b", 16_000).unwrap();
+        let GroupPoll::Write(write) = log.poll_group_write() else {
+            panic!("a group to write");
+        };
+        assert!(write.rolled);
+        assert_eq!(log.synced_end_position(), at(1, SEGMENT_DATA_START));
+        log.handle_written(write.sequence);
+        log.handle_synced(write.sequence);
+        assert_eq!(
+            log.synced_end_position(),
+            at(1, SEGMENT_DATA_START + write.padded_len_bytes)
         );
     }
 

@@ -82,6 +82,22 @@ impl ProducerIdAllocator {
         })
     }
 
+    /// The end of the block of counters reserved on disk (`counter_end`): what a backup
+    /// copies, so that a server restored from it never hands out an id this one did.
+    pub fn reserved_end(&self) -> u64 {
+        self.reserved_end
+    }
+
+    /// Writes `counter_end` into `shard_dir` durably, as a reservation would: for a
+    /// restored copy of a data directory (`io::backup`).
+    pub fn save_reserved_end(shard_dir: &Path, reserved_end: u64) -> Result<(), StorageError> {
+        write_atomically(
+            shard_dir,
+            PRODUCER_IDS_FILE_NAME,
+            &format!("counter_end {reserved_end}\n"),
+        )
+    }
+
     /// The next producer id; reserves (durably) the next block first when this one is used
     /// up.
     pub fn allocate(&mut self, shard_dir: &Path) -> Result<i64, StorageError> {
@@ -272,6 +288,17 @@ impl Catalog {
             .partition_point(|known| known.first_partition_id < topic.first_partition_id);
         self.topics.insert(position, topic.clone());
         Ok(())
+    }
+
+    /// The catalog as `topics.meta` holds it, without its crc line.
+    pub fn to_meta_body(&self) -> String {
+        self.encode()
+    }
+
+    /// A catalog from `topics.meta`'s body without its crc line (a backup manifest's copy),
+    /// checked as a file would be; `origin` names it in errors.
+    pub fn from_meta_body(origin: &Path, body: &str) -> Result<Catalog, OpenError> {
+        Catalog::decode(origin, body)
     }
 
     fn encode(&self) -> String {

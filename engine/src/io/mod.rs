@@ -5,6 +5,7 @@
 //! of the log at open (and the refusal to open on damage), `segment` the segment files,
 //! `data_dir` the directory's identity, lock and topic catalog.
 
+pub mod backup;
 pub mod config;
 pub mod data_dir;
 pub mod event;

@@ -73,6 +73,7 @@ impl Engine {
     /// Opens (or creates) the data directory. Blocking; call before starting executors.
     pub fn open(config: EngineConfig) -> Result<Engine, OpenError> {
         config.validate()?;
+        crate::io::backup::check_not_incomplete_backup(&config.data_dir)?;
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let data_dir = DataDir::open_or_create(&config.data_dir, config.shard_count)?;
         let catalog = data_dir.load_catalog()?;

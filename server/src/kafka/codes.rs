@@ -39,7 +39,9 @@ pub(super) const NONE: i16 = 0;
 /// The code of a service failure, for a request that touched a partition.
 pub(super) fn failure_code(failure: &Failure) -> i16 {
     let error = match failure.kind {
-        FailureKind::BadRequest => ResponseError::InvalidRequest,
+        FailureKind::BadRequest | FailureKind::BackupRangeUnavailable => {
+            ResponseError::InvalidRequest
+        }
         FailureKind::TooLarge => ResponseError::MessageTooLarge,
         FailureKind::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
         FailureKind::UnknownTopic | FailureKind::UnknownPartition => {

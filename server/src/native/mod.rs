@@ -9,10 +9,11 @@
 //!
 //! Module order (each uses only those before it): `session`, the request kinds (`ping`,
 //! `metadata`, `create_topic`, `append`, `fetch`, `read_key`, `key_history`,
-//! `init_producer`, `commit_offsets`, `fetch_offsets`), this file's
+//! `init_producer`, `commit_offsets`, `fetch_offsets`, `backup`), this file's
 //! dispatch, `connection`.
 
 mod append;
+mod backup;
 mod commit_offsets;
 pub(crate) mod connection;
 mod create_topic;
@@ -55,7 +56,10 @@ pub(crate) async fn handle_frame(context: &ShardContext, frame: &[u8], session: 
     // connection; see `connection`, memory bounds.
     let carries_records = matches!(
         request.body,
-        RequestBody::Fetch(_) | RequestBody::ReadKey(_) | RequestBody::KeyHistory(_)
+        RequestBody::Fetch(_)
+            | RequestBody::ReadKey(_)
+            | RequestBody::KeyHistory(_)
+            | RequestBody::BackupRead(_)
     );
     let large_response_permit = if carries_records {
         match session.large_response_permit().await {
@@ -94,6 +98,10 @@ pub(crate) async fn handle_frame(context: &ShardContext, frame: &[u8], session: 
         }
         RequestBody::FetchOffsets(fetch) => {
             fetch_offsets::serve(context, session, correlation_id, fetch).await;
+        }
+        RequestBody::BackupBegin => backup::serve_begin(context, session, correlation_id).await,
+        RequestBody::BackupRead(read) => {
+            backup::serve_read(context, session, correlation_id, read).await;
         }
     }
     drop(large_response_permit);

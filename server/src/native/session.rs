@@ -185,6 +185,7 @@ pub(crate) fn error_code(kind: FailureKind) -> ErrorCode {
         FailureKind::Producer(ProducerError::Fenced { .. }) => ErrorCode::ProducerFenced,
         FailureKind::StorageFailure => ErrorCode::StorageFailure,
         FailureKind::ShuttingDown => ErrorCode::ShuttingDown,
+        FailureKind::BackupRangeUnavailable => ErrorCode::BackupRangeUnavailable,
         FailureKind::Internal => ErrorCode::Internal,
     }
 }

@@ -126,6 +126,16 @@ enum Command {
     },
     /// Print the batches and records of a segment file or of a partition's offset range.
     Dump(dump::DumpArgs),
+    /// Take an online, consistent backup of the server at `--addr` into DEST.
+    ///
+    /// Every record acknowledged before the backup starts is in it (the backup point,
+    /// printed per partition as its end offset), nothing is torn, and `cairn serve
+    /// --data-dir DEST` (same `--cores`) serves it. DEST must not exist or be empty; until
+    /// the backup completes it holds a `backup-incomplete` marker and no server opens it.
+    Backup {
+        /// The new data directory.
+        dest: PathBuf,
+    },
     /// Truncate a damaged core log before the damage (offline: stop the server first).
     ///
     /// When `cairn serve` refuses to start because a core log is damaged (a bad block with
@@ -237,6 +247,44 @@ fn repair(data_dir: &std::path::Path, truncate_at_damage: bool) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
+fn backup(
+    client: &mut BlockingClient,
+    dest: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let report = cairn_client::backup::take_backup(client, dest).with_context(|| {
+        format!(
+            "backup into {} failed; it is incomplete and no server will open it (marker {}): \
+             remove it and take the backup again",
+            dest.display(),
+            cairn_client::backup::incomplete_marker(dest).display()
+        )
+    })?;
+    if json {
+        let partitions: Vec<_> = report
+            .partition_ends
+            .iter()
+            .map(|(topic, partition, end)| {
+                json!({"topic": topic, "partition": partition, "end_offset": end.0})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"path": report.path, "copied_bytes": report.copied_bytes, "partitions": partitions})
+        );
+    } else {
+        println!(
+            "backup complete in {} ({} bytes of segments); backup point:",
+            report.path.display(),
+            report.copied_bytes
+        );
+        for (topic, partition, end) in &report.partition_ends {
+            println!("  {topic}\tpartition {partition}\tend offset {}", end.0);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
@@ -271,6 +319,7 @@ fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Result<Exit
         } => repair(&data_dir, truncate_at_damage),
         Command::Check { data_dir } => check::check(&data_dir, json),
         Command::Dump(args) => dump::dump(&args, json),
+        Command::Backup { dest } => backup(&mut client()?, &dest, json),
         Command::Topic {
             command: TopicCommand::Create { name, partitions },
         } => {

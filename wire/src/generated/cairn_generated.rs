@@ -107,10 +107,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConditionKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 10;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 12;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 11] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 13] = [
   RequestBody::NONE,
   RequestBody::Ping,
   RequestBody::CreateTopic,
@@ -122,6 +122,8 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 11] = [
   RequestBody::InitProducer,
   RequestBody::CommitOffsets,
   RequestBody::FetchOffsets,
+  RequestBody::BackupBegin,
+  RequestBody::BackupRead,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -140,9 +142,11 @@ impl RequestBody {
   pub const InitProducer: Self = Self(8);
   pub const CommitOffsets: Self = Self(9);
   pub const FetchOffsets: Self = Self(10);
+  pub const BackupBegin: Self = Self(11);
+  pub const BackupRead: Self = Self(12);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 10;
+  pub const ENUM_MAX: u8 = 12;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Ping,
@@ -155,6 +159,8 @@ impl RequestBody {
     Self::InitProducer,
     Self::CommitOffsets,
     Self::FetchOffsets,
+    Self::BackupBegin,
+    Self::BackupRead,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -170,6 +176,8 @@ impl RequestBody {
       Self::InitProducer => Some("InitProducer"),
       Self::CommitOffsets => Some("CommitOffsets"),
       Self::FetchOffsets => Some("FetchOffsets"),
+      Self::BackupBegin => Some("BackupBegin"),
+      Self::BackupRead => Some("BackupRead"),
       _ => None,
     }
   }
@@ -229,10 +237,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 13;
+pub const ENUM_MAX_ERROR_CODE: u16 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 15] = [
   ErrorCode::Internal,
   ErrorCode::BadRequest,
   ErrorCode::UnsupportedRequest,
@@ -247,6 +255,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 14] = [
   ErrorCode::OutOfOrderSequence,
   ErrorCode::ProducerFenced,
   ErrorCode::OffsetOutOfRange,
+  ErrorCode::BackupRangeUnavailable,
 ];
 
 /// Why a request failed.
@@ -292,9 +301,11 @@ impl ErrorCode {
   /// (for KeyHistory, at or beyond); the message names the synced end. (Fetch at exactly
   /// the synced end is no error: it long-polls.)
   pub const OffsetOutOfRange: Self = Self(13);
+  /// BackupRead: the range is not in the shard's synced log (see BackupRead).
+  pub const BackupRangeUnavailable: Self = Self(14);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 13;
+  pub const ENUM_MAX: u16 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Internal,
     Self::BadRequest,
@@ -310,6 +321,7 @@ impl ErrorCode {
     Self::OutOfOrderSequence,
     Self::ProducerFenced,
     Self::OffsetOutOfRange,
+    Self::BackupRangeUnavailable,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -328,6 +340,7 @@ impl ErrorCode {
       Self::OutOfOrderSequence => Some("OutOfOrderSequence"),
       Self::ProducerFenced => Some("ProducerFenced"),
       Self::OffsetOutOfRange => Some("OffsetOutOfRange"),
+      Self::BackupRangeUnavailable => Some("BackupRangeUnavailable"),
       _ => None,
     }
   }
@@ -472,10 +485,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConflictKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 11;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 12] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 14] = [
   ResponseBody::NONE,
   ResponseBody::Pong,
   ResponseBody::TopicCreated,
@@ -488,6 +501,8 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 12] = [
   ResponseBody::ProducerInitialized,
   ResponseBody::OffsetsCommitted,
   ResponseBody::CommittedOffsets,
+  ResponseBody::BackupManifest,
+  ResponseBody::BackupChunk,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -507,9 +522,11 @@ impl ResponseBody {
   pub const ProducerInitialized: Self = Self(9);
   pub const OffsetsCommitted: Self = Self(10);
   pub const CommittedOffsets: Self = Self(11);
+  pub const BackupManifest: Self = Self(12);
+  pub const BackupChunk: Self = Self(13);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Pong,
@@ -523,6 +540,8 @@ impl ResponseBody {
     Self::ProducerInitialized,
     Self::OffsetsCommitted,
     Self::CommittedOffsets,
+    Self::BackupManifest,
+    Self::BackupChunk,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -539,6 +558,8 @@ impl ResponseBody {
       Self::ProducerInitialized => Some("ProducerInitialized"),
       Self::OffsetsCommitted => Some("OffsetsCommitted"),
       Self::CommittedOffsets => Some("CommittedOffsets"),
+      Self::BackupManifest => Some("BackupManifest"),
+      Self::BackupChunk => Some("BackupChunk"),
       _ => None,
     }
   }
@@ -594,6 +615,298 @@ impl<'a> ::flatbuffers::Verifiable for ResponseBody {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for ResponseBody {}
 pub struct ResponseBodyUnionTableOffset {}
+
+/// One segment file of a BackupShard.
+// struct BackupSegment, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct BackupSegment(pub [u8; 24]);
+impl Default for BackupSegment { 
+  fn default() -> Self { 
+    Self([0; 24])
+  }
+}
+impl ::core::fmt::Debug for BackupSegment {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("BackupSegment")
+      .field("segment_index", &self.segment_index())
+      .field("length_bytes", &self.length_bytes())
+      .field("size_bytes", &self.size_bytes())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for BackupSegment {}
+impl<'a> ::flatbuffers::Follow<'a> for BackupSegment {
+  type Inner = &'a BackupSegment;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a BackupSegment>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a BackupSegment {
+  type Inner = &'a BackupSegment;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<BackupSegment>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for BackupSegment {
+    type Output = BackupSegment;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const BackupSegment as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(8)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for BackupSegment {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> BackupSegment {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    segment_index: u64,
+    length_bytes: u64,
+    size_bytes: u64,
+  ) -> Self {
+    let mut s = Self([0; 24]);
+    s.set_segment_index(segment_index);
+    s.set_length_bytes(length_bytes);
+    s.set_size_bytes(size_bytes);
+    s
+  }
+
+  pub fn segment_index(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_segment_index(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// Bytes to copy from position 0: the whole file for a segment before the shard's
+  /// current one; the synced end (a multiple of 4096) for the current one.
+  pub fn length_bytes(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_length_bytes(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// The file's preallocated size (its header's segment_size_bytes). A restored copy
+  /// extends the file to this size with zeros (sparsely) after length_bytes.
+  pub fn size_bytes(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[16..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_size_bytes(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[16..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
+
+/// One partition's synced end offset at the backup point.
+// struct BackupPartitionEnd, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct BackupPartitionEnd(pub [u8; 16]);
+impl Default for BackupPartitionEnd { 
+  fn default() -> Self { 
+    Self([0; 16])
+  }
+}
+impl ::core::fmt::Debug for BackupPartitionEnd {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("BackupPartitionEnd")
+      .field("partition_id", &self.partition_id())
+      .field("end_offset", &self.end_offset())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for BackupPartitionEnd {}
+impl<'a> ::flatbuffers::Follow<'a> for BackupPartitionEnd {
+  type Inner = &'a BackupPartitionEnd;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a BackupPartitionEnd>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a BackupPartitionEnd {
+  type Inner = &'a BackupPartitionEnd;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<BackupPartitionEnd>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for BackupPartitionEnd {
+    type Output = BackupPartitionEnd;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const BackupPartitionEnd as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(8)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for BackupPartitionEnd {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> BackupPartitionEnd {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    partition_id: u32,
+    end_offset: u64,
+  ) -> Self {
+    let mut s = Self([0; 16]);
+    s.set_partition_id(partition_id);
+    s.set_end_offset(end_offset);
+    s
+  }
+
+  pub fn partition_id(&self) -> u32 {
+    let mut mem = ::core::mem::MaybeUninit::<<u32 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_partition_id(&mut self, x: u32) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<u32 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  pub fn end_offset(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_end_offset(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
 
 pub enum KeyConditionOffset {}
 #[derive(Copy, Clone, PartialEq)]
@@ -3056,6 +3369,256 @@ impl ::core::fmt::Debug for FetchOffsets<'_> {
       ds.finish()
   }
 }
+pub enum BackupBeginOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Starts an online backup (`cairn backup`); answered with BackupManifest. Takes no
+/// lock and changes nothing on the server: the manifest is the backup point, and every
+/// byte it lists stays readable with BackupRead for as long as the server runs (the
+/// log is append-only and synced bytes never change). Each shard's entry is taken
+/// atomically on that shard: its synced end at a group boundary, so every record
+/// acknowledged to any client before BackupBegin was sent lies below it, and no torn or
+/// unsynced byte does. Shards are taken one after the other, the catalog last, so every
+/// partition with data in the manifest has its topic in topics_meta (a topic created
+/// during the backup may appear with fewer records than it has, or none).
+pub struct BackupBegin<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for BackupBegin<'a> {
+  type Inner = BackupBegin<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> BackupBegin<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    BackupBegin { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args BackupBeginArgs
+  ) -> ::flatbuffers::WIPOffset<BackupBegin<'bldr>> {
+    let mut builder = BackupBeginBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for BackupBegin<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct BackupBeginArgs {
+}
+impl<'a> Default for BackupBeginArgs {
+  #[inline]
+  fn default() -> Self {
+    BackupBeginArgs {
+    }
+  }
+}
+
+pub struct BackupBeginBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BackupBeginBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BackupBeginBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    BackupBeginBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<BackupBegin<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for BackupBegin<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("BackupBegin");
+      ds.finish()
+  }
+}
+pub enum BackupReadOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Reads up to length_bytes bytes of one segment file of one shard, for a backup;
+/// answered with BackupChunk. The client never names a path: only the shard and the
+/// segment index. The range must lie in the shard's synced log: in a segment before the
+/// one the shard writes now, below its size; in the one it writes now, below its synced
+/// end (the length a BackupManifest lists for it, or more). Anything else fails with
+/// BackupRangeUnavailable and the range asked for in the message (a segment that does
+/// not exist, or exists only beyond the synced log); a shard that does not exist is
+/// BadRequest. Bytes are returned exactly as on disk, unverified: the restored server's
+/// recovery verifies them. Any shard's port takes it (it is read on the shard named);
+/// answers count as record-carrying responses for the connection's limits, so pipeline a
+/// few at a time. A client copying a manifest writes each segment's length_bytes from 0
+/// and extends the file to size_bytes with zeros; it must not serve the copy until every
+/// file and directory is synced (`cairn backup` keeps a `backup-incomplete` marker until
+/// then, which `cairn serve` refuses).
+pub struct BackupRead<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for BackupRead<'a> {
+  type Inner = BackupRead<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> BackupRead<'a> {
+  pub const VT_SHARD: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SEGMENT_INDEX: ::flatbuffers::VOffsetT = 6;
+  pub const VT_POSITION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LENGTH_BYTES: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    BackupRead { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args BackupReadArgs
+  ) -> ::flatbuffers::WIPOffset<BackupRead<'bldr>> {
+    let mut builder = BackupReadBuilder::new(_fbb);
+    builder.add_position(args.position);
+    builder.add_segment_index(args.segment_index);
+    builder.add_length_bytes(args.length_bytes);
+    builder.add_shard(args.shard);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn shard(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(BackupRead::VT_SHARD, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn segment_index(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupRead::VT_SEGMENT_INDEX, Some(0)).unwrap()}
+  }
+  /// Byte position in the segment file.
+  #[inline]
+  pub fn position(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupRead::VT_POSITION, Some(0)).unwrap()}
+  }
+  /// 1 to 1048576 (1 MiB); more is BadRequest.
+  #[inline]
+  pub fn length_bytes(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(BackupRead::VT_LENGTH_BYTES, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for BackupRead<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u16>("shard", Self::VT_SHARD, false)?
+     .visit_field::<u64>("segment_index", Self::VT_SEGMENT_INDEX, false)?
+     .visit_field::<u64>("position", Self::VT_POSITION, false)?
+     .visit_field::<u32>("length_bytes", Self::VT_LENGTH_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct BackupReadArgs {
+    pub shard: u16,
+    pub segment_index: u64,
+    pub position: u64,
+    pub length_bytes: u32,
+}
+impl<'a> Default for BackupReadArgs {
+  #[inline]
+  fn default() -> Self {
+    BackupReadArgs {
+      shard: 0,
+      segment_index: 0,
+      position: 0,
+      length_bytes: 0,
+    }
+  }
+}
+
+pub struct BackupReadBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BackupReadBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_shard(&mut self, shard: u16) {
+    self.fbb_.push_slot::<u16>(BackupRead::VT_SHARD, shard, 0);
+  }
+  #[inline]
+  pub fn add_segment_index(&mut self, segment_index: u64) {
+    self.fbb_.push_slot::<u64>(BackupRead::VT_SEGMENT_INDEX, segment_index, 0);
+  }
+  #[inline]
+  pub fn add_position(&mut self, position: u64) {
+    self.fbb_.push_slot::<u64>(BackupRead::VT_POSITION, position, 0);
+  }
+  #[inline]
+  pub fn add_length_bytes(&mut self, length_bytes: u32) {
+    self.fbb_.push_slot::<u32>(BackupRead::VT_LENGTH_BYTES, length_bytes, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BackupReadBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    BackupReadBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<BackupRead<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for BackupRead<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("BackupRead");
+      ds.field("shard", &self.shard());
+      ds.field("segment_index", &self.segment_index());
+      ds.field("position", &self.position());
+      ds.field("length_bytes", &self.length_bytes());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3267,6 +3830,36 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_backup_begin(&self) -> Option<BackupBegin<'a>> {
+    if self.body_type() == RequestBody::BackupBegin {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { BackupBegin::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_backup_read(&self) -> Option<BackupRead<'a>> {
+    if self.body_type() == RequestBody::BackupRead {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { BackupRead::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -3288,6 +3881,8 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::InitProducer => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducer>>("RequestBody::InitProducer", pos),
           RequestBody::CommitOffsets => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CommitOffsets>>("RequestBody::CommitOffsets", pos),
           RequestBody::FetchOffsets => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FetchOffsets>>("RequestBody::FetchOffsets", pos),
+          RequestBody::BackupBegin => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupBegin>>("RequestBody::BackupBegin", pos),
+          RequestBody::BackupRead => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupRead>>("RequestBody::BackupRead", pos),
           _ => Ok(()),
         }
      })?
@@ -3414,6 +4009,20 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         RequestBody::FetchOffsets => {
           if let Some(x) = self.body_as_fetch_offsets() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::BackupBegin => {
+          if let Some(x) = self.body_as_backup_begin() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::BackupRead => {
+          if let Some(x) = self.body_as_backup_read() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -4682,6 +5291,392 @@ impl ::core::fmt::Debug for KeyHistoryResult<'_> {
       ds.finish()
   }
 }
+pub enum BackupShardOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One shard at the backup point.
+pub struct BackupShard<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for BackupShard<'a> {
+  type Inner = BackupShard<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> BackupShard<'a> {
+  pub const VT_SHARD: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SEGMENTS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PRODUCER_ID_COUNTER_END: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    BackupShard { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args BackupShardArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<BackupShard<'bldr>> {
+    let mut builder = BackupShardBuilder::new(_fbb);
+    builder.add_producer_id_counter_end(args.producer_id_counter_end);
+    if let Some(x) = args.partitions { builder.add_partitions(x); }
+    if let Some(x) = args.segments { builder.add_segments(x); }
+    builder.add_shard(args.shard);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn shard(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(BackupShard::VT_SHARD, Some(0)).unwrap()}
+  }
+  /// In index order, from 0, none missing; the last is the one the shard writes now.
+  #[inline]
+  pub fn segments(&self) -> ::flatbuffers::Vector<'a, BackupSegment> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, BackupSegment>>>(BackupShard::VT_SEGMENTS, None).unwrap()}
+  }
+  /// The shard's durable producer-id reservation (core-N/producer-ids, counter_end).
+  #[inline]
+  pub fn producer_id_counter_end(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(BackupShard::VT_PRODUCER_ID_COUNTER_END, Some(0)).unwrap()}
+  }
+  /// Every partition the shard owns, by partition id.
+  #[inline]
+  pub fn partitions(&self) -> ::flatbuffers::Vector<'a, BackupPartitionEnd> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, BackupPartitionEnd>>>(BackupShard::VT_PARTITIONS, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for BackupShard<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u16>("shard", Self::VT_SHARD, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, BackupSegment>>>("segments", Self::VT_SEGMENTS, true)?
+     .visit_field::<u64>("producer_id_counter_end", Self::VT_PRODUCER_ID_COUNTER_END, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, BackupPartitionEnd>>>("partitions", Self::VT_PARTITIONS, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct BackupShardArgs<'a> {
+    pub shard: u16,
+    pub segments: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, BackupSegment>>>,
+    pub producer_id_counter_end: u64,
+    pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, BackupPartitionEnd>>>,
+}
+impl<'a> Default for BackupShardArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    BackupShardArgs {
+      shard: 0,
+      segments: None, // required field
+      producer_id_counter_end: 0,
+      partitions: None, // required field
+    }
+  }
+}
+
+pub struct BackupShardBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BackupShardBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_shard(&mut self, shard: u16) {
+    self.fbb_.push_slot::<u16>(BackupShard::VT_SHARD, shard, 0);
+  }
+  #[inline]
+  pub fn add_segments(&mut self, segments: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , BackupSegment>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BackupShard::VT_SEGMENTS, segments);
+  }
+  #[inline]
+  pub fn add_producer_id_counter_end(&mut self, producer_id_counter_end: u64) {
+    self.fbb_.push_slot::<u64>(BackupShard::VT_PRODUCER_ID_COUNTER_END, producer_id_counter_end, 0);
+  }
+  #[inline]
+  pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , BackupPartitionEnd>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BackupShard::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BackupShardBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    BackupShardBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<BackupShard<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, BackupShard::VT_SEGMENTS,"segments");
+    self.fbb_.required(o, BackupShard::VT_PARTITIONS,"partitions");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for BackupShard<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("BackupShard");
+      ds.field("shard", &self.shard());
+      ds.field("segments", &self.segments());
+      ds.field("producer_id_counter_end", &self.producer_id_counter_end());
+      ds.field("partitions", &self.partitions());
+      ds.finish()
+  }
+}
+pub enum BackupManifestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Answer to BackupBegin: the backup point.
+pub struct BackupManifest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for BackupManifest<'a> {
+  type Inner = BackupManifest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> BackupManifest<'a> {
+  pub const VT_SHARD_COUNT: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SHARDS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TOPICS_META: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    BackupManifest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args BackupManifestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<BackupManifest<'bldr>> {
+    let mut builder = BackupManifestBuilder::new(_fbb);
+    if let Some(x) = args.topics_meta { builder.add_topics_meta(x); }
+    if let Some(x) = args.shards { builder.add_shards(x); }
+    builder.add_shard_count(args.shard_count);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn shard_count(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(BackupManifest::VT_SHARD_COUNT, Some(0)).unwrap()}
+  }
+  /// One entry per shard, by shard id.
+  #[inline]
+  pub fn shards(&self) -> ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<BackupShard<'a>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<BackupShard>>>>(BackupManifest::VT_SHARDS, None).unwrap()}
+  }
+  /// The topic catalog (topics.meta) as of the end of the manifest, without its crc line.
+  #[inline]
+  pub fn topics_meta(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(BackupManifest::VT_TOPICS_META, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for BackupManifest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u16>("shard_count", Self::VT_SHARD_COUNT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<BackupShard>>>>("shards", Self::VT_SHARDS, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("topics_meta", Self::VT_TOPICS_META, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct BackupManifestArgs<'a> {
+    pub shard_count: u16,
+    pub shards: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<BackupShard<'a>>>>>,
+    pub topics_meta: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for BackupManifestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    BackupManifestArgs {
+      shard_count: 0,
+      shards: None, // required field
+      topics_meta: None, // required field
+    }
+  }
+}
+
+pub struct BackupManifestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BackupManifestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_shard_count(&mut self, shard_count: u16) {
+    self.fbb_.push_slot::<u16>(BackupManifest::VT_SHARD_COUNT, shard_count, 0);
+  }
+  #[inline]
+  pub fn add_shards(&mut self, shards: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<BackupShard<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BackupManifest::VT_SHARDS, shards);
+  }
+  #[inline]
+  pub fn add_topics_meta(&mut self, topics_meta: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BackupManifest::VT_TOPICS_META, topics_meta);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BackupManifestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    BackupManifestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<BackupManifest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, BackupManifest::VT_SHARDS,"shards");
+    self.fbb_.required(o, BackupManifest::VT_TOPICS_META,"topics_meta");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for BackupManifest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("BackupManifest");
+      ds.field("shard_count", &self.shard_count());
+      ds.field("shards", &self.shards());
+      ds.field("topics_meta", &self.topics_meta());
+      ds.finish()
+  }
+}
+pub enum BackupChunkOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Answer to BackupRead: the bytes asked for (never fewer).
+pub struct BackupChunk<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for BackupChunk<'a> {
+  type Inner = BackupChunk<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> BackupChunk<'a> {
+  pub const VT_BYTES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    BackupChunk { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args BackupChunkArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<BackupChunk<'bldr>> {
+    let mut builder = BackupChunkBuilder::new(_fbb);
+    if let Some(x) = args.bytes { builder.add_bytes(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn bytes(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(BackupChunk::VT_BYTES, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for BackupChunk<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("bytes", Self::VT_BYTES, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct BackupChunkArgs<'a> {
+    pub bytes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for BackupChunkArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    BackupChunkArgs {
+      bytes: None, // required field
+    }
+  }
+}
+
+pub struct BackupChunkBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BackupChunkBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_bytes(&mut self, bytes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(BackupChunk::VT_BYTES, bytes);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BackupChunkBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    BackupChunkBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<BackupChunk<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, BackupChunk::VT_BYTES,"bytes");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for BackupChunk<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("BackupChunk");
+      ds.field("bytes", &self.bytes());
+      ds.finish()
+  }
+}
 pub enum ConflictInfoOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -5195,6 +6190,36 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_backup_manifest(&self) -> Option<BackupManifest<'a>> {
+    if self.body_type() == ResponseBody::BackupManifest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { BackupManifest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_backup_chunk(&self) -> Option<BackupChunk<'a>> {
+    if self.body_type() == ResponseBody::BackupChunk {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { BackupChunk::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -5217,6 +6242,8 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::ProducerInitialized => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ProducerInitialized>>("ResponseBody::ProducerInitialized", pos),
           ResponseBody::OffsetsCommitted => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OffsetsCommitted>>("ResponseBody::OffsetsCommitted", pos),
           ResponseBody::CommittedOffsets => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CommittedOffsets>>("ResponseBody::CommittedOffsets", pos),
+          ResponseBody::BackupManifest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupManifest>>("ResponseBody::BackupManifest", pos),
+          ResponseBody::BackupChunk => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupChunk>>("ResponseBody::BackupChunk", pos),
           _ => Ok(()),
         }
      })?
@@ -5350,6 +6377,20 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::CommittedOffsets => {
           if let Some(x) = self.body_as_committed_offsets() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::BackupManifest => {
+          if let Some(x) = self.body_as_backup_manifest() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::BackupChunk => {
+          if let Some(x) = self.body_as_backup_chunk() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -24,6 +24,7 @@ class ErrorCode(enum.IntEnum):
     OUT_OF_ORDER_SEQUENCE = 11
     PRODUCER_FENCED = 12
     OFFSET_OUT_OF_RANGE = 13
+    BACKUP_RANGE_UNAVAILABLE = 14
 
 
 class ConditionKind(enum.IntEnum):
@@ -164,6 +165,10 @@ class OffsetOutOfRange(ServerError):
     """A fetch past the partition's synced end."""
 
 
+class BackupRangeUnavailable(ServerError):
+    """A backup read outside the shard's synced log (`cairn backup` only)."""
+
+
 class Conflict(ServerError):
     """An append's condition failed; nothing was appended.
 
@@ -201,4 +206,5 @@ SERVER_ERRORS: dict[ErrorCode, type[ServerError]] = {
     ErrorCode.OUT_OF_ORDER_SEQUENCE: OutOfOrderSequence,
     ErrorCode.PRODUCER_FENCED: ProducerFenced,
     ErrorCode.OFFSET_OUT_OF_RANGE: OffsetOutOfRange,
+    ErrorCode.BACKUP_RANGE_UNAVAILABLE: BackupRangeUnavailable,
 }

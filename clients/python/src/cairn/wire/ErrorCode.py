@@ -41,3 +41,5 @@ class ErrorCode(object):
     # (for KeyHistory, at or beyond); the message names the synced end. (Fetch at exactly
     # the synced end is no error: it long-polls.)
     OffsetOutOfRange = 13
+    # BackupRead: the range is not in the shard's synced log (see BackupRead).
+    BackupRangeUnavailable = 14

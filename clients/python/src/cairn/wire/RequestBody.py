@@ -14,3 +14,5 @@ class RequestBody(object):
     InitProducer = 8
     CommitOffsets = 9
     FetchOffsets = 10
+    BackupBegin = 11
+    BackupRead = 12

@@ -15,3 +15,5 @@ class ResponseBody(object):
     ProducerInitialized = 9
     OffsetsCommitted = 10
     CommittedOffsets = 11
+    BackupManifest = 12
+    BackupChunk = 13

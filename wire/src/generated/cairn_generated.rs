@@ -748,7 +748,7 @@ impl<'a> BackupSegment {
   }
 
   /// The file's preallocated size (its header's segment_size_bytes). A restored copy
-  /// extends the file to this size with zeros (sparsely) after length_bytes.
+  /// extends the file to this size with zeros after length_bytes.
   pub fn size_bytes(&self) -> u64 {
     let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
     // Safety:

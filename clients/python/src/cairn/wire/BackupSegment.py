@@ -25,7 +25,7 @@ class BackupSegment(object):
     # BackupSegment
     def LengthBytes(self): return self._tab.Get(flatbuffers.number_types.Uint64Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(8))
     # The file's preallocated size (its header's segment_size_bytes). A restored copy
-    # extends the file to this size with zeros (sparsely) after length_bytes.
+    # extends the file to this size with zeros after length_bytes.
     # BackupSegment
     def SizeBytes(self): return self._tab.Get(flatbuffers.number_types.Uint64Flags, self._tab.Pos + flatbuffers.number_types.UOffsetTFlags.py_type(16))
 

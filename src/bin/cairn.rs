@@ -149,6 +149,10 @@ struct ServeArgs {
     /// required when that is 0.0.0.0 or ::).
     #[arg(long)]
     kafka_advertised_host: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) and health (GET /health/live,
+    /// /health/ready) over HTTP on this address (port 0: any free port); off if not given.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Do not pin shards to CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -432,6 +436,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.shard_connection_count_max = count;
     }
     config.pin_shards = !args.no_pin;
+    config.metrics_listen = args.metrics_listen;
     config.kafka = (!args.no_kafka).then_some(KafkaConfig {
         listen: args.kafka_listen,
         advertised_host: args.kafka_advertised_host,
@@ -454,9 +459,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         } else {
             format!(" kafka_ports={}", kafka_ports.join(","))
         };
+        let metrics = listening
+            .metrics_address
+            .map(|address| format!(" metrics={address}"))
+            .unwrap_or_default();
         // Tests and scripts wait for this line; it is printed once every shard accepts.
         println!(
-            "listening on {} shard_ports={}{kafka}",
+            "listening on {} shard_ports={}{kafka}{metrics}",
             listening.address,
             ports.join(",")
         );

@@ -185,12 +185,6 @@ pub(crate) struct Health {
 }
 
 impl Health {
-    /// Ready: every shard serves, no storage failed, no shutdown asked for.
-    pub(crate) fn is_ready(&self) -> bool {
-        self.serving.load(Ordering::SeqCst)
-            && !self.storage_failed.load(Ordering::SeqCst)
-            && !self.shutdown.is_raised()
-    }
 
     pub(crate) fn set_serving(&self) {
         self.serving.store(true, Ordering::SeqCst);
@@ -210,6 +204,21 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
+    /// Ready: every shard serves, no shard's storage failed, no shutdown asked for. The
+    /// engine counts a storage failure before it fails the first append, so a client told
+    /// `StorageFailure` finds the server not ready.
+    pub(crate) fn is_ready(&self) -> bool {
+        let health = &self.health;
+        let storage_failed = health.storage_failed.load(Ordering::SeqCst)
+            || self.shards.iter().any(|shard| {
+                shard
+                    .io
+                    .get()
+                    .is_some_and(|io| ShardIoStats::load(&io.storage_failures) > 0)
+            });
+        health.serving.load(Ordering::SeqCst) && !storage_failed && !health.shutdown.is_raised()
+    }
+
     pub(crate) fn new(shard_count: u16, shutdown: ShutdownSignal) -> Arc<Metrics> {
         Arc::new(Metrics {
             shards: (0..shard_count)
@@ -548,7 +557,7 @@ impl Collector for Scrape {
             e,
             "cairn_ready",
             "1 when every shard recovered and serves, 0 otherwise (as /health/ready)",
-            [(Vec::new(), u64::from(metrics.health.is_ready()))],
+            [(Vec::new(), u64::from(metrics.is_ready()))],
         )?;
         Ok(())
     }

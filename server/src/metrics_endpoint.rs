@@ -118,7 +118,7 @@ fn route(request: &RequestLine, metrics: &Arc<Metrics>) -> (u16, &'static str, V
             Err(_) => (500, "text/plain", b"could not encode metrics\n".to_vec()),
         },
         "/health/live" => (200, "text/plain", b"live\n".to_vec()),
-        "/health/ready" if metrics.health.is_ready() => (200, "text/plain", b"ready\n".to_vec()),
+        "/health/ready" if metrics.is_ready() => (200, "text/plain", b"ready\n".to_vec()),
         "/health/ready" => (503, "text/plain", b"not ready\n".to_vec()),
         _ => (404, "text/plain", b"not found\n".to_vec()),
     }

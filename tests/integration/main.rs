@@ -28,5 +28,6 @@ mod reliability_soak;
 mod server_e2e;
 mod server_idempotent;
 mod server_lifecycle;
+mod server_metrics;
 mod support;
 mod tidy;

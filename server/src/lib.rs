@@ -14,6 +14,9 @@
 //! Modules, in dependency order (each uses only those before it; none uses `lib.rs`):
 //!
 //! - `config`: `ServerConfig`, `Listening`, `ShutdownSignal`, errors, exit statuses.
+//! - `metrics`: each shard's counters (plain atomics), the server's health, and their
+//!   encoding for Prometheus (`prometheus-client`).
+//! - `metrics_endpoint`: the metrics and health HTTP listener on its own threads.
 //! - `admission`: a shard's request memory budget and connection limit.
 //! - `offsets`: the committed-offsets store's internal topic and its key and value
 //!   encodings (sans-I/O).
@@ -42,9 +45,9 @@ mod config;
 mod context;
 mod group;
 mod kafka;
+mod mesh;
 mod metrics;
 mod metrics_endpoint;
-mod mesh;
 mod native;
 mod offsets;
 mod operation;

@@ -185,7 +185,6 @@ pub(crate) struct Health {
 }
 
 impl Health {
-
     pub(crate) fn set_serving(&self) {
         self.serving.store(true, Ordering::SeqCst);
     }
@@ -304,20 +303,27 @@ fn histograms(
     scale: f64,
     series: impl IntoIterator<Item = (Labels, Log2Snapshot)>,
 ) -> Result<(), std::fmt::Error> {
-    encode_family(encoder, name, help, MetricType::Histogram, series, |e, snapshot| {
-        let buckets: Vec<(f64, u64)> = snapshot
-            .buckets
-            .iter()
-            .map(|&(bound, count)| {
-                let bound = bound.map_or(f64::INFINITY, |bound| bound as f64 * scale);
-                (bound, count)
-            })
-            .collect();
-        // The count is the buckets' sum, so that the exposition is consistent even when
-        // the shard observed something between our loads.
-        let count = buckets.iter().map(|(_, count)| count).sum();
-        e.encode_histogram::<NoLabelSet>(snapshot.sum as f64 * scale, count, &buckets, None)
-    })
+    encode_family(
+        encoder,
+        name,
+        help,
+        MetricType::Histogram,
+        series,
+        |e, snapshot| {
+            let buckets: Vec<(f64, u64)> = snapshot
+                .buckets
+                .iter()
+                .map(|&(bound, count)| {
+                    let bound = bound.map_or(f64::INFINITY, |bound| bound as f64 * scale);
+                    (bound, count)
+                })
+                .collect();
+            // The count is the buckets' sum, so that the exposition is consistent even when
+            // the shard observed something between our loads.
+            let count = buckets.iter().map(|(_, count)| count).sum();
+            e.encode_histogram::<NoLabelSet>(snapshot.sum as f64 * scale, count, &buckets, None)
+        },
+    )
 }
 
 const MICROS: f64 = 1e-6;
@@ -390,11 +396,14 @@ impl Collector for Scrape {
         let by_front_end = |read: fn(&ShardMetrics) -> &[AtomicU64; 2]| {
             shards()
                 .flat_map(move |(shard, m)| {
-                    read(m).iter().zip(FRONT_END_NAMES).map(move |(value, name)| {
-                        let mut labels = shard_labels(shard);
-                        labels.push(("front_end", name.to_owned()));
-                        (labels, value.load(Ordering::Relaxed))
-                    })
+                    read(m)
+                        .iter()
+                        .zip(FRONT_END_NAMES)
+                        .map(move |(value, name)| {
+                            let mut labels = shard_labels(shard);
+                            labels.push(("front_end", name.to_owned()));
+                            (labels, value.load(Ordering::Relaxed))
+                        })
                 })
                 .collect::<Vec<_>>()
         };
@@ -577,8 +586,14 @@ mod tests {
         shard.count_kafka_request(-4);
         shard.append_latency_us.observe(1500);
         let text = metrics.encode().unwrap();
-        assert!(text.contains("cairn_appends_acknowledged_total{shard=\"1\"} 3"), "{text}");
-        assert!(text.contains("cairn_appends_acknowledged_total{shard=\"0\"} 0"), "{text}");
+        assert!(
+            text.contains("cairn_appends_acknowledged_total{shard=\"1\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cairn_appends_acknowledged_total{shard=\"0\"} 0"),
+            "{text}"
+        );
         assert!(
             text.contains("cairn_append_conflicts_total{shard=\"1\",kind=\"key\"} 2"),
             "{text}"

@@ -219,7 +219,11 @@ mod tests {
             b"GET /metrics HTTP/1.1 extra",
             b"\xff\xfe /metrics HTTP/1.1",
         ] {
-            assert_eq!(parse_request_line(bad), Err(HeadError::Malformed), "{bad:?}");
+            assert_eq!(
+                parse_request_line(bad),
+                Err(HeadError::Malformed),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -18,11 +18,11 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
+use cairn_engine::core::condition::Conflict;
 use cairn_engine::{
     AppendError, AppendOutcome, Offset, OwnedRecord, ProducerStamp, ReadError, RecordHeader,
     RecordInput, ShardId, TopicError,
 };
-use cairn_engine::core::condition::Conflict;
 
 use crate::context::ShardContext;
 use crate::mesh::MeshError;
@@ -210,7 +210,9 @@ fn count_append(
     outcome: &Result<AppendOutcome, AppendError>,
     started: std::time::Instant,
 ) {
-    metrics.append_latency_us.observe_duration_us(started.elapsed());
+    metrics
+        .append_latency_us
+        .observe_duration_us(started.elapsed());
     ShardMetrics::add(&metrics.append_requests, 1);
     match outcome {
         Ok(AppendOutcome::Appended { record_count, .. }) => {

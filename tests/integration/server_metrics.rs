@@ -31,7 +31,9 @@ fn http_raw(address: SocketAddr, request: &[u8]) -> Option<(u16, String)> {
     let _ = stream.read_to_end(&mut answer);
     let text = String::from_utf8_lossy(&answer).into_owned();
     let status = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())?;
     Some((status, body))
 }
 
@@ -97,7 +99,9 @@ fn scraped_counters_equal_the_loadgen_counts_under_a_scraper_loop() {
         &temp.path().join("data"),
         &["--metrics-listen", "127.0.0.1:0"],
     );
-    let metrics = server.metrics_address.expect("--metrics-listen names the address");
+    let metrics = server
+        .metrics_address
+        .expect("--metrics-listen names the address");
     let before = scrape(metrics);
     assert_eq!(metric_sum(&before, "cairn_appends_acknowledged_total"), 0);
 
@@ -262,10 +266,7 @@ fn health_ready_is_503_until_recovery_finished_and_200_once_listening() {
             statuses
         })
     };
-    let server = TestServer::start_on(
-        &data_dir,
-        &["--metrics-listen", &metrics.to_string()],
-    );
+    let server = TestServer::start_on(&data_dir, &["--metrics-listen", &metrics.to_string()]);
     assert_eq!(server.metrics_address, Some(metrics));
     // Printed only once every shard listens: ready from now on.
     assert_eq!(get(metrics, "/health/ready").map(|(s, _)| s), Some(200));
@@ -280,11 +281,15 @@ fn health_ready_is_503_until_recovery_finished_and_200_once_listening() {
         "some answer came during recovery, and it was not ready: {statuses:?}"
     );
     assert!(
-        statuses[..first_ready].iter().all(|(status, _)| *status == 503),
+        statuses[..first_ready]
+            .iter()
+            .all(|(status, _)| *status == 503),
         "{statuses:?}"
     );
     assert!(
-        statuses[first_ready..].iter().all(|(status, _)| *status == 200),
+        statuses[first_ready..]
+            .iter()
+            .all(|(status, _)| *status == 200),
         "once ready, ready until stopped: {statuses:?}"
     );
     assert!(
@@ -344,7 +349,12 @@ fn malformed_or_huge_http_requests_are_refused_and_the_server_keeps_serving() {
     ];
     for (request, expected) in cases {
         let answer = http_raw(metrics, request).map(|(status, _)| status);
-        assert_eq!(answer, Some(expected), "{:?}", String::from_utf8_lossy(request));
+        assert_eq!(
+            answer,
+            Some(expected),
+            "{:?}",
+            String::from_utf8_lossy(request)
+        );
     }
     let huge = format!(
         "GET /metrics HTTP/1.1\r\nX-Padding: {}\r\n\r\n",

@@ -94,7 +94,11 @@ async fn write_and_sync(
             .get(&write.segment_index)
             .cloned()
             .expect("the log writes to an open segment");
-        (segment, guard.config.fault_hook.clone(), guard.stats.clone())
+        (
+            segment,
+            guard.config.fault_hook.clone(),
+            guard.stats.clone(),
+        )
     };
     stats.group_records.observe(write.record_count);
     stats
@@ -114,14 +118,18 @@ async fn write_and_sync(
     }
     let write_start = std::time::Instant::now();
     segment.write_group(buffer, write.position).await?;
-    stats.write_latency_us.observe_duration_us(write_start.elapsed());
+    stats
+        .write_latency_us
+        .observe_duration_us(write_start.elapsed());
     state.borrow_mut().log.handle_written(write.sequence);
     if let Some(hook) = &fault_hook {
         hook.check(FaultPoint::Sync, segment.path())?;
     }
     let sync_start = std::time::Instant::now();
     segment.sync().await?;
-    stats.sync_latency_us.observe_duration_us(sync_start.elapsed());
+    stats
+        .sync_latency_us
+        .observe_duration_us(sync_start.elapsed());
 
     let (completion, synced_events) = {
         let mut guard = state.borrow_mut();

@@ -49,6 +49,10 @@ const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// One shard of the server, from recovery to shutdown. Returns `Err` with a description if
 /// it cannot start.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is a separate piece the shard's executor is started with, moved in once"
+)]
 pub(crate) async fn run_shard(
     shard_id: ShardId,
     engine: Engine,

@@ -27,9 +27,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_engine::io::event::Event;
+
+use crate::metrics::ShardMetrics;
 
 /// Refused connections are logged at most this often (with how many were refused since),
 /// so a flood of connections cannot flood the log too.
@@ -43,15 +46,18 @@ pub(crate) struct Admission {
     refused_count: Cell<u64>,
     /// When the last refusal was logged.
     refusal_logged_at: Cell<Option<Instant>>,
+    metrics: Arc<ShardMetrics>,
 }
 
 impl Admission {
     /// Admission for a shard that may hold `request_bytes_max` bytes of requests.
-    pub(crate) fn new(request_bytes_max: usize) -> Admission {
+    /// Its budget's waits and bytes held are counted in `metrics`.
+    pub(crate) fn new(request_bytes_max: usize, metrics: Arc<ShardMetrics>) -> Admission {
         Admission {
-            request_memory: RequestMemory::new(request_bytes_max),
+            request_memory: RequestMemory::observed(request_bytes_max, Some(metrics.clone())),
             refused_count: Cell::new(0),
             refusal_logged_at: Cell::new(None),
+            metrics,
         }
     }
 
@@ -59,6 +65,7 @@ impl Admission {
     /// `open_count_max`, and logs it unless a refusal was logged within
     /// `REFUSAL_LOG_INTERVAL`.
     pub(crate) fn note_refused_connection(&self, open_count: usize, open_count_max: usize) {
+        ShardMetrics::add(&self.metrics.connections_refused, 1);
         if let Some(refused_count) = self.refusal_to_log(Instant::now()) {
             tracing::warn!(
                 refused_count,
@@ -98,6 +105,9 @@ struct BudgetState {
     available_bytes: usize,
     /// Waiting payments, oldest first; only the first can be granted.
     waiters: VecDeque<Rc<Waiter>>,
+    /// Where a shard's budget reports its waits and the bytes held; `None` for a
+    /// connection's own budget.
+    metrics: Option<Arc<ShardMetrics>>,
 }
 
 struct Waiter {
@@ -109,6 +119,7 @@ struct Waiter {
 impl BudgetState {
     /// Grants waiting payments in order, as long as the oldest fits.
     fn grant_waiters(&mut self) {
+        self.publish_held();
         while let Some(waiter) = self.waiters.front() {
             if waiter.size_bytes > self.available_bytes {
                 break;
@@ -117,6 +128,17 @@ impl BudgetState {
             waiter.granted.set(true);
             waiter.granted_event.notify();
             self.waiters.pop_front();
+            self.publish_held();
+        }
+    }
+
+    fn publish_held(&self) {
+        if let Some(metrics) = &self.metrics {
+            let held_bytes = self.capacity_bytes - self.available_bytes;
+            metrics.request_bytes_held.store(
+                u64::try_from(held_bytes).unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 
@@ -135,12 +157,19 @@ impl BudgetState {
 impl RequestMemory {
     /// A budget of `capacity_bytes` (at least 1).
     pub(crate) fn new(capacity_bytes: usize) -> RequestMemory {
+        RequestMemory::observed(capacity_bytes, None)
+    }
+
+    /// A budget of `capacity_bytes` (at least 1) that counts its waits and bytes held in
+    /// `metrics`.
+    fn observed(capacity_bytes: usize, metrics: Option<Arc<ShardMetrics>>) -> RequestMemory {
         let capacity_bytes = capacity_bytes.max(1);
         RequestMemory {
             state: Rc::new(RefCell::new(BudgetState {
                 capacity_bytes,
                 available_bytes: capacity_bytes,
                 waiters: VecDeque::new(),
+                metrics,
             })),
         }
     }
@@ -154,7 +183,11 @@ impl RequestMemory {
             let size_bytes = size_bytes.min(state.capacity_bytes);
             if state.waiters.is_empty() && size_bytes <= state.available_bytes {
                 state.available_bytes -= size_bytes;
+                state.publish_held();
                 return self.permit(size_bytes);
+            }
+            if let Some(metrics) = &state.metrics {
+                ShardMetrics::add(&metrics.request_budget_waits, 1);
             }
             let waiter = Rc::new(Waiter {
                 size_bytes,
@@ -268,7 +301,7 @@ mod tests {
 
     #[test]
     fn refusals_are_logged_at_most_once_per_interval() {
-        let admission = Admission::new(1);
+        let admission = Admission::new(1, Arc::new(ShardMetrics::new()));
         let start = Instant::now();
         assert_eq!(admission.refusal_to_log(start), Some(1));
         for second in 1..10 {

@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub fetch_wait_max: Duration,
     /// The Kafka front end's listeners, `None` when it is off (`--no-kafka`).
     pub kafka: Option<KafkaConfig>,
+    /// Where the metrics and health HTTP endpoint listens (`--metrics-listen`); `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
     /// Test-only fault injection, passed to the engine (`EngineConfig::fault_hook`); `None`
     /// in production.
     pub fault_hook: Option<FaultHook>,
@@ -71,6 +73,7 @@ impl ServerConfig {
             shard_connection_count_max: 1024,
             fetch_wait_max: Duration::from_secs(30),
             kafka: Some(KafkaConfig::new()),
+            metrics_listen: None,
             fault_hook: None,
         }
     }
@@ -164,6 +167,14 @@ pub enum ServerError {
         /// The address.
         address: SocketAddr,
     },
+    /// The metrics endpoint could not listen.
+    #[error("starting the metrics endpoint on {address}")]
+    Metrics {
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A listening socket could not be set up.
     #[error("binding {address}")]
     Bind {
@@ -201,6 +212,8 @@ pub struct Listening {
     pub shard_ports: Vec<u16>,
     /// Each shard's Kafka port (its broker's), by shard id; empty when Kafka is off.
     pub kafka_ports: Vec<u16>,
+    /// The metrics and health endpoint's address; `None` when it is off.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// Asks a running server to stop: stop accepting, finish in-flight requests, sync, exit.

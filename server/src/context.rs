@@ -5,6 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use cairn_engine::io::event::Event;
 use cairn_engine::{Shard, ShardId};
@@ -13,6 +14,7 @@ use crate::admission::Admission;
 use crate::config::{Listening, ServerConfig};
 use crate::group::Groups;
 use crate::mesh::Mesh;
+use crate::metrics::{Metrics, ShardMetrics};
 use crate::offsets::GroupOffsetsIndex;
 
 /// Everything a shard's tasks share.
@@ -37,4 +39,8 @@ pub(crate) struct ShardContext {
     /// The groups with committed offsets in this shard's partition of the offsets topic
     /// (the groups this shard coordinates that have any).
     pub(crate) group_offsets: RefCell<GroupOffsetsIndex>,
+    /// What this shard counts (written only here; read by the metrics endpoint).
+    pub(crate) metrics: Arc<ShardMetrics>,
+    /// Every shard's metrics and the server's health (this shard marks a storage failure).
+    pub(crate) server_metrics: Arc<Metrics>,
 }

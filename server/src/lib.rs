@@ -14,6 +14,9 @@
 //! Modules, in dependency order (each uses only those before it; none uses `lib.rs`):
 //!
 //! - `config`: `ServerConfig`, `Listening`, `ShutdownSignal`, errors, exit statuses.
+//! - `metrics`: each shard's counters (plain atomics), the server's health, and their
+//!   encoding for Prometheus (`prometheus-client`).
+//! - `metrics_endpoint`: the metrics and health HTTP listener on its own threads.
 //! - `admission`: a shard's request memory budget and connection limit.
 //! - `offsets`: the committed-offsets store's internal topic and its key and value
 //!   encodings (sans-I/O).
@@ -43,6 +46,8 @@ mod context;
 mod group;
 mod kafka;
 mod mesh;
+mod metrics;
+mod metrics_endpoint;
 mod native;
 mod offsets;
 mod operation;
@@ -61,6 +66,7 @@ pub use crate::config::{
     ShutdownSignal,
 };
 use crate::mesh::ShardMessage;
+use crate::metrics::Metrics;
 
 /// The port shard `shard` is asked to listen on: `port_base + shard` when it is set, else
 /// the shared port + 1 + `shard`, so that a restart keeps every port clients cached from
@@ -216,6 +222,7 @@ pub fn run(
     let mut fixed_addresses: Vec<SocketAddr> = std::iter::once(config.listen)
         .chain(shard_addresses)
         .chain(kafka_addresses)
+        .chain(config.metrics_listen)
         .filter(|address| address.port() != 0)
         .collect();
     // Our own listeners use SO_REUSEPORT, so two of them on one address would split its
@@ -227,6 +234,16 @@ pub fn run(
     for &address in &fixed_addresses {
         ensure_address_free(address)?;
     }
+    // Before recovery, so that /health/ready answers "not yet" while it runs and
+    // /health/live says the process is up.
+    let metrics = Metrics::new(config.shard_count, shutdown.clone());
+    let metrics_address = match config.metrics_listen {
+        Some(address) => Some(
+            metrics_endpoint::start(address, metrics.clone())
+                .map_err(|source| ServerError::Metrics { address, source })?,
+        ),
+        None => None,
+    };
     let mut engine = Engine::open(config.engine_config())?;
     // Before any shard opens, so that every shard learns it with the catalog: a data
     // directory from before committed offsets gets the topic on its next start.
@@ -261,6 +278,7 @@ pub fn run(
         address,
         shard_ports,
         kafka_ports,
+        metrics_address,
     };
 
     let mesh = MeshBuilder::<ShardMessage, _>::full(usize::from(config.shard_count), 1024);
@@ -279,6 +297,7 @@ pub fn run(
         let listening = listening.clone();
         let shutdown = shutdown.clone();
         let ready_sender = ready_sender.clone();
+        let metrics = metrics.clone();
         let executor = LocalExecutorBuilder::new(placement)
             .name(&format!("cairn-shard-{shard}"))
             // Explicit: DMA buffers for group writes come from here first; 8 MiB is what a
@@ -292,6 +311,7 @@ pub fn run(
                     config,
                     listening,
                     shutdown,
+                    metrics,
                     ready_sender,
                 )
                 .await
@@ -322,6 +342,7 @@ pub fn run(
     }
     // Every shard has bound its own listeners; the reservations have done their job.
     drop(reserved);
+    metrics.health.set_serving();
     on_listening(&listening);
 
     let mut first_error = None;

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
+use cairn_engine::core::condition::Conflict;
 use cairn_engine::{
     AppendError, AppendOutcome, Offset, OwnedRecord, ProducerStamp, ReadError, RecordHeader,
     RecordInput, ShardId, TopicError,
@@ -27,6 +28,7 @@ use cairn_engine::io::backup::{BackupPoint, BackupReadError};
 
 use crate::context::ShardContext;
 use crate::mesh::MeshError;
+use crate::metrics::ShardMetrics;
 use crate::offsets::{self, CommittedOffset, GroupOffsetsIndex};
 use crate::operation::{
     AppendResult, Failure, FailureKind, FetchResult, FetchedRecords, Forwarded, ForwardedFetch,
@@ -158,11 +160,13 @@ async fn append_local(
     records: &[RecordInput<'_>],
     producer: Option<ProducerStamp>,
 ) -> Result<AppendResult, Failure> {
-    match context
+    let started = std::time::Instant::now();
+    let outcome = context
         .shard
         .append_as(located.partition_id, expected_end, records, producer)
-        .await
-    {
+        .await;
+    count_append(&context.metrics, records, &outcome, started);
+    match outcome {
         Ok(AppendOutcome::Appended {
             base_offset,
             record_count,
@@ -198,6 +202,43 @@ async fn append_local(
             };
             Err(Failure::new(kind, append_error.to_string()))
         }
+    }
+}
+
+/// Counts one append the owning shard took, by outcome, in its metrics.
+fn count_append(
+    metrics: &ShardMetrics,
+    records: &[RecordInput<'_>],
+    outcome: &Result<AppendOutcome, AppendError>,
+    started: std::time::Instant,
+) {
+    metrics
+        .append_latency_us
+        .observe_duration_us(started.elapsed());
+    ShardMetrics::add(&metrics.append_requests, 1);
+    match outcome {
+        Ok(AppendOutcome::Appended { record_count, .. }) => {
+            ShardMetrics::add(&metrics.appends_acknowledged, 1);
+            ShardMetrics::add(&metrics.appended_records, u64::from(*record_count));
+            let bytes: usize = records
+                .iter()
+                .map(|record| record.key.len() + record.value.len())
+                .sum();
+            ShardMetrics::add(
+                &metrics.appended_bytes,
+                u64::try_from(bytes).unwrap_or(u64::MAX),
+            );
+        }
+        Ok(AppendOutcome::Duplicate { .. }) => {
+            ShardMetrics::add(&metrics.appends_acknowledged, 1);
+        }
+        Ok(AppendOutcome::ConditionFailed(Conflict::EndOffset { .. })) => {
+            ShardMetrics::add(&metrics.conflicts_end_offset, 1);
+        }
+        Ok(AppendOutcome::ConditionFailed(Conflict::Key { .. })) => {
+            ShardMetrics::add(&metrics.conflicts_key, 1);
+        }
+        Err(_) => ShardMetrics::add(&metrics.append_failures, 1),
     }
 }
 

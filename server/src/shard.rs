@@ -23,6 +23,7 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_engine::io::event::Event;
@@ -35,6 +36,7 @@ use crate::config::{EXIT_INTERNAL, EXIT_STORAGE_FAILURE, Listening, ServerConfig
 use crate::context::ShardContext;
 use crate::kafka;
 use crate::mesh::{Mesh, PeerStatus, ShardMessage};
+use crate::metrics::Metrics;
 use crate::native;
 use crate::service;
 
@@ -47,6 +49,10 @@ const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// One shard of the server, from recovery to shutdown. Returns `Err` with a description if
 /// it cannot start.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is a separate piece the shard's executor is started with, moved in once"
+)]
 pub(crate) async fn run_shard(
     shard_id: ShardId,
     engine: Engine,
@@ -54,6 +60,7 @@ pub(crate) async fn run_shard(
     config: ServerConfig,
     listening: Listening,
     shutdown: ShutdownSignal,
+    server_metrics: Arc<Metrics>,
     ready: std::sync::mpsc::Sender<Result<u16, String>>,
 ) -> Result<(), String> {
     let fail = |problem: String| {
@@ -64,6 +71,12 @@ pub(crate) async fn run_shard(
         .open_shard(shard_id)
         .await
         .map_err(|error| fail(error.to_string()))?;
+    let metrics = server_metrics
+        .shards
+        .get(usize::from(shard_id.0))
+        .cloned()
+        .ok_or_else(|| fail("no metrics for this shard".into()))?;
+    let _ = metrics.io.set(shard.io_stats());
     // Before the mesh: a forwarded commit must find the index complete.
     let group_offsets = service::load_group_offsets(&shard, config.shard_count)
         .await
@@ -84,9 +97,11 @@ pub(crate) async fn run_shard(
         mesh: Rc::new(Mesh::new(shard_id, senders)),
         open_connections: Cell::new(0),
         connection_closed: Event::new(),
-        admission: Admission::new(config.shard_request_bytes_max),
+        admission: Admission::new(config.shard_request_bytes_max, metrics.clone()),
         groups: crate::group::Groups::new(shard_id.0),
         group_offsets: RefCell::new(group_offsets),
+        metrics,
+        server_metrics,
     });
     let mesh = context.mesh.clone();
 
@@ -162,6 +177,7 @@ pub(crate) async fn run_shard(
         let context = context.clone();
         glommio::spawn_local(async move {
             let error = context.shard.wait_poisoned().await;
+            context.server_metrics.health.set_storage_failed();
             tracing::error!(shard = context.shard_id.0, %error, "storage failure, exiting");
             eprintln!(
                 "cairn: storage failure on shard {}: {error}",
@@ -176,6 +192,7 @@ pub(crate) async fn run_shard(
         })
         .detach();
     }
+    glommio::spawn_local(publish_gauges(context.clone())).detach();
     let _ = ready.send(Ok(shard_id.0));
     tracing::info!(shard = shard_id.0, "shard serving");
 
@@ -315,5 +332,25 @@ async fn accept_loop(context: Rc<ShardContext>, listener: TcpListener, protocol:
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+/// How often a shard copies gauges derived from its state into its metrics.
+const GAUGE_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Copies the consumer-group gauges into the shard's metrics once a second until the
+/// shard stops: a scrape reads atomics only and never reaches into a shard's state.
+async fn publish_gauges(context: Rc<ShardContext>) {
+    while !context.is_stopping.get() {
+        let (group_count, member_count) = context.groups.counts();
+        let store = |gauge: &std::sync::atomic::AtomicU64, value: usize| {
+            gauge.store(
+                u64::try_from(value).unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        };
+        store(&context.metrics.kafka_groups, group_count);
+        store(&context.metrics.kafka_group_members, member_count);
+        glommio::timer::sleep(GAUGE_PUBLISH_INTERVAL).await;
     }
 }

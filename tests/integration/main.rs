@@ -31,6 +31,7 @@ mod server_backup;
 mod server_e2e;
 mod server_idempotent;
 mod server_lifecycle;
+mod server_metrics;
 mod support;
 mod tidy;
 mod wire_contract;

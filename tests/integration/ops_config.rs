@@ -54,6 +54,7 @@ max-connections-per-shard = 77
 kafka-listen = "0.0.0.0:9300"
 no-kafka = true
 kafka-advertised-host = "cairn-1.example.internal"
+metrics-listen = "127.0.0.1:9555"
 no-pin = true
 log-level = "debug"
 log-format = "json"

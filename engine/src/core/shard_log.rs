@@ -78,6 +78,8 @@ struct Group {
     /// The partition of each batch, in the order they were staged (their details are in
     /// the partitions' `staged_batches`).
     partitions: Vec<PartitionId>,
+    /// Records in the group's batches.
+    record_count: u64,
 }
 
 /// Where the group in flight is written.
@@ -132,6 +134,8 @@ pub struct GroupWrite {
     pub bytes: Rc<Vec<u8>>,
     /// `bytes` rounded up to whole blocks.
     pub padded_len_bytes: u64,
+    /// Records in the group's batches.
+    pub record_count: u64,
 }
 
 /// What `poll_group_write` answers.
@@ -531,6 +535,7 @@ impl ShardLog {
             max_timestamp_ms,
         });
         self.open.partitions.push(partition);
+        self.open.record_count += record_count;
         self.pending_append_count += 1;
         Some(Ok(Staged {
             base_offset,
@@ -613,6 +618,7 @@ impl ShardLog {
             position: self.write_position,
             bytes: group.bytes.clone(),
             padded_len_bytes,
+            record_count: group.record_count,
         };
         self.in_flight = Some(InFlight {
             group,
@@ -864,6 +870,7 @@ impl Group {
                 GROUP_INITIAL_CAPACITY_BYTES.min(group_size_bytes_max),
             )),
             partitions: Vec::new(),
+            record_count: 0,
         }
     }
 

@@ -16,6 +16,7 @@ use crate::io::event::Event;
 use crate::io::fault::FaultPoint;
 use crate::io::segment::SegmentFile;
 use crate::io::state::{ShardEvents, ShardState};
+use crate::io::stats::ShardIoStats;
 
 /// The committer task of one shard. Returns when the shard is poisoned, or closing with
 /// nothing left to write.
@@ -77,6 +78,7 @@ fn install_next_segment(state: &Rc<RefCell<ShardState>>, write: &GroupWrite) {
         "rolled to next segment"
     );
     guard.segments.insert(write.segment_index, Rc::new(segment));
+    ShardIoStats::count(&guard.stats.segment_rolls);
 }
 
 /// Writes and syncs one group, then reports it synced and completes its waiters.
@@ -85,15 +87,23 @@ async fn write_and_sync(
     events: &ShardEvents,
     write: &GroupWrite,
 ) -> Result<(), StorageError> {
-    let (segment, fault_hook) = {
+    let (segment, fault_hook, stats) = {
         let guard = state.borrow();
         let segment = guard
             .segments
             .get(&write.segment_index)
             .cloned()
             .expect("the log writes to an open segment");
-        (segment, guard.config.fault_hook.clone())
+        (
+            segment,
+            guard.config.fault_hook.clone(),
+            guard.stats.clone(),
+        )
     };
+    stats.group_records.observe(write.record_count);
+    stats
+        .group_bytes
+        .observe(u64::try_from(write.bytes.len()).unwrap_or(u64::MAX));
     // See FORMAT.md, Groups and padding: the group starts at a block boundary and is padded
     // with zeros, so no block holding acknowledged bytes is ever written again.
     let padded_len_bytes =
@@ -106,12 +116,20 @@ async fn write_and_sync(
     if let Some(hook) = &fault_hook {
         hook.check(FaultPoint::Write, segment.path())?;
     }
+    let write_start = std::time::Instant::now();
     segment.write_group(buffer, write.position).await?;
+    stats
+        .write_latency_us
+        .observe_duration_us(write_start.elapsed());
     state.borrow_mut().log.handle_written(write.sequence);
     if let Some(hook) = &fault_hook {
         hook.check(FaultPoint::Sync, segment.path())?;
     }
+    let sync_start = std::time::Instant::now();
     segment.sync().await?;
+    stats
+        .sync_latency_us
+        .observe_duration_us(sync_start.elapsed());
 
     let (completion, synced_events) = {
         let mut guard = state.borrow_mut();
@@ -156,8 +174,14 @@ pub(crate) fn start_preparation(state: &Rc<RefCell<ShardState>>, events: &ShardE
     let state = state.clone();
     let events = events.clone();
     glommio::spawn_local(async move {
+        let preparation_start = std::time::Instant::now();
         let outcome =
             SegmentFile::prepare(&shard_dir, header, fault_hook.as_ref(), Some(pace)).await;
+        state
+            .borrow()
+            .stats
+            .segment_preparation_us
+            .observe_duration_us(preparation_start.elapsed());
         {
             let mut guard = state.borrow_mut();
             match outcome {
@@ -191,6 +215,7 @@ pub(crate) fn poison(state: &Rc<RefCell<ShardState>>, events: &ShardEvents, erro
             "storage failure: shard poisoned, acknowledging nothing more"
         );
         shard.log.handle_failure(error.clone());
+        ShardIoStats::count(&shard.stats.storage_failures);
         let completions: Vec<_> = shard
             .completions
             .drain()

@@ -3,7 +3,8 @@
 //! It moves bytes and waits; every decision is delegated to `crate::core`. `shard` owns a
 //! core's partitions and its core log, `group_commit` its committer, `recovery` the reading
 //! of the log at open (and the refusal to open on damage), `segment` the segment files,
-//! `data_dir` the directory's identity, lock and topic catalog.
+//! `data_dir` the directory's identity, lock and topic catalog, `stats` the counters a
+//! shard keeps about its I/O for the server's metrics.
 
 pub mod backup;
 pub mod config;
@@ -16,3 +17,4 @@ pub mod recovery;
 pub mod segment;
 pub mod shard;
 pub(crate) mod state;
+pub mod stats;

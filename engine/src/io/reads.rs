@@ -16,6 +16,7 @@ use crate::core::{Offset, PartitionId};
 use crate::error::{ReadError, StorageError};
 use crate::io::shard::Shard;
 use crate::io::state::ShardState;
+use crate::io::stats::ShardIoStats;
 
 /// Durable batches returned by `fetch`, already verified.
 pub struct Fetched {
@@ -367,6 +368,14 @@ impl Shard {
     }
 
     async fn read_batch(&self, source: ReadSource) -> Result<FetchedBatch, ReadError> {
+        {
+            let stats = &self.state.borrow().stats;
+            if matches!(source, ReadSource::Disk(_)) {
+                ShardIoStats::count(&stats.read_cache_misses);
+            } else {
+                ShardIoStats::count(&stats.read_cache_hits);
+            }
+        }
         let location: BatchLocation = match source {
             ReadSource::Cached {
                 bytes,

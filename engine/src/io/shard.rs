@@ -287,6 +287,7 @@ impl Shard {
             producer_ids,
             closing: false,
             config,
+            stats: std::sync::Arc::default(),
         };
         let state = Rc::new(RefCell::new(state));
         let events = ShardEvents::default();
@@ -298,6 +299,11 @@ impl Shard {
             committer: RefCell::new(Some(committer)),
             repair,
         })
+    }
+
+    /// This shard's I/O counters, for a metrics endpoint on another thread to read.
+    pub fn io_stats(&self) -> std::sync::Arc<crate::io::stats::ShardIoStats> {
+        self.state.borrow().stats.clone()
     }
 
     /// What opening with `EngineConfig::repair_damage` dropped, if there was damage.

@@ -148,6 +148,8 @@ pub(crate) struct ShardState {
     /// Hands out this shard's producer ids.
     pub(crate) producer_ids: ProducerIdAllocator,
     pub(crate) closing: bool,
+    /// What the metrics endpoint reads (written only here).
+    pub(crate) stats: std::sync::Arc<crate::io::stats::ShardIoStats>,
 }
 
 impl ShardState {

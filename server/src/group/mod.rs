@@ -112,6 +112,16 @@ impl Groups {
         Some(cell)
     }
 
+    /// Groups and their members, for the metrics.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let groups = self.groups.borrow();
+        let member_count = groups
+            .values()
+            .map(|cell| cell.group.borrow().member_count())
+            .sum();
+        (groups.len(), member_count)
+    }
+
     /// Every group's id, state and protocol type, for ListGroups.
     pub(crate) fn list(&self) -> Vec<(String, GroupState, String)> {
         self.groups

@@ -315,7 +315,6 @@ impl Group {
         self.protocol_name.as_deref()
     }
 
-    #[cfg(test)]
     pub(crate) fn member_count(&self) -> usize {
         self.members.len()
     }

@@ -29,6 +29,7 @@ use glommio::net::TcpStream;
 
 use super::{Handled, handle_request};
 use crate::context::ShardContext;
+use crate::metrics::FrontEnd;
 use cairn_wire::NON_APPEND_FRAME_SIZE_BYTES_MAX;
 
 /// A response write that makes no progress for this long closes the connection.
@@ -58,6 +59,7 @@ pub(crate) async fn serve(context: Rc<ShardContext>, mut stream: TcpStream) {
     context
         .open_connections
         .set(context.open_connections.get() + 1);
+    context.metrics.connection_opened(FrontEnd::Kafka);
     let peer = stream.peer_addr().ok();
     if let Err(error) = stream
         .set_nodelay(true)
@@ -101,6 +103,7 @@ pub(crate) async fn serve(context: Rc<ShardContext>, mut stream: TcpStream) {
     context
         .open_connections
         .set(context.open_connections.get() - 1);
+    context.metrics.connection_closed(FrontEnd::Kafka);
     context.connection_closed.notify();
 }
 

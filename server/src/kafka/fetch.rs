@@ -24,6 +24,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use super::codes;
 use super::record_batch;
 use crate::context::ShardContext;
+use crate::metrics::ShardMetrics;
 use crate::operation::{FetchedRecords, Located};
 use crate::routing;
 use crate::service::{self, FETCH_SIZE_BYTES_MAX};
@@ -88,6 +89,11 @@ pub(super) async fn serve(
             break read_all(context, &request, &targets, max_bytes).await;
         }
     };
+    let fetched_bytes: usize = reads.iter().flatten().map(|read| read.records.len()).sum();
+    ShardMetrics::add(
+        &context.metrics.kafka_fetch_bytes,
+        u64::try_from(fetched_bytes).unwrap_or(u64::MAX),
+    );
     let responses = request
         .topics
         .iter()

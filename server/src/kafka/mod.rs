@@ -175,6 +175,7 @@ pub(crate) async fn handle_request(
         ));
     }
     let api_key_raw = peek.get_i16();
+    context.metrics.count_kafka_request(api_key_raw);
     let version = peek.get_i16();
     let correlation_id = peek.get_i32();
     let Ok(api_key) = ApiKey::try_from(api_key_raw) else {

@@ -50,6 +50,7 @@ use super::handle_frame;
 use super::session::{Session, connection_refused_frame};
 use crate::admission::{RequestMemory, RequestMemoryPermit};
 use crate::context::ShardContext;
+use crate::metrics::FrontEnd;
 use cairn_wire::{ErrorCode, FrameError, FrameReader, NON_APPEND_FRAME_SIZE_BYTES_MAX};
 
 /// Bytes asked of the socket per read.
@@ -159,6 +160,7 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
     context
         .open_connections
         .set(context.open_connections.get() + 1);
+    context.metrics.connection_opened(FrontEnd::Native);
     let peer = stream.peer_addr().ok();
     if let Err(error) = configure(&stream) {
         tracing::warn!(?peer, %error, "could not configure connection");
@@ -311,6 +313,7 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
     context
         .open_connections
         .set(context.open_connections.get() - 1);
+    context.metrics.connection_closed(FrontEnd::Native);
     context.connection_closed.notify();
 }
 

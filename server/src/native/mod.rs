@@ -39,6 +39,7 @@ pub(crate) async fn handle_frame(context: &ShardContext, frame: &[u8], session: 
     let request = match decode_request(frame) {
         Ok(request) => request,
         Err(wire_error) => {
+            context.metrics.count_native_request(MALFORMED_KIND);
             tracing::debug!(%wire_error, "bad request");
             let correlation_id = wire_error.correlation_id();
             session
@@ -51,6 +52,9 @@ pub(crate) async fn handle_frame(context: &ShardContext, frame: &[u8], session: 
             return correlation_id.is_none();
         }
     };
+    context
+        .metrics
+        .count_native_request(request_kind(&request.body));
     let correlation_id = request.correlation_id;
     // Responses that carry records (up to ~2 MiB each) are built a few at a time per
     // connection; see `connection`, memory bounds.
@@ -107,3 +111,26 @@ pub(crate) async fn handle_frame(context: &ShardContext, frame: &[u8], session: 
     drop(large_response_permit);
     false
 }
+
+/// `request_kind`'s index of a frame that did not decode.
+const MALFORMED_KIND: usize = 12;
+
+/// The index of `body`'s kind in `metrics::NATIVE_REQUEST_KINDS`.
+fn request_kind(body: &RequestBody<'_>) -> usize {
+    match body {
+        RequestBody::Ping => 0,
+        RequestBody::Metadata => 1,
+        RequestBody::CreateTopic(_) => 2,
+        RequestBody::Append(_) => 3,
+        RequestBody::Fetch(_) => 4,
+        RequestBody::ReadKey(_) => 5,
+        RequestBody::KeyHistory(_) => 6,
+        RequestBody::InitProducer => 7,
+        RequestBody::CommitOffsets(_) => 8,
+        RequestBody::FetchOffsets(_) => 9,
+        RequestBody::BackupBegin => 10,
+        RequestBody::BackupRead(_) => 11,
+    }
+}
+
+const _: () = assert!(MALFORMED_KIND + 1 == crate::metrics::NATIVE_REQUEST_KINDS.len());

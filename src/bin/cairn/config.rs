@@ -117,6 +117,10 @@ serve_settings! {
     /// required when that is 0.0.0.0 or ::).
     #[arg(long)]
     kafka_advertised_host: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) and health (GET /health/live,
+    /// /health/ready) over HTTP on this address (port 0: any free port); off if not given.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Do not pin shards to CPUs.
     #[arg(long)]
     no_pin: bool,

@@ -492,6 +492,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.shard_connection_count_max = count;
     }
     config.pin_shards = !args.no_pin;
+    config.metrics_listen = args.metrics_listen;
     config.kafka = (!args.no_kafka).then_some(KafkaConfig {
         listen: args.kafka_listen,
         advertised_host: args.kafka_advertised_host,
@@ -514,9 +515,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         } else {
             format!(" kafka_ports={}", kafka_ports.join(","))
         };
+        let metrics = listening
+            .metrics_address
+            .map(|address| format!(" metrics={address}"))
+            .unwrap_or_default();
         // Tests and scripts wait for this line; it is printed once every shard accepts.
         println!(
-            "listening on {} shard_ports={}{kafka}",
+            "listening on {} shard_ports={}{kafka}{metrics}",
             listening.address,
             ports.join(",")
         );

@@ -19,6 +19,8 @@ pub struct TestServer {
     pub shard_ports: Vec<u16>,
     /// Each shard's Kafka broker port; empty when started with `--no-kafka`.
     pub kafka_ports: Vec<u16>,
+    /// The metrics and health endpoint; `None` unless started with `--metrics-listen`.
+    pub metrics_address: Option<SocketAddr>,
     _temp_dir: Option<tempfile::TempDir>,
 }
 
@@ -63,6 +65,10 @@ impl TestServer {
         let (address, ports) = rest
             .split_once(" shard_ports=")
             .expect("line names shard ports");
+        let (ports, metrics_address) = match ports.split_once(" metrics=") {
+            Some((ports, address)) => (ports, Some(address.parse().expect("metrics address"))),
+            None => (ports, None),
+        };
         let (ports, kafka_ports) = ports.split_once(" kafka_ports=").unwrap_or((ports, ""));
         let parse_ports = |ports: &str| -> Vec<u16> {
             ports
@@ -76,6 +82,7 @@ impl TestServer {
             address: address.parse().expect("address"),
             shard_ports: parse_ports(ports),
             kafka_ports: parse_ports(kafka_ports),
+            metrics_address,
             _temp_dir: None,
         }
     }

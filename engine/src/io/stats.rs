@@ -1,0 +1,154 @@
+//! What a shard's I/O shell counts about itself, for the server's metrics endpoint: group
+//! sizes, write and `fdatasync` latencies, segment rolls and preparation time, read cache
+//! hits, storage failures.
+//!
+//! Plain atomics, no metrics library: the engine stays free of any exposition format, and
+//! the server (which owns the endpoint) decides names, labels and encoding. Each shard
+//! owns one [`ShardIoStats`] and only that shard's executor writes it (relaxed atomic adds
+//! on a cache line no other core writes); a scraper thread only loads. A scrape may see
+//! a histogram's count and its buckets from slightly different moments; every value only
+//! grows, so consecutive scrapes never go back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Buckets of a [`Log2Histogram`]: upper bounds 2^0 .. 2^(N-2), then +Inf.
+pub const LOG2_BUCKET_COUNT: usize = 28;
+
+/// A histogram with power-of-two buckets over whole units (µs, records, bytes), written by
+/// one thread, read by any.
+#[derive(Debug)]
+pub struct Log2Histogram {
+    buckets: [AtomicU64; LOG2_BUCKET_COUNT],
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A copy of a [`Log2Histogram`] at one moment: per-bucket (not cumulative) counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log2Snapshot {
+    /// `(upper_bound, count)`: values in `(previous bound, upper_bound]`; the last bound is
+    /// `None` (+Inf).
+    pub buckets: Vec<(Option<u64>, u64)>,
+    /// Sum of the values observed.
+    pub sum: u64,
+    /// Values observed.
+    pub count: u64,
+}
+
+impl Log2Histogram {
+    /// An empty histogram.
+    pub fn new() -> Self {
+        Log2Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts `value` in the smallest bucket whose bound is at least `value`.
+    pub fn observe(&self, value: u64) {
+        // 0 and 1 -> bucket 0 (bound 1); 2 -> 1 (bound 2); 3 and 4 -> 2 (bound 4); ...
+        let bucket = (u64::BITS - value.saturating_sub(1).leading_zeros()) as usize;
+        let bucket = bucket.min(LOG2_BUCKET_COUNT - 1);
+        if let Some(slot) = self.buckets.get(bucket) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum.fetch_add(value, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a duration in whole microseconds.
+    pub fn observe_duration_us(&self, duration: Duration) {
+        self.observe(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> Log2Snapshot {
+        let buckets = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| {
+                let bound = (index < LOG2_BUCKET_COUNT - 1).then(|| 1u64 << index);
+                (bound, slot.load(Ordering::Relaxed))
+            })
+            .collect();
+        Log2Snapshot {
+            buckets,
+            sum: self.sum.load(Ordering::Relaxed),
+            count: self.count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Default for Log2Histogram {
+    fn default() -> Self {
+        Log2Histogram::new()
+    }
+}
+
+/// One shard's I/O counters. Shared (`Arc`) with the server's scraper, written only by the
+/// shard's own executor.
+#[derive(Debug, Default)]
+pub struct ShardIoStats {
+    /// Records in each group written (one write and one `fdatasync`).
+    pub group_records: Log2Histogram,
+    /// Bytes of batches in each group written, padding excluded.
+    pub group_bytes: Log2Histogram,
+    /// Time of each group's write, µs.
+    pub write_latency_us: Log2Histogram,
+    /// Time of each group's `fdatasync`, µs.
+    pub sync_latency_us: Log2Histogram,
+    /// Times the log moved on to a new segment.
+    pub segment_rolls: AtomicU64,
+    /// Time to create and preallocate each next segment, µs.
+    pub segment_preparation_us: Log2Histogram,
+    /// Batches read from memory (the read cache or a group not yet synced).
+    pub read_cache_hits: AtomicU64,
+    /// Batches read from the segment files.
+    pub read_cache_misses: AtomicU64,
+    /// Failed writes, syncs or segment preparations that poisoned the shard (0 or 1).
+    pub storage_failures: AtomicU64,
+}
+
+impl ShardIoStats {
+    /// Adds one to `counter`.
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads `counter`.
+    pub fn load(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_land_in_the_smallest_bucket_that_holds_them() {
+        let histogram = Log2Histogram::new();
+        for value in [0, 1, 2, 3, 4, 5, u64::MAX] {
+            histogram.observe(value);
+        }
+        let snapshot = histogram.snapshot();
+        let count_at = |bound: Option<u64>| {
+            snapshot
+                .buckets
+                .iter()
+                .find(|(upper, _)| *upper == bound)
+                .map(|(_, count)| *count)
+                .unwrap()
+        };
+        assert_eq!(count_at(Some(1)), 2);
+        assert_eq!(count_at(Some(2)), 1);
+        assert_eq!(count_at(Some(4)), 2);
+        assert_eq!(count_at(Some(8)), 1);
+        assert_eq!(count_at(None), 1);
+        assert_eq!(snapshot.count, 7);
+        assert_eq!(snapshot.buckets.len(), LOG2_BUCKET_COUNT);
+    }
+}

@@ -19,7 +19,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `cairn-loadgen` with `args` plus `--json`, checks it succeeded, and returns the
 /// JSON summary.
-fn run_loadgen(dir: &Path, args: &[&str]) -> serde_json::Value {
+pub(crate) fn run_loadgen(dir: &Path, args: &[&str]) -> serde_json::Value {
     let json_path = dir.join("summary.json");
     let stdout_path = dir.join("stdout");
     let stderr_path = dir.join("stderr");
@@ -55,7 +55,7 @@ fn run_loadgen(dir: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&text).expect("--json file is JSON")
 }
 
-fn count(summary: &serde_json::Value, field: &str) -> u64 {
+pub(crate) fn count(summary: &serde_json::Value, field: &str) -> u64 {
     summary[field]
         .as_u64()
         .unwrap_or_else(|| panic!("{field} is a whole number in {summary}"))

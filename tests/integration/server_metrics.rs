@@ -6,7 +6,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,8 +14,6 @@ use cairn_engine::{KeyCondition, RecordInput};
 
 use crate::support::server::TestServer;
 use crate::support::workload::connect;
-
-const LOADGEN_BIN: &str = env!("CARGO_BIN_EXE_cairn-loadgen");
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,31 +62,6 @@ fn scrape(address: SocketAddr) -> String {
     let (status, body) = get(address, "/metrics").expect("the metrics endpoint answers");
     assert_eq!(status, 200, "{body}");
     body
-}
-
-fn run_loadgen(dir: &Path, args: &[&str]) -> serde_json::Value {
-    let json_path = dir.join("summary.json");
-    let output = Command::new(LOADGEN_BIN)
-        .args(args)
-        .arg("--json")
-        .arg(&json_path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cairn-loadgen runs");
-    assert!(
-        output.status.success(),
-        "cairn-loadgen {args:?}: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = std::fs::read_to_string(&json_path).expect("--json file written");
-    serde_json::from_str(&text).expect("--json file is JSON")
-}
-
-fn count(summary: &serde_json::Value, field: &str) -> u64 {
-    summary[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} is a whole number in {summary}"))
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use cairn_engine::{KeyCondition, RecordInput};
 
+use crate::loadgen::{count, run_loadgen};
 use crate::support::server::TestServer;
 use crate::support::workload::connect;
 

@@ -1536,7 +1536,10 @@ mod tests {
     #[test]
     fn unknown_enum_values_in_responses_are_typed_errors() {
         assert_eq!(
-            violation(&error_frame(fb::ErrorCode(fb::ErrorCode::ENUM_MAX + 1), None)),
+            violation(&error_frame(
+                fb::ErrorCode(fb::ErrorCode::ENUM_MAX + 1),
+                None
+            )),
             Violation::UnknownEnumValue {
                 enum_name: "ErrorCode",
                 value: fb::ErrorCode::ENUM_MAX + 1

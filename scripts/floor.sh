@@ -54,7 +54,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== floor: disk in $WORK ($(stat -f -c %T "$WORK")), loopback" >&2
+echo "== floor: disk in $WORK ($(df --output=fstype "$WORK" | tail -1)), loopback" >&2
 "$TARGET/examples/floor" disk "$WORK" "$DISK_COUNT" | tee "$OUT/disk.json" >&2
 "$TARGET/examples/floor" loopback 0 0 "$LOOPBACK_COUNT" | tee "$OUT/loopback-same.json" >&2
 "$TARGET/examples/floor" loopback 1 0 "$LOOPBACK_COUNT" | tee "$OUT/loopback-across.json" >&2
@@ -95,7 +95,7 @@ disk50=$(field disk .p50_us)
 disk99=$(field disk .p99_us)
 {
     echo "commit $(git rev-parse --short HEAD), $(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)"
-    echo "disk: $WORK on $(df --output=source "$WORK" | tail -1) ($(stat -f -c %T "$WORK")); Cairn runs: $DURATION after $WARMUP warm-up"
+    echo "disk: $WORK on $(df --output=source "$WORK" | tail -1) ($(df --output=fstype "$WORK" | tail -1)); Cairn runs: $DURATION after $WARMUP warm-up"
     echo
     echo "| floor | count | p50 µs | p99 µs |"
     echo "|---|---:|---:|---:|"

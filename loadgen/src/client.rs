@@ -5,8 +5,8 @@
 //! pipelines their requests over one connection per server shard; with `per-client` each
 //! task connects its own `Client`, bootstrapped at the port of the shard that owns its key
 //! so that a task on one key holds exactly one connection, as a separate command-handler
-//! process would. All connections are open before the schedule starts. A client task runs cycles
-//! (`workload::run_cycle`) back to back (closed loop), or each at its intended start time
+//! process would. All connections are open before the schedule starts. A client task runs
+//! cycles (`workload::run_cycle`) back to back (closed loop), or each at its intended start time
 //! (open loop, `--rate`): then its latency counts from the intended start, so that time
 //! spent waiting behind a slow server is measured instead of omitted (coordinated
 //! omission). Every executor follows the same [`Schedule`], sent by the main thread once all

@@ -1,9 +1,12 @@
 //! The glommio side: load generator executors, their client tasks, pacing and timing.
 //!
-//! Each executor (one thread, `--loadgen-cores` of them) connects one shard-aware
-//! [`Client`] and runs its share of the clients as tasks on it; the `Client` pipelines the
-//! tasks' requests over one connection per server shard. A client task runs cycles
-//! (`workload::run_cycle`) back to back (closed loop), or each at its intended start time
+//! Each executor (one thread, `--loadgen-cores` of them) runs its share of the clients as
+//! tasks. With `--connections shared` they share one shard-aware [`Client`], which
+//! pipelines their requests over one connection per server shard; with `per-client` each
+//! task connects its own `Client`, bootstrapped at the port of the shard that owns its key
+//! so that a task on one key holds exactly one connection, as a separate command-handler
+//! process would. All connections are open before the schedule starts. A client task runs
+//! cycles (`workload::run_cycle`) back to back (closed loop), or each at its intended start time
 //! (open loop, `--rate`): then its latency counts from the intended start, so that time
 //! spent waiting behind a slow server is measured instead of omitted (coordinated
 //! omission). Every executor follows the same [`Schedule`], sent by the main thread once all
@@ -24,7 +27,7 @@ use cairn_engine::core::{Offset, RecordInput};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::ack_log::AckLog;
-use crate::config::{Args, ReadMode, Workload};
+use crate::config::{Args, ConnectionMode, ReadMode, Workload};
 use crate::rng::Rng;
 use crate::stats::{IntervalSample, Recorder, Totals};
 use crate::workload::{self, CycleOutcome, CyclePolicy, Latest, LogOps, Values};
@@ -69,6 +72,8 @@ pub struct ExecutorPlan {
     pub args: Args,
     /// The server.
     pub address: SocketAddr,
+    /// The port of the shard owning each partition of the topic, by partition number.
+    pub partition_ports: Vec<u16>,
     /// Told once the executor has connected (or failed to).
     pub ready: mpsc::Sender<Result<(), String>>,
     /// Brings the schedule once every executor is ready.
@@ -91,7 +96,6 @@ pub fn spawn(plan: ExecutorPlan) -> anyhow::Result<ExecutorJoinHandle<anyhow::Re
 
 /// What the tasks of one executor share.
 struct ExecutorContext {
-    client: Client,
     args: Args,
     policy: CyclePolicy,
     schedule: Schedule,
@@ -128,6 +132,7 @@ async fn drive(
         client_indexes,
         args,
         address,
+        partition_ports,
         ready,
         schedule,
         samples,
@@ -135,13 +140,11 @@ async fn drive(
         ..
     } = plan;
     let setup = async {
-        let client = Client::connect(ClientConfig::new(address))
-            .await
-            .with_context(|| format!("connecting to {address}"))?;
+        let clients = connect_clients(&args, address, &partition_ports, &client_indexes).await?;
         let ack_log = args.ack_log.as_deref().map(AckLog::open).transpose()?;
-        anyhow::Ok((client, ack_log))
+        anyhow::Ok((clients, ack_log))
     };
-    let (client, ack_log) = match setup.await {
+    let (clients, ack_log) = match setup.await {
         Ok(setup) => {
             let _ = ready.send(Ok(()));
             setup
@@ -165,7 +168,6 @@ async fn drive(
         retry_count_max: args.max_retries,
     };
     let context = Rc::new(ExecutorContext {
-        client,
         args,
         policy,
         schedule,
@@ -183,7 +185,10 @@ async fn drive(
     ));
     let tasks: Vec<_> = client_indexes
         .into_iter()
-        .map(|client_index| glommio::spawn_local(client_loop(context.clone(), client_index)))
+        .zip(clients)
+        .map(|(client_index, client)| {
+            glommio::spawn_local(client_loop(context.clone(), client, client_index))
+        })
         .collect();
     for task in tasks {
         task.await;
@@ -193,6 +198,63 @@ async fn drive(
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// One [`Client`] per entry of `client_indexes`, connected: clones of a single one with
+/// `--connections shared`, each its own with `per-client`.
+async fn connect_clients(
+    args: &Args,
+    address: SocketAddr,
+    partition_ports: &[u16],
+    client_indexes: &[u32],
+) -> anyhow::Result<Vec<Client>> {
+    match args.connections {
+        ConnectionMode::Shared => {
+            let client = Client::connect(ClientConfig::new(address))
+                .await
+                .with_context(|| format!("connecting to {address}"))?;
+            Ok(vec![client; client_indexes.len()])
+        }
+        ConnectionMode::PerClient => {
+            let mut clients = Vec::with_capacity(client_indexes.len());
+            for &client_index in client_indexes {
+                let bootstrap = per_client_bootstrap(args, address, partition_ports, client_index);
+                let client = Client::connect(ClientConfig::new(bootstrap))
+                    .await
+                    .with_context(|| format!("connecting client {client_index} to {bootstrap}"))?;
+                clients.push(client);
+            }
+            Ok(clients)
+        }
+    }
+}
+
+/// Where a per-client connection starts: the port of the shard owning the client's own key
+/// (`uncontended`, `blind`), so that the bootstrap connection is the one its requests use
+/// and it holds no idle second one. `hot` clients draw keys from every shard; theirs start
+/// on the shard of partition `client_index % partitions`, spreading them evenly.
+fn per_client_bootstrap(
+    args: &Args,
+    address: SocketAddr,
+    partition_ports: &[u16],
+    client_index: u32,
+) -> SocketAddr {
+    let partition_count = u32::try_from(partition_ports.len()).unwrap_or(u32::MAX);
+    if partition_count == 0 {
+        return address;
+    }
+    let partition = match args.workload {
+        Workload::Uncontended | Workload::Blind => {
+            let own_key = workload::key_name(u64::from(client_index), u64::from(args.clients));
+            cairn_wire::partition_for_key(&own_key, partition_count)
+        }
+        Workload::Hot => client_index % partition_count,
+    };
+    let port = usize::try_from(partition)
+        .ok()
+        .and_then(|partition| partition_ports.get(partition))
+        .copied();
+    port.map_or(address, |port| SocketAddr::new(address.ip(), port))
 }
 
 /// Sends the figures of each second of the run as it ends, until cancelled.
@@ -233,7 +295,7 @@ fn cycle_quota(cycle_count: u64, client_count: u32, client_index: u32) -> u64 {
 }
 
 /// One client: cycles until the window ends, its quota is done, or the run is stopped.
-async fn client_loop(context: Rc<ExecutorContext>, client_index: u32) {
+async fn client_loop(context: Rc<ExecutorContext>, client: Client, client_index: u32) {
     let args = &context.args;
     let schedule = context.schedule;
     let mut rng = Rng::for_stream(args.seed, u64::from(client_index));
@@ -241,7 +303,7 @@ async fn client_loop(context: Rc<ExecutorContext>, client_index: u32) {
     let own_key = workload::key_name(u64::from(client_index), u64::from(args.clients));
     let mut values = Values::new(&mut rng, args.batch, args.value_bytes);
     let ops = ClientOps {
-        client: context.client.clone(),
+        client,
         topic: &args.topic,
         recorder: &context.recorder,
         measured: Cell::new(false),

@@ -72,6 +72,28 @@ pub enum ReadMode {
     Appended,
 }
 
+/// How the clients of an executor reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConnectionMode {
+    /// All clients of an executor share one pipelining client: one connection per server
+    /// shard, their requests multiplexed on it.
+    Shared,
+    /// Every client has its own connection to each shard it talks to, as separate
+    /// command-handler processes would: what the peers' clients do.
+    PerClient,
+}
+
+impl ConnectionMode {
+    /// The flag's spelling, for reports.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectionMode::Shared => "shared",
+            ConnectionMode::PerClient => "per-client",
+        }
+    }
+}
+
 /// What a cycle does after a conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RetryMode {
@@ -159,6 +181,11 @@ pub struct Args {
     /// Executors (one thread each) the clients run on; each has its own connections.
     #[arg(long, default_value_t = 1)]
     pub loadgen_cores: u16,
+    /// shared: the clients of an executor multiplex one connection per server shard;
+    /// per-client: every client opens its own (the server must admit that many, see
+    /// `shard_connection_count_max`).
+    #[arg(long, value_enum, default_value = "shared")]
+    pub connections: ConnectionMode,
     /// Do not pin the embedded server's shards and the load generator's executors to CPUs.
     #[arg(long)]
     pub no_pin: bool,
@@ -368,6 +395,7 @@ mod tests {
         assert!((args.zipf - 0.99).abs() < f64::EPSILON);
         assert_eq!(args.retry, RetryMode::FromConflict);
         assert_eq!(args.server_cores, 1);
+        assert_eq!(args.connections, ConnectionMode::Shared);
         assert!(args.addr.is_none());
         args.validate().unwrap();
     }

@@ -3,8 +3,9 @@
 //! A run, `run(args)`:
 //! 1. validates the flags (`config`), starts an embedded server when no `--addr` is given
 //!    (`embedded`), and creates the topic if it is missing;
-//! 2. starts `--loadgen-cores` executors (`client`), each with one pipelining client and its
-//!    share of `--clients` client tasks; once all have connected, they follow one schedule:
+//! 2. starts `--loadgen-cores` executors (`client`), each with its share of `--clients`
+//!    client tasks and either one pipelining client they all share (`--connections shared`)
+//!    or one per task (`per-client`); once all have connected, they follow one schedule:
 //!    warm-up, then the measured window (`--duration`) or quota (`--cycles`);
 //! 3. each client task runs cycles (`workload`): `uncontended`, `hot` (read, conditional
 //!    append, retry or abandon on conflicts, keys drawn by `zipf`) or `blind`, with its own
@@ -33,7 +34,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use cairn_client::{BlockingClient, ClientConfig};
+use cairn_client::{BlockingClient, ClientConfig, TopicInfo};
 use cairn_wire::ErrorCode;
 use glommio::Placement;
 
@@ -74,15 +75,20 @@ pub fn run(args: Args) -> anyhow::Result<Summary> {
             (Some(server), address)
         }
     };
-    let partition_count = prepare_topic(address, &args)?;
+    let topic = prepare_topic(address, &args)?;
     println!(
         "{}",
-        describe(&args, server.as_ref(), address, partition_count)
+        describe(&args, server.as_ref(), address, topic.partition_count())
     );
     if let Some(path) = &args.ack_log {
         ack_log::create(path)?;
     }
-    let measured = drive(&args, address, &stop)?;
+    let partition_ports = topic
+        .partitions
+        .iter()
+        .map(|partition| partition.port)
+        .collect();
+    let measured = drive(&args, address, partition_ports, &stop)?;
     let summary = Summary::new(&args, &measured.totals, measured.duration_s);
     print!("{}", summary.to_text());
     if measured.totals.unstarted_cycles > 0 {
@@ -157,7 +163,7 @@ fn describe(
          workload {}: clients {}, {keys}\n\
          appends: batch {} x value-bytes {}, topic {} with partitions {partition_count}\n\
          load: {load}, warm-up {} then {amount}, seed {}\n\
-         server: {server}; loadgen-cores {}",
+         server: {server}; loadgen-cores {}, connections {}",
         env!("CARGO_PKG_VERSION"),
         args.workload.name(),
         args.clients,
@@ -167,23 +173,23 @@ fn describe(
         config::format_duration(args.warmup),
         args.seed,
         args.loadgen_cores,
+        args.connections.name(),
     )
 }
 
-/// Creates the topic if it is missing; returns its partition count.
-fn prepare_topic(address: SocketAddr, args: &Args) -> anyhow::Result<u32> {
+/// Creates the topic if it is missing; returns it (its partitions and their shards' ports).
+fn prepare_topic(address: SocketAddr, args: &Args) -> anyhow::Result<TopicInfo> {
     let mut client = BlockingClient::connect(ClientConfig::new(address))
         .with_context(|| format!("connecting to {address}"))?;
     match client.create_topic(&args.topic, args.partitions) {
-        Ok(topic) => Ok(topic.partition_count()),
+        Ok(topic) => Ok(topic),
         Err(error) if error.server_code() == Some(ErrorCode::TopicExists) => {
             let metadata = client.metadata().context("reading metadata")?;
-            let topic = metadata
+            metadata
                 .topics
-                .iter()
+                .into_iter()
                 .find(|topic| topic.name == args.topic)
-                .ok_or_else(|| anyhow!("topic {} exists but is not in metadata", args.topic))?;
-            Ok(topic.partition_count())
+                .ok_or_else(|| anyhow!("topic {} exists but is not in metadata", args.topic))
         }
         Err(error) => Err(error).with_context(|| format!("creating topic {}", args.topic)),
     }
@@ -197,7 +203,12 @@ struct Measured {
 }
 
 /// Starts the executors, gives them one schedule, shows progress, and merges their totals.
-fn drive(args: &Args, address: SocketAddr, stop: &Arc<AtomicBool>) -> anyhow::Result<Measured> {
+fn drive(
+    args: &Args,
+    address: SocketAddr,
+    partition_ports: Vec<u16>,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<Measured> {
     let executor_count = args.loadgen_cores;
     let cpu_count = std::thread::available_parallelism().map_or(1, |count| count.get());
     let (ready_sender, ready_receiver) = mpsc::channel();
@@ -221,6 +232,7 @@ fn drive(args: &Args, address: SocketAddr, stop: &Arc<AtomicBool>) -> anyhow::Re
             client_indexes,
             args: args.clone(),
             address,
+            partition_ports: partition_ports.clone(),
             ready: ready_sender.clone(),
             schedule: schedule_receiver,
             samples: sample_sender.clone(),

@@ -1,7 +1,8 @@
 //! What a run reports: the summary (human text, `--json`), and with `--report DIR`
 //! HdrHistogram percentile files and an SVG chart.
 //!
-//! The JSON has exactly the fields [`Summary::to_json`] lists, all numbers but `workload`,
+//! The JSON has exactly the fields [`Summary::to_json`] lists, all numbers but `workload`
+//! and `connections`,
 //! latencies in whole microseconds; scripts (`scripts/bench-loadgen.sh`) and
 //! BENCHMARKS.md read it, so a field is never renamed, only added with care.
 
@@ -58,6 +59,8 @@ impl Percentiles {
 pub struct Summary {
     /// `uncontended`, `hot` or `blind`.
     pub workload: &'static str,
+    /// `shared` or `per-client` (`--connections`).
+    pub connections: &'static str,
     /// Concurrent clients.
     pub clients: u32,
     /// Distinct keys touched: `--keys` for `hot`, one per client otherwise.
@@ -85,6 +88,7 @@ impl Summary {
     pub fn new(args: &Args, totals: &Totals, duration_s: f64) -> Summary {
         Summary {
             workload: args.workload.name(),
+            connections: args.connections.name(),
             clients: args.clients,
             keys: args.key_count(),
             zipf: match args.workload {
@@ -138,6 +142,7 @@ impl Summary {
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "workload": self.workload,
+            "connections": self.connections,
             "clients": self.clients,
             "keys": self.keys,
             "zipf": self.zipf,
@@ -556,6 +561,7 @@ mod tests {
         fields.sort_unstable();
         let mut expected = vec![
             "workload",
+            "connections",
             "clients",
             "keys",
             "zipf",
@@ -578,6 +584,7 @@ mod tests {
         for (name, value) in object {
             match name.as_str() {
                 "workload" => assert_eq!(value, "hot"),
+                "connections" => assert_eq!(value, "shared"),
                 "cycle_latency_us" | "append_latency_us" => {
                     let percentiles = value.as_object().unwrap();
                     let mut names: Vec<&str> = percentiles.keys().map(String::as_str).collect();

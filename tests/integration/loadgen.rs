@@ -1,6 +1,7 @@
-//! The real `cairn-loadgen` binary: each workload against its embedded server, and the
+//! The real `cairn-loadgen` binary: each workload against its embedded server; the
 //! single hot key against a `TestServer`, whose log must then hold exactly the
-//! acknowledged appends as one unbroken chain, with every record in the ack log.
+//! acknowledged appends as one unbroken chain, with every record in the ack log; and both
+//! connection modes, counted from the kernel's table of the server's TCP connections.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +21,11 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Runs `cairn-loadgen` with `args` plus `--json`, checks it succeeded, and returns the
 /// JSON summary.
 pub(crate) fn run_loadgen(dir: &Path, args: &[&str]) -> serde_json::Value {
+    run_loadgen_watching(dir, args, || {})
+}
+
+/// [`run_loadgen`], calling `watch` every poll while the load generator runs.
+fn run_loadgen_watching(dir: &Path, args: &[&str], mut watch: impl FnMut()) -> serde_json::Value {
     let json_path = dir.join("summary.json");
     let stdout_path = dir.join("stdout");
     let stderr_path = dir.join("stderr");
@@ -37,6 +43,7 @@ pub(crate) fn run_loadgen(dir: &Path, args: &[&str]) -> serde_json::Value {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
+        watch();
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
@@ -232,4 +239,157 @@ fn single_hot_key_conflicts_and_keeps_one_unbroken_chain() {
         line_count += 1;
     }
     assert_eq!(line_count, records.len());
+}
+
+/// Established TCP connections whose local end is 127.0.0.1 on one of `ports`: the server's
+/// side of its clients' connections, as the kernel lists them in /proc/net/tcp.
+fn server_connection_count(ports: &[u16]) -> usize {
+    const ESTABLISHED: &str = "01";
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp is readable");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
+                return false;
+            };
+            let port = local
+                .rsplit_once(':')
+                .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
+            *state == ESTABLISHED && port.is_some_and(|port| ports.contains(&port))
+        })
+        .count()
+}
+
+fn wait_for_no_server_connections(ports: &[u16]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server_connection_count(ports) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server still holds connections 10 s after the load generator exited"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs uncontended appends from `client_count` clients against `server` in `mode`, and
+/// returns the summary and the most connections the server's shards held at once.
+fn run_in_connection_mode(
+    server: &TestServer,
+    client_count: u32,
+    topic: &str,
+    mode: &str,
+) -> (serde_json::Value, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let address = server.address.to_string();
+    let clients = client_count.to_string();
+    let mut connection_count_max = 0;
+    let summary = run_loadgen_watching(
+        dir.path(),
+        &[
+            "--addr",
+            &address,
+            "--topic",
+            topic,
+            "--workload",
+            "uncontended",
+            "--clients",
+            &clients,
+            "--partitions",
+            "4",
+            "--connections",
+            mode,
+            "--duration",
+            "2s",
+            "--warmup",
+            "0s",
+            "--quiet",
+        ],
+        || {
+            connection_count_max =
+                connection_count_max.max(server_connection_count(&server.shard_ports));
+        },
+    );
+    assert_eq!(summary["connections"], mode, "{summary}");
+    (summary, connection_count_max)
+}
+
+/// Every client's own key holds exactly its acknowledged appends as one chain.
+fn assert_each_key_is_one_chain(server: &TestServer, topic: &str, summary: &serde_json::Value) {
+    let mut client = BlockingClient::connect(ClientConfig::new(server.address)).unwrap();
+    let mut records_by_key: HashMap<Vec<u8>, Vec<FetchedRecord>> = HashMap::new();
+    for partition in 0..4 {
+        for record in fetch_all(&mut client, topic, partition) {
+            records_by_key
+                .entry(record.key.clone())
+                .or_default()
+                .push(record);
+        }
+    }
+    assert_eq!(
+        records_by_key.len() as u64,
+        count(summary, "clients"),
+        "one key per client: {summary}"
+    );
+    let record_count: usize = records_by_key.values().map(Vec::len).sum();
+    // No warm-up: every acknowledged append is counted.
+    assert_eq!(
+        record_count as u64,
+        count(summary, "successes"),
+        "{summary}"
+    );
+    for (key, records) in &records_by_key {
+        let mut previous = None;
+        for record in records {
+            assert_eq!(
+                record.prev_key_offset,
+                previous,
+                "key {} breaks its chain at {}",
+                String::from_utf8_lossy(key),
+                record.offset
+            );
+            previous = Some(record.offset);
+        }
+    }
+}
+
+#[test]
+fn per_client_connections_open_one_connection_per_client() {
+    let server = TestServer::start();
+    assert_eq!(
+        server.shard_ports.len(),
+        2,
+        "the test server has two shards"
+    );
+    let client_count = 6;
+    let (shared, shared_connections) =
+        run_in_connection_mode(&server, client_count, "shared", "shared");
+    // The server may not yet have seen the shared run's connections close; left open they
+    // would be counted as the per-client run's.
+    wait_for_no_server_connections(&server.shard_ports);
+    let (per_client, per_client_connections) =
+        run_in_connection_mode(&server, client_count, "per-client", "per-client");
+    eprintln!(
+        "shard connections at most: shared {shared_connections}, per-client \
+         {per_client_connections}"
+    );
+    for summary in [&shared, &per_client] {
+        assert!(count(summary, "successes") > 0, "{summary}");
+        assert_eq!(count(summary, "errors"), 0, "{summary}");
+        assert_eq!(count(summary, "conflicts"), 0, "{summary}");
+    }
+    // Shared: one executor's client holds at most one connection per shard.
+    assert!(
+        (1..=2).contains(&shared_connections),
+        "shared mode held {shared_connections} shard connections"
+    );
+    // Per client: each client has exactly one, to the shard that owns its key.
+    assert_eq!(
+        per_client_connections, client_count as usize,
+        "per-client mode held {per_client_connections} shard connections for {client_count} \
+         clients"
+    );
+    assert_each_key_is_one_chain(&server, "shared", &shared);
+    assert_each_key_is_one_chain(&server, "per-client", &per_client);
 }

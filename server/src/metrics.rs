@@ -82,6 +82,15 @@ pub(crate) struct ShardMetrics {
     pub(crate) conflicts_key: AtomicU64,
     /// From the owning shard taking the append to its outcome (synced, or refused), µs.
     pub(crate) append_latency_us: Log2Histogram,
+    /// Native appends: from the socket read that completed the frame to its handler
+    /// starting (task spawn and the executor's queue), µs.
+    pub(crate) native_append_queued_us: Log2Histogram,
+    /// Native appends: from the handler starting to the service's answer (decode, route,
+    /// the owning shard's append), µs.
+    pub(crate) native_append_service_us: Log2Histogram,
+    /// Native responses: from the first response of a socket write being encoded to the
+    /// write completing, µs.
+    pub(crate) native_response_write_us: Log2Histogram,
     /// Connections accepted, by front end.
     pub(crate) connections_accepted: [AtomicU64; 2],
     /// Connections open now, by front end.
@@ -119,6 +128,9 @@ impl ShardMetrics {
             conflicts_end_offset: AtomicU64::new(0),
             conflicts_key: AtomicU64::new(0),
             append_latency_us: Log2Histogram::new(),
+            native_append_queued_us: Log2Histogram::new(),
+            native_append_service_us: Log2Histogram::new(),
+            native_response_write_us: Log2Histogram::new(),
             connections_accepted: std::array::from_fn(|_| AtomicU64::new(0)),
             connections_open: std::array::from_fn(|_| AtomicU64::new(0)),
             connections_refused: AtomicU64::new(0),
@@ -394,6 +406,32 @@ impl Collector for Scrape {
             MICROS,
             shards().map(|(shard, m)| (shard_labels(shard), m.append_latency_us.snapshot())),
         )?;
+        let append_stages = shards().flat_map(|(shard, m)| {
+            [
+                ("queued", &m.native_append_queued_us),
+                ("service", &m.native_append_service_us),
+            ]
+            .map(|(stage, histogram)| {
+                let mut labels = shard_labels(shard);
+                labels.push(("stage", stage.to_owned()));
+                (labels, histogram.snapshot())
+            })
+        });
+        histograms(
+            e,
+            "cairn_native_append_stage_seconds",
+            "Native appends by stage: queued (frame read to handler start), service (handler \
+             start to the service's answer, the owning shard's append included)",
+            MICROS,
+            append_stages.collect::<Vec<_>>(),
+        )?;
+        histograms(
+            e,
+            "cairn_native_response_write_seconds",
+            "From the first response of a socket write being encoded to the write completing",
+            MICROS,
+            shards().map(|(shard, m)| (shard_labels(shard), m.native_response_write_us.snapshot())),
+        )?;
 
         let by_front_end = |read: fn(&ShardMetrics) -> &[AtomicU64; 2]| {
             shards()
@@ -508,7 +546,7 @@ impl Collector for Scrape {
         histograms(
             e,
             "cairn_group_records",
-            "Records in each group written with one write and one fdatasync",
+            "Records in each group written with one durable write",
             1.0,
             io_histograms(|s| &s.group_records),
         )?;
@@ -521,17 +559,24 @@ impl Collector for Scrape {
         )?;
         histograms(
             e,
+            "cairn_group_wait_seconds",
+            "From a group's first batch being staged to the group's write being submitted",
+            MICROS,
+            io_histograms(|s| &s.group_wait_us),
+        )?;
+        histograms(
+            e,
             "cairn_group_write_latency_seconds",
-            "Time of each group's write (device acknowledged, not yet durable)",
+            "Time of each group's write, submitted to durable (O_DSYNC)",
             MICROS,
             io_histograms(|s| &s.write_latency_us),
         )?;
         histograms(
             e,
-            "cairn_group_sync_latency_seconds",
-            "Time of each group's fdatasync",
+            "cairn_append_wake_seconds",
+            "From a group becoming durable to each of its appenders resuming",
             MICROS,
-            io_histograms(|s| &s.sync_latency_us),
+            io_histograms(|s| &s.completion_wake_us),
         )?;
         counters(
             e,

@@ -676,3 +676,79 @@ fn forwarded_reads_agree_with_direct_ones() {
         assert_eq!(answers[0], answers[1], "partition {partition}");
     }
 }
+
+/// The file flags of every descriptor `pid` holds on a segment file, by path.
+fn segment_descriptor_flags(pid: u32) -> Vec<(std::path::PathBuf, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if target
+            .extension()
+            .is_none_or(|extension| extension != "seg")
+        {
+            continue;
+        }
+        let fd = entry.file_name();
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy()))
+            .unwrap();
+        let flags = info
+            .lines()
+            .find_map(|line| line.strip_prefix("flags:"))
+            .map(|octal| u32::from_str_radix(octal.trim(), 8).unwrap())
+            .unwrap();
+        found.push((target, flags));
+    }
+    found
+}
+
+#[test]
+fn groups_are_written_through_an_o_direct_o_dsync_descriptor_of_the_current_segment() {
+    // A group is acknowledged when its write returns, with no fdatasync after it: that is
+    // durable only if the descriptor it went through has O_DSYNC (docs/DESIGN.md, Group
+    // commit). Without it every acknowledgement would be a lie on power loss.
+    const O_DSYNC: u32 = 0o10000;
+    const O_DIRECT: u32 = 0o40000;
+    let server = TestServer::start();
+    let mut client = client(server.address);
+    client.create_topic("dsync", 1).unwrap();
+    let appended = client
+        .append(
+            "dsync",
+            Some(0),
+            None,
+            &[record(b"k", b"v", KeyCondition::Any)],
+        )
+        .unwrap();
+    assert!(
+        matches!(appended, AppendResult::Appended { .. }),
+        "{appended:?}"
+    );
+    let descriptors = segment_descriptor_flags(server.pid());
+    let durable: Vec<_> = descriptors
+        .iter()
+        .filter(|(_, flags)| flags & O_DSYNC != 0 && flags & O_DIRECT != 0)
+        .collect();
+    // Nothing rolled: each core's first segment is the one its groups go to (its next
+    // one may still be in preparation, opened only for zero-filling).
+    let current: BTreeSet<_> = descriptors
+        .iter()
+        .map(|(path, _)| path.clone())
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|name| name == "00000000000000000000.seg")
+        })
+        .collect();
+    let durable_segments: BTreeSet<_> = durable.iter().map(|(path, _)| path.clone()).collect();
+    assert_eq!(
+        current.len(),
+        2,
+        "two cores, each with its current segment: {descriptors:?}"
+    );
+    assert!(
+        current.is_subset(&durable_segments),
+        "a current segment without an O_DIRECT|O_DSYNC descriptor: {descriptors:?}"
+    );
+}

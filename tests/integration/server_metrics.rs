@@ -158,7 +158,16 @@ fn scraped_counters_equal_the_loadgen_counts_under_a_scraper_loop() {
     );
     // Every acknowledged record was in some group that was written and synced.
     assert!(metric_sum(&text, "cairn_group_records_sum") >= successes * batch);
-    assert!(metric_sum(&text, "cairn_group_sync_latency_seconds_count") > 0);
+    assert!(metric_sum(&text, "cairn_group_write_latency_seconds_count") > 0);
+    // The latency breakdown's stages: one of each per native append, one wait per group.
+    assert!(metric_sum(&text, "cairn_group_wait_seconds_count") > 0);
+    assert!(metric_sum(&text, "cairn_append_wake_seconds_count") >= successes);
+    assert!(metric_sum(&text, "cairn_native_response_write_seconds_count") > 0);
+    assert_eq!(
+        metric_sum(&text, "cairn_native_append_stage_seconds_count"),
+        2 * (successes + conflicts),
+        "queued and service, once per native append"
+    );
     assert!(metric_sum(&text, "cairn_connections_accepted_total") > 0);
 
     // The log holds exactly what was acknowledged: the scraper changed nothing.

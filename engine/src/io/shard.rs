@@ -493,7 +493,15 @@ impl Shard {
             Err(answer) => return answer.wait().await,
         };
         self.events.group_ready.notify();
-        match completion.wait().await {
+        let outcome = completion.wait().await;
+        if let Some(completed_at) = completion.completed_at() {
+            self.state
+                .borrow()
+                .stats
+                .completion_wake_us
+                .observe_duration_us(completed_at.elapsed());
+        }
+        match outcome {
             Ok(()) => Ok(AppendOutcome::Appended {
                 base_offset,
                 record_count,

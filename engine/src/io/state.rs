@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::Instant;
 
 use hashbrown::HashMap;
 
@@ -21,17 +22,37 @@ use crate::io::event::Event;
 use crate::io::segment::SegmentFile;
 
 /// How a group ended, shared by every append waiting on it.
-#[derive(Default)]
 pub(crate) struct GroupCompletion {
     outcome: RefCell<Option<Result<(), StorageError>>>,
     done: Event,
+    /// When the group's first batch was staged (the latency breakdown's group wait).
+    pub(crate) opened_at: Instant,
+    /// When the group ended (the breakdown's completion wake-up).
+    completed_at: Cell<Option<Instant>>,
+}
+
+impl Default for GroupCompletion {
+    fn default() -> Self {
+        GroupCompletion {
+            outcome: RefCell::new(None),
+            done: Event::new(),
+            opened_at: Instant::now(),
+            completed_at: Cell::new(None),
+        }
+    }
 }
 
 impl GroupCompletion {
     pub(crate) fn complete(&self, outcome: Result<(), StorageError>) {
         let previous = self.outcome.borrow_mut().replace(outcome);
         assert!(previous.is_none(), "a group completes once");
+        self.completed_at.set(Some(Instant::now()));
         self.done.notify();
+    }
+
+    /// When the group ended, once it has.
+    pub(crate) fn completed_at(&self) -> Option<Instant> {
+        self.completed_at.get()
     }
 
     /// Waits until the group is synced (`Ok`) or failed.

@@ -1,6 +1,6 @@
 //! What a shard's I/O shell counts about itself, for the server's metrics endpoint: group
-//! sizes, write and `fdatasync` latencies, segment rolls and preparation time, read cache
-//! hits, storage failures.
+//! sizes, how long groups wait and take to become durable, how long their appenders take
+//! to resume, segment rolls and preparation time, read cache hits, storage failures.
 //!
 //! Plain atomics, no metrics library: the engine stays free of any exposition format, and
 //! the server (which owns the endpoint) decides names, labels and encoding. Each shard
@@ -92,14 +92,18 @@ impl Default for Log2Histogram {
 /// shard's own executor.
 #[derive(Debug, Default)]
 pub struct ShardIoStats {
-    /// Records in each group written (one write and one `fdatasync`).
+    /// Records in each group written (one durable write).
     pub group_records: Log2Histogram,
     /// Bytes of batches in each group written, padding excluded.
     pub group_bytes: Log2Histogram,
-    /// Time of each group's write, µs.
+    /// From a group's first batch being staged to the group's write being submitted, µs:
+    /// how long a batch waits for the group in flight before it.
+    pub group_wait_us: Log2Histogram,
+    /// Time of each group's durable (O_DSYNC) write, µs.
     pub write_latency_us: Log2Histogram,
-    /// Time of each group's `fdatasync`, µs.
-    pub sync_latency_us: Log2Histogram,
+    /// From a group becoming durable to each of its appenders resuming, µs: the
+    /// executor's wake-up and whatever ran before the appender.
+    pub completion_wake_us: Log2Histogram,
     /// Times the log moved on to a new segment.
     pub segment_rolls: AtomicU64,
     /// Time to create and preallocate each next segment, µs.

@@ -17,6 +17,7 @@ pub(super) async fn serve(
     correlation_id: u64,
     request: AppendRequest<'_>,
 ) {
+    let started = std::time::Instant::now();
     let records: Vec<RecordInput<'_>> = request.records.iter().collect();
     let result = service::append(
         context,
@@ -27,6 +28,10 @@ pub(super) async fn serve(
         request.producer,
     )
     .await;
+    context
+        .metrics
+        .native_append_service_us
+        .observe_duration_us(started.elapsed());
     match result {
         Ok(AppendResult::Appended {
             partition,

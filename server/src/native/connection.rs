@@ -39,7 +39,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_engine::io::event::Event;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -180,6 +180,7 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
     // Raised by the writer only: nobody will read what is still to be answered.
     let abandoned = Rc::new(Cell::new(false));
     let writer_task = glommio::spawn_local(write_responses(
+        context.clone(),
         writer,
         Abandon {
             abandoned: abandoned.clone(),
@@ -190,6 +191,8 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
     ));
     // What the frame being received holds, from when its length is known.
     let mut admitted: Option<Admitted> = None;
+    // When the last read returned: the frames it completed were received then.
+    let mut read_at = Instant::now();
 
     'reading: loop {
         // Take every frame that the bytes fed so far complete, each admitted before its
@@ -250,7 +253,7 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
             let abandoned = abandoned.clone();
             let in_flight = in_flight.clone();
             glommio::spawn_local(async move {
-                if !abandoned.get() && handle_frame(&context, &frame, &session).await {
+                if !abandoned.get() && handle_frame(&context, &frame, &session, read_at).await {
                     is_broken.set(true);
                     broken.notify();
                 }
@@ -284,6 +287,7 @@ pub(crate) async fn serve(context: Rc<ShardContext>, stream: TcpStream) {
                 break;
             }
         };
+        read_at = Instant::now();
         frames.feed(chunk.get(..read_bytes).unwrap_or_default());
         // A socket that always has bytes never makes this loop wait: let the shard's other
         // tasks run once it has had its time slice (glommio's preempt timer).
@@ -366,11 +370,15 @@ impl Abandon {
 /// Writes responses as they complete, batching whatever is ready into one write. After a
 /// write error it abandons the connection and keeps draining (so no handler waits forever)
 /// but writes nothing more.
-async fn write_responses(mut writer: futures_lite::io::WriteHalf<TcpStream>, abandon: Abandon) {
+async fn write_responses(
+    context: Rc<ShardContext>,
+    mut writer: futures_lite::io::WriteHalf<TcpStream>,
+    abandon: Abandon,
+) {
     // Swapped with the session's write buffer, so both keep their capacity.
     let mut out: Vec<u8> = Vec::new();
     let mut broken = false;
-    while abandon.session.take(&mut out).await.is_some() {
+    while let Some(first_encoded_at) = abandon.session.take(&mut out).await {
         if broken {
             out.clear();
             continue;
@@ -379,10 +387,20 @@ async fn write_responses(mut writer: futures_lite::io::WriteHalf<TcpStream>, aba
             writer.write_all(&out).await?;
             writer.flush().await
         };
-        if let Err(error) = written.await {
-            tracing::debug!(%error, "write failed; abandoning the connection");
-            broken = true;
-            abandon.raise();
+        match written.await {
+            Ok(()) => {
+                if let Some(first_encoded_at) = first_encoded_at {
+                    context
+                        .metrics
+                        .native_response_write_us
+                        .observe_duration_us(first_encoded_at.elapsed());
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "write failed; abandoning the connection");
+                broken = true;
+                abandon.raise();
+            }
         }
         out.clear();
     }

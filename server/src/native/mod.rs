@@ -35,7 +35,12 @@ use session::Session;
 /// after the response (the frame was not a flatbuffer at all: nothing in it, not even its
 /// correlation id, can be trusted, so the schema says the connection closes; or the
 /// connection was abandoned).
-pub(crate) async fn handle_frame(context: &ShardContext, frame: &[u8], session: &Session) -> bool {
+pub(crate) async fn handle_frame(
+    context: &ShardContext,
+    frame: &[u8],
+    session: &Session,
+    received_at: std::time::Instant,
+) -> bool {
     let request = match decode_request(frame) {
         Ok(request) => request,
         Err(wire_error) => {
@@ -85,6 +90,10 @@ pub(crate) async fn handle_frame(context: &ShardContext, frame: &[u8], session: 
             create_topic::serve(context, session, correlation_id, create).await;
         }
         RequestBody::Append(append) => {
+            context
+                .metrics
+                .native_append_queued_us
+                .observe_duration_us(received_at.elapsed());
             append::serve(context, session, correlation_id, append).await;
         }
         RequestBody::Fetch(fetch) => fetch::serve(context, session, correlation_id, fetch).await,

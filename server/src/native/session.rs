@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::Instant;
 
 use cairn_engine::ProducerError;
 use cairn_engine::io::event::Event;
@@ -33,6 +34,8 @@ thread_local! {
 pub(crate) struct Session {
     /// Encoded response frames not yet taken by the writer.
     write_buffer: RefCell<Vec<u8>>,
+    /// When the first of them was encoded (the latency breakdown's response write).
+    first_encoded_at: Cell<Option<Instant>>,
     /// No more responses will come: the writer ends once the buffer is empty.
     closed: Cell<bool>,
     /// Something was written or taken, or the session closed.
@@ -49,6 +52,7 @@ impl Session {
     pub(crate) fn new() -> Session {
         Session {
             write_buffer: RefCell::new(Vec::new()),
+            first_encoded_at: Cell::new(None),
             closed: Cell::new(false),
             changed: Event::new(),
             large_responses: Rc::new(Semaphore::new(LARGE_RESPONSE_COUNT_MAX)),
@@ -71,11 +75,16 @@ impl Session {
             correlation_id,
             body,
         };
+        let mut write_buffer = self.write_buffer.borrow_mut();
+        if write_buffer.is_empty() {
+            self.first_encoded_at.set(Some(Instant::now()));
+        }
         ENCODER.with(|encoder| {
             encoder
                 .borrow_mut()
-                .write_response_frame(&response, &mut *self.write_buffer.borrow_mut());
+                .write_response_frame(&response, &mut *write_buffer);
         });
+        drop(write_buffer);
         self.changed.notify();
     }
 
@@ -96,15 +105,16 @@ impl Session {
     }
 
     /// Waits for encoded responses and swaps them into `out` (which must be empty); `None`
-    /// once the session is closed and everything was taken.
-    pub(crate) async fn take(&self, out: &mut Vec<u8>) -> Option<()> {
+    /// once the session is closed and everything was taken. Also returns when the first
+    /// of them was encoded.
+    pub(crate) async fn take(&self, out: &mut Vec<u8>) -> Option<Option<Instant>> {
         debug_assert!(out.is_empty(), "the writer hands back an empty buffer");
         loop {
             let listener = self.changed.listen();
             if !self.write_buffer.borrow().is_empty() {
                 std::mem::swap(out, &mut *self.write_buffer.borrow_mut());
                 self.changed.notify();
-                return Some(());
+                return Some(self.first_encoded_at.take());
             }
             if self.closed.get() {
                 return None;

@@ -145,9 +145,9 @@ impl ShardMetrics {
         }
     }
 
-    /// Adds `amount` to `counter`.
+    /// Adds `amount` to `counter` (written only by this shard's executor).
     pub(crate) fn add(counter: &AtomicU64, amount: u64) {
-        counter.fetch_add(amount, Ordering::Relaxed);
+        cairn_engine::io::stats::single_writer_add(counter, amount);
     }
 
     /// Counts a Kafka request with raw API key `api_key`.

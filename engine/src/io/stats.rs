@@ -4,13 +4,24 @@
 //!
 //! Plain atomics, no metrics library: the engine stays free of any exposition format, and
 //! the server (which owns the endpoint) decides names, labels and encoding. Each shard
-//! owns one [`ShardIoStats`] and only that shard's executor writes it (relaxed atomic adds
-//! on a cache line no other core writes); a scraper thread only loads. A scrape may see
+//! owns one [`ShardIoStats`] and only that shard's executor writes it; a scraper thread
+//! only loads. With one writer an add is a relaxed load and store ([`single_writer_add`]),
+//! not a locked read-modify-write: the profile of 256 uncontended clients showed the
+//! locked adds of the histograms at ~2 % of the server's CPU. A scrape may see
 //! a histogram's count and its buckets from slightly different moments; every value only
 //! grows, so consecutive scrapes never go back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// Adds `amount` to a counter that only the calling thread ever writes (readers on other
+/// threads see the old or the new value, never a torn one). Two writers would lose adds.
+pub fn single_writer_add(counter: &AtomicU64, amount: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(amount),
+        Ordering::Relaxed,
+    );
+}
 
 /// Buckets of a [`Log2Histogram`]: upper bounds 2^0 .. 2^(N-2), then +Inf.
 pub const LOG2_BUCKET_COUNT: usize = 28;
@@ -52,10 +63,10 @@ impl Log2Histogram {
         let bucket = (u64::BITS - value.saturating_sub(1).leading_zeros()) as usize;
         let bucket = bucket.min(LOG2_BUCKET_COUNT - 1);
         if let Some(slot) = self.buckets.get(bucket) {
-            slot.fetch_add(1, Ordering::Relaxed);
+            single_writer_add(slot, 1);
         }
-        self.sum.fetch_add(value, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        single_writer_add(&self.sum, value);
+        single_writer_add(&self.count, 1);
     }
 
     /// Counts a duration in whole microseconds.
@@ -119,7 +130,7 @@ pub struct ShardIoStats {
 impl ShardIoStats {
     /// Adds one to `counter`.
     pub fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+        single_writer_add(counter, 1);
     }
 
     /// Reads `counter`.

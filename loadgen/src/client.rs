@@ -365,16 +365,15 @@ async fn client_loop(context: Rc<ExecutorContext>, client: Client, client_index:
             Workload::Uncontended | Workload::Blind => own_key.clone(),
         };
         values.stamp(client_index, sequence);
-        let outcome =
-            workload::run_cycle(
-                &ops,
-                &context.policy,
-                &context.contention,
-                &key,
-                values.as_slices(),
-                &mut latest,
-            )
-            .await;
+        let outcome = workload::run_cycle(
+            &ops,
+            &context.policy,
+            &context.contention,
+            &key,
+            values.as_slices(),
+            &mut latest,
+        )
+        .await;
         let completed = Instant::now();
         if let CycleOutcome::Succeeded {
             partition,

@@ -518,6 +518,59 @@ mod tests {
         assert_eq!(log.seen.borrow()[1], Seen::Append(NoKey, 1));
     }
 
+    /// Runs `make`'s future on a glommio executor: backoff sleeps on its timer.
+    fn on_executor<T: Send + 'static, F: Future<Output = T> + 'static>(
+        make: impl FnOnce() -> F + Send + 'static,
+    ) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(2 << 20)
+            .spawn(make)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn queued_cycle_backs_off_and_retries_from_the_conflict_when_alone_on_the_key() {
+        let (outcome, seen, key_count) = on_executor(|| async {
+            let log = ScriptedLog::new([
+                Scripted::Read(Some(Offset(3))),
+                Scripted::Conflict(Some(Offset(5))),
+                Scripted::Appended(6),
+            ]);
+            let contention = Contention::new(
+                cairn_client::ContentionPolicy::Queue(cairn_client::Backoff::default()),
+                1,
+            );
+            let values = vec![b"value".to_vec()];
+            let outcome = run_cycle(
+                &log,
+                &policy(Workload::Hot, RetryMode::FromConflict, 2),
+                &contention,
+                b"key-000000",
+                &values,
+                &mut Latest::Unknown,
+            )
+            .await;
+            (
+                format!("{outcome:?}"),
+                log.seen.take(),
+                contention.key_count(),
+            )
+        });
+        assert!(outcome.contains("conflict_count: 1"), "{outcome}");
+        // Nobody else had the turn: the conflict's offset is still the best guess.
+        assert_eq!(
+            seen,
+            [
+                Seen::Read(ReadMode::Synced),
+                Seen::Append(At(Offset(3)), 1),
+                Seen::Append(At(Offset(5)), 1),
+            ]
+        );
+        assert_eq!(key_count, 0, "the turn is given back");
+    }
+
     #[test]
     fn retry_from_conflict_uses_the_offset_the_conflict_carries() {
         let log = ScriptedLog::new([

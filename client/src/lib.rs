@@ -23,6 +23,7 @@ pub mod backup;
 mod blocking;
 mod call;
 mod connection;
+pub mod contention;
 #[cfg(test)]
 mod fake_server;
 mod pipelined;
@@ -39,6 +40,7 @@ use cairn_wire::{self as wire, FrameError, WireError};
 
 pub use blocking::BlockingClient;
 pub use cairn_wire::PartitionOffset;
+pub use contention::{Backoff, Contention, ContentionPolicy, Turn};
 pub use pipelined::Client;
 pub use producer::{IdempotentProducer, RetryPolicy};
 

@@ -22,7 +22,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use cairn_client::{AppendResult, Client, ClientConfig, ClientError};
+use cairn_client::{AppendResult, Client, ClientConfig, ClientError, Contention};
 use cairn_engine::core::{Offset, RecordInput};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
@@ -98,6 +98,9 @@ pub fn spawn(plan: ExecutorPlan) -> anyhow::Result<ExecutorJoinHandle<anyhow::Re
 struct ExecutorContext {
     args: Args,
     policy: CyclePolicy,
+    /// Shared by the executor's clients, whatever `--connections`: they are one process's
+    /// command handlers.
+    contention: Contention,
     schedule: Schedule,
     recorder: Rc<RefCell<Recorder>>,
     ack_log: Option<RefCell<AckLog>>,
@@ -167,9 +170,14 @@ async fn drive(
         retry: args.retry,
         retry_count_max: args.max_retries,
     };
+    let contention = Contention::new(
+        args.contention.policy(),
+        args.seed ^ u64::from(executor_index).wrapping_mul(0xA076_1D64_78BD_642F),
+    );
     let context = Rc::new(ExecutorContext {
         args,
         policy,
+        contention,
         schedule,
         recorder: recorder.clone(),
         ack_log: ack_log.map(RefCell::new),
@@ -357,8 +365,15 @@ async fn client_loop(context: Rc<ExecutorContext>, client: Client, client_index:
             Workload::Uncontended | Workload::Blind => own_key.clone(),
         };
         values.stamp(client_index, sequence);
-        let outcome =
-            workload::run_cycle(&ops, &context.policy, &key, values.as_slices(), &mut latest).await;
+        let outcome = workload::run_cycle(
+            &ops,
+            &context.policy,
+            &context.contention,
+            &key,
+            values.as_slices(),
+            &mut latest,
+        )
+        .await;
         let completed = Instant::now();
         if let CycleOutcome::Succeeded {
             partition,

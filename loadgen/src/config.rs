@@ -94,6 +94,37 @@ impl ConnectionMode {
     }
 }
 
+/// How the clients of an executor manage contention on a key (`cairn_client::contention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContentionMode {
+    /// Nothing: read and append at once, retry at once. The log alone.
+    None,
+    /// Randomized exponential backoff after each conflict.
+    Backoff,
+    /// The executor's clients take turns on each key (read, send the append, pass the turn
+    /// on), with backoff after the conflicts that remain.
+    Queue,
+}
+
+impl ContentionMode {
+    /// The client library's policy for this mode, with its default backoff.
+    #[must_use]
+    pub fn policy(self) -> cairn_client::ContentionPolicy {
+        let backoff = cairn_client::Backoff::default();
+        match self {
+            ContentionMode::None => cairn_client::ContentionPolicy::None,
+            ContentionMode::Backoff => cairn_client::ContentionPolicy::Backoff(backoff),
+            ContentionMode::Queue => cairn_client::ContentionPolicy::Queue(backoff),
+        }
+    }
+
+    /// The flag's spelling, for reports.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        self.policy().name()
+    }
+}
+
 /// What a cycle does after a conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RetryMode {
@@ -137,6 +168,11 @@ pub struct Args {
     /// After a conflict: from-conflict (use the offset it carries) or reread.
     #[arg(long, value_enum, default_value = "from-conflict")]
     pub retry: RetryMode,
+    /// How `hot` clients of one executor manage contention: none, backoff (randomized
+    /// exponential after each conflict), or queue (take turns per key locally, and back off
+    /// after the conflicts that remain).
+    #[arg(long, value_enum, default_value = "queue")]
+    pub contention: ContentionMode,
     /// Retries of a cycle after conflicts before it is abandoned.
     #[arg(long, default_value_t = 10)]
     pub max_retries: u32,

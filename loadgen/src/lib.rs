@@ -132,12 +132,13 @@ fn describe(
 ) -> String {
     let keys = match args.workload {
         Workload::Hot => format!(
-            "keys {}, zipf {}, read {}, retry {}, max-retries {}",
+            "keys {}, zipf {}, read {}, retry {}, max-retries {}, contention {}",
             args.keys,
             args.zipf,
             config::flag_name(args.read),
             config::flag_name(args.retry),
-            args.max_retries
+            args.max_retries,
+            args.contention.name()
         ),
         Workload::Uncontended | Workload::Blind => "one key per client".to_owned(),
     };

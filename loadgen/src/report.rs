@@ -1,8 +1,8 @@
 //! What a run reports: the summary (human text, `--json`), and with `--report DIR`
 //! HdrHistogram percentile files and an SVG chart.
 //!
-//! The JSON has exactly the fields [`Summary::to_json`] lists, all numbers but `workload`
-//! and `connections`,
+//! The JSON has exactly the fields [`Summary::to_json`] lists, all numbers but `workload`,
+//! `connections` and `contention`,
 //! latencies in whole microseconds; scripts (`scripts/bench-loadgen.sh`) and
 //! BENCHMARKS.md read it, so a field is never renamed, only added with care.
 
@@ -61,6 +61,8 @@ pub struct Summary {
     pub workload: &'static str,
     /// `shared` or `per-client` (`--connections`).
     pub connections: &'static str,
+    /// `none`, `backoff` or `queue` (`--contention`; what `hot` clients did about conflicts).
+    pub contention: &'static str,
     /// Concurrent clients.
     pub clients: u32,
     /// Distinct keys touched: `--keys` for `hot`, one per client otherwise.
@@ -89,6 +91,7 @@ impl Summary {
         Summary {
             workload: args.workload.name(),
             connections: args.connections.name(),
+            contention: args.contention.name(),
             clients: args.clients,
             keys: args.key_count(),
             zipf: match args.workload {
@@ -143,6 +146,7 @@ impl Summary {
         serde_json::json!({
             "workload": self.workload,
             "connections": self.connections,
+            "contention": self.contention,
             "clients": self.clients,
             "keys": self.keys,
             "zipf": self.zipf,
@@ -562,6 +566,7 @@ mod tests {
         let mut expected = vec![
             "workload",
             "connections",
+            "contention",
             "clients",
             "keys",
             "zipf",
@@ -585,6 +590,7 @@ mod tests {
             match name.as_str() {
                 "workload" => assert_eq!(value, "hot"),
                 "connections" => assert_eq!(value, "shared"),
+                "contention" => assert_eq!(value, "queue"),
                 "cycle_latency_us" | "append_latency_us" => {
                     let percentiles = value.as_object().unwrap();
                     let mut names: Vec<&str> = percentiles.keys().map(String::as_str).collect();

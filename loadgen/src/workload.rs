@@ -8,7 +8,7 @@
 
 use std::io::Write;
 
-use cairn_client::{AppendResult, ClientError};
+use cairn_client::{AppendResult, ClientError, Contention, Turn};
 use cairn_engine::core::{KeyCondition, Offset, RecordInput};
 use cairn_wire::ConflictInfo;
 
@@ -213,14 +213,21 @@ fn batch_records<'a>(
 ///
 /// On a conflict, up to `retry_count_max` retries: at the offset the conflict carries
 /// (`from-conflict`), or at a fresh read (`reread`). Then the cycle is abandoned.
+///
+/// A `hot` cycle goes through `contention`: it takes the key's turn before reading and
+/// gives it up once its append is sent; after a conflict it backs off and takes the turn
+/// again, and reads again if other clients had the turn meanwhile (the conflict's offset is
+/// stale by then).
 pub async fn run_cycle<L: LogOps>(
     ops: &L,
     policy: &CyclePolicy,
+    contention: &Contention,
     key: &[u8],
     values: &[Vec<u8>],
     latest: &mut Latest,
 ) -> CycleOutcome {
     let mut conflict_count = 0u32;
+    let mut turn: Option<Turn> = None;
     let failed = |conflict_count, error| CycleOutcome::Failed {
         conflict_count,
         error,
@@ -230,6 +237,9 @@ pub async fn run_cycle<L: LogOps>(
             return blind_cycle(ops, key, values).await;
         }
         (Workload::Hot, _) | (Workload::Uncontended, Latest::Unknown) => {
+            if policy.workload == Workload::Hot {
+                turn = Some(contention.turn(key).await);
+            }
             let read = match policy.workload {
                 Workload::Hot => policy.read,
                 // The client's own key: only its own append could be pending, and that one
@@ -247,7 +257,10 @@ pub async fn run_cycle<L: LogOps>(
     loop {
         let condition = expected.map_or(KeyCondition::NoKey, KeyCondition::At);
         let records = batch_records(key, values, condition);
-        let result = ops.append(&records).await;
+        let result = match turn.take() {
+            Some(turn) => turn.release_after_send(ops.append(&records)).await,
+            None => ops.append(&records).await,
+        };
         match result {
             Ok(AppendResult::Appended {
                 partition,
@@ -273,7 +286,16 @@ pub async fn run_cycle<L: LogOps>(
                 if conflict_count > policy.retry_count_max {
                     return CycleOutcome::Abandoned { conflict_count };
                 }
-                expected = match policy.retry {
+                let mut retry = policy.retry;
+                if policy.workload == Workload::Hot {
+                    contention.conflicted(conflict_count).await;
+                    let next = contention.turn(key).await;
+                    if next.waited() {
+                        retry = RetryMode::Reread;
+                    }
+                    turn = Some(next);
+                }
+                expected = match retry {
                     RetryMode::FromConflict => current_offset,
                     RetryMode::Reread => match ops.read_latest(key, policy.read).await {
                         Ok(offset) => offset,
@@ -445,7 +467,15 @@ mod tests {
         latest: &mut Latest,
     ) -> CycleOutcome {
         let values = vec![b"value".to_vec(); batch];
-        block_on(run_cycle(log, &policy, b"key-000000", &values, latest))
+        let contention = Contention::new(cairn_client::ContentionPolicy::None, 1);
+        block_on(run_cycle(
+            log,
+            &policy,
+            &contention,
+            b"key-000000",
+            &values,
+            latest,
+        ))
     }
 
     use KeyCondition::{Any, At, NoKey};
@@ -486,6 +516,59 @@ mod tests {
         );
         assert!(matches!(outcome, CycleOutcome::Succeeded { .. }));
         assert_eq!(log.seen.borrow()[1], Seen::Append(NoKey, 1));
+    }
+
+    /// Runs `make`'s future on a glommio executor: backoff sleeps on its timer.
+    fn on_executor<T: Send + 'static, F: Future<Output = T> + 'static>(
+        make: impl FnOnce() -> F + Send + 'static,
+    ) -> T {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(2 << 20)
+            .spawn(make)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn queued_cycle_backs_off_and_retries_from_the_conflict_when_alone_on_the_key() {
+        let (outcome, seen, key_count) = on_executor(|| async {
+            let log = ScriptedLog::new([
+                Scripted::Read(Some(Offset(3))),
+                Scripted::Conflict(Some(Offset(5))),
+                Scripted::Appended(6),
+            ]);
+            let contention = Contention::new(
+                cairn_client::ContentionPolicy::Queue(cairn_client::Backoff::default()),
+                1,
+            );
+            let values = vec![b"value".to_vec()];
+            let outcome = run_cycle(
+                &log,
+                &policy(Workload::Hot, RetryMode::FromConflict, 2),
+                &contention,
+                b"key-000000",
+                &values,
+                &mut Latest::Unknown,
+            )
+            .await;
+            (
+                format!("{outcome:?}"),
+                log.seen.take(),
+                contention.key_count(),
+            )
+        });
+        assert!(outcome.contains("conflict_count: 1"), "{outcome}");
+        // Nobody else had the turn: the conflict's offset is still the best guess.
+        assert_eq!(
+            seen,
+            [
+                Seen::Read(ReadMode::Synced),
+                Seen::Append(At(Offset(3)), 1),
+                Seen::Append(At(Offset(5)), 1),
+            ]
+        );
+        assert_eq!(key_count, 0, "the turn is given back");
     }
 
     #[test]

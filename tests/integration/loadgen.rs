@@ -1,6 +1,7 @@
 //! The real `cairn-loadgen` binary: each workload against its embedded server; the
 //! single hot key against a `TestServer`, whose log must then hold exactly the
-//! acknowledged appends as one unbroken chain, with every record in the ack log; and both
+//! acknowledged appends as one unbroken chain, with every record in the ack log, under
+//! every `--contention` policy; and both
 //! connection modes, counted from the kernel's table of the server's TCP connections.
 
 use std::collections::HashMap;
@@ -163,47 +164,83 @@ fn fetch_all(client: &mut BlockingClient, topic: &str, partition: u32) -> Vec<Fe
 #[test]
 fn single_hot_key_conflicts_and_keeps_one_unbroken_chain() {
     let server = TestServer::start();
+    let summary = run_single_hot_key(&server, "none", "hot-none", &[]);
+    assert!(
+        count(&summary, "conflicts") > 0,
+        "8 clients on one key with no contention management conflict: {summary}"
+    );
+}
+
+/// Each contention policy keeps the chain exact. Two executors, so that `queue`'s turns
+/// (one executor's) still meet conflicts from the other, and its backoff runs too.
+#[test]
+fn single_hot_key_keeps_one_unbroken_chain_under_every_contention_policy() {
+    let server = TestServer::start();
+    for contention in ["backoff", "queue"] {
+        let topic = format!("hot-{contention}");
+        let summary = run_single_hot_key(&server, contention, &topic, &["--loadgen-cores", "2"]);
+        assert!(
+            summary["conflicts_per_success"].is_number(),
+            "conflicts are still counted: {summary}"
+        );
+    }
+}
+
+/// Runs 8 `hot` clients on one key of a one-partition `topic` for a second with
+/// `--contention contention` (and `extra` flags), checks that the summary names the policy,
+/// that the partition holds exactly the acknowledged appends as one chain of the key, and
+/// that the ack log names each of them; returns the summary.
+fn run_single_hot_key(
+    server: &TestServer,
+    contention: &str,
+    topic: &str,
+    extra: &[&str],
+) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let ack_log = dir.path().join("acks");
     let address = server.address.to_string();
     let batch = 2;
-    let summary = run_loadgen(
-        dir.path(),
-        &[
-            "--addr",
-            &address,
-            "--workload",
-            "hot",
-            "--keys",
-            "1",
-            "--clients",
-            "8",
-            "--batch",
-            &batch.to_string(),
-            "--value-bytes",
-            "24",
-            "--partitions",
-            "1",
-            "--duration",
-            "1s",
-            "--warmup",
-            "0s",
-            "--ack-log",
-            ack_log.to_str().unwrap(),
-            "--quiet",
-        ],
-    );
+    let batch_flag = batch.to_string();
+    let mut args = vec![
+        "--addr",
+        &address,
+        "--topic",
+        topic,
+        "--workload",
+        "hot",
+        "--keys",
+        "1",
+        "--clients",
+        "8",
+        "--read",
+        "appended",
+        "--contention",
+        contention,
+        "--batch",
+        &batch_flag,
+        "--value-bytes",
+        "24",
+        "--partitions",
+        "1",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--ack-log",
+        ack_log.to_str().unwrap(),
+        "--quiet",
+        "--no-pin",
+    ];
+    args.extend_from_slice(extra);
+    let summary = run_loadgen(dir.path(), &args);
+    assert_eq!(summary["contention"], contention, "{summary}");
     let successes = count(&summary, "successes");
     assert!(successes > 0, "{summary}");
-    assert!(
-        count(&summary, "conflicts") > 0,
-        "8 clients on one key conflict: {summary}"
-    );
     // An append that failed may still have happened; then the count below could not hold.
     assert_eq!(count(&summary, "errors"), 0, "{summary}");
 
     let mut client = BlockingClient::connect(ClientConfig::new(server.address)).unwrap();
-    let records = fetch_all(&mut client, "loadgen", 0);
+    let records = fetch_all(&mut client, topic, 0);
     // No warm-up: every acknowledged append is counted, and abandoned ones wrote nothing.
     assert_eq!(records.len() as u64, successes * batch, "{summary}");
     let mut previous: Option<Offset> = None;
@@ -217,28 +254,32 @@ fn single_hot_key_conflicts_and_keeps_one_unbroken_chain() {
         previous = Some(record.offset);
     }
 
-    // The ack log names every record, by offset, with its value's checksum.
+    // The ack log names every record, by offset, with its value's checksum, once.
     let crc_by_offset: HashMap<u64, u32> = records
         .iter()
         .map(|record| (record.offset.0, crc32fast::hash(&record.value)))
         .collect();
     let text = std::fs::read_to_string(&ack_log).unwrap();
-    let mut line_count = 0;
+    let mut offsets_seen = std::collections::HashSet::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
-        let [topic, partition, offset, key, crc] = fields[..] else {
+        let [line_topic, partition, offset, key, crc] = fields[..] else {
             panic!("ack log line {line:?} has not 5 fields");
         };
-        assert_eq!((topic, partition, key), ("loadgen", "0", "key-000000"));
+        assert_eq!((line_topic, partition, key), (topic, "0", "key-000000"));
         let offset: u64 = offset.parse().unwrap();
         assert_eq!(
             crc_by_offset.get(&offset).copied(),
             Some(crc.parse().unwrap()),
             "{line}"
         );
-        line_count += 1;
+        assert!(
+            offsets_seen.insert(offset),
+            "offset {offset} acknowledged twice"
+        );
     }
-    assert_eq!(line_count, records.len());
+    assert_eq!(offsets_seen.len(), records.len());
+    summary
 }
 
 /// Established TCP connections whose local end is 127.0.0.1 on one of `ports`: the server's

@@ -31,6 +31,12 @@ pub const SEGMENT_SIZE_BYTES_MIN: u64 = 2 * 1024 * 1024 + BLOCK_SIZE_BYTES as u6
 /// segment in chunks; this bounds a data directory's file sizes to something a human expects.
 pub const SEGMENT_SIZE_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
 
+/// Size of a new data directory's first segment when the configured size is larger: each
+/// later segment doubles the one before it up to the configured size (`ShardLog::
+/// next_segment_size_bytes`), so a first start preallocates megabytes, not the configured
+/// size per shard twice over, while a loaded log soon writes full-size segments again.
+pub const SEGMENT_SIZE_BYTES_FIRST: u64 = 8 * 1024 * 1024;
+
 /// Largest group (the batches written with one write and one fdatasync). It bounds what a
 /// crash can tear, so recovery tells a torn tail from damage by it (FORMAT.md, "Torn tail or
 /// damage"): a data directory must never have been written with larger groups.
@@ -42,6 +48,10 @@ const _: () = assert!(GROUP_SIZE_BYTES_MAX.is_multiple_of(BLOCK_SIZE_BYTES));
 const _: () = assert!(SEGMENT_SIZE_BYTES_MIN.is_multiple_of(BLOCK_SIZE_BYTES as u64));
 const _: () = assert!(SEGMENT_SIZE_BYTES_MAX.is_multiple_of(BLOCK_SIZE_BYTES as u64));
 const _: () = assert!(KEY_SIZE_BYTES_MAX < BATCH_SIZE_BYTES_MAX);
+// The first segment holds the largest group, so growing segments never refuse a group.
+const _: () =
+    assert!(GROUP_SIZE_BYTES_MAX as u64 <= SEGMENT_SIZE_BYTES_FIRST - BLOCK_SIZE_BYTES as u64);
+const _: () = assert!(SEGMENT_SIZE_BYTES_FIRST >= SEGMENT_SIZE_BYTES_MIN);
 // A batch never spans segments: the largest one fits after the header block of the smallest.
 const _: () =
     assert!(BATCH_SIZE_BYTES_MAX as u64 <= SEGMENT_SIZE_BYTES_MIN - BLOCK_SIZE_BYTES as u64);

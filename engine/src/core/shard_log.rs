@@ -23,7 +23,7 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
-use crate::core::limits::BLOCK_SIZE_BYTES;
+use crate::core::limits::{BLOCK_SIZE_BYTES, SEGMENT_SIZE_BYTES_FIRST};
 use crate::core::offset_index::{BatchLocation, OffsetIndex};
 use crate::core::partition::{PartitionState, Refusal};
 use crate::core::read_cache::ReadCache;
@@ -40,7 +40,7 @@ const SEGMENT_DATA_START: u64 = SEGMENT_HEADER_SIZE_BYTES as u64;
 /// The limits a `ShardLog` works within, as plain numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardLogLimits {
-    /// Size of every segment this log prepares.
+    /// Size segments grow to (`next_segment_size_bytes`): the configured segment size.
     pub segment_size_bytes: u64,
     /// Largest group written with one write and one fdatasync.
     pub group_size_bytes_max: usize,
@@ -237,6 +237,8 @@ pub struct ShardLog {
     in_flight: Option<InFlight>,
     pending_append_count: usize,
     current_index: u64,
+    /// Preallocated size of the current segment (its header's).
+    current_size_bytes: u64,
     /// Block-aligned position of the next group in the current segment.
     write_position: u64,
     next_segment: NextSegment,
@@ -250,14 +252,34 @@ pub struct ShardLog {
     prev_key_offsets: Vec<Option<Offset>>,
 }
 
+/// Size of a new core log's first segment: `SEGMENT_SIZE_BYTES_FIRST`, or the configured
+/// size when that is smaller.
+pub fn first_segment_size_bytes(configured_size_bytes: u64) -> u64 {
+    configured_size_bytes.min(SEGMENT_SIZE_BYTES_FIRST)
+}
+
+/// Size of the segment after one of `current_size_bytes`: double it, capped by the
+/// configured size and never below the first segment's. A log that outgrew a lowered
+/// configuration goes back to the configured size.
+///
+/// With 256 MiB configured: 8, 16, 32, 64, 128, then 256 MiB for every later segment, so
+/// the first 248 MiB of a log take five segments and a first start preallocates 16 MiB
+/// per shard (the first segment and the one prepared ahead) instead of 512 MiB.
+pub fn next_segment_size_bytes(current_size_bytes: u64, configured_size_bytes: u64) -> u64 {
+    current_size_bytes
+        .saturating_mul(2)
+        .min(configured_size_bytes)
+        .max(first_segment_size_bytes(configured_size_bytes))
+}
+
 fn padded(len_bytes: usize) -> u64 {
     (len_bytes.div_ceil(BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES) as u64
 }
 
 impl ShardLog {
     /// A log that continues after recovery: the next group goes at `write_position` (the
-    /// first block boundary after the valid end) of segment `current_index`, chained to
-    /// `chain_crc`. The next segment is not prepared yet.
+    /// first block boundary after the valid end) of segment `current_index`, whose size is
+    /// `current_size_bytes`, chained to `chain_crc`. The next segment is not prepared yet.
     ///
     /// # Panics
     ///
@@ -266,6 +288,7 @@ impl ShardLog {
         limits: ShardLogLimits,
         partitions: impl IntoIterator<Item = (PartitionId, RecoveredPartition)>,
         current_index: u64,
+        current_size_bytes: u64,
         write_position: u64,
         chain_crc: u32,
     ) -> Self {
@@ -274,9 +297,8 @@ impl ShardLog {
             "write position {write_position} is block-aligned"
         );
         assert!(
-            (SEGMENT_DATA_START..=limits.segment_size_bytes).contains(&write_position),
-            "write position {write_position} lies in a segment of {}",
-            limits.segment_size_bytes
+            (SEGMENT_DATA_START..=current_size_bytes).contains(&write_position),
+            "write position {write_position} lies in a segment of {current_size_bytes}"
         );
         let partitions = partitions
             .into_iter()
@@ -296,6 +318,7 @@ impl ShardLog {
             in_flight: None,
             pending_append_count: 0,
             current_index,
+            current_size_bytes,
             write_position,
             next_segment: NextSegment::NotStarted,
             preparation_urgent: false,
@@ -352,6 +375,12 @@ impl ShardLog {
         self.current_index
     }
 
+    /// The size to prepare the next segment with: twice the current one, up to the
+    /// configured size (`first_segment_size_bytes` starts the doubling).
+    pub fn next_segment_size_bytes(&self) -> u64 {
+        next_segment_size_bytes(self.current_size_bytes, self.limits.segment_size_bytes)
+    }
+
     /// Whether the shell should prepare the next segment at full speed.
     pub fn is_preparation_urgent(&self) -> bool {
         self.preparation_urgent
@@ -395,7 +424,7 @@ impl ShardLog {
         let open_len_bytes = self.open.bytes.len();
         let fits_group = open_len_bytes + len_bytes <= self.limits.group_size_bytes_max;
         let has_slot = self.pending_append_count < self.limits.pending_append_count_max;
-        let segment_size_bytes = self.limits.segment_size_bytes;
+        let segment_size_bytes = self.current_size_bytes;
         let next_ready = self.next_segment == NextSegment::Ready;
         let mut position = self.write_position;
         if let Some(in_flight) = &self.in_flight {
@@ -584,7 +613,7 @@ impl ShardLog {
             return GroupPoll::Idle;
         }
         let padded_len_bytes = padded(self.open.bytes.len());
-        let segment_size_bytes = self.limits.segment_size_bytes;
+        let mut segment_size_bytes = self.current_size_bytes;
         let rolled = self.write_position + padded_len_bytes > segment_size_bytes;
         if rolled {
             match &self.next_segment {
@@ -597,7 +626,9 @@ impl ShardLog {
                     return GroupPoll::WaitForPreparation;
                 }
             }
+            segment_size_bytes = self.next_segment_size_bytes();
             self.current_index += 1;
+            self.current_size_bytes = segment_size_bytes;
             self.write_position = SEGMENT_DATA_START;
             self.next_segment = NextSegment::NotStarted;
             self.preparation_urgent = false;
@@ -909,6 +940,7 @@ mod tests {
             limits(),
             [(PartitionId(0), RecoveredPartition::empty(PartitionId(0)))],
             0,
+            SEGMENT,
             SEGMENT_DATA_START,
             0,
         )
@@ -1062,6 +1094,51 @@ mod tests {
     }
 
     #[test]
+    fn segment_sizes_double_from_the_first_up_to_the_configured_size() {
+        const MIB: u64 = 1024 * 1024;
+        let mut sizes = vec![first_segment_size_bytes(256 * MIB)];
+        while sizes.len() < 8 {
+            let last = *sizes.last().unwrap();
+            sizes.push(next_segment_size_bytes(last, 256 * MIB));
+        }
+        assert_eq!(
+            sizes,
+            [8, 16, 32, 64, 128, 256, 256, 256].map(|mib| mib * MIB)
+        );
+        // Configured below the first size: every segment has the configured size.
+        assert_eq!(first_segment_size_bytes(SEGMENT), SEGMENT);
+        assert_eq!(next_segment_size_bytes(SEGMENT, SEGMENT), SEGMENT);
+        // A log that outgrew a lowered configuration goes back to it.
+        assert_eq!(next_segment_size_bytes(256 * MIB, 64 * MIB), 64 * MIB);
+    }
+
+    #[test]
+    fn a_roll_moves_to_the_next_segment_size() {
+        const MIB: u64 = 1024 * 1024;
+        let mut log = ShardLog::new(
+            ShardLogLimits {
+                segment_size_bytes: 64 * MIB,
+                ..limits()
+            },
+            [(PartitionId(0), RecoveredPartition::empty(PartitionId(0)))],
+            0,
+            8 * MIB,
+            8 * MIB - BLOCK,
+            0,
+        );
+        assert_eq!(log.next_segment_size_bytes(), 16 * MIB);
+        assert_eq!(log.poll_preparation(), Some(1));
+        log.handle_prepared(1, Ok(()));
+        stage(&mut log, b"a", 8_000).unwrap();
+        let (write, _) = write_and_sync(&mut log);
+        assert!(
+            write.rolled,
+            "two blocks do not fit in the last block of segment 0"
+        );
+        assert_eq!(log.next_segment_size_bytes(), 32 * MIB);
+    }
+
+    #[test]
     fn the_synced_end_position_moves_only_when_a_group_is_synced() {
         let at = |segment_index, position| SegmentPosition {
             segment_index,
@@ -1153,6 +1230,7 @@ mod tests {
             },
             [(PartitionId(0), RecoveredPartition::empty(PartitionId(0)))],
             0,
+            SEGMENT,
             SEGMENT_DATA_START,
             0,
         );

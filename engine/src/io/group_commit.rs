@@ -173,7 +173,7 @@ pub(crate) fn start_preparation(state: &Rc<RefCell<ShardState>>, events: &ShardE
         (
             index,
             guard.shard_dir.clone(),
-            guard.segment_header(index),
+            guard.next_segment_header(index),
             guard.config.fault_hook.clone(),
             guard.preparation_urgent.clone(),
         )

@@ -19,7 +19,9 @@ use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::partition::Refusal;
 use crate::core::record::{batch_encoded_len, check_producer_stamp};
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
-use crate::core::shard_log::{Admission, RecoveredPartition, ShardLog, ShardLogLimits};
+use crate::core::shard_log::{
+    Admission, RecoveredPartition, ShardLog, ShardLogLimits, first_segment_size_bytes,
+};
 use crate::core::{Offset, PartitionId, ProducerStamp, RecordInput, ShardId};
 use crate::error::{AppendError, OpenError, StorageError, TopicError};
 use crate::io::data_dir::{Catalog, DataDir, DataDirLock, ProducerIdAllocator, Topic};
@@ -242,7 +244,8 @@ impl Shard {
         let (current_index, write_position) = match recovered.end {
             Some(end) => (end.segment_index, align_up(end.position)),
             None => {
-                let header = segment_header(shard_id, &config, 0);
+                let mut header = segment_header(shard_id, &config, 0);
+                header.segment_size_bytes = first_segment_size_bytes(config.segment_size_bytes);
                 let segment =
                     SegmentFile::prepare(&shard_dir, header, config.fault_hook.as_ref(), None)
                         .await?;
@@ -250,6 +253,10 @@ impl Shard {
                 (0, SEGMENT_HEADER_SIZE_BYTES as u64)
             }
         };
+        let current_size_bytes = segments
+            .get(&current_index)
+            .expect("the segment the log continues in is open")
+            .size_bytes();
         tracing::info!(
             shard = shard_id.0,
             segment = current_index,
@@ -269,6 +276,7 @@ impl Shard {
             limits,
             partitions,
             current_index,
+            current_size_bytes,
             write_position,
             recovered.chain_crc,
         );

@@ -185,13 +185,16 @@ impl ShardState {
             .set(self.log.is_preparation_urgent());
     }
 
-    /// The header of segment `index` of this shard.
-    pub(crate) fn segment_header(&self, index: u64) -> SegmentHeader {
-        segment_header(self.shard_id, &self.config, index)
+    /// The header of this shard's next segment, `index`, sized as the log says.
+    pub(crate) fn next_segment_header(&self, index: u64) -> SegmentHeader {
+        let mut header = segment_header(self.shard_id, &self.config, index);
+        header.segment_size_bytes = self.log.next_segment_size_bytes();
+        header
     }
 }
 
-/// The header of segment `index` of shard `shard_id`.
+/// The header of segment `index` of shard `shard_id`, at the configured size (a new log's
+/// first segment and every later one set their own: `ShardLog::next_segment_size_bytes`).
 pub(crate) fn segment_header(
     shard_id: ShardId,
     config: &EngineConfig,

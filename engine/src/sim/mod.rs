@@ -36,6 +36,7 @@ use crate::core::recovery::{
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::shard_log::{
     Admission, GroupPoll, GroupWrite, RecoveredPartition, ShardLog, ShardLogLimits,
+    first_segment_size_bytes,
 };
 use crate::core::{KeyCondition, Offset, PartitionId, ProducerStamp, RecordInput, SegmentPosition};
 use crate::error::{ProducerError, StorageError};
@@ -614,14 +615,28 @@ impl Sim {
         let (current_index, write_position) = match recovery.end {
             Some(end) => (end.segment_index, end.position.div_ceil(BLOCK) * BLOCK),
             None => {
-                Self::prepare_now(&mut self.disk, 0, self.config.segment_size_bytes);
+                Self::prepare_now(
+                    &mut self.disk,
+                    0,
+                    first_segment_size_bytes(self.config.segment_size_bytes),
+                );
                 (0, DATA_START)
             }
         };
+        let current_size_bytes =
+            match decode_sim_header(&self.disk.read(current_index).unwrap_or_default()) {
+                SimHeader::Valid(_, size) => size,
+                SimHeader::NotPrepared | SimHeader::Damaged => {
+                    return Err(format!(
+                        "segment {current_index} the log continues in has no header"
+                    ));
+                }
+            };
         self.log = ShardLog::new(
             Self::limits(&self.config),
             recovery.partitions,
             current_index,
+            current_size_bytes,
             write_position,
             recovery.chain_crc,
         );
@@ -1108,10 +1123,11 @@ impl Sim {
         if let Some(index) = self.log.poll_preparation() {
             // Zero-fill and header, in place over whatever the file held: unsynced until
             // the preparation's sync in a later step.
-            let size = usize::try_from(self.config.segment_size_bytes).expect("small segments");
+            let segment_size_bytes = self.log.next_segment_size_bytes();
+            let size = usize::try_from(segment_size_bytes).expect("small segments");
             let mut bytes = vec![0u8; size];
-            encode_sim_header(index, self.config.segment_size_bytes, &mut bytes);
-            self.disk.allocate(index, self.config.segment_size_bytes);
+            encode_sim_header(index, segment_size_bytes, &mut bytes);
+            self.disk.allocate(index, segment_size_bytes);
             self.disk.write(index, 0, &bytes);
             self.preparing = Some(index);
         }
@@ -1198,6 +1214,7 @@ pub fn simulate(seed: u64, config: &SimConfig) -> SimReport {
             .iter()
             .map(|id| (*id, RecoveredPartition::empty(*id))),
         0,
+        config.segment_size_bytes,
         DATA_START,
         0,
     );

@@ -203,7 +203,7 @@ fn repair(data_dir: &std::path::Path, truncate_at_damage: bool) -> anyhow::Resul
     let shard_count = cairn_engine::io::data_dir::recorded_shard_count(data_dir)?
         .with_context(|| format!("{} is not a cairn data directory", data_dir.display()))?;
     let mut config = cairn_engine::EngineConfig::new(data_dir, shard_count);
-    // A segment prepared during the repair gets the size the log already uses.
+    // A segment prepared during the repair is no larger than the log's first one.
     if let Ok(metadata) =
         std::fs::metadata(data_dir.join("core-0").join("00000000000000000000.seg"))
     {

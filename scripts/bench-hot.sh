@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Hot keys under each contention policy (issue #16), for BENCHMARKS.md §12: one hot key
+# Hot keys under each contention policy (issue #16), for BENCHMARKS.md §13: one hot key
 # at each client count of $CLIENTS, and Zipf 0.99 over 1,000 keys at 64 clients, every
 # run with --read appended, policies alternated within each round so that a busy moment
 # of the shared machine hits them alike; $ROUNDS rounds, the table gives the median.

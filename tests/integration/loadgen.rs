@@ -425,9 +425,13 @@ fn per_client_connections_open_one_connection_per_client() {
         (1..=2).contains(&shared_connections),
         "shared mode held {shared_connections} shard connections"
     );
-    // Per client: each client has exactly one, to the shard that owns its key.
-    assert_eq!(
-        per_client_connections, client_count as usize,
+    // Per client: each client has its own, to the shard that owns its key. The load
+    // generator's setup client (one connection per shard, closed as the run starts) may
+    // still be counted in the first samples: allow it, and nothing more.
+    let shard_count = server.shard_ports.len();
+    assert!(
+        (client_count as usize..=client_count as usize + shard_count)
+            .contains(&per_client_connections),
         "per-client mode held {per_client_connections} shard connections for {client_count} \
          clients"
     );

@@ -8,12 +8,6 @@
 //! chosen writes, syncs or segment preparations fail, so that the reliability tests can
 //! watch the whole server fail-stop or ride out a full disk. Never set it in production.
 
-// The request path allocates a few small buffers per request (a frame, the records'
-// views, a task); glibc's malloc showed at ~11 % of the server's CPU under 256 uncontended
-// clients, mimalloc's thread-local free lists at a fraction of it (BENCHMARKS.md §12).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -425,9 +425,10 @@ fn per_client_connections_open_one_connection_per_client() {
         (1..=2).contains(&shared_connections),
         "shared mode held {shared_connections} shard connections"
     );
-    // Per client: each client has its own, to the shard that owns its key. The load
-    // generator's setup client (one connection per shard, closed as the run starts) may
-    // still be counted in the first samples: allow it, and nothing more.
+    // Per client: each client has its own, to the shard that owns its key. CI once counted
+    // 8 for 6 clients with none left from the shared run: most likely the load
+    // generator's setup connections still closing as the run starts (not confirmed).
+    // Allow one per shard, and nothing more.
     let shard_count = server.shard_ports.len();
     assert!(
         (client_count as usize..=client_count as usize + shard_count)

@@ -1,6 +1,7 @@
 //! Group commit, the shell's part: one committer task per shard asks the `ShardLog` for the
-//! next group (`poll_group_write`), writes it with one O_DIRECT write, syncs, reports both
-//! back, and only then completes the group's waiters. While one group is written and synced
+//! next group (`poll_group_write`), writes it with one O_DIRECT write through the segment's
+//! O_DSYNC descriptor (durable when it completes: no separate fdatasync), reports it
+//! written and synced, and only then completes the group's waiters. While one group is written and synced
 //! the next one fills, so group size follows load: one batch when idle, megabytes under
 //! load. Segment preparation runs as a background task whenever the log asks for it.
 //!

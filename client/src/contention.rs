@@ -328,23 +328,10 @@ mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    use glommio::{LocalExecutorBuilder, Placement};
     use proptest::prelude::*;
 
     use super::*;
-
-    fn run<T, F>(make: impl FnOnce() -> F + Send + 'static) -> T
-    where
-        T: Send + 'static,
-        F: Future<Output = T> + 'static,
-    {
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(2 << 20)
-            .spawn(make)
-            .unwrap()
-            .join()
-            .unwrap()
-    }
+    use crate::pipelined::tests::run;
 
     const BACKOFF: Backoff = Backoff {
         base: Duration::from_micros(50),

@@ -365,7 +365,7 @@ async fn expire(timeout: Duration) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::future::Future;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
@@ -393,8 +393,9 @@ mod tests {
     }
 
     /// Runs `make()`'s future on a fresh executor with a small io_uring buffer (the test
-    /// machines lock at most 8 MiB), and returns its output.
-    fn run<T, F>(make: impl FnOnce() -> F + Send + 'static) -> T
+    /// machines lock at most 8 MiB), and returns its output. Shared with the crate's other
+    /// tests.
+    pub(crate) fn run<T, F>(make: impl FnOnce() -> F + Send + 'static) -> T
     where
         T: Send + 'static,
         F: Future<Output = T> + 'static,

@@ -54,7 +54,7 @@ pub(crate) async fn run(state: Rc<RefCell<ShardState>>, events: ShardEvents) {
             install_next_segment(&state, &write);
             start_preparation(&state, &events);
         }
-        if let Err(error) = write_and_sync(&state, &events, &write).await {
+        if let Err(error) = write_durably(&state, &events, &write).await {
             poison(&state, &events, error);
             return;
         }
@@ -82,8 +82,8 @@ fn install_next_segment(state: &Rc<RefCell<ShardState>>, write: &GroupWrite) {
     ShardIoStats::count(&guard.stats.segment_rolls);
 }
 
-/// Writes and syncs one group, then reports it synced and completes its waiters.
-async fn write_and_sync(
+/// Writes one group durably, then reports it written and synced and completes its waiters.
+async fn write_durably(
     state: &Rc<RefCell<ShardState>>,
     events: &ShardEvents,
     write: &GroupWrite,

@@ -141,6 +141,15 @@ pub enum OpenError {
     /// A file operation failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A checkpoint does not fit the log it sits beside; opening retries without it, so
+    /// this never reaches a caller of `open_shard` (docs/DESIGN.md §3.7).
+    #[error("checkpoint does not match {path}: {problem}", path = .path.display())]
+    CheckpointMismatch {
+        /// The segment it was checked against.
+        path: PathBuf,
+        /// How it does not match.
+        problem: String,
+    },
     /// `cairn.meta` or `topics.meta` is malformed.
     #[error("{path}: {problem}", path = .path.display())]
     BadMetadata {

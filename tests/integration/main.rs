@@ -8,6 +8,7 @@
 )]
 
 mod engine_admission;
+mod engine_checkpoints;
 mod engine_damage;
 mod engine_data_dir;
 mod engine_durability;

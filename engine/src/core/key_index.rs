@@ -28,6 +28,7 @@ use std::hash::{BuildHasher, Hasher};
 use hashbrown::HashTable;
 
 use crate::core::Offset;
+use crate::core::checkpoint::{CheckpointError, split_key_entry};
 use crate::core::limits::KEY_SIZE_BYTES_MAX;
 
 /// Bits of an `ArenaPosition` that address a byte inside a chunk.
@@ -326,6 +327,36 @@ impl<S: BuildHasher> KeyIndex<S> {
     #[must_use]
     pub fn memory_bytes(&self) -> usize {
         self.table.allocation_size() + self.arena.memory_bytes()
+    }
+}
+
+impl KeyIndex {
+    /// Appends every entry, in insertion order, the way checkpoints store them: the arena's
+    /// own layout (latest offset, LEB128 key length, key), so a checkpoint of the index is a
+    /// copy of its arena, not a walk of its table.
+    pub fn encode_entries(&self, out: &mut Vec<u8>) {
+        for chunk in &self.arena.chunks {
+            out.extend_from_slice(chunk);
+        }
+    }
+
+    /// The index of entries `encode_entries` wrote (checked by `Checkpoint::decode`), with
+    /// room for `key_count` keys. A key found twice is a checkpoint that lies: refused.
+    pub fn from_entries(entries: &[u8], key_count: usize) -> Result<Self, CheckpointError> {
+        let mut index = KeyIndex::with_capacity(key_count);
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let (latest, key, after) = split_key_entry(rest)
+                .ok_or_else(|| CheckpointError::Invalid("a key entry is malformed".into()))?;
+            if key.len() > KEY_SIZE_BYTES_MAX || index.insert(key, latest).is_some() {
+                return Err(CheckpointError::Invalid(format!(
+                    "key {} is in the checkpoint twice or too long",
+                    crate::error::DisplayBytes(key)
+                )));
+            }
+            rest = after;
+        }
+        Ok(index)
     }
 }
 

@@ -5,6 +5,7 @@
 //! recovered log end — is a plain function that unit tests, proptest and the fuzzer can call
 //! in microseconds. `tests/integration/tidy.rs` enforces the rule.
 
+pub mod checkpoint;
 pub mod condition;
 pub mod key_index;
 pub mod limits;

@@ -91,6 +91,15 @@ impl OffsetIndex {
         &self.batches
     }
 
+    /// Every batch with the running maximum of timestamps up to it, in offset order: what
+    /// a checkpoint stores and `push` takes back.
+    pub fn entries(&self) -> impl Iterator<Item = (BatchLocation, i64)> + '_ {
+        self.batches
+            .iter()
+            .copied()
+            .zip(self.max_timestamps_ms.iter().copied())
+    }
+
     /// Offset just after the last durable batch.
     pub fn end_offset(&self) -> Offset {
         self.batches

@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 
 use hashbrown::HashTable;
 
+use crate::core::checkpoint::{CheckpointError, PartitionCheckpoint};
 use crate::core::condition::{Conflict, condition_holds};
 use crate::core::key_index::{KeyIndex, KeySlot, hash_key};
 use crate::core::limits::{
@@ -509,6 +510,45 @@ impl PartitionState {
     #[must_use]
     pub fn key_index_memory_bytes(&self) -> usize {
         self.key_index.memory_bytes() + self.producers.memory_bytes()
+    }
+
+    /// This partition's part of a checkpoint, its batch locations left for the log to add.
+    /// Staged records are included (their keys point at them), so the log takes it only
+    /// when everything staged is in the group being written (`ShardLog::capture_checkpoint`).
+    #[must_use]
+    pub fn checkpoint(&self) -> PartitionCheckpoint {
+        let mut key_entries = Vec::new();
+        self.key_index.encode_entries(&mut key_entries);
+        let (producer_append_count, producers) = self.producers.checkpoint();
+        PartitionCheckpoint {
+            id: self.id,
+            end_offset: self.watermarks.appended_end,
+            key_count: self.key_index.len() as u64,
+            key_entries,
+            producer_append_count,
+            producers,
+            batches: Vec::new(),
+        }
+    }
+
+    /// The partition a checkpoint stored, as recovery would have rebuilt it from the log up
+    /// to there: every watermark at its end, nothing pending.
+    pub fn from_checkpoint(checkpoint: &PartitionCheckpoint) -> Result<Self, CheckpointError> {
+        let key_count = usize::try_from(checkpoint.key_count)
+            .map_err(|_| CheckpointError::Invalid("key count".into()))?;
+        let mut state = PartitionState::new(checkpoint.id);
+        state.key_index = KeyIndex::from_entries(&checkpoint.key_entries, key_count)?;
+        state.producers = ProducerTable::from_checkpoint(
+            checkpoint.producer_append_count,
+            &checkpoint.producers,
+        )?;
+        let end = checkpoint.end_offset;
+        state.watermarks = Watermarks {
+            appended_end: end,
+            written_end: end,
+            synced_end: end,
+        };
+        Ok(state)
     }
 
     /// Looks up, for each record of a batch about to be staged at `base_offset`, its key's

@@ -19,6 +19,7 @@
 
 use hashbrown::HashMap;
 
+use crate::core::checkpoint::{CheckpointError, ProducerCheckpoint};
 use crate::core::limits::{PRODUCER_BATCH_RETAINED_COUNT_MAX, PRODUCER_COUNT_PER_PARTITION_MAX};
 use crate::core::{Offset, ProducerStamp};
 use crate::error::ProducerError;
@@ -242,6 +243,61 @@ impl ProducerTable {
         self.producers
             .get(&producer_id)
             .map(|entry| (entry.epoch, entry.retained()))
+    }
+
+    /// The table as a checkpoint stores it: its clock and its producers, in no order.
+    #[must_use]
+    pub fn checkpoint(&self) -> (u64, Vec<ProducerCheckpoint>) {
+        let producers = self
+            .producers
+            .iter()
+            .map(|(producer_id, entry)| ProducerCheckpoint {
+                producer_id: *producer_id,
+                epoch: entry.epoch,
+                last_append: entry.last_append,
+                batches: entry.retained().to_vec(),
+            })
+            .collect();
+        (self.append_count, producers)
+    }
+
+    /// The table a checkpoint stored (each producer's batches checked by
+    /// `Checkpoint::decode`). More producers than a table holds, or one twice, is refused.
+    pub fn from_checkpoint(
+        append_count: u64,
+        producers: &[ProducerCheckpoint],
+    ) -> Result<Self, CheckpointError> {
+        if producers.len() > PRODUCER_COUNT_PER_PARTITION_MAX {
+            return Err(CheckpointError::Invalid(format!(
+                "{} producers, a partition keeps at most {PRODUCER_COUNT_PER_PARTITION_MAX}",
+                producers.len()
+            )));
+        }
+        let mut table = ProducerTable {
+            producers: HashMap::with_capacity(producers.len()),
+            append_count,
+        };
+        for producer in producers {
+            let (first, rest) = producer
+                .batches
+                .split_first()
+                .ok_or_else(|| CheckpointError::Invalid("a producer without batches".into()))?;
+            let mut entry = ProducerEntry::new(producer.epoch, *first, producer.last_append);
+            for batch in rest {
+                entry.push(*batch);
+            }
+            if table
+                .producers
+                .insert(producer.producer_id, entry)
+                .is_some()
+            {
+                return Err(CheckpointError::Invalid(format!(
+                    "producer {} is in the checkpoint twice",
+                    producer.producer_id
+                )));
+            }
+        }
+        Ok(table)
     }
 
     /// Heap bytes held: the hash table's slots and control bytes.

@@ -158,6 +158,36 @@ impl RecoveryScanner {
         }
     }
 
+    /// A scanner that continues a log a checkpoint covered (`core::checkpoint`): the chain
+    /// at its last batch and each partition's next offset. Begin the segment it ends in
+    /// with `begin_segment_after`.
+    #[must_use]
+    pub fn resume(
+        chain_crc: u32,
+        next_offsets: impl IntoIterator<Item = (PartitionId, Offset)>,
+    ) -> Self {
+        RecoveryScanner {
+            chain_crc,
+            next_offsets: next_offsets.into_iter().collect(),
+            segment: None,
+        }
+    }
+
+    /// Starts a segment in its middle, after a checkpoint's last batch, which ends at
+    /// `valid_end`: the scan goes on at the next block boundary, where the group after it
+    /// was written, as if it had scanned the segment from its start. Same contract as
+    /// `begin_segment`; `valid_end` lies within the segment's data.
+    pub fn begin_segment_after(&mut self, segment_size_bytes: u64, valid_end: u64) {
+        self.begin_segment(segment_size_bytes);
+        assert!(
+            (SEGMENT_DATA_START..=segment_size_bytes).contains(&valid_end),
+            "resume position {valid_end} outside a segment of {segment_size_bytes}"
+        );
+        let segment = self.segment.as_mut().expect("begin_segment just set it");
+        segment.valid_end = valid_end;
+        segment.position = valid_end.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+    }
+
     /// Starts a segment; the scanner's chain and partition state carry over from the
     /// previous one. `segment_size_bytes` comes from the verified segment header.
     ///

@@ -23,13 +23,14 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
+use crate::core::checkpoint::{Checkpoint, CheckpointError, PartitionCheckpoint};
 use crate::core::limits::{BLOCK_SIZE_BYTES, SEGMENT_SIZE_BYTES_FIRST};
 use crate::core::offset_index::{BatchLocation, OffsetIndex};
 use crate::core::partition::{PartitionState, Refusal};
 use crate::core::read_cache::ReadCache;
 use crate::core::record::{BatchMeta, encode_batch};
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
-use crate::core::{Offset, PartitionId, ProducerStamp, RecordInput, SegmentPosition};
+use crate::core::{Offset, PartitionId, ProducerStamp, RecordInput, SegmentPosition, ShardId};
 use crate::error::StorageError;
 
 /// Initial capacity of a group's byte buffer; it grows up to `group_size_bytes_max`.
@@ -226,6 +227,21 @@ impl RecoveredPartition {
             state: PartitionState::new(id),
             synced_batches: OffsetIndex::new(),
         }
+    }
+}
+
+impl RecoveredPartition {
+    /// A partition as a checkpoint stored it (`core::checkpoint`, checked when decoded).
+    pub fn from_checkpoint(checkpoint: &PartitionCheckpoint) -> Result<Self, CheckpointError> {
+        let state = PartitionState::from_checkpoint(checkpoint)?;
+        let mut synced_batches = OffsetIndex::new();
+        for (location, max_timestamp_ms) in &checkpoint.batches {
+            synced_batches.push(*location, *max_timestamp_ms);
+        }
+        Ok(RecoveredPartition {
+            state,
+            synced_batches,
+        })
     }
 }
 
@@ -658,6 +674,67 @@ impl ShardLog {
             padded_len_bytes,
         });
         GroupPoll::Write(write)
+    }
+
+    /// A checkpoint of the log's state at the end of the group in flight (docs/DESIGN.md
+    /// §3.7), or `None` unless a group is in flight and nothing was staged after it: call it
+    /// right after `poll_group_write` returned `Write`. Then the state with every staged
+    /// record included is exactly the state the log has once that group is synced, at a
+    /// place whose position is known; the shell installs the checkpoint only then.
+    #[must_use]
+    pub fn capture_checkpoint(&self, shard_id: ShardId, shard_count: u16) -> Option<Checkpoint> {
+        let in_flight = self.in_flight.as_ref()?;
+        if self.poisoned.is_some() || !self.open.partitions.is_empty() {
+            return None;
+        }
+        let in_flight_position = |batch: &StagedBatch| SegmentPosition {
+            segment_index: in_flight.segment_index,
+            position: in_flight.position + batch.group_position as u64,
+        };
+        let last_partition = in_flight.group.partitions.last()?;
+        let last_batch = self
+            .partitions
+            .get(last_partition)
+            .and_then(|log| log.staged_batches.back())
+            .map(in_flight_position)?;
+        let mut partitions = Vec::with_capacity(self.partitions.len());
+        for log in self.partitions.values() {
+            let mut checkpoint = log.state.checkpoint();
+            checkpoint.batches = log.synced_batches.entries().collect();
+            let mut running_max_ms = checkpoint.batches.last().map(|(_, max_ms)| *max_ms);
+            for batch in &log.staged_batches {
+                let at = in_flight_position(batch);
+                let max_ms = running_max_ms.map_or(batch.max_timestamp_ms, |previous| {
+                    previous.max(batch.max_timestamp_ms)
+                });
+                running_max_ms = Some(max_ms);
+                let location = BatchLocation {
+                    base_offset: batch.base_offset,
+                    end_offset: batch.end_offset,
+                    segment_index: at.segment_index,
+                    position: at.position,
+                    len_bytes: batch.len_bytes,
+                };
+                checkpoint.batches.push((location, max_ms));
+            }
+            partitions.push(checkpoint);
+        }
+        let last_len = self
+            .partitions
+            .get(last_partition)
+            .and_then(|log| log.staged_batches.back())
+            .map(|batch| u64::from(batch.len_bytes))?;
+        Some(Checkpoint {
+            shard_id,
+            shard_count,
+            log_end: Some(SegmentPosition {
+                segment_index: last_batch.segment_index,
+                position: last_batch.position + last_len,
+            }),
+            last_batch: Some(last_batch),
+            chain_crc: self.chain_crc,
+            partitions,
+        })
     }
 
     /// The device acknowledged the write of group `sequence`: not yet durable.

@@ -26,6 +26,9 @@ pub struct EngineConfig {
     pub pending_append_count_max: usize,
     /// Bytes of recently synced groups kept in memory per shard for reads.
     pub read_cache_bytes_max: usize,
+    /// Log bytes written between two checkpoints of a shard's state (docs/DESIGN.md §3.7):
+    /// what a restart scans at most after loading the newest one. 0: no checkpoints.
+    pub checkpoint_interval_bytes: u64,
     /// Test-only fault injection; `None` in production.
     pub fault_hook: Option<FaultHook>,
     /// What opening a shard does about damage a crash cannot explain (FORMAT.md, "Torn
@@ -36,7 +39,8 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// Defaults: 256 MiB segments, 4 MiB groups, 64 Ki waiting appends, 64 MiB read cache.
+    /// Defaults: 256 MiB segments, 4 MiB groups, 64 Ki waiting appends, 64 MiB read cache,
+    /// a checkpoint every 128 MiB of log.
     pub fn new(data_dir: impl Into<PathBuf>, shard_count: u16) -> Self {
         EngineConfig {
             data_dir: data_dir.into(),
@@ -45,6 +49,7 @@ impl EngineConfig {
             group_size_bytes_max: 4 * 1024 * 1024,
             pending_append_count_max: 65_536,
             read_cache_bytes_max: 64 * 1024 * 1024,
+            checkpoint_interval_bytes: 128 * 1024 * 1024,
             fault_hook: None,
             repair_damage: false,
         }

@@ -10,9 +10,11 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Instant;
 
 use crate::core::shard_log::{GroupPoll, GroupWrite};
 use crate::error::StorageError;
+use crate::io::checkpoint;
 use crate::io::event::Event;
 use crate::io::fault::FaultPoint;
 use crate::io::segment::SegmentFile;
@@ -48,6 +50,8 @@ pub(crate) async fn run(state: Rc<RefCell<ShardState>>, events: ShardEvents) {
             }
             listener.await;
         };
+        // Nothing was staged since the group was taken: the one moment a checkpoint can be.
+        start_checkpoint_if_due(&state, &write);
         // The open group was taken: appenders waiting for room in it re-check.
         events.room.notify();
         if write.rolled {
@@ -160,6 +164,76 @@ async fn write_durably(
         event.notify();
     }
     Ok(())
+}
+
+/// Takes a checkpoint of the shard's state at the end of the group just taken, when one is
+/// due (`EngineConfig::checkpoint_interval_bytes` of log since the last) and none is being
+/// written, and installs it in the background once that group is synced (docs/DESIGN.md
+/// §3.7). Only the copy of the state runs on the executor; a failed group or a failed
+/// install leaves the previous checkpoints, and the next one is due at once.
+fn start_checkpoint_if_due(state: &Rc<RefCell<ShardState>>, write: &GroupWrite) {
+    let (bytes, log_end, completion, shard_dir, stats, captured_at) = {
+        let mut guard = state.borrow_mut();
+        let interval = guard.config.checkpoint_interval_bytes;
+        if interval == 0
+            || guard.checkpoint_writing
+            || guard.log.stats().written_bytes < guard.checkpoint_due_bytes
+        {
+            return;
+        }
+        let captured_at = Instant::now();
+        let Some(checkpoint) = guard
+            .log
+            .capture_checkpoint(guard.shard_id, guard.config.shard_count)
+        else {
+            return;
+        };
+        let Some(log_end) = checkpoint.log_end else {
+            return;
+        };
+        let bytes = checkpoint.encode();
+        drop(checkpoint);
+        guard
+            .stats
+            .checkpoint_capture_us
+            .observe_duration_us(captured_at.elapsed());
+        guard.checkpoint_writing = true;
+        guard.checkpoint_due_bytes = guard.log.stats().written_bytes + interval;
+        (
+            bytes,
+            log_end,
+            guard.completion(write.sequence),
+            guard.shard_dir.clone(),
+            guard.stats.clone(),
+            captured_at,
+        )
+    };
+    let state = state.clone();
+    glommio::spawn_local(async move {
+        // Installed only once every record it covers is durable: a checkpoint must never
+        // hold a record a crash could still take away.
+        if completion.wait().await.is_ok() {
+            let installed = glommio::executor()
+                .spawn_blocking(move || checkpoint::install(&shard_dir, log_end, &bytes))
+                .await;
+            match installed {
+                Ok(path) => {
+                    ShardIoStats::count(&stats.checkpoints_written);
+                    stats
+                        .checkpoint_install_us
+                        .observe_duration_us(captured_at.elapsed());
+                    tracing::debug!(path = %path.display(), "checkpoint installed");
+                }
+                Err(error) => {
+                    ShardIoStats::count(&stats.checkpoint_failures);
+                    tracing::warn!(%error, "checkpoint not written; the log goes on without it");
+                    state.borrow_mut().checkpoint_due_bytes = 0;
+                }
+            }
+        }
+        state.borrow_mut().checkpoint_writing = false;
+    })
+    .detach();
 }
 
 /// Starts preparing the next segment in the background if the log asks for it; its outcome

@@ -7,6 +7,7 @@
 //! shard keeps about its I/O for the server's metrics.
 
 pub mod backup;
+pub mod checkpoint;
 pub mod config;
 pub mod data_dir;
 pub mod event;

@@ -18,6 +18,7 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
+use crate::core::checkpoint::Checkpoint;
 use crate::core::limits::{BATCH_SIZE_BYTES_MAX, BLOCK_SIZE_BYTES};
 use crate::core::offset_index::BatchLocation;
 use crate::core::record::{BatchView, decode_batch};
@@ -28,6 +29,7 @@ use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::shard_log::RecoveredPartition;
 use crate::core::{Offset, PartitionId, SegmentPosition, ShardId};
 use crate::error::{Inconsistency, OpenError, StorageError};
+use crate::io::checkpoint;
 use crate::io::config::EngineConfig;
 use crate::io::data_dir::sync_dir;
 use crate::io::segment::{SegmentFile, SegmentReader, parse_segment_file_name, segment_file_name};
@@ -50,6 +52,8 @@ pub(crate) struct Recovered {
     pub(crate) chain_crc: u32,
     /// What an explicit repair dropped, if it had to.
     pub(crate) repair: Option<RepairReport>,
+    /// The checkpoint recovery resumed from, if one was used.
+    pub(crate) checkpoint: Option<PathBuf>,
 }
 
 /// What `repair` dropped from one shard's core log.
@@ -102,11 +106,17 @@ impl Survivor {
 
 /// Scans a shard's segments in order, rebuilds its partitions (FORMAT.md, Recovery), and
 /// refuses to open on damage a crash cannot explain unless `config.repair_damage`.
+///
+/// With `resume`, `partitions` hold a checkpoint's state and the scan starts after its last
+/// batch, which must be in the log (docs/DESIGN.md §3.7): segments before the one it ends
+/// in are opened, their headers verified, and not read. Any error then may be the
+/// checkpoint's, not the log's: the caller retries without it.
 pub(crate) async fn recover_segments(
     shard_dir: &Path,
     shard_id: ShardId,
     config: &EngineConfig,
     partitions: &mut HashMap<PartitionId, RecoveredPartition>,
+    resume: Option<Resume>,
     on_batch: &mut dyn FnMut(u64, u64, &BatchView<'_>),
 ) -> Result<Recovered, OpenError> {
     let indexes = list_segments(shard_dir)?;
@@ -124,14 +134,41 @@ pub(crate) async fn recover_segments(
     }
     let scanned_end = hole.unwrap_or(u64::MAX);
 
-    let mut scanner = RecoveryScanner::new();
+    let mut scanner = match resume {
+        Some(resume) => RecoveryScanner::resume(
+            resume.chain_crc,
+            partitions
+                .iter()
+                .map(|(id, partition)| (*id, partition.state.synced_end()))
+                .filter(|(_, end)| *end > Offset(0)),
+        ),
+        None => RecoveryScanner::new(),
+    };
     let mut segments = BTreeMap::new();
     let mut end: Option<SegmentPosition> = None;
     for index in indexes.iter().copied().filter(|index| *index < scanned_end) {
         let path = shard_dir.join(segment_file_name(index));
         let expected = segment_header(shard_id, config, index);
+        let resume_end = match resume {
+            Some(resume) if index < resume.log_end.segment_index => {
+                // Covered by the checkpoint: only its header is checked.
+                let segment = SegmentFile::open_existing(&path, &expected)
+                    .await?
+                    .ok_or_else(|| checkpoint_mismatch(&path, "a covered segment is blank"))?;
+                segments.insert(index, Rc::new(segment));
+                continue;
+            }
+            Some(resume) if index == resume.log_end.segment_index => Some(resume.log_end.position),
+            _ => None,
+        };
         let segment = match SegmentFile::open_existing(&path, &expected).await {
             Ok(Some(segment)) => segment,
+            Ok(None) if resume_end.is_some() => {
+                return Err(checkpoint_mismatch(
+                    &path,
+                    "the segment it ends in is blank",
+                ));
+            }
             Ok(None) => break,
             // A header that does not verify in front of data: damage if the data continues
             // the log (its header was synced before any group was written to it), else
@@ -146,9 +183,19 @@ pub(crate) async fn recover_segments(
             }
             Err(error) => return Err(error),
         };
-        let (valid_end, accepted_batch_count) =
-            scan_segment(&segment, index, &mut scanner, partitions, on_batch).await?;
-        if index > 0 && accepted_batch_count == 0 {
+        if let (Some(resume), Some(_)) = (resume, resume_end) {
+            verify_last_batch(&segment, resume).await?;
+        }
+        let (valid_end, accepted_batch_count) = scan_segment(
+            &segment,
+            index,
+            resume_end,
+            &mut scanner,
+            partitions,
+            on_batch,
+        )
+        .await?;
+        if index > 0 && accepted_batch_count == 0 && resume_end.is_none() {
             // The log ended in the previous segment; this one was prepared ahead (or holds
             // what a torn group left) and is looked at below with everything after the end.
             break;
@@ -160,6 +207,14 @@ pub(crate) async fn recover_segments(
         });
     }
 
+    if let Some(resume) = resume
+        && end.is_none_or(|end| end < resume.log_end)
+    {
+        return Err(checkpoint_mismatch(
+            &shard_dir.join(segment_file_name(resume.log_end.segment_index)),
+            "the log does not reach the checkpoint's end",
+        ));
+    }
     let log_end = end.unwrap_or(SegmentPosition {
         segment_index: 0,
         position: DATA_START,
@@ -193,6 +248,7 @@ pub(crate) async fn recover_segments(
             end,
             chain_crc: scanner.chain_crc(),
             repair: quarantine.into_report(shard_id, log_end, Vec::new()),
+            checkpoint: None,
         });
     };
 
@@ -256,7 +312,115 @@ pub(crate) async fn recover_segments(
         end,
         chain_crc: scanner.chain_crc(),
         repair: report,
+        checkpoint: None,
     })
+}
+
+/// Recovers one shard: from its newest usable checkpoint and the log after it, else from
+/// the whole log (docs/DESIGN.md §3.7). A checkpoint that cannot be read, does not decode,
+/// belongs elsewhere or does not match the log is logged and passed over for the one
+/// before it, so a checkpoint can make opening faster but never change what it recovers.
+/// An explicit repair scans the whole log and then removes every checkpoint, since they
+/// may describe records it dropped.
+pub(crate) async fn recover_shard(
+    shard_dir: &Path,
+    shard_id: ShardId,
+    config: &EngineConfig,
+    owned: &[PartitionId],
+) -> Result<(Recovered, HashMap<PartitionId, RecoveredPartition>), OpenError> {
+    if !config.repair_damage {
+        for (log_end, path) in checkpoint::list(shard_dir)? {
+            let restored = checkpoint::read(&path)
+                .map_err(|error| error.to_string())
+                .and_then(|checkpoint| restore(&checkpoint, log_end, shard_id, config, owned));
+            let (resume, mut partitions) = match restored {
+                Ok(restored) => restored,
+                Err(problem) => {
+                    tracing::warn!(shard = shard_id.0, path = %path.display(), %problem, "checkpoint not used");
+                    continue;
+                }
+            };
+            match recover_segments(
+                shard_dir,
+                shard_id,
+                config,
+                &mut partitions,
+                Some(resume),
+                &mut |_, _, _| {},
+            )
+            .await
+            {
+                Ok(mut recovered) => {
+                    tracing::info!(shard = shard_id.0, path = %path.display(), "recovered from checkpoint");
+                    recovered.checkpoint = Some(path);
+                    return Ok((recovered, partitions));
+                }
+                Err(error) => {
+                    tracing::warn!(shard = shard_id.0, path = %path.display(), %error, "checkpoint not used: the log after it does not recover from it");
+                }
+            }
+        }
+    }
+    let mut partitions = owned
+        .iter()
+        .map(|id| (*id, RecoveredPartition::empty(*id)))
+        .collect();
+    let recovered = recover_segments(
+        shard_dir,
+        shard_id,
+        config,
+        &mut partitions,
+        None,
+        &mut |_, _, _| {},
+    )
+    .await?;
+    if recovered.repair.is_some() {
+        checkpoint::remove_all(shard_dir)?;
+    }
+    Ok((recovered, partitions))
+}
+
+/// The partitions and resume point a decoded checkpoint gives this shard, or why it does
+/// not fit: another shard's, a name that disagrees with its content, a partition the
+/// catalog does not give this shard, or an empty log.
+fn restore(
+    checkpoint: &Checkpoint,
+    named_end: SegmentPosition,
+    shard_id: ShardId,
+    config: &EngineConfig,
+    owned: &[PartitionId],
+) -> Result<(Resume, HashMap<PartitionId, RecoveredPartition>), String> {
+    if checkpoint.shard_id != shard_id || checkpoint.shard_count != config.shard_count {
+        return Err(format!(
+            "written for shard {} of {}",
+            checkpoint.shard_id.0, checkpoint.shard_count
+        ));
+    }
+    let (Some(log_end), Some(last_batch)) = (checkpoint.log_end, checkpoint.last_batch) else {
+        return Err("it covers no batch".to_owned());
+    };
+    if log_end != named_end {
+        return Err(format!(
+            "its name says {named_end:?}, its content {log_end:?}"
+        ));
+    }
+    let mut partitions: HashMap<PartitionId, RecoveredPartition> = owned
+        .iter()
+        .map(|id| (*id, RecoveredPartition::empty(*id)))
+        .collect();
+    for partition in &checkpoint.partitions {
+        let Some(slot) = partitions.get_mut(&partition.id) else {
+            return Err(format!("{:?} is not one of this shard's", partition.id));
+        };
+        *slot =
+            RecoveredPartition::from_checkpoint(partition).map_err(|error| error.to_string())?;
+    }
+    let resume = Resume {
+        log_end,
+        last_batch,
+        chain_crc: checkpoint.chain_crc,
+    };
+    Ok((resume, partitions))
 }
 
 /// The operator's explicit repair of a stopped server's data directory: opens every shard
@@ -386,12 +550,20 @@ pub(crate) async fn scan_shard_dir(
     on_batch: &mut dyn FnMut(u64, u64, &BatchView<'_>),
 ) -> Result<ShardScan, OpenError> {
     let segment_count = list_segments(shard_dir)?.len();
-    let (end, damage) =
-        match recover_segments(shard_dir, shard_id, config, &mut partitions, on_batch).await {
-            Ok(recovered) => (recovered.end, None),
-            Err(error) if is_damage(&error) => (None, Some(error)),
-            Err(error) => return Err(error),
-        };
+    let (end, damage) = match recover_segments(
+        shard_dir,
+        shard_id,
+        config,
+        &mut partitions,
+        None,
+        on_batch,
+    )
+    .await
+    {
+        Ok(recovered) => (recovered.end, None),
+        Err(error) if is_damage(&error) => (None, Some(error)),
+        Err(error) => return Err(error),
+    };
     let mut partitions: Vec<PartitionScan> = partitions
         .into_iter()
         .map(|(partition_id, recovered)| {
@@ -449,16 +621,32 @@ async fn data_continues_log(path: &Path, scanner: &RecoveryScanner) -> Result<bo
 
 /// Feeds one segment to the scanner in chunks and applies every accepted batch. Returns
 /// the position after the last accepted batch and how many were accepted.
+/// With `resume_end`, the scan starts after a checkpoint's last batch, which ends there.
 async fn scan_segment(
     segment: &SegmentFile,
     index: u64,
+    resume_end: Option<u64>,
     scanner: &mut RecoveryScanner,
     partitions: &mut HashMap<PartitionId, RecoveredPartition>,
     visit: &mut dyn FnMut(u64, u64, &BatchView<'_>),
 ) -> Result<(u64, u64), OpenError> {
     let segment_size_bytes = segment.size_bytes();
-    scanner.begin_segment(segment_size_bytes);
-    let mut chunk_position = DATA_START;
+    let mut chunk_position = match resume_end {
+        Some(valid_end) if valid_end <= segment_size_bytes && valid_end >= DATA_START => {
+            scanner.begin_segment_after(segment_size_bytes, valid_end);
+            valid_end.div_ceil(BLOCK) * BLOCK
+        }
+        Some(_) => {
+            return Err(checkpoint_mismatch(
+                segment.path(),
+                "its end lies outside the segment",
+            ));
+        }
+        None => {
+            scanner.begin_segment(segment_size_bytes);
+            DATA_START
+        }
+    };
     let mut inconsistency: Option<OpenError> = None;
     loop {
         let len_bytes =
@@ -501,6 +689,58 @@ async fn scan_segment(
                 return Ok((valid_end, accepted_batch_count));
             }
         }
+    }
+}
+
+/// Where a recovery resumes: after the last batch a checkpoint covers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Resume {
+    /// Just after that batch.
+    pub(crate) log_end: SegmentPosition,
+    /// Where that batch starts.
+    pub(crate) last_batch: SegmentPosition,
+    /// Its `crc`.
+    pub(crate) chain_crc: u32,
+}
+
+fn checkpoint_mismatch(path: &Path, problem: &str) -> OpenError {
+    OpenError::CheckpointMismatch {
+        path: path.to_owned(),
+        problem: problem.to_owned(),
+    }
+}
+
+/// Checks that the log holds the checkpoint's last batch where the checkpoint says, whole,
+/// with the checkpoint's chain CRC: a checkpoint of another log (a data directory copied
+/// together from two places, a log repaired behind it) is refused, not believed.
+async fn verify_last_batch(segment: &SegmentFile, resume: Resume) -> Result<(), OpenError> {
+    let start = resume.last_batch.position;
+    let end = resume.log_end.position;
+    let len_bytes = end.checked_sub(start).filter(|len| {
+        resume.last_batch.segment_index == resume.log_end.segment_index
+            && *len <= BATCH_SIZE_BYTES_MAX as u64
+            && start >= DATA_START
+            && end <= segment.size_bytes()
+    });
+    let Some(len_bytes) = len_bytes else {
+        return Err(checkpoint_mismatch(
+            segment.path(),
+            "its last batch is misplaced",
+        ));
+    };
+    let bytes = segment
+        .read(start, usize::try_from(len_bytes).expect("at most a batch"))
+        .await
+        .map_err(OpenError::Storage)?;
+    let holds_it = decode_batch(&bytes)
+        .is_ok_and(|batch| batch.crc() == resume.chain_crc && batch.len_bytes() == bytes.len());
+    if holds_it {
+        Ok(())
+    } else {
+        Err(checkpoint_mismatch(
+            segment.path(),
+            "the log does not hold its last batch",
+        ))
     }
 }
 

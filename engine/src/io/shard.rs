@@ -9,6 +9,7 @@
 //! `.await`.
 
 use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -159,6 +160,7 @@ pub struct Shard {
     events: ShardEvents,
     committer: RefCell<Option<glommio::Task<()>>>,
     repair: Option<RepairReport>,
+    recovered_from: Option<PathBuf>,
 }
 
 /// How a refused batch is answered: at once, or once the group of the original it repeats
@@ -224,22 +226,15 @@ impl Shard {
         let shard_dir = engine.data_dir.shard_dir(shard_id.0);
         SegmentFile::probe_device(&shard_dir).await?;
 
-        let mut partitions: HashMap<PartitionId, RecoveredPartition> = engine
+        let owned: Vec<PartitionId> = engine
             .catalog
             .partition_ids()
             .filter(|id| ShardId::owner_of(*id, config.shard_count) == shard_id)
-            .map(|id| (id, RecoveredPartition::empty(id)))
             .collect();
-
-        let recovered = recovery::recover_segments(
-            &shard_dir,
-            shard_id,
-            &config,
-            &mut partitions,
-            &mut |_, _, _| {},
-        )
-        .await?;
+        let (recovered, partitions) =
+            recovery::recover_shard(&shard_dir, shard_id, &config, &owned).await?;
         let repair = recovered.repair;
+        let recovered_from = recovered.checkpoint;
         let mut segments = recovered.segments;
         let (current_index, write_position) = match recovered.end {
             Some(end) => (end.segment_index, align_up(end.position)),
@@ -294,6 +289,8 @@ impl Shard {
             admission: AdmissionQueue::default(),
             producer_ids,
             closing: false,
+            checkpoint_due_bytes: config.checkpoint_interval_bytes,
+            checkpoint_writing: false,
             config,
             stats: std::sync::Arc::default(),
         };
@@ -306,12 +303,19 @@ impl Shard {
             events,
             committer: RefCell::new(Some(committer)),
             repair,
+            recovered_from,
         })
     }
 
     /// This shard's I/O counters, for a metrics endpoint on another thread to read.
     pub fn io_stats(&self) -> std::sync::Arc<crate::io::stats::ShardIoStats> {
         self.state.borrow().stats.clone()
+    }
+
+    /// The checkpoint opening resumed from, `None` when it scanned the whole log
+    /// (docs/DESIGN.md §3.7).
+    pub fn recovered_from_checkpoint(&self) -> Option<&Path> {
+        self.recovered_from.as_deref()
     }
 
     /// What opening with `EngineConfig::repair_damage` dropped, if there was damage.

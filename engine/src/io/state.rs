@@ -169,6 +169,10 @@ pub(crate) struct ShardState {
     /// Hands out this shard's producer ids.
     pub(crate) producer_ids: ProducerIdAllocator,
     pub(crate) closing: bool,
+    /// `ShardLogStats::written_bytes` at which the next checkpoint is taken.
+    pub(crate) checkpoint_due_bytes: u64,
+    /// A checkpoint is being written: the next waits for it.
+    pub(crate) checkpoint_writing: bool,
     /// What the metrics endpoint reads (written only here).
     pub(crate) stats: std::sync::Arc<crate::io::stats::ShardIoStats>,
 }

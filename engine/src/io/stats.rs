@@ -125,6 +125,15 @@ pub struct ShardIoStats {
     pub read_cache_misses: AtomicU64,
     /// Failed writes, syncs or segment preparations that poisoned the shard (0 or 1).
     pub storage_failures: AtomicU64,
+    /// Checkpoints installed (docs/DESIGN.md §3.7).
+    pub checkpoints_written: AtomicU64,
+    /// Checkpoints that could not be written (the log goes on; the next one retries).
+    pub checkpoint_failures: AtomicU64,
+    /// Time the shard's executor spent copying its state for a checkpoint (µs): the
+    /// only part of a checkpoint that appends wait behind.
+    pub checkpoint_capture_us: Log2Histogram,
+    /// Time from capture until the checkpoint was installed (µs), in the background.
+    pub checkpoint_install_us: Log2Histogram,
 }
 
 impl ShardIoStats {

@@ -14,6 +14,12 @@ use crate::support::engine::{open_engine, run_local, test_config};
 use crate::support::{TestRng, test_seed};
 
 const PARTITION_COUNT: u32 = 3;
+
+/// Per partition index, its last stamped batch: the stamp, its records, its base offset.
+type LastStamped = BTreeMap<u32, (ProducerStamp, Vec<KeyValue>, Offset)>;
+type KeyValue = (Vec<u8>, Vec<u8>);
+/// A partition's records as fetched: offset, key, value.
+type Fetched = Vec<(u64, Vec<u8>, Vec<u8>)>;
 const KEY_COUNT: u64 = 40;
 
 fn config(dir: &Path) -> EngineConfig {
@@ -63,11 +69,7 @@ fn without_checkpoints(path: &Path) -> bool {
 /// drawn from a few dozen, conditions on each key's latest offset (or `no_key`), and every
 /// third batch stamped by an idempotent producer. Returns the last stamped batch of each
 /// partition, for retrying it later.
-async fn write_workload(
-    shard: &Shard,
-    batch_count: u64,
-    seed: u64,
-) -> BTreeMap<u32, (ProducerStamp, Vec<(Vec<u8>, Vec<u8>)>, Offset)> {
+async fn write_workload(shard: &Shard, batch_count: u64, seed: u64) -> LastStamped {
     let topic = shard.create_topic("checkpointed", PARTITION_COUNT).unwrap();
     let partitions: Vec<PartitionId> = (0..PARTITION_COUNT)
         .map(|index| topic.partition_id(index).unwrap())
@@ -139,16 +141,13 @@ async fn write_workload(
 /// partition's last stamped batch is answered.
 #[derive(Debug, PartialEq, Eq)]
 struct Observed {
-    records: BTreeMap<u32, Vec<(u64, Vec<u8>, Vec<u8>)>>,
+    records: BTreeMap<u32, Fetched>,
     latest: BTreeMap<(u32, Vec<u8>), (u64, Vec<u64>)>,
     by_timestamp: BTreeMap<u32, Vec<Option<u64>>>,
     retries: BTreeMap<u32, String>,
 }
 
-async fn observe(
-    shard: &Shard,
-    stamped: &BTreeMap<u32, (ProducerStamp, Vec<(Vec<u8>, Vec<u8>)>, Offset)>,
-) -> Observed {
+async fn observe(shard: &Shard, stamped: &LastStamped) -> Observed {
     let topic = shard.topic("checkpointed").unwrap();
     let mut observed = Observed {
         records: BTreeMap::new(),
@@ -221,10 +220,7 @@ async fn observe(
 }
 
 /// Opens the shard of `data_dir` and observes it; also says which checkpoint it used.
-fn reopen(
-    data_dir: &Path,
-    stamped: &BTreeMap<u32, (ProducerStamp, Vec<(Vec<u8>, Vec<u8>)>, Offset)>,
-) -> (Option<PathBuf>, Observed) {
+fn reopen(data_dir: &Path, stamped: &LastStamped) -> (Option<PathBuf>, Observed) {
     let engine = open_engine(config(data_dir));
     let stamped = stamped.clone();
     run_local(move || async move {
@@ -236,11 +232,7 @@ fn reopen(
     })
 }
 
-fn write(
-    data_dir: &Path,
-    batch_count: u64,
-    seed: u64,
-) -> BTreeMap<u32, (ProducerStamp, Vec<(Vec<u8>, Vec<u8>)>, Offset)> {
+fn write(data_dir: &Path, batch_count: u64, seed: u64) -> LastStamped {
     let engine = open_engine(config(data_dir));
     run_local(move || async move {
         let shard = engine.open_shard(ShardId(0)).await.unwrap();
@@ -251,10 +243,7 @@ fn write(
 }
 
 /// What a full scan of the log recovers: the same directory without its checkpoints.
-fn observe_by_full_scan(
-    data_dir: &Path,
-    stamped: &BTreeMap<u32, (ProducerStamp, Vec<(Vec<u8>, Vec<u8>)>, Offset)>,
-) -> Observed {
+fn observe_by_full_scan(data_dir: &Path, stamped: &LastStamped) -> Observed {
     let scratch = tempfile::tempdir().unwrap();
     let copy = scratch.path().join("data");
     copy_dir(data_dir, &copy, &without_checkpoints);

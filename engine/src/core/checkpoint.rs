@@ -480,3 +480,201 @@ impl<'a> Reader<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::core::key_index::KeyIndex;
+
+    fn key_entries(keys: &[(&str, u64)]) -> Vec<u8> {
+        let mut index = KeyIndex::new();
+        for (key, latest) in keys {
+            index.insert(key.as_bytes(), Offset(*latest));
+        }
+        let mut entries = Vec::new();
+        index.encode_entries(&mut entries);
+        entries
+    }
+
+    fn location(base: u64, end: u64, position: u64) -> BatchLocation {
+        BatchLocation {
+            base_offset: Offset(base),
+            end_offset: Offset(end),
+            segment_index: 1,
+            position,
+            len_bytes: 200,
+        }
+    }
+
+    fn sample() -> Checkpoint {
+        Checkpoint {
+            shard_id: ShardId(1),
+            shard_count: 2,
+            log_end: Some(SegmentPosition {
+                segment_index: 1,
+                position: 20_680,
+            }),
+            last_batch: Some(SegmentPosition {
+                segment_index: 1,
+                position: 20_480,
+            }),
+            chain_crc: 0xdead_beef,
+            partitions: vec![
+                PartitionCheckpoint {
+                    id: PartitionId(3),
+                    end_offset: Offset(5),
+                    key_count: 2,
+                    key_entries: key_entries(&[("a", 4), ("b", 1)]),
+                    producer_append_count: 2,
+                    producers: vec![ProducerCheckpoint {
+                        producer_id: 7,
+                        epoch: 1,
+                        last_append: 2,
+                        batches: vec![
+                            ProducerBatch {
+                                first_sequence: 0,
+                                last_sequence: 1,
+                                base_offset: Offset(0),
+                                record_count: 2,
+                            },
+                            ProducerBatch {
+                                first_sequence: 2,
+                                last_sequence: 2,
+                                base_offset: Offset(4),
+                                record_count: 1,
+                            },
+                        ],
+                    }],
+                    batches: vec![
+                        (location(0, 2, 4096), 10),
+                        (location(2, 4, 8192), 30),
+                        (location(4, 5, 20_480), 30),
+                    ],
+                },
+                PartitionCheckpoint {
+                    id: PartitionId(5),
+                    end_offset: Offset(0),
+                    key_count: 0,
+                    key_entries: Vec::new(),
+                    producer_append_count: 0,
+                    producers: Vec::new(),
+                    batches: Vec::new(),
+                },
+            ],
+        }
+    }
+
+    /// Re-seals `body` (everything but the CRC) with a valid CRC, so a test reaches the
+    /// checks behind the checksum.
+    fn sealed(mut body: Vec<u8>) -> Vec<u8> {
+        let crc = crc32fast::hash(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        body
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips() {
+        let checkpoint = sample();
+        assert_eq!(Checkpoint::decode(&checkpoint.encode()), Ok(checkpoint));
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_bit_is_refused() {
+        let bytes = sample().encode();
+        for len in 0..bytes.len() {
+            assert!(
+                Checkpoint::decode(&bytes[..len]).is_err(),
+                "a checkpoint cut at {len} of {} bytes",
+                bytes.len()
+            );
+        }
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(Checkpoint::decode(&flipped).is_err(), "bit {bit} flipped");
+        }
+    }
+
+    #[test]
+    fn well_sealed_lies_are_refused() {
+        let bytes = sample().encode();
+        let body = &bytes[..bytes.len() - 4];
+        let mut version = body.to_vec();
+        version[8] = 2;
+        assert_eq!(
+            Checkpoint::decode(&sealed(version)),
+            Err(CheckpointError::UnsupportedVersion(2))
+        );
+
+        // A key whose latest offset lies past the partition's end.
+        let mut lying = sample();
+        lying.partitions[0].key_entries = key_entries(&[("a", 5), ("b", 1)]);
+        assert!(matches!(
+            Checkpoint::decode(&lying.encode()),
+            Err(CheckpointError::Invalid(_))
+        ));
+        // A count that says more keys than the entries hold.
+        let mut lying = sample();
+        lying.partitions[0].key_count = 3;
+        assert!(matches!(
+            Checkpoint::decode(&lying.encode()),
+            Err(CheckpointError::Invalid(_))
+        ));
+        // A gap between two batches of a partition.
+        let mut lying = sample();
+        lying.partitions[0].batches[1].0.base_offset = Offset(3);
+        assert!(matches!(
+            Checkpoint::decode(&lying.encode()),
+            Err(CheckpointError::Invalid(_))
+        ));
+        // A batch at or after the end of the log it covers.
+        let mut lying = sample();
+        lying.partitions[0].batches[2].0.position = 20_680;
+        assert!(matches!(
+            Checkpoint::decode(&lying.encode()),
+            Err(CheckpointError::Invalid(_))
+        ));
+        // A producer's batch beyond the partition.
+        let mut lying = sample();
+        lying.partitions[0].producers[0].batches[1].base_offset = Offset(5);
+        assert!(matches!(
+            Checkpoint::decode(&lying.encode()),
+            Err(CheckpointError::Invalid(_))
+        ));
+        // A shard outside its shard count.
+        let mut lying = sample();
+        lying.shard_id = ShardId(2);
+        assert!(matches!(
+            Checkpoint::decode(&lying.encode()),
+            Err(CheckpointError::Invalid(_))
+        ));
+    }
+
+    proptest! {
+        /// Whatever follows the magic, sealed with a valid CRC, decoding returns and never
+        /// panics or allocates beyond the bytes given.
+        #[test]
+        fn arbitrary_sealed_bytes_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut body = CHECKPOINT_MAGIC.to_vec();
+            body.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+            body.extend_from_slice(&tail);
+            let _ = Checkpoint::decode(&sealed(body));
+        }
+
+        /// Mutating any byte of a valid checkpoint and re-sealing it is either refused or
+        /// decodes to something that encodes back to the same bytes.
+        #[test]
+        fn resealed_mutations_decode_consistently(at in 0usize..4096, value in any::<u8>()) {
+            let bytes = sample().encode();
+            let mut body = bytes[..bytes.len() - 4].to_vec();
+            let at = at % body.len();
+            body[at] = value;
+            let resealed = sealed(body);
+            if let Ok(decoded) = Checkpoint::decode(&resealed) {
+                prop_assert_eq!(decoded.encode(), resealed);
+            }
+        }
+    }
+}

@@ -24,6 +24,7 @@ pub mod disk;
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::core::checkpoint::{Checkpoint, PartitionCheckpoint};
 use crate::core::condition::Conflict;
 use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::offset_index::BatchLocation;
@@ -38,7 +39,9 @@ use crate::core::shard_log::{
     Admission, GroupPoll, GroupWrite, RecoveredPartition, ShardLog, ShardLogLimits,
     first_segment_size_bytes,
 };
-use crate::core::{KeyCondition, Offset, PartitionId, ProducerStamp, RecordInput, SegmentPosition};
+use crate::core::{
+    KeyCondition, Offset, PartitionId, ProducerStamp, RecordInput, SegmentPosition, ShardId,
+};
 use crate::error::{ProducerError, StorageError};
 use crate::sim::disk::{CrashKind, SimDisk};
 
@@ -105,6 +108,8 @@ pub struct SimConfig {
     pub io_error_per_mille: u64,
     /// Chance, per segment preparation, of ENOSPC.
     pub disk_full_per_mille: u64,
+    /// Chance, per group taken, that a checkpoint is captured with it.
+    pub checkpoint_per_mille: u64,
 }
 
 impl Default for SimConfig {
@@ -119,6 +124,7 @@ impl Default for SimConfig {
             pending_append_count_max: 24,
             io_error_per_mille: 4,
             disk_full_per_mille: 60,
+            checkpoint_per_mille: 150,
         }
     }
 }
@@ -138,6 +144,8 @@ pub struct SimReport {
     pub resend_appended_count: u64,
     /// Stamped batches refused as fenced or out of order.
     pub producer_refused_count: u64,
+    /// Recoveries from a checkpoint checked equal to a full scan.
+    pub checkpoint_recovery_count: u64,
     /// The first invariant broken, with enough context to debug it; `None` if none.
     pub violation: Option<String>,
 }
@@ -405,11 +413,31 @@ fn decode_sim_header(bytes: &[u8]) -> SimHeader {
 
 /// Recovery as the shell does it (io/recovery.rs), over the simulated disk: segments in
 /// order while their headers verify and the log continues, then the damage probe.
-fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, String> {
+///
+/// With a checkpoint, as `io::recovery::recover_shard` resumes: its state, the segments
+/// before the one it ends in untouched, its last batch checked, the scan after it; `found`
+/// and `order` then hold only what the scan found.
+fn recover(
+    disk: &SimDisk,
+    partition_ids: &[PartitionId],
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Recovery, String> {
     let mut partitions: BTreeMap<PartitionId, RecoveredPartition> = partition_ids
         .iter()
         .map(|id| (*id, RecoveredPartition::empty(*id)))
         .collect();
+    let mut resume = None;
+    if let Some(checkpoint) = checkpoint {
+        for partition in &checkpoint.partitions {
+            let restored = RecoveredPartition::from_checkpoint(partition)
+                .map_err(|error| format!("a valid checkpoint does not restore: {error}"))?;
+            partitions.insert(partition.id, restored);
+        }
+        let (Some(log_end), Some(last_batch)) = (checkpoint.log_end, checkpoint.last_batch) else {
+            return Err("a checkpoint covers no batch".to_owned());
+        };
+        resume = Some((log_end, last_batch, checkpoint.chain_crc));
+    }
     let mut found: BTreeMap<PartitionId, Vec<FoundBatch>> = BTreeMap::new();
     let mut order = Vec::new();
     let indexes = disk.segment_indexes();
@@ -419,9 +447,22 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
     {
         return Err(format!("segment {missing} is missing after a crash"));
     }
-    let mut scanner = RecoveryScanner::new();
+    let mut scanner = match resume {
+        Some((_, _, chain_crc)) => RecoveryScanner::resume(
+            chain_crc,
+            partitions
+                .iter()
+                .map(|(id, partition)| (*id, partition.state.synced_end())),
+        ),
+        None => RecoveryScanner::new(),
+    };
     let mut end = None;
     for index in indexes.iter().copied() {
+        if let Some((log_end, _, _)) = resume
+            && index < log_end.segment_index
+        {
+            continue;
+        }
         let bytes = disk.read(index).unwrap_or_default();
         let segment_size_bytes = match decode_sim_header(&bytes) {
             SimHeader::Valid(header_index, size)
@@ -454,8 +495,28 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
                 break;
             }
         };
-        scanner.begin_segment(segment_size_bytes);
-        let data = bytes.get(SEGMENT_HEADER_SIZE_BYTES..).unwrap_or_default();
+        let mut data_start = DATA_START;
+        match resume {
+            Some((log_end, last_batch, chain_crc)) if index == log_end.segment_index => {
+                let last = usize::try_from(last_batch.position).unwrap_or(usize::MAX);
+                let last_end = usize::try_from(log_end.position).unwrap_or(usize::MAX);
+                let holds_it = bytes
+                    .get(last..last_end)
+                    .and_then(|batch| decode_batch(batch).ok())
+                    .is_some_and(|batch| batch.crc() == chain_crc);
+                if !holds_it {
+                    return Err(format!(
+                        "the log does not hold a valid checkpoint's last batch at {last_batch:?}"
+                    ));
+                }
+                scanner.begin_segment_after(segment_size_bytes, log_end.position);
+                data_start = log_end.position.div_ceil(BLOCK) * BLOCK;
+            }
+            _ => scanner.begin_segment(segment_size_bytes),
+        }
+        let data = bytes
+            .get(usize::try_from(data_start).unwrap_or(usize::MAX)..)
+            .unwrap_or_default();
         let mut problem = None;
         let mut on_batch = |position: u64, batch: &BatchView<'_>| {
             if problem.is_some() {
@@ -497,7 +558,7 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
             });
             order.push((partition, list.len() - 1));
         };
-        let (valid_end, accepted) = match scanner.scan(data, DATA_START, &mut on_batch) {
+        let (valid_end, accepted) = match scanner.scan(data, data_start, &mut on_batch) {
             ScanProgress::SegmentEnd {
                 valid_end,
                 accepted_batch_count,
@@ -512,13 +573,21 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
         if let Some(problem) = problem {
             return Err(problem);
         }
-        if index > 0 && accepted == 0 {
+        let resumed_here = resume.is_some_and(|(log_end, _, _)| log_end.segment_index == index);
+        if index > 0 && accepted == 0 && !resumed_here {
             break;
         }
         end = Some(SegmentPosition {
             segment_index: index,
             position: valid_end,
         });
+    }
+    if let Some((checkpoint_end, _, _)) = resume
+        && end.is_none_or(|end| end < checkpoint_end)
+    {
+        return Err(format!(
+            "the log ends at {end:?}, before a valid checkpoint's end {checkpoint_end:?}"
+        ));
     }
     let log_end = end.unwrap_or(SegmentPosition {
         segment_index: 0,
@@ -586,7 +655,42 @@ struct Sim {
     value_counter: u64,
     /// Idempotent producers' client state, per producer and partition.
     producers: BTreeMap<(i64, PartitionId), SimProducer>,
+    /// A checkpoint taken when its group was taken, to install once that group is synced.
+    checkpoint_pending: Option<(u64, Vec<u8>)>,
+    /// Checkpoint files, oldest first, as `io::checkpoint` installs them.
+    checkpoint_files: Vec<SimCheckpointFile>,
     report: SimReport,
+}
+
+/// A checkpoint file: durable once its install (sync, rename, directory sync) finished;
+/// until then a power loss may lose it or tear it.
+#[derive(Clone, Debug)]
+struct SimCheckpointFile {
+    bytes: Vec<u8>,
+    durable: bool,
+    /// Its install is under way in this life (a crash ends that: what is left stays).
+    installing: bool,
+}
+
+/// Checkpoint files kept, as `io::checkpoint::CHECKPOINTS_KEPT`.
+const SIM_CHECKPOINTS_KEPT: usize = 2;
+
+/// The state a recovery rebuilt, comparable across recoveries: each partition as a
+/// checkpoint would store it (producers in id order), the end and the chain.
+fn canonical_state(
+    recovery: &Recovery,
+) -> (Vec<PartitionCheckpoint>, Option<SegmentPosition>, u32) {
+    let partitions = recovery
+        .partitions
+        .values()
+        .map(|partition| {
+            let mut state = partition.state.checkpoint();
+            state.producers.sort_by_key(|producer| producer.producer_id);
+            state.batches = partition.synced_batches.entries().collect();
+            state
+        })
+        .collect();
+    (partitions, recovery.end, recovery.chain_crc)
 }
 
 impl Sim {
@@ -610,8 +714,37 @@ impl Sim {
 
     /// Opens the shard on what the disk holds, checking the model against it.
     fn open(&mut self) -> Result<(), String> {
-        let recovery = recover(&self.disk, &self.partition_ids)?;
+        let mut recovery = recover(&self.disk, &self.partition_ids, None)?;
         self.check_recovered(&recovery)?;
+        // Every checkpoint that decodes, not only the newest, must give exactly what the
+        // full scan gave: an older one beside a newer log included.
+        let full_state = canonical_state(&recovery);
+        let mut newest = None;
+        for file in &self.checkpoint_files {
+            match Checkpoint::decode(&file.bytes) {
+                Ok(checkpoint) => {
+                    let resumed = recover(&self.disk, &self.partition_ids, Some(&checkpoint))
+                        .map_err(|problem| format!("from a valid checkpoint: {problem}"))?;
+                    if canonical_state(&resumed) != full_state {
+                        return Err(format!(
+                            "recovery from the checkpoint ending at {:?} differs from a full \
+                             scan",
+                            checkpoint.log_end
+                        ));
+                    }
+                    self.report.checkpoint_recovery_count += 1;
+                    newest = Some(resumed);
+                }
+                Err(error) if file.durable => {
+                    return Err(format!("an installed checkpoint does not decode: {error}"));
+                }
+                Err(_) => {}
+            }
+        }
+        // The shard continues from what the newest usable checkpoint gave, as a real one.
+        if let Some(resumed) = newest {
+            recovery = resumed;
+        }
         let (current_index, write_position) = match recovery.end {
             Some(end) => (end.segment_index, end.position.div_ceil(BLOCK) * BLOCK),
             None => {
@@ -1060,6 +1193,19 @@ impl Sim {
             }
             self.disk.sync(write.segment_index);
             let synced = self.log.handle_synced(write.sequence);
+            if self
+                .checkpoint_pending
+                .as_ref()
+                .is_some_and(|(sequence, _)| *sequence == synced.sequence)
+                && let Some((_, bytes)) = self.checkpoint_pending.take()
+            {
+                // Written, not yet synced and renamed: `step_checkpoint` finishes it.
+                self.checkpoint_files.push(SimCheckpointFile {
+                    bytes,
+                    durable: false,
+                    installing: true,
+                });
+            }
             for (partition, index) in self
                 .model
                 .groups
@@ -1079,6 +1225,15 @@ impl Sim {
         }
         match self.log.poll_group_write() {
             GroupPoll::Write(write) => {
+                if self.checkpoint_pending.is_none()
+                    && self.rng.chance(self.config.checkpoint_per_mille)
+                {
+                    let checkpoint = self
+                        .log
+                        .capture_checkpoint(ShardId(0), 1)
+                        .ok_or("no checkpoint right after a group was taken")?;
+                    self.checkpoint_pending = Some((write.sequence, checkpoint.encode()));
+                }
                 let padded_len = usize::try_from(write.padded_len_bytes).expect("small groups");
                 let mut bytes = write.bytes.to_vec();
                 bytes.resize(padded_len, 0);
@@ -1133,6 +1288,25 @@ impl Sim {
         }
     }
 
+    /// Finishes installing the newest checkpoint file: synced, renamed, directory synced;
+    /// then only the newest `SIM_CHECKPOINTS_KEPT` stay.
+    fn step_checkpoint(&mut self) {
+        let Some(file) = self
+            .checkpoint_files
+            .last_mut()
+            .filter(|file| file.installing)
+        else {
+            return;
+        };
+        file.durable = true;
+        file.installing = false;
+        let excess = self
+            .checkpoint_files
+            .len()
+            .saturating_sub(SIM_CHECKPOINTS_KEPT);
+        self.checkpoint_files.drain(..excess);
+    }
+
     fn fail(&mut self, operation: &'static str) -> Result<(), String> {
         let poisoned = self.log.handle_failure(StorageError {
             operation,
@@ -1149,6 +1323,8 @@ impl Sim {
         }
         self.written = None;
         self.failed = true;
+        // Its group failed: the shell never installs it.
+        self.checkpoint_pending = None;
         Ok(())
     }
 
@@ -1177,6 +1353,29 @@ impl Sim {
             CrashKind::Process
         };
         self.disk.crash(kind, &mut self.rng);
+        self.checkpoint_pending = None;
+        for file in &mut self.checkpoint_files {
+            file.installing = false;
+        }
+        if kind == CrashKind::Power {
+            // An install that had not finished: the file is gone, torn, or complete.
+            let rng = &mut self.rng;
+            self.checkpoint_files.retain_mut(|file| {
+                if file.durable {
+                    return true;
+                }
+                file.installing = false;
+                match rng.below(3) {
+                    0 => false,
+                    1 => {
+                        let len = rng.below(file.bytes.len() as u64) as usize;
+                        file.bytes.truncate(len);
+                        true
+                    }
+                    _ => true,
+                }
+            });
+        }
         self.report.crash_count += 1;
         self.life += 1;
         self.open().map_err(|problem| {
@@ -1194,6 +1393,7 @@ impl Sim {
                 0..=44 if !self.failed => self.step_append()?,
                 0..=44 => {}
                 45..=84 => self.step_commit()?,
+                85..=89 => self.step_checkpoint(),
                 _ => self.step_prepare(),
             }
             if self.failed && self.rng.chance(300) {
@@ -1231,6 +1431,8 @@ pub fn simulate(seed: u64, config: &SimConfig) -> SimReport {
         life: 0,
         value_counter: 0,
         producers: BTreeMap::new(),
+        checkpoint_pending: None,
+        checkpoint_files: Vec::new(),
         report: SimReport {
             seed,
             ..SimReport::default()
@@ -1273,6 +1475,7 @@ mod tests {
         let mut crash_count = 0;
         let mut acknowledged = 0;
         let (mut duplicates, mut resends_appended, mut producer_refused) = (0, 0, 0);
+        let mut checkpoint_recoveries = 0;
         let mut violations = Vec::new();
         for seed in seeds() {
             let report = simulate(seed, &config);
@@ -1284,6 +1487,7 @@ mod tests {
             duplicates += report.duplicate_count;
             resends_appended += report.resend_appended_count;
             producer_refused += report.producer_refused_count;
+            checkpoint_recoveries += report.checkpoint_recovery_count;
         }
         assert!(
             violations.is_empty(),
@@ -1299,6 +1503,10 @@ mod tests {
             duplicates > 0 && resends_appended > 0 && producer_refused > 0,
             "the producers met every case: {duplicates} duplicates, {resends_appended} \
              resends appended, {producer_refused} refused"
+        );
+        assert!(
+            checkpoint_recoveries > 0,
+            "recoveries from checkpoints were checked"
         );
     }
 

@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub pin_shards: bool,
     /// Preallocated size of each segment file.
     pub segment_size_bytes: u64,
+    /// Log bytes between two checkpoints of a shard's state (`EngineConfig`); 0: none.
+    pub checkpoint_interval_bytes: u64,
     /// Largest frame a client may send.
     pub frame_size_bytes_max: u32,
     /// Most requests of one connection being handled at once; beyond it the connection is
@@ -67,6 +69,7 @@ impl ServerConfig {
             shard_count: u16::try_from(cpu_count).unwrap_or(u16::MAX),
             pin_shards: true,
             segment_size_bytes: 256 * 1024 * 1024,
+            checkpoint_interval_bytes: 128 * 1024 * 1024,
             frame_size_bytes_max: cairn_wire::FRAME_SIZE_BYTES_MAX_DEFAULT,
             connection_request_count_max: 1024,
             shard_request_bytes_max: 64 * 1024 * 1024,
@@ -81,6 +84,7 @@ impl ServerConfig {
     pub(crate) fn engine_config(&self) -> EngineConfig {
         let mut config = EngineConfig::new(&self.data_dir, self.shard_count);
         config.segment_size_bytes = self.segment_size_bytes;
+        config.checkpoint_interval_bytes = self.checkpoint_interval_bytes;
         // A group never spans segments; small (test) segments get smaller groups.
         let segment_room = usize::try_from(self.segment_size_bytes)
             .unwrap_or(usize::MAX)

@@ -593,6 +593,32 @@ impl Collector for Scrape {
         )?;
         counters(
             e,
+            "cairn_checkpoints_written",
+            "Checkpoints of the shard's state installed (a restart resumes from the newest)",
+            io_counters(|s| &s.checkpoints_written),
+        )?;
+        counters(
+            e,
+            "cairn_checkpoint_failures",
+            "Checkpoints that could not be written (the log goes on; the next one is due at once)",
+            io_counters(|s| &s.checkpoint_failures),
+        )?;
+        histograms(
+            e,
+            "cairn_checkpoint_capture_seconds",
+            "Time the shard spent copying its state for a checkpoint (appends wait behind it)",
+            MICROS,
+            io_histograms(|s| &s.checkpoint_capture_us),
+        )?;
+        histograms(
+            e,
+            "cairn_checkpoint_install_seconds",
+            "From a checkpoint's capture to its install (written, synced, renamed: background)",
+            MICROS,
+            io_histograms(|s| &s.checkpoint_install_us),
+        )?;
+        counters(
+            e,
             "cairn_read_cache_hits",
             "Batches read from memory (read cache or a group not yet synced)",
             io_counters(|s| &s.read_cache_hits),

@@ -25,9 +25,16 @@ use crate::support::{TestRng, test_seed};
 const WRITER_COUNT: u64 = 8;
 const PARTITION_COUNT: u32 = 4;
 const KEY_COUNT: u32 = 48;
-/// The smallest segments the engine allows (1 MiB + 4 KiB), so that rounds roll segments
-/// often and kills also land in segment preparation and rolls.
-const SERVER_ARGS: &[&str] = &["--segment-size", "2101248"];
+/// Small segments (2 MiB + 4 KiB), so that rounds roll segments often and kills also land
+/// in segment preparation and rolls; a checkpoint every 32 KiB of log (about every eight
+/// groups), so kills also land while checkpoints are captured, written and installed, and
+/// restarts resume from them.
+const SERVER_ARGS: &[&str] = &[
+    "--segment-size",
+    "2101248",
+    "--checkpoint-interval",
+    "32768",
+];
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -181,17 +188,61 @@ fn kill_9_under_conditional_load_loses_no_acknowledged_record() {
         first.records == second.records,
         "a second recovery changed the log"
     );
+    drop(client);
+    drop(server);
+
+    // Checkpoints were written under the kills, and what the server recovers from them is
+    // what it recovers from a scan of the whole log: the same directory without them.
+    let files_named = |suffix: &str| {
+        ["core-0", "core-1"]
+            .iter()
+            .flat_map(|core| std::fs::read_dir(data_dir.join(core)).unwrap())
+            .filter(|entry| {
+                let entry = entry.as_ref().unwrap();
+                entry.file_name().to_string_lossy().ends_with(suffix)
+            })
+            .count()
+    };
+    let checkpoint_count = files_named(".ckpt");
+    assert!(
+        checkpoint_count >= 2,
+        "checkpoints were written on both shards ({checkpoint_count} files)"
+    );
+    let scanned_dir = temp.path().join("without-checkpoints");
+    for core in ["core-0", "core-1"] {
+        std::fs::create_dir_all(scanned_dir.join(core)).unwrap();
+    }
+    for entry in walk(&data_dir) {
+        let relative = entry.strip_prefix(&data_dir).unwrap();
+        if !relative.to_string_lossy().ends_with(".ckpt") {
+            std::fs::create_dir_all(scanned_dir.join(relative).parent().unwrap()).unwrap();
+            std::fs::copy(&entry, scanned_dir.join(relative)).unwrap();
+        }
+    }
+    let server = TestServer::start_on(&scanned_dir, SERVER_ARGS);
+    let mut client = connect(server.address).unwrap();
+    let scanned = check_log(
+        &mut client,
+        &workload,
+        &mut ledger.lock().unwrap(),
+        StorageFailureRule::MayBePresent,
+        &format!("recovered without checkpoints (seed {seed})"),
+    );
+    assert!(
+        scanned.records == second.records,
+        "recovery from checkpoints differs from a scan of the whole log"
+    );
+    drop(client);
+    drop(server);
+
     let ledger = ledger.lock().unwrap();
-    let segment_count = ["core-0", "core-1"]
-        .iter()
-        .map(|core| std::fs::read_dir(data_dir.join(core)).unwrap().count() - 1)
-        .sum::<usize>();
+    let segment_count = files_named(".seg");
     eprintln!(
         "reliability_crash: seed {seed}: {round_count} rounds ({killed_count} kill -9 under load, \
          {killed_while_starting_count} while starting) in {:?}; \
          {} records in {} batches verified, {} acknowledged batches all present, {} \
          unacknowledged batches present, {} conflicts absent, {} follower sightings kept; \
-         {segment_count} segment files",
+         {segment_count} segment files, {checkpoint_count} checkpoints",
         started.elapsed(),
         second.record_count,
         second.batch_count,
@@ -204,4 +255,18 @@ fn kill_9_under_conditional_load_loses_no_acknowledged_record() {
         second.acknowledged_count > 0,
         "the workload got something acknowledged"
     );
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

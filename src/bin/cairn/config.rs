@@ -98,6 +98,10 @@ serve_settings! {
     /// Segment file size in bytes.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     segment_size: u64,
+    /// Log bytes between two checkpoints of a shard's state: a restart loads the newest
+    /// and scans at most this much log after it. 0 turns checkpoints off.
+    #[arg(long, default_value_t = 128 * 1024 * 1024)]
+    checkpoint_interval: u64,
     /// Largest request frame accepted, in bytes (appends; other requests: 64 KiB).
     #[arg(long, default_value_t = wire::FRAME_SIZE_BYTES_MAX_DEFAULT)]
     max_frame_bytes: u32,

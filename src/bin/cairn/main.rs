@@ -484,6 +484,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.shard_count = cores;
     }
     config.segment_size_bytes = args.segment_size;
+    config.checkpoint_interval_bytes = args.checkpoint_interval;
     config.frame_size_bytes_max = args.max_frame_bytes;
     if let Some(bytes) = args.max_request_bytes_per_shard {
         config.shard_request_bytes_max = bytes;

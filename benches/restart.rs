@@ -7,6 +7,9 @@
 //! every batch, rebuilding the key index and the offset index. A regression is a slower
 //! open or more index bytes per record for the same N, K and batch size.
 //!
+//! `--checkpoint-interval BYTES` sets how often the writer checkpoints its state (the
+//! engine's default, 128 MiB, when absent; 0: never, so the open scans the whole log).
+//!
 //! Run: `cargo bench --bench restart -- --records 10000000 --keys 1000000 --batch 1`.
 //! Needs ~2 GB of free disk for the default (set CAIRN_BENCH_DIR to choose where).
 
@@ -38,6 +41,11 @@ fn main() {
         .expect("bench temp dir");
     let mut config = EngineConfig::new(dir.path(), 1);
     config.segment_size_bytes = 256 * 1024 * 1024;
+    config.checkpoint_interval_bytes = flag(
+        &arguments,
+        "--checkpoint-interval",
+        config.checkpoint_interval_bytes,
+    );
 
     let engine = Engine::open(config.clone()).expect("engine opens");
     let written = Instant::now();
@@ -91,29 +99,45 @@ fn main() {
         .join()
         .expect("writer finishes");
     let write_seconds = written.elapsed().as_secs_f64();
-    let log_bytes: u64 = std::fs::read_dir(dir.path().join("core-0"))
-        .expect("shard dir")
-        .filter_map(|entry| entry.ok()?.metadata().ok())
-        .map(|metadata| metadata.len())
-        .sum();
+    let bytes_of = |suffix: &str| -> u64 {
+        std::fs::read_dir(dir.path().join("core-0"))
+            .expect("shard dir")
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let named = entry.file_name().to_string_lossy().ends_with(suffix);
+                named.then(|| entry.metadata().ok()).flatten()
+            })
+            .map(|metadata| metadata.len())
+            .sum()
+    };
+    let log_bytes = bytes_of(".seg");
+    let checkpoint_bytes = bytes_of(".ckpt");
 
     let engine = Engine::open(config).expect("engine reopens");
-    let (open_seconds, records, key_index_bytes) = LocalExecutorBuilder::new(Placement::Fixed(0))
-        .io_memory(8 * 1024 * 1024)
-        .spawn(move || async move {
-            let opened = Instant::now();
-            let shard = engine.open_shard(ShardId(0)).await.expect("shard recovers");
-            let open_seconds = opened.elapsed().as_secs_f64();
-            let (_, synced_end) = shard.end_offsets(PartitionId(0)).expect("partition 0");
-            (open_seconds, synced_end.0, shard.key_index_memory_bytes())
-        })
-        .expect("reader starts")
-        .join()
-        .expect("reader finishes");
+    let (open_seconds, records, key_index_bytes, resumed) =
+        LocalExecutorBuilder::new(Placement::Fixed(0))
+            .io_memory(8 * 1024 * 1024)
+            .spawn(move || async move {
+                let opened = Instant::now();
+                let shard = engine.open_shard(ShardId(0)).await.expect("shard recovers");
+                let open_seconds = opened.elapsed().as_secs_f64();
+                let (_, synced_end) = shard.end_offsets(PartitionId(0)).expect("partition 0");
+                let resumed = shard.recovered_from_checkpoint().is_some();
+                (
+                    open_seconds,
+                    synced_end.0,
+                    shard.key_index_memory_bytes(),
+                    resumed,
+                )
+            })
+            .expect("reader starts")
+            .join()
+            .expect("reader finishes");
     println!(
         "records={records} keys={key_count} batch={batch_record_count} segment_bytes_on_disk={log_bytes} \
          write_s={write_seconds:.1} open_s={open_seconds:.2} records_per_s_recovered={:.0} \
-         key_index_bytes_per_key={:.1}",
+         key_index_bytes_per_key={:.1} checkpoint_bytes={checkpoint_bytes} \
+         resumed_from_checkpoint={resumed}",
         records as f64 / open_seconds,
         key_index_bytes as f64 / key_count.min(records) as f64,
     );

@@ -369,3 +369,95 @@ fn sigterm_wakes_long_polling_fetches_and_exits_at_once() {
     answered.sort_unstable();
     assert_eq!(answered, vec![1, 2], "both fetches answered before closing");
 }
+
+/// Bytes the files under `dir` hold on disk (allocated blocks, not apparent sizes).
+fn allocated_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let metadata = entry.metadata().unwrap();
+        total += if metadata.is_dir() {
+            allocated_bytes(&entry.path())
+        } else {
+            metadata.blocks() * 512
+        };
+    }
+    total
+}
+
+/// The segment files of `core`, as (index, size) in log order.
+fn segment_sizes(data_dir: &std::path::Path, core: &str) -> Vec<u64> {
+    let mut segments: Vec<(String, u64)> = std::fs::read_dir(data_dir.join(core))
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".seg"))
+        .map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            (name, entry.metadata().unwrap().len())
+        })
+        .collect();
+    segments.sort();
+    segments.into_iter().map(|(_, size)| size).collect()
+}
+
+#[test]
+fn a_first_start_with_full_size_segments_preallocates_megabytes_not_a_gigabyte() {
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    // The default segment size: the last round's first start took 2 × 256 MiB per shard.
+    let args = ["--segment-size", "268435456"];
+    let server = TestServer::start_on(&data_dir, &args);
+    // The next segment is prepared in the background: wait until the directory stops
+    // growing (or 10 s), then look.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut allocated = allocated_bytes(&data_dir);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = allocated_bytes(&data_dir);
+        if now == allocated || Instant::now() > deadline {
+            allocated = now;
+            break;
+        }
+        allocated = now;
+    }
+    const MIB: u64 = 1024 * 1024;
+    assert!(
+        allocated <= 2 * 24 * MIB + 4 * MIB,
+        "two shards preallocate at most 8 + 16 MiB each on a first start: {} MiB",
+        allocated / MIB
+    );
+    for core in ["core-0", "core-1"] {
+        let sizes = segment_sizes(&data_dir, core);
+        assert_eq!(sizes.first(), Some(&(8 * MIB)), "{core}: {sizes:?}");
+    }
+
+    // Under load the segments grow, each twice the one before, towards the configured size.
+    let mut client = client_at(server.address, true);
+    client.create_topic("growing", 1).unwrap();
+    let value = vec![7u8; 64 * 1024];
+    let mut records = Vec::new();
+    for _ in 0..8 {
+        records.push(RecordInput {
+            key: b"k",
+            value: &value,
+            ..RecordInput::default()
+        });
+    }
+    for _ in 0..80 {
+        let result = client.append("growing", Some(0), None, &records).unwrap();
+        assert!(
+            matches!(result, AppendResult::Appended { .. }),
+            "{result:?}"
+        );
+    }
+    let partition_shard = ["core-0", "core-1"]
+        .into_iter()
+        .max_by_key(|core| segment_sizes(&data_dir, core).len())
+        .unwrap();
+    let sizes = segment_sizes(&data_dir, partition_shard);
+    assert!(sizes.len() >= 3, "40 MiB rolled the segments: {sizes:?}");
+    for pair in sizes.windows(2) {
+        assert_eq!(pair[1], pair[0] * 2, "segments double: {sizes:?}");
+    }
+}

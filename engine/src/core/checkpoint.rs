@@ -129,49 +129,20 @@ impl Checkpoint {
             .iter()
             .map(|partition| partition.key_entries.len())
             .sum();
-        let mut out = Writer(Vec::with_capacity(key_bytes + 4096));
-        out.bytes(&CHECKPOINT_MAGIC);
-        out.u32(CHECKPOINT_VERSION);
-        out.u16(self.shard_id.0);
-        out.u16(self.shard_count);
-        out.position(self.log_end);
-        out.position(self.last_batch);
-        out.u32(self.chain_crc);
-        out.u32(u32::try_from(self.partitions.len()).expect("partitions per shard fit in u32"));
+        let mut writer = CheckpointWriter::new(self, self.partitions.len(), key_bytes);
         for partition in &self.partitions {
-            out.u32(partition.id.0);
-            out.u64(partition.end_offset.0);
-            out.u64(partition.key_count);
-            out.u64(partition.key_entries.len() as u64);
-            out.bytes(&partition.key_entries);
-            out.u64(partition.producer_append_count);
-            out.u32(u32::try_from(partition.producers.len()).expect("producers are bounded"));
-            for producer in &partition.producers {
-                out.u64(producer.producer_id as u64);
-                out.u16(producer.epoch as u16);
-                out.u64(producer.last_append);
-                out.0
-                    .push(u8::try_from(producer.batches.len()).expect("at most 5 batches"));
-                for batch in &producer.batches {
-                    out.u32(batch.first_sequence as u32);
-                    out.u32(batch.last_sequence as u32);
-                    out.u64(batch.base_offset.0);
-                    out.u32(batch.record_count);
-                }
-            }
-            out.u64(partition.batches.len() as u64);
-            for (location, max_timestamp_ms) in &partition.batches {
-                out.u64(location.base_offset.0);
-                out.u64(location.end_offset.0);
-                out.u64(location.segment_index);
-                out.u64(location.position);
-                out.u32(location.len_bytes);
-                out.u64(*max_timestamp_ms as u64);
-            }
+            writer.partition(
+                partition.id,
+                partition.end_offset,
+                partition.key_count,
+                |out| out.extend_from_slice(&partition.key_entries),
+                partition.producer_append_count,
+                &partition.producers,
+                partition.batches.len(),
+                partition.batches.iter().copied(),
+            );
         }
-        let crc = crc32fast::hash(&out.0);
-        out.u32(crc);
-        out.0
+        writer.finish()
     }
 
     /// Parses and checks file bytes. Verifies the checksum first, then every count against
@@ -230,6 +201,116 @@ impl Checkpoint {
             chain_crc,
             partitions,
         })
+    }
+}
+
+/// Writes checkpoint bytes partition by partition, so the log can encode its state straight
+/// from its own structures (`ShardLog::capture_checkpoint`) instead of first copying it
+/// into a `Checkpoint`: the key index, most of a checkpoint, is then copied once.
+pub struct CheckpointWriter {
+    out: Writer,
+    partitions_left: usize,
+}
+
+impl CheckpointWriter {
+    /// A checkpoint of `header`'s shard, log end, last batch and chain (its `partitions`
+    /// are ignored), which will hold `partition_count` partitions; `capacity_bytes` is a
+    /// hint for the buffer.
+    #[must_use]
+    pub fn new(header: &Checkpoint, partition_count: usize, capacity_bytes: usize) -> Self {
+        let mut out = Writer(Vec::with_capacity(capacity_bytes + 4096));
+        out.bytes(&CHECKPOINT_MAGIC);
+        out.u32(CHECKPOINT_VERSION);
+        out.u16(header.shard_id.0);
+        out.u16(header.shard_count);
+        out.position(header.log_end);
+        out.position(header.last_batch);
+        out.u32(header.chain_crc);
+        out.u32(u32::try_from(partition_count).expect("partitions per shard fit in u32"));
+        CheckpointWriter {
+            out,
+            partitions_left: partition_count,
+        }
+    }
+
+    /// Adds one partition: `write_key_entries` appends its key entries (as
+    /// `KeyIndex::encode_entries` does), `batches` yields `batch_count` locations with
+    /// their running maximum timestamps, in offset order.
+    ///
+    /// # Panics
+    ///
+    /// If more partitions are added than announced, or `batches` yields another count.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per field of the layout"
+    )]
+    pub fn partition(
+        &mut self,
+        id: PartitionId,
+        end_offset: Offset,
+        key_count: u64,
+        write_key_entries: impl FnOnce(&mut Vec<u8>),
+        producer_append_count: u64,
+        producers: &[ProducerCheckpoint],
+        batch_count: usize,
+        batches: impl Iterator<Item = (BatchLocation, i64)>,
+    ) {
+        self.partitions_left = self
+            .partitions_left
+            .checked_sub(1)
+            .expect("no more partitions than announced");
+        let out = &mut self.out;
+        out.u32(id.0);
+        out.u64(end_offset.0);
+        out.u64(key_count);
+        let length_at = out.0.len();
+        out.u64(0);
+        write_key_entries(&mut out.0);
+        let key_bytes = (out.0.len() - length_at - 8) as u64;
+        out.0[length_at..length_at + 8].copy_from_slice(&key_bytes.to_le_bytes());
+        out.u64(producer_append_count);
+        out.u32(u32::try_from(producers.len()).expect("producers are bounded"));
+        for producer in producers {
+            out.u64(producer.producer_id as u64);
+            out.u16(producer.epoch as u16);
+            out.u64(producer.last_append);
+            out.0
+                .push(u8::try_from(producer.batches.len()).expect("at most 5 batches"));
+            for batch in &producer.batches {
+                out.u32(batch.first_sequence as u32);
+                out.u32(batch.last_sequence as u32);
+                out.u64(batch.base_offset.0);
+                out.u32(batch.record_count);
+            }
+        }
+        out.u64(batch_count as u64);
+        let mut written = 0;
+        for (location, max_timestamp_ms) in batches {
+            out.u64(location.base_offset.0);
+            out.u64(location.end_offset.0);
+            out.u64(location.segment_index);
+            out.u64(location.position);
+            out.u32(location.len_bytes);
+            out.u64(max_timestamp_ms as u64);
+            written += 1;
+        }
+        assert_eq!(written, batch_count, "batches yields the count announced");
+    }
+
+    /// The file bytes, CRC32 last.
+    ///
+    /// # Panics
+    ///
+    /// If fewer partitions were added than announced.
+    #[must_use]
+    pub fn finish(mut self) -> Vec<u8> {
+        assert_eq!(
+            self.partitions_left, 0,
+            "every announced partition was added"
+        );
+        let crc = crc32fast::hash(&self.out.0);
+        self.out.u32(crc);
+        self.out.0
     }
 }
 

@@ -23,13 +23,14 @@ use std::collections::VecDeque;
 
 use hashbrown::HashTable;
 
-use crate::core::checkpoint::{CheckpointError, PartitionCheckpoint};
+use crate::core::checkpoint::{CheckpointError, CheckpointWriter, PartitionCheckpoint};
 use crate::core::condition::{Conflict, condition_holds};
 use crate::core::key_index::{KeyIndex, KeySlot, hash_key};
 use crate::core::limits::{
     BATCH_LINEAR_SCAN_RECORD_COUNT_MAX, BATCH_RECORD_COUNT_MAX, BATCH_SCRATCH_RECORD_COUNT_MAX,
     KEY_SIZE_BYTES_MAX,
 };
+use crate::core::offset_index::BatchLocation;
 use crate::core::producer::{ProducerBatch, ProducerCheck, ProducerTable};
 use crate::core::{KeyCondition, Offset, PartitionId, ProducerStamp, RecordInput};
 use crate::error::ProducerError;
@@ -529,6 +530,27 @@ impl PartitionState {
             producers,
             batches: Vec::new(),
         }
+    }
+
+    /// Adds this partition to a checkpoint being written, with `batch_count` batch
+    /// locations from `batches`: what `checkpoint` holds, written without copying it first.
+    pub fn write_checkpoint(
+        &self,
+        writer: &mut CheckpointWriter,
+        batch_count: usize,
+        batches: impl Iterator<Item = (BatchLocation, i64)>,
+    ) {
+        let (producer_append_count, producers) = self.producers.checkpoint();
+        writer.partition(
+            self.id,
+            self.watermarks.appended_end,
+            self.key_index.len() as u64,
+            |out| self.key_index.encode_entries(out),
+            producer_append_count,
+            &producers,
+            batch_count,
+            batches,
+        );
     }
 
     /// The partition a checkpoint stored, as recovery would have rebuilt it from the log up

@@ -23,7 +23,7 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
-use crate::core::checkpoint::{Checkpoint, CheckpointError, PartitionCheckpoint};
+use crate::core::checkpoint::{Checkpoint, CheckpointError, CheckpointWriter, PartitionCheckpoint};
 use crate::core::limits::{BLOCK_SIZE_BYTES, SEGMENT_SIZE_BYTES_FIRST};
 use crate::core::offset_index::{BatchLocation, OffsetIndex};
 use crate::core::partition::{PartitionState, Refusal};
@@ -209,6 +209,16 @@ pub struct ShardLogStats {
     pub batch_bytes: u64,
     /// Bytes written including padding to block boundaries.
     pub written_bytes: u64,
+}
+
+/// A checkpoint `ShardLog::capture_checkpoint` took: its file bytes and the end of the
+/// log it covers (its file name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapturedCheckpoint {
+    /// The file's bytes (`core::checkpoint`).
+    pub bytes: Vec<u8>,
+    /// Just after its last batch.
+    pub log_end: SegmentPosition,
 }
 
 /// A recovered partition, handed to `ShardLog::new`.
@@ -676,64 +686,68 @@ impl ShardLog {
         GroupPoll::Write(write)
     }
 
-    /// A checkpoint of the log's state at the end of the group in flight (docs/DESIGN.md
-    /// §3.7), or `None` unless a group is in flight and nothing was staged after it: call it
-    /// right after `poll_group_write` returned `Write`. Then the state with every staged
-    /// record included is exactly the state the log has once that group is synced, at a
-    /// place whose position is known; the shell installs the checkpoint only then.
+    /// A checkpoint of the log's state at the end of the group in flight (docs/DESIGN.md,
+    /// "Checkpoints"), encoded, or `None` unless a group is in flight and nothing was
+    /// staged after it: call it right after `poll_group_write` returned `Write`. Then the
+    /// state with every staged record included is exactly the state the log has once that
+    /// group is synced, at a place whose position is known; the shell installs the
+    /// checkpoint only then.
     #[must_use]
-    pub fn capture_checkpoint(&self, shard_id: ShardId, shard_count: u16) -> Option<Checkpoint> {
+    pub fn capture_checkpoint(
+        &self,
+        shard_id: ShardId,
+        shard_count: u16,
+    ) -> Option<CapturedCheckpoint> {
         let in_flight = self.in_flight.as_ref()?;
         if self.poisoned.is_some() || !self.open.partitions.is_empty() {
             return None;
         }
-        let in_flight_position = |batch: &StagedBatch| SegmentPosition {
+        let in_flight_location = |batch: &StagedBatch| BatchLocation {
+            base_offset: batch.base_offset,
+            end_offset: batch.end_offset,
             segment_index: in_flight.segment_index,
             position: in_flight.position + batch.group_position as u64,
+            len_bytes: batch.len_bytes,
         };
-        let last_partition = in_flight.group.partitions.last()?;
         let last_batch = self
             .partitions
-            .get(last_partition)
+            .get(in_flight.group.partitions.last()?)
             .and_then(|log| log.staged_batches.back())
-            .map(in_flight_position)?;
-        let mut partitions = Vec::with_capacity(self.partitions.len());
+            .map(in_flight_location)?;
+        let last_batch_at = SegmentPosition {
+            segment_index: last_batch.segment_index,
+            position: last_batch.position,
+        };
+        let log_end = SegmentPosition {
+            segment_index: last_batch.segment_index,
+            position: last_batch.position + u64::from(last_batch.len_bytes),
+        };
+        let header = Checkpoint {
+            shard_id,
+            shard_count,
+            log_end: Some(log_end),
+            last_batch: Some(last_batch_at),
+            chain_crc: self.chain_crc,
+            partitions: Vec::new(),
+        };
+        let mut writer = CheckpointWriter::new(&header, self.partitions.len(), 0);
         for log in self.partitions.values() {
-            let mut checkpoint = log.state.checkpoint();
-            checkpoint.batches = log.synced_batches.entries().collect();
-            let mut running_max_ms = checkpoint.batches.last().map(|(_, max_ms)| *max_ms);
-            for batch in &log.staged_batches {
-                let at = in_flight_position(batch);
+            let synced = log.synced_batches.entries();
+            let mut running_max_ms = log.synced_batches.entries().last().map(|(_, max)| max);
+            let staged = log.staged_batches.iter().map(|batch| {
                 let max_ms = running_max_ms.map_or(batch.max_timestamp_ms, |previous| {
                     previous.max(batch.max_timestamp_ms)
                 });
                 running_max_ms = Some(max_ms);
-                let location = BatchLocation {
-                    base_offset: batch.base_offset,
-                    end_offset: batch.end_offset,
-                    segment_index: at.segment_index,
-                    position: at.position,
-                    len_bytes: batch.len_bytes,
-                };
-                checkpoint.batches.push((location, max_ms));
-            }
-            partitions.push(checkpoint);
+                (in_flight_location(batch), max_ms)
+            });
+            let batch_count = log.synced_batches.batches().len() + log.staged_batches.len();
+            log.state
+                .write_checkpoint(&mut writer, batch_count, synced.chain(staged));
         }
-        let last_len = self
-            .partitions
-            .get(last_partition)
-            .and_then(|log| log.staged_batches.back())
-            .map(|batch| u64::from(batch.len_bytes))?;
-        Some(Checkpoint {
-            shard_id,
-            shard_count,
-            log_end: Some(SegmentPosition {
-                segment_index: last_batch.segment_index,
-                position: last_batch.position + last_len,
-            }),
-            last_batch: Some(last_batch),
-            chain_crc: self.chain_crc,
-            partitions,
+        Some(CapturedCheckpoint {
+            bytes: writer.finish(),
+            log_end,
         })
     }
 

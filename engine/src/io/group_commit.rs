@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Instant;
 
-use crate::core::shard_log::{GroupPoll, GroupWrite};
+use crate::core::shard_log::{CapturedCheckpoint, GroupPoll, GroupWrite};
 use crate::error::StorageError;
 use crate::io::checkpoint;
 use crate::io::event::Event;
@@ -182,17 +182,12 @@ fn start_checkpoint_if_due(state: &Rc<RefCell<ShardState>>, write: &GroupWrite) 
             return;
         }
         let captured_at = Instant::now();
-        let Some(checkpoint) = guard
+        let Some(CapturedCheckpoint { bytes, log_end }) = guard
             .log
             .capture_checkpoint(guard.shard_id, guard.config.shard_count)
         else {
             return;
         };
-        let Some(log_end) = checkpoint.log_end else {
-            return;
-        };
-        let bytes = checkpoint.encode();
-        drop(checkpoint);
         guard
             .stats
             .checkpoint_capture_us

@@ -1232,7 +1232,7 @@ impl Sim {
                         .log
                         .capture_checkpoint(ShardId(0), 1)
                         .ok_or("no checkpoint right after a group was taken")?;
-                    self.checkpoint_pending = Some((write.sequence, checkpoint.encode()));
+                    self.checkpoint_pending = Some((write.sequence, checkpoint.bytes));
                 }
                 let padded_len = usize::try_from(write.padded_len_bytes).expect("small groups");
                 let mut bytes = write.bytes.to_vec();

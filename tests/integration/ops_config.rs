@@ -48,6 +48,7 @@ listen = "0.0.0.0:7000"
 port-base = 7100
 cores = 3
 segment-size = 8392704
+checkpoint-interval = 1048576
 max-frame-bytes = 1048576
 max-request-bytes-per-shard = 1000000
 max-connections-per-shard = 77

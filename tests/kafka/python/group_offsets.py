@@ -69,13 +69,26 @@ class Confluent:
                              asynchronous=False)
 
     def committed(self, topic, partition):
-        [committed] = self.consumer.committed([self.partition(topic, partition)],
-                                              timeout=TIMEOUT_S)
-        if committed.error:
-            raise RuntimeError(str(committed.error))
-        # librdkafka reports "no committed offset" as OFFSET_INVALID (-1001).
-        offset = committed.offset if committed.offset >= 0 else None
-        return offset, committed.metadata
+        # librdkafka copies a committed offset's metadata by its length, without a NUL, and
+        # confluent-kafka-python 2.16 then reads it as a C string: the bytes after it in the
+        # heap (usually a 0) come along, and now and then one breaks UTF-8 decoding (seen
+        # once: 0xae at position 11 of "cairn fetch", the byte just past its end; compare
+        # librdkafka issue 4649). The server sent 11 bytes; ask again rather than fail on
+        # the client's read past them.
+        for attempt in range(5):
+            [committed] = self.consumer.committed([self.partition(topic, partition)],
+                                                  timeout=TIMEOUT_S)
+            if committed.error:
+                raise RuntimeError(str(committed.error))
+            try:
+                metadata = committed.metadata
+            except UnicodeDecodeError:
+                if attempt == 4:
+                    raise
+                continue
+            # librdkafka reports "no committed offset" as OFFSET_INVALID (-1001).
+            offset = committed.offset if committed.offset >= 0 else None
+            return offset, metadata
 
     def close(self):
         self.consumer.close()

@@ -11,7 +11,7 @@ use cairn_engine::{
 };
 
 use crate::support::engine::{open_engine, run_local, test_config};
-use crate::support::{TestRng, test_seed};
+use crate::support::{TestRng, copy_tree, test_seed};
 
 const PARTITION_COUNT: u32 = 3;
 
@@ -46,19 +46,6 @@ fn checkpoints(data_dir: &Path) -> Vec<PathBuf> {
     found.sort();
     found.reverse();
     found
-}
-
-fn copy_dir(from: &Path, to: &Path, keep: &dyn Fn(&Path) -> bool) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target, keep);
-        } else if keep(&path) {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
 }
 
 fn without_checkpoints(path: &Path) -> bool {
@@ -246,7 +233,7 @@ fn write(data_dir: &Path, batch_count: u64, seed: u64) -> LastStamped {
 fn observe_by_full_scan(data_dir: &Path, stamped: &LastStamped) -> Observed {
     let scratch = tempfile::tempdir().unwrap();
     let copy = scratch.path().join("data");
-    copy_dir(data_dir, &copy, &without_checkpoints);
+    copy_tree(data_dir, &copy, without_checkpoints);
     let (used, observed) = reopen(&copy, stamped);
     assert_eq!(used, None, "without checkpoints the whole log is scanned");
     observed

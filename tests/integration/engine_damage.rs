@@ -11,6 +11,7 @@ use cairn_engine::{
 };
 
 use crate::support::engine::{open_engine, run_local};
+use crate::support::files_under;
 use crate::support::server::CAIRN_BIN;
 
 /// Segments larger than the tear window (one group, 4 MiB), so that damage in one segment
@@ -69,7 +70,7 @@ fn flip_bit(path: &Path, position: u64) {
 /// Every file of the data directory and its bytes' hash, to prove nothing was touched.
 fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, u32> {
     let mut files = BTreeMap::new();
-    for entry in walkdir(dir) {
+    for entry in files_under(dir) {
         if entry
             .extension()
             .is_some_and(|extension| extension == "seg")
@@ -81,19 +82,6 @@ fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, u32> {
         }
     }
     files
-}
-
-fn walkdir(dir: &Path) -> Vec<PathBuf> {
-    let mut paths = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            paths.extend(walkdir(&path));
-        } else {
-            paths.push(path);
-        }
-    }
-    paths
 }
 
 /// Opens shard 0 and returns its partition's (appended, synced) end, or the open error.
@@ -237,7 +225,7 @@ fn repair_truncates_mid_log_damage_says_what_it_dropped_and_keeps_the_damaged_fi
         "the report names the lost offsets: {report}"
     );
     // The damaged segments are kept aside, byte for byte, for whoever investigates.
-    let quarantined: Vec<u32> = walkdir(&data_dir)
+    let quarantined: Vec<u32> = files_under(&data_dir)
         .into_iter()
         .filter(|path| path.to_string_lossy().contains("damaged-"))
         .map(|path| crc32fast::hash(&std::fs::read(path).unwrap()))

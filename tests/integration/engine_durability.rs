@@ -16,7 +16,7 @@ use cairn_engine::{
 };
 
 use crate::support::engine::{open_engine, run_local, test_config};
-use crate::support::{TestRng, test_seed};
+use crate::support::{TestRng, copy_tree, files_under, test_seed};
 
 /// One record as the workload wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -394,25 +394,7 @@ fn concurrent_conditional_appends_on_one_key_have_one_winner_per_offset() {
 /// Copies every segment of `source` into a fresh directory `target` (the data directory's
 /// metadata too), as a crash at this instant would leave it.
 fn snapshot_data_dir(source: &Path, target: &Path) {
-    for entry in walk(source) {
-        let relative = entry.strip_prefix(source).unwrap();
-        let destination = target.join(relative);
-        std::fs::create_dir_all(destination.parent().unwrap()).unwrap();
-        std::fs::copy(&entry, &destination).unwrap();
-    }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
+    copy_tree(source, target, |_| true);
 }
 
 #[test]
@@ -508,7 +490,7 @@ fn damage_from(path: &Path, position: u64, garbage_seed: Option<u64>) {
 }
 
 fn last_segment(dir: &Path) -> std::path::PathBuf {
-    let mut segments: Vec<_> = walk(&dir.join("core-0"))
+    let mut segments: Vec<_> = files_under(&dir.join("core-0"))
         .into_iter()
         .filter(|path| path.extension().is_some_and(|e| e == "seg"))
         .collect();

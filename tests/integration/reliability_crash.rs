@@ -20,7 +20,7 @@ use crate::support::workload::{
     Control, Ledger, Outcome, StorageFailureRule, Workload, WriterShape, check_log, connect,
     run_follower, run_writer,
 };
-use crate::support::{TestRng, test_seed};
+use crate::support::{TestRng, copy_tree, test_seed};
 
 const WRITER_COUNT: u64 = 8;
 const PARTITION_COUNT: u32 = 4;
@@ -209,16 +209,9 @@ fn kill_9_under_conditional_load_loses_no_acknowledged_record() {
         "checkpoints were written on both shards ({checkpoint_count} files)"
     );
     let scanned_dir = temp.path().join("without-checkpoints");
-    for core in ["core-0", "core-1"] {
-        std::fs::create_dir_all(scanned_dir.join(core)).unwrap();
-    }
-    for entry in walk(&data_dir) {
-        let relative = entry.strip_prefix(&data_dir).unwrap();
-        if !relative.to_string_lossy().ends_with(".ckpt") {
-            std::fs::create_dir_all(scanned_dir.join(relative).parent().unwrap()).unwrap();
-            std::fs::copy(&entry, scanned_dir.join(relative)).unwrap();
-        }
-    }
+    copy_tree(&data_dir, &scanned_dir, |file| {
+        !file.to_string_lossy().ends_with(".ckpt")
+    });
     let server = TestServer::start_on(&scanned_dir, SERVER_ARGS);
     let mut client = connect(server.address).unwrap();
     let scanned = check_log(
@@ -255,18 +248,4 @@ fn kill_9_under_conditional_load_loses_no_acknowledged_record() {
         second.acknowledged_count > 0,
         "the workload got something acknowledged"
     );
-}
-
-/// Every file under `dir`, recursively.
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }

@@ -44,3 +44,32 @@ impl TestRng {
         self.next_u64() % bound
     }
 }
+
+/// Every file under `dir`, recursively, in no particular order.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Copies every file under `from` that `keep` accepts to the same place under `to`.
+pub fn copy_tree(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    keep: impl Fn(&std::path::Path) -> bool,
+) {
+    for file in files_under(from) {
+        if keep(&file) {
+            let target = to.join(file.strip_prefix(from).unwrap());
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(&file, &target).unwrap();
+        }
+    }
+}

@@ -25,11 +25,15 @@ use crate::core::recovery::{
     BlockProbe, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
 };
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
+use crate::core::segment_index::{PartitionEntries, SegmentIndex, SegmentIndexBuilder};
 use crate::core::shard_log::RecoveredPartition;
 use crate::core::{Offset, PartitionId, SegmentPosition, ShardId};
 use crate::error::{Inconsistency, OpenError, StorageError};
 use crate::io::config::EngineConfig;
 use crate::io::data_dir::sync_dir;
+use crate::io::index_file::{
+    IndexFile, index_file_name, read_index_file, remove_temporary, write_index_file,
+};
 use crate::io::segment::{SegmentFile, SegmentReader, parse_segment_file_name, segment_file_name};
 use crate::io::state::segment_header;
 
@@ -42,9 +46,21 @@ const _: () = assert!(RECOVERY_CHUNK_BYTES.is_multiple_of(BLOCK_SIZE_BYTES));
 const BLOCK: u64 = BLOCK_SIZE_BYTES as u64;
 const DATA_START: u64 = SEGMENT_HEADER_SIZE_BYTES as u64;
 
+/// What recovery does with the index files of sealed segments (FORMAT.md, Segment index
+/// file): a valid one seals the segment's batches in memory either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IndexFiles {
+    /// Rewrite a missing, torn or stale one from the scan (opening a shard).
+    Rebuild,
+    /// Write nothing (`cairn check`): the segment's batches stay dense.
+    VerifyOnly,
+}
+
 /// What recovery found: the open segments of the log, where it ends, the chain to continue.
 pub(crate) struct Recovered {
     pub(crate) segments: BTreeMap<u64, Rc<SegmentFile>>,
+    /// The durable, verified index files of sealed segments.
+    pub(crate) index_files: BTreeMap<u64, Rc<IndexFile>>,
     /// Just after the last valid batch; None: no segment yet.
     pub(crate) end: Option<SegmentPosition>,
     pub(crate) chain_crc: u32,
@@ -107,6 +123,7 @@ pub(crate) async fn recover_segments(
     shard_id: ShardId,
     config: &EngineConfig,
     partitions: &mut HashMap<PartitionId, RecoveredPartition>,
+    index_files_mode: IndexFiles,
     on_batch: &mut dyn FnMut(u64, u64, &BatchView<'_>),
 ) -> Result<Recovered, OpenError> {
     let indexes = list_segments(shard_dir)?;
@@ -125,7 +142,9 @@ pub(crate) async fn recover_segments(
     let scanned_end = hole.unwrap_or(u64::MAX);
 
     let mut scanner = RecoveryScanner::new();
-    let mut segments = BTreeMap::new();
+    let mut segments: BTreeMap<u64, Rc<SegmentFile>> = BTreeMap::new();
+    let mut index_files = BTreeMap::new();
+    let mut sealing = true;
     let mut end: Option<SegmentPosition> = None;
     for index in indexes.iter().copied().filter(|index| *index < scanned_end) {
         let path = shard_dir.join(segment_file_name(index));
@@ -146,12 +165,42 @@ pub(crate) async fn recover_segments(
             }
             Err(error) => return Err(error),
         };
+        let mut apply = |position: u64, batch: &BatchView<'_>| {
+            apply_recovered_batch(partitions, index, position, batch)?;
+            on_batch(index, position, batch);
+            Ok(())
+        };
         let (valid_end, accepted_batch_count) =
-            scan_segment(&segment, index, &mut scanner, partitions, on_batch).await?;
+            scan_segment(&segment, index, &mut scanner, &mut apply).await?;
         if index > 0 && accepted_batch_count == 0 {
             // The log ended in the previous segment; this one was prepared ahead (or holds
             // what a torn group left) and is looked at below with everything after the end.
             break;
+        }
+        // The log continues here, so the segment before is sealed: every batch in it was
+        // synced before this segment's first group was written.
+        // Segments are sealed in order: after one whose index file could not be written, the
+        // later ones stay dense too, for the `ShardLog` to write in order.
+        let sealed = end.and_then(|end| {
+            let segment = segments.get(&end.segment_index)?;
+            sealing.then(|| (end, segment.clone()))
+        });
+        if let Some((sealed_end, sealed_segment)) = sealed {
+            match seal_recovered(
+                shard_dir,
+                &sealed_segment,
+                sealed_end.position,
+                partitions,
+                index_files_mode,
+                config,
+            )
+            .await
+            {
+                Some(file) => {
+                    index_files.insert(sealed_end.segment_index, Rc::new(file));
+                }
+                None => sealing = false,
+            }
         }
         segments.insert(index, Rc::new(segment));
         end = Some(SegmentPosition {
@@ -190,6 +239,7 @@ pub(crate) async fn recover_segments(
         }
         return Ok(Recovered {
             segments,
+            index_files,
             end,
             chain_crc: scanner.chain_crc(),
             repair: quarantine.into_report(shard_id, log_end, Vec::new()),
@@ -253,6 +303,7 @@ pub(crate) async fn recover_segments(
     tracing::warn!(?report, "core log repaired: damaged data dropped");
     Ok(Recovered {
         segments,
+        index_files,
         end,
         chain_crc: scanner.chain_crc(),
         repair: report,
@@ -386,23 +437,28 @@ pub(crate) async fn scan_shard_dir(
     on_batch: &mut dyn FnMut(u64, u64, &BatchView<'_>),
 ) -> Result<ShardScan, OpenError> {
     let segment_count = list_segments(shard_dir)?.len();
-    let (end, damage) =
-        match recover_segments(shard_dir, shard_id, config, &mut partitions, on_batch).await {
-            Ok(recovered) => (recovered.end, None),
-            Err(error) if is_damage(&error) => (None, Some(error)),
-            Err(error) => return Err(error),
-        };
+    let (end, damage) = match recover_segments(
+        shard_dir,
+        shard_id,
+        config,
+        &mut partitions,
+        IndexFiles::VerifyOnly,
+        on_batch,
+    )
+    .await
+    {
+        Ok(recovered) => (recovered.end, None),
+        Err(error) if is_damage(&error) => (None, Some(error)),
+        Err(error) => return Err(error),
+    };
     let mut partitions: Vec<PartitionScan> = partitions
         .into_iter()
-        .map(|(partition_id, recovered)| {
-            let batches = recovered.synced_batches.batches();
-            PartitionScan {
-                partition_id,
-                offsets_start: batches.first().map_or(Offset(0), |batch| batch.base_offset),
-                offsets_end: recovered.synced_batches.end_offset(),
-                key_count: recovered.state.key_count(),
-                batch_count: batches.len(),
-            }
+        .map(|(partition_id, recovered)| PartitionScan {
+            partition_id,
+            offsets_start: recovered.synced_batches.start_offset(),
+            offsets_end: recovered.synced_batches.end_offset(),
+            key_count: recovered.state.key_count(),
+            batch_count: recovered.synced_batches.batch_count(),
         })
         .collect();
     partitions.sort_by_key(|partition| partition.partition_id);
@@ -447,14 +503,15 @@ async fn data_continues_log(path: &Path, scanner: &RecoveryScanner) -> Result<bo
     }))
 }
 
-/// Feeds one segment to the scanner in chunks and applies every accepted batch. Returns
-/// the position after the last accepted batch and how many were accepted.
+/// Feeds one segment to the scanner in chunks and hands every accepted batch to `visit`
+/// (which applies it to the partitions, or only notes its location). Returns the position
+/// after the last accepted batch and how many were accepted; the first inconsistency
+/// `visit` reports fails the scan.
 async fn scan_segment(
     segment: &SegmentFile,
     index: u64,
     scanner: &mut RecoveryScanner,
-    partitions: &mut HashMap<PartitionId, RecoveredPartition>,
-    visit: &mut dyn FnMut(u64, u64, &BatchView<'_>),
+    visit: &mut dyn FnMut(u64, &BatchView<'_>) -> Result<(), Inconsistency>,
 ) -> Result<(u64, u64), OpenError> {
     let segment_size_bytes = segment.size_bytes();
     scanner.begin_segment(segment_size_bytes);
@@ -472,15 +529,12 @@ async fn scan_segment(
             if inconsistency.is_some() {
                 return;
             }
-            match apply_recovered_batch(partitions, index, position, batch) {
-                Ok(()) => visit(index, position, batch),
-                Err(problem) => {
-                    inconsistency = Some(OpenError::Inconsistent {
-                        path: segment.path().to_owned(),
-                        position,
-                        problem,
-                    });
-                }
+            if let Err(problem) = visit(position, batch) {
+                inconsistency = Some(OpenError::Inconsistent {
+                    path: segment.path().to_owned(),
+                    position,
+                    problem,
+                });
             }
         };
         match scanner.scan(&chunk, chunk_position, &mut on_batch) {
@@ -502,6 +556,121 @@ async fn scan_segment(
             }
         }
     }
+}
+
+/// Rebuilds one segment's index from its bytes alone, without applying its batches to any
+/// partition state: what a recovery that starts from a checkpoint after this segment needs
+/// when the segment's index file is missing or invalid. `scanner` continues the log (the
+/// chain and partition offsets at the segment's start); returns the index and where the
+/// segment's valid data ends.
+///
+/// # Errors
+///
+/// Reading fails, or a batch contradicts the log.
+pub async fn rebuild_segment_index(
+    segment: &SegmentFile,
+    scanner: &mut RecoveryScanner,
+) -> Result<SegmentIndex, OpenError> {
+    let mut builder = SegmentIndexBuilder::new();
+    let segment_index = segment.index();
+    let mut note = |position: u64, batch: &BatchView<'_>| {
+        builder.push(
+            batch.partition_id(),
+            &location_of(segment_index, position, batch),
+            batch.max_record_timestamp_ms(),
+        );
+        Ok(())
+    };
+    let (valid_end, _) = scan_segment(segment, segment_index, scanner, &mut note).await?;
+    let index = builder.finish(*segment.header());
+    debug_assert!(index.entry_count() == 0 || index.data_end_position == valid_end);
+    Ok(index)
+}
+
+/// Segment `segment` is sealed and its batches, ending at `valid_end`, are the first dense
+/// ones of `partitions`: checks its index file against them and, if it is missing, torn,
+/// stale or unreadable, writes it again (`IndexFiles::Rebuild`). Once the file is durable
+/// the partitions keep only a summary of the segment; the open file is returned. Failing
+/// to write or open it is logged, not fatal: the batches then stay dense, and the
+/// `ShardLog` tries again (`io::index_file`).
+async fn seal_recovered(
+    shard_dir: &Path,
+    segment: &SegmentFile,
+    valid_end: u64,
+    partitions: &mut HashMap<PartitionId, RecoveredPartition>,
+    mode: IndexFiles,
+    config: &EngineConfig,
+) -> Option<IndexFile> {
+    let segment_index = segment.index();
+    let mut ids: Vec<PartitionId> = partitions.keys().copied().collect();
+    ids.sort_unstable();
+    let expected = SegmentIndex {
+        segment: *segment.header(),
+        data_end_position: valid_end,
+        partitions: ids
+            .into_iter()
+            .filter_map(|partition_id| {
+                let entries = partitions
+                    .get(&partition_id)?
+                    .synced_batches
+                    .segment_entries(segment_index);
+                (!entries.is_empty()).then_some(PartitionEntries {
+                    partition_id,
+                    entries,
+                })
+            })
+            .collect(),
+    };
+    let path = shard_dir.join(index_file_name(segment_index));
+    // The scan just rebuilt every entry, so the check is exact: the file must say what
+    // the segment says, byte for byte after its checksum verified.
+    let problem = match read_index_file(&path) {
+        Ok(None) => Some("missing".to_owned()),
+        Ok(Some(bytes)) => match SegmentIndex::decode(&bytes, segment.header()) {
+            Ok(found) if found == expected => None,
+            Ok(_) => Some("stale: it does not match its segment".to_owned()),
+            Err(error) => Some(error.to_string()),
+        },
+        Err(error) => Some(error.to_string()),
+    };
+    if let Some(problem) = problem {
+        if mode == IndexFiles::VerifyOnly {
+            tracing::warn!(path = %path.display(), %problem, "segment index file invalid");
+            return None;
+        }
+        tracing::warn!(path = %path.display(), %problem, "segment index file invalid: rebuilding it from its segment");
+        let written = match remove_temporary(shard_dir, segment_index) {
+            Ok(()) => {
+                write_index_file(
+                    shard_dir,
+                    segment_index,
+                    &expected.encode(),
+                    config.fault_hook.as_ref(),
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = written {
+            tracing::warn!(path = %path.display(), %error, "could not write a segment index file: its batches stay in memory");
+            return None;
+        }
+    }
+    let file = match IndexFile::open(shard_dir, segment_index).await {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "could not open a segment index file: its batches stay in memory");
+            return None;
+        }
+    };
+    for placement in expected.placements() {
+        if let Some(partition) = partitions.get_mut(&placement.partition_id) {
+            partition
+                .synced_batches
+                .seal(segment_index, placement.entries_position);
+        }
+    }
+    Some(file)
 }
 
 /// Every valid batch that starts at a block boundary after the log's end: in the segment the
@@ -693,14 +862,18 @@ fn apply_recovered_batch(
             .map(|record| (record.indexed_key(), record.prev_key_offset)),
     )?;
     slot.synced_batches.push(
-        BatchLocation {
-            base_offset: batch.base_offset(),
-            end_offset: batch.end_offset(),
-            segment_index,
-            position,
-            len_bytes: u32::try_from(batch.len_bytes()).expect("batches are at most 1 MiB"),
-        },
+        location_of(segment_index, position, batch),
         batch.max_record_timestamp_ms(),
     );
     Ok(())
+}
+
+fn location_of(segment_index: u64, position: u64, batch: &BatchView<'_>) -> BatchLocation {
+    BatchLocation {
+        base_offset: batch.base_offset(),
+        end_offset: batch.end_offset(),
+        segment_index,
+        position,
+        len_bytes: u32::try_from(batch.len_bytes()).expect("batches are at most 2 MiB"),
+    }
 }

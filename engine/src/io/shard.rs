@@ -236,11 +236,13 @@ impl Shard {
             shard_id,
             &config,
             &mut partitions,
+            recovery::IndexFiles::Rebuild,
             &mut |_, _, _| {},
         )
         .await?;
         let repair = recovered.repair;
         let mut segments = recovered.segments;
+        let index_files = recovered.index_files;
         let (current_index, write_position) = match recovered.end {
             Some(end) => (end.segment_index, align_up(end.position)),
             None => {
@@ -287,6 +289,7 @@ impl Shard {
             catalog: engine.catalog.clone(),
             log,
             segments,
+            index_files,
             next_segment_file: None,
             completions: HashMap::new(),
             synced,
@@ -300,6 +303,8 @@ impl Shard {
         let state = Rc::new(RefCell::new(state));
         let events = ShardEvents::default();
         group_commit::start_preparation(&state, &events);
+        // Sealed segments whose index file recovery could not write are tried again now.
+        group_commit::start_index_write(&state);
         let committer = glommio::spawn_local(group_commit::run(state.clone(), events.clone()));
         Ok(Shard {
             state,

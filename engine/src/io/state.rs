@@ -19,6 +19,7 @@ use crate::error::StorageError;
 use crate::io::config::EngineConfig;
 use crate::io::data_dir::{Catalog, DataDir, ProducerIdAllocator};
 use crate::io::event::Event;
+use crate::io::index_file::IndexFile;
 use crate::io::segment::SegmentFile;
 
 /// How a group ended, shared by every append waiting on it.
@@ -156,6 +157,8 @@ pub(crate) struct ShardState {
     pub(crate) log: ShardLog,
     /// The open segment files of the core log, by index.
     pub(crate) segments: BTreeMap<u64, Rc<SegmentFile>>,
+    /// The durable index files of sealed segments, by segment index.
+    pub(crate) index_files: BTreeMap<u64, Rc<IndexFile>>,
     /// The prepared next segment, until a roll makes it current.
     pub(crate) next_segment_file: Option<SegmentFile>,
     /// The waiters of each group not yet completed, by sequence.

@@ -1,17 +1,24 @@
 //! Segment index files against the real server: a log that rolled several small segments
 //! is read through them after a restart (every offset fetched, every key's history across
 //! sealed segments, ListOffsets by time), and a deleted or corrupted index file is rebuilt
-//! at the next start, with the same answers.
+//! at the next start, with the same answers. And the real engine: failed index writes
+//! (ENOSPC) leave appends and reads alone and are retried.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cairn_client::{AppendResult, BlockingClient, ClientConfig, FetchedRecord};
-use cairn_engine::{KeyCondition, Offset, RecordInput};
+use cairn_engine::{
+    FaultHook, FaultPoint, FaultPolicy, KeyCondition, Offset, PartitionId, RecordInput, Shard,
+    ShardId,
+};
 
 use crate::kafka_protocol::list_offset;
+use crate::support::engine::{open_engine, run_local, test_config};
 use crate::support::kafka_connection::KafkaConnection;
 use crate::support::server::TestServer;
 
@@ -219,4 +226,140 @@ fn sealed_segments_are_read_through_their_index_files_and_rebuilt_when_damaged()
         before_restart,
         "after rebuilding"
     );
+}
+
+/// Fails the first `failure_count` index writes with ENOSPC; every other operation works.
+struct IndexWritesFail {
+    failure_count: u64,
+    seen: AtomicU64,
+}
+
+impl FaultPolicy for IndexWritesFail {
+    fn fail(&self, point: FaultPoint, _path: &Path) -> Option<i32> {
+        if point != FaultPoint::IndexWrite {
+            return None;
+        }
+        let seen = self.seen.fetch_add(1, Ordering::SeqCst);
+        (seen < self.failure_count).then_some(28)
+    }
+}
+
+/// Appends `batch_count` batches of four 2 KiB records to `partition`, then reads every
+/// offset back; returns the end offset.
+async fn append_and_read_back(shard: &Shard, partition: PartitionId, batch_count: u64) -> Offset {
+    let value = vec![b'i'; 2000];
+    for batch in 0..batch_count {
+        let key = format!("key-{}", batch % 5).into_bytes();
+        let records: Vec<RecordInput<'_>> = (0..4)
+            .map(|_| RecordInput {
+                key: &key,
+                value: &value,
+                headers: &[],
+                condition: KeyCondition::Any,
+                ..RecordInput::default()
+            })
+            .collect();
+        shard
+            .append(partition, None, &records)
+            .await
+            .expect("appends go on whatever happens to index files");
+    }
+    check_every_offset(shard, partition).await
+}
+
+async fn check_every_offset(shard: &Shard, partition: PartitionId) -> Offset {
+    let (_, end) = shard.end_offsets(partition).unwrap();
+    let mut next = Offset(0);
+    while next < end {
+        let fetched = shard.fetch(partition, next, 16 * 1024).await.unwrap();
+        let offsets: Vec<Offset> = fetched.records().map(|record| record.offset).collect();
+        assert!(!offsets.is_empty(), "a fetch from {next:?} made progress");
+        for offset in offsets {
+            assert_eq!(offset, next);
+            next = next.plus(1);
+        }
+    }
+    end
+}
+
+fn sealed_index_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("core-0"))
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".seg.index")
+        })
+        .count()
+}
+
+#[test]
+fn failed_index_writes_do_not_stop_appends_and_are_retried_at_the_next_seal_and_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // Every index write fails: appends, reads and memory go on as without index files.
+    config.fault_hook = Some(FaultHook(Arc::new(IndexWritesFail {
+        failure_count: u64::MAX,
+        seen: AtomicU64::new(0),
+    })));
+    let engine = open_engine(config.clone());
+    let (end, pending, dense_bytes) = run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        let partition = shard
+            .create_topic("events", 1)
+            .unwrap()
+            .partition_id(0)
+            .unwrap();
+        // 12 MB: five segments of 2 MiB roll.
+        let end = append_and_read_back(&shard, partition, 1500).await;
+        assert!(
+            shard.poisoned().is_none(),
+            "a failed index write poisons nothing"
+        );
+        let pending = shard.index_pending_count();
+        let dense_bytes = shard.offset_index_memory_bytes();
+        shard.close().await;
+        (end, pending, dense_bytes)
+    });
+    assert!(
+        pending >= 4,
+        "{pending} sealed segments wait for their index file"
+    );
+    assert_eq!(sealed_index_count(dir.path()), 0);
+
+    // The first two writes at the next open fail, then the next seal retries them in order.
+    config.fault_hook = Some(FaultHook(Arc::new(IndexWritesFail {
+        failure_count: 2,
+        seen: AtomicU64::new(0),
+    })));
+    let engine = open_engine(config.clone());
+    run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        let partition = PartitionId(0);
+        assert_eq!(check_every_offset(&shard, partition).await, end);
+        append_and_read_back(&shard, partition, 400).await;
+        // The background writes finish soon after the seal that started them.
+        for _ in 0..500 {
+            if shard.index_pending_count() == 0 {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            shard.index_pending_count(),
+            0,
+            "every sealed segment is indexed"
+        );
+        assert!(
+            shard.offset_index_memory_bytes() * 4 < dense_bytes,
+            "sealed batches left memory: {} bytes, {dense_bytes} before",
+            shard.offset_index_memory_bytes()
+        );
+        check_every_offset(&shard, partition).await;
+        shard.close().await;
+    });
+    assert!(sealed_index_count(dir.path()) >= 5);
 }

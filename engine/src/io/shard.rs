@@ -601,6 +601,18 @@ impl Shard {
         self.state.borrow().log.key_index_memory_bytes()
     }
 
+    /// Offset-index memory of all partitions of this shard, for the memory figure: dense
+    /// locations of segments without a durable index file, and the summaries of the rest.
+    pub fn offset_index_memory_bytes(&self) -> usize {
+        self.state.borrow().log.offset_index_memory_bytes()
+    }
+
+    /// Sealed segments whose index file is not durable yet (written in the background;
+    /// more than zero for long only after failed writes).
+    pub fn index_pending_count(&self) -> usize {
+        self.state.borrow().log.index_pending_count()
+    }
+
     /// Stops taking appends, waits until every staged append is synced (or failed), and
     /// stops the committer.
     pub async fn close(&self) {

@@ -8,12 +8,23 @@
 //! open or more index bytes per record for the same N, K and batch size.
 //!
 //! Run: `cargo bench --bench restart -- --records 10000000 --keys 1000000 --batch 1`.
-//! Needs ~2 GB of free disk for the default (set CAIRN_BENCH_DIR to choose where).
+//! Needs ~3 GB of free disk for the default (set CAIRN_BENCH_DIR to choose where).
+//!
+//! Also printed: the offset index's bytes per record after the open (sealed segments are
+//! summarised through their index files, FORMAT.md "Segment index file") and the process's
+//! resident memory. `--dense` deletes the index files and fails every index write before
+//! the timed open, so every batch stays in memory: the figure without index files.
 
 use std::rc::Rc;
 use std::time::Instant;
 
-use cairn_engine::{Engine, EngineConfig, KeyCondition, PartitionId, RecordInput, ShardId};
+use std::path::Path;
+use std::sync::Arc;
+
+use cairn_engine::{
+    Engine, EngineConfig, FaultHook, FaultPoint, FaultPolicy, KeyCondition, PartitionId,
+    RecordInput, ShardId,
+};
 use glommio::{LocalExecutorBuilder, Placement};
 
 fn flag(arguments: &[String], name: &str, default: u64) -> u64 {
@@ -23,6 +34,35 @@ fn flag(arguments: &[String], name: &str, default: u64) -> u64 {
         .and_then(|index| arguments.get(index + 1))
         .and_then(|value| value.parse().ok())
         .unwrap_or(default)
+}
+
+/// Fails every index write (`--dense`).
+struct NoIndexWrites;
+
+impl FaultPolicy for NoIndexWrites {
+    fn fail(&self, point: FaultPoint, _path: &Path) -> Option<i32> {
+        (point == FaultPoint::IndexWrite).then_some(28)
+    }
+}
+
+/// This process's resident memory (VmRSS), in bytes.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| {
+                    value
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 fn main() {
@@ -97,24 +137,51 @@ fn main() {
         .map(|metadata| metadata.len())
         .sum();
 
-    let engine = Engine::open(config).expect("engine reopens");
-    let (open_seconds, records, key_index_bytes) = LocalExecutorBuilder::new(Placement::Fixed(0))
-        .io_memory(8 * 1024 * 1024)
-        .spawn(move || async move {
-            let opened = Instant::now();
-            let shard = engine.open_shard(ShardId(0)).await.expect("shard recovers");
-            let open_seconds = opened.elapsed().as_secs_f64();
-            let (_, synced_end) = shard.end_offsets(PartitionId(0)).expect("partition 0");
-            (open_seconds, synced_end.0, shard.key_index_memory_bytes())
+    let dense = arguments.iter().any(|argument| argument == "--dense");
+    let mut config = config;
+    let index_file_count = std::fs::read_dir(dir.path().join("core-0"))
+        .expect("shard dir")
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".index"))
+        .inspect(|entry| {
+            if dense {
+                std::fs::remove_file(entry.path()).expect("index file removed");
+            }
         })
-        .expect("reader starts")
-        .join()
-        .expect("reader finishes");
+        .count();
+    if dense {
+        config.fault_hook = Some(FaultHook(Arc::new(NoIndexWrites)));
+    }
+    let resident_bytes_before = resident_bytes();
+    let engine = Engine::open(config).expect("engine reopens");
+    let (open_seconds, records, key_index_bytes, offset_index_bytes, resident_bytes_opened) =
+        LocalExecutorBuilder::new(Placement::Fixed(0))
+            .io_memory(8 * 1024 * 1024)
+            .spawn(move || async move {
+                let opened = Instant::now();
+                let shard = engine.open_shard(ShardId(0)).await.expect("shard recovers");
+                let open_seconds = opened.elapsed().as_secs_f64();
+                let (_, synced_end) = shard.end_offsets(PartitionId(0)).expect("partition 0");
+                (
+                    open_seconds,
+                    synced_end.0,
+                    shard.key_index_memory_bytes(),
+                    shard.offset_index_memory_bytes(),
+                    resident_bytes(),
+                )
+            })
+            .expect("reader starts")
+            .join()
+            .expect("reader finishes");
     println!(
         "records={records} keys={key_count} batch={batch_record_count} segment_bytes_on_disk={log_bytes} \
          write_s={write_seconds:.1} open_s={open_seconds:.2} records_per_s_recovered={:.0} \
-         key_index_bytes_per_key={:.1}",
+         key_index_bytes_per_key={:.1} index_files={index_file_count} dense={dense} \
+         offset_index_bytes={offset_index_bytes} offset_index_bytes_per_record={:.3} \
+         rss_bytes={resident_bytes_opened} rss_bytes_opened={}",
         records as f64 / open_seconds,
         key_index_bytes as f64 / key_count.min(records) as f64,
+        offset_index_bytes as f64 / records as f64,
+        resident_bytes_opened.saturating_sub(resident_bytes_before),
     );
 }

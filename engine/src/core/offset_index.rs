@@ -176,19 +176,21 @@ impl OffsetIndex {
             .or_else(|| self.sealed.last().map(|run| run.running_max_timestamp_ms))
     }
 
-    /// The entries of segment `segment_index` (which must lead the dense part), as its
-    /// index file holds them; empty when the partition has no batch there.
-    ///
-    /// # Panics
-    ///
-    /// If an earlier segment is still dense: segments are sealed in order.
+    /// The dense entries of segment `segment_index`, as its index file holds them; empty
+    /// when the partition has no dense batch there.
     pub fn segment_entries(&self, segment_index: u64) -> Vec<IndexEntry> {
-        let count = self.dense_count_in(segment_index);
+        let start = self
+            .dense
+            .partition_point(|location| location.segment_index < segment_index);
+        let end = self
+            .dense
+            .partition_point(|location| location.segment_index <= segment_index);
         let mut running_max_ms = i64::MIN;
         self.dense
             .iter()
             .zip(&self.dense_batch_max_ms)
-            .take(count)
+            .take(end)
+            .skip(start)
             .map(|(location, batch_max_ms)| {
                 running_max_ms = running_max_ms.max(*batch_max_ms);
                 entry_of(location, running_max_ms)
@@ -196,6 +198,11 @@ impl OffsetIndex {
             .collect()
     }
 
+    /// Dense batches in segment `segment_index`, which must lead the dense part.
+    ///
+    /// # Panics
+    ///
+    /// If an earlier segment is still dense: segments are sealed in order.
     fn dense_count_in(&self, segment_index: u64) -> usize {
         if let Some(first) = self.dense.first() {
             assert!(

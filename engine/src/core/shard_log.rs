@@ -901,10 +901,21 @@ impl ShardLog {
             return None;
         }
         let segment_index = *self.index_pending.front()?;
+        let write = IndexWrite {
+            segment_index,
+            partitions: self.segment_partitions(segment_index),
+        };
+        let placements = placements(&write.partitions);
+        self.index_in_flight = Some((segment_index, placements));
+        Some(write)
+    }
+
+    /// Each partition's dense batches in `segment_index`, by id: what its index file holds
+    /// once the segment is sealed (the simulator also makes stale files of it).
+    pub(crate) fn segment_partitions(&self, segment_index: u64) -> Vec<PartitionEntries> {
         let mut ids: Vec<PartitionId> = self.partitions.keys().copied().collect();
         ids.sort_unstable();
-        let partitions: Vec<PartitionEntries> = ids
-            .into_iter()
+        ids.into_iter()
             .filter_map(|partition_id| {
                 let log = self.partitions.get(&partition_id)?;
                 let entries = log.synced_batches.segment_entries(segment_index);
@@ -913,14 +924,7 @@ impl ShardLog {
                     entries,
                 })
             })
-            .collect();
-        let write = IndexWrite {
-            segment_index,
-            partitions,
-        };
-        let placements = placements(&write.partitions);
-        self.index_in_flight = Some((segment_index, placements));
-        Some(write)
+            .collect()
     }
 
     /// Segment `segment_index`'s index file is durable: its batches leave the dense part of

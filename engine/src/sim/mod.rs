@@ -11,6 +11,13 @@
 //!   conflict) matches the model's, and `prev_key_offset` chains verify on recovery;
 //! - after an I/O error nothing more is acknowledged;
 //! - a crash never looks like damage (the probe of `core::recovery` stays quiet);
+//! - segment index files (`core::segment_index`): the shell's write steps (temporary file
+//!   synced, renamed, directory synced, or ENOSPC) are separate steps a crash can fall
+//!   between, and a power loss may lose a rename whose directory was not synced; stale
+//!   files (an index of a segment's earlier prefix, left next to it) are planted at
+//!   crashes. Recovery accepts a file only if it says exactly what the scan found, else
+//!   rebuilds it, and after every open each offset of every partition is read through
+//!   the log's lookups (index pages included) and compared with the model;
 //! - idempotent producers: every stamped batch's outcome (appended, duplicate of which
 //!   batch, fenced, out of order, conflict) matches the model's, and the producers resend
 //!   every unacknowledged batch after a crash, as Kafka clients do. A resend is either the
@@ -33,12 +40,17 @@ use crate::core::record::{BatchView, batch_encoded_len, decode_batch};
 use crate::core::recovery::{
     BlockProbe, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
 };
-use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
-use crate::core::shard_log::{
-    Admission, GroupPoll, GroupWrite, RecoveredPartition, ShardLog, ShardLogLimits,
-    first_segment_size_bytes,
+use crate::core::segment_header::{SEGMENT_HEADER_SIZE_BYTES, SegmentHeader};
+use crate::core::segment_index::{
+    IndexPage, PartitionEntries, SegmentIndex, SegmentIndexBuilder, decode_page,
 };
-use crate::core::{KeyCondition, Offset, PartitionId, ProducerStamp, RecordInput, SegmentPosition};
+use crate::core::shard_log::{
+    Admission, FetchPlan, GroupPoll, GroupWrite, ReadSource, RecoveredPartition, ShardLog,
+    ShardLogLimits, batch_in_page, batches_in_page, first_segment_size_bytes,
+};
+use crate::core::{
+    KeyCondition, Offset, PartitionId, ProducerStamp, RecordInput, SegmentPosition, ShardId,
+};
 use crate::error::{ProducerError, StorageError};
 use crate::sim::disk::{CrashKind, SimDisk};
 
@@ -138,6 +150,17 @@ pub struct SimReport {
     pub resend_appended_count: u64,
     /// Stamped batches refused as fenced or out of order.
     pub producer_refused_count: u64,
+    /// Index files made durable by the log's index writes.
+    pub index_written_count: u64,
+    /// Index files recovery found valid and used.
+    pub index_accepted_count: u64,
+    /// Index files recovery rebuilt: missing (a crash before the rename or its directory
+    /// sync, a failed write), or not what the segment holds (a stale one).
+    pub index_rebuilt_count: u64,
+    /// Of those, files that decoded but did not match their segment (stale).
+    pub index_stale_rejected_count: u64,
+    /// Reads answered through an index page and checked against the model.
+    pub index_page_read_count: u64,
     /// The first invariant broken, with enough context to debug it; `None` if none.
     pub violation: Option<String>,
 }
@@ -405,7 +428,12 @@ fn decode_sim_header(bytes: &[u8]) -> SimHeader {
 
 /// Recovery as the shell does it (io/recovery.rs), over the simulated disk: segments in
 /// order while their headers verify and the log continues, then the damage probe.
-fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, String> {
+fn recover(
+    disk: &SimDisk,
+    index_dir: &mut SimIndexDir,
+    partition_ids: &[PartitionId],
+    report: &mut SimReport,
+) -> Result<Recovery, String> {
     let mut partitions: BTreeMap<PartitionId, RecoveredPartition> = partition_ids
         .iter()
         .map(|id| (*id, RecoveredPartition::empty(*id)))
@@ -420,7 +448,10 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
         return Err(format!("segment {missing} is missing after a crash"));
     }
     let mut scanner = RecoveryScanner::new();
-    let mut end = None;
+    let mut end: Option<SegmentPosition> = None;
+    // The previous segment's header and its index as a second, independent builder sees it.
+    let mut previous: Option<(SegmentHeader, SegmentIndex)> = None;
+    let mut sealing = true;
     for index in indexes.iter().copied() {
         let bytes = disk.read(index).unwrap_or_default();
         let segment_size_bytes = match decode_sim_header(&bytes) {
@@ -457,10 +488,22 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
         scanner.begin_segment(segment_size_bytes);
         let data = bytes.get(SEGMENT_HEADER_SIZE_BYTES..).unwrap_or_default();
         let mut problem = None;
+        let mut builder = SegmentIndexBuilder::new();
         let mut on_batch = |position: u64, batch: &BatchView<'_>| {
             if problem.is_some() {
                 return;
             }
+            builder.push(
+                batch.partition_id(),
+                &BatchLocation {
+                    base_offset: batch.base_offset(),
+                    end_offset: batch.end_offset(),
+                    segment_index: index,
+                    position,
+                    len_bytes: batch.len_bytes() as u32,
+                },
+                batch.max_record_timestamp_ms(),
+            );
             let partition = batch.partition_id();
             let Some(recovered) = partitions.get_mut(&partition) else {
                 problem = Some(format!("batch of unknown partition {partition:?}"));
@@ -515,6 +558,16 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
         if index > 0 && accepted == 0 {
             break;
         }
+        // The log continues here: the previous segment is sealed.
+        if let Some((header, built)) = previous.take()
+            && sealing
+        {
+            sealing = seal_recovered(index_dir, &mut partitions, header, built, report)?;
+        }
+        previous = Some((
+            sim_segment_header(index, segment_size_bytes),
+            builder.finish(sim_segment_header(index, segment_size_bytes)),
+        ));
         end = Some(SegmentPosition {
             segment_index: index,
             position: valid_end,
@@ -568,6 +621,143 @@ fn recover(disk: &SimDisk, partition_ids: &[PartitionId]) -> Result<Recovery, St
     })
 }
 
+/// Whether `bytes` are exactly the model's `expected` batch of `partition`.
+fn check_batch(bytes: &[u8], partition: PartitionId, expected: &ModelBatch) -> Result<(), String> {
+    let batch = decode_batch(bytes).map_err(|error| format!("a located batch: {error}"))?;
+    let records: Vec<(Vec<u8>, Vec<u8>)> = batch
+        .records()
+        .map(|record| (record.key.to_vec(), record.value.to_vec()))
+        .collect();
+    if batch.partition_id() != partition
+        || batch.base_offset() != expected.base_offset
+        || records != expected.records
+    {
+        return Err(format!(
+            "read {:?} at {:?}, the model has {partition:?} at {:?}",
+            batch.partition_id(),
+            batch.base_offset(),
+            expected.base_offset
+        ));
+    }
+    Ok(())
+}
+
+/// What `io::recovery` does with a sealed segment's index file, over the simulated
+/// directory: accept it if it says exactly what the scan found (here the partitions' dense
+/// entries, cross-checked with an independent builder's), else rebuild it durably. Then
+/// the partitions keep only summaries of the segment. Returns whether it sealed (always,
+/// here: the simulated rebuild does not fail).
+fn seal_recovered(
+    index_dir: &mut SimIndexDir,
+    partitions: &mut BTreeMap<PartitionId, RecoveredPartition>,
+    header: SegmentHeader,
+    built: SegmentIndex,
+    report: &mut SimReport,
+) -> Result<bool, String> {
+    let segment_index = header.segment_index;
+    let expected = SegmentIndex {
+        segment: header,
+        data_end_position: built.data_end_position,
+        partitions: partitions
+            .iter()
+            .filter_map(|(partition_id, recovered)| {
+                let entries = recovered.synced_batches.segment_entries(segment_index);
+                (!entries.is_empty()).then_some(PartitionEntries {
+                    partition_id: *partition_id,
+                    entries,
+                })
+            })
+            .collect(),
+    };
+    if expected != built {
+        return Err(format!(
+            "segment {segment_index}: the offset index and a scan disagree on its index"
+        ));
+    }
+    match index_dir
+        .read(segment_index)
+        .map(|bytes| SegmentIndex::decode(bytes, &header))
+    {
+        Some(Ok(found)) if found == expected => report.index_accepted_count += 1,
+        found => {
+            if matches!(found, Some(Ok(_))) {
+                report.index_stale_rejected_count += 1;
+            }
+            report.index_rebuilt_count += 1;
+            index_dir.write_durably(segment_index, expected.encode());
+        }
+    }
+    for placement in expected.placements() {
+        if let Some(partition) = partitions.get_mut(&placement.partition_id) {
+            partition
+                .synced_batches
+                .seal(segment_index, placement.entries_position);
+        }
+    }
+    Ok(true)
+}
+
+/// The shard directory's index files, as the real shell writes them
+/// (`io::index_file`): a file's bytes are synced under a temporary name before the rename,
+/// so a file is either absent or whole; only the rename can be lost, by a power loss before
+/// the directory's sync.
+#[derive(Clone, Debug, Default)]
+struct SimIndexDir {
+    /// Names that survive any crash.
+    durable: BTreeMap<u64, Vec<u8>>,
+    /// Renamed since the directory's last sync: kept by a process crash, kept or lost by a
+    /// power loss.
+    renamed: BTreeMap<u64, Vec<u8>>,
+}
+
+impl SimIndexDir {
+    fn read(&self, segment_index: u64) -> Option<&Vec<u8>> {
+        self.renamed
+            .get(&segment_index)
+            .or_else(|| self.durable.get(&segment_index))
+    }
+
+    fn rename(&mut self, segment_index: u64, bytes: Vec<u8>) {
+        self.renamed.insert(segment_index, bytes);
+    }
+
+    fn sync(&mut self) {
+        self.durable.append(&mut self.renamed);
+    }
+
+    fn write_durably(&mut self, segment_index: u64, bytes: Vec<u8>) {
+        self.renamed.remove(&segment_index);
+        self.durable.insert(segment_index, bytes);
+    }
+
+    fn crash(&mut self, kind: CrashKind, rng: &mut SimRng) {
+        for (segment_index, bytes) in std::mem::take(&mut self.renamed) {
+            if kind == CrashKind::Process || rng.chance(500) {
+                self.durable.insert(segment_index, bytes);
+            }
+        }
+    }
+}
+
+/// Where the index write in flight stands: each step a crash can fall between.
+#[derive(Clone, Debug)]
+enum IndexStage {
+    /// The temporary file is written and synced (never read by recovery).
+    TemporarySynced,
+    /// Renamed; the directory is not synced yet.
+    Renamed,
+}
+
+/// The sim's segment header as the index file's identity (shard 0 of 1).
+fn sim_segment_header(segment_index: u64, segment_size_bytes: u64) -> SegmentHeader {
+    SegmentHeader {
+        shard_id: ShardId(0),
+        shard_count: 1,
+        segment_index,
+        segment_size_bytes,
+    }
+}
+
 /// One shard under simulation.
 struct Sim {
     rng: SimRng,
@@ -586,6 +776,10 @@ struct Sim {
     value_counter: u64,
     /// Idempotent producers' client state, per producer and partition.
     producers: BTreeMap<(i64, PartitionId), SimProducer>,
+    /// The shard directory's index files.
+    index_dir: SimIndexDir,
+    /// The index write in flight: its segment, bytes and stage.
+    index_write: Option<(u64, Vec<u8>, IndexStage)>,
     report: SimReport,
 }
 
@@ -610,7 +804,12 @@ impl Sim {
 
     /// Opens the shard on what the disk holds, checking the model against it.
     fn open(&mut self) -> Result<(), String> {
-        let recovery = recover(&self.disk, &self.partition_ids)?;
+        let recovery = recover(
+            &self.disk,
+            &mut self.index_dir,
+            &self.partition_ids,
+            &mut self.report,
+        )?;
         self.check_recovered(&recovery)?;
         let (current_index, write_position) = match recovery.end {
             Some(end) => (end.segment_index, end.position.div_ceil(BLOCK) * BLOCK),
@@ -642,8 +841,126 @@ impl Sim {
         );
         self.written = None;
         self.preparing = None;
+        self.index_write = None;
         self.failed = false;
+        self.check_reads()
+    }
+
+    /// After an open: every batch of the model is where the log's lookups say (offset by
+    /// offset and fetch by fetch), through index pages for sealed segments, and holds the
+    /// model's records.
+    fn check_reads(&mut self) -> Result<(), String> {
+        const FETCH_SIZE_BYTES: usize = 16 * BLOCK_SIZE_BYTES;
+        let segments: BTreeMap<u64, Vec<u8>> = self
+            .disk
+            .segment_indexes()
+            .into_iter()
+            .map(|index| (index, self.disk.read(index).unwrap_or_default()))
+            .collect();
+        let batch_bytes = |location: &BatchLocation| -> Result<Vec<u8>, String> {
+            let start = usize::try_from(location.position).unwrap_or(usize::MAX);
+            segments
+                .get(&location.segment_index)
+                .and_then(|segment| {
+                    segment.get(start..start.saturating_add(location.len_bytes as usize))
+                })
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| format!("{location:?} runs past its segment"))
+        };
+        for (partition, batches) in &self.model.partitions {
+            let partition = *partition;
+            // A quarter of the batches per open (a different quarter each life), so that
+            // the check costs what the rest of the simulation does.
+            let life = self.life as usize;
+            for (_, batch) in batches
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| (index + life) % 4 == 0)
+            {
+                // One offset per batch: its last, so the lookup has to skip to inside it.
+                let offset = batch.base_offset.plus(batch.records.len() as u64 - 1);
+                let source = self
+                    .log
+                    .read_source(partition, offset)
+                    .ok_or("a partition of the model is unknown to the log")?
+                    .map_err(|end| format!("{partition:?} {offset:?}: not found, end {end:?}"))?;
+                let bytes = match source {
+                    ReadSource::Page(page) => {
+                        let entries = self.read_page(&page)?;
+                        let location = batch_in_page(&entries, page.segment_index, offset)
+                            .ok_or_else(|| format!("{offset:?} is not in {page:?}"))?;
+                        self.report.index_page_read_count += 1;
+                        batch_bytes(&location)?
+                    }
+                    ReadSource::Disk(location) => batch_bytes(&location)?,
+                    ReadSource::Cached {
+                        bytes,
+                        start,
+                        len_bytes,
+                    } => bytes
+                        .get(start..start + len_bytes)
+                        .ok_or("a cached batch outside its group")?
+                        .to_vec(),
+                    ReadSource::Staged(_) => {
+                        return Err("a batch is staged right after an open".to_owned());
+                    }
+                };
+                check_batch(&bytes, partition, batch)?;
+            }
+            // A fetch from every batch start reaches the next batch, whole batches only.
+            let end = batches.last().map_or(Offset(0), |batch| {
+                batch.base_offset.plus(batch.records.len() as u64)
+            });
+            let mut next = Offset(0);
+            let mut batch_index = 0;
+            while next < end {
+                let (plan, _) = self
+                    .log
+                    .fetch_locations(partition, next, FETCH_SIZE_BYTES)
+                    .ok_or("unknown partition")?
+                    .map_err(|end| format!("fetch {next:?}: end {end:?}"))?;
+                let locations = match plan {
+                    FetchPlan::Batches(locations) => locations,
+                    FetchPlan::Page(page) => {
+                        let entries = self.read_page(&page)?;
+                        batches_in_page(&entries, page.segment_index, next, FETCH_SIZE_BYTES)
+                    }
+                };
+                if locations.is_empty() {
+                    return Err(format!(
+                        "{partition:?}: a fetch from {next:?} found nothing"
+                    ));
+                }
+                for location in locations {
+                    let batch = batches
+                        .get(batch_index)
+                        .ok_or("a fetch returned more batches than the model has")?;
+                    let bytes = batch_bytes(&location)?;
+                    check_batch(&bytes, partition, batch)?;
+                    next = location.end_offset;
+                    batch_index += 1;
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// A page of an index file as the shell reads it, verified.
+    fn read_page(
+        &self,
+        page: &IndexPage,
+    ) -> Result<Vec<crate::core::segment_index::IndexEntry>, String> {
+        let file = self.index_dir.read(page.segment_index).ok_or_else(|| {
+            format!(
+                "segment {} is sealed without an index file",
+                page.segment_index
+            )
+        })?;
+        let start = usize::try_from(page.position).unwrap_or(usize::MAX);
+        let bytes = file
+            .get(start..start.saturating_add(page.len_bytes()))
+            .ok_or_else(|| format!("{page:?} runs past its file"))?;
+        decode_page(bytes, page).map_err(|error| format!("{page:?}: {error}"))
     }
 
     /// The invariants after a crash: acknowledged batches present and identical, the log a
@@ -1133,6 +1450,69 @@ impl Sim {
         }
     }
 
+    /// The index writer: start the next index file the log asks for, or take the one in
+    /// flight a step further (rename, then directory sync and `handle_index_written`). Now
+    /// and then a write fails (ENOSPC) and is retried later.
+    fn step_index(&mut self) -> Result<(), String> {
+        match self.index_write.take() {
+            None => {
+                if self.rng.chance(100) {
+                    self.log.retry_index_writes();
+                }
+                let Some(write) = self.log.poll_index_write() else {
+                    return Ok(());
+                };
+                let segment_index = write.segment_index;
+                let segment_size_bytes =
+                    match decode_sim_header(&self.disk.read(segment_index).unwrap_or_default()) {
+                        SimHeader::Valid(_, size) => size,
+                        SimHeader::NotPrepared | SimHeader::Damaged => {
+                            return Err(format!("sealed segment {segment_index} has no header"));
+                        }
+                    };
+                if self.rng.chance(self.config.disk_full_per_mille) {
+                    self.log.handle_index_failed(segment_index);
+                    return Ok(());
+                }
+                let header = sim_segment_header(segment_index, segment_size_bytes);
+                let bytes = write.into_index(header).encode();
+                self.index_write = Some((segment_index, bytes, IndexStage::TemporarySynced));
+            }
+            Some((segment_index, bytes, IndexStage::TemporarySynced)) => {
+                self.index_dir.rename(segment_index, bytes);
+                self.index_write = Some((segment_index, Vec::new(), IndexStage::Renamed));
+            }
+            Some((segment_index, _, IndexStage::Renamed)) => {
+                self.index_dir.sync();
+                self.log.handle_index_written(segment_index);
+                self.report.index_written_count += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves a stale index file next to the current segment: what its index would be had
+    /// it been sealed now. The segment may later hold more batches (or, after a crash that
+    /// lost its first groups, other ones): recovery must then reject it.
+    fn plant_stale_index(&mut self) {
+        let segment_index = self.log.current_segment_index();
+        let partitions = self.log.segment_partitions(segment_index);
+        if partitions.is_empty() {
+            return;
+        }
+        let SimHeader::Valid(_, segment_size_bytes) =
+            decode_sim_header(&self.disk.read(segment_index).unwrap_or_default())
+        else {
+            return;
+        };
+        let stale = crate::core::shard_log::IndexWrite {
+            segment_index,
+            partitions,
+        }
+        .into_index(sim_segment_header(segment_index, segment_size_bytes));
+        self.index_dir.write_durably(segment_index, stale.encode());
+    }
+
     fn fail(&mut self, operation: &'static str) -> Result<(), String> {
         let poisoned = self.log.handle_failure(StorageError {
             operation,
@@ -1176,7 +1556,11 @@ impl Sim {
         } else {
             CrashKind::Process
         };
+        if self.rng.chance(150) {
+            self.plant_stale_index();
+        }
         self.disk.crash(kind, &mut self.rng);
+        self.index_dir.crash(kind, &mut self.rng);
         self.report.crash_count += 1;
         self.life += 1;
         self.open().map_err(|problem| {
@@ -1194,6 +1578,7 @@ impl Sim {
                 0..=44 if !self.failed => self.step_append()?,
                 0..=44 => {}
                 45..=84 => self.step_commit()?,
+                85..=91 => self.step_index()?,
                 _ => self.step_prepare(),
             }
             if self.failed && self.rng.chance(300) {
@@ -1231,6 +1616,8 @@ pub fn simulate(seed: u64, config: &SimConfig) -> SimReport {
         life: 0,
         value_counter: 0,
         producers: BTreeMap::new(),
+        index_dir: SimIndexDir::default(),
+        index_write: None,
         report: SimReport {
             seed,
             ..SimReport::default()
@@ -1273,6 +1660,7 @@ mod tests {
         let mut crash_count = 0;
         let mut acknowledged = 0;
         let (mut duplicates, mut resends_appended, mut producer_refused) = (0, 0, 0);
+        let mut index = SimReport::default();
         let mut violations = Vec::new();
         for seed in seeds() {
             let report = simulate(seed, &config);
@@ -1284,7 +1672,21 @@ mod tests {
             duplicates += report.duplicate_count;
             resends_appended += report.resend_appended_count;
             producer_refused += report.producer_refused_count;
+            index.index_written_count += report.index_written_count;
+            index.index_accepted_count += report.index_accepted_count;
+            index.index_rebuilt_count += report.index_rebuilt_count;
+            index.index_stale_rejected_count += report.index_stale_rejected_count;
+            index.index_page_read_count += report.index_page_read_count;
         }
+        println!(
+            "index files: {} written, {} accepted at open, {} rebuilt ({} stale rejected), \
+             {} reads through index pages",
+            index.index_written_count,
+            index.index_accepted_count,
+            index.index_rebuilt_count,
+            index.index_stale_rejected_count,
+            index.index_page_read_count
+        );
         assert!(
             violations.is_empty(),
             "{} violations:\n{}",
@@ -1299,6 +1701,14 @@ mod tests {
             duplicates > 0 && resends_appended > 0 && producer_refused > 0,
             "the producers met every case: {duplicates} duplicates, {resends_appended} \
              resends appended, {producer_refused} refused"
+        );
+        assert!(
+            index.index_written_count > 0
+                && index.index_accepted_count > 0
+                && index.index_rebuilt_count > 0
+                && index.index_stale_rejected_count > 0
+                && index.index_page_read_count > 0,
+            "index files met every case: {index:?}"
         );
     }
 

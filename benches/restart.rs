@@ -154,7 +154,7 @@ fn main() {
     }
     let resident_bytes_before = resident_bytes();
     let engine = Engine::open(config).expect("engine reopens");
-    let (open_seconds, records, key_index_bytes, offset_index_bytes, resident_bytes_opened) =
+    let (open_seconds, records, key_index_bytes, offset_index, resident_bytes_opened) =
         LocalExecutorBuilder::new(Placement::Fixed(0))
             .io_memory(8 * 1024 * 1024)
             .spawn(move || async move {
@@ -166,22 +166,28 @@ fn main() {
                     open_seconds,
                     synced_end.0,
                     shard.key_index_memory_bytes(),
-                    shard.offset_index_memory_bytes(),
+                    shard.offset_index_memory(),
                     resident_bytes(),
                 )
             })
             .expect("reader starts")
             .join()
             .expect("reader finishes");
+    let offset_index_bytes = offset_index.sealed_bytes + offset_index.dense_bytes;
     println!(
         "records={records} keys={key_count} batch={batch_record_count} segment_bytes_on_disk={log_bytes} \
          write_s={write_seconds:.1} open_s={open_seconds:.2} records_per_s_recovered={:.0} \
          key_index_bytes_per_key={:.1} index_files={index_file_count} dense={dense} \
          offset_index_bytes={offset_index_bytes} offset_index_bytes_per_record={:.3} \
+         sealed_batches={} sealed_bytes_per_batch={:.3} dense_batches={} dense_bytes={} \
          rss_bytes={resident_bytes_opened} rss_bytes_opened={}",
         records as f64 / open_seconds,
         key_index_bytes as f64 / key_count.min(records) as f64,
         offset_index_bytes as f64 / records as f64,
+        offset_index.sealed_batch_count,
+        offset_index.sealed_bytes as f64 / offset_index.sealed_batch_count.max(1) as f64,
+        offset_index.dense_batch_count,
+        offset_index.dense_bytes,
         resident_bytes_opened.saturating_sub(resident_bytes_before),
     );
 }

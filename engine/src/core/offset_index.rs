@@ -118,6 +118,32 @@ pub enum Found {
     Page(IndexPage),
 }
 
+/// Heap bytes of offset indexes, sealed and dense apart, and the batches each covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffsetIndexMemory {
+    /// Batches in sealed segments with a durable index file.
+    pub sealed_batch_count: usize,
+    /// Bytes of their summaries and samples.
+    pub sealed_bytes: usize,
+    /// Batches held one by one: the current segment's, and sealed ones not yet indexed.
+    pub dense_batch_count: usize,
+    /// Bytes of their locations.
+    pub dense_bytes: usize,
+}
+
+impl std::ops::Add for OffsetIndexMemory {
+    type Output = OffsetIndexMemory;
+
+    fn add(self, other: OffsetIndexMemory) -> OffsetIndexMemory {
+        OffsetIndexMemory {
+            sealed_batch_count: self.sealed_batch_count + other.sealed_batch_count,
+            sealed_bytes: self.sealed_bytes + other.sealed_bytes,
+            dense_batch_count: self.dense_batch_count + other.dense_batch_count,
+            dense_bytes: self.dense_bytes + other.dense_bytes,
+        }
+    }
+}
+
 /// Offset -> batch location for one partition's durable batches.
 #[derive(Default, Debug)]
 pub struct OffsetIndex {
@@ -358,15 +384,25 @@ impl OffsetIndex {
 
     /// Heap bytes held, for the memory figures.
     pub fn memory_bytes(&self) -> usize {
-        self.sealed.capacity() * std::mem::size_of::<SealedRun>()
-            + self
-                .sealed
-                .iter()
-                .map(SealedRun::memory_bytes)
-                .sum::<usize>()
-            + self.dense.capacity() * std::mem::size_of::<BatchLocation>()
-            + self.dense_batch_max_ms.capacity() * std::mem::size_of::<i64>()
-            + self.dense_running_max_ms.capacity() * std::mem::size_of::<i64>()
+        let figures = self.memory();
+        figures.sealed_bytes + figures.dense_bytes
+    }
+
+    /// What the sealed and the dense part hold, for the memory figures.
+    pub fn memory(&self) -> OffsetIndexMemory {
+        OffsetIndexMemory {
+            sealed_batch_count: self.batch_count() - self.dense.len(),
+            sealed_bytes: self.sealed.capacity() * std::mem::size_of::<SealedRun>()
+                + self
+                    .sealed
+                    .iter()
+                    .map(SealedRun::memory_bytes)
+                    .sum::<usize>(),
+            dense_batch_count: self.dense.len(),
+            dense_bytes: self.dense.capacity() * std::mem::size_of::<BatchLocation>()
+                + self.dense_batch_max_ms.capacity() * std::mem::size_of::<i64>()
+                + self.dense_running_max_ms.capacity() * std::mem::size_of::<i64>(),
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 
 use crate::core::limits::{BLOCK_SIZE_BYTES, SEGMENT_SIZE_BYTES_FIRST};
-use crate::core::offset_index::{BatchLocation, Found, OffsetIndex, page_find};
+use crate::core::offset_index::{BatchLocation, Found, OffsetIndex, OffsetIndexMemory, page_find};
 use crate::core::partition::{PartitionState, Refusal};
 use crate::core::read_cache::ReadCache;
 use crate::core::record::{BatchMeta, encode_batch};
@@ -985,12 +985,12 @@ impl ShardLog {
         self.index_pending.len()
     }
 
-    /// Offset-index memory of every partition, for the memory figure.
-    pub fn offset_index_memory_bytes(&self) -> usize {
+    /// Offset-index memory of every partition, for the memory figures.
+    pub fn offset_index_memory(&self) -> OffsetIndexMemory {
         self.partitions
             .values()
-            .map(|log| log.synced_batches.memory_bytes())
-            .sum()
+            .map(|log| log.synced_batches.memory())
+            .fold(OffsetIndexMemory::default(), |total, memory| total + memory)
     }
 
     /// Durable batches of `partition` from offset `from`, whole batches up to about

@@ -622,15 +622,17 @@ async fn seal_recovered(
             .collect(),
     };
     let path = shard_dir.join(index_file_name(segment_index));
-    // The scan just rebuilt every entry, so the check is exact: the file must say what
-    // the segment says, byte for byte after its checksum verified.
+    // The scan just rebuilt every entry, so the check is exact: the file must hold what
+    // we would write now, byte for byte (then its checksums verify too), followed by
+    // less than a block of zeros. Only a mismatch is decoded, to say what is wrong.
+    let encoded = expected.encode();
     let problem = match read_index_file(&path) {
         Ok(None) => Some("missing".to_owned()),
-        Ok(Some(bytes)) => match SegmentIndex::decode(&bytes, segment.header()) {
-            Ok(found) if found == expected => None,
-            Ok(_) => Some("stale: it does not match its segment".to_owned()),
-            Err(error) => Some(error.to_string()),
-        },
+        Ok(Some(bytes)) if is_encoding_of(&bytes, &encoded) => None,
+        Ok(Some(bytes)) => Some(match SegmentIndex::decode(&bytes, segment.header()) {
+            Ok(_) => "stale: it does not match its segment".to_owned(),
+            Err(error) => error.to_string(),
+        }),
         Err(error) => Some(error.to_string()),
     };
     if let Some(problem) = problem {
@@ -644,7 +646,7 @@ async fn seal_recovered(
                 write_index_file(
                     shard_dir,
                     segment_index,
-                    &expected.encode(),
+                    &encoded,
                     config.fault_hook.as_ref(),
                 )
                 .await
@@ -866,6 +868,17 @@ fn apply_recovered_batch(
         batch.max_record_timestamp_ms(),
     );
     Ok(())
+}
+
+/// Whether a file's `bytes` are `encoded` followed by the zeros that pad it to a block.
+fn is_encoding_of(bytes: &[u8], encoded: &[u8]) -> bool {
+    let padded_len_bytes = encoded.len().div_ceil(BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES;
+    bytes.len() >= encoded.len()
+        && bytes.len() <= padded_len_bytes
+        && bytes.get(..encoded.len()) == Some(encoded)
+        && bytes
+            .get(encoded.len()..)
+            .is_some_and(|padding| padding.iter().all(|byte| *byte == 0))
 }
 
 fn location_of(segment_index: u64, position: u64, batch: &BatchView<'_>) -> BatchLocation {

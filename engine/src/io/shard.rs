@@ -604,7 +604,13 @@ impl Shard {
     /// Offset-index memory of all partitions of this shard, for the memory figure: dense
     /// locations of segments without a durable index file, and the summaries of the rest.
     pub fn offset_index_memory_bytes(&self) -> usize {
-        self.state.borrow().log.offset_index_memory_bytes()
+        let memory = self.offset_index_memory();
+        memory.sealed_bytes + memory.dense_bytes
+    }
+
+    /// The same, sealed and dense apart, with the batches each covers.
+    pub fn offset_index_memory(&self) -> crate::core::offset_index::OffsetIndexMemory {
+        self.state.borrow().log.offset_index_memory()
     }
 
     /// Sealed segments whose index file is not durable yet (written in the background;

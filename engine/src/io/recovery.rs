@@ -50,10 +50,13 @@ const DATA_START: u64 = SEGMENT_HEADER_SIZE_BYTES as u64;
 /// file): a valid one seals the segment's batches in memory either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum IndexFiles {
-    /// Rewrite a missing, torn or stale one from the scan (opening a shard).
+    /// Rewrite a missing, torn or stale one from the scan (opening a shard), once the log
+    /// is known to be free of damage: a shard that refuses to open writes nothing.
     Rebuild,
     /// Write nothing (`cairn check`): the segment's batches stay dense.
     VerifyOnly,
+    /// Write nothing and log nothing yet: the scan's pass of `Rebuild`.
+    Defer,
 }
 
 /// What recovery found: the open segments of the log, where it ends, the chain to continue.
@@ -144,7 +147,7 @@ pub(crate) async fn recover_segments(
     let mut scanner = RecoveryScanner::new();
     let mut segments: BTreeMap<u64, Rc<SegmentFile>> = BTreeMap::new();
     let mut index_files = BTreeMap::new();
-    let mut sealing = true;
+    let mut deferred: Vec<(Rc<SegmentFile>, u64)> = Vec::new();
     let mut end: Option<SegmentPosition> = None;
     for index in indexes.iter().copied().filter(|index| *index < scanned_end) {
         let path = shard_dir.join(segment_file_name(index));
@@ -178,28 +181,34 @@ pub(crate) async fn recover_segments(
             break;
         }
         // The log continues here, so the segment before is sealed: every batch in it was
-        // synced before this segment's first group was written.
-        // Segments are sealed in order: after one whose index file could not be written, the
-        // later ones stay dense too, for the `ShardLog` to write in order.
-        let sealed = end.and_then(|end| {
-            let segment = segments.get(&end.segment_index)?;
-            sealing.then(|| (end, segment.clone()))
-        });
-        if let Some((sealed_end, sealed_segment)) = sealed {
-            match seal_recovered(
-                shard_dir,
-                &sealed_segment,
-                sealed_end.position,
-                partitions,
-                index_files_mode,
-                config,
-            )
-            .await
-            {
+        // synced before this segment's first group was written. Segments are sealed in
+        // order: from the first one whose index file is invalid on, they wait for the
+        // damage check (nothing is written before it) and are sealed after it.
+        if let Some(sealed_end) = end
+            && let Some(sealed_segment) = segments.get(&sealed_end.segment_index).cloned()
+        {
+            let verified = if deferred.is_empty() {
+                let mode = match index_files_mode {
+                    IndexFiles::Rebuild | IndexFiles::Defer => IndexFiles::Defer,
+                    IndexFiles::VerifyOnly => IndexFiles::VerifyOnly,
+                };
+                seal_recovered(
+                    shard_dir,
+                    &sealed_segment,
+                    sealed_end.position,
+                    partitions,
+                    mode,
+                    config,
+                )
+                .await
+            } else {
+                None
+            };
+            match verified {
                 Some(file) => {
                     index_files.insert(sealed_end.segment_index, Rc::new(file));
                 }
-                None => sealing = false,
+                None => deferred.push((sealed_segment, sealed_end.position)),
             }
         }
         segments.insert(index, Rc::new(segment));
@@ -236,6 +245,9 @@ pub(crate) async fn recover_segments(
             for index in &beyond {
                 quarantine.move_in(&shard_dir.join(segment_file_name(*index)))?;
             }
+        }
+        if index_files_mode == IndexFiles::Rebuild {
+            seal_deferred(shard_dir, deferred, partitions, config, &mut index_files).await;
         }
         return Ok(Recovered {
             segments,
@@ -301,6 +313,9 @@ pub(crate) async fn recover_segments(
         .collect();
     let report = quarantine.into_report(shard_id, log_end, lost_offsets);
     tracing::warn!(?report, "core log repaired: damaged data dropped");
+    // Repair changed only the segment the log ends in and those after it: the sealed ones
+    // before are as the scan found them.
+    seal_deferred(shard_dir, deferred, partitions, config, &mut index_files).await;
     Ok(Recovered {
         segments,
         index_files,
@@ -587,6 +602,35 @@ pub async fn rebuild_segment_index(
     Ok(index)
 }
 
+/// Seals, in order, the segments whose index file the scan found invalid (and those after
+/// the first such one), rewriting the invalid files; stops at the first that cannot be
+/// written, leaving it and the rest to the `ShardLog`'s index writer.
+async fn seal_deferred(
+    shard_dir: &Path,
+    deferred: Vec<(Rc<SegmentFile>, u64)>,
+    partitions: &mut HashMap<PartitionId, RecoveredPartition>,
+    config: &EngineConfig,
+    index_files: &mut BTreeMap<u64, Rc<IndexFile>>,
+) {
+    for (segment, valid_end) in deferred {
+        let sealed = seal_recovered(
+            shard_dir,
+            &segment,
+            valid_end,
+            partitions,
+            IndexFiles::Rebuild,
+            config,
+        )
+        .await;
+        match sealed {
+            Some(file) => {
+                index_files.insert(segment.index(), Rc::new(file));
+            }
+            None => break,
+        }
+    }
+}
+
 /// Segment `segment` is sealed and its batches, ending at `valid_end`, are the first dense
 /// ones of `partitions`: checks its index file against them and, if it is missing, torn,
 /// stale or unreadable, writes it again (`IndexFiles::Rebuild`). Once the file is durable
@@ -636,9 +680,13 @@ async fn seal_recovered(
         Err(error) => Some(error.to_string()),
     };
     if let Some(problem) = problem {
-        if mode == IndexFiles::VerifyOnly {
-            tracing::warn!(path = %path.display(), %problem, "segment index file invalid");
-            return None;
+        match mode {
+            IndexFiles::Defer => return None,
+            IndexFiles::VerifyOnly => {
+                tracing::warn!(path = %path.display(), %problem, "segment index file invalid");
+                return None;
+            }
+            IndexFiles::Rebuild => {}
         }
         tracing::warn!(path = %path.display(), %problem, "segment index file invalid: rebuilding it from its segment");
         let written = match remove_temporary(shard_dir, segment_index) {

@@ -707,6 +707,39 @@ pub(crate) fn test_segment(segment_index: u64) -> SegmentHeader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Bytes from disk: any of them decode to an error or an index, never a panic; a
+        /// valid file with random edits is never taken for another valid index.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            edits in proptest::collection::vec((0usize..400, any::<u8>()), 1..4),
+        ) {
+            let _ = SegmentIndex::decode(&bytes, &test_segment(7));
+            let page = IndexPage {
+                partition_id: PartitionId(1),
+                segment_index: 7,
+                position: 0,
+                entry_count: u32::try_from(bytes.len() / INDEX_ENTRY_SIZE_BYTES).unwrap(),
+                base_offset: Offset(0),
+                end_offset: Offset(3),
+            };
+            let _ = decode_page(&bytes[..page.len_bytes()], &page);
+            let original = index();
+            let mut edited = original.encode();
+            for (at, value) in edits {
+                let len = edited.len();
+                edited[at % len] = value;
+            }
+            if let Ok(decoded) = SegmentIndex::decode(&edited, &test_segment(7)) {
+                prop_assert_eq!(decoded, original);
+            }
+        }
+    }
 
     fn index() -> SegmentIndex {
         let mut builder = SegmentIndexBuilder::new();

@@ -875,7 +875,7 @@ impl Sim {
             for (_, batch) in batches
                 .iter()
                 .enumerate()
-                .filter(|(index, _)| (index + life) % 4 == 0)
+                .filter(|(index, _)| (index + life).is_multiple_of(4))
             {
                 // One offset per batch: its last, so the lookup has to skip to inside it.
                 let offset = batch.base_offset.plus(batch.records.len() as u64 - 1);

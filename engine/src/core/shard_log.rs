@@ -5,8 +5,9 @@
 //! segment, write position, the next segment's state, the chain CRC), the read cache, the
 //! fit check and the roll decision, and poisoning. Shaped like quinn-proto's `Connection`:
 //! the shell feeds it what happened (`stage`, `handle_written`, `handle_synced`,
-//! `handle_prepared`, `handle_failure`) and asks it what to do next (`poll_group_write`,
-//! `poll_preparation`); time comes in as an argument. The shell keeps only files, DMA
+//! `handle_prepared`, `handle_index_written`, `handle_index_failed`, `handle_failure`) and
+//! asks it what to do next (`poll_group_write`, `poll_preparation`, `poll_index_write`);
+//! time comes in as an argument. The shell keeps only files, DMA
 //! buffers, events and tasks.
 //!
 //! Groups are named by a sequence number: every staged batch joins the open group, whose
@@ -1531,6 +1532,103 @@ mod tests {
             "the first batch of a log chains to 0"
         );
         assert_eq!(second.prev_batch_crc(), first.crc());
+    }
+
+    /// Rolls `log` (segments of 8 blocks) into the next segment with 3-block groups, each
+    /// of one 10 KB batch.
+    fn fill_and_roll(log: &mut ShardLog) {
+        let start = log.current_segment_index();
+        while log.current_segment_index() == start {
+            if log.poll_preparation().is_some() {
+                log.handle_prepared(log.current_segment_index() + 1, Ok(()));
+            }
+            stage(log, b"a", 10_000).unwrap();
+            write_and_sync(log);
+        }
+    }
+
+    #[test]
+    fn a_sealed_segment_is_indexed_then_read_through_its_pages() {
+        let mut log = log();
+        fill_and_roll(&mut log);
+        let Some(write) = log.poll_index_write() else {
+            panic!("segment 0 is sealed once a group of segment 1 is synced");
+        };
+        assert_eq!(write.segment_index, 0);
+        assert_eq!(log.poll_index_write(), None, "one index write at a time");
+        let entries = &write.partitions[0].entries;
+        assert_eq!(entries.len(), 2, "two 3-block groups fit in segment 0");
+        // Until the file is durable, reads are answered from memory.
+        assert!(matches!(
+            log.read_source(PartitionId(0), Offset(0)),
+            Some(Ok(ReadSource::Cached { .. } | ReadSource::Disk(_)))
+        ));
+        assert_eq!(log.offset_index_memory().dense_batch_count, 3);
+        log.handle_index_written(0);
+        let memory = log.offset_index_memory();
+        assert_eq!(
+            (memory.sealed_batch_count, memory.dense_batch_count),
+            (2, 1)
+        );
+        let Some(Ok(ReadSource::Page(page))) = log.read_source(PartitionId(0), Offset(1)) else {
+            panic!("a sealed batch is read through its index page");
+        };
+        assert_eq!(
+            (
+                page.segment_index,
+                page.entry_count,
+                page.base_offset,
+                page.end_offset
+            ),
+            (0, 2, Offset(0), Offset(2))
+        );
+        assert_eq!(
+            batch_in_page(entries, 0, Offset(1)),
+            Some(entries[1].location(0))
+        );
+        assert!(matches!(
+            log.fetch_locations(PartitionId(0), Offset(0), 1 << 20),
+            Some(Ok((FetchPlan::Page(_), Offset(3))))
+        ));
+        assert!(
+            matches!(
+                log.read_source(PartitionId(0), Offset(2)),
+                Some(Ok(ReadSource::Cached { .. }))
+            ),
+            "the current segment's batches stay dense"
+        );
+    }
+
+    #[test]
+    fn a_failed_index_write_waits_for_the_next_seal_or_a_retry() {
+        let mut log = log();
+        fill_and_roll(&mut log);
+        assert_eq!(
+            log.poll_index_write().map(|write| write.segment_index),
+            Some(0)
+        );
+        log.handle_index_failed(0);
+        assert_eq!(log.poll_index_write(), None, "not retried at once");
+        log.retry_index_writes();
+        assert_eq!(
+            log.poll_index_write().map(|write| write.segment_index),
+            Some(0)
+        );
+        log.handle_index_failed(0);
+        fill_and_roll(&mut log);
+        assert_eq!(
+            log.poll_index_write().map(|write| write.segment_index),
+            Some(0),
+            "the next seal retries, in order"
+        );
+        log.handle_index_written(0);
+        assert_eq!(
+            log.poll_index_write().map(|write| write.segment_index),
+            Some(1)
+        );
+        assert_eq!(log.index_pending_count(), 1);
+        // Appends never waited on any of it.
+        assert_eq!(log.admission(len_of(100)), Admission::Admit);
     }
 
     #[test]

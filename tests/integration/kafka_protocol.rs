@@ -177,7 +177,7 @@ fn fetched(response: &FetchResponse) -> (i16, i64, Vec<Record>) {
 }
 
 /// ListOffsets for one partition and timestamp: (error code, offset).
-fn list_offset(
+pub(crate) fn list_offset(
     connection: &mut KafkaConnection,
     topic: &str,
     partition: i32,

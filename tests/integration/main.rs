@@ -28,6 +28,7 @@ mod reliability_fuzz;
 mod reliability_io_faults;
 mod reliability_kafka_fuzz;
 mod reliability_soak;
+mod segment_index;
 mod server_backup;
 mod server_e2e;
 mod server_idempotent;

@@ -20,6 +20,7 @@
 use crate::core::limits::{KEY_SIZE_BYTES_MAX, PRODUCER_BATCH_RETAINED_COUNT_MAX};
 use crate::core::offset_index::BatchLocation;
 use crate::core::producer::ProducerBatch;
+use crate::core::segment_index::INDEX_PAGE_ENTRY_COUNT;
 use crate::core::{Offset, PartitionId, SegmentPosition, ShardId};
 
 /// First bytes of every checkpoint file.
@@ -61,6 +62,28 @@ pub struct ProducerCheckpoint {
     pub batches: Vec<ProducerBatch>,
 }
 
+/// One partition's batches in one sealed segment, as `OffsetIndex` summarises them
+/// (`core::offset_index::SealedRun`): where they are in the segment's index file, and one
+/// sample (base offset, the segment's running maximum timestamp at the page's end) per
+/// `INDEX_PAGE_ENTRY_COUNT` entries when there is more than one page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunCheckpoint {
+    /// The sealed segment.
+    pub segment_index: u64,
+    /// The partition's first offset in it.
+    pub base_offset: Offset,
+    /// Its end offset in it (exclusive).
+    pub end_offset: Offset,
+    /// The partition-wide running maximum timestamp at its last batch there.
+    pub running_max_timestamp_ms: i64,
+    /// Byte position of its first entry in the index file.
+    pub entries_position: u64,
+    /// Its batches in the segment.
+    pub entry_count: u32,
+    /// One per page of entries, or none when they fit in one page.
+    pub samples: Vec<(Offset, i64)>,
+}
+
 /// One partition's state in a checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionCheckpoint {
@@ -77,8 +100,10 @@ pub struct PartitionCheckpoint {
     pub producer_append_count: u64,
     /// The producers, in no order.
     pub producers: Vec<ProducerCheckpoint>,
-    /// Where each of its batches lies, in offset order, with the running maximum of record
-    /// timestamps up to and including it.
+    /// Its batches in sealed segments with index files, one run per segment, in order.
+    pub runs: Vec<RunCheckpoint>,
+    /// Its other batches (the current segment's, and any sealed segment's whose index file
+    /// was not durable yet), in offset order, each with its own largest record timestamp.
     pub batches: Vec<(BatchLocation, i64)>,
 }
 
@@ -138,6 +163,7 @@ impl Checkpoint {
                 |out| out.extend_from_slice(&partition.key_entries),
                 partition.producer_append_count,
                 &partition.producers,
+                &partition.runs,
                 partition.batches.len(),
                 partition.batches.iter().copied(),
             );
@@ -234,8 +260,8 @@ impl CheckpointWriter {
     }
 
     /// Adds one partition: `write_key_entries` appends its key entries (as
-    /// `KeyIndex::encode_entries` does), `batches` yields `batch_count` locations with
-    /// their running maximum timestamps, in offset order.
+    /// `KeyIndex::encode_entries` does), `runs` are its sealed runs, `batches` yields
+    /// `batch_count` other locations with their own largest timestamps, in offset order.
     ///
     /// # Panics
     ///
@@ -252,6 +278,7 @@ impl CheckpointWriter {
         write_key_entries: impl FnOnce(&mut Vec<u8>),
         producer_append_count: u64,
         producers: &[ProducerCheckpoint],
+        runs: &[RunCheckpoint],
         batch_count: usize,
         batches: impl Iterator<Item = (BatchLocation, i64)>,
     ) {
@@ -281,6 +308,20 @@ impl CheckpointWriter {
                 out.u32(batch.last_sequence as u32);
                 out.u64(batch.base_offset.0);
                 out.u32(batch.record_count);
+            }
+        }
+        out.u64(runs.len() as u64);
+        for run in runs {
+            out.u64(run.segment_index);
+            out.u64(run.base_offset.0);
+            out.u64(run.end_offset.0);
+            out.u64(run.running_max_timestamp_ms as u64);
+            out.u64(run.entries_position);
+            out.u32(run.entry_count);
+            out.u32(u32::try_from(run.samples.len()).expect("samples fit in u32"));
+            for (base_offset, max_timestamp_ms) in &run.samples {
+                out.u64(base_offset.0);
+                out.u64(*max_timestamp_ms as u64);
             }
         }
         out.u64(batch_count as u64);
@@ -368,6 +409,32 @@ fn decode_partition(
             batches,
         });
     }
+    let run_count = input.count_u64(8 * 5 + 4 + 4)?;
+    let mut runs: Vec<RunCheckpoint> = Vec::with_capacity(run_count);
+    for _ in 0..run_count {
+        let segment_index = input.u64()?;
+        let base_offset = Offset(input.u64()?);
+        let end_offset = Offset(input.u64()?);
+        let running_max_timestamp_ms = input.u64()? as i64;
+        let entries_position = input.u64()?;
+        let entry_count = input.u32()?;
+        let sample_count = input.count_u32(16)?;
+        let mut samples = Vec::with_capacity(sample_count);
+        for _ in 0..sample_count {
+            samples.push((Offset(input.u64()?), input.u64()? as i64));
+        }
+        let run = RunCheckpoint {
+            segment_index,
+            base_offset,
+            end_offset,
+            running_max_timestamp_ms,
+            entries_position,
+            entry_count,
+            samples,
+        };
+        check_run(id, &run, runs.last(), log_end)?;
+        runs.push(run);
+    }
     let batch_count = input.count_u64(8 * 5 + 4)?;
     let mut batches: Vec<(BatchLocation, i64)> = Vec::with_capacity(batch_count);
     for _ in 0..batch_count {
@@ -379,30 +446,43 @@ fn decode_partition(
             len_bytes: input.u32()?,
         };
         let max_timestamp_ms = input.u64()? as i64;
-        let expected_base = batches
-            .last()
-            .map_or(location.base_offset, |(last, _)| last.end_offset);
+        let expected_base = batches.last().map_or_else(
+            || {
+                runs.last()
+                    .map_or(location.base_offset, |run| run.end_offset)
+            },
+            |(last, _)| last.end_offset,
+        );
         let starts_before_end = log_end.is_some_and(|end| {
             SegmentPosition {
                 segment_index: location.segment_index,
                 position: location.position,
             } < end
         });
+        let after_runs = runs
+            .last()
+            .is_none_or(|run| run.segment_index < location.segment_index);
+        let segments_in_order = batches
+            .last()
+            .is_none_or(|(last, _)| last.segment_index <= location.segment_index);
         if location.base_offset >= location.end_offset
             || location.base_offset != expected_base
             || location.len_bytes == 0
             || !starts_before_end
+            || !after_runs
+            || !segments_in_order
         {
             return Err(invalid(format!("{id:?}: batch location {location:?}")));
         }
         batches.push((location, max_timestamp_ms));
     }
-    if let Some((last, _)) = batches.last()
-        && last.end_offset != end_offset
-    {
+    let located_end = batches.last().map_or_else(
+        || runs.last().map_or(Offset(0), |run| run.end_offset),
+        |(last, _)| last.end_offset,
+    );
+    if located_end != end_offset {
         return Err(invalid(format!(
-            "{id:?}: its last batch ends at {}, the partition at {end_offset}",
-            last.end_offset
+            "{id:?}: its batches end at {located_end}, the partition at {end_offset}"
         )));
     }
     Ok(PartitionCheckpoint {
@@ -412,8 +492,45 @@ fn decode_partition(
         key_entries,
         producer_append_count,
         producers,
+        runs,
         batches,
     })
+}
+
+/// A sealed run must describe what `OffsetIndex` could have built: some batches, in a
+/// segment before the one the log ends in and after the previous run's, continuing its
+/// offsets, with one sample per page (none for one page) in order inside the run.
+fn check_run(
+    id: PartitionId,
+    run: &RunCheckpoint,
+    previous: Option<&RunCheckpoint>,
+    log_end: Option<SegmentPosition>,
+) -> Result<(), CheckpointError> {
+    let page_count = (run.entry_count as usize).div_ceil(INDEX_PAGE_ENTRY_COUNT);
+    let expected_samples = if page_count > 1 { page_count } else { 0 };
+    let samples_fit = run.samples.len() == expected_samples
+        && run
+            .samples
+            .first()
+            .is_none_or(|(base, _)| *base == run.base_offset)
+        && run.samples.windows(2).all(|pair| pair[0].0 < pair[1].0)
+        && run
+            .samples
+            .last()
+            .is_none_or(|(base, _)| *base < run.end_offset);
+    let placed = log_end.is_some_and(|end| run.segment_index < end.segment_index)
+        && previous.is_none_or(|previous| {
+            previous.segment_index < run.segment_index && previous.end_offset == run.base_offset
+        });
+    if run.entry_count == 0
+        || run.base_offset >= run.end_offset
+        || run.end_offset.0 - run.base_offset.0 < u64::from(run.entry_count)
+        || !samples_fit
+        || !placed
+    {
+        return Err(invalid(format!("{id:?}: sealed run {run:?}")));
+    }
+    Ok(())
 }
 
 /// Walks the key entries once: each well-formed, each latest offset inside the partition,
@@ -628,11 +745,16 @@ mod tests {
                             },
                         ],
                     }],
-                    batches: vec![
-                        (location(0, 2, 4096), 10),
-                        (location(2, 4, 8192), 30),
-                        (location(4, 5, 20_480), 30),
-                    ],
+                    runs: vec![RunCheckpoint {
+                        segment_index: 0,
+                        base_offset: Offset(0),
+                        end_offset: Offset(2),
+                        running_max_timestamp_ms: 10,
+                        entries_position: 64,
+                        entry_count: 1,
+                        samples: Vec::new(),
+                    }],
+                    batches: vec![(location(2, 4, 8192), 30), (location(4, 5, 20_480), 30)],
                 },
                 PartitionCheckpoint {
                     id: PartitionId(5),
@@ -641,6 +763,7 @@ mod tests {
                     key_entries: Vec::new(),
                     producer_append_count: 0,
                     producers: Vec::new(),
+                    runs: Vec::new(),
                     batches: Vec::new(),
                 },
             ],
@@ -712,7 +835,7 @@ mod tests {
         ));
         // A batch at or after the end of the log it covers.
         let mut lying = sample();
-        lying.partitions[0].batches[2].0.position = 20_680;
+        lying.partitions[0].batches[1].0.position = 20_680;
         assert!(matches!(
             Checkpoint::decode(&lying.encode()),
             Err(CheckpointError::Invalid(_))

@@ -16,6 +16,7 @@ pub mod read_cache;
 pub mod record;
 pub mod recovery;
 pub mod segment_header;
+pub mod segment_index;
 pub mod shard_log;
 
 use std::fmt;

@@ -1,18 +1,32 @@
 //! `OffsetIndex`: where each durable batch of one partition lives in its shard's core log.
 //!
-//! One entry per batch, in offset order, appended after the batch is synced (and during
-//! recovery). A fetch finds the batch holding an offset by binary search and reads from
-//! there, so it never scans a partition, let alone the whole core log, from its start.
+//! Two parts, in offset order. The *dense* part holds one `BatchLocation` per batch of the
+//! segments whose index file is not durable yet (the current segment, and a sealed one
+//! whose index write is pending or failed): bounded by the segment size, not by history.
+//! The *sealed* part holds, per sealed segment with a durable index file
+//! (`core::segment_index`), one `SealedRun`: the partition's offset range in it, where its
+//! entries are in the file, and one sample per `INDEX_PAGE_ENTRY_COUNT` entries. A lookup
+//! in the dense part answers a location; one in the sealed part answers an `IndexPage`,
+//! which the shell reads (one bounded read) and verifies with `decode_page`, then looks up
+//! with `page_find` / `page_find_timestamp`.
 //!
-//! Beside each entry the index keeps the largest record timestamp of the partition up to
+//! Beside each batch the index keeps the largest record timestamp of the partition up to
 //! and including that batch: a running maximum, so it never decreases even when producers'
 //! timestamps do. The first batch whose running maximum reaches a timestamp is the first
 //! that holds a record at or after it (every earlier record is older), so "earliest offset
-//! with timestamp ≥ t" (Kafka's ListOffsets) is one binary search and one batch read.
-//! Entries are 40 bytes plus 8 for the timestamp; see BENCHMARKS.md for what that costs per
-//! record.
+//! with timestamp ≥ t" (Kafka's ListOffsets) is binary searches and one batch read. Runs
+//! keep the partition-wide running maximum at their end; index files keep a running maximum
+//! within their segment (so a file can be rebuilt from its segment alone). The first run
+//! whose maximum reaches `t` follows runs that are all below `t`, so within it the
+//! segment's own running maximum reaches `t` at the same batch.
+//!
+//! Memory: a dense batch costs 56 bytes; a sealed one 16 bytes per page of 128 (0.125
+//! bytes per batch) plus ~64 bytes per (partition, segment). See BENCHMARKS.md.
 
 use crate::core::Offset;
+use crate::core::PartitionId;
+use crate::core::checkpoint::{CheckpointError, RunCheckpoint};
+use crate::core::segment_index::{INDEX_PAGE_ENTRY_COUNT, IndexEntry, IndexPage, entry_of};
 
 /// Where one batch is stored: which segment, at which byte position, how long.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -31,12 +45,115 @@ pub struct BatchLocation {
 
 const _: () = assert!(std::mem::size_of::<BatchLocation>() == 40);
 
+/// One page's sample: what a lookup needs to choose the page without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sample {
+    /// Base offset of the page's first batch.
+    base_offset: Offset,
+    /// The segment's running maximum timestamp at the page's last batch.
+    max_timestamp_ms: i64,
+}
+
+/// One partition's batches in one sealed segment whose index file is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedRun {
+    /// The segment.
+    pub segment_index: u64,
+    /// First offset of the partition in it.
+    pub base_offset: Offset,
+    /// End offset (exclusive) of the partition in it.
+    pub end_offset: Offset,
+    /// The partition-wide running maximum timestamp at its last batch.
+    pub running_max_timestamp_ms: i64,
+    /// Byte position of its first entry in the index file.
+    pub entries_position: u64,
+    /// Its entries (batches).
+    pub entry_count: u32,
+    /// One per page when there is more than one page; empty otherwise.
+    samples: Box<[Sample]>,
+}
+
+impl SealedRun {
+    fn page_count(&self) -> usize {
+        self.samples.len().max(1)
+    }
+
+    /// Pages `page..page + page_count` (clamped to the run) of `partition_id`'s entries.
+    fn page(&self, partition_id: PartitionId, page: usize, page_count: usize) -> IndexPage {
+        let entry_start = page * INDEX_PAGE_ENTRY_COUNT;
+        let page_end = (page + page_count.max(1)).min(self.page_count());
+        let entry_end = (page_end * INDEX_PAGE_ENTRY_COUNT).min(self.entry_count as usize);
+        let base_offset = self
+            .samples
+            .get(page)
+            .map_or(self.base_offset, |sample| sample.base_offset);
+        let end_offset = self
+            .samples
+            .get(page_end)
+            .map_or(self.end_offset, |sample| sample.base_offset);
+        IndexPage {
+            partition_id,
+            segment_index: self.segment_index,
+            position: self.entries_position
+                + (entry_start * crate::core::segment_index::INDEX_ENTRY_SIZE_BYTES) as u64,
+            entry_count: u32::try_from(entry_end - entry_start)
+                .expect("a run's entries fit in u32"),
+            base_offset,
+            end_offset,
+        }
+    }
+
+    /// Heap bytes held.
+    fn memory_bytes(&self) -> usize {
+        self.samples.len() * std::mem::size_of::<Sample>()
+    }
+}
+
+/// What a lookup found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// The batch at this index of `dense_batches()`.
+    Dense(usize),
+    /// A page of a sealed segment's index file that holds the batch: read it, verify it
+    /// with `decode_page`, then `page_find` or `page_find_timestamp`.
+    Page(IndexPage),
+}
+
+/// Heap bytes of offset indexes, sealed and dense apart, and the batches each covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffsetIndexMemory {
+    /// Batches in sealed segments with a durable index file.
+    pub sealed_batch_count: usize,
+    /// Bytes of their summaries and samples.
+    pub sealed_bytes: usize,
+    /// Batches held one by one: the current segment's, and sealed ones not yet indexed.
+    pub dense_batch_count: usize,
+    /// Bytes of their locations.
+    pub dense_bytes: usize,
+}
+
+impl std::ops::Add for OffsetIndexMemory {
+    type Output = OffsetIndexMemory;
+
+    fn add(self, other: OffsetIndexMemory) -> OffsetIndexMemory {
+        OffsetIndexMemory {
+            sealed_batch_count: self.sealed_batch_count + other.sealed_batch_count,
+            sealed_bytes: self.sealed_bytes + other.sealed_bytes,
+            dense_batch_count: self.dense_batch_count + other.dense_batch_count,
+            dense_bytes: self.dense_bytes + other.dense_bytes,
+        }
+    }
+}
+
 /// Offset -> batch location for one partition's durable batches.
 #[derive(Default, Debug)]
 pub struct OffsetIndex {
-    batches: Vec<BatchLocation>,
-    /// For each batch, the largest record timestamp (ms) of this batch and all before it.
-    max_timestamps_ms: Vec<i64>,
+    sealed: Vec<SealedRun>,
+    dense: Vec<BatchLocation>,
+    /// For each dense batch, its own largest record timestamp (ms).
+    dense_batch_max_ms: Vec<i64>,
+    /// For each dense batch, the largest record timestamp of it and all before it.
+    dense_running_max_ms: Vec<i64>,
 }
 
 impl OffsetIndex {
@@ -46,77 +163,345 @@ impl OffsetIndex {
     }
 
     /// Records the next durable batch, whose largest record timestamp is
-    /// `max_timestamp_ms`; it must start where the previous one ended.
+    /// `max_timestamp_ms`; it must start where the previous one ended, in the same segment
+    /// as the previous dense batch or a later one.
     pub fn push(&mut self, location: BatchLocation, max_timestamp_ms: i64) {
         assert!(
             location.base_offset < location.end_offset,
             "a batch holds at least one record: {location:?}"
         );
-        if let Some(last) = self.batches.last() {
-            assert_eq!(
-                last.end_offset, location.base_offset,
-                "batches of a partition are dense: {last:?} then {location:?}"
+        assert_eq!(
+            self.end_offset(),
+            location.base_offset,
+            "batches of a partition are dense: {location:?}"
+        );
+        if let Some(last) = self.dense.last() {
+            assert!(
+                last.segment_index <= location.segment_index,
+                "segments are filled in order: {last:?} then {location:?}"
             );
         }
-        self.batches.push(location);
+        if let Some(run) = self.sealed.last() {
+            assert!(
+                run.segment_index < location.segment_index,
+                "a sealed segment takes no more batches: {location:?}"
+            );
+        }
         let running_max_ms = self
-            .max_timestamps_ms
+            .running_max_timestamp_ms()
+            .map_or(max_timestamp_ms, |previous| max_timestamp_ms.max(previous));
+        self.dense.push(location);
+        self.dense_batch_max_ms.push(max_timestamp_ms);
+        self.dense_running_max_ms.push(running_max_ms);
+    }
+
+    /// The running maximum timestamp at the last durable batch.
+    fn running_max_timestamp_ms(&self) -> Option<i64> {
+        self.dense_running_max_ms
             .last()
-            .map_or(max_timestamp_ms, |previous| max_timestamp_ms.max(*previous));
-        self.max_timestamps_ms.push(running_max_ms);
+            .copied()
+            .or_else(|| self.sealed.last().map(|run| run.running_max_timestamp_ms))
     }
 
-    /// Index (into `batches()`) of the first batch holding a record whose timestamp is at
-    /// least `timestamp_ms`, if any durable one does: the batch where the running maximum
-    /// first reaches it.
-    pub fn find_timestamp(&self, timestamp_ms: i64) -> Option<usize> {
+    /// The dense entries of segment `segment_index`, as its index file holds them; empty
+    /// when the partition has no dense batch there.
+    pub fn segment_entries(&self, segment_index: u64) -> Vec<IndexEntry> {
+        let start = self
+            .dense
+            .partition_point(|location| location.segment_index < segment_index);
+        let end = self
+            .dense
+            .partition_point(|location| location.segment_index <= segment_index);
+        let mut running_max_ms = i64::MIN;
+        self.dense
+            .iter()
+            .zip(&self.dense_batch_max_ms)
+            .take(end)
+            .skip(start)
+            .map(|(location, batch_max_ms)| {
+                running_max_ms = running_max_ms.max(*batch_max_ms);
+                entry_of(location, running_max_ms)
+            })
+            .collect()
+    }
+
+    /// Dense batches in segment `segment_index`, which must lead the dense part.
+    ///
+    /// # Panics
+    ///
+    /// If an earlier segment is still dense: segments are sealed in order.
+    fn dense_count_in(&self, segment_index: u64) -> usize {
+        if let Some(first) = self.dense.first() {
+            assert!(
+                first.segment_index >= segment_index,
+                "segment {} is sealed before segment {segment_index}",
+                first.segment_index
+            );
+        }
+        self.dense
+            .partition_point(|location| location.segment_index <= segment_index)
+    }
+
+    /// Segment `segment_index`'s index file is durable, with this partition's entries at
+    /// `entries_position`: its dense batches (which lead the dense part) become one
+    /// `SealedRun`. Nothing happens if the partition has no batch in it.
+    pub fn seal(&mut self, segment_index: u64, entries_position: u64) {
+        let count = self.dense_count_in(segment_index);
+        if count == 0 {
+            return;
+        }
+        let entries = self.segment_entries(segment_index);
+        let samples: Box<[Sample]> = if count > INDEX_PAGE_ENTRY_COUNT {
+            entries
+                .chunks(INDEX_PAGE_ENTRY_COUNT)
+                .map(|page| Sample {
+                    base_offset: page.first().map_or(Offset(0), |entry| entry.base_offset),
+                    max_timestamp_ms: page.last().map_or(i64::MIN, |entry| entry.max_timestamp_ms),
+                })
+                .collect()
+        } else {
+            Box::new([])
+        };
+        let first = entries.first().expect("count > 0");
+        let last = entries.last().expect("count > 0");
+        let run = SealedRun {
+            segment_index,
+            base_offset: first.base_offset,
+            end_offset: last.end_offset(),
+            running_max_timestamp_ms: *self.dense_running_max_ms.get(count - 1).expect("count > 0"),
+            entries_position,
+            entry_count: u32::try_from(count).expect("a segment holds fewer than 2^32 batches"),
+            samples,
+        };
+        self.sealed.push(run);
+        self.dense.drain(..count);
+        self.dense_batch_max_ms.drain(..count);
+        self.dense_running_max_ms.drain(..count);
+        // A partition that stops writing must not keep the capacity of its busiest segment.
+        if self.dense.capacity() > 2 * self.dense.len().max(16) {
+            self.dense.shrink_to_fit();
+            self.dense_batch_max_ms.shrink_to_fit();
+            self.dense_running_max_ms.shrink_to_fit();
+        }
+    }
+
+    /// The batch holding `offset`, if it is durable. In a sealed segment: the page holding
+    /// it and up to `page_count - 1` pages after it in the same segment.
+    pub fn find(
+        &self,
+        partition_id: PartitionId,
+        offset: Offset,
+        page_count: usize,
+    ) -> Option<Found> {
+        if offset >= self.end_offset() {
+            return None;
+        }
+        if self
+            .dense
+            .first()
+            .is_some_and(|first| first.base_offset <= offset)
+        {
+            let after = self
+                .dense
+                .partition_point(|batch| batch.base_offset <= offset);
+            return after.checked_sub(1).map(Found::Dense);
+        }
+        let run_index = self
+            .sealed
+            .partition_point(|run| run.base_offset <= offset)
+            .checked_sub(1)?;
+        let run = self.sealed.get(run_index)?;
+        let page = run
+            .samples
+            .partition_point(|sample| sample.base_offset <= offset)
+            .saturating_sub(1);
+        Some(Found::Page(run.page(partition_id, page, page_count)))
+    }
+
+    /// The first batch holding a record whose timestamp is at least `timestamp_ms`, if any
+    /// durable one does: the batch where the running maximum first reaches it.
+    pub fn find_timestamp(&self, partition_id: PartitionId, timestamp_ms: i64) -> Option<Found> {
+        let run_index = self
+            .sealed
+            .partition_point(|run| run.running_max_timestamp_ms < timestamp_ms);
+        if let Some(run) = self.sealed.get(run_index) {
+            // Every earlier run's maximum is below `timestamp_ms`, so the segment's own running
+            // maximum reaches it in this run, and a page's sample says where.
+            let page = run
+                .samples
+                .partition_point(|sample| sample.max_timestamp_ms < timestamp_ms)
+                .min(run.page_count() - 1);
+            return Some(Found::Page(run.page(partition_id, page, 1)));
+        }
         let index = self
-            .max_timestamps_ms
+            .dense_running_max_ms
             .partition_point(|max_ms| *max_ms < timestamp_ms);
-        (index < self.batches.len()).then_some(index)
+        (index < self.dense.len()).then_some(Found::Dense(index))
     }
 
-    /// Index (into `batches()`) of the batch holding `offset`, if it is durable.
-    pub fn find(&self, offset: Offset) -> Option<usize> {
-        let after = self
-            .batches
-            .partition_point(|batch| batch.base_offset <= offset);
-        let index = after.checked_sub(1)?;
-        let batch = self.batches.get(index)?;
-        (offset < batch.end_offset).then_some(index)
+    /// The dense batches, in offset order: those of segments without a durable index file.
+    pub fn dense_batches(&self) -> &[BatchLocation] {
+        &self.dense
     }
 
-    /// All durable batches, in offset order.
-    pub fn batches(&self) -> &[BatchLocation] {
-        &self.batches
+    /// The sealed runs, in offset order.
+    pub fn sealed_runs(&self) -> &[SealedRun] {
+        &self.sealed
     }
 
-    /// Every batch with the running maximum of timestamps up to it, in offset order: what
-    /// a checkpoint stores and `push` takes back.
-    pub fn entries(&self) -> impl Iterator<Item = (BatchLocation, i64)> + '_ {
-        self.batches
+    /// Offset of the first durable batch (0 when none).
+    pub fn start_offset(&self) -> Offset {
+        self.sealed
+            .first()
+            .map(|run| run.base_offset)
+            .or_else(|| self.dense.first().map(|batch| batch.base_offset))
+            .unwrap_or(Offset(0))
+    }
+
+    /// The dense batches with each one's own largest record timestamp, in offset order:
+    /// what a checkpoint stores, and `push` takes back.
+    pub fn dense_entries(&self) -> impl Iterator<Item = (BatchLocation, i64)> + '_ {
+        self.dense
             .iter()
             .copied()
-            .zip(self.max_timestamps_ms.iter().copied())
+            .zip(self.dense_batch_max_ms.iter().copied())
+    }
+
+    /// The sealed runs as a checkpoint stores them.
+    pub fn checkpoint_runs(&self) -> Vec<RunCheckpoint> {
+        self.sealed
+            .iter()
+            .map(|run| RunCheckpoint {
+                segment_index: run.segment_index,
+                base_offset: run.base_offset,
+                end_offset: run.end_offset,
+                running_max_timestamp_ms: run.running_max_timestamp_ms,
+                entries_position: run.entries_position,
+                entry_count: run.entry_count,
+                samples: run
+                    .samples
+                    .iter()
+                    .map(|sample| (sample.base_offset, sample.max_timestamp_ms))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The index a checkpoint stored: its sealed runs (checked by `Checkpoint::decode`),
+    /// then its dense batches with their own largest timestamps. What `push` would assert
+    /// of a dense batch is refused here instead, since the bytes come from disk.
+    pub fn from_checkpoint(
+        runs: &[RunCheckpoint],
+        dense: &[(BatchLocation, i64)],
+    ) -> Result<Self, CheckpointError> {
+        let mut index = OffsetIndex::new();
+        for run in runs {
+            index.sealed.push(SealedRun {
+                segment_index: run.segment_index,
+                base_offset: run.base_offset,
+                end_offset: run.end_offset,
+                running_max_timestamp_ms: run.running_max_timestamp_ms,
+                entries_position: run.entries_position,
+                entry_count: run.entry_count,
+                samples: run
+                    .samples
+                    .iter()
+                    .map(|(base_offset, max_timestamp_ms)| Sample {
+                        base_offset: *base_offset,
+                        max_timestamp_ms: *max_timestamp_ms,
+                    })
+                    .collect(),
+            });
+        }
+        for (location, batch_max_ms) in dense {
+            let follows = location.base_offset < location.end_offset
+                && location.base_offset == index.end_offset()
+                && index
+                    .dense
+                    .last()
+                    .is_none_or(|last| last.segment_index <= location.segment_index)
+                && index
+                    .sealed
+                    .last()
+                    .is_none_or(|run| run.segment_index < location.segment_index);
+            if !follows {
+                return Err(CheckpointError::Invalid(format!(
+                    "batch {location:?} does not follow the ones before it"
+                )));
+            }
+            index.push(*location, *batch_max_ms);
+        }
+        Ok(index)
     }
 
     /// Offset just after the last durable batch.
     pub fn end_offset(&self) -> Offset {
-        self.batches
+        self.dense
             .last()
-            .map_or(Offset(0), |batch| batch.end_offset)
+            .map(|batch| batch.end_offset)
+            .or_else(|| self.sealed.last().map(|run| run.end_offset))
+            .unwrap_or(Offset(0))
+    }
+
+    /// Durable batches, sealed and dense.
+    pub fn batch_count(&self) -> usize {
+        self.sealed
+            .iter()
+            .map(|run| run.entry_count as usize)
+            .sum::<usize>()
+            + self.dense.len()
+    }
+
+    /// Segments that still have dense batches, in order.
+    pub fn dense_segments(&self) -> Vec<u64> {
+        let mut segments: Vec<u64> = self.dense.iter().map(|batch| batch.segment_index).collect();
+        segments.dedup();
+        segments
     }
 
     /// Heap bytes held, for the memory figures.
     pub fn memory_bytes(&self) -> usize {
-        self.batches.capacity() * std::mem::size_of::<BatchLocation>()
-            + self.max_timestamps_ms.capacity() * std::mem::size_of::<i64>()
+        let figures = self.memory();
+        figures.sealed_bytes + figures.dense_bytes
+    }
+
+    /// What the sealed and the dense part hold, for the memory figures.
+    pub fn memory(&self) -> OffsetIndexMemory {
+        OffsetIndexMemory {
+            sealed_batch_count: self.batch_count() - self.dense.len(),
+            sealed_bytes: self.sealed.capacity() * std::mem::size_of::<SealedRun>()
+                + self
+                    .sealed
+                    .iter()
+                    .map(SealedRun::memory_bytes)
+                    .sum::<usize>(),
+            dense_batch_count: self.dense.len(),
+            dense_bytes: self.dense.capacity() * std::mem::size_of::<BatchLocation>()
+                + self.dense_batch_max_ms.capacity() * std::mem::size_of::<i64>()
+                + self.dense_running_max_ms.capacity() * std::mem::size_of::<i64>(),
+        }
     }
 }
 
+/// The entry of a verified page holding `offset`.
+pub fn page_find(entries: &[IndexEntry], offset: Offset) -> Option<&IndexEntry> {
+    let after = entries.partition_point(|entry| entry.base_offset <= offset);
+    let entry = entries.get(after.checked_sub(1)?)?;
+    (offset < entry.end_offset()).then_some(entry)
+}
+
+/// The first entry of a verified page whose running maximum reaches `timestamp_ms`.
+pub fn page_find_timestamp(entries: &[IndexEntry], timestamp_ms: i64) -> Option<&IndexEntry> {
+    let index = entries.partition_point(|entry| entry.max_timestamp_ms < timestamp_ms);
+    entries.get(index)
+}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::segment_index::{PartitionEntries, SegmentIndex, decode_page, test_segment};
+    use proptest::prelude::*;
+
+    const P: PartitionId = PartitionId(0);
 
     fn location(base: u64, end: u64) -> BatchLocation {
         BatchLocation {
@@ -128,13 +513,23 @@ mod tests {
         }
     }
 
+    fn dense_index(found: Option<Found>) -> Option<usize> {
+        match found {
+            Some(Found::Dense(index)) => Some(index),
+            Some(Found::Page(page)) => panic!("nothing is sealed: {page:?}"),
+            None => None,
+        }
+    }
+
     #[test]
     fn find_returns_the_batch_holding_each_offset() {
         let mut index = OffsetIndex::new();
         index.push(location(0, 1), 10);
         index.push(location(1, 5), 30);
         index.push(location(5, 6), 20);
-        let found: Vec<_> = (0..7).map(|offset| index.find(Offset(offset))).collect();
+        let found: Vec<_> = (0..7)
+            .map(|offset| dense_index(index.find(P, Offset(offset), 1)))
+            .collect();
         assert_eq!(
             found,
             vec![Some(0), Some(1), Some(1), Some(1), Some(1), Some(2), None]
@@ -144,8 +539,8 @@ mod tests {
 
     #[test]
     fn empty_index_finds_nothing() {
-        assert_eq!(OffsetIndex::new().find(Offset(0)), None);
-        assert_eq!(OffsetIndex::new().find_timestamp(i64::MIN), None);
+        assert_eq!(OffsetIndex::new().find(P, Offset(0), 1), None);
+        assert_eq!(OffsetIndex::new().find_timestamp(P, i64::MIN), None);
     }
 
     #[test]
@@ -158,7 +553,7 @@ mod tests {
         index.push(location(6, 8), 50);
         let found: Vec<_> = [i64::MIN, 10, 11, 30, 31, 50, 51]
             .into_iter()
-            .map(|timestamp_ms| index.find_timestamp(timestamp_ms))
+            .map(|timestamp_ms| dense_index(index.find_timestamp(P, timestamp_ms)))
             .collect();
         // 20 is below the 30 before it: no search lands on batch 2.
         assert_eq!(
@@ -173,5 +568,149 @@ mod tests {
         let mut index = OffsetIndex::new();
         index.push(location(0, 1), 0);
         index.push(location(2, 3), 0);
+    }
+
+    /// A shard's partitions with some segments sealed through real index files, and the
+    /// same batches never sealed: the model.
+    struct Sealed {
+        sparse: Vec<OffsetIndex>,
+        dense: Vec<OffsetIndex>,
+        files: std::collections::BTreeMap<u64, Vec<u8>>,
+    }
+
+    /// `batches`: (partition, record count, timestamp, segment ends after it).
+    fn build(partition_count: usize, batches: &[(usize, u32, i64, bool)]) -> Sealed {
+        let mut sealed = Sealed {
+            sparse: (0..partition_count).map(|_| OffsetIndex::new()).collect(),
+            dense: (0..partition_count).map(|_| OffsetIndex::new()).collect(),
+            files: std::collections::BTreeMap::new(),
+        };
+        let mut segment_index = 0;
+        let mut position = 4096;
+        for (partition, record_count, timestamp_ms, seals) in batches {
+            let partition = partition % partition_count;
+            let base = sealed.dense[partition].end_offset().0;
+            let location = BatchLocation {
+                base_offset: Offset(base),
+                end_offset: Offset(base + u64::from(*record_count)),
+                segment_index,
+                position,
+                len_bytes: 64 + record_count * 10,
+            };
+            position += u64::from(location.len_bytes);
+            sealed.dense[partition].push(location, *timestamp_ms);
+            sealed.sparse[partition].push(location, *timestamp_ms);
+            if *seals {
+                let index = SegmentIndex {
+                    segment: test_segment(segment_index),
+                    data_end_position: position,
+                    partitions: (0..partition_count)
+                        .map(|id| PartitionEntries {
+                            partition_id: PartitionId(u32::try_from(id).unwrap()),
+                            entries: sealed.sparse[id].segment_entries(segment_index),
+                        })
+                        .filter(|partition| !partition.entries.is_empty())
+                        .collect(),
+                };
+                let bytes = index.encode();
+                assert_eq!(
+                    SegmentIndex::decode(&bytes, &index.segment).as_ref(),
+                    Ok(&index)
+                );
+                for placement in index.placements() {
+                    sealed.sparse[placement.partition_id.0 as usize]
+                        .seal(segment_index, placement.entries_position);
+                }
+                sealed.files.insert(segment_index, bytes);
+                segment_index += 1;
+                position = 4096;
+            }
+        }
+        sealed
+    }
+
+    impl Sealed {
+        /// What `found` resolves to, reading pages from the files; `pick` chooses in a page.
+        fn resolve(
+            &self,
+            index: &OffsetIndex,
+            found: Option<Found>,
+            pick: &dyn Fn(&[IndexEntry]) -> Option<IndexEntry>,
+        ) -> Option<BatchLocation> {
+            match found? {
+                Found::Dense(at) => index.dense_batches().get(at).copied(),
+                Found::Page(page) => {
+                    let file = &self.files[&page.segment_index];
+                    let start = usize::try_from(page.position).unwrap();
+                    let entries = decode_page(&file[start..start + page.len_bytes()], &page)
+                        .expect("a page of a file just written verifies");
+                    let entry = pick(&entries).expect("the page holds what was looked up");
+                    Some(entry.location(page.segment_index))
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_sealed_index_answers_every_lookup_like_the_dense_one(
+            partition_count in 1usize..4,
+            batches in proptest::collection::vec(
+                (0usize..4, 1u32..4, -50i64..50, proptest::bool::weighted(0.004)),
+                1..1200,
+            ),
+        ) {
+            let sealed = build(partition_count, &batches);
+            for partition in 0..partition_count {
+                let id = PartitionId(u32::try_from(partition).unwrap());
+                let (sparse, dense) = (&sealed.sparse[partition], &sealed.dense[partition]);
+                prop_assert_eq!(sparse.end_offset(), dense.end_offset());
+                prop_assert_eq!(sparse.batch_count(), dense.batch_count());
+                for offset in 0..=dense.end_offset().0 {
+                    let offset = Offset(offset);
+                    let expected = dense.find(id, offset, 1).map(|found| {
+                        let Found::Dense(at) = found else { panic!("the model is dense") };
+                        dense.dense_batches()[at]
+                    });
+                    for page_count in [1, 3] {
+                        let actual = sealed.resolve(
+                            sparse,
+                            sparse.find(id, offset, page_count),
+                            &|entries| page_find(entries, offset).copied(),
+                        );
+                        prop_assert_eq!(actual, expected, "offset {:?}", offset);
+                    }
+                }
+                for timestamp_ms in [i64::MIN, i64::MAX].into_iter().chain(-52..52) {
+                    let expected = dense.find_timestamp(id, timestamp_ms).map(|found| {
+                        let Found::Dense(at) = found else { panic!("the model is dense") };
+                        dense.dense_batches()[at]
+                    });
+                    let actual = sealed.resolve(
+                        sparse,
+                        sparse.find_timestamp(id, timestamp_ms),
+                        &|entries| page_find_timestamp(entries, timestamp_ms).copied(),
+                    );
+                    prop_assert_eq!(actual, expected, "timestamp {}", timestamp_ms);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sealed_batches_cost_under_a_byte_each() {
+        let batches: Vec<_> = (0..100_000)
+            .map(|index| (0, 1, index, index % 20_000 == 19_999))
+            .collect();
+        let sealed = build(1, &batches);
+        let index = &sealed.sparse[0];
+        assert!(index.dense_batches().is_empty());
+        let bytes_per_batch = index.memory_bytes() as f64 / 100_000.0;
+        assert!(
+            bytes_per_batch < 1.0,
+            "{bytes_per_batch} bytes per sealed batch"
+        );
     }
 }

@@ -23,7 +23,9 @@ use std::collections::VecDeque;
 
 use hashbrown::HashTable;
 
-use crate::core::checkpoint::{CheckpointError, CheckpointWriter, PartitionCheckpoint};
+use crate::core::checkpoint::{
+    CheckpointError, CheckpointWriter, PartitionCheckpoint, RunCheckpoint,
+};
 use crate::core::condition::{Conflict, condition_holds};
 use crate::core::key_index::{KeyIndex, KeySlot, hash_key};
 use crate::core::limits::{
@@ -528,15 +530,18 @@ impl PartitionState {
             key_entries,
             producer_append_count,
             producers,
+            runs: Vec::new(),
             batches: Vec::new(),
         }
     }
 
-    /// Adds this partition to a checkpoint being written, with `batch_count` batch
-    /// locations from `batches`: what `checkpoint` holds, written without copying it first.
+    /// Adds this partition to a checkpoint being written, with its sealed `runs` and
+    /// `batch_count` other batch locations from `batches`: what `checkpoint` holds,
+    /// written without copying it first.
     pub fn write_checkpoint(
         &self,
         writer: &mut CheckpointWriter,
+        runs: &[RunCheckpoint],
         batch_count: usize,
         batches: impl Iterator<Item = (BatchLocation, i64)>,
     ) {
@@ -548,6 +553,7 @@ impl PartitionState {
             |out| self.key_index.encode_entries(out),
             producer_append_count,
             &producers,
+            runs,
             batch_count,
             batches,
         );

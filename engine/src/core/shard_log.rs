@@ -5,8 +5,9 @@
 //! segment, write position, the next segment's state, the chain CRC), the read cache, the
 //! fit check and the roll decision, and poisoning. Shaped like quinn-proto's `Connection`:
 //! the shell feeds it what happened (`stage`, `handle_written`, `handle_synced`,
-//! `handle_prepared`, `handle_failure`) and asks it what to do next (`poll_group_write`,
-//! `poll_preparation`); time comes in as an argument. The shell keeps only files, DMA
+//! `handle_prepared`, `handle_index_written`, `handle_index_failed`, `handle_failure`) and
+//! asks it what to do next (`poll_group_write`, `poll_preparation`, `poll_index_write`);
+//! time comes in as an argument. The shell keeps only files, DMA
 //! buffers, events and tasks.
 //!
 //! Groups are named by a sequence number: every staged batch joins the open group, whose
@@ -25,11 +26,15 @@ use hashbrown::HashMap;
 
 use crate::core::checkpoint::{Checkpoint, CheckpointError, CheckpointWriter, PartitionCheckpoint};
 use crate::core::limits::{BLOCK_SIZE_BYTES, SEGMENT_SIZE_BYTES_FIRST};
-use crate::core::offset_index::{BatchLocation, OffsetIndex};
+use crate::core::offset_index::{BatchLocation, Found, OffsetIndex, OffsetIndexMemory, page_find};
 use crate::core::partition::{PartitionState, Refusal};
 use crate::core::read_cache::ReadCache;
 use crate::core::record::{BatchMeta, encode_batch};
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
+use crate::core::segment_header::SegmentHeader;
+use crate::core::segment_index::{
+    IndexEntry, IndexPage, PartitionEntries, PartitionPlacement, SegmentIndex, placements,
+};
 use crate::core::{Offset, PartitionId, ProducerStamp, RecordInput, SegmentPosition, ShardId};
 use crate::error::StorageError;
 
@@ -37,6 +42,10 @@ use crate::error::StorageError;
 const GROUP_INITIAL_CAPACITY_BYTES: usize = 64 * 1024;
 
 const SEGMENT_DATA_START: u64 = SEGMENT_HEADER_SIZE_BYTES as u64;
+
+/// Index pages a fetch from a sealed segment reads at most (128 entries each): one read of
+/// up to 40 KiB, which holds 1024 batches.
+const FETCH_PAGE_COUNT_MAX: usize = 8;
 
 /// The limits a `ShardLog` works within, as plain numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +205,92 @@ pub enum ReadSource {
     Disk(BatchLocation),
     /// A staged batch, copied out of its group (which keeps filling or is being written).
     Staged(Vec<u8>),
+    /// A batch of a sealed segment: read this page of its index file, verify it
+    /// (`segment_index::decode_page`), find the batch (`offset_index::page_find`), then
+    /// read it from its `durable_source`.
+    Page(IndexPage),
+}
+
+/// Where a durable batch is: known, or in a page of a sealed segment's index file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Located {
+    /// The batch.
+    Batch(BatchLocation),
+    /// Read and verify this index page to find the batch.
+    Page(IndexPage),
+}
+
+/// What a fetch reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchPlan {
+    /// These batches (none when the fetch starts at the synced end).
+    Batches(Vec<BatchLocation>),
+    /// The batches found in this index page from the fetch's offset on
+    /// (`batches_in_page`): a fetch from a sealed segment stops at the page's end.
+    Page(IndexPage),
+}
+
+/// A sealed segment's index file to write: encode `into_index(header)` with the segment's
+/// header, write it to a temporary name, sync, rename, sync the directory, then
+/// `handle_index_written` (or `handle_index_failed`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexWrite {
+    /// The sealed segment.
+    pub segment_index: u64,
+    /// Each partition's batches in it, by id.
+    pub partitions: Vec<PartitionEntries>,
+}
+
+impl IndexWrite {
+    /// The index file's content, for the segment with `header`.
+    pub fn into_index(self, header: SegmentHeader) -> SegmentIndex {
+        assert_eq!(
+            header.segment_index, self.segment_index,
+            "the header is the segment's"
+        );
+        let data_end_position = self
+            .partitions
+            .iter()
+            .filter_map(|partition| partition.entries.last())
+            .map(|entry| entry.position + u64::from(entry.len_bytes))
+            .max()
+            .unwrap_or(SEGMENT_DATA_START);
+        SegmentIndex {
+            segment: header,
+            data_end_position,
+            partitions: self.partitions,
+        }
+    }
+}
+
+/// The batches of a verified page (`FetchPlan::Page`) that a fetch from `from` returns:
+/// whole batches up to about `size_bytes_max`, at least one.
+pub fn batches_in_page(
+    entries: &[IndexEntry],
+    segment_index: u64,
+    from: Offset,
+    size_bytes_max: usize,
+) -> Vec<BatchLocation> {
+    let first = entries.partition_point(|entry| entry.end_offset() <= from);
+    let mut locations = Vec::new();
+    let mut total_bytes = 0usize;
+    for entry in entries.iter().skip(first) {
+        if !locations.is_empty() && total_bytes + entry.len_bytes as usize > size_bytes_max {
+            break;
+        }
+        total_bytes += entry.len_bytes as usize;
+        locations.push(entry.location(segment_index));
+    }
+    locations
+}
+
+/// The batch of a verified page (`ReadSource::Page`) holding `offset`.
+pub fn batch_in_page(
+    entries: &[IndexEntry],
+    segment_index: u64,
+    offset: Offset,
+) -> Option<BatchLocation> {
+    page_find(entries, offset).map(|entry| entry.location(segment_index))
 }
 
 /// Counters of what the log has written, for benchmarks and operators.
@@ -243,14 +338,9 @@ impl RecoveredPartition {
 impl RecoveredPartition {
     /// A partition as a checkpoint stored it (`core::checkpoint`, checked when decoded).
     pub fn from_checkpoint(checkpoint: &PartitionCheckpoint) -> Result<Self, CheckpointError> {
-        let state = PartitionState::from_checkpoint(checkpoint)?;
-        let mut synced_batches = OffsetIndex::new();
-        for (location, max_timestamp_ms) in &checkpoint.batches {
-            synced_batches.push(*location, *max_timestamp_ms);
-        }
         Ok(RecoveredPartition {
-            state,
-            synced_batches,
+            state: PartitionState::from_checkpoint(checkpoint)?,
+            synced_batches: OffsetIndex::from_checkpoint(&checkpoint.runs, &checkpoint.batches)?,
         })
     }
 }
@@ -276,6 +366,16 @@ pub struct ShardLog {
     poisoned: Option<StorageError>,
     stats: ShardLogStats,
     prev_key_offsets: Vec<Option<Offset>>,
+    /// Segments below this one are sealed: the log rolled past them and every group in
+    /// them is synced.
+    sealed_end: u64,
+    /// Sealed segments whose index file is not durable yet, in order; they are written in
+    /// that order, so each partition's dense batches are a suffix of its batches.
+    index_pending: VecDeque<u64>,
+    /// The index write in flight: its segment and where each partition's entries go.
+    index_in_flight: Option<(u64, Vec<PartitionPlacement>)>,
+    /// An index write failed: wait for the next seal or `retry_index_writes`.
+    index_retry_wait: bool,
 }
 
 /// Size of a new core log's first segment: `SEGMENT_SIZE_BYTES_FIRST`, or the configured
@@ -326,7 +426,7 @@ impl ShardLog {
             (SEGMENT_DATA_START..=current_size_bytes).contains(&write_position),
             "write position {write_position} lies in a segment of {current_size_bytes}"
         );
-        let partitions = partitions
+        let partitions: HashMap<PartitionId, PartitionLog> = partitions
             .into_iter()
             .map(|(id, recovered)| {
                 let log = PartitionLog {
@@ -337,6 +437,15 @@ impl ShardLog {
                 (id, log)
             })
             .collect();
+        // Recovery sealed the segments whose index file it found valid or could write; the
+        // rest are written again by the shell, in order.
+        let mut index_pending: Vec<u64> = partitions
+            .values()
+            .flat_map(|log| log.synced_batches.dense_segments())
+            .filter(|segment| *segment < current_index)
+            .collect();
+        index_pending.sort_unstable();
+        index_pending.dedup();
         ShardLog {
             limits,
             partitions,
@@ -353,6 +462,10 @@ impl ShardLog {
             poisoned: None,
             stats: ShardLogStats::default(),
             prev_key_offsets: Vec::new(),
+            sealed_end: current_index,
+            index_pending: index_pending.into(),
+            index_in_flight: None,
+            index_retry_wait: false,
         }
     }
 
@@ -732,18 +845,17 @@ impl ShardLog {
         };
         let mut writer = CheckpointWriter::new(&header, self.partitions.len(), 0);
         for log in self.partitions.values() {
-            let synced = log.synced_batches.entries();
-            let mut running_max_ms = log.synced_batches.entries().last().map(|(_, max)| max);
-            let staged = log.staged_batches.iter().map(|batch| {
-                let max_ms = running_max_ms.map_or(batch.max_timestamp_ms, |previous| {
-                    previous.max(batch.max_timestamp_ms)
-                });
-                running_max_ms = Some(max_ms);
-                (in_flight_location(batch), max_ms)
-            });
-            let batch_count = log.synced_batches.batches().len() + log.staged_batches.len();
-            log.state
-                .write_checkpoint(&mut writer, batch_count, synced.chain(staged));
+            let staged = log
+                .staged_batches
+                .iter()
+                .map(|batch| (in_flight_location(batch), batch.max_timestamp_ms));
+            let batch_count = log.synced_batches.dense_batches().len() + log.staged_batches.len();
+            log.state.write_checkpoint(
+                &mut writer,
+                &log.synced_batches.checkpoint_runs(),
+                batch_count,
+                log.synced_batches.dense_entries().chain(staged),
+            );
         }
         Some(CapturedCheckpoint {
             bytes: writer.finish(),
@@ -834,6 +946,14 @@ impl ShardLog {
             position: in_flight.position,
         };
         self.read_cache.insert(at, in_flight.group.bytes);
+        // One group is in flight at a time, in order: once a group of a later segment is
+        // synced, every group of the segments before it is.
+        if in_flight.segment_index > self.sealed_end {
+            self.index_pending
+                .extend(self.sealed_end..in_flight.segment_index);
+            self.sealed_end = in_flight.segment_index;
+            self.index_retry_wait = false;
+        }
         touched.sort_unstable();
         touched.dedup();
         Synced {
@@ -860,6 +980,105 @@ impl ShardLog {
         }
     }
 
+    /// The next sealed segment's index file to write, if one is due and none is in
+    /// flight. Its batches stay dense (and readable) until `handle_index_written`.
+    pub fn poll_index_write(&mut self) -> Option<IndexWrite> {
+        if self.poisoned.is_some() || self.index_in_flight.is_some() || self.index_retry_wait {
+            return None;
+        }
+        let segment_index = *self.index_pending.front()?;
+        let write = IndexWrite {
+            segment_index,
+            partitions: self.segment_partitions(segment_index),
+        };
+        let placements = placements(&write.partitions);
+        self.index_in_flight = Some((segment_index, placements));
+        Some(write)
+    }
+
+    /// Each partition's dense batches in `segment_index`, by id: what its index file holds
+    /// once the segment is sealed (the simulator also makes stale files of it).
+    pub(crate) fn segment_partitions(&self, segment_index: u64) -> Vec<PartitionEntries> {
+        let mut ids: Vec<PartitionId> = self.partitions.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|partition_id| {
+                let log = self.partitions.get(&partition_id)?;
+                let entries = log.synced_batches.segment_entries(segment_index);
+                (!entries.is_empty()).then_some(PartitionEntries {
+                    partition_id,
+                    entries,
+                })
+            })
+            .collect()
+    }
+
+    /// Segment `segment_index`'s index file is durable: its batches leave the dense part of
+    /// every partition's offset index for one summary each.
+    ///
+    /// # Panics
+    ///
+    /// If that index write is not in flight.
+    pub fn handle_index_written(&mut self, segment_index: u64) {
+        let (in_flight, placements) = self
+            .index_in_flight
+            .take()
+            .expect("an index write is in flight when the shell reports on one");
+        assert_eq!(
+            in_flight, segment_index,
+            "the shell reports on the index write in flight"
+        );
+        let pending = self.index_pending.pop_front();
+        assert_eq!(
+            pending,
+            Some(segment_index),
+            "index files are written in order"
+        );
+        for placement in placements {
+            if let Some(log) = self.partitions.get_mut(&placement.partition_id) {
+                log.synced_batches
+                    .seal(segment_index, placement.entries_position);
+            }
+        }
+    }
+
+    /// Writing segment `segment_index`'s index file failed (ENOSPC, EIO): nothing is lost,
+    /// its batches stay dense, and the write is asked for again at the next seal or after
+    /// `retry_index_writes`. Appends go on.
+    ///
+    /// # Panics
+    ///
+    /// If that index write is not in flight.
+    pub fn handle_index_failed(&mut self, segment_index: u64) {
+        let (in_flight, _) = self
+            .index_in_flight
+            .take()
+            .expect("an index write is in flight when the shell reports on one");
+        assert_eq!(
+            in_flight, segment_index,
+            "the shell reports on the index write in flight"
+        );
+        self.index_retry_wait = true;
+    }
+
+    /// Lets a failed index write be asked for again (the shell's retry timer).
+    pub fn retry_index_writes(&mut self) {
+        self.index_retry_wait = false;
+    }
+
+    /// Sealed segments whose index file is not durable yet.
+    pub fn index_pending_count(&self) -> usize {
+        self.index_pending.len()
+    }
+
+    /// Offset-index memory of every partition, for the memory figures.
+    pub fn offset_index_memory(&self) -> OffsetIndexMemory {
+        self.partitions
+            .values()
+            .map(|log| log.synced_batches.memory())
+            .fold(OffsetIndexMemory::default(), |total, memory| total + memory)
+    }
+
     /// Durable batches of `partition` from offset `from`, whole batches up to about
     /// `size_bytes_max` (at least one when any is available), with the synced end.
     /// `None`: unknown partition. `from` beyond the synced end is `Err(synced_end)`.
@@ -868,39 +1087,63 @@ impl ShardLog {
         partition: PartitionId,
         from: Offset,
         size_bytes_max: usize,
-    ) -> Option<Result<(Vec<BatchLocation>, Offset), Offset>> {
+    ) -> Option<Result<(FetchPlan, Offset), Offset>> {
         let log = self.partitions.get(&partition)?;
         let synced_end = log.state.synced_end();
         if from > synced_end {
             return Some(Err(synced_end));
         }
-        let mut locations = Vec::new();
-        if let Some(first) = log.synced_batches.find(from) {
-            let mut total_bytes = 0usize;
-            for location in log.synced_batches.batches().iter().skip(first) {
-                if !locations.is_empty()
-                    && total_bytes + location.len_bytes as usize > size_bytes_max
-                {
-                    break;
+        let plan = match log
+            .synced_batches
+            .find(partition, from, FETCH_PAGE_COUNT_MAX)
+        {
+            None => FetchPlan::Batches(Vec::new()),
+            Some(Found::Page(page)) => FetchPlan::Page(page),
+            Some(Found::Dense(first)) => {
+                let mut locations = Vec::new();
+                let mut total_bytes = 0usize;
+                for location in log.synced_batches.dense_batches().iter().skip(first) {
+                    if !locations.is_empty()
+                        && total_bytes + location.len_bytes as usize > size_bytes_max
+                    {
+                        break;
+                    }
+                    total_bytes += location.len_bytes as usize;
+                    locations.push(*location);
                 }
-                total_bytes += location.len_bytes as usize;
-                locations.push(*location);
+                FetchPlan::Batches(locations)
             }
-        }
-        Some(Ok((locations, synced_end)))
+        };
+        Some(Ok((plan, synced_end)))
     }
 
     /// The first durable batch of `partition` holding a record whose timestamp is at least
-    /// `timestamp_ms` (`OffsetIndex::find_timestamp`). `None`: unknown partition;
-    /// `Some(None)`: no durable record is that recent.
+    /// `timestamp_ms` (`OffsetIndex::find_timestamp`), or the index page to find it in
+    /// (`offset_index::page_find_timestamp`). `None`: unknown partition; `Some(None)`: no
+    /// durable record is that recent.
     pub fn timestamp_location(
         &self,
         partition: PartitionId,
         timestamp_ms: i64,
-    ) -> Option<Option<BatchLocation>> {
+    ) -> Option<Option<Located>> {
         let log = self.partitions.get(&partition)?;
-        let index = log.synced_batches.find_timestamp(timestamp_ms);
-        Some(index.and_then(|index| log.synced_batches.batches().get(index).copied()))
+        Some(
+            log.synced_batches
+                .find_timestamp(partition, timestamp_ms)
+                .map(|found| Self::located(log, found)),
+        )
+    }
+
+    fn located(log: &PartitionLog, found: Found) -> Located {
+        match found {
+            Found::Page(page) => Located::Page(page),
+            Found::Dense(index) => Located::Batch(
+                *log.synced_batches
+                    .dense_batches()
+                    .get(index)
+                    .expect("find returns an index into the dense batches"),
+            ),
+        }
     }
 
     /// Where the batch holding `offset` of `partition` can be read: the read cache, the
@@ -912,13 +1155,11 @@ impl ShardLog {
         offset: Offset,
     ) -> Option<Result<ReadSource, Offset>> {
         let log = self.partitions.get(&partition)?;
-        if let Some(index) = log.synced_batches.find(offset) {
-            let location = *log
-                .synced_batches
-                .batches()
-                .get(index)
-                .expect("find returns an index into batches");
-            return Some(Ok(self.durable_source(location)));
+        if let Some(found) = log.synced_batches.find(partition, offset, 1) {
+            return Some(Ok(match Self::located(log, found) {
+                Located::Batch(location) => self.durable_source(location),
+                Located::Page(page) => ReadSource::Page(page),
+            }));
         }
         // Staged batches are in offset order: binary search, since a hot partition can have
         // thousands staged and `read_key(include_appended)` is its hot path.
@@ -1376,6 +1617,103 @@ mod tests {
             "the first batch of a log chains to 0"
         );
         assert_eq!(second.prev_batch_crc(), first.crc());
+    }
+
+    /// Rolls `log` (segments of 8 blocks) into the next segment with 3-block groups, each
+    /// of one 10 KB batch.
+    fn fill_and_roll(log: &mut ShardLog) {
+        let start = log.current_segment_index();
+        while log.current_segment_index() == start {
+            if log.poll_preparation().is_some() {
+                log.handle_prepared(log.current_segment_index() + 1, Ok(()));
+            }
+            stage(log, b"a", 10_000).unwrap();
+            write_and_sync(log);
+        }
+    }
+
+    #[test]
+    fn a_sealed_segment_is_indexed_then_read_through_its_pages() {
+        let mut log = log();
+        fill_and_roll(&mut log);
+        let Some(write) = log.poll_index_write() else {
+            panic!("segment 0 is sealed once a group of segment 1 is synced");
+        };
+        assert_eq!(write.segment_index, 0);
+        assert_eq!(log.poll_index_write(), None, "one index write at a time");
+        let entries = &write.partitions[0].entries;
+        assert_eq!(entries.len(), 2, "two 3-block groups fit in segment 0");
+        // Until the file is durable, reads are answered from memory.
+        assert!(matches!(
+            log.read_source(PartitionId(0), Offset(0)),
+            Some(Ok(ReadSource::Cached { .. } | ReadSource::Disk(_)))
+        ));
+        assert_eq!(log.offset_index_memory().dense_batch_count, 3);
+        log.handle_index_written(0);
+        let memory = log.offset_index_memory();
+        assert_eq!(
+            (memory.sealed_batch_count, memory.dense_batch_count),
+            (2, 1)
+        );
+        let Some(Ok(ReadSource::Page(page))) = log.read_source(PartitionId(0), Offset(1)) else {
+            panic!("a sealed batch is read through its index page");
+        };
+        assert_eq!(
+            (
+                page.segment_index,
+                page.entry_count,
+                page.base_offset,
+                page.end_offset
+            ),
+            (0, 2, Offset(0), Offset(2))
+        );
+        assert_eq!(
+            batch_in_page(entries, 0, Offset(1)),
+            Some(entries[1].location(0))
+        );
+        assert!(matches!(
+            log.fetch_locations(PartitionId(0), Offset(0), 1 << 20),
+            Some(Ok((FetchPlan::Page(_), Offset(3))))
+        ));
+        assert!(
+            matches!(
+                log.read_source(PartitionId(0), Offset(2)),
+                Some(Ok(ReadSource::Cached { .. }))
+            ),
+            "the current segment's batches stay dense"
+        );
+    }
+
+    #[test]
+    fn a_failed_index_write_waits_for_the_next_seal_or_a_retry() {
+        let mut log = log();
+        fill_and_roll(&mut log);
+        assert_eq!(
+            log.poll_index_write().map(|write| write.segment_index),
+            Some(0)
+        );
+        log.handle_index_failed(0);
+        assert_eq!(log.poll_index_write(), None, "not retried at once");
+        log.retry_index_writes();
+        assert_eq!(
+            log.poll_index_write().map(|write| write.segment_index),
+            Some(0)
+        );
+        log.handle_index_failed(0);
+        fill_and_roll(&mut log);
+        assert_eq!(
+            log.poll_index_write().map(|write| write.segment_index),
+            Some(0),
+            "the next seal retries, in order"
+        );
+        log.handle_index_written(0);
+        assert_eq!(
+            log.poll_index_write().map(|write| write.segment_index),
+            Some(1)
+        );
+        assert_eq!(log.index_pending_count(), 1);
+        // Appends never waited on any of it.
+        assert_eq!(log.admission(len_of(100)), Admission::Admit);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub enum FaultPoint {
     Sync,
     /// Before preparing a segment file.
     Prepare,
+    /// Before writing a sealed segment's index file.
+    IndexWrite,
 }
 
 /// Decides, at each fault point, whether the I/O there fails. Shared by all shards, so it
@@ -40,6 +42,7 @@ impl FaultHook {
                     FaultPoint::Write => "write",
                     FaultPoint::Sync => "fdatasync",
                     FaultPoint::Prepare => "prepare segment",
+                    FaultPoint::IndexWrite => "write index",
                 },
                 path,
                 &std::io::Error::from_raw_os_error(errno),

@@ -17,6 +17,7 @@ use crate::error::StorageError;
 use crate::io::checkpoint;
 use crate::io::event::Event;
 use crate::io::fault::FaultPoint;
+use crate::io::index_file::{self, IndexFile};
 use crate::io::segment::SegmentFile;
 use crate::io::state::{ShardEvents, ShardState};
 use crate::io::stats::ShardIoStats;
@@ -158,6 +159,10 @@ async fn write_durably(
         (completion, synced_events)
     };
     completion.complete(Ok(()));
+    if write.rolled {
+        // The segment before this one is sealed now.
+        start_index_write(state);
+    }
     // Pending slots and the in-flight group were freed: appends waiting for room re-check.
     events.room.notify();
     for event in synced_events {
@@ -203,8 +208,9 @@ fn start_checkpoint_if_due(state: &Rc<RefCell<ShardState>>, write: &GroupWrite) 
             captured_at,
         )
     };
-    let state = state.clone();
-    glommio::spawn_local(async move {
+    let task_state = state.clone();
+    let task = glommio::spawn_local(async move {
+        let state = task_state;
         // Installed only once every record it covers is durable: a checkpoint must never
         // hold a record a crash could still take away.
         if completion.wait().await.is_ok() {
@@ -227,8 +233,9 @@ fn start_checkpoint_if_due(state: &Rc<RefCell<ShardState>>, write: &GroupWrite) 
             }
         }
         state.borrow_mut().checkpoint_writing = false;
-    })
-    .detach();
+    });
+    // The previous install has finished (`checkpoint_writing` was false): its handle goes.
+    state.borrow_mut().checkpoint_task = Some(task);
 }
 
 /// Starts preparing the next segment in the background if the log asks for it; its outcome
@@ -275,6 +282,73 @@ pub(crate) fn start_preparation(state: &Rc<RefCell<ShardState>>, events: &ShardE
         }
         events.room.notify();
         events.group_ready.notify();
+    })
+    .detach();
+}
+
+/// How long after a failed index write (ENOSPC, EIO) it is tried again, unless a later
+/// seal tries it first.
+const INDEX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Starts writing the next sealed segment's index file in the background if the log asks
+/// for one; its outcome goes to `ShardLog::handle_index_written` or `handle_index_failed`,
+/// and the next one starts after it. A failure is logged and retried, never fatal: the
+/// segment's batches stay in memory meanwhile (`io::index_file`).
+pub(crate) fn start_index_write(state: &Rc<RefCell<ShardState>>) {
+    let (write, header, shard_dir, fault_hook) = {
+        let mut guard = state.borrow_mut();
+        let Some(write) = guard.log.poll_index_write() else {
+            return;
+        };
+        let header = *guard
+            .segments
+            .get(&write.segment_index)
+            .expect("a sealed segment is open")
+            .header();
+        (
+            write,
+            header,
+            guard.shard_dir.clone(),
+            guard.config.fault_hook.clone(),
+        )
+    };
+    let state = state.clone();
+    glommio::spawn_local(async move {
+        let segment_index = write.segment_index;
+        let bytes = write.into_index(header).encode();
+        let outcome = match index_file::write_index_file(
+            &shard_dir,
+            segment_index,
+            &bytes,
+            fault_hook.as_ref(),
+        )
+        .await
+        {
+            Ok(()) => IndexFile::open(&shard_dir, segment_index).await,
+            Err(error) => Err(error),
+        };
+        drop(bytes);
+        match outcome {
+            Ok(file) => {
+                {
+                    let mut guard = state.borrow_mut();
+                    guard.index_files.insert(segment_index, Rc::new(file));
+                    guard.log.handle_index_written(segment_index);
+                }
+                start_index_write(&state);
+            }
+            Err(error) => {
+                tracing::warn!(
+                    segment = segment_index,
+                    %error,
+                    "could not write a segment index file: its batches stay in memory, retrying later"
+                );
+                state.borrow_mut().log.handle_index_failed(segment_index);
+                glommio::timer::sleep(INDEX_RETRY_DELAY).await;
+                state.borrow_mut().log.retry_index_writes();
+                start_index_write(&state);
+            }
+        }
     })
     .detach();
 }

@@ -3,6 +3,7 @@
 //! It moves bytes and waits; every decision is delegated to `crate::core`. `shard` owns a
 //! core's partitions and its core log, `group_commit` its committer, `recovery` the reading
 //! of the log at open (and the refusal to open on damage), `segment` the segment files,
+//! `index_file` the segment index files,
 //! `data_dir` the directory's identity, lock and topic catalog, `stats` the counters a
 //! shard keeps about its I/O for the server's metrics.
 
@@ -13,6 +14,7 @@ pub mod data_dir;
 pub mod event;
 pub mod fault;
 pub(crate) mod group_commit;
+pub mod index_file;
 pub mod reads;
 pub mod recovery;
 pub mod segment;

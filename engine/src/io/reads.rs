@@ -1,17 +1,21 @@
 //! The shard's read path: `fetch`, long-poll, `read_key`, `key_history`,
 //! `offset_for_timestamp`. The `ShardLog`
-//! says where each batch is (the read cache, the disk, or a staged group); this module
-//! reads it and verifies what comes from disk again, so a bit flipped at rest is an error,
-//! never a wrong record. A poisoned shard refuses every read (docs/DESIGN.md §3.5).
+//! says where each batch is (the read cache, the disk, a staged group, or a page of a
+//! sealed segment's index file to read first); this module reads it and verifies what comes
+//! from disk again, so a bit flipped at rest is an error, never a wrong record: an index
+//! page must match the summary that pointed at it, and a batch must be the partition's and
+//! hold the offsets its location says. A poisoned shard refuses every read
+//! (docs/DESIGN.md §3.5).
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::io::ReadResult;
 
-use crate::core::offset_index::BatchLocation;
+use crate::core::offset_index::{BatchLocation, page_find_timestamp};
 use crate::core::record::{BatchView, RecordView, decode_batch};
-use crate::core::shard_log::ReadSource;
+use crate::core::segment_index::{IndexEntry, IndexPage, decode_page};
+use crate::core::shard_log::{FetchPlan, Located, ReadSource, batch_in_page, batches_in_page};
 use crate::core::{Offset, PartitionId};
 use crate::error::{ReadError, StorageError};
 use crate::io::shard::Shard;
@@ -119,6 +123,20 @@ fn readable(state: &ShardState, partition: PartitionId) -> Result<(), ReadError>
     }
 }
 
+/// A verified index page that does not hold what its summary promised: our bug or a file
+/// changed under us; refused, never answered wrongly.
+fn page_misses(page: &IndexPage, reason: &str) -> ReadError {
+    ReadError::Storage(StorageError {
+        operation: "verify",
+        path: std::path::PathBuf::new(),
+        errno: None,
+        message: format!(
+            "index page of segment {} at position {}: {reason}",
+            page.segment_index, page.position
+        ),
+    })
+}
+
 impl Shard {
     /// The partition's end offsets: (appended_end including pending, synced_end).
     pub fn end_offsets(&self, partition: PartitionId) -> Result<(Offset, Offset), ReadError> {
@@ -139,26 +157,37 @@ impl Shard {
         from: Offset,
         max_bytes: usize,
     ) -> Result<Fetched, ReadError> {
-        let (sources, synced_end) = {
+        let (plan, synced_end) = {
             let state = self.state.borrow();
             readable(&state, partition)?;
-            let (locations, synced_end) = state
+            state
                 .log
                 .fetch_locations(partition, from, max_bytes)
                 .ok_or(ReadError::UnknownPartition(partition))?
                 .map_err(|synced_end| ReadError::OffsetOutOfRange {
                     requested: from.0,
                     synced_end: synced_end.0,
-                })?;
-            let sources: Vec<ReadSource> = locations
+                })?
+        };
+        let locations = match plan {
+            FetchPlan::Batches(locations) => locations,
+            // From a sealed segment: one index page read, and the fetch stops at its end.
+            FetchPlan::Page(page) => {
+                let entries = self.read_index_page(&page).await?;
+                batches_in_page(&entries, page.segment_index, from, max_bytes)
+            }
+        };
+        let sources: Vec<(ReadSource, Option<BatchLocation>)> = {
+            let state = self.state.borrow();
+            readable(&state, partition)?;
+            locations
                 .into_iter()
-                .map(|location| state.log.durable_source(location))
-                .collect();
-            (sources, synced_end)
+                .map(|location| (state.log.durable_source(location), Some(location)))
+                .collect()
         };
         let mut batches = Vec::with_capacity(sources.len());
-        for source in sources {
-            batches.push(self.read_batch(source).await?);
+        for (source, expected) in sources {
+            batches.push(self.read_batch(partition, source, expected).await?);
         }
         Ok(Fetched {
             from,
@@ -177,19 +206,26 @@ impl Shard {
         partition: PartitionId,
         timestamp_ms: i64,
     ) -> Result<Option<(Offset, i64)>, ReadError> {
-        let source = {
+        let located = {
             let state = self.state.borrow();
             readable(&state, partition)?;
-            let location = state
+            state
                 .log
                 .timestamp_location(partition, timestamp_ms)
-                .ok_or(ReadError::UnknownPartition(partition))?;
-            match location {
-                Some(location) => state.log.durable_source(location),
-                None => return Ok(None),
+                .ok_or(ReadError::UnknownPartition(partition))?
+        };
+        let location = match located {
+            None => return Ok(None),
+            Some(Located::Batch(location)) => location,
+            Some(Located::Page(page)) => {
+                let entries = self.read_index_page(&page).await?;
+                let entry = page_find_timestamp(&entries, timestamp_ms)
+                    .ok_or_else(|| page_misses(&page, "no batch reaches the timestamp"))?;
+                entry.location(page.segment_index)
             }
         };
-        let batch = self.read_batch(source).await?;
+        let source = self.state.borrow().log.durable_source(location);
+        let batch = self.read_batch(partition, source, Some(location)).await?;
         let found = batch
             .view()
             .records()
@@ -352,13 +388,36 @@ impl Shard {
                     synced_end: synced_end.0,
                 })?
         };
-        let batch = self.read_batch(source).await?;
+        let (source, expected) = match source {
+            ReadSource::Page(page) => {
+                let entries = self.read_index_page(&page).await?;
+                let location = batch_in_page(&entries, page.segment_index, offset)
+                    .ok_or_else(|| page_misses(&page, "no batch holds the offset"))?;
+                (
+                    self.state.borrow().log.durable_source(location),
+                    Some(location),
+                )
+            }
+            ReadSource::Disk(location) => (ReadSource::Disk(location), Some(location)),
+            other => (other, None),
+        };
+        let batch = self.read_batch(partition, source, expected).await?;
         let view = batch.view();
         let timestamp_ms = view.timestamp_ms();
         let record = view
             .records()
             .find(|record| record.offset == offset)
-            .expect("the batch located for an offset holds it");
+            .ok_or_else(|| {
+                ReadError::Storage(StorageError {
+                    operation: "verify",
+                    path: std::path::PathBuf::new(),
+                    errno: None,
+                    message: format!(
+                        "the batch located for offset {offset} of partition {} does not hold it",
+                        partition.0
+                    ),
+                })
+            })?;
         if let Some(key) = key_expected
             && (record.is_null_key() || record.key != key)
         {
@@ -367,7 +426,38 @@ impl Shard {
         Ok(OwnedRecord::from_view(&record, timestamp_ms))
     }
 
-    async fn read_batch(&self, source: ReadSource) -> Result<FetchedBatch, ReadError> {
+    /// Reads and verifies a page of a sealed segment's index file: it must be the page
+    /// the partition's summary points at (`decode_page`), else a storage error.
+    async fn read_index_page(&self, page: &IndexPage) -> Result<Vec<IndexEntry>, ReadError> {
+        let file = self
+            .state
+            .borrow()
+            .index_files
+            .get(&page.segment_index)
+            .cloned()
+            .expect("a sealed run's index file is open");
+        let bytes = file.read_page(page).await.map_err(ReadError::Storage)?;
+        decode_page(&bytes, page).map_err(|error| {
+            ReadError::Storage(StorageError {
+                operation: "verify",
+                path: file.path().to_owned(),
+                errno: None,
+                message: format!(
+                    "index page at position {} does not verify: {error}",
+                    page.position
+                ),
+            })
+        })
+    }
+
+    /// Reads the batch at `source`; one from disk is decoded again and, with `expected`,
+    /// must be `partition`'s batch with exactly those offsets.
+    async fn read_batch(
+        &self,
+        partition: PartitionId,
+        source: ReadSource,
+        expected: Option<BatchLocation>,
+    ) -> Result<FetchedBatch, ReadError> {
         {
             let stats = &self.state.borrow().stats;
             if matches!(source, ReadSource::Disk(_)) {
@@ -396,6 +486,12 @@ impl Shard {
                 });
             }
             ReadSource::Disk(location) => location,
+            ReadSource::Page(page) => {
+                return Err(page_misses(
+                    &page,
+                    "an index page is resolved before its batch is read",
+                ));
+            }
         };
         let segment = self
             .state
@@ -410,13 +506,35 @@ impl Shard {
             .map_err(ReadError::Storage)?;
         // Bytes from disk are verified again: a bit flipped at rest must be an error, never
         // a wrong record.
-        decode_batch(&read).map_err(|error| {
+        let view = decode_batch(&read).map_err(|error| {
             ReadError::Storage(StorageError::corrupt(
                 segment.path(),
                 location.position,
                 error,
             ))
         })?;
+        let expected = expected.unwrap_or(location);
+        if view.partition_id() != partition
+            || view.base_offset() != expected.base_offset
+            || view.end_offset() != expected.end_offset
+        {
+            return Err(ReadError::Storage(StorageError {
+                operation: "verify",
+                path: segment.path().to_owned(),
+                errno: None,
+                message: format!(
+                    "batch at position {} is partition {} offsets {}..{}, the index says \
+                     partition {} offsets {}..{}",
+                    location.position,
+                    view.partition_id().0,
+                    view.base_offset(),
+                    view.end_offset(),
+                    partition.0,
+                    expected.base_offset,
+                    expected.end_offset
+                ),
+            }));
+        }
         Ok(FetchedBatch {
             bytes: BatchBytes::Read(read),
         })

@@ -26,12 +26,16 @@ use crate::core::recovery::{
     BlockProbe, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
 };
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
+use crate::core::segment_index::{PartitionEntries, SegmentIndex, SegmentIndexBuilder};
 use crate::core::shard_log::RecoveredPartition;
 use crate::core::{Offset, PartitionId, SegmentPosition, ShardId};
 use crate::error::{Inconsistency, OpenError, StorageError};
 use crate::io::checkpoint;
 use crate::io::config::EngineConfig;
 use crate::io::data_dir::sync_dir;
+use crate::io::index_file::{
+    IndexFile, index_file_name, read_index_file, remove_temporary, write_index_file,
+};
 use crate::io::segment::{SegmentFile, SegmentReader, parse_segment_file_name, segment_file_name};
 use crate::io::state::segment_header;
 
@@ -44,9 +48,24 @@ const _: () = assert!(RECOVERY_CHUNK_BYTES.is_multiple_of(BLOCK_SIZE_BYTES));
 const BLOCK: u64 = BLOCK_SIZE_BYTES as u64;
 const DATA_START: u64 = SEGMENT_HEADER_SIZE_BYTES as u64;
 
+/// What recovery does with the index files of sealed segments (FORMAT.md, Segment index
+/// file): a valid one seals the segment's batches in memory either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IndexFiles {
+    /// Rewrite a missing, torn or stale one from the scan (opening a shard), once the log
+    /// is known to be free of damage: a shard that refuses to open writes nothing.
+    Rebuild,
+    /// Write nothing (`cairn check`): the segment's batches stay dense.
+    VerifyOnly,
+    /// Write nothing and log nothing yet: the scan's pass of `Rebuild`.
+    Defer,
+}
+
 /// What recovery found: the open segments of the log, where it ends, the chain to continue.
 pub(crate) struct Recovered {
     pub(crate) segments: BTreeMap<u64, Rc<SegmentFile>>,
+    /// The durable, verified index files of sealed segments.
+    pub(crate) index_files: BTreeMap<u64, Rc<IndexFile>>,
     /// Just after the last valid batch; None: no segment yet.
     pub(crate) end: Option<SegmentPosition>,
     pub(crate) chain_crc: u32,
@@ -108,14 +127,16 @@ impl Survivor {
 /// refuses to open on damage a crash cannot explain unless `config.repair_damage`.
 ///
 /// With `resume`, `partitions` hold a checkpoint's state and the scan starts after its last
-/// batch, which must be in the log (docs/DESIGN.md §3.7): segments before the one it ends
-/// in are opened, their headers verified, and not read. Any error then may be the
+/// batch, which must be in the log (docs/DESIGN.md, "Checkpoints"): segments before the one
+/// it ends in are opened, their headers verified, the index files of those the checkpoint
+/// holds as sealed opened, and nothing of them read. Any error then may be the
 /// checkpoint's, not the log's: the caller retries without it.
 pub(crate) async fn recover_segments(
     shard_dir: &Path,
     shard_id: ShardId,
     config: &EngineConfig,
     partitions: &mut HashMap<PartitionId, RecoveredPartition>,
+    index_files_mode: IndexFiles,
     resume: Option<Resume>,
     on_batch: &mut dyn FnMut(u64, u64, &BatchView<'_>),
 ) -> Result<Recovered, OpenError> {
@@ -144,18 +165,60 @@ pub(crate) async fn recover_segments(
         ),
         None => RecoveryScanner::new(),
     };
-    let mut segments = BTreeMap::new();
+    // Segments the checkpoint holds as sealed: their index files must be there.
+    let checkpoint_sealed: std::collections::BTreeSet<u64> = partitions
+        .values()
+        .flat_map(|partition| partition.synced_batches.sealed_runs())
+        .map(|run| run.segment_index)
+        .collect();
+    let mut segments: BTreeMap<u64, Rc<SegmentFile>> = BTreeMap::new();
+    let mut index_files = BTreeMap::new();
+    let mut deferred: Vec<(Rc<SegmentFile>, u64)> = Vec::new();
     let mut end: Option<SegmentPosition> = None;
     for index in indexes.iter().copied().filter(|index| *index < scanned_end) {
         let path = shard_dir.join(segment_file_name(index));
         let expected = segment_header(shard_id, config, index);
         let resume_end = match resume {
             Some(resume) if index < resume.log_end.segment_index => {
-                // Covered by the checkpoint: only its header is checked.
+                // Covered by the checkpoint: its header is checked, its index file opened.
                 let segment = SegmentFile::open_existing(&path, &expected)
                     .await?
                     .ok_or_else(|| checkpoint_mismatch(&path, "a covered segment is blank"))?;
-                segments.insert(index, Rc::new(segment));
+                let segment = Rc::new(segment);
+                segments.insert(index, segment.clone());
+                if checkpoint_sealed.contains(&index) {
+                    let file = IndexFile::open(shard_dir, index).await.map_err(|error| {
+                        checkpoint_mismatch(&path, &format!("its index file: {error}"))
+                    })?;
+                    index_files.insert(index, Rc::new(file));
+                }
+                // Its index write was pending when the checkpoint was taken: seal it now
+                // (or after the damage check, like any segment whose file is invalid), so
+                // that segments are sealed in order.
+                let data_end = partitions
+                    .values()
+                    .flat_map(|partition| partition.synced_batches.dense_batches())
+                    .filter(|batch| batch.segment_index == index)
+                    .map(|batch| batch.position + u64::from(batch.len_bytes))
+                    .max();
+                if let Some(data_end) = data_end {
+                    let mode = match index_files_mode {
+                        IndexFiles::Rebuild | IndexFiles::Defer => IndexFiles::Defer,
+                        IndexFiles::VerifyOnly => IndexFiles::VerifyOnly,
+                    };
+                    let verified = if deferred.is_empty() {
+                        seal_recovered(shard_dir, &segment, data_end, partitions, mode, config)
+                            .await
+                    } else {
+                        None
+                    };
+                    match verified {
+                        Some(file) => {
+                            index_files.insert(index, Rc::new(file));
+                        }
+                        None => deferred.push((segment, data_end)),
+                    }
+                }
                 continue;
             }
             Some(resume) if index == resume.log_end.segment_index => Some(resume.log_end.position),
@@ -183,22 +246,51 @@ pub(crate) async fn recover_segments(
             }
             Err(error) => return Err(error),
         };
+        let mut apply = |position: u64, batch: &BatchView<'_>| {
+            apply_recovered_batch(partitions, index, position, batch)?;
+            on_batch(index, position, batch);
+            Ok(())
+        };
         if let (Some(resume), Some(_)) = (resume, resume_end) {
             verify_last_batch(&segment, resume).await?;
         }
-        let (valid_end, accepted_batch_count) = scan_segment(
-            &segment,
-            index,
-            resume_end,
-            &mut scanner,
-            partitions,
-            on_batch,
-        )
-        .await?;
+        let (valid_end, accepted_batch_count) =
+            scan_segment(&segment, index, resume_end, &mut scanner, &mut apply).await?;
         if index > 0 && accepted_batch_count == 0 && resume_end.is_none() {
             // The log ended in the previous segment; this one was prepared ahead (or holds
             // what a torn group left) and is looked at below with everything after the end.
             break;
+        }
+        // The log continues here, so the segment before is sealed: every batch in it was
+        // synced before this segment's first group was written. Segments are sealed in
+        // order: from the first one whose index file is invalid on, they wait for the
+        // damage check (nothing is written before it) and are sealed after it.
+        if let Some(sealed_end) = end
+            && let Some(sealed_segment) = segments.get(&sealed_end.segment_index).cloned()
+        {
+            let verified = if deferred.is_empty() {
+                let mode = match index_files_mode {
+                    IndexFiles::Rebuild | IndexFiles::Defer => IndexFiles::Defer,
+                    IndexFiles::VerifyOnly => IndexFiles::VerifyOnly,
+                };
+                seal_recovered(
+                    shard_dir,
+                    &sealed_segment,
+                    sealed_end.position,
+                    partitions,
+                    mode,
+                    config,
+                )
+                .await
+            } else {
+                None
+            };
+            match verified {
+                Some(file) => {
+                    index_files.insert(sealed_end.segment_index, Rc::new(file));
+                }
+                None => deferred.push((sealed_segment, sealed_end.position)),
+            }
         }
         segments.insert(index, Rc::new(segment));
         end = Some(SegmentPosition {
@@ -243,8 +335,12 @@ pub(crate) async fn recover_segments(
                 quarantine.move_in(&shard_dir.join(segment_file_name(*index)))?;
             }
         }
+        if index_files_mode == IndexFiles::Rebuild {
+            seal_deferred(shard_dir, deferred, partitions, config, &mut index_files).await;
+        }
         return Ok(Recovered {
             segments,
+            index_files,
             end,
             chain_crc: scanner.chain_crc(),
             repair: quarantine.into_report(shard_id, log_end, Vec::new()),
@@ -307,8 +403,12 @@ pub(crate) async fn recover_segments(
         .collect();
     let report = quarantine.into_report(shard_id, log_end, lost_offsets);
     tracing::warn!(?report, "core log repaired: damaged data dropped");
+    // Repair changed only the segment the log ends in and those after it: the sealed ones
+    // before are as the scan found them.
+    seal_deferred(shard_dir, deferred, partitions, config, &mut index_files).await;
     Ok(Recovered {
         segments,
+        index_files,
         end,
         chain_crc: scanner.chain_crc(),
         repair: report,
@@ -345,6 +445,7 @@ pub(crate) async fn recover_shard(
                 shard_id,
                 config,
                 &mut partitions,
+                IndexFiles::Rebuild,
                 Some(resume),
                 &mut |_, _, _| {},
             )
@@ -370,6 +471,7 @@ pub(crate) async fn recover_shard(
         shard_id,
         config,
         &mut partitions,
+        IndexFiles::Rebuild,
         None,
         &mut |_, _, _| {},
     )
@@ -555,6 +657,7 @@ pub(crate) async fn scan_shard_dir(
         shard_id,
         config,
         &mut partitions,
+        IndexFiles::VerifyOnly,
         None,
         on_batch,
     )
@@ -566,15 +669,12 @@ pub(crate) async fn scan_shard_dir(
     };
     let mut partitions: Vec<PartitionScan> = partitions
         .into_iter()
-        .map(|(partition_id, recovered)| {
-            let batches = recovered.synced_batches.batches();
-            PartitionScan {
-                partition_id,
-                offsets_start: batches.first().map_or(Offset(0), |batch| batch.base_offset),
-                offsets_end: recovered.synced_batches.end_offset(),
-                key_count: recovered.state.key_count(),
-                batch_count: batches.len(),
-            }
+        .map(|(partition_id, recovered)| PartitionScan {
+            partition_id,
+            offsets_start: recovered.synced_batches.start_offset(),
+            offsets_end: recovered.synced_batches.end_offset(),
+            key_count: recovered.state.key_count(),
+            batch_count: recovered.synced_batches.batch_count(),
         })
         .collect();
     partitions.sort_by_key(|partition| partition.partition_id);
@@ -619,20 +719,22 @@ async fn data_continues_log(path: &Path, scanner: &RecoveryScanner) -> Result<bo
     }))
 }
 
-/// Feeds one segment to the scanner in chunks and applies every accepted batch. Returns
-/// the position after the last accepted batch and how many were accepted.
+/// Feeds one segment to the scanner in chunks and hands every accepted batch to `visit`
+/// (which applies it to the partitions, or only notes its location). Returns the position
+/// after the last accepted batch and how many were accepted; the first inconsistency
+/// `visit` reports fails the scan.
+///
 /// With `resume_end`, the scan starts after a checkpoint's last batch, which ends there.
 async fn scan_segment(
     segment: &SegmentFile,
     index: u64,
     resume_end: Option<u64>,
     scanner: &mut RecoveryScanner,
-    partitions: &mut HashMap<PartitionId, RecoveredPartition>,
-    visit: &mut dyn FnMut(u64, u64, &BatchView<'_>),
+    visit: &mut dyn FnMut(u64, &BatchView<'_>) -> Result<(), Inconsistency>,
 ) -> Result<(u64, u64), OpenError> {
     let segment_size_bytes = segment.size_bytes();
     let mut chunk_position = match resume_end {
-        Some(valid_end) if valid_end <= segment_size_bytes && valid_end >= DATA_START => {
+        Some(valid_end) if (DATA_START..=segment_size_bytes).contains(&valid_end) => {
             scanner.begin_segment_after(segment_size_bytes, valid_end);
             valid_end.div_ceil(BLOCK) * BLOCK
         }
@@ -660,15 +762,12 @@ async fn scan_segment(
             if inconsistency.is_some() {
                 return;
             }
-            match apply_recovered_batch(partitions, index, position, batch) {
-                Ok(()) => visit(index, position, batch),
-                Err(problem) => {
-                    inconsistency = Some(OpenError::Inconsistent {
-                        path: segment.path().to_owned(),
-                        position,
-                        problem,
-                    });
-                }
+            if let Err(problem) = visit(position, batch) {
+                inconsistency = Some(OpenError::Inconsistent {
+                    path: segment.path().to_owned(),
+                    position,
+                    problem,
+                });
             }
         };
         match scanner.scan(&chunk, chunk_position, &mut on_batch) {
@@ -690,6 +789,156 @@ async fn scan_segment(
             }
         }
     }
+}
+
+/// Rebuilds one segment's index from its bytes alone, without applying its batches to any
+/// partition state: what a recovery that starts from a checkpoint after this segment needs
+/// when the segment's index file is missing or invalid. `scanner` continues the log (the
+/// chain and partition offsets at the segment's start); returns the index and where the
+/// segment's valid data ends.
+///
+/// # Errors
+///
+/// Reading fails, or a batch contradicts the log.
+pub async fn rebuild_segment_index(
+    segment: &SegmentFile,
+    scanner: &mut RecoveryScanner,
+) -> Result<SegmentIndex, OpenError> {
+    let mut builder = SegmentIndexBuilder::new();
+    let segment_index = segment.index();
+    let mut note = |position: u64, batch: &BatchView<'_>| {
+        builder.push(
+            batch.partition_id(),
+            &location_of(segment_index, position, batch),
+            batch.max_record_timestamp_ms(),
+        );
+        Ok(())
+    };
+    let (valid_end, _) = scan_segment(segment, segment_index, None, scanner, &mut note).await?;
+    let index = builder.finish(*segment.header());
+    debug_assert!(index.entry_count() == 0 || index.data_end_position == valid_end);
+    Ok(index)
+}
+
+/// Seals, in order, the segments whose index file the scan found invalid (and those after
+/// the first such one), rewriting the invalid files; stops at the first that cannot be
+/// written, leaving it and the rest to the `ShardLog`'s index writer.
+async fn seal_deferred(
+    shard_dir: &Path,
+    deferred: Vec<(Rc<SegmentFile>, u64)>,
+    partitions: &mut HashMap<PartitionId, RecoveredPartition>,
+    config: &EngineConfig,
+    index_files: &mut BTreeMap<u64, Rc<IndexFile>>,
+) {
+    for (segment, valid_end) in deferred {
+        let sealed = seal_recovered(
+            shard_dir,
+            &segment,
+            valid_end,
+            partitions,
+            IndexFiles::Rebuild,
+            config,
+        )
+        .await;
+        match sealed {
+            Some(file) => {
+                index_files.insert(segment.index(), Rc::new(file));
+            }
+            None => break,
+        }
+    }
+}
+
+/// Segment `segment` is sealed and its batches, ending at `valid_end`, are the first dense
+/// ones of `partitions`: checks its index file against them and, if it is missing, torn,
+/// stale or unreadable, writes it again (`IndexFiles::Rebuild`). Once the file is durable
+/// the partitions keep only a summary of the segment; the open file is returned. Failing
+/// to write or open it is logged, not fatal: the batches then stay dense, and the
+/// `ShardLog` tries again (`io::index_file`).
+async fn seal_recovered(
+    shard_dir: &Path,
+    segment: &SegmentFile,
+    valid_end: u64,
+    partitions: &mut HashMap<PartitionId, RecoveredPartition>,
+    mode: IndexFiles,
+    config: &EngineConfig,
+) -> Option<IndexFile> {
+    let segment_index = segment.index();
+    let mut ids: Vec<PartitionId> = partitions.keys().copied().collect();
+    ids.sort_unstable();
+    let expected = SegmentIndex {
+        segment: *segment.header(),
+        data_end_position: valid_end,
+        partitions: ids
+            .into_iter()
+            .filter_map(|partition_id| {
+                let entries = partitions
+                    .get(&partition_id)?
+                    .synced_batches
+                    .segment_entries(segment_index);
+                (!entries.is_empty()).then_some(PartitionEntries {
+                    partition_id,
+                    entries,
+                })
+            })
+            .collect(),
+    };
+    let path = shard_dir.join(index_file_name(segment_index));
+    // The scan just rebuilt every entry, so the check is exact: the file must hold what
+    // we would write now, byte for byte (then its checksums verify too), followed by
+    // less than a block of zeros. Only a mismatch is decoded, to say what is wrong.
+    let encoded = expected.encode();
+    let problem = match read_index_file(&path) {
+        Ok(None) => Some("missing".to_owned()),
+        Ok(Some(bytes)) if is_encoding_of(&bytes, &encoded) => None,
+        Ok(Some(bytes)) => Some(match SegmentIndex::decode(&bytes, segment.header()) {
+            Ok(_) => "stale: it does not match its segment".to_owned(),
+            Err(error) => error.to_string(),
+        }),
+        Err(error) => Some(error.to_string()),
+    };
+    if let Some(problem) = problem {
+        match mode {
+            IndexFiles::Defer => return None,
+            IndexFiles::VerifyOnly => {
+                tracing::warn!(path = %path.display(), %problem, "segment index file invalid");
+                return None;
+            }
+            IndexFiles::Rebuild => {}
+        }
+        tracing::warn!(path = %path.display(), %problem, "segment index file invalid: rebuilding it from its segment");
+        let written = match remove_temporary(shard_dir, segment_index) {
+            Ok(()) => {
+                write_index_file(
+                    shard_dir,
+                    segment_index,
+                    &encoded,
+                    config.fault_hook.as_ref(),
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        if let Err(error) = written {
+            tracing::warn!(path = %path.display(), %error, "could not write a segment index file: its batches stay in memory");
+            return None;
+        }
+    }
+    let file = match IndexFile::open(shard_dir, segment_index).await {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "could not open a segment index file: its batches stay in memory");
+            return None;
+        }
+    };
+    for placement in expected.placements() {
+        if let Some(partition) = partitions.get_mut(&placement.partition_id) {
+            partition
+                .synced_batches
+                .seal(segment_index, placement.entries_position);
+        }
+    }
+    Some(file)
 }
 
 /// Where a recovery resumes: after the last batch a checkpoint covers.
@@ -933,14 +1182,29 @@ fn apply_recovered_batch(
             .map(|record| (record.indexed_key(), record.prev_key_offset)),
     )?;
     slot.synced_batches.push(
-        BatchLocation {
-            base_offset: batch.base_offset(),
-            end_offset: batch.end_offset(),
-            segment_index,
-            position,
-            len_bytes: u32::try_from(batch.len_bytes()).expect("batches are at most 1 MiB"),
-        },
+        location_of(segment_index, position, batch),
         batch.max_record_timestamp_ms(),
     );
     Ok(())
+}
+
+/// Whether a file's `bytes` are `encoded` followed by the zeros that pad it to a block.
+fn is_encoding_of(bytes: &[u8], encoded: &[u8]) -> bool {
+    let padded_len_bytes = encoded.len().div_ceil(BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES;
+    bytes.len() >= encoded.len()
+        && bytes.len() <= padded_len_bytes
+        && bytes.get(..encoded.len()) == Some(encoded)
+        && bytes
+            .get(encoded.len()..)
+            .is_some_and(|padding| padding.iter().all(|byte| *byte == 0))
+}
+
+fn location_of(segment_index: u64, position: u64, batch: &BatchView<'_>) -> BatchLocation {
+    BatchLocation {
+        base_offset: batch.base_offset(),
+        end_offset: batch.end_offset(),
+        segment_index,
+        position,
+        len_bytes: u32::try_from(batch.len_bytes()).expect("batches are at most 2 MiB"),
+    }
 }

@@ -236,6 +236,7 @@ impl Shard {
         let repair = recovered.repair;
         let recovered_from = recovered.checkpoint;
         let mut segments = recovered.segments;
+        let index_files = recovered.index_files;
         let (current_index, write_position) = match recovered.end {
             Some(end) => (end.segment_index, align_up(end.position)),
             None => {
@@ -282,6 +283,7 @@ impl Shard {
             catalog: engine.catalog.clone(),
             log,
             segments,
+            index_files,
             next_segment_file: None,
             completions: HashMap::new(),
             synced,
@@ -291,12 +293,15 @@ impl Shard {
             closing: false,
             checkpoint_due_bytes: config.checkpoint_interval_bytes,
             checkpoint_writing: false,
+            checkpoint_task: None,
             config,
             stats: std::sync::Arc::default(),
         };
         let state = Rc::new(RefCell::new(state));
         let events = ShardEvents::default();
         group_commit::start_preparation(&state, &events);
+        // Sealed segments whose index file recovery could not write are tried again now.
+        group_commit::start_index_write(&state);
         let committer = glommio::spawn_local(group_commit::run(state.clone(), events.clone()));
         Ok(Shard {
             state,
@@ -600,6 +605,24 @@ impl Shard {
         self.state.borrow().log.key_index_memory_bytes()
     }
 
+    /// Offset-index memory of all partitions of this shard, for the memory figure: dense
+    /// locations of segments without a durable index file, and the summaries of the rest.
+    pub fn offset_index_memory_bytes(&self) -> usize {
+        let memory = self.offset_index_memory();
+        memory.sealed_bytes + memory.dense_bytes
+    }
+
+    /// The same, sealed and dense apart, with the batches each covers.
+    pub fn offset_index_memory(&self) -> crate::core::offset_index::OffsetIndexMemory {
+        self.state.borrow().log.offset_index_memory()
+    }
+
+    /// Sealed segments whose index file is not durable yet (written in the background;
+    /// more than zero for long only after failed writes).
+    pub fn index_pending_count(&self) -> usize {
+        self.state.borrow().log.index_pending_count()
+    }
+
     /// Stops taking appends, waits until every staged append is synced (or failed), and
     /// stops the committer.
     pub async fn close(&self) {
@@ -609,6 +632,10 @@ impl Shard {
         let committer = self.committer.borrow_mut().take();
         if let Some(committer) = committer {
             committer.await;
+        }
+        let checkpoint = self.state.borrow_mut().checkpoint_task.take();
+        if let Some(checkpoint) = checkpoint {
+            checkpoint.await;
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::error::StorageError;
 use crate::io::config::EngineConfig;
 use crate::io::data_dir::{Catalog, DataDir, ProducerIdAllocator};
 use crate::io::event::Event;
+use crate::io::index_file::IndexFile;
 use crate::io::segment::SegmentFile;
 
 /// How a group ended, shared by every append waiting on it.
@@ -156,6 +157,8 @@ pub(crate) struct ShardState {
     pub(crate) log: ShardLog,
     /// The open segment files of the core log, by index.
     pub(crate) segments: BTreeMap<u64, Rc<SegmentFile>>,
+    /// The durable index files of sealed segments, by segment index.
+    pub(crate) index_files: BTreeMap<u64, Rc<IndexFile>>,
     /// The prepared next segment, until a roll makes it current.
     pub(crate) next_segment_file: Option<SegmentFile>,
     /// The waiters of each group not yet completed, by sequence.
@@ -173,6 +176,9 @@ pub(crate) struct ShardState {
     pub(crate) checkpoint_due_bytes: u64,
     /// A checkpoint is being written: the next waits for it.
     pub(crate) checkpoint_writing: bool,
+    /// The task installing the latest checkpoint; closing the shard waits for it, so no
+    /// install is cut off by the executor ending.
+    pub(crate) checkpoint_task: Option<glommio::Task<()>>,
     /// What the metrics endpoint reads (written only here).
     pub(crate) stats: std::sync::Arc<crate::io::stats::ShardIoStats>,
 }

@@ -11,6 +11,13 @@
 //!   conflict) matches the model's, and `prev_key_offset` chains verify on recovery;
 //! - after an I/O error nothing more is acknowledged;
 //! - a crash never looks like damage (the probe of `core::recovery` stays quiet);
+//! - segment index files (`core::segment_index`): the shell's write steps (temporary file
+//!   synced, renamed, directory synced, or ENOSPC) are separate steps a crash can fall
+//!   between, and a power loss may lose a rename whose directory was not synced; stale
+//!   files (an index of a segment's earlier prefix, left next to it) are planted at
+//!   crashes. Recovery accepts a file only if it says exactly what the scan found, else
+//!   rebuilds it, and after every open each offset of every partition is read through
+//!   the log's lookups (index pages included) and compared with the model;
 //! - idempotent producers: every stamped batch's outcome (appended, duplicate of which
 //!   batch, fenced, out of order, conflict) matches the model's, and the producers resend
 //!   every unacknowledged batch after a crash, as Kafka clients do. A resend is either the
@@ -34,10 +41,13 @@ use crate::core::record::{BatchView, batch_encoded_len, decode_batch};
 use crate::core::recovery::{
     BlockProbe, RecoveryScanner, ScanProgress, crash_explains, probe_block_starts,
 };
-use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
+use crate::core::segment_header::{SEGMENT_HEADER_SIZE_BYTES, SegmentHeader};
+use crate::core::segment_index::{
+    IndexPage, PartitionEntries, SegmentIndex, SegmentIndexBuilder, decode_page,
+};
 use crate::core::shard_log::{
-    Admission, GroupPoll, GroupWrite, RecoveredPartition, ShardLog, ShardLogLimits,
-    first_segment_size_bytes,
+    Admission, FetchPlan, GroupPoll, GroupWrite, ReadSource, RecoveredPartition, ShardLog,
+    ShardLogLimits, batch_in_page, batches_in_page, first_segment_size_bytes,
 };
 use crate::core::{
     KeyCondition, Offset, PartitionId, ProducerStamp, RecordInput, SegmentPosition, ShardId,
@@ -144,6 +154,17 @@ pub struct SimReport {
     pub resend_appended_count: u64,
     /// Stamped batches refused as fenced or out of order.
     pub producer_refused_count: u64,
+    /// Index files made durable by the log's index writes.
+    pub index_written_count: u64,
+    /// Index files recovery found valid and used.
+    pub index_accepted_count: u64,
+    /// Index files recovery rebuilt: missing (a crash before the rename or its directory
+    /// sync, a failed write), or not what the segment holds (a stale one).
+    pub index_rebuilt_count: u64,
+    /// Of those, files that decoded but did not match their segment (stale).
+    pub index_stale_rejected_count: u64,
+    /// Reads answered through an index page and checked against the model.
+    pub index_page_read_count: u64,
     /// Recoveries from a checkpoint checked equal to a full scan.
     pub checkpoint_recovery_count: u64,
     /// The first invariant broken, with enough context to debug it; `None` if none.
@@ -415,11 +436,14 @@ fn decode_sim_header(bytes: &[u8]) -> SimHeader {
 /// order while their headers verify and the log continues, then the damage probe.
 ///
 /// With a checkpoint, as `io::recovery::recover_shard` resumes: its state, the segments
-/// before the one it ends in untouched, its last batch checked, the scan after it; `found`
-/// and `order` then hold only what the scan found.
+/// before the one it ends in not read (the index files of those it holds as sealed must be
+/// there), its last batch checked, the scan after it; `found` and `order` then hold only
+/// what the scan found.
 fn recover(
     disk: &SimDisk,
+    index_dir: &mut SimIndexDir,
     partition_ids: &[PartitionId],
+    report: &mut SimReport,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<Recovery, String> {
     let mut partitions: BTreeMap<PartitionId, RecoveredPartition> = partition_ids
@@ -437,6 +461,18 @@ fn recover(
             return Err("a checkpoint covers no batch".to_owned());
         };
         resume = Some((log_end, last_batch, checkpoint.chain_crc));
+        for partition in &checkpoint.partitions {
+            if let Some(run) = partition
+                .runs
+                .iter()
+                .find(|run| index_dir.read(run.segment_index).is_none())
+            {
+                return Err(format!(
+                    "segment {}'s index file, which a valid checkpoint holds as durable, is gone",
+                    run.segment_index
+                ));
+            }
+        }
     }
     let mut found: BTreeMap<PartitionId, Vec<FoundBatch>> = BTreeMap::new();
     let mut order = Vec::new();
@@ -456,11 +492,41 @@ fn recover(
         ),
         None => RecoveryScanner::new(),
     };
-    let mut end = None;
+    let mut end: Option<SegmentPosition> = None;
+    // The previous segment's header and its index as a second, independent builder sees it.
+    let mut previous: Option<(SegmentHeader, SegmentIndex)> = None;
+    let mut sealing = true;
     for index in indexes.iter().copied() {
         if let Some((log_end, _, _)) = resume
             && index < log_end.segment_index
         {
+            // Its index write was pending when the checkpoint was taken: sealed now, in
+            // order, from what the checkpoint holds of it.
+            let mut built = SegmentIndexBuilder::new();
+            let mut any = false;
+            for partition in checkpoint.map_or(&[][..], |checkpoint| &checkpoint.partitions) {
+                for (location, batch_max_ms) in &partition.batches {
+                    if location.segment_index == index {
+                        built.push(partition.id, location, *batch_max_ms);
+                        any = true;
+                    }
+                }
+            }
+            if any {
+                let SimHeader::Valid(_, size) =
+                    decode_sim_header(&disk.read(index).unwrap_or_default())
+                else {
+                    return Err(format!("covered segment {index} has no header"));
+                };
+                let header = sim_segment_header(index, size);
+                seal_recovered(
+                    index_dir,
+                    &mut partitions,
+                    header,
+                    built.finish(header),
+                    report,
+                )?;
+            }
             continue;
         }
         let bytes = disk.read(index).unwrap_or_default();
@@ -496,6 +562,7 @@ fn recover(
             }
         };
         let mut data_start = DATA_START;
+        let mut builder = SegmentIndexBuilder::new();
         match resume {
             Some((log_end, last_batch, chain_crc)) if index == log_end.segment_index => {
                 let last = usize::try_from(last_batch.position).unwrap_or(usize::MAX);
@@ -511,6 +578,15 @@ fn recover(
                 }
                 scanner.begin_segment_after(segment_size_bytes, log_end.position);
                 data_start = log_end.position.div_ceil(BLOCK) * BLOCK;
+                // The independent builder starts from what the checkpoint says of this
+                // segment, as the scan starts after it.
+                for partition in checkpoint.map_or(&[][..], |checkpoint| &checkpoint.partitions) {
+                    for (location, batch_max_ms) in &partition.batches {
+                        if location.segment_index == index {
+                            builder.push(partition.id, location, *batch_max_ms);
+                        }
+                    }
+                }
             }
             _ => scanner.begin_segment(segment_size_bytes),
         }
@@ -522,6 +598,17 @@ fn recover(
             if problem.is_some() {
                 return;
             }
+            builder.push(
+                batch.partition_id(),
+                &BatchLocation {
+                    base_offset: batch.base_offset(),
+                    end_offset: batch.end_offset(),
+                    segment_index: index,
+                    position,
+                    len_bytes: batch.len_bytes() as u32,
+                },
+                batch.max_record_timestamp_ms(),
+            );
             let partition = batch.partition_id();
             let Some(recovered) = partitions.get_mut(&partition) else {
                 problem = Some(format!("batch of unknown partition {partition:?}"));
@@ -577,6 +664,16 @@ fn recover(
         if index > 0 && accepted == 0 && !resumed_here {
             break;
         }
+        // The log continues here: the previous segment is sealed.
+        if let Some((header, built)) = previous.take()
+            && sealing
+        {
+            sealing = seal_recovered(index_dir, &mut partitions, header, built, report)?;
+        }
+        previous = Some((
+            sim_segment_header(index, segment_size_bytes),
+            builder.finish(sim_segment_header(index, segment_size_bytes)),
+        ));
         end = Some(SegmentPosition {
             segment_index: index,
             position: valid_end,
@@ -637,6 +734,143 @@ fn recover(
     })
 }
 
+/// Whether `bytes` are exactly the model's `expected` batch of `partition`.
+fn check_batch(bytes: &[u8], partition: PartitionId, expected: &ModelBatch) -> Result<(), String> {
+    let batch = decode_batch(bytes).map_err(|error| format!("a located batch: {error}"))?;
+    let records: Vec<(Vec<u8>, Vec<u8>)> = batch
+        .records()
+        .map(|record| (record.key.to_vec(), record.value.to_vec()))
+        .collect();
+    if batch.partition_id() != partition
+        || batch.base_offset() != expected.base_offset
+        || records != expected.records
+    {
+        return Err(format!(
+            "read {:?} at {:?}, the model has {partition:?} at {:?}",
+            batch.partition_id(),
+            batch.base_offset(),
+            expected.base_offset
+        ));
+    }
+    Ok(())
+}
+
+/// What `io::recovery` does with a sealed segment's index file, over the simulated
+/// directory: accept it if it says exactly what the scan found (here the partitions' dense
+/// entries, cross-checked with an independent builder's), else rebuild it durably. Then
+/// the partitions keep only summaries of the segment. Returns whether it sealed (always,
+/// here: the simulated rebuild does not fail).
+fn seal_recovered(
+    index_dir: &mut SimIndexDir,
+    partitions: &mut BTreeMap<PartitionId, RecoveredPartition>,
+    header: SegmentHeader,
+    built: SegmentIndex,
+    report: &mut SimReport,
+) -> Result<bool, String> {
+    let segment_index = header.segment_index;
+    let expected = SegmentIndex {
+        segment: header,
+        data_end_position: built.data_end_position,
+        partitions: partitions
+            .iter()
+            .filter_map(|(partition_id, recovered)| {
+                let entries = recovered.synced_batches.segment_entries(segment_index);
+                (!entries.is_empty()).then_some(PartitionEntries {
+                    partition_id: *partition_id,
+                    entries,
+                })
+            })
+            .collect(),
+    };
+    if expected != built {
+        return Err(format!(
+            "segment {segment_index}: the offset index and a scan disagree on its index"
+        ));
+    }
+    match index_dir
+        .read(segment_index)
+        .map(|bytes| SegmentIndex::decode(bytes, &header))
+    {
+        Some(Ok(found)) if found == expected => report.index_accepted_count += 1,
+        found => {
+            if matches!(found, Some(Ok(_))) {
+                report.index_stale_rejected_count += 1;
+            }
+            report.index_rebuilt_count += 1;
+            index_dir.write_durably(segment_index, expected.encode());
+        }
+    }
+    for placement in expected.placements() {
+        if let Some(partition) = partitions.get_mut(&placement.partition_id) {
+            partition
+                .synced_batches
+                .seal(segment_index, placement.entries_position);
+        }
+    }
+    Ok(true)
+}
+
+/// The shard directory's index files, as the real shell writes them
+/// (`io::index_file`): a file's bytes are synced under a temporary name before the rename,
+/// so a file is either absent or whole; only the rename can be lost, by a power loss before
+/// the directory's sync.
+#[derive(Clone, Debug, Default)]
+struct SimIndexDir {
+    /// Names that survive any crash.
+    durable: BTreeMap<u64, Vec<u8>>,
+    /// Renamed since the directory's last sync: kept by a process crash, kept or lost by a
+    /// power loss.
+    renamed: BTreeMap<u64, Vec<u8>>,
+}
+
+impl SimIndexDir {
+    fn read(&self, segment_index: u64) -> Option<&Vec<u8>> {
+        self.renamed
+            .get(&segment_index)
+            .or_else(|| self.durable.get(&segment_index))
+    }
+
+    fn rename(&mut self, segment_index: u64, bytes: Vec<u8>) {
+        self.renamed.insert(segment_index, bytes);
+    }
+
+    fn sync(&mut self) {
+        self.durable.append(&mut self.renamed);
+    }
+
+    fn write_durably(&mut self, segment_index: u64, bytes: Vec<u8>) {
+        self.renamed.remove(&segment_index);
+        self.durable.insert(segment_index, bytes);
+    }
+
+    fn crash(&mut self, kind: CrashKind, rng: &mut SimRng) {
+        for (segment_index, bytes) in std::mem::take(&mut self.renamed) {
+            if kind == CrashKind::Process || rng.chance(500) {
+                self.durable.insert(segment_index, bytes);
+            }
+        }
+    }
+}
+
+/// Where the index write in flight stands: each step a crash can fall between.
+#[derive(Clone, Debug)]
+enum IndexStage {
+    /// The temporary file is written and synced (never read by recovery).
+    TemporarySynced,
+    /// Renamed; the directory is not synced yet.
+    Renamed,
+}
+
+/// The sim's segment header as the index file's identity (shard 0 of 1).
+fn sim_segment_header(segment_index: u64, segment_size_bytes: u64) -> SegmentHeader {
+    SegmentHeader {
+        shard_id: ShardId(0),
+        shard_count: 1,
+        segment_index,
+        segment_size_bytes,
+    }
+}
+
 /// One shard under simulation.
 struct Sim {
     rng: SimRng,
@@ -655,6 +889,10 @@ struct Sim {
     value_counter: u64,
     /// Idempotent producers' client state, per producer and partition.
     producers: BTreeMap<(i64, PartitionId), SimProducer>,
+    /// The shard directory's index files.
+    index_dir: SimIndexDir,
+    /// The index write in flight: its segment, bytes and stage.
+    index_write: Option<(u64, Vec<u8>, IndexStage)>,
     /// A checkpoint taken when its group was taken, to install once that group is synced.
     checkpoint_pending: Option<(u64, Vec<u8>)>,
     /// Checkpoint files, oldest first, as `io::checkpoint` installs them.
@@ -675,22 +913,61 @@ struct SimCheckpointFile {
 /// Checkpoint files kept, as `io::checkpoint::CHECKPOINTS_KEPT`.
 const SIM_CHECKPOINTS_KEPT: usize = 2;
 
-/// The state a recovery rebuilt, comparable across recoveries: each partition as a
-/// checkpoint would store it (producers in id order), the end and the chain.
+/// What a recovery rebuilt, comparable across recoveries whatever part of the offset index
+/// is sealed or dense: each partition's state as a checkpoint holds it (producers in id
+/// order, without locations), every batch location (sealed runs read back from their
+/// index files), the log's end and chain.
+type CanonicalState = (
+    Vec<PartitionCheckpoint>,
+    BTreeMap<PartitionId, Vec<BatchLocation>>,
+    Option<SegmentPosition>,
+    u32,
+);
+
 fn canonical_state(
     recovery: &Recovery,
-) -> (Vec<PartitionCheckpoint>, Option<SegmentPosition>, u32) {
-    let partitions = recovery
-        .partitions
-        .values()
-        .map(|partition| {
-            let mut state = partition.state.checkpoint();
-            state.producers.sort_by_key(|producer| producer.producer_id);
-            state.batches = partition.synced_batches.entries().collect();
-            state
-        })
-        .collect();
-    (partitions, recovery.end, recovery.chain_crc)
+    index_dir: &SimIndexDir,
+    disk: &SimDisk,
+) -> Result<CanonicalState, String> {
+    let mut states = Vec::new();
+    let mut locations = BTreeMap::new();
+    for (id, partition) in &recovery.partitions {
+        let mut state = partition.state.checkpoint();
+        state.producers.sort_by_key(|producer| producer.producer_id);
+        states.push(state);
+        let mut located = Vec::new();
+        for run in partition.synced_batches.sealed_runs() {
+            let SimHeader::Valid(_, size) =
+                decode_sim_header(&disk.read(run.segment_index).unwrap_or_default())
+            else {
+                return Err(format!(
+                    "segment {} of a sealed run has no header",
+                    run.segment_index
+                ));
+            };
+            let header = sim_segment_header(run.segment_index, size);
+            let index = index_dir
+                .read(run.segment_index)
+                .ok_or_else(|| format!("segment {}'s index file is gone", run.segment_index))
+                .and_then(|bytes| {
+                    SegmentIndex::decode(bytes, &header).map_err(|error| error.to_string())
+                })?;
+            let entries = index
+                .partitions
+                .iter()
+                .find(|entries| entries.partition_id == *id)
+                .map(|entries| entries.entries.clone())
+                .unwrap_or_default();
+            located.extend(
+                entries
+                    .iter()
+                    .map(|entry| entry.location(run.segment_index)),
+            );
+        }
+        located.extend_from_slice(partition.synced_batches.dense_batches());
+        locations.insert(*id, located);
+    }
+    Ok((states, locations, recovery.end, recovery.chain_crc))
 }
 
 impl Sim {
@@ -714,18 +991,30 @@ impl Sim {
 
     /// Opens the shard on what the disk holds, checking the model against it.
     fn open(&mut self) -> Result<(), String> {
-        let mut recovery = recover(&self.disk, &self.partition_ids, None)?;
+        let mut recovery = recover(
+            &self.disk,
+            &mut self.index_dir,
+            &self.partition_ids,
+            &mut self.report,
+            None,
+        )?;
         self.check_recovered(&recovery)?;
         // Every checkpoint that decodes, not only the newest, must give exactly what the
         // full scan gave: an older one beside a newer log included.
-        let full_state = canonical_state(&recovery);
+        let full_state = canonical_state(&recovery, &self.index_dir, &self.disk)?;
         let mut newest = None;
-        for file in &self.checkpoint_files {
+        for file in self.checkpoint_files.clone() {
             match Checkpoint::decode(&file.bytes) {
                 Ok(checkpoint) => {
-                    let resumed = recover(&self.disk, &self.partition_ids, Some(&checkpoint))
-                        .map_err(|problem| format!("from a valid checkpoint: {problem}"))?;
-                    if canonical_state(&resumed) != full_state {
+                    let resumed = recover(
+                        &self.disk,
+                        &mut self.index_dir,
+                        &self.partition_ids,
+                        &mut self.report,
+                        Some(&checkpoint),
+                    )
+                    .map_err(|problem| format!("from a valid checkpoint: {problem}"))?;
+                    if canonical_state(&resumed, &self.index_dir, &self.disk)? != full_state {
                         return Err(format!(
                             "recovery from the checkpoint ending at {:?} differs from a full \
                              scan",
@@ -741,7 +1030,8 @@ impl Sim {
                 Err(_) => {}
             }
         }
-        // The shard continues from what the newest usable checkpoint gave, as a real one.
+        // The shard continues from what the newest usable checkpoint gave, as a real one,
+        // and the reads checked below go through its offset index.
         if let Some(resumed) = newest {
             recovery = resumed;
         }
@@ -775,8 +1065,126 @@ impl Sim {
         );
         self.written = None;
         self.preparing = None;
+        self.index_write = None;
         self.failed = false;
+        self.check_reads()
+    }
+
+    /// After an open: every batch of the model is where the log's lookups say (offset by
+    /// offset and fetch by fetch), through index pages for sealed segments, and holds the
+    /// model's records.
+    fn check_reads(&mut self) -> Result<(), String> {
+        const FETCH_SIZE_BYTES: usize = 16 * BLOCK_SIZE_BYTES;
+        let segments: BTreeMap<u64, Vec<u8>> = self
+            .disk
+            .segment_indexes()
+            .into_iter()
+            .map(|index| (index, self.disk.read(index).unwrap_or_default()))
+            .collect();
+        let batch_bytes = |location: &BatchLocation| -> Result<Vec<u8>, String> {
+            let start = usize::try_from(location.position).unwrap_or(usize::MAX);
+            segments
+                .get(&location.segment_index)
+                .and_then(|segment| {
+                    segment.get(start..start.saturating_add(location.len_bytes as usize))
+                })
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| format!("{location:?} runs past its segment"))
+        };
+        for (partition, batches) in &self.model.partitions {
+            let partition = *partition;
+            // A quarter of the batches per open (a different quarter each life), so that
+            // the check costs what the rest of the simulation does.
+            let life = self.life as usize;
+            for (_, batch) in batches
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| (index + life).is_multiple_of(4))
+            {
+                // One offset per batch: its last, so the lookup has to skip to inside it.
+                let offset = batch.base_offset.plus(batch.records.len() as u64 - 1);
+                let source = self
+                    .log
+                    .read_source(partition, offset)
+                    .ok_or("a partition of the model is unknown to the log")?
+                    .map_err(|end| format!("{partition:?} {offset:?}: not found, end {end:?}"))?;
+                let bytes = match source {
+                    ReadSource::Page(page) => {
+                        let entries = self.read_page(&page)?;
+                        let location = batch_in_page(&entries, page.segment_index, offset)
+                            .ok_or_else(|| format!("{offset:?} is not in {page:?}"))?;
+                        self.report.index_page_read_count += 1;
+                        batch_bytes(&location)?
+                    }
+                    ReadSource::Disk(location) => batch_bytes(&location)?,
+                    ReadSource::Cached {
+                        bytes,
+                        start,
+                        len_bytes,
+                    } => bytes
+                        .get(start..start + len_bytes)
+                        .ok_or("a cached batch outside its group")?
+                        .to_vec(),
+                    ReadSource::Staged(_) => {
+                        return Err("a batch is staged right after an open".to_owned());
+                    }
+                };
+                check_batch(&bytes, partition, batch)?;
+            }
+            // A fetch from every batch start reaches the next batch, whole batches only.
+            let end = batches.last().map_or(Offset(0), |batch| {
+                batch.base_offset.plus(batch.records.len() as u64)
+            });
+            let mut next = Offset(0);
+            let mut batch_index = 0;
+            while next < end {
+                let (plan, _) = self
+                    .log
+                    .fetch_locations(partition, next, FETCH_SIZE_BYTES)
+                    .ok_or("unknown partition")?
+                    .map_err(|end| format!("fetch {next:?}: end {end:?}"))?;
+                let locations = match plan {
+                    FetchPlan::Batches(locations) => locations,
+                    FetchPlan::Page(page) => {
+                        let entries = self.read_page(&page)?;
+                        batches_in_page(&entries, page.segment_index, next, FETCH_SIZE_BYTES)
+                    }
+                };
+                if locations.is_empty() {
+                    return Err(format!(
+                        "{partition:?}: a fetch from {next:?} found nothing"
+                    ));
+                }
+                for location in locations {
+                    let batch = batches
+                        .get(batch_index)
+                        .ok_or("a fetch returned more batches than the model has")?;
+                    let bytes = batch_bytes(&location)?;
+                    check_batch(&bytes, partition, batch)?;
+                    next = location.end_offset;
+                    batch_index += 1;
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// A page of an index file as the shell reads it, verified.
+    fn read_page(
+        &self,
+        page: &IndexPage,
+    ) -> Result<Vec<crate::core::segment_index::IndexEntry>, String> {
+        let file = self.index_dir.read(page.segment_index).ok_or_else(|| {
+            format!(
+                "segment {} is sealed without an index file",
+                page.segment_index
+            )
+        })?;
+        let start = usize::try_from(page.position).unwrap_or(usize::MAX);
+        let bytes = file
+            .get(start..start.saturating_add(page.len_bytes()))
+            .ok_or_else(|| format!("{page:?} runs past its file"))?;
+        decode_page(bytes, page).map_err(|error| format!("{page:?}: {error}"))
     }
 
     /// The invariants after a crash: acknowledged batches present and identical, the log a
@@ -1288,6 +1696,69 @@ impl Sim {
         }
     }
 
+    /// The index writer: start the next index file the log asks for, or take the one in
+    /// flight a step further (rename, then directory sync and `handle_index_written`). Now
+    /// and then a write fails (ENOSPC) and is retried later.
+    fn step_index(&mut self) -> Result<(), String> {
+        match self.index_write.take() {
+            None => {
+                if self.rng.chance(100) {
+                    self.log.retry_index_writes();
+                }
+                let Some(write) = self.log.poll_index_write() else {
+                    return Ok(());
+                };
+                let segment_index = write.segment_index;
+                let segment_size_bytes =
+                    match decode_sim_header(&self.disk.read(segment_index).unwrap_or_default()) {
+                        SimHeader::Valid(_, size) => size,
+                        SimHeader::NotPrepared | SimHeader::Damaged => {
+                            return Err(format!("sealed segment {segment_index} has no header"));
+                        }
+                    };
+                if self.rng.chance(self.config.disk_full_per_mille) {
+                    self.log.handle_index_failed(segment_index);
+                    return Ok(());
+                }
+                let header = sim_segment_header(segment_index, segment_size_bytes);
+                let bytes = write.into_index(header).encode();
+                self.index_write = Some((segment_index, bytes, IndexStage::TemporarySynced));
+            }
+            Some((segment_index, bytes, IndexStage::TemporarySynced)) => {
+                self.index_dir.rename(segment_index, bytes);
+                self.index_write = Some((segment_index, Vec::new(), IndexStage::Renamed));
+            }
+            Some((segment_index, _, IndexStage::Renamed)) => {
+                self.index_dir.sync();
+                self.log.handle_index_written(segment_index);
+                self.report.index_written_count += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves a stale index file next to the current segment: what its index would be had
+    /// it been sealed now. The segment may later hold more batches (or, after a crash that
+    /// lost its first groups, other ones): recovery must then reject it.
+    fn plant_stale_index(&mut self) {
+        let segment_index = self.log.current_segment_index();
+        let partitions = self.log.segment_partitions(segment_index);
+        if partitions.is_empty() {
+            return;
+        }
+        let SimHeader::Valid(_, segment_size_bytes) =
+            decode_sim_header(&self.disk.read(segment_index).unwrap_or_default())
+        else {
+            return;
+        };
+        let stale = crate::core::shard_log::IndexWrite {
+            segment_index,
+            partitions,
+        }
+        .into_index(sim_segment_header(segment_index, segment_size_bytes));
+        self.index_dir.write_durably(segment_index, stale.encode());
+    }
+
     /// Finishes installing the newest checkpoint file: synced, renamed, directory synced;
     /// then only the newest `SIM_CHECKPOINTS_KEPT` stay.
     fn step_checkpoint(&mut self) {
@@ -1352,7 +1823,11 @@ impl Sim {
         } else {
             CrashKind::Process
         };
+        if self.rng.chance(150) {
+            self.plant_stale_index();
+        }
         self.disk.crash(kind, &mut self.rng);
+        self.index_dir.crash(kind, &mut self.rng);
         self.checkpoint_pending = None;
         for file in &mut self.checkpoint_files {
             file.installing = false;
@@ -1364,7 +1839,6 @@ impl Sim {
                 if file.durable {
                     return true;
                 }
-                file.installing = false;
                 match rng.below(3) {
                     0 => false,
                     1 => {
@@ -1393,7 +1867,8 @@ impl Sim {
                 0..=44 if !self.failed => self.step_append()?,
                 0..=44 => {}
                 45..=84 => self.step_commit()?,
-                85..=89 => self.step_checkpoint(),
+                85..=91 => self.step_index()?,
+                92..=95 => self.step_checkpoint(),
                 _ => self.step_prepare(),
             }
             if self.failed && self.rng.chance(300) {
@@ -1431,6 +1906,8 @@ pub fn simulate(seed: u64, config: &SimConfig) -> SimReport {
         life: 0,
         value_counter: 0,
         producers: BTreeMap::new(),
+        index_dir: SimIndexDir::default(),
+        index_write: None,
         checkpoint_pending: None,
         checkpoint_files: Vec::new(),
         report: SimReport {
@@ -1475,7 +1952,7 @@ mod tests {
         let mut crash_count = 0;
         let mut acknowledged = 0;
         let (mut duplicates, mut resends_appended, mut producer_refused) = (0, 0, 0);
-        let mut checkpoint_recoveries = 0;
+        let mut index = SimReport::default();
         let mut violations = Vec::new();
         for seed in seeds() {
             let report = simulate(seed, &config);
@@ -1487,8 +1964,23 @@ mod tests {
             duplicates += report.duplicate_count;
             resends_appended += report.resend_appended_count;
             producer_refused += report.producer_refused_count;
-            checkpoint_recoveries += report.checkpoint_recovery_count;
+            index.index_written_count += report.index_written_count;
+            index.index_accepted_count += report.index_accepted_count;
+            index.index_rebuilt_count += report.index_rebuilt_count;
+            index.index_stale_rejected_count += report.index_stale_rejected_count;
+            index.index_page_read_count += report.index_page_read_count;
+            index.checkpoint_recovery_count += report.checkpoint_recovery_count;
         }
+        println!(
+            "index files: {} written, {} accepted at open, {} rebuilt ({} stale rejected), \
+             {} reads through index pages; {} recoveries from checkpoints",
+            index.index_written_count,
+            index.index_accepted_count,
+            index.index_rebuilt_count,
+            index.index_stale_rejected_count,
+            index.index_page_read_count,
+            index.checkpoint_recovery_count
+        );
         assert!(
             violations.is_empty(),
             "{} violations:\n{}",
@@ -1505,7 +1997,15 @@ mod tests {
              resends appended, {producer_refused} refused"
         );
         assert!(
-            checkpoint_recoveries > 0,
+            index.index_written_count > 0
+                && index.index_accepted_count > 0
+                && index.index_rebuilt_count > 0
+                && index.index_stale_rejected_count > 0
+                && index.index_page_read_count > 0,
+            "index files met every case: {index:?}"
+        );
+        assert!(
+            index.checkpoint_recovery_count > 0,
             "recoveries from checkpoints were checked"
         );
     }

@@ -579,7 +579,8 @@ fn parse_fault_spec(spec: &str) -> anyhow::Result<FaultHook> {
             Some("write") => FaultPoint::Write,
             Some("sync") => FaultPoint::Sync,
             Some("prepare") => FaultPoint::Prepare,
-            other => bail!("{FAULT_INJECT_ENV}: {other:?} is not write, sync or prepare"),
+            Some("index") => FaultPoint::IndexWrite,
+            other => bail!("{FAULT_INJECT_ENV}: {other:?} is not write, sync, prepare or index"),
         };
         let mut rule = FaultRule {
             point,

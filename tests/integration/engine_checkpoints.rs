@@ -248,6 +248,17 @@ fn a_shard_reopened_from_its_checkpoint_holds_what_a_scan_of_its_whole_log_gives
         (1..=2).contains(&files.len()),
         "checkpoints were taken and older ones removed: {files:?}"
     );
+    let index_files = std::fs::read_dir(shard_dir(dir.path()))
+        .unwrap()
+        .filter(|entry| {
+            let name = entry.as_ref().unwrap().file_name();
+            name.to_string_lossy().ends_with(".index")
+        })
+        .count();
+    assert!(
+        index_files > 0,
+        "the log rolled, so the newest checkpoint holds sealed segments too"
+    );
 
     let expected = observe_by_full_scan(dir.path(), &stamped);
     assert!(

@@ -24,6 +24,7 @@ use std::time::Instant;
 use std::path::Path;
 use std::sync::Arc;
 
+use cairn_engine::io::stats::ShardIoStats;
 use cairn_engine::{
     Engine, EngineConfig, FaultHook, FaultPoint, FaultPolicy, KeyCondition, PartitionId,
     RecordInput, ShardId,
@@ -89,7 +90,7 @@ fn main() {
 
     let engine = Engine::open(config.clone()).expect("engine opens");
     let written = Instant::now();
-    LocalExecutorBuilder::new(Placement::Fixed(0))
+    let (captures, checkpoints_written) = LocalExecutorBuilder::new(Placement::Fixed(0))
         .io_memory(8 * 1024 * 1024)
         .spawn(move || async move {
             let shard = Rc::new(engine.open_shard(ShardId(0)).await.expect("shard opens"));
@@ -129,15 +130,27 @@ fn main() {
             for task in tasks {
                 task.await;
             }
-            Rc::try_unwrap(shard)
-                .ok()
-                .expect("appenders are done")
-                .close()
-                .await;
+            let shard = Rc::try_unwrap(shard).ok().expect("appenders are done");
+            shard.close().await;
+            let stats = shard.io_stats();
+            (
+                stats.checkpoint_capture_us.snapshot(),
+                ShardIoStats::load(&stats.checkpoints_written),
+            )
         })
         .expect("writer starts")
         .join()
         .expect("writer finishes");
+    // What checkpoints cost the writer: the pause of each capture on the shard.
+    let capture_ms_mean = captures.sum as f64 / captures.count.max(1) as f64 / 1000.0;
+    let capture_ms_max = captures
+        .buckets
+        .iter()
+        .rev()
+        .find(|(_, count)| *count > 0)
+        .map_or(0.0, |(bound, _)| {
+            bound.map_or(f64::INFINITY, |bound| bound as f64 / 1000.0)
+        });
     let write_seconds = written.elapsed().as_secs_f64();
     let bytes_of = |suffix: &str| -> u64 {
         std::fs::read_dir(dir.path().join("core-0"))
@@ -171,7 +184,8 @@ fn main() {
     let written = format!(
         "keys={key_count} batch={batch_record_count} segment_bytes_on_disk={log_bytes} \
          write_s={write_seconds:.1} index_files={index_file_count} dense={dense} \
-         checkpoint_bytes={checkpoint_bytes}"
+         checkpoint_bytes={checkpoint_bytes} checkpoints_written={checkpoints_written} \
+         capture_ms_mean={capture_ms_mean:.2} capture_ms_max_bucket={capture_ms_max:.2}"
     );
     open_and_report(&config, key_count, &written);
     if arguments

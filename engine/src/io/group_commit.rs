@@ -3,7 +3,8 @@
 //! O_DSYNC descriptor (durable when it completes: no separate fdatasync), reports it
 //! written and synced, and only then completes the group's waiters. While one group is written and synced
 //! the next one fills, so group size follows load: one batch when idle, megabytes under
-//! load. Segment preparation runs as a background task whenever the log asks for it.
+//! load. Segment preparation runs as a background task whenever the log asks for it, and
+//! so does writing a sealed segment's index file (`io::index_file`) once a roll seals it.
 //!
 //! A failed write or sync poisons the shard (docs/DESIGN.md §3.5): both the in-flight and the open
 //! group fail with the storage error, nothing more is written, no sync is retried.

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use glommio::io::{DmaFile, OpenOptions, ReadResult};
+use glommio::io::{BufferedFile, OpenOptions, ReadResult};
 
 use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::segment_index::IndexPage;
@@ -119,8 +119,12 @@ pub fn remove_temporary(dir: &Path, segment_index: u64) -> Result<(), StorageErr
 }
 
 /// One durable index file, open for reading pages.
+///
+/// Read through the page cache, unlike segments: a key's history or a consumer reading
+/// history reads the same few pages again and again, and the kernel keeps hot ones in
+/// memory it can take back, so the engine needs no index page cache of its own.
 pub struct IndexFile {
-    file: DmaFile,
+    file: BufferedFile,
     path: PathBuf,
 }
 
@@ -128,9 +132,7 @@ impl IndexFile {
     /// Opens segment `segment_index`'s index file in `dir`.
     pub async fn open(dir: &Path, segment_index: u64) -> Result<IndexFile, StorageError> {
         let path = dir.join(index_file_name(segment_index));
-        let file = OpenOptions::new()
-            .read(true)
-            .dma_open(&path)
+        let file = BufferedFile::open(&path)
             .await
             .map_err(|error| StorageError::from_glommio("open", &path, error))?;
         Ok(IndexFile { file, path })

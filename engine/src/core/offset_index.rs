@@ -249,24 +249,35 @@ impl OffsetIndex {
         if count == 0 {
             return;
         }
-        let entries = self.segment_entries(segment_index);
+        let locations = self.dense.get(..count).expect("count <= dense.len()");
+        let batch_max_ms = self
+            .dense_batch_max_ms
+            .get(..count)
+            .expect("one timestamp per dense batch");
         let samples: Box<[Sample]> = if count > INDEX_PAGE_ENTRY_COUNT {
-            entries
+            // The segment's own running maximum at each page's last batch, as the index
+            // file's entries hold it.
+            let mut running_max_ms = i64::MIN;
+            locations
                 .chunks(INDEX_PAGE_ENTRY_COUNT)
-                .map(|page| Sample {
-                    base_offset: page.first().map_or(Offset(0), |entry| entry.base_offset),
-                    max_timestamp_ms: page.last().map_or(i64::MIN, |entry| entry.max_timestamp_ms),
+                .zip(batch_max_ms.chunks(INDEX_PAGE_ENTRY_COUNT))
+                .map(|(page, page_max_ms)| {
+                    running_max_ms = page_max_ms.iter().copied().fold(running_max_ms, i64::max);
+                    Sample {
+                        base_offset: page.first().map_or(Offset(0), |batch| batch.base_offset),
+                        max_timestamp_ms: running_max_ms,
+                    }
                 })
                 .collect()
         } else {
             Box::new([])
         };
-        let first = entries.first().expect("count > 0");
-        let last = entries.last().expect("count > 0");
+        let first = locations.first().expect("count > 0");
+        let last = locations.last().expect("count > 0");
         let run = SealedRun {
             segment_index,
             base_offset: first.base_offset,
-            end_offset: last.end_offset(),
+            end_offset: last.end_offset,
             running_max_timestamp_ms: *self.dense_running_max_ms.get(count - 1).expect("count > 0"),
             entries_position,
             entry_count: u32::try_from(count).expect("a segment holds fewer than 2^32 batches"),

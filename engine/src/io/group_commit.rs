@@ -245,7 +245,11 @@ pub(crate) fn start_index_write(state: &Rc<RefCell<ShardState>>) {
     let state = state.clone();
     glommio::spawn_local(async move {
         let segment_index = write.segment_index;
-        let bytes = write.into_index(header).encode();
+        // Encoding a large segment's index (2 M batches: 80 MB, checksummed) would stall
+        // the shard's appends for tens of ms: it runs on glommio's blocking thread pool.
+        let bytes = glommio::executor()
+            .spawn_blocking(move || write.into_index(header).encode())
+            .await;
         let outcome = match index_file::write_index_file(
             &shard_dir,
             segment_index,

@@ -295,6 +295,62 @@ impl OffsetIndex {
         }
     }
 
+    /// Adds a sealed segment's run straight from its index file's entries for this
+    /// partition (at `entries_position`), without its batches ever being dense: what a
+    /// recovery that starts after this segment (from a checkpoint) does with a verified
+    /// index file (`SegmentIndex::decode`). Sealed segments are added in order, before any
+    /// dense batch.
+    ///
+    /// # Panics
+    ///
+    /// If `entries` is empty, does not continue the partition's offsets, or dense batches
+    /// exist already.
+    pub fn push_sealed(
+        &mut self,
+        segment_index: u64,
+        entries_position: u64,
+        entries: &[IndexEntry],
+    ) {
+        assert!(
+            self.dense.is_empty(),
+            "sealed runs come before dense batches"
+        );
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            panic!("a sealed run holds at least one batch");
+        };
+        assert_eq!(
+            first.base_offset,
+            self.end_offset(),
+            "a sealed run continues its partition's offsets"
+        );
+        let samples: Box<[Sample]> = if entries.len() > INDEX_PAGE_ENTRY_COUNT {
+            entries
+                .chunks(INDEX_PAGE_ENTRY_COUNT)
+                .map(|page| Sample {
+                    base_offset: page.first().map_or(Offset(0), |entry| entry.base_offset),
+                    max_timestamp_ms: page.last().map_or(i64::MIN, |entry| entry.max_timestamp_ms),
+                })
+                .collect()
+        } else {
+            Box::new([])
+        };
+        let running_max_timestamp_ms = self
+            .running_max_timestamp_ms()
+            .map_or(last.max_timestamp_ms, |previous| {
+                previous.max(last.max_timestamp_ms)
+            });
+        self.sealed.push(SealedRun {
+            segment_index,
+            base_offset: first.base_offset,
+            end_offset: last.end_offset(),
+            running_max_timestamp_ms,
+            entries_position,
+            entry_count: u32::try_from(entries.len())
+                .expect("a segment holds fewer than 2^32 batches"),
+            samples,
+        });
+    }
+
     /// The batch holding `offset`, if it is durable. In a sealed segment: the page holding
     /// it and up to `page_count - 1` pages after it in the same segment.
     pub fn find(
@@ -509,6 +565,8 @@ mod tests {
     struct Sealed {
         sparse: Vec<OffsetIndex>,
         dense: Vec<OffsetIndex>,
+        /// Sealed runs from the decoded files (`push_sealed`), then the unsealed batches.
+        from_files: Vec<OffsetIndex>,
         files: std::collections::BTreeMap<u64, Vec<u8>>,
     }
 
@@ -517,6 +575,7 @@ mod tests {
         let mut sealed = Sealed {
             sparse: (0..partition_count).map(|_| OffsetIndex::new()).collect(),
             dense: (0..partition_count).map(|_| OffsetIndex::new()).collect(),
+            from_files: (0..partition_count).map(|_| OffsetIndex::new()).collect(),
             files: std::collections::BTreeMap::new(),
         };
         let mut segment_index = 0;
@@ -560,6 +619,26 @@ mod tests {
                 position = 4096;
             }
         }
+        for (segment_index, bytes) in &sealed.files {
+            let index = SegmentIndex::decode(bytes, &test_segment(*segment_index)).unwrap();
+            for (placement, partition) in index.placements().iter().zip(&index.partitions) {
+                sealed.from_files[placement.partition_id.0 as usize].push_sealed(
+                    *segment_index,
+                    placement.entries_position,
+                    &partition.entries,
+                );
+            }
+        }
+        for (partition, sparse) in sealed.sparse.iter().enumerate() {
+            let dense = &sealed.dense[partition];
+            for location in sparse.dense_batches() {
+                let at = dense
+                    .dense_batches()
+                    .partition_point(|batch| batch.base_offset < location.base_offset);
+                let timestamp_ms = dense.dense_batch_max_ms[at];
+                sealed.from_files[partition].push(*location, timestamp_ms);
+            }
+        }
         sealed
     }
 
@@ -600,6 +679,9 @@ mod tests {
             for partition in 0..partition_count {
                 let id = PartitionId(u32::try_from(partition).unwrap());
                 let (sparse, dense) = (&sealed.sparse[partition], &sealed.dense[partition]);
+                let from_files = &sealed.from_files[partition];
+                prop_assert_eq!(from_files.sealed_runs(), sparse.sealed_runs());
+                prop_assert_eq!(from_files.dense_batches(), sparse.dense_batches());
                 prop_assert_eq!(sparse.end_offset(), dense.end_offset());
                 prop_assert_eq!(sparse.batch_count(), dense.batch_count());
                 for offset in 0..=dense.end_offset().0 {

@@ -245,11 +245,10 @@ pub(crate) fn start_index_write(state: &Rc<RefCell<ShardState>>) {
     let state = state.clone();
     glommio::spawn_local(async move {
         let segment_index = write.segment_index;
-        // Encoding a large segment's index (2 M batches: 80 MB, checksummed) would stall
-        // the shard's appends for tens of ms: it runs on glommio's blocking thread pool.
-        let bytes = glommio::executor()
-            .spawn_blocking(move || write.into_index(header).encode())
-            .await;
+        // On the executor: a large segment's index (2 M batches, 80 MB) takes a while to
+        // encode, but glommio's blocking pool cost ~170 MB more resident memory in the
+        // restart bench (BENCHMARKS.md §4), which this does not.
+        let bytes = write.into_index(header).encode();
         let outcome = match index_file::write_index_file(
             &shard_dir,
             segment_index,

@@ -250,24 +250,35 @@ impl OffsetIndex {
         if count == 0 {
             return;
         }
-        let entries = self.segment_entries(segment_index);
+        let locations = self.dense.get(..count).expect("count <= dense.len()");
+        let batch_max_ms = self
+            .dense_batch_max_ms
+            .get(..count)
+            .expect("one timestamp per dense batch");
         let samples: Box<[Sample]> = if count > INDEX_PAGE_ENTRY_COUNT {
-            entries
+            // The segment's own running maximum at each page's last batch, as the index
+            // file's entries hold it.
+            let mut running_max_ms = i64::MIN;
+            locations
                 .chunks(INDEX_PAGE_ENTRY_COUNT)
-                .map(|page| Sample {
-                    base_offset: page.first().map_or(Offset(0), |entry| entry.base_offset),
-                    max_timestamp_ms: page.last().map_or(i64::MIN, |entry| entry.max_timestamp_ms),
+                .zip(batch_max_ms.chunks(INDEX_PAGE_ENTRY_COUNT))
+                .map(|(page, page_max_ms)| {
+                    running_max_ms = page_max_ms.iter().copied().fold(running_max_ms, i64::max);
+                    Sample {
+                        base_offset: page.first().map_or(Offset(0), |batch| batch.base_offset),
+                        max_timestamp_ms: running_max_ms,
+                    }
                 })
                 .collect()
         } else {
             Box::new([])
         };
-        let first = entries.first().expect("count > 0");
-        let last = entries.last().expect("count > 0");
+        let first = locations.first().expect("count > 0");
+        let last = locations.last().expect("count > 0");
         let run = SealedRun {
             segment_index,
             base_offset: first.base_offset,
-            end_offset: last.end_offset(),
+            end_offset: last.end_offset,
             running_max_timestamp_ms: *self.dense_running_max_ms.get(count - 1).expect("count > 0"),
             entries_position,
             entry_count: u32::try_from(count).expect("a segment holds fewer than 2^32 batches"),
@@ -283,6 +294,62 @@ impl OffsetIndex {
             self.dense_batch_max_ms.shrink_to_fit();
             self.dense_running_max_ms.shrink_to_fit();
         }
+    }
+
+    /// Adds a sealed segment's run straight from its index file's entries for this
+    /// partition (at `entries_position`), without its batches ever being dense: what a
+    /// recovery that starts after this segment (from a checkpoint) does with a verified
+    /// index file (`SegmentIndex::decode`). Sealed segments are added in order, before any
+    /// dense batch.
+    ///
+    /// # Panics
+    ///
+    /// If `entries` is empty, does not continue the partition's offsets, or dense batches
+    /// exist already.
+    pub fn push_sealed(
+        &mut self,
+        segment_index: u64,
+        entries_position: u64,
+        entries: &[IndexEntry],
+    ) {
+        assert!(
+            self.dense.is_empty(),
+            "sealed runs come before dense batches"
+        );
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            panic!("a sealed run holds at least one batch");
+        };
+        assert_eq!(
+            first.base_offset,
+            self.end_offset(),
+            "a sealed run continues its partition's offsets"
+        );
+        let samples: Box<[Sample]> = if entries.len() > INDEX_PAGE_ENTRY_COUNT {
+            entries
+                .chunks(INDEX_PAGE_ENTRY_COUNT)
+                .map(|page| Sample {
+                    base_offset: page.first().map_or(Offset(0), |entry| entry.base_offset),
+                    max_timestamp_ms: page.last().map_or(i64::MIN, |entry| entry.max_timestamp_ms),
+                })
+                .collect()
+        } else {
+            Box::new([])
+        };
+        let running_max_timestamp_ms = self
+            .running_max_timestamp_ms()
+            .map_or(last.max_timestamp_ms, |previous| {
+                previous.max(last.max_timestamp_ms)
+            });
+        self.sealed.push(SealedRun {
+            segment_index,
+            base_offset: first.base_offset,
+            end_offset: last.end_offset(),
+            running_max_timestamp_ms,
+            entries_position,
+            entry_count: u32::try_from(entries.len())
+                .expect("a segment holds fewer than 2^32 batches"),
+            samples,
+        });
     }
 
     /// The batch holding `offset`, if it is durable. In a sealed segment: the page holding
@@ -575,6 +642,8 @@ mod tests {
     struct Sealed {
         sparse: Vec<OffsetIndex>,
         dense: Vec<OffsetIndex>,
+        /// Sealed runs from the decoded files (`push_sealed`), then the unsealed batches.
+        from_files: Vec<OffsetIndex>,
         files: std::collections::BTreeMap<u64, Vec<u8>>,
     }
 
@@ -583,6 +652,7 @@ mod tests {
         let mut sealed = Sealed {
             sparse: (0..partition_count).map(|_| OffsetIndex::new()).collect(),
             dense: (0..partition_count).map(|_| OffsetIndex::new()).collect(),
+            from_files: (0..partition_count).map(|_| OffsetIndex::new()).collect(),
             files: std::collections::BTreeMap::new(),
         };
         let mut segment_index = 0;
@@ -626,6 +696,26 @@ mod tests {
                 position = 4096;
             }
         }
+        for (segment_index, bytes) in &sealed.files {
+            let index = SegmentIndex::decode(bytes, &test_segment(*segment_index)).unwrap();
+            for (placement, partition) in index.placements().iter().zip(&index.partitions) {
+                sealed.from_files[placement.partition_id.0 as usize].push_sealed(
+                    *segment_index,
+                    placement.entries_position,
+                    &partition.entries,
+                );
+            }
+        }
+        for (partition, sparse) in sealed.sparse.iter().enumerate() {
+            let dense = &sealed.dense[partition];
+            for location in sparse.dense_batches() {
+                let at = dense
+                    .dense_batches()
+                    .partition_point(|batch| batch.base_offset < location.base_offset);
+                let timestamp_ms = dense.dense_batch_max_ms[at];
+                sealed.from_files[partition].push(*location, timestamp_ms);
+            }
+        }
         sealed
     }
 
@@ -666,6 +756,9 @@ mod tests {
             for partition in 0..partition_count {
                 let id = PartitionId(u32::try_from(partition).unwrap());
                 let (sparse, dense) = (&sealed.sparse[partition], &sealed.dense[partition]);
+                let from_files = &sealed.from_files[partition];
+                prop_assert_eq!(from_files.sealed_runs(), sparse.sealed_runs());
+                prop_assert_eq!(from_files.dense_batches(), sparse.dense_batches());
                 prop_assert_eq!(sparse.end_offset(), dense.end_offset());
                 prop_assert_eq!(sparse.batch_count(), dense.batch_count());
                 for offset in 0..=dense.end_offset().0 {

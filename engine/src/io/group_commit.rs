@@ -3,7 +3,8 @@
 //! O_DSYNC descriptor (durable when it completes: no separate fdatasync), reports it
 //! written and synced, and only then completes the group's waiters. While one group is written and synced
 //! the next one fills, so group size follows load: one batch when idle, megabytes under
-//! load. Segment preparation runs as a background task whenever the log asks for it.
+//! load. Segment preparation runs as a background task whenever the log asks for it, and
+//! so does writing a sealed segment's index file (`io::index_file`) once a roll seals it.
 //!
 //! A failed write or sync poisons the shard (docs/DESIGN.md §3.5): both the in-flight and the open
 //! group fail with the storage error, nothing more is written, no sync is retried.
@@ -315,6 +316,9 @@ pub(crate) fn start_index_write(state: &Rc<RefCell<ShardState>>) {
     let state = state.clone();
     glommio::spawn_local(async move {
         let segment_index = write.segment_index;
+        // On the executor: a large segment's index (2 M batches, 80 MB) takes a while to
+        // encode, but glommio's blocking pool cost ~170 MB more resident memory in the
+        // restart bench (BENCHMARKS.md §4), which this does not.
         let bytes = write.into_index(header).encode();
         let outcome = match index_file::write_index_file(
             &shard_dir,

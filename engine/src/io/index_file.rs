@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use glommio::io::{DmaFile, OpenOptions, ReadResult};
+use glommio::io::{BufferedFile, OpenOptions, ReadResult};
 
 use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::segment_index::IndexPage;
@@ -45,14 +45,30 @@ pub async fn write_index_file(
     if let Some(hook) = fault_hook {
         hook.check(FaultPoint::IndexWrite, &path)?;
     }
+    let written = write_temporary(&temporary, bytes).await;
+    if written.is_err() {
+        // On a full disk, a partly written temporary file would hold on to the space the
+        // log needs; nothing reads it.
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written?;
+    std::fs::rename(&temporary, &path)
+        .map_err(|error| StorageError::from_io("rename", &temporary, &error))?;
+    // Without it a crash can lose the rename: the file then is missing, which costs a
+    // rebuild at the next open, nothing more.
+    sync_dir(dir)
+}
+
+/// Writes and syncs `bytes` (zero-padded to a whole block) as the file `temporary`.
+async fn write_temporary(temporary: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     let io_error = |operation, error: glommio::GlommioError<()>| {
-        StorageError::from_glommio(operation, &temporary, error)
+        StorageError::from_glommio(operation, temporary, error)
     };
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .dma_open(&temporary)
+        .dma_open(temporary)
         .await
         .map_err(|error| io_error("open", error))?;
     let mut position = 0u64;
@@ -69,7 +85,7 @@ pub async fn write_index_file(
         if written_bytes != padded_len_bytes {
             return Err(StorageError {
                 operation: "write",
-                path: temporary,
+                path: temporary.to_owned(),
                 errno: None,
                 message: format!("short write: {written_bytes} of {padded_len_bytes} bytes"),
             });
@@ -79,14 +95,7 @@ pub async fn write_index_file(
     file.fdatasync()
         .await
         .map_err(|error| io_error("fdatasync", error))?;
-    file.close()
-        .await
-        .map_err(|error| io_error("close", error))?;
-    std::fs::rename(&temporary, &path)
-        .map_err(|error| StorageError::from_io("rename", &temporary, &error))?;
-    // Without it a crash can lose the rename: the file then is missing, which costs a
-    // rebuild at the next open, nothing more.
-    sync_dir(dir)
+    file.close().await.map_err(|error| io_error("close", error))
 }
 
 /// Reads a whole index file, `None` if it does not exist. For recovery, which verifies it.
@@ -110,8 +119,12 @@ pub fn remove_temporary(dir: &Path, segment_index: u64) -> Result<(), StorageErr
 }
 
 /// One durable index file, open for reading pages.
+///
+/// Read through the page cache, unlike segments: a key's history or a consumer reading
+/// history reads the same few pages again and again, and the kernel keeps hot ones in
+/// memory it can take back, so the engine needs no index page cache of its own.
 pub struct IndexFile {
-    file: DmaFile,
+    file: BufferedFile,
     path: PathBuf,
 }
 
@@ -119,9 +132,7 @@ impl IndexFile {
     /// Opens segment `segment_index`'s index file in `dir`.
     pub async fn open(dir: &Path, segment_index: u64) -> Result<IndexFile, StorageError> {
         let path = dir.join(index_file_name(segment_index));
-        let file = OpenOptions::new()
-            .read(true)
-            .dma_open(&path)
+        let file = BufferedFile::open(&path)
             .await
             .map_err(|error| StorageError::from_glommio("open", &path, error))?;
         Ok(IndexFile { file, path })

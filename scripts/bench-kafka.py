@@ -132,8 +132,11 @@ def main():
     parser.add_argument("--records", type=int, default=400_000)
     parser.add_argument("--cairn", default=str(ROOT / "target/release/cairn"))
     parser.add_argument("--loadgen", default=str(ROOT / "target/release/cairn-loadgen"))
+    parser.add_argument("--json", help="also write every round's figures to this file")
+    parser.add_argument("--dir", default=str(ROOT / "target"),
+                        help="where the server's temporary data directory goes")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=ROOT / "target") as data:
+    with tempfile.TemporaryDirectory(dir=args.dir) as data:
         server = subprocess.Popen(
             [args.cairn, "serve", "--data-dir", f"{data}/data", "--listen", NATIVE,
              "--kafka-listen", BOOTSTRAP, "--cores", "2", "--log-level", "warn"],
@@ -164,6 +167,9 @@ def main():
                 print(f"{name:15} {rate:>12,.0f} records/s  server {cpu:6.2f} us CPU/record"
                       f"  ({cpu / native_cpu:.2f}x native batch 64)  all: "
                       + ", ".join(f"{r['records_per_s']:,.0f}" for r in runs))
+            if args.json:
+                Path(args.json).write_text(json.dumps({"commit": commit, "rounds": results},
+                                                      indent=1))
         finally:
             server.terminate()
             server.wait(30)

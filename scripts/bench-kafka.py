@@ -133,6 +133,9 @@ def main():
     parser.add_argument("--cairn", default=str(ROOT / "target/release/cairn"))
     parser.add_argument("--loadgen", default=str(ROOT / "target/release/cairn-loadgen"))
     parser.add_argument("--json", help="also write every round's figures to this file")
+    parser.add_argument("--warm", type=int, default=0,
+                        help="seconds of a blind batch load before the rounds, so that they "
+                        "meet full-size segments rather than a new log's growing ones")
     parser.add_argument("--dir", default=str(ROOT / "target"),
                         help="where the server's temporary data directory goes")
     args = parser.parse_args()
@@ -143,6 +146,13 @@ def main():
             stdout=subprocess.PIPE)
         try:
             server.stdout.readline()
+            if args.warm:
+                create_topic(args.cairn, "warm")
+                subprocess.run([args.loadgen, "--addr", NATIVE, "--topic", "warm",
+                                "--partitions", "8", "--workload", "blind", "--clients", "16",
+                                "--batch", "64", "--value-bytes", "256", "--duration",
+                                str(args.warm), "--warmup", "0", "--quiet"], check=True,
+                               stdout=subprocess.DEVNULL)
             results = {"native, batch 64": [], "native, batch 1024": [], "kafka produce": [],
                        "kafka consume": []}
             for round_index in range(args.rounds):

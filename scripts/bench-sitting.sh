@@ -6,8 +6,13 @@
 # busy moment of the shared machine does not always land on the same side. The tables give
 # the median of the rounds, with every round's figure beside it.
 #
-# Cairn's rows (256-byte values unless said; embedded server of cairn-loadgen, one shard on
-# CPU 0 and the load's executor on CPU 1, unless "2-core server"):
+# Cairn's rows (256-byte values unless said; one shard on CPU 0 and the load's executor on
+# CPU 1, unless "2-core server"). With SERVERS=warm (the default) each block's rows run
+# against one `cairn serve` of the block, warmed up first with SERVER_WARMUP of blind
+# batches so that its log has reached full-size segments (a new log's segments grow from
+# 8 MiB, each prepared while the log is written: docs/DESIGN.md §2); SERVERS=fresh gives
+# every run cairn-loadgen's embedded server on a new data directory instead, as the
+# older sections measured:
 #   floor          scripts/floor.sh: the disk's durable 4 KiB write, loopback round trips,
 #                  `cairn serve` under one client: durable append p50, read + conditional
 #                  append cycle (load on CPU 1, across; and CPU 0, beside the shard);
@@ -30,7 +35,9 @@
 #   filesystem under test; default ./cairn-sitting-data, removed at the end), ROUNDS (3),
 #   DURATION (8s per loadgen run), WARMUP (2s), FLOOR_DURATION (10s per floor.sh Cairn
 #   run, after its 2 s warm-up), PEER_SECONDS (8), KAFKA_RECORDS (400000),
-#   BLOCKS ("floor uncontended hot batch kafka peers": which blocks to run).
+#   BLOCKS ("floor uncontended hot batch kafka peers": which blocks to run), SERVERS (warm
+#   or fresh), SERVER_WARMUP (10s of load before a warm server's rows; floor.sh and
+#   bench-kafka.py warm theirs alike).
 # Takes about 6 minutes per round with the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +51,8 @@ PEER_SECONDS=${PEER_SECONDS:-8}
 FLOOR_DURATION=${FLOOR_DURATION:-10s}
 KAFKA_RECORDS=${KAFKA_RECORDS:-400000}
 BLOCKS=${BLOCKS:-"floor uncontended hot batch kafka peers"}
+SERVERS=${SERVERS:-warm}
+SERVER_WARMUP=${SERVER_WARMUP:-10s}
 BIN="${CARGO_TARGET_DIR:-target}/release"
 command -v jq >/dev/null || { echo "bench-sitting: needs jq" >&2; exit 1; }
 if [[ -z "${SKIP_BUILD:-}" ]]; then
@@ -56,22 +65,74 @@ started=$(date -u +%Y-%m-%dT%H:%MZ)
 {
     echo "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!BENCHMARKS.md' || echo ' (dirty)'), started $started"
     echo "$(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(uname -r), $(free -g | awk '/^Mem:/ {print $2}') GiB"
-    echo "data: $DIR on $(df --output=source "$DIR" | tail -1) ($(df --output=fstype "$DIR" | tail -1))"
+    echo "data: $DIR on $(df --output=source "$DIR" | tail -1) ($(df --output=fstype "$DIR" | tail -1)); servers: $SERVERS (warm-up $SERVER_WARMUP)"
 } | tee "$RES/machine.txt"
 
 has() { [[ " $BLOCKS " == *" $1 "* ]]; }
 note_load() { echo "$(date -u +%H:%M:%S) $1: $(uptime | sed 's/.*load average: //')" >>"$RES/uptime.log"; }
 
-# run NAME FLAGS...: one cairn-loadgen run (embedded server, data under $DIR) into
-# $RES/NAME.{json,txt}; 256-byte values unless FLAGS say otherwise.
+ADDR=
+SERVER_PID=
+SERVER_CORES=1
+SERVER_DIR=
+# start_server CORES [WARMUP]: a `cairn serve` of CORES shards (one: pinned to CPU 0, its
+# default) on a new data directory, warmed up for WARMUP ($SERVER_WARMUP); the block's runs
+# then go to it (warm mode only).
+start_server() {
+    [[ $SERVERS == warm ]] || return 0
+    SERVER_CORES=$1
+    local warmup=${2:-$SERVER_WARMUP}
+    SERVER_DIR=$(mktemp -d "$DIR/cairn-serve.XXXXXX")
+    "$BIN/cairn" serve --data-dir "$SERVER_DIR/data" --listen 127.0.0.1:0 --no-kafka \
+        --cores "$SERVER_CORES" --log-level warn >"$SERVER_DIR/out" 2>"$SERVER_DIR/err" &
+    SERVER_PID=$!
+    for _ in $(seq 300); do
+        grep -q '^listening on ' "$SERVER_DIR/out" && break
+        sleep 0.1
+    done
+    ADDR=$(sed -n 's/^listening on \([^ ]*\) .*/\1/p' "$SERVER_DIR/out")
+    [[ -n "$ADDR" ]] || { cat "$SERVER_DIR/err" >&2; exit 1; }
+    load "$BIN/cairn-loadgen" --addr "$ADDR" --topic warm --workload blind --clients 16 \
+        --batch 64 --value-bytes 256 --loadgen-cores "$SERVER_CORES" \
+        --duration "$warmup" --warmup 0s --quiet >/dev/null
+}
+stop_server() {
+    if [[ -n "$SERVER_PID" ]]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        rm -rf "$SERVER_DIR"
+    fi
+    SERVER_PID= ADDR=
+}
+trap stop_server EXIT
+# load COMMAND...: on CPU 1 beside a one-shard server on CPU 0; anywhere beside two shards.
+load() {
+    if [[ $SERVER_CORES == 1 ]]; then taskset -c 1 "$@"; else "$@"; fi
+}
+
+# run NAME FLAGS...: one cairn-loadgen run into $RES/NAME.{json,txt}, on the block's warm
+# server (topic NAME), or on an embedded server with data under $DIR; 256-byte values
+# unless FLAGS say otherwise.
 run() {
     local name=$1
     shift
-    local value=(--value-bytes 256)
+    local value=(--value-bytes 256) flags=() target=()
     [[ " $* " == *" --value-bytes "* ]] && value=()
-    echo "== $name: $*" >&2
-    TMPDIR=$DIR "$BIN/cairn-loadgen" --duration "$DURATION" --warmup "$WARMUP" --quiet \
-        "${value[@]}" --json "$RES/$name.json" "$@" >"$RES/$name.txt"
+    while [[ $# -gt 0 ]]; do
+        # The block's server has its own shards.
+        if [[ $1 == --server-cores && -n "$ADDR" ]]; then shift 2; continue; fi
+        flags+=("$1")
+        shift
+    done
+    [[ -n "$ADDR" ]] && target=(--addr "$ADDR" --topic "$name")
+    echo "== $name: ${flags[*]}" >&2
+    if [[ -n "$ADDR" ]]; then
+        load "$BIN/cairn-loadgen" "${target[@]}" --duration "$DURATION" --warmup "$WARMUP" \
+            --quiet "${value[@]}" --json "$RES/$name.json" "${flags[@]}" >"$RES/$name.txt"
+    else
+        TMPDIR=$DIR "$BIN/cairn-loadgen" --duration "$DURATION" --warmup "$WARMUP" --quiet \
+            "${value[@]}" --json "$RES/$name.json" "${flags[@]}" >"$RES/$name.txt"
+    fi
 }
 # in_turn ROUND WORDS...: WORDS rotated by ROUND, so that each goes first in turn.
 in_turn() {
@@ -87,11 +148,14 @@ cairn_round() {
     local r=$1 mode clients policy
     if has floor; then
         note_load "round $r floor"
-        OUT="$RES/floor-r$r" SKIP_BUILD=1 DURATION=$FLOOR_DURATION \
+        local floor_warm=0s
+        [[ $SERVERS == warm ]] && floor_warm=$SERVER_WARMUP
+        OUT="$RES/floor-r$r" SKIP_BUILD=1 DURATION=$FLOOR_DURATION SERVER_WARMUP=$floor_warm \
             scripts/floor.sh "$DIR" >"$RES/floor-r$r.log" 2>&1
     fi
     if has uncontended; then
         note_load "round $r uncontended"
+        start_server 1
         for clients in 64 256; do
             for workload in uncontended blind; do
                 for mode in $(in_turn "$r" shared per-client); do
@@ -100,9 +164,11 @@ cairn_round() {
                 done
             done
         done
+        stop_server
     fi
     if has hot; then
         note_load "round $r hot"
+        start_server 1
         for policy in $(in_turn "$r" none backoff queue); do
             run "hot-k1-$policy-r$r" --workload hot --keys 1 --clients 64 --read appended \
                 --contention "$policy"
@@ -113,17 +179,27 @@ cairn_round() {
             run "zipf-k1000-$policy-r$r" --workload hot --keys 1000 --zipf 0.99 --clients 64 \
                 --read appended --contention "$policy"
         done
+        stop_server
     fi
     if has batch; then
         note_load "round $r batch"
+        # A server per row, briefly warmed (at these rates segments reach full size in a
+        # second or two): each row writes gigabytes, and the disk is shared.
+        start_server 2 4s
         run "batch100-r$r" --server-cores 2 --loadgen-cores 2 --workload blind --clients 64 \
             --batch 100
+        stop_server
+        start_server 2 4s
         run "record16k-r$r" --server-cores 2 --loadgen-cores 2 --workload blind --clients 8 \
             --batch 63 --value-bytes 16384
+        stop_server
     fi
     if has kafka; then
         note_load "round $r kafka"
+        local kafka_warm=0
+        [[ $SERVERS == warm ]] && kafka_warm=${SERVER_WARMUP%s}
         scripts/bench-kafka.py --rounds 1 --records "$KAFKA_RECORDS" --dir "$DIR" \
+            --warm "$kafka_warm" \
             --json "$RES/kafka-r$r.json" >"$RES/kafka-r$r.log" 2>&1
     fi
 }

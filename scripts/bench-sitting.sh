@@ -38,7 +38,7 @@
 #   BLOCKS ("floor uncontended hot batch kafka peers": which blocks to run), SERVERS (warm
 #   or fresh), SERVER_WARMUP (10s of load before a warm server's rows; floor.sh and
 #   bench-kafka.py warm theirs alike).
-# Takes about 6 minutes per round with the defaults.
+# Takes about 8 minutes per round with the defaults (24 for the 3 rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -132,14 +132,27 @@ def main():
     parser.add_argument("--records", type=int, default=400_000)
     parser.add_argument("--cairn", default=str(ROOT / "target/release/cairn"))
     parser.add_argument("--loadgen", default=str(ROOT / "target/release/cairn-loadgen"))
+    parser.add_argument("--json", help="also write every round's figures to this file")
+    parser.add_argument("--warm", type=int, default=0,
+                        help="seconds of a blind batch load before the rounds, so that they "
+                        "meet full-size segments rather than a new log's growing ones")
+    parser.add_argument("--dir", default=str(ROOT / "target"),
+                        help="where the server's temporary data directory goes")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=ROOT / "target") as data:
+    with tempfile.TemporaryDirectory(dir=args.dir) as data:
         server = subprocess.Popen(
             [args.cairn, "serve", "--data-dir", f"{data}/data", "--listen", NATIVE,
              "--kafka-listen", BOOTSTRAP, "--cores", "2", "--log-level", "warn"],
             stdout=subprocess.PIPE)
         try:
             server.stdout.readline()
+            if args.warm:
+                create_topic(args.cairn, "warm")
+                subprocess.run([args.loadgen, "--addr", NATIVE, "--topic", "warm",
+                                "--partitions", "8", "--workload", "blind", "--clients", "16",
+                                "--batch", "64", "--value-bytes", "256", "--duration",
+                                str(args.warm), "--warmup", "0", "--quiet"], check=True,
+                               stdout=subprocess.DEVNULL)
             results = {"native, batch 64": [], "native, batch 1024": [], "kafka produce": [],
                        "kafka consume": []}
             for round_index in range(args.rounds):
@@ -164,6 +177,9 @@ def main():
                 print(f"{name:15} {rate:>12,.0f} records/s  server {cpu:6.2f} us CPU/record"
                       f"  ({cpu / native_cpu:.2f}x native batch 64)  all: "
                       + ", ".join(f"{r['records_per_s']:,.0f}" for r in runs))
+            if args.json:
+                Path(args.json).write_text(json.dumps({"commit": commit, "rounds": results},
+                                                      indent=1))
         finally:
             server.terminate()
             server.wait(30)

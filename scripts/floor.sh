@@ -16,12 +16,16 @@
 # Usage: scripts/floor.sh [DIR]   (default: a temp directory in ., the filesystem of
 #                                  ./cairn-data; it must not be tmpfs: O_DIRECT)
 # Environment: DURATION (10s per Cairn run), WARMUP (2s), DISK_COUNT (2000),
-#              LOOPBACK_COUNT (20000), OUT (/tmp/cairn-floor-<time>), SKIP_BUILD=1.
+#              LOOPBACK_COUNT (20000), OUT (/tmp/cairn-floor-<time>), SKIP_BUILD=1,
+#              SERVER_WARMUP (20s; 0s for none): a blind batch load before the measured
+#              runs, so that they meet the log's full-size segments, not a new log's
+#              growing ones being prepared (docs/DESIGN.md §2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
+SERVER_WARMUP=${SERVER_WARMUP:-20s}
 DISK_COUNT=${DISK_COUNT:-2000}
 LOOPBACK_COUNT=${LOOPBACK_COUNT:-20000}
 OUT=${OUT:-${TMPDIR:-/tmp}/cairn-floor-$(date +%Y%m%d-%H%M%S)}
@@ -71,6 +75,13 @@ done
 ADDR=$(sed -n 's/^listening on \([^ ]*\) .*/\1/p' "$OUT/serve.out")
 [[ -n "$ADDR" ]] || { echo "floor: the server did not say where it listens" >&2; exit 1; }
 
+if [[ $SERVER_WARMUP != 0s && $SERVER_WARMUP != 0 ]]; then
+    echo "== warming the log up for $SERVER_WARMUP" >&2
+    taskset -c 1 "$TARGET/cairn-loadgen" --addr "$ADDR" --topic warm --partitions 1 \
+        --workload blind --clients 16 --batch 64 --value-bytes 256 \
+        --duration "$SERVER_WARMUP" --warmup 0s --quiet >"$OUT/warm.txt"
+fi
+
 # cairn NAME CPU FLAGS...: one cairn-loadgen run on CPU into $OUT/NAME.{json,txt}.
 cairn() {
     local name=$1 cpu=$2
@@ -95,7 +106,7 @@ disk50=$(field disk .p50_us)
 disk99=$(field disk .p99_us)
 {
     echo "commit $(git rev-parse --short HEAD), $(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)), $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)"
-    echo "disk: $WORK on $(df --output=source "$WORK" | tail -1) ($(df --output=fstype "$WORK" | tail -1)); Cairn runs: $DURATION after $WARMUP warm-up"
+    echo "disk: $WORK on $(df --output=source "$WORK" | tail -1) ($(df --output=fstype "$WORK" | tail -1)); Cairn runs: $DURATION after $WARMUP warm-up, the server warmed up for $SERVER_WARMUP first"
     echo
     echo "| floor | count | p50 µs | p99 µs |"
     echo "|---|---:|---:|---:|"

@@ -600,7 +600,7 @@ impl Collector for Scrape {
         counters(
             e,
             "cairn_checkpoint_failures",
-            "Checkpoints that could not be written (the log goes on; the next one is due at once)",
+            "Checkpoints that could not be written (the log goes on; the next is due an interval later)",
             io_counters(|s| &s.checkpoint_failures),
         )?;
         histograms(

@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use cairn_engine::io::stats::ShardIoStats;
 use cairn_engine::{
-    AppendOutcome, EngineConfig, KeyCondition, Offset, PartitionId, ProducerStamp, RecordInput,
-    Shard, ShardId,
+    AppendOutcome, EngineConfig, FaultHook, FaultPoint, FaultPolicy, KeyCondition, Offset,
+    PartitionId, ProducerStamp, RecordInput, Shard, ShardId,
 };
 
 use crate::support::engine::{open_engine, run_local, test_config};
@@ -369,4 +372,66 @@ fn a_damaged_torn_or_foreign_checkpoint_is_passed_over_for_an_older_one_or_a_ful
     let (used, observed) = reopen(dir.path(), &stamped);
     assert_eq!(used, None, "another log's checkpoint is not believed");
     assert_eq!(observed, expected);
+}
+
+/// Fails every checkpoint write, as a full disk would, and counts the attempts.
+struct NoCheckpointWrites(AtomicU64);
+
+impl FaultPolicy for NoCheckpointWrites {
+    fn fail(&self, point: FaultPoint, _path: &Path) -> Option<i32> {
+        (point == FaultPoint::CheckpointWrite).then(|| {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            28
+        })
+    }
+}
+
+#[test]
+fn failed_checkpoint_writes_stop_no_append_and_are_tried_again_only_an_interval_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failing = config(dir.path());
+    let policy = Arc::new(NoCheckpointWrites(AtomicU64::new(0)));
+    failing.fault_hook = Some(FaultHook(policy.clone()));
+    let interval_bytes = failing.checkpoint_interval_bytes;
+    let engine = open_engine(failing);
+    let (written_bytes, failures, written) = run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        // Every append of the workload must succeed (it panics otherwise).
+        write_workload(&shard, 600, test_seed("checkpoint_failures")).await;
+        shard.close().await;
+        let stats = shard.io_stats();
+        (
+            shard.stats().written_bytes,
+            ShardIoStats::load(&stats.checkpoint_failures),
+            ShardIoStats::load(&stats.checkpoints_written),
+        )
+    });
+    assert_eq!(written, 0, "no checkpoint could be written");
+    assert!(checkpoints(dir.path()).is_empty(), "and none is on disk");
+    let attempts = policy.0.load(Ordering::Relaxed);
+    assert_eq!(failures, attempts, "every failed write is counted");
+    // One attempt per interval of log, not one per group: 600 groups here.
+    let intervals = written_bytes / interval_bytes;
+    assert!(
+        attempts >= 2 && attempts <= intervals + 1,
+        "{attempts} attempts over {written_bytes} bytes of log ({intervals} intervals)"
+    );
+
+    // Without checkpoints the next open scans the whole log, and writes them again.
+    let engine = open_engine(config(dir.path()));
+    let records = run_local(move || async move {
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        assert_eq!(shard.recovered_from_checkpoint(), None);
+        let topic = shard.topic("checkpointed").unwrap();
+        let mut records = 0;
+        for index in 0..PARTITION_COUNT {
+            let (_, synced_end) = shard
+                .end_offsets(topic.partition_id(index).unwrap())
+                .unwrap();
+            records += synced_end.0;
+        }
+        shard.close().await;
+        records
+    });
+    assert!(records > 600, "every batch is there: {records} records");
 }

@@ -18,7 +18,7 @@
 //! checkpoint or to a full scan.
 
 use crate::core::limits::{KEY_SIZE_BYTES_MAX, PRODUCER_BATCH_RETAINED_COUNT_MAX};
-use crate::core::offset_index::BatchLocation;
+use crate::core::offset_index::{BatchLocation, SealedRun};
 use crate::core::producer::ProducerBatch;
 use crate::core::segment_index::INDEX_PAGE_ENTRY_COUNT;
 use crate::core::{Offset, PartitionId, SegmentPosition, ShardId};
@@ -62,28 +62,6 @@ pub struct ProducerCheckpoint {
     pub batches: Vec<ProducerBatch>,
 }
 
-/// One partition's batches in one sealed segment, as `OffsetIndex` summarises them
-/// (`core::offset_index::SealedRun`): where they are in the segment's index file, and one
-/// sample (base offset, the segment's running maximum timestamp at the page's end) per
-/// `INDEX_PAGE_ENTRY_COUNT` entries when there is more than one page.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunCheckpoint {
-    /// The sealed segment.
-    pub segment_index: u64,
-    /// The partition's first offset in it.
-    pub base_offset: Offset,
-    /// Its end offset in it (exclusive).
-    pub end_offset: Offset,
-    /// The partition-wide running maximum timestamp at its last batch there.
-    pub running_max_timestamp_ms: i64,
-    /// Byte position of its first entry in the index file.
-    pub entries_position: u64,
-    /// Its batches in the segment.
-    pub entry_count: u32,
-    /// One per page of entries, or none when they fit in one page.
-    pub samples: Vec<(Offset, i64)>,
-}
-
 /// One partition's state in a checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionCheckpoint {
@@ -101,7 +79,7 @@ pub struct PartitionCheckpoint {
     /// The producers, in no order.
     pub producers: Vec<ProducerCheckpoint>,
     /// Its batches in sealed segments with index files, one run per segment, in order.
-    pub runs: Vec<RunCheckpoint>,
+    pub runs: Vec<SealedRun>,
     /// Its other batches (the current segment's, and any sealed segment's whose index file
     /// was not durable yet), in offset order, each with its own largest record timestamp.
     pub batches: Vec<(BatchLocation, i64)>,
@@ -278,7 +256,7 @@ impl CheckpointWriter {
         write_key_entries: impl FnOnce(&mut Vec<u8>),
         producer_append_count: u64,
         producers: &[ProducerCheckpoint],
-        runs: &[RunCheckpoint],
+        runs: &[SealedRun],
         batch_count: usize,
         batches: impl Iterator<Item = (BatchLocation, i64)>,
     ) {
@@ -318,10 +296,10 @@ impl CheckpointWriter {
             out.u64(run.running_max_timestamp_ms as u64);
             out.u64(run.entries_position);
             out.u32(run.entry_count);
-            out.u32(u32::try_from(run.samples.len()).expect("samples fit in u32"));
-            for (base_offset, max_timestamp_ms) in &run.samples {
+            out.u32(u32::try_from(run.samples().len()).expect("samples fit in u32"));
+            for (base_offset, max_timestamp_ms) in run.samples() {
                 out.u64(base_offset.0);
-                out.u64(*max_timestamp_ms as u64);
+                out.u64(max_timestamp_ms as u64);
             }
         }
         out.u64(batch_count as u64);
@@ -410,7 +388,7 @@ fn decode_partition(
         });
     }
     let run_count = input.count_u64(8 * 5 + 4 + 4)?;
-    let mut runs: Vec<RunCheckpoint> = Vec::with_capacity(run_count);
+    let mut runs: Vec<SealedRun> = Vec::with_capacity(run_count);
     for _ in 0..run_count {
         let segment_index = input.u64()?;
         let base_offset = Offset(input.u64()?);
@@ -423,7 +401,7 @@ fn decode_partition(
         for _ in 0..sample_count {
             samples.push((Offset(input.u64()?), input.u64()? as i64));
         }
-        let run = RunCheckpoint {
+        let run = SealedRun::new(
             segment_index,
             base_offset,
             end_offset,
@@ -431,7 +409,7 @@ fn decode_partition(
             entries_position,
             entry_count,
             samples,
-        };
+        );
         check_run(id, &run, runs.last(), log_end)?;
         runs.push(run);
     }
@@ -502,22 +480,17 @@ fn decode_partition(
 /// offsets, with one sample per page (none for one page) in order inside the run.
 fn check_run(
     id: PartitionId,
-    run: &RunCheckpoint,
-    previous: Option<&RunCheckpoint>,
+    run: &SealedRun,
+    previous: Option<&SealedRun>,
     log_end: Option<SegmentPosition>,
 ) -> Result<(), CheckpointError> {
     let page_count = (run.entry_count as usize).div_ceil(INDEX_PAGE_ENTRY_COUNT);
     let expected_samples = if page_count > 1 { page_count } else { 0 };
-    let samples_fit = run.samples.len() == expected_samples
-        && run
-            .samples
-            .first()
-            .is_none_or(|(base, _)| *base == run.base_offset)
-        && run.samples.windows(2).all(|pair| pair[0].0 < pair[1].0)
-        && run
-            .samples
-            .last()
-            .is_none_or(|(base, _)| *base < run.end_offset);
+    let bases: Vec<Offset> = run.samples().map(|(base, _)| base).collect();
+    let samples_fit = bases.len() == expected_samples
+        && bases.first().is_none_or(|base| *base == run.base_offset)
+        && bases.windows(2).all(|pair| pair[0] < pair[1])
+        && bases.last().is_none_or(|base| *base < run.end_offset);
     let placed = log_end.is_some_and(|end| run.segment_index < end.segment_index)
         && previous.is_none_or(|previous| {
             previous.segment_index < run.segment_index && previous.end_offset == run.base_offset
@@ -745,15 +718,7 @@ mod tests {
                             },
                         ],
                     }],
-                    runs: vec![RunCheckpoint {
-                        segment_index: 0,
-                        base_offset: Offset(0),
-                        end_offset: Offset(2),
-                        running_max_timestamp_ms: 10,
-                        entries_position: 64,
-                        entry_count: 1,
-                        samples: Vec::new(),
-                    }],
+                    runs: vec![SealedRun::new(0, Offset(0), Offset(2), 10, 64, 1, [])],
                     batches: vec![(location(2, 4, 8192), 30), (location(4, 5, 20_480), 30)],
                 },
                 PartitionCheckpoint {

@@ -25,7 +25,7 @@
 
 use crate::core::Offset;
 use crate::core::PartitionId;
-use crate::core::checkpoint::{CheckpointError, RunCheckpoint};
+use crate::core::checkpoint::CheckpointError;
 use crate::core::segment_index::{INDEX_PAGE_ENTRY_COUNT, IndexEntry, IndexPage, entry_of};
 
 /// Where one batch is stored: which segment, at which byte position, how long.
@@ -74,6 +74,43 @@ pub struct SealedRun {
 }
 
 impl SealedRun {
+    /// A run as a checkpoint stored it (`core::checkpoint`, which checks it first):
+    /// `samples` are each page's (base offset, the segment's running maximum timestamp at
+    /// the page's last batch), none when the entries fit in one page.
+    #[must_use]
+    pub fn new(
+        segment_index: u64,
+        base_offset: Offset,
+        end_offset: Offset,
+        running_max_timestamp_ms: i64,
+        entries_position: u64,
+        entry_count: u32,
+        samples: impl IntoIterator<Item = (Offset, i64)>,
+    ) -> Self {
+        SealedRun {
+            segment_index,
+            base_offset,
+            end_offset,
+            running_max_timestamp_ms,
+            entries_position,
+            entry_count,
+            samples: samples
+                .into_iter()
+                .map(|(base_offset, max_timestamp_ms)| Sample {
+                    base_offset,
+                    max_timestamp_ms,
+                })
+                .collect(),
+        }
+    }
+
+    /// Each page's sample, as `new` takes them.
+    pub fn samples(&self) -> impl ExactSizeIterator<Item = (Offset, i64)> + '_ {
+        self.samples
+            .iter()
+            .map(|sample| (sample.base_offset, sample.max_timestamp_ms))
+    }
+
     fn page_count(&self) -> usize {
         self.samples.len().max(1)
     }
@@ -434,52 +471,15 @@ impl OffsetIndex {
             .zip(self.dense_batch_max_ms.iter().copied())
     }
 
-    /// The sealed runs as a checkpoint stores them.
-    pub fn checkpoint_runs(&self) -> Vec<RunCheckpoint> {
-        self.sealed
-            .iter()
-            .map(|run| RunCheckpoint {
-                segment_index: run.segment_index,
-                base_offset: run.base_offset,
-                end_offset: run.end_offset,
-                running_max_timestamp_ms: run.running_max_timestamp_ms,
-                entries_position: run.entries_position,
-                entry_count: run.entry_count,
-                samples: run
-                    .samples
-                    .iter()
-                    .map(|sample| (sample.base_offset, sample.max_timestamp_ms))
-                    .collect(),
-            })
-            .collect()
-    }
-
     /// The index a checkpoint stored: its sealed runs (checked by `Checkpoint::decode`),
     /// then its dense batches with their own largest timestamps. What `push` would assert
     /// of a dense batch is refused here instead, since the bytes come from disk.
     pub fn from_checkpoint(
-        runs: &[RunCheckpoint],
+        runs: &[SealedRun],
         dense: &[(BatchLocation, i64)],
     ) -> Result<Self, CheckpointError> {
         let mut index = OffsetIndex::new();
-        for run in runs {
-            index.sealed.push(SealedRun {
-                segment_index: run.segment_index,
-                base_offset: run.base_offset,
-                end_offset: run.end_offset,
-                running_max_timestamp_ms: run.running_max_timestamp_ms,
-                entries_position: run.entries_position,
-                entry_count: run.entry_count,
-                samples: run
-                    .samples
-                    .iter()
-                    .map(|(base_offset, max_timestamp_ms)| Sample {
-                        base_offset: *base_offset,
-                        max_timestamp_ms: *max_timestamp_ms,
-                    })
-                    .collect(),
-            });
-        }
+        index.sealed = runs.to_vec();
         for (location, batch_max_ms) in dense {
             let follows = location.base_offset < location.end_offset
                 && location.base_offset == index.end_offset()

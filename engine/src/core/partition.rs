@@ -23,16 +23,14 @@ use std::collections::VecDeque;
 
 use hashbrown::HashTable;
 
-use crate::core::checkpoint::{
-    CheckpointError, CheckpointWriter, PartitionCheckpoint, RunCheckpoint,
-};
+use crate::core::checkpoint::{CheckpointError, CheckpointWriter, PartitionCheckpoint};
 use crate::core::condition::{Conflict, condition_holds};
 use crate::core::key_index::{KeyIndex, KeySlot, hash_key};
 use crate::core::limits::{
     BATCH_LINEAR_SCAN_RECORD_COUNT_MAX, BATCH_RECORD_COUNT_MAX, BATCH_SCRATCH_RECORD_COUNT_MAX,
     KEY_SIZE_BYTES_MAX,
 };
-use crate::core::offset_index::BatchLocation;
+use crate::core::offset_index::{BatchLocation, SealedRun};
 use crate::core::producer::{ProducerBatch, ProducerCheck, ProducerTable};
 use crate::core::{KeyCondition, Offset, PartitionId, ProducerStamp, RecordInput};
 use crate::error::ProducerError;
@@ -541,7 +539,7 @@ impl PartitionState {
     pub fn write_checkpoint(
         &self,
         writer: &mut CheckpointWriter,
-        runs: &[RunCheckpoint],
+        runs: &[SealedRun],
         batch_count: usize,
         batches: impl Iterator<Item = (BatchLocation, i64)>,
     ) {

@@ -852,7 +852,7 @@ impl ShardLog {
             let batch_count = log.synced_batches.dense_batches().len() + log.staged_batches.len();
             log.state.write_checkpoint(
                 &mut writer,
-                &log.synced_batches.checkpoint_runs(),
+                log.synced_batches.sealed_runs(),
                 batch_count,
                 log.synced_batches.dense_entries().chain(staged),
             );

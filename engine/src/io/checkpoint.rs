@@ -16,6 +16,7 @@ use crate::core::SegmentPosition;
 use crate::core::checkpoint::{Checkpoint, CheckpointError};
 use crate::error::StorageError;
 use crate::io::data_dir::sync_dir;
+use crate::io::fault::{FaultHook, FaultPoint};
 
 /// Checkpoints kept per shard; older ones are removed once a newer one is installed.
 pub(crate) const CHECKPOINTS_KEPT: usize = 2;
@@ -95,9 +96,13 @@ pub(crate) fn install(
     shard_dir: &Path,
     log_end: SegmentPosition,
     bytes: &[u8],
+    fault_hook: Option<&FaultHook>,
 ) -> Result<PathBuf, StorageError> {
     let name = checkpoint_file_name(log_end);
     let path = shard_dir.join(&name);
+    if let Some(hook) = fault_hook {
+        hook.check(FaultPoint::CheckpointWrite, &path)?;
+    }
     let temporary = shard_dir.join(format!("{name}.tmp"));
     let write = || -> std::io::Result<()> {
         let mut file = File::create(&temporary)?;

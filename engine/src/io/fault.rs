@@ -19,6 +19,8 @@ pub enum FaultPoint {
     Prepare,
     /// Before writing a sealed segment's index file.
     IndexWrite,
+    /// Before writing a checkpoint file.
+    CheckpointWrite,
 }
 
 /// Decides, at each fault point, whether the I/O there fails. Shared by all shards, so it
@@ -43,6 +45,7 @@ impl FaultHook {
                     FaultPoint::Sync => "fdatasync",
                     FaultPoint::Prepare => "prepare segment",
                     FaultPoint::IndexWrite => "write index",
+                    FaultPoint::CheckpointWrite => "write checkpoint",
                 },
                 path,
                 &std::io::Error::from_raw_os_error(errno),

@@ -176,9 +176,9 @@ async fn write_durably(
 /// due (`EngineConfig::checkpoint_interval_bytes` of log since the last) and none is being
 /// written, and installs it in the background once that group is synced (docs/DESIGN.md
 /// §3.7). Only the copy of the state runs on the executor; a failed group or a failed
-/// install leaves the previous checkpoints, and the next one is due at once.
+/// install leaves the previous checkpoints, and the next one is due one interval later.
 fn start_checkpoint_if_due(state: &Rc<RefCell<ShardState>>, write: &GroupWrite) {
-    let (bytes, log_end, completion, shard_dir, stats, captured_at) = {
+    let (bytes, log_end, completion, shard_dir, stats, captured_at, fault_hook) = {
         let mut guard = state.borrow_mut();
         let interval = guard.config.checkpoint_interval_bytes;
         if interval == 0
@@ -207,6 +207,7 @@ fn start_checkpoint_if_due(state: &Rc<RefCell<ShardState>>, write: &GroupWrite) 
             guard.shard_dir.clone(),
             guard.stats.clone(),
             captured_at,
+            guard.config.fault_hook.clone(),
         )
     };
     let task_state = state.clone();
@@ -216,7 +217,9 @@ fn start_checkpoint_if_due(state: &Rc<RefCell<ShardState>>, write: &GroupWrite) 
         // hold a record a crash could still take away.
         if completion.wait().await.is_ok() {
             let installed = glommio::executor()
-                .spawn_blocking(move || checkpoint::install(&shard_dir, log_end, &bytes))
+                .spawn_blocking(move || {
+                    checkpoint::install(&shard_dir, log_end, &bytes, fault_hook.as_ref())
+                })
                 .await;
             match installed {
                 Ok(path) => {
@@ -228,8 +231,9 @@ fn start_checkpoint_if_due(state: &Rc<RefCell<ShardState>>, write: &GroupWrite) 
                 }
                 Err(error) => {
                     ShardIoStats::count(&stats.checkpoint_failures);
+                    // Due again one interval on (set at the capture), not at once: on a
+                    // full disk every group would otherwise pay a capture that cannot land.
                     tracing::warn!(%error, "checkpoint not written; the log goes on without it");
-                    state.borrow_mut().checkpoint_due_bytes = 0;
                 }
             }
         }

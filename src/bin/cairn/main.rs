@@ -580,7 +580,10 @@ fn parse_fault_spec(spec: &str) -> anyhow::Result<FaultHook> {
             Some("sync") => FaultPoint::Sync,
             Some("prepare") => FaultPoint::Prepare,
             Some("index") => FaultPoint::IndexWrite,
-            other => bail!("{FAULT_INJECT_ENV}: {other:?} is not write, sync, prepare or index"),
+            Some("checkpoint") => FaultPoint::CheckpointWrite,
+            other => bail!(
+                "{FAULT_INJECT_ENV}: {other:?} is not write, sync, prepare, index or checkpoint"
+            ),
         };
         let mut rule = FaultRule {
             point,

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use cairn_client::{AppendResult, BlockingClient, ClientConfig, FetchedRecord};
 use cairn_engine::{
-    FaultHook, FaultPoint, FaultPolicy, KeyCondition, Offset, PartitionId, RecordInput, Shard,
-    ShardId,
+    FaultHook, FaultPoint, FaultPolicy, Offset, PartitionId, RecordInput, Shard, ShardId,
 };
 
 use cairn_engine::core::recovery::RecoveryScanner;
@@ -52,8 +51,6 @@ fn write_history(address: SocketAddr) {
                         .map(|_| RecordInput {
                             key: &key,
                             value: &value,
-                            headers: &[],
-                            condition: KeyCondition::Any,
                             ..RecordInput::default()
                         })
                         .collect();
@@ -260,8 +257,6 @@ async fn append_and_read_back(shard: &Shard, partition: PartitionId, batch_count
             .map(|_| RecordInput {
                 key: &key,
                 value: &value,
-                headers: &[],
-                condition: KeyCondition::Any,
                 ..RecordInput::default()
             })
             .collect();
@@ -386,8 +381,6 @@ fn a_segment_index_rebuilt_from_the_segment_alone_is_the_file_the_log_wrote() {
             let record = RecordInput {
                 key: b"k",
                 value: &value,
-                headers: &[],
-                condition: KeyCondition::Any,
                 ..RecordInput::default()
             };
             shard.append(partition, None, &[record]).await.unwrap();

@@ -26,6 +26,7 @@
 use crate::core::Offset;
 use crate::core::PartitionId;
 use crate::core::checkpoint::CheckpointError;
+use crate::core::record::BatchView;
 use crate::core::segment_index::{INDEX_PAGE_ENTRY_COUNT, IndexEntry, IndexPage, entry_of};
 
 /// Where one batch is stored: which segment, at which byte position, how long.
@@ -44,6 +45,21 @@ pub struct BatchLocation {
 }
 
 const _: () = assert!(std::mem::size_of::<BatchLocation>() == 40);
+
+impl BatchLocation {
+    /// Where `batch`, found at `position` of segment `segment_index`, lies: what recovery
+    /// and the simulator record for every batch they scan.
+    #[must_use]
+    pub fn of(segment_index: u64, position: u64, batch: &BatchView<'_>) -> Self {
+        BatchLocation {
+            base_offset: batch.base_offset(),
+            end_offset: batch.end_offset(),
+            segment_index,
+            position,
+            len_bytes: u32::try_from(batch.len_bytes()).expect("batches are at most 2 MiB"),
+        }
+    }
+}
 
 /// One page's sample: what a lookup needs to choose the page without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

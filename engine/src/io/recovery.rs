@@ -809,7 +809,7 @@ pub async fn rebuild_segment_index(
     let mut note = |position: u64, batch: &BatchView<'_>| {
         builder.push(
             batch.partition_id(),
-            &location_of(segment_index, position, batch),
+            &BatchLocation::of(segment_index, position, batch),
             batch.max_record_timestamp_ms(),
         );
         Ok(())
@@ -1182,7 +1182,7 @@ fn apply_recovered_batch(
             .map(|record| (record.indexed_key(), record.prev_key_offset)),
     )?;
     slot.synced_batches.push(
-        location_of(segment_index, position, batch),
+        BatchLocation::of(segment_index, position, batch),
         batch.max_record_timestamp_ms(),
     );
     Ok(())
@@ -1197,14 +1197,4 @@ fn is_encoding_of(bytes: &[u8], encoded: &[u8]) -> bool {
         && bytes
             .get(encoded.len()..)
             .is_some_and(|padding| padding.iter().all(|byte| *byte == 0))
-}
-
-fn location_of(segment_index: u64, position: u64, batch: &BatchView<'_>) -> BatchLocation {
-    BatchLocation {
-        base_offset: batch.base_offset(),
-        end_offset: batch.end_offset(),
-        segment_index,
-        position,
-        len_bytes: u32::try_from(batch.len_bytes()).expect("batches are at most 2 MiB"),
-    }
 }

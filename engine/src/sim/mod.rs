@@ -600,13 +600,7 @@ fn recover(
             }
             builder.push(
                 batch.partition_id(),
-                &BatchLocation {
-                    base_offset: batch.base_offset(),
-                    end_offset: batch.end_offset(),
-                    segment_index: index,
-                    position,
-                    len_bytes: batch.len_bytes() as u32,
-                },
+                &BatchLocation::of(index, position, batch),
                 batch.max_record_timestamp_ms(),
             );
             let partition = batch.partition_id();
@@ -625,13 +619,7 @@ fn recover(
                 return;
             }
             recovered.synced_batches.push(
-                BatchLocation {
-                    base_offset: batch.base_offset(),
-                    end_offset: batch.end_offset(),
-                    segment_index: index,
-                    position,
-                    len_bytes: batch.len_bytes() as u32,
-                },
+                BatchLocation::of(index, position, batch),
                 batch.max_record_timestamp_ms(),
             );
             let list = found.entry(partition).or_default();

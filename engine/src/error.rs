@@ -124,6 +124,17 @@ pub enum ReadError {
         /// The partition's durable end (exclusive).
         synced_end: u64,
     },
+    /// The requested offset lies below the partition's first kept offset: retention
+    /// removed it. Kafka's `OFFSET_OUT_OF_RANGE`; a consumer resets to `log_start`.
+    #[error(
+        "offset {requested} was removed by retention: the partition's first kept offset is {log_start}"
+    )]
+    BeforeLogStart {
+        /// The offset asked for.
+        requested: u64,
+        /// The partition's first kept offset.
+        log_start: u64,
+    },
     /// A key history was asked to start at an offset that holds a record of another key.
     #[error("offset {offset} holds a record of another key, not of the key asked for")]
     NotKeyRecord {

@@ -15,6 +15,7 @@ pub mod producer;
 pub mod read_cache;
 pub mod record;
 pub mod recovery;
+pub mod retention;
 pub mod segment_header;
 pub mod segment_index;
 pub mod shard_log;

@@ -469,6 +469,16 @@ impl OffsetIndex {
         &self.sealed
     }
 
+    /// The first offset still held: the first durable batch's, else the end (retention
+    /// may have removed every batch; offsets below the end stay used).
+    pub fn log_start(&self) -> Offset {
+        self.sealed
+            .first()
+            .map(|run| run.base_offset)
+            .or_else(|| self.dense.first().map(|batch| batch.base_offset))
+            .unwrap_or_else(|| self.end_offset())
+    }
+
     /// Offset of the first durable batch (0 when none).
     pub fn start_offset(&self) -> Offset {
         self.sealed

@@ -30,6 +30,7 @@ use crate::core::offset_index::{BatchLocation, Found, OffsetIndex, OffsetIndexMe
 use crate::core::partition::{PartitionState, Refusal};
 use crate::core::read_cache::ReadCache;
 use crate::core::record::{BatchMeta, encode_batch};
+use crate::core::retention::RetentionPolicy;
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::segment_header::SegmentHeader;
 use crate::core::segment_index::{
@@ -79,6 +80,8 @@ struct PartitionLog {
     synced_batches: OffsetIndex,
     /// Staged batches not yet synced, in offset order.
     staged_batches: VecDeque<StagedBatch>,
+    /// What its topic keeps.
+    retention: RetentionPolicy,
 }
 
 /// A group of staged batches: the open one being filled, or the one in flight.
@@ -433,6 +436,7 @@ impl ShardLog {
                     state: recovered.state,
                     synced_batches: recovered.synced_batches,
                     staged_batches: VecDeque::new(),
+                    retention: RetentionPolicy::FOREVER,
                 };
                 (id, log)
             })
@@ -475,7 +479,28 @@ impl ShardLog {
             state: PartitionState::new(id),
             synced_batches: OffsetIndex::new(),
             staged_batches: VecDeque::new(),
+            retention: RetentionPolicy::FOREVER,
         });
+    }
+
+    /// Sets what the partition's topic keeps (at open, and when the topic's policy changes).
+    /// Unknown partitions are ignored.
+    pub fn set_retention(&mut self, id: PartitionId, retention: RetentionPolicy) {
+        if let Some(log) = self.partitions.get_mut(&id) {
+            log.retention = retention;
+        }
+    }
+
+    /// What the partition's topic keeps.
+    pub fn retention(&self, id: PartitionId) -> Option<RetentionPolicy> {
+        self.partitions.get(&id).map(|log| log.retention)
+    }
+
+    /// The partition's first kept offset: every offset from it to the synced end can be
+    /// read; below it retention removed the records (their keys stay in the key index).
+    pub fn log_start(&self, id: PartitionId) -> Option<Offset> {
+        let log = self.partitions.get(&id)?;
+        Some(log.synced_batches.log_start().min(log.state.synced_end()))
     }
 
     /// Whether the log has this partition.

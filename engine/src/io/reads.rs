@@ -148,6 +148,17 @@ impl Shard {
             .ok_or(ReadError::UnknownPartition(partition))
     }
 
+    /// The partition's first kept offset (Kafka's log start offset): below it retention
+    /// removed the records, and reads answer `BeforeLogStart`.
+    pub fn log_start(&self, partition: PartitionId) -> Result<Offset, ReadError> {
+        let state = self.state.borrow();
+        readable(&state, partition)?;
+        state
+            .log
+            .log_start(partition)
+            .ok_or(ReadError::UnknownPartition(partition))
+    }
+
     /// Durable records of `partition` from offset `from`, whole batches up to about
     /// `max_bytes` (at least one batch when any record is available). `from` equal to the
     /// durable end returns no batches; beyond it is `OffsetOutOfRange`.

@@ -161,6 +161,18 @@ pub enum OpenError {
         /// How it does not match.
         problem: String,
     },
+    /// Retention rewrote a segment, so only a checkpoint holds what the removed batches
+    /// left (partitions' ends, keys, producers), and no checkpoint could be used: a scan
+    /// of what is left would give offsets out again and forget keys. The shard does not
+    /// open; the checkpoints' problems were logged.
+    #[error(
+        "{path} was rewritten by retention and no usable checkpoint remains: the log          without its removed history cannot be recovered by a scan",
+        path = .path.display()
+    )]
+    CheckpointRequired {
+        /// The first rewritten segment.
+        path: PathBuf,
+    },
     /// `cairn.meta` or `topics.meta` is malformed.
     #[error("{path}: {problem}", path = .path.display())]
     BadMetadata {

@@ -28,6 +28,7 @@ pub use crate::core::{
 pub use crate::error::{
     AppendError, OpenError, ProducerError, ReadError, StorageError, TopicError,
 };
+pub use crate::core::retention::RetentionPolicy;
 pub use crate::io::data_dir::{Catalog, Topic};
 pub use crate::io::fault::{FaultHook, FaultPoint, FaultPolicy};
 pub use crate::io::reads::{Fetched, FetchedBatch, OwnedRecord};

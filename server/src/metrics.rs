@@ -599,6 +599,30 @@ impl Collector for Scrape {
         )?;
         counters(
             e,
+            "cairn_retention_rewrites",
+            "Segments retention rewrote without the batches it removed",
+            io_counters(|s| &s.retention_rewrites),
+        )?;
+        counters(
+            e,
+            "cairn_retention_failures",
+            "Retention steps that failed (nothing changed; tried again at the next check)",
+            io_counters(|s| &s.retention_failures),
+        )?;
+        counters(
+            e,
+            "cairn_retention_copied_bytes",
+            "Bytes of kept batches retention copied into rewritten segments",
+            io_counters(|s| &s.retention_copied_bytes),
+        )?;
+        counters(
+            e,
+            "cairn_retention_removed_bytes",
+            "Bytes of batches retention removed",
+            io_counters(|s| &s.retention_removed_bytes),
+        )?;
+        counters(
+            e,
             "cairn_checkpoint_failures",
             "Checkpoints that could not be written (the log goes on; the next is due an interval later)",
             io_counters(|s| &s.checkpoint_failures),

@@ -1064,7 +1064,9 @@ fn owned_fetch_result(result: FetchResult) -> ForwardedFetch {
 fn read_failure(read_error: &ReadError) -> Failure {
     let kind = match read_error {
         ReadError::UnknownPartition(_) => FailureKind::UnknownPartition,
-        ReadError::OffsetOutOfRange { .. } => FailureKind::OffsetOutOfRange,
+        ReadError::OffsetOutOfRange { .. } | ReadError::BeforeLogStart { .. } => {
+            FailureKind::OffsetOutOfRange
+        }
         ReadError::NotKeyRecord { .. } => FailureKind::BadRequest,
         ReadError::Storage(_) => FailureKind::StorageFailure,
     };

@@ -9,6 +9,7 @@
 
 mod engine_admission;
 mod engine_checkpoints;
+mod engine_retention;
 mod engine_damage;
 mod engine_data_dir;
 mod engine_durability;

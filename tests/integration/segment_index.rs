@@ -403,6 +403,7 @@ fn a_segment_index_rebuilt_from_the_segment_alone_is_the_file_the_log_wrote() {
             shard_count: 1,
             segment_index: 0,
             segment_size_bytes: 0,
+            generation: 0,
         };
         let segment = SegmentFile::open_existing(&path, &expected)
             .await

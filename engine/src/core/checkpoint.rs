@@ -27,7 +27,7 @@ use crate::core::{Offset, PartitionId, SegmentPosition, ShardId};
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"CAIRNCKP";
 
 /// The layout version this build writes and reads.
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// Why bytes are not a usable checkpoint. From disk, so returned, never asserted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -296,6 +296,8 @@ impl CheckpointWriter {
             out.u64(run.running_max_timestamp_ms as u64);
             out.u64(run.entries_position);
             out.u32(run.entry_count);
+            out.u32(u32::from(run.generation));
+            out.u64(run.size_bytes);
             out.u32(u32::try_from(run.samples().len()).expect("samples fit in u32"));
             for (base_offset, max_timestamp_ms) in run.samples() {
                 out.u64(base_offset.0);
@@ -387,7 +389,7 @@ fn decode_partition(
             batches,
         });
     }
-    let run_count = input.count_u64(8 * 5 + 4 + 4)?;
+    let run_count = input.count_u64(8 * 5 + 4 + 4 + 8 + 4)?;
     let mut runs: Vec<SealedRun> = Vec::with_capacity(run_count);
     for _ in 0..run_count {
         let segment_index = input.u64()?;
@@ -396,6 +398,9 @@ fn decode_partition(
         let running_max_timestamp_ms = input.u64()? as i64;
         let entries_position = input.u64()?;
         let entry_count = input.u32()?;
+        let generation = u16::try_from(input.u32()?)
+            .map_err(|_| invalid(format!("{id:?}: a run's segment generation is not a u16")))?;
+        let size_bytes = input.u64()?;
         let sample_count = input.count_u32(16)?;
         let mut samples = Vec::with_capacity(sample_count);
         for _ in 0..sample_count {
@@ -408,6 +413,8 @@ fn decode_partition(
             running_max_timestamp_ms,
             entries_position,
             entry_count,
+            generation,
+            size_bytes,
             samples,
         );
         check_run(id, &run, runs.last(), log_end)?;
@@ -454,8 +461,9 @@ fn decode_partition(
         }
         batches.push((location, max_timestamp_ms));
     }
+    // A partition whose batches retention removed has none located: it ends where it says.
     let located_end = batches.last().map_or_else(
-        || runs.last().map_or(Offset(0), |run| run.end_offset),
+        || runs.last().map_or(end_offset, |run| run.end_offset),
         |(last, _)| last.end_offset,
     );
     if located_end != end_offset {
@@ -718,7 +726,7 @@ mod tests {
                             },
                         ],
                     }],
-                    runs: vec![SealedRun::new(0, Offset(0), Offset(2), 10, 64, 1, [])],
+                    runs: vec![SealedRun::new(0, Offset(0), Offset(2), 10, 64, 1, 0, 120, [])],
                     batches: vec![(location(2, 4, 8192), 30), (location(4, 5, 20_480), 30)],
                 },
                 PartitionCheckpoint {

@@ -85,6 +85,11 @@ pub struct SealedRun {
     pub entries_position: u64,
     /// Its entries (batches).
     pub entry_count: u32,
+    /// The segment's generation the run is in (`SegmentHeader::generation`): retention
+    /// rewrites a segment under a new one, moving the run's entries but not its batches.
+    pub generation: u16,
+    /// Bytes of its batches, for `retention.bytes`.
+    pub size_bytes: u64,
     /// One per page when there is more than one page; empty otherwise.
     samples: Box<[Sample]>,
 }
@@ -94,6 +99,7 @@ impl SealedRun {
     /// `samples` are each page's (base offset, the segment's running maximum timestamp at
     /// the page's last batch), none when the entries fit in one page.
     #[must_use]
+    #[expect(clippy::too_many_arguments, reason = "a run's fields, as a checkpoint stores them")]
     pub fn new(
         segment_index: u64,
         base_offset: Offset,
@@ -101,6 +107,8 @@ impl SealedRun {
         running_max_timestamp_ms: i64,
         entries_position: u64,
         entry_count: u32,
+        generation: u16,
+        size_bytes: u64,
         samples: impl IntoIterator<Item = (Offset, i64)>,
     ) -> Self {
         SealedRun {
@@ -110,6 +118,8 @@ impl SealedRun {
             running_max_timestamp_ms,
             entries_position,
             entry_count,
+            generation,
+            size_bytes,
             samples: samples
                 .into_iter()
                 .map(|(base_offset, max_timestamp_ms)| Sample {
@@ -207,6 +217,8 @@ pub struct OffsetIndex {
     dense_batch_max_ms: Vec<i64>,
     /// For each dense batch, the largest record timestamp of it and all before it.
     dense_running_max_ms: Vec<i64>,
+    /// The end of the last batch retention removed: the end offset while no batch is left.
+    removed_end: Offset,
 }
 
 impl OffsetIndex {
@@ -335,6 +347,12 @@ impl OffsetIndex {
             running_max_timestamp_ms: *self.dense_running_max_ms.get(count - 1).expect("count > 0"),
             entries_position,
             entry_count: u32::try_from(count).expect("a segment holds fewer than 2^32 batches"),
+            // The log seals only segments it wrote; retention rewrites them later.
+            generation: 0,
+            size_bytes: locations
+                .iter()
+                .map(|location| u64::from(location.len_bytes))
+                .sum(),
             samples,
         };
         self.sealed.push(run);
@@ -362,6 +380,7 @@ impl OffsetIndex {
     pub fn push_sealed(
         &mut self,
         segment_index: u64,
+        generation: u16,
         entries_position: u64,
         entries: &[IndexEntry],
     ) {
@@ -401,6 +420,11 @@ impl OffsetIndex {
             entries_position,
             entry_count: u32::try_from(entries.len())
                 .expect("a segment holds fewer than 2^32 batches"),
+            generation,
+            size_bytes: entries
+                .iter()
+                .map(|entry| u64::from(entry.len_bytes))
+                .sum(),
             samples,
         });
     }
@@ -503,9 +527,14 @@ impl OffsetIndex {
     pub fn from_checkpoint(
         runs: &[SealedRun],
         dense: &[(BatchLocation, i64)],
+        end_offset: Offset,
     ) -> Result<Self, CheckpointError> {
         let mut index = OffsetIndex::new();
         index.sealed = runs.to_vec();
+        if runs.is_empty() && dense.is_empty() {
+            // Retention removed every batch: offsets go on from the end.
+            index.removed_end = end_offset;
+        }
         for (location, batch_max_ms) in dense {
             let follows = location.base_offset < location.end_offset
                 && location.base_offset == index.end_offset()
@@ -527,13 +556,58 @@ impl OffsetIndex {
         Ok(index)
     }
 
-    /// Offset just after the last durable batch.
+    /// Offset just after the last durable batch (after the last removed one when
+    /// retention left none).
     pub fn end_offset(&self) -> Offset {
         self.dense
             .last()
             .map(|batch| batch.end_offset)
             .or_else(|| self.sealed.last().map(|run| run.end_offset))
-            .unwrap_or(Offset(0))
+            .unwrap_or(self.removed_end)
+    }
+
+    /// Bytes of the durable batches, for `retention.bytes`.
+    pub fn size_bytes(&self) -> u64 {
+        self.sealed.iter().map(|run| run.size_bytes).sum::<u64>()
+            + self
+                .dense
+                .iter()
+                .map(|location| u64::from(location.len_bytes))
+                .sum::<u64>()
+    }
+
+    /// Retention removed segment `segment_index`'s batches of this partition, which must be
+    /// its first run: the partition's log now starts after them.
+    ///
+    /// # Panics
+    ///
+    /// If the first run is not in that segment: retention removes a partition's oldest
+    /// batches first, and only sealed ones.
+    pub fn remove_first_run(&mut self, segment_index: u64) {
+        let first = self.sealed.first().map(|run| run.segment_index);
+        assert_eq!(
+            first,
+            Some(segment_index),
+            "retention removes a partition's first run"
+        );
+        let run = self.sealed.remove(0);
+        self.removed_end = run.end_offset;
+    }
+
+    /// Retention rewrote segment `segment_index` as `generation`, keeping this partition's
+    /// run there whole: its entries now start at `entries_position` of the new index file.
+    /// Returns whether the partition had a run there.
+    pub fn relocate_run(&mut self, segment_index: u64, generation: u16, entries_position: u64) -> bool {
+        let Ok(at) = self
+            .sealed
+            .binary_search_by_key(&segment_index, |run| run.segment_index)
+        else {
+            return false;
+        };
+        let run = self.sealed.get_mut(at).expect("binary_search found it");
+        run.generation = generation;
+        run.entries_position = entries_position;
+        true
     }
 
     /// Durable batches, sealed and dense.
@@ -727,6 +801,7 @@ mod tests {
             for (placement, partition) in index.placements().iter().zip(&index.partitions) {
                 sealed.from_files[placement.partition_id.0 as usize].push_sealed(
                     *segment_index,
+                    0,
                     placement.entries_position,
                     &partition.entries,
                 );

@@ -58,6 +58,19 @@ impl ReadCache {
         (start + len_bytes <= group.bytes.len()).then(|| (group.bytes.clone(), start))
     }
 
+    /// Drops every group of segment `segment_index`: retention rewrote it, so its
+    /// positions now hold other bytes.
+    pub fn forget_segment(&mut self, segment_index: u64) {
+        let held_bytes = &mut self.held_bytes;
+        self.groups.retain(|group| {
+            let keep = group.at.segment_index != segment_index;
+            if !keep {
+                *held_bytes -= group.bytes.len();
+            }
+            keep
+        });
+    }
+
     /// Bytes held.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes

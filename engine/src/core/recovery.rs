@@ -944,6 +944,7 @@ mod tests {
                     shard_count: 1,
                     segment_index: index as u64,
                     segment_size_bytes: self.segment_size_bytes,
+                    generation: 0,
                 };
                 header.encode(&mut segment);
             }

@@ -43,6 +43,10 @@ pub struct SegmentHeader {
     /// The file's preallocated size: a multiple of the block size within
     /// `SEGMENT_SIZE_BYTES_MIN..=SEGMENT_SIZE_BYTES_MAX`.
     pub segment_size_bytes: u64,
+    /// How many times retention rewrote the segment without the batches it removed: 0 for
+    /// a segment as the log wrote it. Its index file carries the same number, so an index
+    /// of an earlier generation is never taken for this one's.
+    pub generation: u16,
 }
 
 /// Why block 0 of a segment is not a valid header. From disk, so returned, never asserted.
@@ -68,9 +72,6 @@ pub enum SegmentHeaderError {
     /// The bytes do not match `header_crc`.
     #[error("segment header checksum {actual:#010x} does not match header {expected:#010x}")]
     ChecksumMismatch { expected: u32, actual: u32 },
-    /// The reserved field is not 0.
-    #[error("segment header reserved field is {actual:#06x}, not 0")]
-    ReservedNotZero { actual: u16 },
     /// `shard_id` is not below `shard_count` (which is then also caught when 0).
     #[error("shard {shard_id} is not below the shard count {shard_count}")]
     ShardOutOfRange { shard_id: u16, shard_count: u16 },
@@ -130,7 +131,7 @@ impl SegmentHeader {
         put(&SEGMENT_FORMAT_VERSION.to_le_bytes());
         put(&self.shard_id.0.to_le_bytes());
         put(&self.shard_count.to_le_bytes());
-        put(&0_u16.to_le_bytes()); // reserved
+        put(&self.generation.to_le_bytes());
         put(&self.segment_index.to_le_bytes());
         put(&self.segment_size_bytes.to_le_bytes());
         assert_eq!(cursor, FIELDS_SIZE_BYTES, "every header field was written");
@@ -194,13 +195,10 @@ impl SegmentHeader {
         }
         let shard_id = u16::from_le_bytes(read(&mut rest));
         let shard_count = u16::from_le_bytes(read(&mut rest));
-        let reserved = u16::from_le_bytes(read(&mut rest));
+        let generation = u16::from_le_bytes(read(&mut rest));
         let segment_index = u64::from_le_bytes(read(&mut rest));
         let segment_size_bytes = u64::from_le_bytes(read(&mut rest));
         debug_assert!(rest.is_empty(), "every header field was read");
-        if reserved != 0 {
-            return Err(SegmentHeaderError::ReservedNotZero { actual: reserved });
-        }
         if shard_id >= shard_count {
             return Err(SegmentHeaderError::ShardOutOfRange {
                 shard_id,
@@ -220,6 +218,7 @@ impl SegmentHeader {
             shard_count,
             segment_index,
             segment_size_bytes,
+            generation,
         })
     }
 }
@@ -254,6 +253,7 @@ mod tests {
             shard_count: 2,
             segment_index: 42,
             segment_size_bytes: SEGMENT_SIZE_BYTES_MIN * 4,
+            generation: 0,
         }
     }
 
@@ -287,6 +287,7 @@ mod tests {
                 shard_count,
                 segment_index,
                 segment_size_bytes: block_count * 4096,
+                generation: 0,
             };
             let block = encoded(&header);
             prop_assert_eq!(&block[..4], b"CAIR");
@@ -360,11 +361,6 @@ mod tests {
                     expected: expected_crc,
                     actual: crc32fast::hash(&flipped[..32]),
                 },
-            ),
-            (
-                "reserved",
-                patched(14, &1_u16.to_le_bytes()),
-                SegmentHeaderError::ReservedNotZero { actual: 1 },
             ),
             (
                 "shard id",

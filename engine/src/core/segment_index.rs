@@ -283,7 +283,7 @@ impl SegmentIndex {
         bytes.extend_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
         bytes.extend_from_slice(&self.segment.shard_id.0.to_le_bytes());
         bytes.extend_from_slice(&self.segment.shard_count.to_le_bytes());
-        bytes.extend_from_slice(&0u16.to_le_bytes());
+        bytes.extend_from_slice(&self.segment.generation.to_le_bytes());
         bytes.extend_from_slice(&self.segment.segment_index.to_le_bytes());
         bytes.extend_from_slice(&self.segment.segment_size_bytes.to_le_bytes());
         bytes.extend_from_slice(&self.data_end_position.to_le_bytes());
@@ -399,6 +399,11 @@ impl SegmentIndex {
                 segment.segment_size_bytes,
                 read_u64(header, 24),
             ),
+            (
+                "segment generation",
+                u64::from(segment.generation),
+                u64::from(read_u16(header, 14)),
+            ),
         ];
         for (field, expected, actual) in identity {
             if expected != actual {
@@ -409,8 +414,7 @@ impl SegmentIndex {
                 });
             }
         }
-        let reserved_zero = read_u16(header, 14) == 0
-            && header
+        let reserved_zero = header
                 .get(48..HEADER_CRC_POSITION)
                 .is_some_and(|reserved| reserved.iter().all(|byte| *byte == 0));
         if !reserved_zero {
@@ -701,6 +705,7 @@ pub(crate) fn test_segment(segment_index: u64) -> SegmentHeader {
         shard_count: 2,
         segment_index,
         segment_size_bytes: 64 * 4096,
+        generation: 0,
     }
 }
 
@@ -822,6 +827,7 @@ mod tests {
         );
         let resized = SegmentHeader {
             segment_size_bytes: 128 * 4096,
+            generation: 0,
             ..test_segment(7)
         };
         assert!(matches!(

@@ -26,7 +26,9 @@ use hashbrown::HashMap;
 
 use crate::core::checkpoint::{Checkpoint, CheckpointError, CheckpointWriter, PartitionCheckpoint};
 use crate::core::limits::{BLOCK_SIZE_BYTES, SEGMENT_SIZE_BYTES_FIRST};
-use crate::core::offset_index::{BatchLocation, Found, OffsetIndex, OffsetIndexMemory, page_find};
+use crate::core::offset_index::{
+    BatchLocation, Found, OffsetIndex, OffsetIndexMemory, SealedRun, page_find,
+};
 use crate::core::partition::{PartitionState, Refusal};
 use crate::core::read_cache::ReadCache;
 use crate::core::record::{BatchMeta, encode_batch};
@@ -311,6 +313,21 @@ pub struct ShardLogStats {
 
 /// A checkpoint `ShardLog::capture_checkpoint` took: its file bytes and the end of the
 /// log it covers (its file name).
+/// One step of retention: segment `segment_index` is rewritten without the runs of
+/// `removed` (their oldest batches, all expired), keeping the runs of `kept` whole, under
+/// the next generation (`ShardLog::plan_retention`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionPlan {
+    /// The sealed segment to rewrite.
+    pub segment_index: u64,
+    /// Its generation now; the rewrite is `generation + 1`.
+    pub generation: u16,
+    /// Partitions whose run in the segment goes, by id.
+    pub removed: Vec<PartitionId>,
+    /// Partitions whose run in the segment stays, by id.
+    pub kept: Vec<PartitionId>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CapturedCheckpoint {
     /// The file's bytes (`core::checkpoint`).
@@ -343,7 +360,11 @@ impl RecoveredPartition {
     pub fn from_checkpoint(checkpoint: &PartitionCheckpoint) -> Result<Self, CheckpointError> {
         Ok(RecoveredPartition {
             state: PartitionState::from_checkpoint(checkpoint)?,
-            synced_batches: OffsetIndex::from_checkpoint(&checkpoint.runs, &checkpoint.batches)?,
+            synced_batches: OffsetIndex::from_checkpoint(
+                &checkpoint.runs,
+                &checkpoint.batches,
+                Offset(checkpoint.end_offset.0),
+            )?,
         })
     }
 }
@@ -1217,6 +1238,100 @@ impl ShardLog {
         Some(Ok(ReadSource::Staged(bytes)))
     }
 
+    /// The next retention step, if any partition's policy lets a batch go now (`now_ms`,
+    /// the wall clock): the oldest sealed segment before `bound` (the first segment a kept
+    /// checkpoint does not cover: a rewrite must never touch what a recovery from any
+    /// checkpoint would scan) that holds a removable run.
+    ///
+    /// A partition's batches go oldest first, a whole run (its batches in one segment) at a
+    /// time: by age once the run's newest record is older than `retention.ms`, by size
+    /// while the partition would still hold `retention.bytes` without it. A run is whole
+    /// or gone, so a partition keeps at most one segment's worth more than its limits say.
+    pub fn plan_retention(&self, now_ms: i64, bound: u64) -> Option<RetentionPlan> {
+        if self.poisoned.is_some() {
+            return None;
+        }
+        // Segments whose index is still pending hold dense batches: nothing there or after
+        // it is touched until it is sealed.
+        let bound = self
+            .index_pending
+            .front()
+            .map_or(bound, |pending| bound.min(*pending))
+            .min(self.current_index);
+        let removable_first = |log: &PartitionLog| -> Option<u64> {
+            let run = log.synced_batches.sealed_runs().first()?;
+            (run.segment_index < bound && removable(log, run, now_ms)).then_some(run.segment_index)
+        };
+        let segment_index = self
+            .partitions
+            .values()
+            .filter_map(removable_first)
+            .min()?;
+        let mut removed = Vec::new();
+        let mut kept = Vec::new();
+        let mut generation = None;
+        for (id, log) in &self.partitions {
+            let Some(run) = log
+                .synced_batches
+                .sealed_runs()
+                .iter()
+                .find(|run| run.segment_index == segment_index)
+            else {
+                continue;
+            };
+            generation = Some(run.generation);
+            if removable_first(log) == Some(segment_index) {
+                removed.push(*id);
+            } else {
+                kept.push(*id);
+            }
+        }
+        removed.sort_unstable();
+        kept.sort_unstable();
+        let generation = generation.expect("the segment holds a removable run");
+        // A segment rewritten 65535 times keeps its last generation's batches.
+        generation.checked_add(1)?;
+        Some(RetentionPlan {
+            segment_index,
+            generation,
+            removed,
+            kept,
+        })
+    }
+
+    /// Retention rewrote `plan`'s segment as generation `plan.generation + 1`, durably,
+    /// with the kept partitions' entries at `placements` of its new index file: the removed
+    /// runs leave the offset index (their partitions' log start moves past them), the kept
+    /// ones point into the new file, and cached groups of the old file are dropped.
+    ///
+    /// # Panics
+    ///
+    /// If a kept partition has no placement, or a removed run is not its partition's
+    /// first: the shell reports on the plan it was given.
+    pub fn handle_rewritten(&mut self, plan: &RetentionPlan, placements: &[PartitionPlacement]) {
+        let generation = plan.generation + 1;
+        for id in &plan.removed {
+            if let Some(log) = self.partitions.get_mut(id) {
+                log.synced_batches.remove_first_run(plan.segment_index);
+            }
+        }
+        for id in &plan.kept {
+            let placement = placements
+                .iter()
+                .find(|placement| placement.partition_id == *id)
+                .expect("a kept run has a place in the rewritten index");
+            if let Some(log) = self.partitions.get_mut(id) {
+                let moved = log.synced_batches.relocate_run(
+                    plan.segment_index,
+                    generation,
+                    placement.entries_position,
+                );
+                assert!(moved, "a kept run is in the rewritten segment");
+            }
+        }
+        self.read_cache.forget_segment(plan.segment_index);
+    }
+
     /// Where a durable batch can be read: the read cache if it still holds its group.
     pub fn durable_source(&self, location: BatchLocation) -> ReadSource {
         let len_bytes = location.len_bytes as usize;
@@ -1241,6 +1356,22 @@ impl ShardLog {
             .expect("a group is in flight when the shell reports on one");
         in_flight_check(in_flight, sequence);
     }
+}
+
+/// Whether `run`, the partition's first, may go under its policy at `now_ms`.
+fn removable(log: &PartitionLog, run: &SealedRun, now_ms: i64) -> bool {
+    let policy = log.retention;
+    let by_age = policy.ms.is_some_and(|ms| {
+        let cutoff = now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX));
+        run.running_max_timestamp_ms < cutoff
+    });
+    let by_size = policy.bytes.is_some_and(|bytes| {
+        log.synced_batches
+            .size_bytes()
+            .checked_sub(run.size_bytes)
+            .is_some_and(|without| without >= bytes)
+    });
+    by_age || by_size
 }
 
 fn in_flight_check(in_flight: &InFlight, sequence: u64) {

@@ -29,6 +29,11 @@ pub struct EngineConfig {
     /// Log bytes written between two checkpoints of a shard's state (docs/DESIGN.md §3.7):
     /// what a restart scans at most after loading the newest one. 0: no checkpoints.
     pub checkpoint_interval_bytes: u64,
+    /// How often each shard looks for what retention may remove.
+    pub retention_check_interval: std::time::Duration,
+    /// Bytes per second a shard's retention copies at most (reads and writes each), so
+    /// that rewriting segments does not move append latency. 0: no limit.
+    pub retention_bytes_per_second: u64,
     /// Test-only fault injection; `None` in production.
     pub fault_hook: Option<FaultHook>,
     /// What opening a shard does about damage a crash cannot explain (FORMAT.md, "Torn
@@ -40,7 +45,8 @@ pub struct EngineConfig {
 
 impl EngineConfig {
     /// Defaults: 256 MiB segments, 4 MiB groups, 64 Ki waiting appends, 64 MiB read cache,
-    /// a checkpoint every 128 MiB of log.
+    /// a checkpoint every 128 MiB of log, retention looked at every 30 s and copying at
+    /// most 64 MiB/s.
     pub fn new(data_dir: impl Into<PathBuf>, shard_count: u16) -> Self {
         EngineConfig {
             data_dir: data_dir.into(),
@@ -50,6 +56,8 @@ impl EngineConfig {
             pending_append_count_max: 65_536,
             read_cache_bytes_max: 64 * 1024 * 1024,
             checkpoint_interval_bytes: 128 * 1024 * 1024,
+            retention_check_interval: std::time::Duration::from_secs(30),
+            retention_bytes_per_second: 64 * 1024 * 1024,
             fault_hook: None,
             repair_damage: false,
         }

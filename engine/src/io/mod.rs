@@ -16,6 +16,7 @@ pub mod fault;
 pub(crate) mod group_commit;
 pub mod index_file;
 pub mod reads;
+pub(crate) mod retention;
 pub mod recovery;
 pub mod segment;
 pub mod shard;

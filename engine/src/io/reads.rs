@@ -123,6 +123,17 @@ fn readable(state: &ShardState, partition: PartitionId) -> Result<(), ReadError>
     }
 }
 
+/// Refuses an offset below the partition's log start: retention removed it.
+fn kept(state: &ShardState, partition: PartitionId, offset: Offset) -> Result<(), ReadError> {
+    match state.log.log_start(partition) {
+        Some(log_start) if offset < log_start => Err(ReadError::BeforeLogStart {
+            requested: offset.0,
+            log_start: log_start.0,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A verified index page that does not hold what its summary promised: our bug or a file
 /// changed under us; refused, never answered wrongly.
 fn page_misses(page: &IndexPage, reason: &str) -> ReadError {
@@ -168,9 +179,42 @@ impl Shard {
         from: Offset,
         max_bytes: usize,
     ) -> Result<Fetched, ReadError> {
+        self.across_rewrites(async || self.fetch_once(partition, from, max_bytes).await)
+            .await
+    }
+
+    /// Runs `read` again when it failed because retention rewrote a segment under it (its
+    /// locations named the old file, or the old file's places in the new one): such a
+    /// read fails verification, never answers wrongly, and planned again it finds the
+    /// batches where they are now. A failure with no rewrite in between is returned.
+    async fn across_rewrites<T>(
+        &self,
+        mut read: impl AsyncFnMut() -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
+        let mut attempts = 0;
+        loop {
+            let epoch = self.state.borrow().rewrite_epoch;
+            match read().await {
+                Err(ReadError::Storage(_))
+                    if attempts < 3 && self.state.borrow().rewrite_epoch != epoch =>
+                {
+                    attempts += 1;
+                }
+                answered => return answered,
+            }
+        }
+    }
+
+    async fn fetch_once(
+        &self,
+        partition: PartitionId,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<Fetched, ReadError> {
         let (plan, synced_end) = {
             let state = self.state.borrow();
             readable(&state, partition)?;
+            kept(&state, partition, from)?;
             state
                 .log
                 .fetch_locations(partition, from, max_bytes)
@@ -213,6 +257,15 @@ impl Shard {
     /// producer sets them); this still finds the earliest offset, with one binary search
     /// over the offset index and one batch read.
     pub async fn offset_for_timestamp(
+        &self,
+        partition: PartitionId,
+        timestamp_ms: i64,
+    ) -> Result<Option<(Offset, i64)>, ReadError> {
+        self.across_rewrites(async || self.offset_for_timestamp_once(partition, timestamp_ms).await)
+            .await
+    }
+
+    async fn offset_for_timestamp_once(
         &self,
         partition: PartitionId,
         timestamp_ms: i64,
@@ -360,6 +413,11 @@ impl Shard {
             {
                 break;
             }
+            // Retention removed the older records: the history kept ends here.
+            let log_start = self.state.borrow().log.log_start(partition);
+            if !history.is_empty() && log_start.is_some_and(|start| offset < start) {
+                break;
+            }
             // Only the first record can be another key's (from `from`): the rest are reached
             // by the key's own back-pointers.
             let key_expected = history.is_empty().then_some(key);
@@ -380,8 +438,22 @@ impl Shard {
     }
 
     /// The record at `offset`; with `key_expected`, `NotKeyRecord` unless it is a record of
-    /// that key (a null key is no key's, not even the empty one's).
+    /// that key (a null key is no key's, not even the empty one's). Below the log start,
+    /// `BeforeLogStart`: retention removed it.
     async fn read_record_of(
+        &self,
+        partition: PartitionId,
+        offset: Offset,
+        key_expected: Option<&[u8]>,
+    ) -> Result<OwnedRecord, ReadError> {
+        self.across_rewrites(async || {
+            self.read_record_once(partition, offset, key_expected)
+                .await
+        })
+        .await
+    }
+
+    async fn read_record_once(
         &self,
         partition: PartitionId,
         offset: Offset,
@@ -390,6 +462,7 @@ impl Shard {
         let source = {
             let state = self.state.borrow();
             readable(&state, partition)?;
+            kept(&state, partition, offset)?;
             state
                 .log
                 .read_source(partition, offset)
@@ -440,13 +513,15 @@ impl Shard {
     /// Reads and verifies a page of a sealed segment's index file: it must be the page
     /// the partition's summary points at (`decode_page`), else a storage error.
     async fn read_index_page(&self, page: &IndexPage) -> Result<Vec<IndexEntry>, ReadError> {
+        // Gone only if retention rewrote the segment since the page was planned: the
+        // caller plans again (`across_rewrites`).
         let file = self
             .state
             .borrow()
             .index_files
             .get(&page.segment_index)
             .cloned()
-            .expect("a sealed run's index file is open");
+            .ok_or_else(|| page_misses(page, "its index file is no longer open"))?;
         let bytes = file.read_page(page).await.map_err(ReadError::Storage)?;
         decode_page(&bytes, page).map_err(|error| {
             ReadError::Storage(StorageError {
@@ -510,7 +585,14 @@ impl Shard {
             .segments
             .get(&location.segment_index)
             .cloned()
-            .expect("every indexed batch lies in an open segment");
+            .ok_or_else(|| {
+                ReadError::Storage(StorageError {
+                    operation: "read",
+                    path: std::path::PathBuf::new(),
+                    errno: None,
+                    message: format!("segment {} is no longer open", location.segment_index),
+                })
+            })?;
         let read = segment
             .read(location.position, location.len_bytes as usize)
             .await

@@ -187,6 +187,7 @@ pub(crate) async fn recover_segments(
                 let segment = Rc::new(segment);
                 segments.insert(index, segment.clone());
                 if checkpoint_sealed.contains(&index) {
+                    reconcile_rewritten(shard_dir, &segment, partitions, config).await?;
                     let file = IndexFile::open(shard_dir, index).await.map_err(|error| {
                         checkpoint_mismatch(&path, &format!("its index file: {error}"))
                     })?;
@@ -225,6 +226,11 @@ pub(crate) async fn recover_segments(
             _ => None,
         };
         let segment = match SegmentFile::open_existing(&path, &expected).await {
+            Ok(Some(segment)) if segment.header().generation > 0 && resume_end.is_none() => {
+                // A scan from here would take the rewritten segment's gaps for the log's
+                // end, and cannot know what its removed batches left behind.
+                return Err(OpenError::CheckpointRequired { path });
+            }
             Ok(Some(segment)) => segment,
             Ok(None) if resume_end.is_some() => {
                 return Err(checkpoint_mismatch(
@@ -414,6 +420,173 @@ pub(crate) async fn recover_segments(
         repair: report,
         checkpoint: None,
     })
+}
+
+/// Makes the checkpoint's summaries of `segment`, which it covers as sealed, agree with
+/// the generation on disk. The same generation: nothing to do. A later one (retention
+/// rewrote the segment after the capture): each run is in the new index with the same
+/// offsets and batch count (entries moved) or gone, and gone only as its partition's
+/// first run; the index is rebuilt from the segment if the crash came between the
+/// segment's rename and its index's. Anything else means the checkpoint does not
+/// describe this log.
+async fn reconcile_rewritten(
+    shard_dir: &Path,
+    segment: &SegmentFile,
+    partitions: &mut HashMap<PartitionId, RecoveredPartition>,
+    config: &EngineConfig,
+) -> Result<(), OpenError> {
+    let index = segment.index();
+    let header = *segment.header();
+    let path = segment.path().to_owned();
+    let mut checkpoint_generation = None;
+    for partition in partitions.values() {
+        let batches = &partition.synced_batches;
+        if let Some(run) = batches
+            .sealed_runs()
+            .iter()
+            .find(|run| run.segment_index == index)
+        {
+            if checkpoint_generation.is_some_and(|generation| generation != run.generation) {
+                return Err(checkpoint_mismatch(&path, "its runs name two generations"));
+            }
+            checkpoint_generation = Some(run.generation);
+        }
+        if header.generation > 0
+            && batches
+                .dense_batches()
+                .iter()
+                .any(|batch| batch.segment_index == index)
+        {
+            return Err(checkpoint_mismatch(
+                &path,
+                "it holds unsealed batches of a rewritten segment",
+            ));
+        }
+    }
+    let Some(checkpoint_generation) = checkpoint_generation else {
+        return Ok(());
+    };
+    if header.generation == checkpoint_generation {
+        return Ok(());
+    }
+    if header.generation < checkpoint_generation {
+        return Err(checkpoint_mismatch(
+            &path,
+            "it names a later generation of the segment than the disk holds",
+        ));
+    }
+    let index_path = shard_dir.join(crate::io::index_file::index_file_name(index));
+    let decoded = crate::io::index_file::read_index_file(&index_path)?
+        .and_then(|bytes| SegmentIndex::decode(&bytes, &header).ok());
+    let on_disk = match decoded {
+        Some(on_disk) => on_disk,
+        None => {
+            tracing::warn!(path = %index_path.display(), "index of a rewritten segment missing or of another generation: rebuilt");
+            let rebuilt = rebuild_rewritten_index(segment).await?;
+            write_index_file(shard_dir, index, &rebuilt.encode(), config.fault_hook.as_ref())
+                .await?;
+            rebuilt
+        }
+    };
+    let placements = on_disk.placements();
+    let mut ids: Vec<PartitionId> = partitions.keys().copied().collect();
+    ids.sort_unstable();
+    for id in ids {
+        let batches = &mut partitions
+            .get_mut(&id)
+            .expect("ids are the map's")
+            .synced_batches;
+        let Some(run) = batches
+            .sealed_runs()
+            .iter()
+            .find(|run| run.segment_index == index)
+            .cloned()
+        else {
+            continue;
+        };
+        let row = on_disk
+            .partitions
+            .iter()
+            .zip(&placements)
+            .find(|(partition, _)| partition.partition_id == id);
+        match row {
+            Some((partition, placement)) => {
+                let same = partition.entries.first().map(|entry| entry.base_offset)
+                    == Some(run.base_offset)
+                    && partition.entries.last().map(|entry| entry.end_offset())
+                        == Some(run.end_offset)
+                    && placement.entry_count == run.entry_count;
+                if !same {
+                    return Err(checkpoint_mismatch(&path, "a kept run changed in the rewrite"));
+                }
+                batches.relocate_run(index, header.generation, placement.entries_position);
+            }
+            None => {
+                if batches.sealed_runs().first().map(|first| first.segment_index) != Some(index) {
+                    return Err(checkpoint_mismatch(
+                        &path,
+                        "a run removed by retention was not its partition's oldest",
+                    ));
+                }
+                batches.remove_first_run(index);
+            }
+        }
+    }
+    if on_disk
+        .partitions
+        .iter()
+        .any(|partition| !partitions.contains_key(&partition.partition_id))
+    {
+        return Err(checkpoint_mismatch(&path, "the rewrite holds a partition it does not"));
+    }
+    Ok(())
+}
+
+/// The index of a segment retention rewrote, from its bytes: its batches lie back to
+/// back from the first data block (the file was written whole, so nothing torn or stale
+/// follows them) and each must verify.
+async fn rebuild_rewritten_index(segment: &SegmentFile) -> Result<SegmentIndex, OpenError> {
+    let mut builder = SegmentIndexBuilder::new();
+    let mut position = DATA_START;
+    loop {
+        // Magic and length lie in the first 16 bytes of both batch versions.
+        if position + 16 > segment.size_bytes() {
+            break;
+        }
+        let head = segment.read(position, 16).await?;
+        let word = |at: usize| {
+            head.get(at..at + 4)
+                .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+                .map(u32::from_le_bytes)
+        };
+        if word(0) != Some(crate::core::record::BATCH_MAGIC) {
+            break;
+        }
+        let Some(len_bytes) = word(12).map(|len| len as usize) else {
+            break;
+        };
+        if len_bytes == 0 || len_bytes > BATCH_SIZE_BYTES_MAX {
+            return Err(OpenError::Storage(StorageError {
+                operation: "verify",
+                path: segment.path().to_owned(),
+                errno: None,
+                message: format!("a rewritten segment's batch at {position} has length {len_bytes}"),
+            }));
+        }
+        if position + len_bytes as u64 > segment.size_bytes() {
+            break;
+        }
+        let bytes = segment.read(position, len_bytes).await?;
+        let batch = decode_batch(&bytes)
+            .map_err(|error| StorageError::corrupt(segment.path(), position, error))?;
+        builder.push(
+            batch.partition_id(),
+            &BatchLocation::of(segment.index(), position, &batch),
+            batch.max_record_timestamp_ms(),
+        );
+        position += len_bytes as u64;
+    }
+    Ok(builder.finish(*segment.header()))
 }
 
 /// Recovers one shard: from its newest usable checkpoint and the log after it, else from

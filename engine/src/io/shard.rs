@@ -159,6 +159,8 @@ pub struct Shard {
     pub(crate) state: Rc<RefCell<ShardState>>,
     events: ShardEvents,
     committer: RefCell<Option<glommio::Task<()>>>,
+    /// The retention task and the flag that stops it (also mid-copy, on its thread).
+    retention: RefCell<Option<(glommio::Task<()>, std::sync::Arc<std::sync::atomic::AtomicBool>)>>,
     repair: Option<RepairReport>,
     recovered_from: Option<PathBuf>,
 }
@@ -294,6 +296,7 @@ impl Shard {
             checkpoint_due_bytes: config.checkpoint_interval_bytes,
             checkpoint_writing: false,
             checkpoint_task: None,
+            rewrite_epoch: 0,
             config,
             stats: std::sync::Arc::default(),
         };
@@ -303,10 +306,16 @@ impl Shard {
         // Sealed segments whose index file recovery could not write are tried again now.
         group_commit::start_index_write(&state);
         let committer = glommio::spawn_local(group_commit::run(state.clone(), events.clone()));
+        let retention_closing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let retention = glommio::spawn_local(crate::io::retention::run(
+            state.clone(),
+            retention_closing.clone(),
+        ));
         Ok(Shard {
             state,
             events,
             committer: RefCell::new(Some(committer)),
+            retention: RefCell::new(Some((retention, retention_closing))),
             repair,
             recovered_from,
         })
@@ -629,6 +638,11 @@ impl Shard {
         self.state.borrow_mut().closing = true;
         self.events.group_ready.notify();
         self.events.room.notify();
+        let retention = self.retention.borrow_mut().take();
+        if let Some((retention, closing)) = retention {
+            closing.store(true, std::sync::atomic::Ordering::Relaxed);
+            retention.await;
+        }
         let committer = self.committer.borrow_mut().take();
         if let Some(committer) = committer {
             committer.await;

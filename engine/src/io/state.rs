@@ -179,6 +179,8 @@ pub(crate) struct ShardState {
     /// The task installing the latest checkpoint; closing the shard waits for it, so no
     /// install is cut off by the executor ending.
     pub(crate) checkpoint_task: Option<glommio::Task<()>>,
+    /// Counts retention's rewrites: a read that fails while it changed plans again.
+    pub(crate) rewrite_epoch: u64,
     /// What the metrics endpoint reads (written only here).
     pub(crate) stats: std::sync::Arc<crate::io::stats::ShardIoStats>,
 }
@@ -215,5 +217,6 @@ pub(crate) fn segment_header(
         shard_count: config.shard_count,
         segment_index: index,
         segment_size_bytes: config.segment_size_bytes,
+        generation: 0,
     }
 }

@@ -134,12 +134,25 @@ pub struct ShardIoStats {
     pub checkpoint_capture_us: Log2Histogram,
     /// Time from capture until the checkpoint was installed (µs), in the background.
     pub checkpoint_install_us: Log2Histogram,
+    /// Segments retention rewrote without the batches it removed.
+    pub retention_rewrites: AtomicU64,
+    /// Retention steps that failed (nothing changed; tried again later).
+    pub retention_failures: AtomicU64,
+    /// Bytes of kept batches retention copied into rewritten segments.
+    pub retention_copied_bytes: AtomicU64,
+    /// Bytes of batches retention removed.
+    pub retention_removed_bytes: AtomicU64,
 }
 
 impl ShardIoStats {
     /// Adds one to `counter`.
     pub fn count(counter: &AtomicU64) {
         single_writer_add(counter, 1);
+    }
+
+    /// Adds `amount` to `counter`.
+    pub fn add(counter: &AtomicU64, amount: u64) {
+        single_writer_add(counter, amount);
     }
 
     /// Reads `counter`.

@@ -856,6 +856,7 @@ fn sim_segment_header(segment_index: u64, segment_size_bytes: u64) -> SegmentHea
         shard_count: 1,
         segment_index,
         segment_size_bytes,
+        generation: 0,
     }
 }
 

@@ -1,0 +1,225 @@
+//! Retention on a real disk (docs/DESIGN.md, "Retention"): a partition whose policy lets
+//! its oldest batches go loses exactly those, below a log start that moves forward and is
+//! answered as `BeforeLogStart`; a partition that keeps everything, sharing the same
+//! segments, keeps every record byte for byte through the rewrites; keys whose records
+//! were removed still exist for conditions; and all of it survives a restart from either
+//! checkpoint, while a log without usable checkpoints refuses to open rather than scan.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cairn_engine::io::stats::ShardIoStats;
+use cairn_engine::{
+    AppendOutcome, EngineConfig, KeyCondition, Offset, OpenError, PartitionId, ReadError,
+    RecordInput, RetentionPolicy, Shard, ShardId,
+};
+
+use crate::support::engine::{open_engine, run_local, test_config};
+
+/// Records written to each partition.
+const RECORD_COUNT: u64 = 3_000;
+const VALUE_BYTES: usize = 1_500;
+/// What the short partition keeps: about one test segment and a half.
+const SHORT_RETENTION_BYTES: u64 = 3 * 1024 * 1024;
+
+fn config(dir: &Path) -> EngineConfig {
+    let mut config = test_config(dir);
+    config.checkpoint_interval_bytes = 256 * 1024;
+    config.retention_check_interval = Duration::from_millis(20);
+    config.retention_bytes_per_second = 0;
+    config
+}
+
+fn value(partition: &str, index: u64) -> Vec<u8> {
+    let mut value = format!("{partition}-{index}-").into_bytes();
+    value.resize(VALUE_BYTES, b'a' + (index % 26) as u8);
+    value
+}
+
+/// Every record of `partition` from `from` to its end: (offset, key, value).
+async fn read_all(shard: &Shard, partition: PartitionId, from: Offset) -> Vec<(u64, Vec<u8>, Vec<u8>)> {
+    let mut records = Vec::new();
+    let mut next = from;
+    loop {
+        let fetched = shard.fetch(partition, next, 256 * 1024).await.unwrap();
+        if fetched.batches.is_empty() {
+            return records;
+        }
+        for record in fetched.records() {
+            records.push((record.offset.0, record.key.to_vec(), record.value.to_vec()));
+            next = record.offset.plus(1);
+        }
+    }
+}
+
+/// What a reader sees after retention ran: checked after the rewrites, again after a
+/// restart from the newest checkpoint, and again from the older one.
+async fn check_retained(shard: &Shard, keep: PartitionId, short: PartitionId) -> Offset {
+    let kept = read_all(shard, keep, Offset(0)).await;
+    assert_eq!(kept.len() as u64, RECORD_COUNT, "the forever partition lost records");
+    for (index, (offset, key, record_value)) in kept.iter().enumerate() {
+        assert_eq!(*offset, index as u64);
+        assert_eq!(key, &format!("keep-{}", index % 10).into_bytes());
+        assert_eq!(record_value, &value("keep", index as u64), "record {index} changed");
+    }
+
+    let log_start = shard.log_start(short).unwrap();
+    assert!(log_start > Offset(0), "retention removed nothing");
+    match shard.fetch(short, Offset(0), 1024).await {
+        Err(ReadError::BeforeLogStart {
+            requested: 0,
+            log_start: answered,
+        }) => assert_eq!(answered, log_start.0),
+        other => panic!("a fetch below the log start answered {:?}", other.map(|f| f.batches.len())),
+    }
+    let short_records = read_all(shard, short, log_start).await;
+    let first = log_start.0;
+    assert_eq!(short_records.len() as u64, RECORD_COUNT - first);
+    for (offset, _, record_value) in &short_records {
+        assert_eq!(record_value, &value("short", *offset));
+    }
+    // A one-record batch of these is its value, its key and 95 bytes of headers.
+    let short_bytes = (RECORD_COUNT - first) * (VALUE_BYTES as u64 + 95 + 7);
+    assert!(
+        short_bytes >= SHORT_RETENTION_BYTES,
+        "retention removed more than the policy allows: {short_bytes} bytes kept"
+    );
+
+    // "old" was written only at the start: its records are gone, the key is not.
+    let removed_key = b"old".as_slice();
+    match shard.read_key(short, removed_key, false).await {
+        Err(ReadError::BeforeLogStart { requested, .. }) => assert_eq!(requested, 0),
+        other => panic!("reading a removed key's latest record answered {other:?}"),
+    }
+    let no_key = [RecordInput {
+        key: removed_key,
+        value: b"again",
+        condition: KeyCondition::NoKey,
+        ..RecordInput::default()
+    }];
+    let outcome = shard.append(short, None, &no_key).await.unwrap();
+    assert!(
+        matches!(outcome, AppendOutcome::ConditionFailed(_)),
+        "no_key passed for a key whose records retention removed: {outcome:?}"
+    );
+    // The history of a key whose oldest records went ends at the log start.
+    let history = shard
+        .key_history(short, b"short-0", None, usize::MAX, usize::MAX)
+        .await
+        .unwrap();
+    assert!(history.iter().all(|record| record.offset >= log_start));
+    assert!(!history.is_empty());
+    log_start
+}
+
+#[test]
+fn retention_removes_a_partitions_oldest_batches_and_copies_its_neighbours_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_owned();
+    let (keep, short, log_start) = run_local({
+        let data_dir = data_dir.clone();
+        move || async move {
+            let engine = open_engine(config(&data_dir));
+            let shard = engine.open_shard(ShardId(0)).await.unwrap();
+            let keep = shard.create_topic("keep", 1).unwrap().partition_id(0).unwrap();
+            let short = shard.create_topic("short", 1).unwrap().partition_id(0).unwrap();
+            shard.set_partition_retention(
+                short,
+                RetentionPolicy {
+                    ms: None,
+                    bytes: Some(SHORT_RETENTION_BYTES),
+                },
+            );
+            let old = [RecordInput {
+                key: b"old",
+                value: b"only at the start",
+                condition: KeyCondition::NoKey,
+                ..RecordInput::default()
+            }];
+            shard.append(short, None, &old).await.unwrap();
+            for index in 0..RECORD_COUNT {
+                let keep_value = value("keep", index);
+                let keep_key = format!("keep-{}", index % 10).into_bytes();
+                let records = [RecordInput {
+                    key: &keep_key,
+                    value: &keep_value,
+                    ..RecordInput::default()
+                }];
+                shard.append(keep, None, &records).await.unwrap();
+                if index + 1 < RECORD_COUNT {
+                    let short_value = value("short", index + 1);
+                    let short_key = format!("short-{}", index % 10).into_bytes();
+                    let records = [RecordInput {
+                        key: &short_key,
+                        value: &short_value,
+                        ..RecordInput::default()
+                    }];
+                    shard.append(short, None, &records).await.unwrap();
+                }
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while ShardIoStats::load(&shard.io_stats().retention_rewrites) < 2 {
+                assert!(Instant::now() < deadline, "retention never rewrote a segment");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            let log_start = check_retained(&shard, keep, short).await;
+            assert!(ShardIoStats::load(&shard.io_stats().retention_copied_bytes) > 0);
+            shard.close().await;
+            (keep, short, log_start)
+        }
+    });
+
+    // A restart resumes from a checkpoint, whichever generation of each segment it saw.
+    let reopened_start = run_local({
+        let data_dir = data_dir.clone();
+        move || async move {
+            let engine = open_engine(config(&data_dir));
+            let shard = engine.open_shard(ShardId(0)).await.unwrap();
+            assert!(shard.recovered_from_checkpoint().is_some());
+            let start = check_retained(&shard, keep, short).await;
+            shard.close().await;
+            start
+        }
+    });
+    assert!(reopened_start >= log_start, "the log start went back after a restart");
+
+    // The older checkpoint, taken before some rewrites, reconciles with them.
+    let checkpoints = checkpoint_files(&data_dir);
+    assert_eq!(checkpoints.len(), 2);
+    std::fs::remove_file(&checkpoints[0]).unwrap();
+    run_local({
+        let data_dir = data_dir.clone();
+        move || async move {
+            let mut config = config(&data_dir);
+            config.retention_check_interval = Duration::from_secs(3600);
+            let engine = open_engine(config);
+            let shard = engine.open_shard(ShardId(0)).await.unwrap();
+            check_retained(&shard, keep, short).await;
+            shard.close().await;
+        }
+    });
+
+    // Without checkpoints, what the removed batches left is unknown: refuse, do not scan.
+    for checkpoint in checkpoint_files(&data_dir) {
+        std::fs::remove_file(checkpoint).unwrap();
+    }
+    let refused = run_local(move || async move {
+        let engine = open_engine(config(&data_dir));
+        engine.open_shard(ShardId(0)).await.err()
+    });
+    assert!(
+        matches!(refused, Some(OpenError::CheckpointRequired { .. })),
+        "opened without checkpoints: {refused:?}"
+    );
+}
+
+fn checkpoint_files(data_dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(data_dir.join("core-0"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "ckpt"))
+        .collect();
+    found.sort();
+    found.reverse();
+    found
+}

@@ -35,6 +35,10 @@ pub struct ServerConfig {
     pub segment_size_bytes: u64,
     /// Log bytes between two checkpoints of a shard's state (`EngineConfig`); 0: none.
     pub checkpoint_interval_bytes: u64,
+    /// How often each shard looks for what retention may remove (`EngineConfig`).
+    pub retention_check_interval: Duration,
+    /// Most bytes per second a shard's retention copies (`EngineConfig`); 0: no limit.
+    pub retention_bytes_per_second: u64,
     /// Largest frame a client may send.
     pub frame_size_bytes_max: u32,
     /// Most requests of one connection being handled at once; beyond it the connection is
@@ -70,6 +74,8 @@ impl ServerConfig {
             pin_shards: true,
             segment_size_bytes: 256 * 1024 * 1024,
             checkpoint_interval_bytes: 128 * 1024 * 1024,
+            retention_check_interval: Duration::from_secs(30),
+            retention_bytes_per_second: 64 * 1024 * 1024,
             frame_size_bytes_max: cairn_wire::FRAME_SIZE_BYTES_MAX_DEFAULT,
             connection_request_count_max: 1024,
             shard_request_bytes_max: 64 * 1024 * 1024,
@@ -85,6 +91,8 @@ impl ServerConfig {
         let mut config = EngineConfig::new(&self.data_dir, self.shard_count);
         config.segment_size_bytes = self.segment_size_bytes;
         config.checkpoint_interval_bytes = self.checkpoint_interval_bytes;
+        config.retention_check_interval = self.retention_check_interval;
+        config.retention_bytes_per_second = self.retention_bytes_per_second;
         // A group never spans segments; small (test) segments get smaller groups.
         let segment_room = usize::try_from(self.segment_size_bytes)
             .unwrap_or(usize::MAX)

@@ -102,6 +102,13 @@ serve_settings! {
     /// and scans at most this much log after it. 0 turns checkpoints off.
     #[arg(long, default_value_t = 128 * 1024 * 1024)]
     checkpoint_interval: u64,
+    /// How often each shard looks for records its topics' retention lets go, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    retention_check_interval_ms: u64,
+    /// Most bytes per second each shard's retention copies while it rewrites segments
+    /// (so appends do not wait behind it); 0: no limit.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    retention_bytes_per_second: u64,
     /// Largest request frame accepted, in bytes (appends; other requests: 64 KiB).
     #[arg(long, default_value_t = wire::FRAME_SIZE_BYTES_MAX_DEFAULT)]
     max_frame_bytes: u32,

@@ -22,13 +22,13 @@ pub mod error;
 pub mod io;
 pub mod sim;
 
+pub use crate::core::retention::RetentionPolicy;
 pub use crate::core::{
     KeyCondition, Offset, PartitionId, ProducerStamp, RecordHeader, RecordInput, ShardId,
 };
 pub use crate::error::{
     AppendError, OpenError, ProducerError, ReadError, StorageError, TopicError,
 };
-pub use crate::core::retention::RetentionPolicy;
 pub use crate::io::data_dir::{Catalog, Topic};
 pub use crate::io::fault::{FaultHook, FaultPoint, FaultPolicy};
 pub use crate::io::reads::{Fetched, FetchedBatch, OwnedRecord};

@@ -37,7 +37,11 @@ fn value(partition: &str, index: u64) -> Vec<u8> {
 }
 
 /// Every record of `partition` from `from` to its end: (offset, key, value).
-async fn read_all(shard: &Shard, partition: PartitionId, from: Offset) -> Vec<(u64, Vec<u8>, Vec<u8>)> {
+async fn read_all(
+    shard: &Shard,
+    partition: PartitionId,
+    from: Offset,
+) -> Vec<(u64, Vec<u8>, Vec<u8>)> {
     let mut records = Vec::new();
     let mut next = from;
     loop {
@@ -56,11 +60,19 @@ async fn read_all(shard: &Shard, partition: PartitionId, from: Offset) -> Vec<(u
 /// restart from the newest checkpoint, and again from the older one.
 async fn check_retained(shard: &Shard, keep: PartitionId, short: PartitionId) -> Offset {
     let kept = read_all(shard, keep, Offset(0)).await;
-    assert_eq!(kept.len() as u64, RECORD_COUNT, "the forever partition lost records");
+    assert_eq!(
+        kept.len() as u64,
+        RECORD_COUNT,
+        "the forever partition lost records"
+    );
     for (index, (offset, key, record_value)) in kept.iter().enumerate() {
         assert_eq!(*offset, index as u64);
         assert_eq!(key, &format!("keep-{}", index % 10).into_bytes());
-        assert_eq!(record_value, &value("keep", index as u64), "record {index} changed");
+        assert_eq!(
+            record_value,
+            &value("keep", index as u64),
+            "record {index} changed"
+        );
     }
 
     let log_start = shard.log_start(short).unwrap();
@@ -70,7 +82,10 @@ async fn check_retained(shard: &Shard, keep: PartitionId, short: PartitionId) ->
             requested: 0,
             log_start: answered,
         }) => assert_eq!(answered, log_start.0),
-        other => panic!("a fetch below the log start answered {:?}", other.map(|f| f.batches.len())),
+        other => panic!(
+            "a fetch below the log start answered {:?}",
+            other.map(|f| f.batches.len())
+        ),
     }
     let short_records = read_all(shard, short, log_start).await;
     let first = log_start.0;
@@ -121,8 +136,16 @@ fn retention_removes_a_partitions_oldest_batches_and_copies_its_neighbours_forwa
         move || async move {
             let engine = open_engine(config(&data_dir));
             let shard = engine.open_shard(ShardId(0)).await.unwrap();
-            let keep = shard.create_topic("keep", 1).unwrap().partition_id(0).unwrap();
-            let short = shard.create_topic("short", 1).unwrap().partition_id(0).unwrap();
+            let keep = shard
+                .create_topic("keep", 1)
+                .unwrap()
+                .partition_id(0)
+                .unwrap();
+            let short = shard
+                .create_topic("short", 1)
+                .unwrap()
+                .partition_id(0)
+                .unwrap();
             shard.set_partition_retention(
                 short,
                 RetentionPolicy {
@@ -159,7 +182,10 @@ fn retention_removes_a_partitions_oldest_batches_and_copies_its_neighbours_forwa
             }
             let deadline = Instant::now() + Duration::from_secs(30);
             while ShardIoStats::load(&shard.io_stats().retention_rewrites) < 2 {
-                assert!(Instant::now() < deadline, "retention never rewrote a segment");
+                assert!(
+                    Instant::now() < deadline,
+                    "retention never rewrote a segment"
+                );
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
             let log_start = check_retained(&shard, keep, short).await;
@@ -181,7 +207,10 @@ fn retention_removes_a_partitions_oldest_batches_and_copies_its_neighbours_forwa
             start
         }
     });
-    assert!(reopened_start >= log_start, "the log start went back after a restart");
+    assert!(
+        reopened_start >= log_start,
+        "the log start went back after a restart"
+    );
 
     // The older checkpoint, taken before some rewrites, reconciles with them.
     let checkpoints = checkpoint_files(&data_dir);
@@ -217,7 +246,10 @@ fn checkpoint_files(data_dir: &Path) -> Vec<std::path::PathBuf> {
     let mut found: Vec<_> = std::fs::read_dir(data_dir.join("core-0"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "ckpt"))
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "ckpt")
+        })
         .collect();
     found.sort();
     found.reverse();

@@ -9,11 +9,11 @@
 
 mod engine_admission;
 mod engine_checkpoints;
-mod engine_retention;
 mod engine_damage;
 mod engine_data_dir;
 mod engine_durability;
 mod engine_kafka;
+mod engine_retention;
 mod group_offsets;
 mod kafka_clients;
 mod kafka_group_clients;

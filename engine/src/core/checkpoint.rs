@@ -726,7 +726,17 @@ mod tests {
                             },
                         ],
                     }],
-                    runs: vec![SealedRun::new(0, Offset(0), Offset(2), 10, 64, 1, 0, 120, [])],
+                    runs: vec![SealedRun::new(
+                        0,
+                        Offset(0),
+                        Offset(2),
+                        10,
+                        64,
+                        1,
+                        0,
+                        120,
+                        [],
+                    )],
                     batches: vec![(location(2, 4, 8192), 30), (location(4, 5, 20_480), 30)],
                 },
                 PartitionCheckpoint {
@@ -779,10 +789,12 @@ mod tests {
         let bytes = sample().encode();
         let body = &bytes[..bytes.len() - 4];
         let mut version = body.to_vec();
-        version[8] = 2;
+        // Version 1 checkpoints (before retention) lack the runs' generation and size: a
+        // new build scans past them once instead of guessing.
+        version[8] = 1;
         assert_eq!(
             Checkpoint::decode(&sealed(version)),
-            Err(CheckpointError::UnsupportedVersion(2))
+            Err(CheckpointError::UnsupportedVersion(1))
         );
 
         // A key whose latest offset lies past the partition's end.

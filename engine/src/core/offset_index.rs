@@ -99,7 +99,10 @@ impl SealedRun {
     /// `samples` are each page's (base offset, the segment's running maximum timestamp at
     /// the page's last batch), none when the entries fit in one page.
     #[must_use]
-    #[expect(clippy::too_many_arguments, reason = "a run's fields, as a checkpoint stores them")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a run's fields, as a checkpoint stores them"
+    )]
     pub fn new(
         segment_index: u64,
         base_offset: Offset,
@@ -421,10 +424,7 @@ impl OffsetIndex {
             entry_count: u32::try_from(entries.len())
                 .expect("a segment holds fewer than 2^32 batches"),
             generation,
-            size_bytes: entries
-                .iter()
-                .map(|entry| u64::from(entry.len_bytes))
-                .sum(),
+            size_bytes: entries.iter().map(|entry| u64::from(entry.len_bytes)).sum(),
             samples,
         });
     }
@@ -597,7 +597,12 @@ impl OffsetIndex {
     /// Retention rewrote segment `segment_index` as `generation`, keeping this partition's
     /// run there whole: its entries now start at `entries_position` of the new index file.
     /// Returns whether the partition had a run there.
-    pub fn relocate_run(&mut self, segment_index: u64, generation: u16, entries_position: u64) -> bool {
+    pub fn relocate_run(
+        &mut self,
+        segment_index: u64,
+        generation: u16,
+        entries_position: u64,
+    ) -> bool {
         let Ok(at) = self
             .sealed
             .binary_search_by_key(&segment_index, |run| run.segment_index)
@@ -702,6 +707,73 @@ mod tests {
             vec![Some(0), Some(1), Some(1), Some(1), Some(1), Some(2), None]
         );
         assert_eq!(index.end_offset(), Offset(6));
+    }
+
+    fn in_segment(segment_index: u64, base: u64, end: u64) -> BatchLocation {
+        BatchLocation {
+            segment_index,
+            ..location(base, end)
+        }
+    }
+
+    #[test]
+    fn retention_removes_runs_oldest_first_and_offsets_go_on_after_the_last_removed() {
+        let mut index = OffsetIndex::new();
+        index.push(in_segment(0, 0, 2), 10);
+        index.push(in_segment(1, 2, 3), 20);
+        index.push(in_segment(2, 3, 4), 30);
+        index.seal(0, 64);
+        index.seal(1, 64);
+        assert_eq!(index.size_bytes(), 300);
+        assert_eq!(index.log_start(), Offset(0));
+
+        // Segment 1 rewritten with this run kept: only where its entries lie changes.
+        assert!(index.relocate_run(1, 1, 104));
+        assert!(!index.relocate_run(5, 1, 104), "no run in segment 5");
+        let run = &index.sealed_runs()[1];
+        assert_eq!((run.generation, run.entries_position), (1, 104));
+        assert_eq!((run.base_offset, run.end_offset), (Offset(2), Offset(3)));
+
+        index.remove_first_run(0);
+        assert_eq!(index.log_start(), Offset(2));
+        assert_eq!(index.size_bytes(), 200);
+        assert_eq!(
+            index.find(P, Offset(1), 1),
+            None,
+            "removed offsets are not found"
+        );
+        assert!(matches!(index.find(P, Offset(2), 1), Some(Found::Page(_))));
+        index.remove_first_run(1);
+        assert_eq!(index.log_start(), Offset(3));
+        index.seal(2, 64);
+        index.remove_first_run(2);
+        // Nothing left: the log starts at the end, and the next batch continues from it.
+        assert_eq!(index.log_start(), Offset(4));
+        assert_eq!(index.end_offset(), Offset(4));
+        assert_eq!(index.batch_count(), 0);
+        index.push(in_segment(3, 4, 6), 40);
+        assert_eq!(index.log_start(), Offset(4));
+        assert_eq!(index.end_offset(), Offset(6));
+    }
+
+    #[test]
+    #[should_panic(expected = "first run")]
+    fn retention_never_removes_a_run_behind_a_kept_one() {
+        let mut index = OffsetIndex::new();
+        index.push(in_segment(0, 0, 1), 10);
+        index.push(in_segment(1, 1, 2), 10);
+        index.seal(0, 64);
+        index.seal(1, 64);
+        index.remove_first_run(1);
+    }
+
+    #[test]
+    fn an_index_retention_emptied_comes_back_from_a_checkpoint_at_its_end() {
+        let index = OffsetIndex::from_checkpoint(&[], &[], Offset(7)).unwrap();
+        assert_eq!(
+            (index.log_start(), index.end_offset()),
+            (Offset(7), Offset(7))
+        );
     }
 
     #[test]

@@ -415,8 +415,8 @@ impl SegmentIndex {
             }
         }
         let reserved_zero = header
-                .get(48..HEADER_CRC_POSITION)
-                .is_some_and(|reserved| reserved.iter().all(|byte| *byte == 0));
+            .get(48..HEADER_CRC_POSITION)
+            .is_some_and(|reserved| reserved.iter().all(|byte| *byte == 0));
         if !reserved_zero {
             return Err(inconsistent("header", 0, "reserved bytes are not zero"));
         }

@@ -1262,11 +1262,7 @@ impl ShardLog {
             let run = log.synced_batches.sealed_runs().first()?;
             (run.segment_index < bound && removable(log, run, now_ms)).then_some(run.segment_index)
         };
-        let segment_index = self
-            .partitions
-            .values()
-            .filter_map(removable_first)
-            .min()?;
+        let segment_index = self.partitions.values().filter_map(removable_first).min()?;
         let mut removed = Vec::new();
         let mut kept = Vec::new();
         let mut generation = None;
@@ -1786,6 +1782,92 @@ mod tests {
             stage(log, b"a", 10_000).unwrap();
             write_and_sync(log);
         }
+    }
+
+    #[test]
+    fn a_retention_plan_takes_the_oldest_segment_with_an_expired_run_and_keeps_its_neighbours() {
+        let mut log = log();
+        log.add_partition(PartitionId(1));
+        let stage_in = |log: &mut ShardLog, partition: u32| {
+            let value = vec![7u8; 10_000];
+            let records = [record(b"k", &value, KeyCondition::Any)];
+            let len_bytes = batch_encoded_len(&records).unwrap();
+            log.stage(PartitionId(partition), None, &records, None, len_bytes, 1)
+                .unwrap()
+                .unwrap();
+        };
+        // Segments 0 and 1 hold both partitions' batches; the log ends in segment 2.
+        for _ in 0..2 {
+            let start = log.current_segment_index();
+            while log.current_segment_index() == start {
+                for partition in [0, 1] {
+                    if log.poll_preparation().is_some() {
+                        log.handle_prepared(log.current_segment_index() + 1, Ok(()));
+                    }
+                    stage_in(&mut log, partition);
+                    write_and_sync(&mut log);
+                }
+            }
+        }
+        for segment in 0..2 {
+            let write = log.poll_index_write().unwrap();
+            assert_eq!(write.segment_index, segment);
+            log.handle_index_written(segment);
+        }
+        let now_ms = i64::MAX / 2;
+        assert_eq!(log.plan_retention(now_ms, 2), None, "both keep forever");
+        log.set_retention(
+            PartitionId(1),
+            RetentionPolicy {
+                ms: Some(1),
+                bytes: None,
+            },
+        );
+        assert_eq!(
+            log.plan_retention(now_ms, 0),
+            None,
+            "no checkpoint covers a segment"
+        );
+        assert_eq!(log.plan_retention(0, 2), None, "nothing is old enough yet");
+        let plan = log.plan_retention(now_ms, 2).unwrap();
+        assert_eq!(
+            plan,
+            RetentionPlan {
+                segment_index: 0,
+                generation: 0,
+                removed: vec![PartitionId(1)],
+                kept: vec![PartitionId(0)],
+            }
+        );
+        let start_before = log.log_start(PartitionId(0));
+        log.handle_rewritten(
+            &plan,
+            &[PartitionPlacement {
+                partition_id: PartitionId(0),
+                entries_position: 104,
+                entry_count: 2,
+            }],
+        );
+        assert_eq!(
+            log.log_start(PartitionId(0)),
+            start_before,
+            "the kept run stays"
+        );
+        let second_run_start = log
+            .partitions
+            .get(&PartitionId(1))
+            .unwrap()
+            .synced_batches
+            .sealed_runs()[0]
+            .base_offset;
+        assert_eq!(log.log_start(PartitionId(1)), Some(second_run_start));
+        let Some(Ok(ReadSource::Page(page))) = log.read_source(PartitionId(0), Offset(0)) else {
+            panic!("the kept run is read through the new index");
+        };
+        assert_eq!(page.position, 104);
+        // Segment 0 is now generation 1; the next step is segment 1.
+        let next = log.plan_retention(now_ms, 2).unwrap();
+        assert_eq!((next.segment_index, next.generation), (1, 0));
     }
 
     #[test]

@@ -24,6 +24,9 @@ use crate::io::data_dir::{Catalog, DataDir, ProducerIdAllocator, sync_dir};
 use crate::io::segment::segment_file_name;
 use crate::io::shard::Shard;
 
+/// How long after a backup's last request retention leaves segments alone.
+pub const BACKUP_RETENTION_PAUSE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The marker file of a backup in progress, in the target's top directory.
 pub const INCOMPLETE_BACKUP_FILE_NAME: &str = "backup-incomplete";
 
@@ -83,11 +86,41 @@ pub enum BackupReadError {
 impl Shard {
     /// This shard's backup point (see the module docs). A poisoned shard has none: what it
     /// synced is decided by recovery on restart.
+    ///
+    /// Retention rewrites segments in place, which a copy taken meanwhile would tear, and
+    /// a rewritten log opens only from its checkpoints, which a backup does not copy: a
+    /// shard with a rewritten segment refuses, and one without keeps retention from
+    /// rewriting for `BACKUP_RETENTION_PAUSE` after the point and after every read.
     pub fn backup_point(&self) -> Result<BackupPoint, StorageError> {
-        let state = self.state.borrow();
+        let mut state = self.state.borrow_mut();
         if let Some(error) = state.log.poisoned() {
             return Err(error.clone());
         }
+        if let Some((index, segment)) = state
+            .segments
+            .iter()
+            .find(|(_, segment)| segment.header().generation > 0)
+        {
+            return Err(StorageError {
+                operation: "backup",
+                path: segment.path().to_owned(),
+                errno: None,
+                message: format!(
+                    "segment {index} was rewritten by retention: a backup of a log whose \
+                     history retention removed is not supported yet"
+                ),
+            });
+        }
+        if state.retention_rewriting {
+            return Err(StorageError {
+                operation: "backup",
+                path: state.shard_dir.clone(),
+                errno: None,
+                message: "retention is rewriting a segment; try the backup again".to_owned(),
+            });
+        }
+        state.retention_paused_until = Some(std::time::Instant::now() + BACKUP_RETENTION_PAUSE);
+        let state = &*state;
         let end = state.log.synced_end_position();
         let segments = state
             .segments
@@ -131,10 +164,12 @@ impl Shard {
         length_bytes: u32,
     ) -> Result<ReadResult, BackupReadError> {
         let segment = {
-            let state = self.state.borrow();
+            let mut state = self.state.borrow_mut();
             if let Some(error) = state.log.poisoned() {
                 return Err(BackupReadError::Storage(error.clone()));
             }
+            state.retention_paused_until = Some(std::time::Instant::now() + BACKUP_RETENTION_PAUSE);
+            let state = &*state;
             let unavailable = |reason: String| BackupReadError::Unavailable {
                 shard_id: state.shard_id,
                 segment_index,

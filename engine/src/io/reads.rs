@@ -261,8 +261,11 @@ impl Shard {
         partition: PartitionId,
         timestamp_ms: i64,
     ) -> Result<Option<(Offset, i64)>, ReadError> {
-        self.across_rewrites(async || self.offset_for_timestamp_once(partition, timestamp_ms).await)
-            .await
+        self.across_rewrites(async || {
+            self.offset_for_timestamp_once(partition, timestamp_ms)
+                .await
+        })
+        .await
     }
 
     async fn offset_for_timestamp_once(
@@ -446,11 +449,8 @@ impl Shard {
         offset: Offset,
         key_expected: Option<&[u8]>,
     ) -> Result<OwnedRecord, ReadError> {
-        self.across_rewrites(async || {
-            self.read_record_once(partition, offset, key_expected)
-                .await
-        })
-        .await
+        self.across_rewrites(async || self.read_record_once(partition, offset, key_expected).await)
+            .await
     }
 
     async fn read_record_once(

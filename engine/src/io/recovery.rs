@@ -483,8 +483,13 @@ async fn reconcile_rewritten(
         None => {
             tracing::warn!(path = %index_path.display(), "index of a rewritten segment missing or of another generation: rebuilt");
             let rebuilt = rebuild_rewritten_index(segment).await?;
-            write_index_file(shard_dir, index, &rebuilt.encode(), config.fault_hook.as_ref())
-                .await?;
+            write_index_file(
+                shard_dir,
+                index,
+                &rebuilt.encode(),
+                config.fault_hook.as_ref(),
+            )
+            .await?;
             rebuilt
         }
     };
@@ -517,12 +522,20 @@ async fn reconcile_rewritten(
                         == Some(run.end_offset)
                     && placement.entry_count == run.entry_count;
                 if !same {
-                    return Err(checkpoint_mismatch(&path, "a kept run changed in the rewrite"));
+                    return Err(checkpoint_mismatch(
+                        &path,
+                        "a kept run changed in the rewrite",
+                    ));
                 }
                 batches.relocate_run(index, header.generation, placement.entries_position);
             }
             None => {
-                if batches.sealed_runs().first().map(|first| first.segment_index) != Some(index) {
+                if batches
+                    .sealed_runs()
+                    .first()
+                    .map(|first| first.segment_index)
+                    != Some(index)
+                {
                     return Err(checkpoint_mismatch(
                         &path,
                         "a run removed by retention was not its partition's oldest",
@@ -537,7 +550,10 @@ async fn reconcile_rewritten(
         .iter()
         .any(|partition| !partitions.contains_key(&partition.partition_id))
     {
-        return Err(checkpoint_mismatch(&path, "the rewrite holds a partition it does not"));
+        return Err(checkpoint_mismatch(
+            &path,
+            "the rewrite holds a partition it does not",
+        ));
     }
     Ok(())
 }
@@ -570,7 +586,9 @@ async fn rebuild_rewritten_index(segment: &SegmentFile) -> Result<SegmentIndex, 
                 operation: "verify",
                 path: segment.path().to_owned(),
                 errno: None,
-                message: format!("a rewritten segment's batch at {position} has length {len_bytes}"),
+                message: format!(
+                    "a rewritten segment's batch at {position} has length {len_bytes}"
+                ),
             }));
         }
         if position + len_bytes as u64 > segment.size_bytes() {

@@ -35,6 +35,7 @@ use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::record::decode_batch;
 use crate::core::segment_header::{SEGMENT_HEADER_SIZE_BYTES, SegmentHeader};
 use crate::core::segment_index::{IndexEntry, PartitionEntries, PartitionPlacement, SegmentIndex};
+use crate::core::shard_log::RetentionPlan;
 use crate::error::StorageError;
 use crate::io::checkpoint::{self, CHECKPOINTS_KEPT};
 use crate::io::data_dir::sync_dir;
@@ -53,7 +54,10 @@ const COPY_SLICE_BYTES: usize = 1024 * 1024;
 pub(crate) async fn run(state: Rc<RefCell<ShardState>>, closing: Arc<AtomicBool>) {
     let (shard_dir, interval) = {
         let state = state.borrow();
-        (state.shard_dir.clone(), state.config.retention_check_interval)
+        (
+            state.shard_dir.clone(),
+            state.config.retention_check_interval,
+        )
     };
     if let Err(error) = remove_temporaries(&shard_dir) {
         tracing::warn!(%error, "retention: leftover temporary files not removed");
@@ -93,6 +97,12 @@ async fn step(
     };
     let (plan, job) = {
         let state = state.borrow();
+        if state
+            .retention_paused_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return Ok(false);
+        }
         let Some(plan) = state.log.plan_retention(now_ms(), bound) else {
             return Ok(false);
         };
@@ -110,9 +120,24 @@ async fn step(
         (plan, job)
     };
     let started = Instant::now();
-    let rewritten = glommio::executor()
-        .spawn_blocking(move || job.run())
-        .await?;
+    state.borrow_mut().retention_rewriting = true;
+    let rewritten = glommio::executor().spawn_blocking(move || job.run()).await;
+    let swapped = match rewritten {
+        Ok(rewritten) => swap_in(state, &shard_dir, &plan, rewritten, started).await,
+        Err(error) => Err(error),
+    };
+    state.borrow_mut().retention_rewriting = false;
+    swapped.map(|()| true)
+}
+
+/// Opens the rewritten files and hands them and the plan's outcome to the shard.
+async fn swap_in(
+    state: &Rc<RefCell<ShardState>>,
+    shard_dir: &Path,
+    plan: &RetentionPlan,
+    rewritten: Rewritten,
+    started: Instant,
+) -> Result<(), StorageError> {
     let path = shard_dir.join(segment_file_name(plan.segment_index));
     let segment = SegmentFile::open_existing(&path, &rewritten.header)
         .await
@@ -128,20 +153,21 @@ async fn step(
             errno: None,
             message: "its header is blank".to_owned(),
         })?;
-    let index_file = IndexFile::open(&shard_dir, plan.segment_index).await?;
+    let index_file = IndexFile::open(shard_dir, plan.segment_index).await?;
     let mut guard = state.borrow_mut();
     let state = &mut *guard;
-    state
-        .segments
-        .insert(plan.segment_index, Rc::new(segment));
+    state.segments.insert(plan.segment_index, Rc::new(segment));
     state
         .index_files
         .insert(plan.segment_index, Rc::new(index_file));
-    state.log.handle_rewritten(&plan, &rewritten.placements);
+    state.log.handle_rewritten(plan, &rewritten.placements);
     state.rewrite_epoch += 1;
     ShardIoStats::count(&state.stats.retention_rewrites);
     ShardIoStats::add(&state.stats.retention_copied_bytes, rewritten.copied_bytes);
-    ShardIoStats::add(&state.stats.retention_removed_bytes, rewritten.removed_bytes);
+    ShardIoStats::add(
+        &state.stats.retention_removed_bytes,
+        rewritten.removed_bytes,
+    );
     tracing::info!(
         segment = plan.segment_index,
         generation = rewritten.header.generation,
@@ -152,7 +178,7 @@ async fn step(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "retention: segment rewritten"
     );
-    Ok(true)
+    Ok(())
 }
 
 /// The first segment some kept checkpoint does not cover, once `CHECKPOINTS_KEPT`
@@ -173,7 +199,9 @@ fn checkpoint_bound(shard_dir: &Path) -> Result<Option<u64>, StorageError> {
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 /// What the blocking thread needs to rewrite one segment.
@@ -205,14 +233,15 @@ impl Rewrite {
             move |error: std::io::Error| StorageError::from_io(operation, &path, &error)
         };
         let old_index_bytes = fs::read(&index_path).map_err(io("read index", &index_path))?;
-        let old_index = SegmentIndex::decode(&old_index_bytes, &self.old_header).map_err(|error| {
-            StorageError {
-                operation: "verify index",
-                path: index_path.clone(),
-                errno: None,
-                message: error.to_string(),
-            }
-        })?;
+        let old_index =
+            SegmentIndex::decode(&old_index_bytes, &self.old_header).map_err(|error| {
+                StorageError {
+                    operation: "verify index",
+                    path: index_path.clone(),
+                    errno: None,
+                    message: error.to_string(),
+                }
+            })?;
         // Kept batches in log order, so the new file reads like the old one without gaps.
         let mut batches: Vec<(usize, IndexEntry)> = Vec::new();
         for (slot, partition) in old_index
@@ -277,9 +306,8 @@ impl Rewrite {
             let partition = kept_partitions
                 .get(*slot)
                 .expect("slot indexes kept partitions");
-            let view = decode_batch(&buffer).map_err(|error| {
-                StorageError::corrupt(&segment_path, entry.position, error)
-            })?;
+            let view = decode_batch(&buffer)
+                .map_err(|error| StorageError::corrupt(&segment_path, entry.position, error))?;
             if view.partition_id() != partition.partition_id
                 || view.base_offset() != entry.base_offset
             {
@@ -296,10 +324,7 @@ impl Rewrite {
             new_entries
                 .get_mut(*slot)
                 .expect("slot indexes kept partitions")
-                .push(IndexEntry {
-                    position,
-                    ..*entry
-                });
+                .push(IndexEntry { position, ..*entry });
             slice.extend_from_slice(&buffer);
             position += u64::from(entry.len_bytes);
             if slice.len() >= COPY_SLICE_BYTES {
@@ -335,15 +360,17 @@ impl Rewrite {
                 .collect(),
         };
         let placements = new_index.placements();
-        let index_temporary = self
-            .shard_dir
-            .join(format!("{}{REWRITE_SUFFIX}", index_file_name(header.segment_index)));
+        let index_temporary = self.shard_dir.join(format!(
+            "{}{REWRITE_SUFFIX}",
+            index_file_name(header.segment_index)
+        ));
         let mut index_bytes = new_index.encode();
         index_bytes.resize(
             index_bytes.len().div_ceil(BLOCK_SIZE_BYTES) * BLOCK_SIZE_BYTES,
             0,
         );
-        let mut index_file = File::create(&index_temporary).map_err(io("create", &index_temporary))?;
+        let mut index_file =
+            File::create(&index_temporary).map_err(io("create", &index_temporary))?;
         index_file
             .write_all(&index_bytes)
             .map_err(io("write", &index_temporary))?;
@@ -406,7 +433,8 @@ fn remove_temporaries(shard_dir: &Path) -> Result<(), StorageError> {
             .is_some_and(|name| name.ends_with(REWRITE_SUFFIX))
         {
             let path = entry.path();
-            fs::remove_file(&path).map_err(|error| StorageError::from_io("remove", &path, &error))?;
+            fs::remove_file(&path)
+                .map_err(|error| StorageError::from_io("remove", &path, &error))?;
         }
     }
     Ok(())
@@ -420,6 +448,9 @@ impl crate::io::shard::Shard {
         partition: crate::core::PartitionId,
         retention: crate::core::retention::RetentionPolicy,
     ) {
-        self.state.borrow_mut().log.set_retention(partition, retention);
+        self.state
+            .borrow_mut()
+            .log
+            .set_retention(partition, retention);
     }
 }

@@ -160,7 +160,12 @@ pub struct Shard {
     events: ShardEvents,
     committer: RefCell<Option<glommio::Task<()>>>,
     /// The retention task and the flag that stops it (also mid-copy, on its thread).
-    retention: RefCell<Option<(glommio::Task<()>, std::sync::Arc<std::sync::atomic::AtomicBool>)>>,
+    retention: RefCell<
+        Option<(
+            glommio::Task<()>,
+            std::sync::Arc<std::sync::atomic::AtomicBool>,
+        )>,
+    >,
     repair: Option<RepairReport>,
     recovered_from: Option<PathBuf>,
 }
@@ -297,6 +302,8 @@ impl Shard {
             checkpoint_writing: false,
             checkpoint_task: None,
             rewrite_epoch: 0,
+            retention_paused_until: None,
+            retention_rewriting: false,
             config,
             stats: std::sync::Arc::default(),
         };

@@ -179,6 +179,10 @@ pub(crate) struct ShardState {
     /// The task installing the latest checkpoint; closing the shard waits for it, so no
     /// install is cut off by the executor ending.
     pub(crate) checkpoint_task: Option<glommio::Task<()>>,
+    /// Retention rewrites nothing before this: a backup is copying the log.
+    pub(crate) retention_paused_until: Option<Instant>,
+    /// A rewrite is on its thread: a backup point now could copy either generation.
+    pub(crate) retention_rewriting: bool,
     /// Counts retention's rewrites: a read that fails while it changed plans again.
     pub(crate) rewrite_epoch: u64,
     /// What the metrics endpoint reads (written only here).

@@ -485,7 +485,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     config.segment_size_bytes = args.segment_size;
     config.checkpoint_interval_bytes = args.checkpoint_interval;
-    config.retention_check_interval = std::time::Duration::from_millis(args.retention_check_interval_ms);
+    config.retention_check_interval =
+        std::time::Duration::from_millis(args.retention_check_interval_ms);
     config.retention_bytes_per_second = args.retention_bytes_per_second;
     config.frame_size_bytes_max = args.max_frame_bytes;
     if let Some(bytes) = args.max_request_bytes_per_shard {

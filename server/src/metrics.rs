@@ -605,6 +605,12 @@ impl Collector for Scrape {
         )?;
         counters(
             e,
+            "cairn_retention_removed_segments",
+            "First segments retention removed once nothing in them was kept",
+            io_counters(|s| &s.retention_removed_segments),
+        )?;
+        counters(
+            e,
             "cairn_retention_failures",
             "Retention steps that failed (nothing changed; tried again at the next check)",
             io_counters(|s| &s.retention_failures),

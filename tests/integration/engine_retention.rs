@@ -343,3 +343,101 @@ fn a_crash_between_a_rewritten_segment_and_its_index_loses_nothing() {
         });
     }
 }
+
+/// A log whose only partition lets its oldest batches go loses its first segments' files:
+/// the log start file says where the log begins now, a restart opens from there (and
+/// removes a file a crash left behind it), and without checkpoints it refuses to open.
+#[test]
+fn segments_nothing_is_kept_in_are_removed_from_the_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_owned();
+    let shard_dir = data_dir.join("core-0");
+    let before_removal = dir.path().join("segment-0");
+    let short = run_local({
+        let data_dir = data_dir.clone();
+        let before_removal = before_removal.clone();
+        move || async move {
+            let engine = open_engine(config(&data_dir));
+            let shard = engine.open_shard(ShardId(0)).await.unwrap();
+            let short = shard
+                .create_topic("short", 1)
+                .unwrap()
+                .partition_id(0)
+                .unwrap();
+            set_short_retention(&shard, short);
+            for index in 0..RECORD_COUNT * 2 {
+                let record_value = value("short", index);
+                let records = [RecordInput {
+                    key: b"k",
+                    value: &record_value,
+                    ..RecordInput::default()
+                }];
+                shard.append(short, None, &records).await.unwrap();
+                if index == 0 {
+                    let segment = data_dir.join("core-0").join(format!("{:020}.seg", 0));
+                    std::fs::copy(&segment, &before_removal).unwrap();
+                }
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while ShardIoStats::load(&shard.io_stats().retention_removed_segments) < 2 {
+                assert!(Instant::now() < deadline, "no segment was removed");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            shard.close().await;
+            short
+        }
+    });
+    let first_segment = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|entry| {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".seg")
+                    .map(|index| index.parse::<u64>().unwrap())
+            })
+            .min()
+            .unwrap()
+    };
+    let first = first_segment(&shard_dir);
+    assert!(first >= 2, "the first segments are still there");
+    let log_start_file = std::fs::read_to_string(shard_dir.join("log-start")).unwrap();
+    assert!(
+        log_start_file.starts_with(&format!("first_segment {first}\n")),
+        "{log_start_file}"
+    );
+
+    // A crash after the log start moved and before the file went leaves it behind.
+    std::fs::copy(&before_removal, shard_dir.join(format!("{:020}.seg", 0))).unwrap();
+    let log_start = run_local({
+        let data_dir = data_dir.clone();
+        move || async move {
+            let mut config = config(&data_dir);
+            config.retention_check_interval = Duration::from_secs(3600);
+            let engine = open_engine(config);
+            let shard = engine.open_shard(ShardId(0)).await.unwrap();
+            let log_start = shard.log_start(short).unwrap();
+            assert!(log_start > Offset(0));
+            let records = read_all(&shard, short, log_start).await;
+            assert_eq!(records.len() as u64, RECORD_COUNT * 2 - log_start.0);
+            for (offset, _, record_value) in &records {
+                assert_eq!(record_value, &value("short", *offset));
+            }
+            shard.close().await;
+            log_start
+        }
+    });
+    assert_eq!(first_segment(&shard_dir), first, "the leftover was removed");
+    assert!(log_start.0 > 0);
+
+    for checkpoint in checkpoint_files(&data_dir) {
+        std::fs::remove_file(checkpoint).unwrap();
+    }
+    let refused = run_local(move || async move {
+        let engine = open_engine(config(&data_dir));
+        engine.open_shard(ShardId(0)).await.err()
+    });
+    assert!(
+        matches!(refused, Some(OpenError::CheckpointRequired { .. })),
+        "opened without checkpoints: {refused:?}"
+    );
+}

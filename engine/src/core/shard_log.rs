@@ -326,6 +326,8 @@ pub struct RetentionPlan {
     pub removed: Vec<PartitionId>,
     /// Partitions whose run in the segment stays, by id.
     pub kept: Vec<PartitionId>,
+    /// Nothing stays and the segment is the log's first: its file is removed instead.
+    pub remove_file: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -400,6 +402,8 @@ pub struct ShardLog {
     index_in_flight: Option<(u64, Vec<PartitionPlacement>)>,
     /// An index write failed: wait for the next seal or `retry_index_writes`.
     index_retry_wait: bool,
+    /// The log's first segment: retention removed the files before it.
+    first_segment: u64,
 }
 
 /// Size of a new core log's first segment: `SEGMENT_SIZE_BYTES_FIRST`, or the configured
@@ -491,7 +495,18 @@ impl ShardLog {
             index_pending: index_pending.into(),
             index_in_flight: None,
             index_retry_wait: false,
+            first_segment: 0,
         }
+    }
+
+    /// The log's first segment, as recovery found it (retention removed those before).
+    pub fn set_first_segment(&mut self, first_segment: u64) {
+        self.first_segment = first_segment;
+    }
+
+    /// The log's first segment.
+    pub fn first_segment(&self) -> u64 {
+        self.first_segment
     }
 
     /// Adds an empty partition (a topic created after open). Known partitions are kept.
@@ -1258,6 +1273,24 @@ impl ShardLog {
             .front()
             .map_or(bound, |pending| bound.min(*pending))
             .min(self.current_index);
+        // A leading segment nothing lives in any more (its runs were removed by earlier
+        // rewrites) goes before anything else is looked at.
+        let first_is_empty = self.first_segment < bound
+            && self.partitions.values().all(|log| {
+                log.synced_batches
+                    .sealed_runs()
+                    .first()
+                    .is_none_or(|run| run.segment_index != self.first_segment)
+            });
+        if first_is_empty {
+            return Some(RetentionPlan {
+                segment_index: self.first_segment,
+                generation: 0,
+                removed: Vec::new(),
+                kept: Vec::new(),
+                remove_file: true,
+            });
+        }
         let removable_first = |log: &PartitionLog| -> Option<u64> {
             let run = log.synced_batches.sealed_runs().first()?;
             (run.segment_index < bound && removable(log, run, now_ms)).then_some(run.segment_index)
@@ -1285,17 +1318,22 @@ impl ShardLog {
         removed.sort_unstable();
         kept.sort_unstable();
         let generation = generation.expect("the segment holds a removable run");
+        let remove_file = kept.is_empty() && segment_index == self.first_segment;
         // A segment rewritten 65535 times keeps its last generation's batches.
-        generation.checked_add(1)?;
+        if !remove_file {
+            generation.checked_add(1)?;
+        }
         Some(RetentionPlan {
             segment_index,
             generation,
             removed,
             kept,
+            remove_file,
         })
     }
 
-    /// Retention rewrote `plan`'s segment as generation `plan.generation + 1`, durably,
+    /// Retention rewrote `plan`'s segment as generation `plan.generation + 1` (or removed
+    /// its file, with `remove_file`), durably,
     /// with the kept partitions' entries at `placements` of its new index file: the removed
     /// runs leave the offset index (their partitions' log start moves past them), the kept
     /// ones point into the new file, and cached groups of the old file are dropped.
@@ -1305,7 +1343,14 @@ impl ShardLog {
     /// If a kept partition has no placement, or a removed run is not its partition's
     /// first: the shell reports on the plan it was given.
     pub fn handle_rewritten(&mut self, plan: &RetentionPlan, placements: &[PartitionPlacement]) {
-        let generation = plan.generation + 1;
+        if plan.remove_file {
+            assert_eq!(
+                plan.segment_index, self.first_segment,
+                "only the log's first segment is removed"
+            );
+            self.first_segment += 1;
+        }
+        let generation = plan.generation.saturating_add(1);
         for id in &plan.removed {
             if let Some(log) = self.partitions.get_mut(id) {
                 log.synced_batches.remove_first_run(plan.segment_index);
@@ -1837,6 +1882,7 @@ mod tests {
                 generation: 0,
                 removed: vec![PartitionId(1)],
                 kept: vec![PartitionId(0)],
+                remove_file: false,
             }
         );
         let start_before = log.log_start(PartitionId(0));

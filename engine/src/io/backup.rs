@@ -96,18 +96,17 @@ impl Shard {
         if let Some(error) = state.log.poisoned() {
             return Err(error.clone());
         }
-        if let Some((index, segment)) = state
-            .segments
-            .iter()
-            .find(|(_, segment)| segment.header().generation > 0)
-        {
+        if let Some((index, segment)) = state.segments.iter().find(|(index, segment)| {
+            segment.header().generation > 0 || **index == state.log.first_segment() && **index > 0
+        }) {
             return Err(StorageError {
                 operation: "backup",
                 path: segment.path().to_owned(),
                 errno: None,
                 message: format!(
-                    "segment {index} was rewritten by retention: a backup of a log whose \
-                     history retention removed is not supported yet"
+                    "segment {index} was rewritten by retention, or follows segments it \
+                     removed: a backup of a log whose history retention removed is not \
+                     supported yet"
                 ),
             });
         }

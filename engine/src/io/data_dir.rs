@@ -348,6 +348,37 @@ impl Catalog {
     }
 }
 
+/// The file that names a shard's first segment once retention removed the ones before.
+pub(crate) const LOG_START_FILE_NAME: &str = "log-start";
+
+/// The first segment of shard `shard_dir`'s core log: 0 unless retention removed earlier
+/// ones (FORMAT.md, `core-<n>/log-start`).
+pub(crate) fn load_log_start(shard_dir: &Path) -> Result<u64, OpenError> {
+    let path = shard_dir.join(LOG_START_FILE_NAME);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let body = read_checked(&path)?;
+    body.trim_end()
+        .strip_prefix("first_segment ")
+        .and_then(|value| value.parse().ok())
+        .ok_or_else(|| OpenError::BadMetadata {
+            path,
+            problem: "expected `first_segment <n>`".to_owned(),
+        })
+}
+
+/// Records durably that shard `shard_dir`'s log starts at segment `first_segment`: written
+/// before the segments before it are removed, so a crash never leaves a hole that looks
+/// like damage.
+pub(crate) fn save_log_start(shard_dir: &Path, first_segment: u64) -> Result<(), StorageError> {
+    write_atomically(
+        shard_dir,
+        LOG_START_FILE_NAME,
+        &format!("first_segment {first_segment}\n"),
+    )
+}
+
 fn validate_topic_name(name: &str) -> Result<(), TopicError> {
     let invalid = |problem| TopicError::InvalidName {
         name: name.to_owned(),

@@ -32,7 +32,7 @@ use crate::core::{Offset, PartitionId, SegmentPosition, ShardId};
 use crate::error::{Inconsistency, OpenError, StorageError};
 use crate::io::checkpoint;
 use crate::io::config::EngineConfig;
-use crate::io::data_dir::sync_dir;
+use crate::io::data_dir::{load_log_start, sync_dir};
 use crate::io::index_file::{
     IndexFile, index_file_name, read_index_file, remove_temporary, write_index_file,
 };
@@ -73,6 +73,8 @@ pub(crate) struct Recovered {
     pub(crate) repair: Option<RepairReport>,
     /// The checkpoint recovery resumed from, if one was used.
     pub(crate) checkpoint: Option<PathBuf>,
+    /// The log's first segment (retention removed those before it).
+    pub(crate) first_segment: u64,
 }
 
 /// What `repair` dropped from one shard's core log.
@@ -140,10 +142,34 @@ pub(crate) async fn recover_segments(
     resume: Option<Resume>,
     on_batch: &mut dyn FnMut(u64, u64, &BatchView<'_>),
 ) -> Result<Recovered, OpenError> {
-    let indexes = list_segments(shard_dir)?;
+    let first_segment = load_log_start(shard_dir)?;
+    let mut indexes = list_segments(shard_dir)?;
+    for leftover in indexes.iter().filter(|index| **index < first_segment) {
+        // Retention moved the log start past it and a crash came before it was removed.
+        if index_files_mode != IndexFiles::VerifyOnly {
+            for name in [segment_file_name(*leftover), index_file_name(*leftover)] {
+                let path = shard_dir.join(name);
+                if let Err(error) = std::fs::remove_file(&path)
+                    && error.kind() != std::io::ErrorKind::NotFound
+                {
+                    return Err(StorageError::from_io("remove", &path, &error).into());
+                }
+            }
+        }
+    }
+    indexes.retain(|index| *index >= first_segment);
+    if first_segment > 0 && resume.is_none() {
+        return Err(OpenError::CheckpointRequired {
+            path: shard_dir.join(crate::io::data_dir::LOG_START_FILE_NAME),
+        });
+    }
+    if resume.is_some() {
+        forget_removed_segments(shard_dir, first_segment, partitions)?;
+    }
     let mut quarantine = Quarantine::new(shard_dir);
-    // Segments are created in index order and never removed: a hole is damage.
-    let hole = (0u64..)
+    // Segments are created in index order and removed only from the front (retention,
+    // behind the log start file): a hole is damage.
+    let hole = (first_segment..)
         .zip(&indexes)
         .find_map(|(expected, index)| (*index != expected).then_some(expected));
     if let Some(missing) = hole
@@ -351,6 +377,7 @@ pub(crate) async fn recover_segments(
             chain_crc: scanner.chain_crc(),
             repair: quarantine.into_report(shard_id, log_end, Vec::new()),
             checkpoint: None,
+            first_segment,
         });
     };
 
@@ -419,7 +446,39 @@ pub(crate) async fn recover_segments(
         chain_crc: scanner.chain_crc(),
         repair: report,
         checkpoint: None,
+        first_segment,
     })
+}
+
+/// Drops the checkpoint's summaries of segments retention removed after it was taken:
+/// each must be its partition's oldest, and none may still be unsealed.
+fn forget_removed_segments(
+    shard_dir: &Path,
+    first_segment: u64,
+    partitions: &mut HashMap<PartitionId, RecoveredPartition>,
+) -> Result<(), OpenError> {
+    for partition in partitions.values_mut() {
+        let batches = &mut partition.synced_batches;
+        while let Some(segment_index) = batches
+            .sealed_runs()
+            .first()
+            .map(|run| run.segment_index)
+            .filter(|segment_index| *segment_index < first_segment)
+        {
+            batches.remove_first_run(segment_index);
+        }
+        if batches
+            .dense_batches()
+            .first()
+            .is_some_and(|batch| batch.segment_index < first_segment)
+        {
+            return Err(checkpoint_mismatch(
+                &shard_dir.join(crate::io::data_dir::LOG_START_FILE_NAME),
+                "it holds unsealed batches of a removed segment",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Makes the checkpoint's summaries of `segment`, which it covers as sealed, agree with

@@ -38,7 +38,7 @@ use crate::core::segment_index::{IndexEntry, PartitionEntries, PartitionPlacemen
 use crate::core::shard_log::RetentionPlan;
 use crate::error::StorageError;
 use crate::io::checkpoint::{self, CHECKPOINTS_KEPT};
-use crate::io::data_dir::sync_dir;
+use crate::io::data_dir::{save_log_start, sync_dir};
 use crate::io::index_file::{IndexFile, index_file_name};
 use crate::io::segment::{SegmentFile, segment_file_name};
 use crate::io::state::ShardState;
@@ -121,6 +121,29 @@ async fn step(
     };
     let started = Instant::now();
     state.borrow_mut().retention_rewriting = true;
+    if plan.remove_file {
+        let segment_index = plan.segment_index;
+        let dir = shard_dir.clone();
+        let removed = glommio::executor()
+            .spawn_blocking(move || remove_first_segment(&dir, segment_index))
+            .await;
+        let mut guard = state.borrow_mut();
+        let state = &mut *guard;
+        state.retention_rewriting = false;
+        removed?;
+        state.segments.remove(&segment_index);
+        state.index_files.remove(&segment_index);
+        state.log.handle_rewritten(&plan, &[]);
+        state.rewrite_epoch += 1;
+        ShardIoStats::count(&state.stats.retention_removed_segments);
+        tracing::info!(
+            segment = segment_index,
+            removed_partitions = plan.removed.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "retention: first segment removed"
+        );
+        return Ok(true);
+    }
     let rewritten = glommio::executor().spawn_blocking(move || job.run()).await;
     let swapped = match rewritten {
         Ok(rewritten) => swap_in(state, &shard_dir, &plan, rewritten, started).await,
@@ -400,6 +423,25 @@ impl Rewrite {
             removed_bytes: all_bytes - kept_bytes,
         })
     }
+}
+
+/// Removes the log's first segment, whose batches all went: the log start file moves past
+/// it first (durably), so a crash before the files go leaves only leftovers open removes,
+/// never a hole.
+fn remove_first_segment(shard_dir: &Path, segment_index: u64) -> Result<(), StorageError> {
+    save_log_start(shard_dir, segment_index + 1)?;
+    for name in [
+        segment_file_name(segment_index),
+        index_file_name(segment_index),
+    ] {
+        let path = shard_dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(StorageError::from_io("remove", &path, &error)),
+        }
+    }
+    sync_dir(shard_dir)
 }
 
 fn write_slice(file: &mut File, slice: &mut Vec<u8>, path: &Path) -> Result<u64, StorageError> {

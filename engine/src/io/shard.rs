@@ -241,6 +241,7 @@ impl Shard {
         let (recovered, partitions) =
             recovery::recover_shard(&shard_dir, shard_id, &config, &owned).await?;
         let repair = recovered.repair;
+        let first_segment = recovered.first_segment;
         let recovered_from = recovered.checkpoint;
         let mut segments = recovered.segments;
         let index_files = recovered.index_files;
@@ -275,7 +276,7 @@ impl Shard {
         };
         let producer_ids = ProducerIdAllocator::load(&shard_dir, shard_id.0)?;
         let synced = partitions.keys().map(|id| (*id, Event::new())).collect();
-        let log = ShardLog::new(
+        let mut log = ShardLog::new(
             limits,
             partitions,
             current_index,
@@ -283,6 +284,7 @@ impl Shard {
             write_position,
             recovered.chain_crc,
         );
+        log.set_first_segment(first_segment);
         let state = ShardState {
             shard_id,
             shard_dir,

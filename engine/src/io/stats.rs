@@ -136,6 +136,8 @@ pub struct ShardIoStats {
     pub checkpoint_install_us: Log2Histogram,
     /// Segments retention rewrote without the batches it removed.
     pub retention_rewrites: AtomicU64,
+    /// First segments retention removed, every batch in them gone.
+    pub retention_removed_segments: AtomicU64,
     /// Retention steps that failed (nothing changed; tried again later).
     pub retention_failures: AtomicU64,
     /// Bytes of kept batches retention copied into rewritten segments.

@@ -290,6 +290,17 @@ pub enum OpenError {
         /// Its end offset (exclusive).
         found_offsets_end: u64,
     },
+    /// A segment before the checkpoint a retained log opens from (so not scanned at open)
+    /// holds a batch or index entry that does not verify: found by `cairn check`.
+    #[error("segment {path} position {position}: {problem}", path = .path.display())]
+    CoveredDamage {
+        /// The segment or index file.
+        path: PathBuf,
+        /// Where in it.
+        position: u64,
+        /// What does not verify.
+        problem: String,
+    },
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     BadConfig(String),

@@ -213,7 +213,8 @@ pub(crate) async fn recover_segments(
                 let segment = Rc::new(segment);
                 segments.insert(index, segment.clone());
                 if checkpoint_sealed.contains(&index) {
-                    reconcile_rewritten(shard_dir, &segment, partitions, config).await?;
+                    let write = index_files_mode != IndexFiles::VerifyOnly;
+                    reconcile_rewritten(shard_dir, &segment, partitions, config, write).await?;
                     let file = IndexFile::open(shard_dir, index).await.map_err(|error| {
                         checkpoint_mismatch(&path, &format!("its index file: {error}"))
                     })?;
@@ -450,6 +451,114 @@ pub(crate) async fn recover_segments(
     })
 }
 
+/// `cairn check` of a log retention rewrote: the shard opens from its newest usable
+/// checkpoint as `cairn serve` would, writing nothing, and every segment before it — which
+/// that open does not read — is verified from its index: each entry's batch must decode,
+/// checksum and all, and be that partition's with those offsets.
+async fn check_retained(
+    shard_dir: &Path,
+    shard_id: ShardId,
+    config: &EngineConfig,
+    owned: &[PartitionId],
+    on_batch: &mut dyn FnMut(u64, u64, &BatchView<'_>),
+) -> Result<(Recovered, HashMap<PartitionId, RecoveredPartition>), OpenError> {
+    for (log_end, path) in checkpoint::list(shard_dir)? {
+        let Ok((resume, mut partitions)) = checkpoint::read(&path)
+            .map_err(|error| error.to_string())
+            .and_then(|checkpoint| restore(&checkpoint, log_end, shard_id, config, owned))
+        else {
+            continue;
+        };
+        verify_covered_segments(
+            shard_dir,
+            shard_id,
+            config,
+            resume.log_end.segment_index,
+            on_batch,
+        )
+        .await?;
+        match recover_segments(
+            shard_dir,
+            shard_id,
+            config,
+            &mut partitions,
+            IndexFiles::VerifyOnly,
+            Some(resume),
+            on_batch,
+        )
+        .await
+        {
+            Ok(recovered) => return Ok((recovered, partitions)),
+            Err(error) if is_damage(&error) => return Err(error),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "checkpoint not used");
+            }
+        }
+    }
+    Err(OpenError::CheckpointRequired {
+        path: shard_dir.to_owned(),
+    })
+}
+
+async fn verify_covered_segments(
+    shard_dir: &Path,
+    shard_id: ShardId,
+    config: &EngineConfig,
+    before: u64,
+    on_batch: &mut dyn FnMut(u64, u64, &BatchView<'_>),
+) -> Result<(), OpenError> {
+    let first_segment = load_log_start(shard_dir)?;
+    for index in list_segments(shard_dir)?
+        .into_iter()
+        .filter(|index| (first_segment..before).contains(index))
+    {
+        let path = shard_dir.join(segment_file_name(index));
+        let damage = |position: u64, problem: String| OpenError::CoveredDamage {
+            path: path.clone(),
+            position,
+            problem,
+        };
+        let Some(segment) =
+            SegmentFile::open_existing(&path, &segment_header(shard_id, config, index)).await?
+        else {
+            return Err(damage(0, "a covered segment has no header".to_owned()));
+        };
+        let index_path = shard_dir.join(index_file_name(index));
+        let decoded = match read_index_file(&index_path)? {
+            Some(bytes) => SegmentIndex::decode(&bytes, segment.header())
+                .map_err(|error| damage(0, format!("its index file: {error}")))?,
+            None if segment.header().generation > 0 => rebuild_rewritten_index(&segment).await?,
+            None => return Err(damage(0, "its index file is missing".to_owned())),
+        };
+        let mut entries: Vec<(PartitionId, crate::core::segment_index::IndexEntry)> = decoded
+            .partitions
+            .iter()
+            .flat_map(|partition| {
+                partition
+                    .entries
+                    .iter()
+                    .map(|entry| (partition.partition_id, *entry))
+            })
+            .collect();
+        entries.sort_unstable_by_key(|(_, entry)| entry.position);
+        for (partition, entry) in entries {
+            let bytes = segment
+                .read(entry.position, entry.len_bytes as usize)
+                .await?;
+            let batch =
+                decode_batch(&bytes).map_err(|error| damage(entry.position, error.to_string()))?;
+            if batch.partition_id() != partition || batch.base_offset() != entry.base_offset {
+                return Err(damage(
+                    entry.position,
+                    "the batch is not the one its index entry names".to_owned(),
+                ));
+            }
+            on_batch(index, entry.position, &batch);
+        }
+    }
+    Ok(())
+}
+
 /// Drops the checkpoint's summaries of segments retention removed after it was taken:
 /// each must be its partition's oldest, and none may still be unsealed.
 fn forget_removed_segments(
@@ -485,14 +594,15 @@ fn forget_removed_segments(
 /// the generation on disk. The same generation: nothing to do. A later one (retention
 /// rewrote the segment after the capture): each run is in the new index with the same
 /// offsets and batch count (entries moved) or gone, and gone only as its partition's
-/// first run; the index is rebuilt from the segment if the crash came between the
-/// segment's rename and its index's. Anything else means the checkpoint does not
+/// first run; the index is rebuilt from the segment (and written, with `write`) if the
+/// crash came between the segment's rename and its index's. Anything else means the checkpoint does not
 /// describe this log.
 async fn reconcile_rewritten(
     shard_dir: &Path,
     segment: &SegmentFile,
     partitions: &mut HashMap<PartitionId, RecoveredPartition>,
     config: &EngineConfig,
+    write: bool,
 ) -> Result<(), OpenError> {
     let index = segment.index();
     let header = *segment.header();
@@ -542,13 +652,15 @@ async fn reconcile_rewritten(
         None => {
             tracing::warn!(path = %index_path.display(), "index of a rewritten segment missing or of another generation: rebuilt");
             let rebuilt = rebuild_rewritten_index(segment).await?;
-            write_index_file(
-                shard_dir,
-                index,
-                &rebuilt.encode(),
-                config.fault_hook.as_ref(),
-            )
-            .await?;
+            if write {
+                write_index_file(
+                    shard_dir,
+                    index,
+                    &rebuilt.encode(),
+                    config.fault_hook.as_ref(),
+                )
+                .await?;
+            }
             rebuilt
         }
     };
@@ -847,6 +959,8 @@ fn is_damage(error: &OpenError) -> bool {
             | OpenError::BadSegmentHeader { .. }
             | OpenError::Inconsistent { .. }
             | OpenError::Damaged { .. }
+            | OpenError::CheckpointRequired { .. }
+            | OpenError::CoveredDamage { .. }
     )
 }
 
@@ -902,7 +1016,7 @@ pub(crate) async fn scan_shard_dir(
     on_batch: &mut dyn FnMut(u64, u64, &BatchView<'_>),
 ) -> Result<ShardScan, OpenError> {
     let segment_count = list_segments(shard_dir)?.len();
-    let (end, damage) = match recover_segments(
+    let scanned = recover_segments(
         shard_dir,
         shard_id,
         config,
@@ -911,8 +1025,22 @@ pub(crate) async fn scan_shard_dir(
         None,
         on_batch,
     )
-    .await
-    {
+    .await;
+    let scanned = match scanned {
+        // Retention removed part of this log: only a checkpoint opens it, as at serve.
+        Err(OpenError::CheckpointRequired { .. }) => {
+            let owned: Vec<PartitionId> = partitions.keys().copied().collect();
+            match check_retained(shard_dir, shard_id, config, &owned, on_batch).await {
+                Ok((recovered, restored)) => {
+                    partitions = restored;
+                    Ok(recovered)
+                }
+                Err(error) => Err(error),
+            }
+        }
+        other => other,
+    };
+    let (end, damage) = match scanned {
         Ok(recovered) => (recovered.end, None),
         Err(error) if is_damage(&error) => (None, Some(error)),
         Err(error) => return Err(error),

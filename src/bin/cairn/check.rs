@@ -27,6 +27,8 @@ fn damage_place(error: &OpenError) -> Option<(&Path, Option<u64>)> {
         // A header that does not verify is block 0 of its file.
         OpenError::BadSegmentHeader { path, .. } => Some((path, Some(0))),
         OpenError::MissingSegment { path } => Some((path, None)),
+        OpenError::CoveredDamage { path, position, .. } => Some((path, Some(*position))),
+        OpenError::CheckpointRequired { path } => Some((path, None)),
         _ => None,
     }
 }

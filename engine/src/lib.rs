@@ -25,6 +25,7 @@ pub mod sim;
 pub use crate::core::{
     KeyCondition, Offset, PartitionId, ProducerStamp, RecordHeader, RecordInput, ShardId,
 };
+pub use crate::core::retention::RetentionPolicy;
 pub use crate::error::{
     AppendError, OpenError, ProducerError, ReadError, StorageError, TopicError,
 };

@@ -43,7 +43,12 @@ pub(super) fn failure_code(failure: &Failure) -> i16 {
             ResponseError::InvalidRequest
         }
         FailureKind::TooLarge => ResponseError::MessageTooLarge,
-        FailureKind::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
+        // Below the log start too: the consumer resets by its auto.offset.reset policy,
+        // and ListOffsets EARLIEST gives it the first kept offset.
+        FailureKind::OffsetOutOfRange | FailureKind::BeforeLogStart { .. } => {
+            ResponseError::OffsetOutOfRange
+        }
+        FailureKind::InvalidConfig => ResponseError::InvalidConfig,
         FailureKind::UnknownTopic | FailureKind::UnknownPartition => {
             ResponseError::UnknownTopicOrPartition
         }

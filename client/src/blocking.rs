@@ -17,9 +17,10 @@ use cairn_wire::{
 use super::call::Call;
 use super::reply::Reply;
 use super::routing::{Resolution, TopicTable};
-use super::{RetentionChange, RetentionPolicy,
+use super::{
     AppendResult, BackupManifest, ClientConfig, ClientError, CommittedOffset, ConnectionLoss,
-    FetchResult, FetchedRecord, KeyHistoryPage, Metadata, PartitionOffset, ProducerId, TopicInfo,
+    FetchResult, FetchedRecord, KeyHistoryPage, Metadata, PartitionOffset, ProducerId,
+    RetentionChange, RetentionPolicy, TopicInfo,
 };
 
 /// Bytes asked of the socket per read.

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use cairn_engine::{ProducerStamp, RetentionPolicy};
 use cairn_engine::core::{Offset, RecordInput};
+use cairn_engine::{ProducerStamp, RetentionPolicy};
 
 use cairn_wire::{
-    AlterTopicRequest, AppendRecords, AppendRequest, BackupReadRequest, CommitOffsetsRequest, CreateTopicRequest,
-    FetchOffsetsRequest, FetchRequest, KeyHistoryRequest, PartitionOffset, ReadKeyRequest,
-    RequestBody,
+    AlterTopicRequest, AppendRecords, AppendRequest, BackupReadRequest, CommitOffsetsRequest,
+    CreateTopicRequest, FetchOffsetsRequest, FetchRequest, KeyHistoryRequest, PartitionOffset,
+    ReadKeyRequest, RequestBody,
 };
 
 use super::RetentionChange;

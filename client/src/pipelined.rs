@@ -15,9 +15,9 @@ use super::call::Call;
 use super::connection::{Connection, ConnectionShared};
 use super::reply::Reply;
 use super::routing::{Destination, Resolution, TopicTable};
-use super::{RetentionChange, RetentionPolicy,
+use super::{
     AppendResult, ClientConfig, ClientError, CommittedOffset, FetchResult, FetchedRecord,
-    KeyHistoryPage, Metadata, PartitionOffset, TopicInfo,
+    KeyHistoryPage, Metadata, PartitionOffset, RetentionChange, RetentionPolicy, TopicInfo,
 };
 
 /// A client for the tasks of one glommio executor: cheap to clone (clones share the

@@ -22,10 +22,10 @@ pub mod error;
 pub mod io;
 pub mod sim;
 
+pub use crate::core::retention::RetentionPolicy;
 pub use crate::core::{
     KeyCondition, Offset, PartitionId, ProducerStamp, RecordHeader, RecordInput, ShardId,
 };
-pub use crate::core::retention::RetentionPolicy;
 pub use crate::error::{
     AppendError, OpenError, ProducerError, ReadError, StorageError, TopicError,
 };

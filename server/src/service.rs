@@ -601,7 +601,10 @@ fn topic_failure(topic_error: &TopicError) -> Failure {
 
 /// Tells every other shard the topic as shard 0's catalog now holds it, and waits until
 /// each knows it.
-async fn announce_topic(context: &ShardContext, topic: &cairn_engine::Topic) -> Result<(), Failure> {
+async fn announce_topic(
+    context: &ShardContext,
+    topic: &cairn_engine::Topic,
+) -> Result<(), Failure> {
     context
         .mesh
         .broadcast_topic(topic)
@@ -1165,4 +1168,48 @@ fn read_failure(read_error: &ReadError) -> Failure {
         ReadError::Storage(_) => FailureKind::StorageFailure,
     };
     Failure::new(kind, read_error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_below_the_log_start_fails_with_the_first_kept_offset() {
+        let failure = read_failure(&ReadError::BeforeLogStart {
+            requested: 3,
+            log_start: 10,
+        });
+        assert_eq!(
+            failure.kind,
+            FailureKind::BeforeLogStart {
+                log_start: Offset(10)
+            }
+        );
+        assert!(failure.message.contains("10"), "{}", failure.message);
+    }
+
+    #[test]
+    fn a_retention_change_applies_limit_by_limit() {
+        let current = RetentionPolicy {
+            ms: Some(5),
+            bytes: Some(7),
+        };
+        let change = RetentionChange {
+            ms: Some(None),
+            bytes: None,
+        };
+        assert_eq!(
+            change.apply(current),
+            RetentionPolicy {
+                ms: None,
+                bytes: Some(7)
+            }
+        );
+        assert_eq!(RetentionChange::default().apply(current), current);
+        assert_eq!(
+            RetentionChange::replace_with(RetentionPolicy::FOREVER).apply(current),
+            RetentionPolicy::FOREVER
+        );
+    }
 }

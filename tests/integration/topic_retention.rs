@@ -91,7 +91,11 @@ fn the_cli_sets_retention_at_creation_alters_and_describes_it_across_a_restart()
     assert_eq!(created["retention_ms"], json!(604_800_000));
     assert_eq!(created["retention_bytes"], Value::Null);
     let plain = cli_json(&server, &["topic", "create", "ledger"]);
-    assert_eq!(plain["retention_ms"], Value::Null, "the default keeps forever");
+    assert_eq!(
+        plain["retention_ms"],
+        Value::Null,
+        "the default keeps forever"
+    );
     let described = cli(&server, &["topic", "describe", "ledger"]);
     let text = String::from_utf8_lossy(&described.stdout);
     assert!(
@@ -114,8 +118,15 @@ fn the_cli_sets_retention_at_creation_alters_and_describes_it_across_a_restart()
     );
     assert_eq!(altered["retention_ms"], Value::Null);
     assert_eq!(altered["retention_bytes"], json!(1_073_741_824));
-    let altered = cli_json(&server, &["topic", "alter", "audit", "--retention-ms", "3600000"]);
-    assert_eq!(altered["retention_bytes"], json!(1_073_741_824), "untouched");
+    let altered = cli_json(
+        &server,
+        &["topic", "alter", "audit", "--retention-ms", "3600000"],
+    );
+    assert_eq!(
+        altered["retention_bytes"],
+        json!(1_073_741_824),
+        "untouched"
+    );
     let expected = RetentionPolicy {
         ms: Some(3_600_000),
         bytes: Some(1 << 30),
@@ -175,12 +186,20 @@ fn the_native_client_alters_through_shard_1_and_a_limit_of_0_is_invalid_config()
         bytes: Some(Some(0)),
     };
     let error = client.alter_topic_retention("events", zero).unwrap_err();
-    assert_eq!(error.server_code(), Some(ErrorCode::InvalidConfig), "{error}");
+    assert_eq!(
+        error.server_code(),
+        Some(ErrorCode::InvalidConfig),
+        "{error}"
+    );
     assert!(error.to_string().contains("retention.bytes"), "{error}");
     let error = client
         .alter_topic_retention("nope", RetentionChange::default())
         .unwrap_err();
-    assert_eq!(error.server_code(), Some(ErrorCode::UnknownTopic), "{error}");
+    assert_eq!(
+        error.server_code(),
+        Some(ErrorCode::UnknownTopic),
+        "{error}"
+    );
     let error = client
         .create_topic_with(
             "zero",
@@ -191,7 +210,11 @@ fn the_native_client_alters_through_shard_1_and_a_limit_of_0_is_invalid_config()
             },
         )
         .unwrap_err();
-    assert_eq!(error.server_code(), Some(ErrorCode::InvalidConfig), "{error}");
+    assert_eq!(
+        error.server_code(),
+        Some(ErrorCode::InvalidConfig),
+        "{error}"
+    );
     assert_every_shard_sees(&server, "events", expected);
 }
 
@@ -220,7 +243,11 @@ impl Admin {
     fn refused(&mut self, request: Value, error_code: i64) -> String {
         let answer = self.run(request.clone());
         assert_eq!(answer["ok"], json!(false), "{request}: {answer}");
-        assert_eq!(answer["error_code"], json!(error_code), "{request}: {answer}");
+        assert_eq!(
+            answer["error_code"],
+            json!(error_code),
+            "{request}: {answer}"
+        );
         answer["error"].as_str().unwrap_or_default().to_owned()
     }
 
@@ -296,8 +323,10 @@ fn kafka_python_creates_with_retention_describes_and_replaces_it_with_alter_conf
         "configs": {"retention.ms": "-1", "retention.bytes": "1048576"}}));
     assert_eq!(admin.retention("orders"), described("-1", "1048576"));
     // validate_only checks and changes nothing.
-    admin.ok(json!({"op": "alter", "topic": "orders", "validate_only": true,
-        "configs": {"retention.bytes": "2048"}}));
+    admin.ok(
+        json!({"op": "alter", "topic": "orders", "validate_only": true,
+        "configs": {"retention.bytes": "2048"}}),
+    );
     admin.refused(
         json!({"op": "alter", "topic": "orders", "validate_only": true,
             "configs": {"retention.bytes": "-5"}}),
@@ -340,7 +369,10 @@ fn confluent_incremental_alter_configs_sets_and_deletes_retention_on_every_shard
 
     admin.ok(json!({"op": "incremental", "topic": "payments",
         "set": {"retention.ms": "3600000"}}));
-    assert_eq!(admin.retention("payments"), described("3600000", "10485760"));
+    assert_eq!(
+        admin.retention("payments"),
+        described("3600000", "10485760")
+    );
     assert_every_shard_sees(
         &server,
         "payments",
@@ -355,8 +387,10 @@ fn confluent_incremental_alter_configs_sets_and_deletes_retention_on_every_shard
         "delete": ["retention.bytes"]}));
     assert_eq!(admin.retention("payments"), described("3600000", "-1"));
 
-    admin.ok(json!({"op": "incremental", "topic": "payments", "validate_only": true,
-        "set": {"retention.ms": "1"}}));
+    admin.ok(
+        json!({"op": "incremental", "topic": "payments", "validate_only": true,
+        "set": {"retention.ms": "1"}}),
+    );
     for set in [
         json!({"retention.ms": "0"}),
         json!({"retention.ms": "-2"}),

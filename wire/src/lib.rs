@@ -86,8 +86,8 @@ mod generated {
 pub use encoder::Encoder;
 pub use frame::{FRAME_LENGTH_SIZE_BYTES, FrameError, FrameReader, write_frame};
 pub use request::{
-    AppendRecords, AppendRequest, BACKUP_READ_SIZE_BYTES_MAX, BackupReadRequest,
-    AlterTopicRequest, CommitOffsetsRequest, CreateTopicRequest, FetchOffsetsRequest, FetchRequest, KeyHistoryRequest,
+    AlterTopicRequest, AppendRecords, AppendRequest, BACKUP_READ_SIZE_BYTES_MAX, BackupReadRequest,
+    CommitOffsetsRequest, CreateTopicRequest, FetchOffsetsRequest, FetchRequest, KeyHistoryRequest,
     PartitionOffset, ReadKeyRequest, Request, RequestBody, decode_request,
 };
 pub use response::{

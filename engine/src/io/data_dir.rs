@@ -401,9 +401,8 @@ impl Catalog {
                     catalog.next_partition_id()
                 )));
             }
-            let retention = decode_retention(settings).map_err(|problem| {
-                bad(format!("{problem} in {line:?}"))
-            })?;
+            let retention = decode_retention(settings)
+                .map_err(|problem| bad(format!("{problem} in {line:?}")))?;
             catalog
                 .add_at(name, count, first)
                 .map_err(|error| bad(error.to_string()))?;
@@ -909,7 +908,9 @@ mod tests {
         ] {
             write_catalog_file(dir.path(), &format!("topic orders 3 0 {field}\n"));
             match data_dir.load_catalog() {
-                Err(OpenError::BadMetadata { problem: actual, .. }) => {
+                Err(OpenError::BadMetadata {
+                    problem: actual, ..
+                }) => {
                     assert!(actual.contains(problem), "{field:?}: {actual}");
                 }
                 other => panic!("{field:?} was not refused: {other:?}"),

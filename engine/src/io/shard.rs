@@ -19,11 +19,11 @@ use crate::core::condition::Conflict;
 use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::partition::Refusal;
 use crate::core::record::{batch_encoded_len, check_producer_stamp};
+use crate::core::retention::RetentionPolicy;
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::shard_log::{
     Admission, RecoveredPartition, ShardLog, ShardLogLimits, first_segment_size_bytes,
 };
-use crate::core::retention::RetentionPolicy;
 use crate::core::{Offset, PartitionId, ProducerStamp, RecordInput, ShardId};
 use crate::error::{AppendError, OpenError, StorageError, TopicError};
 use crate::io::data_dir::{Catalog, DataDir, DataDirLock, ProducerIdAllocator, Topic};

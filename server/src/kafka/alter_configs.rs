@@ -32,7 +32,10 @@ const OP_DELETE: i8 = 1;
 /// An error code and its message, for one resource.
 type Refusal = (i16, String);
 
-pub(super) async fn serve(context: &ShardContext, request: AlterConfigsRequest) -> AlterConfigsResponse {
+pub(super) async fn serve(
+    context: &ShardContext,
+    request: AlterConfigsRequest,
+) -> AlterConfigsResponse {
     let mut responses = Vec::with_capacity(request.resources.len());
     for resource in &request.resources {
         let outcome = async {
@@ -43,7 +46,13 @@ pub(super) async fn serve(context: &ShardContext, request: AlterConfigsRequest) 
                 topic_configs::set(&mut change, config.name.as_str(), config.value.as_deref())
                     .map_err(invalid_config)?;
             }
-            alter(context, &resource.resource_name, change, request.validate_only).await
+            alter(
+                context,
+                &resource.resource_name,
+                change,
+                request.validate_only,
+            )
+            .await
         }
         .await;
         let (error_code, error_message) = split(outcome);
@@ -79,7 +88,13 @@ pub(super) async fn serve_incremental(
                 }
                 .map_err(invalid_config)?;
             }
-            alter(context, &resource.resource_name, change, request.validate_only).await
+            alter(
+                context,
+                &resource.resource_name,
+                change,
+                request.validate_only,
+            )
+            .await
         }
         .await;
         let (error_code, error_message) = split(outcome);

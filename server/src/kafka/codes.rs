@@ -174,6 +174,22 @@ mod tests {
     }
 
     #[test]
+    fn a_read_below_the_log_start_is_offset_out_of_range_and_a_bad_setting_invalid_config() {
+        let below = Failure::new(
+            FailureKind::BeforeLogStart {
+                log_start: Offset(10),
+            },
+            "removed",
+        );
+        assert_eq!(failure_code(&below), ResponseError::OffsetOutOfRange.code());
+        let invalid = Failure::new(
+            FailureKind::InvalidConfig,
+            "retention.ms must be at least 1",
+        );
+        assert_eq!(failure_code(&invalid), ResponseError::InvalidConfig.code());
+    }
+
+    #[test]
     fn messages_follow_the_grammar() {
         let at = Conflict::Key {
             record_index: 2,

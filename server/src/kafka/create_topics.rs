@@ -27,7 +27,6 @@ use crate::service;
 /// default, too).
 pub(super) const DEFAULT_PARTITION_COUNT: u32 = 1;
 
-
 pub(super) async fn serve(
     context: &ShardContext,
     request: CreateTopicsRequest,

@@ -28,15 +28,14 @@
 //! Group APIs are answered by the group's coordinator shard (`routing::coordinator_shard`)
 //! and NOT_COORDINATOR elsewhere, never forwarded either.
 
+mod alter_configs;
 mod api_versions;
 mod codes;
 pub(crate) mod connection;
-mod topic_configs;
 mod create_topics;
 mod delete_groups;
 mod describe_cluster;
 mod describe_configs;
-mod alter_configs;
 mod describe_groups;
 mod fetch;
 mod find_coordinator;
@@ -54,18 +53,19 @@ mod offset_fetch;
 mod produce;
 mod record_batch;
 mod sync_group;
+mod topic_configs;
 
 use std::net::SocketAddr;
 use std::path::Path;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DescribeClusterRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
-    HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
-    SyncGroupRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest,
+    FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 

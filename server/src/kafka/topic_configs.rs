@@ -31,7 +31,10 @@ pub(super) type ConfigRefusal = String;
 
 /// A retention value as Kafka writes it: -1 is no limit, 1 or more a limit; 0, other
 /// negatives and anything not a number are refused.
-pub(super) fn parse_retention(name: &str, value: Option<&str>) -> Result<Option<u64>, ConfigRefusal> {
+pub(super) fn parse_retention(
+    name: &str,
+    value: Option<&str>,
+) -> Result<Option<u64>, ConfigRefusal> {
     let Some(value) = value else {
         return Err(format!("{name} needs a value (-1 for no limit)"));
     };
@@ -203,7 +206,10 @@ mod tests {
             ms: Some(5),
             bytes: None,
         });
-        assert_eq!((ms.value.as_str(), ms.source, ms.read_only), ("5", SOURCE_TOPIC, false));
+        assert_eq!(
+            (ms.value.as_str(), ms.source, ms.read_only),
+            ("5", SOURCE_TOPIC, false)
+        );
         assert_eq!(
             (bytes.value.as_str(), bytes.source, bytes.read_only),
             ("-1", SOURCE_DEFAULT, false)

@@ -212,3 +212,26 @@ pub(crate) fn error_code(kind: FailureKind) -> ErrorCode {
         FailureKind::Internal => ErrorCode::Internal,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_engine::Offset;
+
+    use super::*;
+
+    #[test]
+    fn a_read_below_the_log_start_has_its_own_code() {
+        let kind = FailureKind::BeforeLogStart {
+            log_start: Offset(10),
+        };
+        assert_eq!(error_code(kind), ErrorCode::OffsetBeforeLogStart);
+        assert_eq!(
+            error_code(FailureKind::OffsetOutOfRange),
+            ErrorCode::OffsetOutOfRange
+        );
+        assert_eq!(
+            error_code(FailureKind::InvalidConfig),
+            ErrorCode::InvalidConfig
+        );
+    }
+}

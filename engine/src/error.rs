@@ -346,13 +346,13 @@ pub enum TopicError {
         setting: &'static str,
     },
     /// A topic announced by shard 0 contradicts one this shard knows: their routing would
-    /// disagree.
+    /// disagree. Boxed: a topic is large beside the other variants, and this one is rare.
     #[error("announced topic {announced:?} contradicts known topic {known:?}")]
     Contradicts {
         /// What this shard knows.
-        known: crate::io::data_dir::Topic,
+        known: Box<crate::io::data_dir::Topic>,
         /// What was announced.
-        announced: crate::io::data_dir::Topic,
+        announced: Box<crate::io::data_dir::Topic>,
     },
     /// Writing the catalog failed.
     #[error("storage failure: {0}")]

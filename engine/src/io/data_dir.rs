@@ -319,8 +319,8 @@ impl Catalog {
                     Ok(())
                 } else {
                     Err(TopicError::Contradicts {
-                        known: known.clone(),
-                        announced: topic.clone(),
+                        known: Box::new(known.clone()),
+                        announced: Box::new(topic.clone()),
                     })
                 };
             }
@@ -329,8 +329,8 @@ impl Catalog {
                 && u64::from(known.first_partition_id) < topic_end
             {
                 return Err(TopicError::Contradicts {
-                    known: known.clone(),
-                    announced: topic.clone(),
+                    known: Box::new(known.clone()),
+                    announced: Box::new(topic.clone()),
                 });
             }
         }

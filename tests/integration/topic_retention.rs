@@ -153,6 +153,13 @@ fn the_cli_sets_retention_at_creation_alters_and_describes_it_across_a_restart()
     let described = cli_json(&server, &["topic", "describe", "audit"]);
     assert_eq!(described["retention_ms"], json!(3_600_000));
     assert_eq!(described["partitions"].as_array().map(Vec::len), Some(4));
+    let listed = cli(&server, &["topic", "list"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains("audit\t4 partitions\tretention.ms 3600000 retention.bytes 1073741824")
+            && text.contains("ledger\t1 partitions\n"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -471,25 +471,27 @@ fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Result<Exit
         } => {
             let metadata = client()?.metadata()?;
             if json {
-                let topics: Vec<_> = metadata
-                    .topics
-                    .iter()
-                    .map(|topic| {
-                        let partitions: Vec<_> = topic
-                            .partitions
-                            .iter()
-                            .map(|p| json!({"partition": p.partition, "shard": p.shard, "port": p.port}))
-                            .collect();
-                        json!({"topic": topic.name, "partitions": partitions})
-                    })
-                    .collect();
+                let topics: Vec<_> = metadata.topics.iter().map(topic_json).collect();
                 println!(
                     "{}",
                     json!({"shard_ports": metadata.shard_ports, "topics": topics})
                 );
             } else {
                 for topic in &metadata.topics {
-                    println!("{}\t{} partitions", topic.name, topic.partitions.len());
+                    let retention = if topic.retention.is_forever() {
+                        String::new()
+                    } else {
+                        format!(
+                            "\tretention.ms {} retention.bytes {}",
+                            show_limit(topic.retention.ms),
+                            show_limit(topic.retention.bytes)
+                        )
+                    };
+                    println!(
+                        "{}\t{} partitions{retention}",
+                        topic.name,
+                        topic.partitions.len()
+                    );
                     for partition in &topic.partitions {
                         println!(
                             "  partition {}\tshard {}\tport {}",

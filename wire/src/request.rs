@@ -1806,6 +1806,62 @@ mod tests {
         assert_eq!(error.error_code(), ErrorCode::BadRequest);
     }
 
+    fn alter_topic_with(retention_ms: Option<i64>) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::new();
+        let name = builder.create_string("seats");
+        let alter = fb::AlterTopic::create(
+            &mut builder,
+            &fb::AlterTopicArgs {
+                name: Some(name),
+                retention_ms,
+                retention_bytes: None,
+            },
+        );
+        let request = fb::Request::create(
+            &mut builder,
+            &fb::RequestArgs {
+                correlation_id: 9,
+                body_type: fb::RequestBody::AlterTopic,
+                body: Some(alter.as_union_value()),
+            },
+        );
+        builder.finish_minimal(request);
+        builder.finished_data().to_vec()
+    }
+
+    #[test]
+    fn alter_topic_takes_minus_one_as_no_limit_and_refuses_other_negatives() {
+        let decoded = |retention_ms| match decode_request(&alter_topic_with(retention_ms)) {
+            Ok(Request {
+                body: RequestBody::AlterTopic(alter),
+                ..
+            }) => Ok((alter.retention_ms, alter.retention_bytes)),
+            Ok(other) => panic!("decoded as {other:?}"),
+            Err(error) => Err(error),
+        };
+        assert_eq!(decoded(None), Ok((None, None)));
+        assert_eq!(decoded(Some(-1)), Ok((Some(None), None)));
+        // 0 is the server's to refuse (InvalidConfig), as CreateTopic's 0 is.
+        assert_eq!(decoded(Some(0)), Ok((Some(Some(0)), None)));
+        assert_eq!(
+            decoded(Some(i64::MAX)),
+            Ok((Some(Some(i64::MAX as u64)), None))
+        );
+        let error = decoded(Some(-2)).unwrap_err();
+        assert_eq!(
+            error,
+            WireError::Invalid {
+                root: "Request",
+                correlation_id: 9,
+                violation: Violation::RetentionNegative {
+                    field: "AlterTopic.retention_ms",
+                    value: -2
+                },
+            }
+        );
+        assert_eq!(error.error_code(), ErrorCode::BadRequest);
+    }
+
     fn request_with_body_type(body_type: fb::RequestBody, with_body: bool) -> Vec<u8> {
         let mut builder = FlatBufferBuilder::new();
         let body =

@@ -19,7 +19,8 @@ use super::reply::Reply;
 use super::routing::{Resolution, TopicTable};
 use super::{
     AppendResult, BackupManifest, ClientConfig, ClientError, CommittedOffset, ConnectionLoss,
-    FetchResult, FetchedRecord, KeyHistoryPage, Metadata, PartitionOffset, ProducerId, TopicInfo,
+    FetchResult, FetchedRecord, KeyHistoryPage, Metadata, PartitionOffset, ProducerId,
+    RetentionChange, RetentionPolicy, TopicInfo,
 };
 
 /// Bytes asked of the socket per read.
@@ -88,11 +89,37 @@ impl BlockingClient {
         name: &str,
         partition_count: u32,
     ) -> Result<TopicInfo, ClientError> {
+        self.create_topic_with(name, partition_count, RetentionPolicy::FOREVER)
+    }
+
+    /// Creates a topic as [`create_topic`](Self::create_topic) does, keeping what
+    /// `retention` says; a limit of 0 fails with code `InvalidConfig`.
+    pub fn create_topic_with(
+        &mut self,
+        name: &str,
+        partition_count: u32,
+        retention: RetentionPolicy,
+    ) -> Result<TopicInfo, ClientError> {
         let topic = self
-            .call(Call::create_topic(name, partition_count))?
+            .call(Call::create_topic(name, partition_count, retention))?
             .into_topic_created()?;
         // The answer holds the topic's whole partition map, ports included: the same a
         // metadata refresh would bring, without the round trip.
+        self.topics.insert(topic.clone());
+        Ok(topic)
+    }
+
+    /// Changes `name`'s retention; returns the topic as it now is, once every shard applies
+    /// the change and the catalog holding it is synced. An unknown topic fails with code
+    /// `UnknownTopic`, a limit of 0 with `InvalidConfig`.
+    pub fn alter_topic_retention(
+        &mut self,
+        name: &str,
+        change: RetentionChange,
+    ) -> Result<TopicInfo, ClientError> {
+        let topic = self
+            .call(Call::alter_topic(name, change))?
+            .into_topic_altered()?;
         self.topics.insert(topic.clone());
         Ok(topic)
     }
@@ -342,6 +369,7 @@ fn loses_connection(error: &ClientError) -> bool {
         | ClientError::Closed { .. } => true,
         ClientError::Connect { .. }
         | ClientError::Server { .. }
+        | ClientError::BeforeLogStart { .. }
         | ClientError::UnexpectedResponse { .. }
         | ClientError::UnknownTopic(_)
         | ClientError::RequestTooLarge { .. } => false,
@@ -542,6 +570,7 @@ mod tests {
                 RequestBody::FetchOffsets(fetch) => ("FetchOffsets", fetch.group.into()),
                 RequestBody::BackupBegin => ("BackupBegin", Vec::new()),
                 RequestBody::BackupRead(_) => ("BackupRead", Vec::new()),
+                RequestBody::AlterTopic(alter) => ("AlterTopic", alter.name.into()),
             };
             let entry = (received.port, received.connection_index, kind, key);
             log.lock().unwrap().push(entry);

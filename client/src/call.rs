@@ -4,15 +4,16 @@
 
 use std::time::Duration;
 
-use cairn_engine::ProducerStamp;
 use cairn_engine::core::{Offset, RecordInput};
+use cairn_engine::{ProducerStamp, RetentionPolicy};
 
 use cairn_wire::{
-    AppendRecords, AppendRequest, BackupReadRequest, CommitOffsetsRequest, CreateTopicRequest,
-    FetchOffsetsRequest, FetchRequest, KeyHistoryRequest, PartitionOffset, ReadKeyRequest,
-    RequestBody,
+    AlterTopicRequest, AppendRecords, AppendRequest, BackupReadRequest, CommitOffsetsRequest,
+    CreateTopicRequest, FetchOffsetsRequest, FetchRequest, KeyHistoryRequest, PartitionOffset,
+    ReadKeyRequest, RequestBody,
 };
 
+use super::RetentionChange;
 use super::routing::Destination;
 
 /// One request as a client method builds it.
@@ -36,10 +37,24 @@ impl<'a> Call<'a> {
         Call::new(Destination::Bootstrap, RequestBody::Ping)
     }
 
-    pub(super) fn create_topic(name: &'a str, partition_count: u32) -> Call<'a> {
+    pub(super) fn create_topic(
+        name: &'a str,
+        partition_count: u32,
+        retention: RetentionPolicy,
+    ) -> Call<'a> {
         let body = RequestBody::CreateTopic(CreateTopicRequest {
             name,
             partition_count,
+            retention,
+        });
+        Call::new(Destination::Bootstrap, body)
+    }
+
+    pub(super) fn alter_topic(name: &'a str, change: RetentionChange) -> Call<'a> {
+        let body = RequestBody::AlterTopic(AlterTopicRequest {
+            name,
+            retention_ms: change.ms,
+            retention_bytes: change.bytes,
         });
         Call::new(Destination::Bootstrap, body)
     }

@@ -232,7 +232,11 @@ pub(super) fn topic_metadata<'a>(
             }
         })
         .collect();
-    TopicMetadata { name, partitions }
+    TopicMetadata {
+        name,
+        partitions,
+        retention: cairn_engine::RetentionPolicy::FOREVER,
+    }
 }
 
 /// The topic the model server knows from the start.
@@ -288,6 +292,10 @@ pub(super) fn model_answer(received: Received<'_>) -> Vec<Step> {
         RequestBody::CreateTopic(create) => {
             let topic = topic_metadata(create.name, create.partition_count, ports);
             return send(id, ResponseBody::TopicCreated(topic));
+        }
+        RequestBody::AlterTopic(alter) => {
+            let topic = topic_metadata(alter.name, MODEL_PARTITION_COUNT, ports);
+            return send(id, ResponseBody::TopicAltered(topic));
         }
         RequestBody::Append(append) => append.topic,
         RequestBody::Fetch(fetch) => fetch.topic,
@@ -431,6 +439,7 @@ pub(super) fn error(code: ErrorCode, message: &str) -> ResponseBody<'_> {
         code,
         message,
         conflict: None,
+        log_start: None,
     })
 }
 
@@ -439,6 +448,7 @@ fn conflict_error(conflict: ConflictInfo) -> ResponseBody<'static> {
         code: ErrorCode::Conflict,
         message: "condition failed",
         conflict: Some(conflict),
+        log_start: None,
     })
 }
 

@@ -39,6 +39,7 @@ use cairn_engine::core::Offset;
 use cairn_wire::{self as wire, FrameError, WireError};
 
 pub use blocking::BlockingClient;
+pub use cairn_engine::RetentionPolicy;
 pub use cairn_wire::PartitionOffset;
 pub use contention::{Backoff, Contention, ContentionPolicy, Turn};
 pub use pipelined::Client;
@@ -110,6 +111,19 @@ pub struct TopicInfo {
     pub name: String,
     /// Every partition: `partitions[i].partition == i`.
     pub partitions: Vec<PartitionInfo>,
+    /// What each partition keeps (`RetentionPolicy::FOREVER`, the default: everything).
+    pub retention: RetentionPolicy,
+}
+
+/// A change to a topic's retention, limit by limit (`alter_topic_retention`): `None`
+/// leaves a limit as it is, `Some(None)` removes it (keep forever), `Some(Some(n))` sets
+/// it (at least 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionChange {
+    /// Kafka's `retention.ms`.
+    pub ms: Option<Option<u64>>,
+    /// Kafka's `retention.bytes`.
+    pub bytes: Option<Option<u64>>,
 }
 
 impl TopicInfo {
@@ -298,6 +312,13 @@ pub enum ClientError {
     /// The topic is not in the server's metadata, even after refreshing it.
     #[error("unknown topic {0:?}")]
     UnknownTopic(String),
+    /// The server answered `OffsetBeforeLogStart`: retention removed the offset asked for;
+    /// the partition's records start at `log_start`, where a reader can resume.
+    #[error("server error OffsetBeforeLogStart: {message}")]
+    BeforeLogStart {
+        log_start: cairn_engine::core::Offset,
+        message: String,
+    },
     /// The encoded request exceeds the frame limit; it was not sent.
     #[error("request of {frame_size_bytes} bytes exceeds the frame limit {frame_size_bytes_max}")]
     RequestTooLarge {
@@ -352,6 +373,7 @@ impl ClientError {
             ClientError::Wire(_)
             | ClientError::UnexpectedResponse { .. }
             | ClientError::UnknownTopic(_)
+            | ClientError::BeforeLogStart { .. }
             | ClientError::RequestTooLarge { .. } => false,
         }
     }
@@ -361,6 +383,7 @@ impl ClientError {
     pub fn server_code(&self) -> Option<wire::ErrorCode> {
         match self {
             ClientError::Server { code, .. } => Some(*code),
+            ClientError::BeforeLogStart { .. } => Some(wire::ErrorCode::OffsetBeforeLogStart),
             _ => None,
         }
     }

@@ -17,7 +17,7 @@ use super::reply::Reply;
 use super::routing::{Destination, Resolution, TopicTable};
 use super::{
     AppendResult, ClientConfig, ClientError, CommittedOffset, FetchResult, FetchedRecord,
-    KeyHistoryPage, Metadata, PartitionOffset, TopicInfo,
+    KeyHistoryPage, Metadata, PartitionOffset, RetentionChange, RetentionPolicy, TopicInfo,
 };
 
 /// A client for the tasks of one glommio executor: cheap to clone (clones share the
@@ -103,12 +103,40 @@ impl Client {
         name: &str,
         partition_count: u32,
     ) -> Result<TopicInfo, ClientError> {
+        self.create_topic_with(name, partition_count, RetentionPolicy::FOREVER)
+            .await
+    }
+
+    /// Creates a topic as [`create_topic`](Self::create_topic) does, keeping what
+    /// `retention` says; a limit of 0 fails with code `InvalidConfig`.
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        partition_count: u32,
+        retention: RetentionPolicy,
+    ) -> Result<TopicInfo, ClientError> {
         let topic = self
-            .call(Call::create_topic(name, partition_count))
+            .call(Call::create_topic(name, partition_count, retention))
             .await?
             .into_topic_created()?;
         // The answer holds the topic's whole partition map, ports included: the same a
         // metadata refresh would bring, without the round trip.
+        self.inner.topics.borrow_mut().insert(topic.clone());
+        Ok(topic)
+    }
+
+    /// Changes `name`'s retention; returns the topic as it now is, once every shard applies
+    /// the change and the catalog holding it is synced. An unknown topic fails with code
+    /// `UnknownTopic`, a limit of 0 with `InvalidConfig`.
+    pub async fn alter_topic_retention(
+        &self,
+        name: &str,
+        change: RetentionChange,
+    ) -> Result<TopicInfo, ClientError> {
+        let topic = self
+            .call(Call::alter_topic(name, change))
+            .await?
+            .into_topic_altered()?;
         self.inner.topics.borrow_mut().insert(topic.clone());
         Ok(topic)
     }

@@ -21,6 +21,7 @@ use super::{
 pub(super) enum Reply {
     Pong,
     TopicCreated(TopicInfo),
+    TopicAltered(TopicInfo),
     Metadata(Metadata),
     Appended {
         partition: u32,
@@ -40,6 +41,7 @@ pub(super) enum Reply {
         code: ErrorCode,
         message: String,
         conflict: Option<ConflictInfo>,
+        log_start: Option<cairn_engine::core::Offset>,
     },
 }
 
@@ -49,6 +51,7 @@ impl Reply {
         match body {
             ResponseBody::Pong => Reply::Pong,
             ResponseBody::TopicCreated(topic) => Reply::TopicCreated(topic_info(&topic)),
+            ResponseBody::TopicAltered(topic) => Reply::TopicAltered(topic_info(&topic)),
             ResponseBody::Metadata(metadata) => Reply::Metadata(metadata_from(&metadata)),
             ResponseBody::Appended(appended) => Reply::Appended {
                 partition: appended.partition,
@@ -94,6 +97,7 @@ impl Reply {
                 code: error.code,
                 message: error.message.to_owned(),
                 conflict: error.conflict,
+                log_start: error.log_start,
             },
         }
     }
@@ -111,6 +115,14 @@ impl Reply {
         match self {
             Reply::TopicCreated(topic) => Ok(topic),
             other => Err(other.unexpected("TopicCreated")),
+        }
+    }
+
+    /// The answer to AlterTopic.
+    pub(super) fn into_topic_altered(self) -> Result<TopicInfo, ClientError> {
+        match self {
+            Reply::TopicAltered(topic) => Ok(topic),
+            other => Err(other.unexpected("TopicAltered")),
         }
     }
 
@@ -141,6 +153,7 @@ impl Reply {
                 code: ErrorCode::Conflict,
                 message,
                 conflict: Some(info),
+                ..
             } => Ok(AppendResult::Conflict { info, message }),
             other => Err(other.unexpected("Appended")),
         }
@@ -214,6 +227,12 @@ impl Reply {
     /// sent one.
     fn unexpected(self, expected: &'static str) -> ClientError {
         match self {
+            // Decoding guarantees the log start comes with its code and only with it.
+            Reply::Error {
+                message,
+                log_start: Some(log_start),
+                ..
+            } => ClientError::BeforeLogStart { log_start, message },
             Reply::Error { code, message, .. } => ClientError::Server { code, message },
             other => ClientError::UnexpectedResponse {
                 expected,
@@ -233,6 +252,7 @@ impl Reply {
             Reply::KeyRecord(_) => "KeyRecord",
             Reply::KeyHistory(_) => "KeyHistoryResult",
             Reply::Error { .. } => "ErrorResponse",
+            Reply::TopicAltered(_) => "TopicAltered",
             Reply::ProducerInitialized(_) => "ProducerInitialized",
             Reply::OffsetsCommitted => "OffsetsCommitted",
             Reply::CommittedOffsets(_) => "CommittedOffsets",
@@ -255,6 +275,7 @@ fn topic_info(topic: &TopicMetadata<'_>) -> TopicInfo {
                 port: partition.port,
             })
             .collect(),
+        retention: topic.retention,
     }
 }
 
@@ -302,6 +323,7 @@ mod tests {
             code: ErrorCode::Conflict,
             message: "key moved",
             conflict: Some(info),
+            log_start: None,
         }));
         assert_eq!(
             reply.clone().into_append().unwrap(),
@@ -332,6 +354,7 @@ mod tests {
             code: ErrorCode::UnknownPartition,
             message: "no partition 9",
             conflict: None,
+            log_start: None,
         }));
         match error.into_append() {
             Err(ClientError::Server { code, message }) => {

@@ -126,6 +126,7 @@ mod tests {
             topics: vec![TopicInfo {
                 name: "seats".to_owned(),
                 partitions,
+                retention: crate::RetentionPolicy::FOREVER,
             }],
         });
         table
@@ -182,6 +183,7 @@ mod tests {
         empty.insert(TopicInfo {
             name: "seats".to_owned(),
             partitions: Vec::new(),
+            retention: crate::RetentionPolicy::FOREVER,
         });
         assert_eq!(empty.resolve(&config, partition(None, b"k")), address(9000));
     }

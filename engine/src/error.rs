@@ -356,16 +356,26 @@ pub enum TopicError {
         partition_count_max: u32,
     },
     /// Only shard 0 owns the topic catalog.
-    #[error("topics are created on shard 0")]
+    #[error("topics are created and changed on shard 0")]
     NotCatalogOwner,
+    /// No topic of this name (changing a topic's settings).
+    #[error("no topic named {0:?}")]
+    Unknown(String),
+    /// A retention limit of 0: it would remove every record as soon as it is written.
+    /// Kafka's -1 (no limit) is a `None` limit, never a number.
+    #[error("invalid retention: {setting} must be at least 1 (omit it to keep forever)")]
+    InvalidRetention {
+        /// `retention.ms` or `retention.bytes`.
+        setting: &'static str,
+    },
     /// A topic announced by shard 0 contradicts one this shard knows: their routing would
-    /// disagree.
+    /// disagree. Boxed: a topic is large beside the other variants, and this one is rare.
     #[error("announced topic {announced:?} contradicts known topic {known:?}")]
     Contradicts {
         /// What this shard knows.
-        known: crate::io::data_dir::Topic,
+        known: Box<crate::io::data_dir::Topic>,
         /// What was announced.
-        announced: crate::io::data_dir::Topic,
+        announced: Box<crate::io::data_dir::Topic>,
     },
     /// Writing the catalog failed.
     #[error("storage failure: {0}")]

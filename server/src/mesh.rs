@@ -121,6 +121,11 @@ pub(crate) struct Mesh {
     /// answer before the shard stops.
     tasks_in_flight: Cell<usize>,
     task_done: Event,
+    /// One catalog change (topic creation, retention change) at a time, from the change on
+    /// shard 0 to the last acknowledgement: without it, two changes of one topic could
+    /// reach a shard in the other order (a send waits when a link is full) and leave it
+    /// on the older policy.
+    announcing: glommio::sync::Semaphore,
 }
 
 impl Mesh {
@@ -136,6 +141,7 @@ impl Mesh {
             next_token: Cell::new(0),
             tasks_in_flight: Cell::new(0),
             task_done: Event::new(),
+            announcing: glommio::sync::Semaphore::new(1),
         };
         mesh.peer_of_shard
             .borrow_mut()
@@ -289,8 +295,16 @@ impl Mesh {
             .expect("the reply to a Forward carries a result"))
     }
 
-    /// Tells every other shard about a topic created here (shard 0) and waits until all of
-    /// them know it; `Err` if one of them has stopped (the topic is in the catalog anyway,
+    /// Waits for this shard's turn to change the catalog and announce it (held until the
+    /// permit is dropped).
+    pub(crate) async fn announcing(&self) -> Option<glommio::sync::Permit<'_>> {
+        // The semaphore is never closed, so acquiring fails only if it were; no turn is
+        // then needed, as nothing is announced any more.
+        self.announcing.acquire_permit(1).await.ok()
+    }
+
+    /// Tells every other shard about a topic created or changed here (shard 0), as the
+    /// catalog now holds it, and waits until all of them know it; `Err` if one of them has stopped (the topic is in the catalog anyway,
     /// and every shard learns it from there when it starts).
     pub(crate) async fn broadcast_topic(&self, topic: &Topic) -> Result<(), MeshError> {
         let peers = self.other_peers();

@@ -33,7 +33,7 @@ use crate::config::ShutdownSignal;
 
 /// The native protocol's request kinds, as the `kind` label names them; `Malformed` is a
 /// frame that did not decode.
-pub(crate) const NATIVE_REQUEST_KINDS: [&str; 13] = [
+pub(crate) const NATIVE_REQUEST_KINDS: [&str; 14] = [
     "Ping",
     "Metadata",
     "CreateTopic",
@@ -46,6 +46,7 @@ pub(crate) const NATIVE_REQUEST_KINDS: [&str; 13] = [
     "FetchOffsets",
     "BackupBegin",
     "BackupRead",
+    "AlterTopic",
     "Malformed",
 ];
 

@@ -12,7 +12,8 @@ use cairn_engine::core::condition::Conflict;
 use cairn_engine::core::{KeyCondition, RecordInput};
 use cairn_engine::io::backup::BackupPoint;
 use cairn_engine::{
-    Fetched, Offset, OwnedRecord, PartitionId, ProducerError, ProducerStamp, ShardId, Topic,
+    Fetched, Offset, OwnedRecord, PartitionId, ProducerError, ProducerStamp, RetentionPolicy,
+    ShardId, Topic,
 };
 
 use crate::offsets::CommittedOffset;
@@ -27,12 +28,19 @@ pub(crate) enum FailureKind {
     TooLarge,
     /// A read starts beyond the partition's synced end.
     OffsetOutOfRange,
+    /// A read starts below the partition's first kept offset: retention removed it.
+    BeforeLogStart {
+        /// The partition's first kept offset, where a reader can resume.
+        log_start: Offset,
+    },
     /// No topic of that name.
     UnknownTopic,
     /// The topic has no such partition.
     UnknownPartition,
     /// Topic creation: the name is taken.
     TopicExists,
+    /// A topic setting (retention) that is not valid; the message says which.
+    InvalidConfig,
     /// A client tried to create or write an internal topic (`offsets::is_internal`).
     InternalTopic,
     /// An idempotent producer's batch does not follow its earlier ones (Kafka's rules).
@@ -156,6 +164,35 @@ pub(crate) struct PartitionPlacement {
 pub(crate) struct TopicPlacement {
     pub(crate) name: String,
     pub(crate) partitions: Vec<PartitionPlacement>,
+    /// What each partition keeps.
+    pub(crate) retention: RetentionPolicy,
+}
+
+/// A change to a topic's retention, limit by limit: `None` leaves a limit as it is,
+/// `Some(None)` removes it (keep forever), `Some(Some(n))` sets it. Applied on shard 0 to
+/// the catalog's current policy, so two changes to different limits both hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RetentionChange {
+    pub(crate) ms: Option<Option<u64>>,
+    pub(crate) bytes: Option<Option<u64>>,
+}
+
+impl RetentionChange {
+    /// A change that replaces the whole policy with `retention`.
+    pub(crate) fn replace_with(retention: RetentionPolicy) -> RetentionChange {
+        RetentionChange {
+            ms: Some(retention.ms),
+            bytes: Some(retention.bytes),
+        }
+    }
+
+    /// `current` with this change applied.
+    pub(crate) fn apply(&self, current: RetentionPolicy) -> RetentionPolicy {
+        RetentionPolicy {
+            ms: self.ms.unwrap_or(current.ms),
+            bytes: self.bytes.unwrap_or(current.bytes),
+        }
+    }
 }
 
 /// Every topic, and every shard's own port (by shard id).
@@ -242,6 +279,13 @@ pub(crate) enum Forwarded {
     CreateTopic {
         name: String,
         partition_count: u32,
+        retention: RetentionPolicy,
+    },
+    /// To shard 0, which owns the catalog.
+    AlterRetention {
+        name: String,
+        change: RetentionChange,
+        validate_only: bool,
     },
     /// To the group's coordinator shard.
     CommitOffsets {
@@ -270,6 +314,7 @@ pub(crate) enum ForwardedResult {
     ReadKey(Result<ReadKeyResult, Failure>),
     KeyHistory(Result<KeyHistoryResult, Failure>),
     CreateTopic(Result<TopicPlacement, Failure>),
+    AlterRetention(Result<TopicPlacement, Failure>),
     CommitOffsets(Result<(), Failure>),
     FetchOffsets(Result<Vec<Option<CommittedOffset>>, Failure>),
     BackupPoint(Result<BackupPoint, Failure>),
@@ -295,5 +340,6 @@ pub(crate) fn placement(topic: &Topic, shard_ports: &[u16], shard_count: u16) ->
     TopicPlacement {
         name: topic.name.clone(),
         partitions,
+        retention: topic.retention,
     }
 }

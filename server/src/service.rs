@@ -21,7 +21,7 @@ use std::time::Duration;
 use cairn_engine::core::condition::Conflict;
 use cairn_engine::{
     AppendError, AppendOutcome, Offset, OwnedRecord, ProducerStamp, ReadError, RecordHeader,
-    RecordInput, ShardId, TopicError,
+    RecordInput, RetentionPolicy, ShardId, TopicError,
 };
 
 use cairn_engine::io::backup::{BackupPoint, BackupReadError};
@@ -33,7 +33,7 @@ use crate::offsets::{self, CommittedOffset, GroupOffsetsIndex};
 use crate::operation::{
     AppendResult, Failure, FailureKind, FetchResult, FetchedRecords, Forwarded, ForwardedFetch,
     ForwardedResult, KeyHistoryResult, Located, MetadataResult, OffsetCommitEntry,
-    OwnedRecordInput, ReadKeyResult, TopicPlacement, placement,
+    OwnedRecordInput, ReadKeyResult, RetentionChange, TopicPlacement, placement,
 };
 use crate::routing;
 
@@ -463,23 +463,26 @@ pub(crate) fn metadata(context: &ShardContext) -> Result<MetadataResult, Failure
     })
 }
 
-/// Creates topic `name` with `partition_count` partitions; answers once every shard knows
-/// it, so that the client's next request finds it wherever it lands.
+/// Creates topic `name` with `partition_count` partitions keeping what `retention` says;
+/// answers once every shard knows it, so that the client's next request finds it wherever
+/// it lands.
 pub(crate) async fn create_topic(
     context: &ShardContext,
     name: &str,
     partition_count: u32,
+    retention: RetentionPolicy,
 ) -> Result<TopicPlacement, Failure> {
     ensure_serving(context)?;
     if offsets::is_internal(name) {
         return Err(internal_topic_failure(name));
     }
     if context.shard_id == ShardId(0) {
-        return create_topic_local(context, name, partition_count).await;
+        return create_topic_local(context, name, partition_count, retention).await;
     }
     let request = Forwarded::CreateTopic {
         name: name.to_owned(),
         partition_count,
+        retention,
     };
     match forward(context, ShardId(0), request).await? {
         ForwardedResult::CreateTopic(result) => result,
@@ -491,26 +494,120 @@ async fn create_topic_local(
     context: &ShardContext,
     name: &str,
     partition_count: u32,
+    retention: RetentionPolicy,
 ) -> Result<TopicPlacement, Failure> {
+    // Held until every shard knows: announcements of one topic then reach each shard in
+    // the order shard 0 made the changes, so none ends on a stale policy.
+    let _announcing = context.mesh.announcing().await;
     let topic = context
         .shard
-        .create_topic(name, partition_count)
-        .map_err(|topic_error| {
-            let kind = match &topic_error {
-                TopicError::Exists(_) => FailureKind::TopicExists,
-                TopicError::InvalidName { .. } | TopicError::BadPartitionCount { .. } => {
-                    FailureKind::BadRequest
-                }
-                TopicError::NotCatalogOwner | TopicError::Contradicts { .. } => {
-                    FailureKind::Internal
-                }
-                TopicError::Storage(_) => FailureKind::StorageFailure,
-            };
-            Failure::new(kind, topic_error.to_string())
-        })?;
+        .create_topic_with(name, partition_count, retention)
+        .map_err(|topic_error| topic_failure(&topic_error))?;
+    announce_topic(context, &topic).await?;
+    tracing::info!(
+        topic = topic.name,
+        partitions = topic.partition_count,
+        retention_ms = topic.retention.ms,
+        retention_bytes = topic.retention.bytes,
+        "topic created"
+    );
+    Ok(placement(
+        &topic,
+        &context.listening.shard_ports,
+        context.config.shard_count,
+    ))
+}
+
+/// Changes topic `name`'s retention (`change` applied to its current policy, on shard 0);
+/// answers once every shard applies it. With `validate_only` nothing changes: the answer is
+/// the topic as it would be.
+pub(crate) async fn alter_topic_retention(
+    context: &ShardContext,
+    name: &str,
+    change: RetentionChange,
+    validate_only: bool,
+) -> Result<TopicPlacement, Failure> {
+    ensure_serving(context)?;
+    if offsets::is_internal(name) {
+        return Err(internal_topic_failure(name));
+    }
+    if context.shard_id == ShardId(0) {
+        return alter_topic_retention_local(context, name, change, validate_only).await;
+    }
+    let request = Forwarded::AlterRetention {
+        name: name.to_owned(),
+        change,
+        validate_only,
+    };
+    match forward(context, ShardId(0), request).await? {
+        ForwardedResult::AlterRetention(result) => result,
+        _ => Err(mismatched_reply()),
+    }
+}
+
+async fn alter_topic_retention_local(
+    context: &ShardContext,
+    name: &str,
+    change: RetentionChange,
+    validate_only: bool,
+) -> Result<TopicPlacement, Failure> {
+    let _announcing = context.mesh.announcing().await;
+    let current = context
+        .shard
+        .topic(name)
+        .ok_or_else(|| topic_failure(&TopicError::Unknown(name.to_owned())))?;
+    let retention = change.apply(current.retention);
+    let topic = if validate_only {
+        cairn_engine::io::data_dir::validate_retention(retention)
+            .map_err(|topic_error| topic_failure(&topic_error))?;
+        cairn_engine::Topic {
+            retention,
+            ..current
+        }
+    } else {
+        let topic = context
+            .shard
+            .set_topic_retention(name, retention)
+            .map_err(|topic_error| topic_failure(&topic_error))?;
+        announce_topic(context, &topic).await?;
+        tracing::info!(
+            topic = topic.name,
+            retention_ms = topic.retention.ms,
+            retention_bytes = topic.retention.bytes,
+            "topic retention changed"
+        );
+        topic
+    };
+    Ok(placement(
+        &topic,
+        &context.listening.shard_ports,
+        context.config.shard_count,
+    ))
+}
+
+fn topic_failure(topic_error: &TopicError) -> Failure {
+    let kind = match topic_error {
+        TopicError::Exists(_) => FailureKind::TopicExists,
+        TopicError::Unknown(_) => FailureKind::UnknownTopic,
+        TopicError::InvalidName { .. } | TopicError::BadPartitionCount { .. } => {
+            FailureKind::BadRequest
+        }
+        TopicError::InvalidRetention { .. } => FailureKind::InvalidConfig,
+        TopicError::NotCatalogOwner | TopicError::Contradicts { .. } => FailureKind::Internal,
+        TopicError::Storage(_) => FailureKind::StorageFailure,
+    };
+    Failure::new(kind, topic_error.to_string())
+}
+
+/// Tells every other shard the topic as shard 0's catalog now holds it, and waits until
+/// each knows it.
+async fn announce_topic(
+    context: &ShardContext,
+    topic: &cairn_engine::Topic,
+) -> Result<(), Failure> {
     context
         .mesh
-        .broadcast_topic(&topic)
+        .broadcast_topic(topic)
         .await
         .map_err(|mesh_error| {
             let failure = mesh_failure(&mesh_error);
@@ -521,17 +618,7 @@ async fn create_topic_local(
                     topic.name, failure.message
                 ),
             )
-        })?;
-    tracing::info!(
-        topic = topic.name,
-        partitions = topic.partition_count,
-        "topic created"
-    );
-    Ok(placement(
-        &topic,
-        &context.listening.shard_ports,
-        context.config.shard_count,
-    ))
+        })
 }
 
 /// Allocates a producer id for idempotent appends on this shard: ids carry the shard
@@ -991,9 +1078,18 @@ pub(crate) async fn serve_forwarded(
         Forwarded::CreateTopic {
             name,
             partition_count,
+            retention,
         } => ForwardedResult::CreateTopic(match serving {
             Err(failure) => Err(failure),
-            Ok(()) => create_topic_local(context, &name, partition_count).await,
+            Ok(()) => create_topic_local(context, &name, partition_count, retention).await,
+        }),
+        Forwarded::AlterRetention {
+            name,
+            change,
+            validate_only,
+        } => ForwardedResult::AlterRetention(match serving {
+            Err(failure) => Err(failure),
+            Ok(()) => alter_topic_retention_local(context, &name, change, validate_only).await,
         }),
         Forwarded::CommitOffsets { group, entries } => {
             ForwardedResult::CommitOffsets(match serving {
@@ -1064,11 +1160,56 @@ fn owned_fetch_result(result: FetchResult) -> ForwardedFetch {
 fn read_failure(read_error: &ReadError) -> Failure {
     let kind = match read_error {
         ReadError::UnknownPartition(_) => FailureKind::UnknownPartition,
-        ReadError::OffsetOutOfRange { .. } | ReadError::BeforeLogStart { .. } => {
-            FailureKind::OffsetOutOfRange
-        }
+        ReadError::OffsetOutOfRange { .. } => FailureKind::OffsetOutOfRange,
+        ReadError::BeforeLogStart { log_start, .. } => FailureKind::BeforeLogStart {
+            log_start: Offset(*log_start),
+        },
         ReadError::NotKeyRecord { .. } => FailureKind::BadRequest,
         ReadError::Storage(_) => FailureKind::StorageFailure,
     };
     Failure::new(kind, read_error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_below_the_log_start_fails_with_the_first_kept_offset() {
+        let failure = read_failure(&ReadError::BeforeLogStart {
+            requested: 3,
+            log_start: 10,
+        });
+        assert_eq!(
+            failure.kind,
+            FailureKind::BeforeLogStart {
+                log_start: Offset(10)
+            }
+        );
+        assert!(failure.message.contains("10"), "{}", failure.message);
+    }
+
+    #[test]
+    fn a_retention_change_applies_limit_by_limit() {
+        let current = RetentionPolicy {
+            ms: Some(5),
+            bytes: Some(7),
+        };
+        let change = RetentionChange {
+            ms: Some(None),
+            bytes: None,
+        };
+        assert_eq!(
+            change.apply(current),
+            RetentionPolicy {
+                ms: None,
+                bytes: Some(7)
+            }
+        );
+        assert_eq!(RetentionChange::default().apply(current), current);
+        assert_eq!(
+            RetentionChange::replace_with(RetentionPolicy::FOREVER).apply(current),
+            RetentionPolicy::FOREVER
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_client::{BlockingClient, ClientConfig};
-use cairn_engine::{Engine, OpenError, PartitionId, ShardId, Topic};
+use cairn_engine::{Engine, OpenError, PartitionId, RetentionPolicy, ShardId, Topic, TopicError};
 
 use crate::support::engine::{open_engine, run_local, test_config};
 use crate::support::server::{CAIRN_BIN, TestServer};
@@ -94,11 +94,13 @@ fn shards_mirror_topics_with_the_ids_they_were_given_in_any_order() {
             name: "first".into(),
             partition_count: 3,
             first_partition_id: 0,
+            retention: RetentionPolicy::FOREVER,
         };
         let second = Topic {
             name: "second".into(),
             partition_count: 2,
             first_partition_id: 3,
+            retention: RetentionPolicy::FOREVER,
         };
         // Shard 0 created `first` then `second`; the announcements arrive the other way.
         shard.add_topic(&second).unwrap();
@@ -123,5 +125,83 @@ fn shards_mirror_topics_with_the_ids_they_were_given_in_any_order() {
         assert!(shard.add_topic(&contradiction).is_err());
         assert_eq!(shard.topic("second").unwrap().first_partition_id, 3);
         shard.close().await;
+    });
+}
+
+#[test]
+fn retention_reaches_every_owned_partition_when_created_announced_changed_and_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.shard_count = 2;
+    let engine = open_engine(config.clone());
+    let day = RetentionPolicy {
+        ms: Some(86_400_000),
+        bytes: None,
+    };
+    let small = RetentionPolicy {
+        ms: None,
+        bytes: Some(1 << 20),
+    };
+    run_local(move || async move {
+        let shard0 = engine.open_shard(ShardId(0)).await.unwrap();
+        let shard1 = engine.open_shard(ShardId(1)).await.unwrap();
+        let topic = shard0.create_topic_with("events", 4, day).unwrap();
+        assert_eq!(topic.retention, day);
+        shard1.add_topic(&topic).unwrap();
+        for shard in [&shard0, &shard1] {
+            for id in shard.partition_ids() {
+                assert_eq!(shard.partition_retention(id), Some(day), "{id:?}");
+            }
+        }
+        // A change on shard 0 is persisted there; announced, the other shard takes it.
+        let changed = shard0.set_topic_retention("events", small).unwrap();
+        assert_eq!(changed.retention, small);
+        assert_eq!(shard1.topic("events").unwrap().retention, day);
+        shard1.add_topic(&changed).unwrap();
+        assert_eq!(shard1.topic("events").unwrap().retention, small);
+        for shard in [&shard0, &shard1] {
+            for id in shard.partition_ids() {
+                assert_eq!(shard.partition_retention(id), Some(small), "{id:?}");
+            }
+        }
+        // Refused: a limit of 0, an unknown topic, a change on a shard without the catalog.
+        let zero = RetentionPolicy {
+            ms: Some(0),
+            bytes: None,
+        };
+        assert!(matches!(
+            shard0.set_topic_retention("events", zero),
+            Err(TopicError::InvalidRetention { .. })
+        ));
+        assert!(matches!(
+            shard0.create_topic_with("zero", 1, zero),
+            Err(TopicError::InvalidRetention { .. })
+        ));
+        assert!(shard0.topic("zero").is_none());
+        assert!(matches!(
+            shard0.set_topic_retention("nope", small),
+            Err(TopicError::Unknown(_))
+        ));
+        assert!(matches!(
+            shard1.set_topic_retention("events", small),
+            Err(TopicError::NotCatalogOwner)
+        ));
+        shard0.close().await;
+        shard1.close().await;
+    });
+    // Reopened (the first engine, and its lock, went with the closure), each shard's
+    // partitions get the policy from topics.meta.
+    let engine = open_engine(config);
+    assert_eq!(engine.catalog().topic("events").unwrap().retention, small);
+    run_local(move || async move {
+        for shard_id in [ShardId(0), ShardId(1)] {
+            let shard = engine.open_shard(shard_id).await.unwrap();
+            let owned = shard.partition_ids();
+            assert_eq!(owned.len(), 2);
+            for id in owned {
+                assert_eq!(shard.partition_retention(id), Some(small), "{id:?}");
+            }
+            shard.close().await;
+        }
     });
 }

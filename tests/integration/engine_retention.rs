@@ -144,7 +144,7 @@ async fn write_workload(shard: &Shard) -> (PartitionId, PartitionId) {
         .unwrap()
         .partition_id(0)
         .unwrap();
-    set_short_retention(shard, short);
+    set_short_retention(shard);
     let old = [RecordInput {
         key: b"old",
         value: b"only at the start",
@@ -175,14 +175,17 @@ async fn write_workload(shard: &Shard) -> (PartitionId, PartitionId) {
     (keep, short)
 }
 
-fn set_short_retention(shard: &Shard, short: PartitionId) {
-    shard.set_partition_retention(
-        short,
-        RetentionPolicy {
-            ms: None,
-            bytes: Some(SHORT_RETENTION_BYTES),
-        },
-    );
+/// Gives topic "short" its retention the way a user does: in the catalog, durably.
+fn set_short_retention(shard: &Shard) {
+    shard
+        .set_topic_retention(
+            "short",
+            RetentionPolicy {
+                ms: None,
+                bytes: Some(SHORT_RETENTION_BYTES),
+            },
+        )
+        .unwrap();
 }
 
 async fn wait_for_rewrites(shard: &Shard, count: u64) {
@@ -321,7 +324,12 @@ fn a_crash_between_a_rewritten_segment_and_its_index_loses_nothing() {
         move || async move {
             let engine = open_engine(config(&after));
             let shard = engine.open_shard(ShardId(0)).await.unwrap();
-            set_short_retention(&shard, short);
+            // The policy set before the restart is in the catalog.
+            assert!(
+                shard
+                    .partition_retention(short)
+                    .is_some_and(|policy| !policy.is_forever())
+            );
             wait_for_rewrites(&shard, 2).await;
             shard.close().await;
         }
@@ -386,7 +394,7 @@ fn segments_nothing_is_kept_in_are_removed_from_the_front() {
                 .unwrap()
                 .partition_id(0)
                 .unwrap();
-            set_short_retention(&shard, short);
+            set_short_retention(&shard);
             for index in 0..RECORD_COUNT * 2 {
                 let record_value = value("short", index);
                 let records = [RecordInput {

@@ -227,6 +227,17 @@ fn kafka_api_versions_advertises_and_answers_unsupported_versions_with_v0() {
         .find(|api| api.api_key == ApiKey::Fetch as i16)
         .expect("Fetch is advertised");
     assert!(fetch.max_version < 13, "no topic-id fetches");
+    for (api_key, max_version) in [
+        (ApiKey::AlterConfigs, 2),
+        (ApiKey::IncrementalAlterConfigs, 1),
+    ] {
+        let api = response
+            .api_keys
+            .iter()
+            .find(|api| api.api_key == api_key as i16)
+            .unwrap_or_else(|| panic!("{api_key:?} is advertised"));
+        assert_eq!((api.min_version, api.max_version), (0, max_version));
+    }
 
     // A newer ApiVersions than the server speaks: a v0 answer, whatever was asked, and
     // the connection stays usable.
@@ -935,7 +946,11 @@ fn kafka_describe_configs_and_cluster_answer_the_fixed_set_and_every_shard() {
             value("message.timestamp.type").as_deref(),
             Some("CreateTime")
         );
-        assert!(topic.configs.iter().all(|config| config.read_only));
+        // Only retention changes (AlterConfigs); the rest is what Cairn is.
+        for config in &topic.configs {
+            let settable = config.name.starts_with("retention.");
+            assert_eq!(config.read_only, !settable, "{:?}", config.name);
+        }
         assert_eq!(response.results[1].error_code, UNKNOWN_TOPIC_OR_PARTITION);
         assert_eq!(response.results[2].error_code, 0);
         assert!(!response.results[2].configs.is_empty());
@@ -955,4 +970,175 @@ fn kafka_describe_configs_and_cluster_answer_the_fixed_set_and_every_shard() {
         .map(|&port| i32::from(port))
         .collect();
     assert_eq!(ports, expected);
+}
+
+/// A topic's (retention.ms, retention.bytes) as DescribeConfigs v4 reports them, with their
+/// config sources.
+fn described_retention(connection: &mut KafkaConnection, topic: &str) -> [(String, i8); 2] {
+    use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+    use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+    let request = DescribeConfigsRequest::default().with_resources(vec![
+        DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(topic.to_owned()))
+            .with_configuration_keys(Some(vec![
+                StrBytes::from_static_str("retention.ms"),
+                StrBytes::from_static_str("retention.bytes"),
+            ])),
+    ]);
+    let response: DescribeConfigsResponse = connection.call(ApiKey::DescribeConfigs, 4, &request);
+    let result = &response.results[0];
+    assert_eq!(result.error_code, 0, "{result:?}");
+    assert_eq!(
+        result.configs.len(),
+        2,
+        "only the keys asked for: {result:?}"
+    );
+    ["retention.ms", "retention.bytes"].map(|name| {
+        let config = result
+            .configs
+            .iter()
+            .find(|config| config.name.as_str() == name)
+            .unwrap_or_else(|| panic!("{name} described"));
+        let value = config.value.as_ref().map(ToString::to_string);
+        (value.unwrap_or_default(), config.config_source)
+    })
+}
+
+#[test]
+fn kafka_alter_configs_replaces_the_whole_config_and_incremental_changes_one_key() {
+    use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    use kafka_protocol::messages::incremental_alter_configs_request as incremental;
+    use kafka_protocol::messages::{
+        AlterConfigsRequest, AlterConfigsResponse, IncrementalAlterConfigsRequest,
+        IncrementalAlterConfigsResponse,
+    };
+    const DYNAMIC_TOPIC_CONFIG: i8 = 1;
+    const DEFAULT_CONFIG: i8 = 5;
+    let server = TestServer::start();
+    let mut connection = KafkaConnection::connect(server.kafka_ports[1]);
+    create_topic(&mut connection, "replaced", 2);
+    let default = || ("-1".to_owned(), DEFAULT_CONFIG);
+    assert_eq!(
+        described_retention(&mut connection, "replaced"),
+        [default(), default()]
+    );
+
+    let alter = |configs: &[(&str, Option<&str>)], validate_only: bool| {
+        let configs = configs
+            .iter()
+            .map(|(name, value)| {
+                AlterableConfig::default()
+                    .with_name(StrBytes::from_string((*name).to_owned()))
+                    .with_value(value.map(|value| StrBytes::from_string(value.to_owned())))
+            })
+            .collect();
+        AlterConfigsRequest::default()
+            .with_resources(vec![
+                AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("replaced"))
+                    .with_configs(configs),
+            ])
+            .with_validate_only(validate_only)
+    };
+    for version in [0, 2] {
+        let response: AlterConfigsResponse = connection.call(
+            ApiKey::AlterConfigs,
+            version,
+            &alter(
+                &[
+                    ("retention.ms", Some("60000")),
+                    ("retention.bytes", Some("4096")),
+                ],
+                false,
+            ),
+        );
+        assert_eq!(response.responses[0].error_code, 0, "{response:?}");
+        // Not named: back to its default.
+        let response: AlterConfigsResponse = connection.call(
+            ApiKey::AlterConfigs,
+            version,
+            &alter(&[("retention.bytes", Some("8192"))], false),
+        );
+        assert_eq!(response.responses[0].error_code, 0, "{response:?}");
+        assert_eq!(
+            described_retention(&mut connection, "replaced"),
+            [default(), ("8192".to_owned(), DYNAMIC_TOPIC_CONFIG)]
+        );
+    }
+    let response: AlterConfigsResponse = connection.call(
+        ApiKey::AlterConfigs,
+        2,
+        &alter(&[("retention.ms", Some("1"))], true),
+    );
+    assert_eq!(response.responses[0].error_code, 0, "{response:?}");
+    let response: AlterConfigsResponse = connection.call(
+        ApiKey::AlterConfigs,
+        2,
+        &alter(&[("retention.ms", None)], false),
+    );
+    assert_eq!(
+        response.responses[0].error_code, 40,
+        "a missing value: {response:?}"
+    );
+    assert_eq!(
+        described_retention(&mut connection, "replaced"),
+        [default(), ("8192".to_owned(), DYNAMIC_TOPIC_CONFIG)],
+        "validate_only and refused changes leave it"
+    );
+
+    let incremental_request = |operations: &[(&str, i8, Option<&str>)]| {
+        let configs = operations
+            .iter()
+            .map(|(name, operation, value)| {
+                incremental::AlterableConfig::default()
+                    .with_name(StrBytes::from_string((*name).to_owned()))
+                    .with_config_operation(*operation)
+                    .with_value(value.map(|value| StrBytes::from_string(value.to_owned())))
+            })
+            .collect();
+        IncrementalAlterConfigsRequest::default().with_resources(vec![
+            incremental::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("replaced"))
+                .with_configs(configs),
+        ])
+    };
+    let response: IncrementalAlterConfigsResponse = connection.call(
+        ApiKey::IncrementalAlterConfigs,
+        1,
+        &incremental_request(&[("retention.ms", 0, Some("120000"))]),
+    );
+    assert_eq!(response.responses[0].error_code, 0, "{response:?}");
+    assert_eq!(
+        described_retention(&mut connection, "replaced"),
+        [
+            ("120000".to_owned(), DYNAMIC_TOPIC_CONFIG),
+            ("8192".to_owned(), DYNAMIC_TOPIC_CONFIG)
+        ]
+    );
+    // APPEND (2) is for list configs: INVALID_CONFIG. A broker resource: INVALID_REQUEST.
+    let response: IncrementalAlterConfigsResponse = connection.call(
+        ApiKey::IncrementalAlterConfigs,
+        0,
+        &incremental_request(&[("retention.ms", 2, Some("1"))]),
+    );
+    assert_eq!(response.responses[0].error_code, 40, "{response:?}");
+    let mut broker = incremental_request(&[("log.retention.ms", 0, Some("1"))]);
+    broker.resources[0].resource_type = 4;
+    broker.resources[0].resource_name = StrBytes::from_static_str("0");
+    let response: IncrementalAlterConfigsResponse =
+        connection.call(ApiKey::IncrementalAlterConfigs, 1, &broker);
+    assert_eq!(response.responses[0].error_code, 42, "{response:?}");
+    let response: IncrementalAlterConfigsResponse = connection.call(
+        ApiKey::IncrementalAlterConfigs,
+        1,
+        &incremental_request(&[("retention.ms", 1, None), ("retention.bytes", 1, None)]),
+    );
+    assert_eq!(response.responses[0].error_code, 0, "{response:?}");
+    assert_eq!(
+        described_retention(&mut connection, "replaced"),
+        [default(), default()]
+    );
 }

@@ -37,4 +37,5 @@ mod server_lifecycle;
 mod server_metrics;
 mod support;
 mod tidy;
+mod topic_retention;
 mod wire_contract;

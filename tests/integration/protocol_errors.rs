@@ -243,6 +243,7 @@ fn topic_names_over_249_bytes_are_refused_by_the_wire_with_bad_request() {
             body: RequestBody::CreateTopic(CreateTopicRequest {
                 name,
                 partition_count: 1,
+                retention: cairn_engine::RetentionPolicy::FOREVER,
             }),
         }
     }

@@ -94,6 +94,10 @@ fn random_request(rng: &mut TestRng, encoder: &mut Encoder) -> Vec<u8> {
                 pick::<&str>(rng, &read_topics)
             },
             partition_count: *pick(rng, &[0, 1, 3, 4097, u32::MAX]),
+            retention: cairn_engine::RetentionPolicy {
+                ms: *pick(rng, &[None, Some(0), Some(u64::MAX)]),
+                bytes: *pick(rng, &[None, Some(0), Some(u64::MAX)]),
+            },
         }),
         11..=50 => {
             let record_count = *pick(rng, &[0usize, 1, 2, 4, 40]);

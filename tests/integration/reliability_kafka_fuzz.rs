@@ -21,12 +21,13 @@ use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeClusterRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeClusterRequest,
     DescribeConfigsRequest, DescribeGroupsRequest, FindCoordinatorRequest, GroupId,
-    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, RequestHeader,
-    SyncGroupRequest,
+    HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
+    RequestHeader, SyncGroupRequest,
 };
+use kafka_protocol::messages::{alter_configs_request, incremental_alter_configs_request};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::kafka_protocol::{KafkaConnection, batch, fetch, produce, record, topic_name};
@@ -94,6 +95,40 @@ fn corpus() -> Vec<Vec<u8>> {
                     .with_resource_type(2)
                     .with_resource_name(text(SEED_TOPIC)),
             ]),
+        ),
+        // At a topic that does not exist, named unlike the seed topic, so that no mutation
+        // gives the seed topic a retention that would remove its records.
+        encode(
+            ApiKey::IncrementalAlterConfigs,
+            1,
+            &IncrementalAlterConfigsRequest::default()
+                .with_validate_only(true)
+                .with_resources(vec![
+                    incremental_alter_configs_request::AlterConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(text("no-such-topic-here"))
+                        .with_configs(vec![
+                            incremental_alter_configs_request::AlterableConfig::default()
+                                .with_name(text("retention.ms"))
+                                .with_value(Some(text("60000"))),
+                        ]),
+                ]),
+        ),
+        encode(
+            ApiKey::AlterConfigs,
+            2,
+            &AlterConfigsRequest::default()
+                .with_validate_only(true)
+                .with_resources(vec![
+                    alter_configs_request::AlterConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(text("no-such-topic-here"))
+                        .with_configs(vec![
+                            alter_configs_request::AlterableConfig::default()
+                                .with_name(text("retention.bytes"))
+                                .with_value(Some(text("-1"))),
+                        ]),
+                ]),
         ),
         encode(
             ApiKey::DescribeCluster,

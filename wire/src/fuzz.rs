@@ -149,6 +149,7 @@ mod tests {
                     condition: KeyCondition::KeyExists,
                     current_offset: None,
                 }),
+                log_start: None,
             }),
         };
         let mut encoder = Encoder::new();

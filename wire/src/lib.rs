@@ -86,7 +86,7 @@ mod generated {
 pub use encoder::Encoder;
 pub use frame::{FRAME_LENGTH_SIZE_BYTES, FrameError, FrameReader, write_frame};
 pub use request::{
-    AppendRecords, AppendRequest, BACKUP_READ_SIZE_BYTES_MAX, BackupReadRequest,
+    AlterTopicRequest, AppendRecords, AppendRequest, BACKUP_READ_SIZE_BYTES_MAX, BackupReadRequest,
     CommitOffsetsRequest, CreateTopicRequest, FetchOffsetsRequest, FetchRequest, KeyHistoryRequest,
     PartitionOffset, ReadKeyRequest, Request, RequestBody, decode_request,
 };

@@ -14,6 +14,7 @@ use cairn_engine::core::limits::{
     RECORD_HEADER_COUNT_MAX,
 };
 use cairn_engine::core::record::BatchSize;
+use cairn_engine::core::retention::RetentionPolicy;
 use cairn_engine::core::{KeyCondition, Offset, ProducerStamp, RecordHeader, RecordInput, ShardId};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, Vector, WIPOffset};
 
@@ -61,6 +62,20 @@ pub enum RequestBody<'a> {
     BackupBegin,
     /// Read a range of one segment file of a shard's synced log, for a backup.
     BackupRead(BackupReadRequest),
+    /// Change a topic's retention.
+    AlterTopic(AlterTopicRequest<'a>),
+}
+
+/// Change a topic's retention, limit by limit: `None` leaves a limit as it is,
+/// `Some(None)` removes it (keep forever; -1 on the wire), `Some(Some(n))` sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlterTopicRequest<'a> {
+    /// The topic's name.
+    pub name: &'a str,
+    /// Kafka's `retention.ms`.
+    pub retention_ms: Option<Option<u64>>,
+    /// Kafka's `retention.bytes`.
+    pub retention_bytes: Option<Option<u64>>,
 }
 
 /// Most bytes one BackupRead asks for.
@@ -119,6 +134,8 @@ pub struct CreateTopicRequest<'a> {
     pub name: &'a str,
     /// At least 1.
     pub partition_count: u32,
+    /// What each partition keeps (`RetentionPolicy::FOREVER`: everything).
+    pub retention: RetentionPolicy,
 }
 
 /// Append a batch of records to one partition: all of them, at consecutive offsets, or none.
@@ -364,6 +381,7 @@ fn check_frame_size(body_type: fb::RequestBody, frame_size_bytes: usize) -> Resu
         fb::RequestBody::FetchOffsets => "FetchOffsets",
         fb::RequestBody::BackupBegin => "BackupBegin",
         fb::RequestBody::BackupRead => "BackupRead",
+        fb::RequestBody::AlterTopic => "AlterTopic",
         _ => return Ok(()),
     };
     Err(Violation::FrameTooLarge {
@@ -426,6 +444,10 @@ fn decode_body<'a>(request: &fb::Request<'a>) -> Result<RequestBody<'a>, Violati
             let read = request.body_as_backup_read().ok_or(missing)?;
             RequestBody::BackupRead(decode_backup_read(read)?)
         }
+        fb::RequestBody::AlterTopic => {
+            let alter = request.body_as_alter_topic().ok_or(missing)?;
+            RequestBody::AlterTopic(decode_alter_topic(alter)?)
+        }
         fb::RequestBody(type_value) => {
             return Err(Violation::UnknownUnionType {
                 union_name: "RequestBody",
@@ -444,7 +466,42 @@ fn decode_create_topic(create: fb::CreateTopic<'_>) -> Result<CreateTopicRequest
     Ok(CreateTopicRequest {
         name,
         partition_count,
+        retention: RetentionPolicy {
+            ms: create.retention_ms(),
+            bytes: create.retention_bytes(),
+        },
     })
+}
+
+fn decode_alter_topic(alter: fb::AlterTopic<'_>) -> Result<AlterTopicRequest<'_>, Violation> {
+    let name = checked_topic(alter.name())?;
+    Ok(AlterTopicRequest {
+        name,
+        retention_ms: decode_retention_change("AlterTopic.retention_ms", alter.retention_ms())?,
+        retention_bytes: decode_retention_change(
+            "AlterTopic.retention_bytes",
+            alter.retention_bytes(),
+        )?,
+    })
+}
+
+/// -1 removes a limit; 0 passes through for the server to refuse as an invalid setting
+/// (`InvalidConfig`), as CreateTopic's 0 does.
+fn decode_retention_change(
+    field: &'static str,
+    value: Option<i64>,
+) -> Result<Option<Option<u64>>, Violation> {
+    match value {
+        None => Ok(None),
+        Some(-1) => Ok(Some(None)),
+        Some(value) => u64::try_from(value)
+            .map(|limit| Some(Some(limit)))
+            .map_err(|_| Violation::RetentionNegative { field, value }),
+    }
+}
+
+fn encode_retention_change(limit: Option<Option<u64>>) -> Option<i64> {
+    limit.map(|limit| limit.map_or(-1, |value| i64::try_from(value).unwrap_or(i64::MAX)))
 }
 
 fn decode_append(append: fb::Append<'_>) -> Result<AppendRequest<'_>, Violation> {
@@ -803,6 +860,8 @@ impl Encoder {
                 let args = fb::CreateTopicArgs {
                     name: Some(name),
                     partition_count: create.partition_count,
+                    retention_ms: create.retention.ms,
+                    retention_bytes: create.retention.bytes,
                 };
                 let create = fb::CreateTopic::create(builder, &args);
                 (fb::RequestBody::CreateTopic, create.as_union_value())
@@ -910,6 +969,16 @@ impl Encoder {
                 };
                 let read = fb::BackupRead::create(builder, &args);
                 (fb::RequestBody::BackupRead, read.as_union_value())
+            }
+            RequestBody::AlterTopic(alter) => {
+                let name = builder.create_string(alter.name);
+                let args = fb::AlterTopicArgs {
+                    name: Some(name),
+                    retention_ms: encode_retention_change(alter.retention_ms),
+                    retention_bytes: encode_retention_change(alter.retention_bytes),
+                };
+                let alter = fb::AlterTopic::create(builder, &args);
+                (fb::RequestBody::AlterTopic, alter.as_union_value())
             }
         }
     }
@@ -1074,6 +1143,26 @@ mod tests {
                 body: RequestBody::CreateTopic(CreateTopicRequest {
                     name: "seats",
                     partition_count: 16,
+                    retention: RetentionPolicy {
+                        ms: Some(604_800_000),
+                        bytes: Some(1 << 30),
+                    },
+                }),
+            },
+            Request {
+                correlation_id: 11,
+                body: RequestBody::AlterTopic(AlterTopicRequest {
+                    name: "seats",
+                    retention_ms: Some(None),
+                    retention_bytes: Some(Some(4096)),
+                }),
+            },
+            Request {
+                correlation_id: 12,
+                body: RequestBody::AlterTopic(AlterTopicRequest {
+                    name: "seats",
+                    retention_ms: None,
+                    retention_bytes: None,
                 }),
             },
             Request {
@@ -1501,6 +1590,7 @@ mod tests {
             body: RequestBody::CreateTopic(CreateTopicRequest {
                 name,
                 partition_count,
+                retention: RetentionPolicy::FOREVER,
             }),
         };
         assert_eq!(
@@ -1555,6 +1645,7 @@ mod tests {
                 RequestBody::CreateTopic(CreateTopicRequest {
                     name: &topic_max,
                     partition_count: 1,
+                    retention: RetentionPolicy::FOREVER,
                 }),
             ),
             (
@@ -1709,6 +1800,62 @@ mod tests {
                 violation: Violation::UnknownEnumValue {
                     enum_name: "ConditionKind",
                     value: 4
+                },
+            }
+        );
+        assert_eq!(error.error_code(), ErrorCode::BadRequest);
+    }
+
+    fn alter_topic_with(retention_ms: Option<i64>) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::new();
+        let name = builder.create_string("seats");
+        let alter = fb::AlterTopic::create(
+            &mut builder,
+            &fb::AlterTopicArgs {
+                name: Some(name),
+                retention_ms,
+                retention_bytes: None,
+            },
+        );
+        let request = fb::Request::create(
+            &mut builder,
+            &fb::RequestArgs {
+                correlation_id: 9,
+                body_type: fb::RequestBody::AlterTopic,
+                body: Some(alter.as_union_value()),
+            },
+        );
+        builder.finish_minimal(request);
+        builder.finished_data().to_vec()
+    }
+
+    #[test]
+    fn alter_topic_takes_minus_one_as_no_limit_and_refuses_other_negatives() {
+        let decoded = |retention_ms| match decode_request(&alter_topic_with(retention_ms)) {
+            Ok(Request {
+                body: RequestBody::AlterTopic(alter),
+                ..
+            }) => Ok((alter.retention_ms, alter.retention_bytes)),
+            Ok(other) => panic!("decoded as {other:?}"),
+            Err(error) => Err(error),
+        };
+        assert_eq!(decoded(None), Ok((None, None)));
+        assert_eq!(decoded(Some(-1)), Ok((Some(None), None)));
+        // 0 is the server's to refuse (InvalidConfig), as CreateTopic's 0 is.
+        assert_eq!(decoded(Some(0)), Ok((Some(Some(0)), None)));
+        assert_eq!(
+            decoded(Some(i64::MAX)),
+            Ok((Some(Some(i64::MAX as u64)), None))
+        );
+        let error = decoded(Some(-2)).unwrap_err();
+        assert_eq!(
+            error,
+            WireError::Invalid {
+                root: "Request",
+                correlation_id: 9,
+                violation: Violation::RetentionNegative {
+                    field: "AlterTopic.retention_ms",
+                    value: -2
                 },
             }
         );

@@ -7,6 +7,7 @@
 
 use bytes::BufMut;
 use cairn_engine::core::limits::{BATCH_SIZE_BYTES_MAX, RECORD_HEADER_COUNT_MAX};
+use cairn_engine::core::retention::RetentionPolicy;
 use cairn_engine::core::{KeyCondition, Offset, PartitionId, RecordHeader, ShardId};
 use flatbuffers::{ForwardsUOffset, UnionWIPOffset, Vector, VectorIter, WIPOffset};
 
@@ -56,6 +57,8 @@ pub enum ResponseBody<'a> {
     BackupManifest(BackupManifest<'a>),
     /// Answer to BackupRead: the bytes asked for.
     BackupChunk(&'a [u8]),
+    /// Answer to AlterTopic: the topic with its settings as they now are.
+    TopicAltered(TopicMetadata<'a>),
 }
 
 /// The backup point of every shard, and the catalog that goes with it.
@@ -120,6 +123,8 @@ pub struct TopicMetadata<'a> {
     pub name: &'a str,
     /// Every partition, in order: `partitions[i].partition == i`.
     pub partitions: Vec<PartitionMetadata>,
+    /// What each partition keeps.
+    pub retention: RetentionPolicy,
 }
 
 /// One partition of a topic and its owner.
@@ -216,6 +221,9 @@ pub struct ErrorResponse<'a> {
     pub message: &'a str,
     /// Present exactly when `code` is [`ErrorCode::Conflict`]; decoding enforces it.
     pub conflict: Option<ConflictInfo>,
+    /// The partition's first kept offset; present exactly when `code` is
+    /// [`ErrorCode::OffsetBeforeLogStart`]; decoding enforces it.
+    pub log_start: Option<Offset>,
 }
 
 /// Why a request failed, as a client can act on it. The schema documents each code.
@@ -251,11 +259,16 @@ pub enum ErrorCode {
     OffsetOutOfRange,
     /// A BackupRead range outside the shard's synced log.
     BackupRangeUnavailable,
+    /// A read starts below the partition's first kept offset (retention removed it);
+    /// `ErrorResponse::log_start` is where a reader can resume.
+    OffsetBeforeLogStart,
+    /// A retention setting that is not valid; the message says which.
+    InvalidConfig,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::Internal,
         ErrorCode::BadRequest,
         ErrorCode::UnsupportedRequest,
@@ -271,6 +284,8 @@ impl ErrorCode {
         ErrorCode::ProducerFenced,
         ErrorCode::OffsetOutOfRange,
         ErrorCode::BackupRangeUnavailable,
+        ErrorCode::OffsetBeforeLogStart,
+        ErrorCode::InvalidConfig,
     ];
 
     fn to_fb(self) -> fb::ErrorCode {
@@ -290,6 +305,8 @@ impl ErrorCode {
             ErrorCode::ProducerFenced => fb::ErrorCode::ProducerFenced,
             ErrorCode::OffsetOutOfRange => fb::ErrorCode::OffsetOutOfRange,
             ErrorCode::BackupRangeUnavailable => fb::ErrorCode::BackupRangeUnavailable,
+            ErrorCode::OffsetBeforeLogStart => fb::ErrorCode::OffsetBeforeLogStart,
+            ErrorCode::InvalidConfig => fb::ErrorCode::InvalidConfig,
         }
     }
 
@@ -310,6 +327,8 @@ impl ErrorCode {
             fb::ErrorCode::ProducerFenced => ErrorCode::ProducerFenced,
             fb::ErrorCode::OffsetOutOfRange => ErrorCode::OffsetOutOfRange,
             fb::ErrorCode::BackupRangeUnavailable => ErrorCode::BackupRangeUnavailable,
+            fb::ErrorCode::OffsetBeforeLogStart => ErrorCode::OffsetBeforeLogStart,
+            fb::ErrorCode::InvalidConfig => ErrorCode::InvalidConfig,
             fb::ErrorCode(value) => {
                 return Err(Violation::UnknownEnumValue {
                     enum_name: "ErrorCode",
@@ -701,6 +720,10 @@ fn decode_body<'a>(response: &fb::Response<'a>) -> Result<ResponseBody<'a>, Viol
             let created = response.body_as_topic_created().ok_or(missing)?;
             ResponseBody::TopicCreated(decode_topic_metadata(created.topic()))
         }
+        fb::ResponseBody::TopicAltered => {
+            let altered = response.body_as_topic_altered().ok_or(missing)?;
+            ResponseBody::TopicAltered(decode_topic_metadata(altered.topic()))
+        }
         fb::ResponseBody::MetadataResult => {
             let metadata = response.body_as_metadata_result().ok_or(missing)?;
             ResponseBody::Metadata(MetadataResult {
@@ -835,6 +858,10 @@ fn decode_topic_metadata(topic: fb::TopicMetadata<'_>) -> TopicMetadata<'_> {
     TopicMetadata {
         name: topic.name(),
         partitions: partitions.unwrap_or_default(),
+        retention: RetentionPolicy {
+            ms: topic.retention_ms(),
+            bytes: topic.retention_bytes(),
+        },
     }
 }
 
@@ -866,10 +893,26 @@ fn decode_error(error: fb::ErrorResponse<'_>) -> Result<ErrorResponse<'_>, Viola
         }
         (_, None) => None,
     };
+    let log_start = match (code, error.log_start()) {
+        (ErrorCode::OffsetBeforeLogStart, Some(log_start)) => Some(Offset(log_start)),
+        (ErrorCode::OffsetBeforeLogStart, None) => {
+            return Err(Violation::MissingField {
+                field: "ErrorResponse.log_start",
+            });
+        }
+        (_, Some(_)) => {
+            return Err(Violation::UnexpectedField {
+                field: "ErrorResponse.log_start",
+                context: "unless code is OffsetBeforeLogStart",
+            });
+        }
+        (_, None) => None,
+    };
     Ok(ErrorResponse {
         code,
         message: error.message().unwrap_or_default(),
         conflict,
+        log_start,
     })
 }
 
@@ -933,6 +976,12 @@ impl Encoder {
                 let created = fb::TopicCreated::create(&mut self.builder, &args);
                 (fb::ResponseBody::TopicCreated, created.as_union_value())
             }
+            ResponseBody::TopicAltered(topic) => {
+                let topic = self.encode_topic_metadata(topic);
+                let args = fb::TopicAlteredArgs { topic: Some(topic) };
+                let altered = fb::TopicAltered::create(&mut self.builder, &args);
+                (fb::ResponseBody::TopicAltered, altered.as_union_value())
+            }
             ResponseBody::Metadata(metadata) => {
                 let topics: Vec<_> = metadata
                     .topics
@@ -992,6 +1041,11 @@ impl Encoder {
                     error.conflict.is_some(),
                     error.code == ErrorCode::Conflict,
                     "conflict details go with code Conflict and only with it: {error:?}"
+                );
+                debug_assert_eq!(
+                    error.log_start.is_some(),
+                    error.code == ErrorCode::OffsetBeforeLogStart,
+                    "a log start goes with code OffsetBeforeLogStart and only with it: {error:?}"
                 );
                 let error = self.encode_error(error);
                 (fb::ResponseBody::ErrorResponse, error.as_union_value())
@@ -1117,6 +1171,8 @@ impl Encoder {
         let args = fb::TopicMetadataArgs {
             name: Some(name),
             partitions: Some(partitions),
+            retention_ms: topic.retention.ms,
+            retention_bytes: topic.retention.bytes,
         };
         fb::TopicMetadata::create(builder, &args)
     }
@@ -1188,6 +1244,7 @@ impl Encoder {
             code: error.code.to_fb(),
             message,
             conflict,
+            log_start: error.log_start.map(|offset| offset.0),
         };
         fb::ErrorResponse::create(builder, &args)
     }
@@ -1274,6 +1331,7 @@ mod tests {
                     port: 9001,
                 },
             ],
+            retention: RetentionPolicy::FOREVER,
         }
     }
 
@@ -1283,6 +1341,20 @@ mod tests {
         let bodies = [
             ResponseBody::Pong,
             ResponseBody::TopicCreated(topic()),
+            ResponseBody::TopicAltered(TopicMetadata {
+                retention: RetentionPolicy {
+                    ms: Some(86_400_000),
+                    bytes: Some(1 << 30),
+                },
+                ..topic()
+            }),
+            ResponseBody::TopicAltered(TopicMetadata {
+                retention: RetentionPolicy {
+                    ms: None,
+                    bytes: Some(1),
+                },
+                ..topic()
+            }),
             ResponseBody::Metadata(MetadataResult {
                 shard_ports: vec![],
                 topics: vec![],
@@ -1294,6 +1366,7 @@ mod tests {
                     TopicMetadata {
                         name: "empty",
                         partitions: vec![],
+                        retention: RetentionPolicy::FOREVER,
                     },
                 ],
             }),
@@ -1357,6 +1430,7 @@ mod tests {
                     condition: KeyCondition::At(Offset(5)),
                     current_offset: Some(Offset(7)),
                 }),
+                log_start: None,
             }),
             ResponseBody::Error(ErrorResponse {
                 code: ErrorCode::Conflict,
@@ -1366,6 +1440,7 @@ mod tests {
                     condition: KeyCondition::KeyExists,
                     current_offset: None,
                 }),
+                log_start: None,
             }),
             ResponseBody::Error(ErrorResponse {
                 code: ErrorCode::Conflict,
@@ -1373,6 +1448,7 @@ mod tests {
                 conflict: Some(ConflictInfo::EndOffset {
                     current_end_offset: Offset(9),
                 }),
+                log_start: None,
             }),
             ResponseBody::BackupManifest(BackupManifest {
                 shard_count: 2,
@@ -1425,6 +1501,7 @@ mod tests {
                     code,
                     message: "why",
                     conflict: None,
+                    log_start: (code == ErrorCode::OffsetBeforeLogStart).then_some(Offset(42)),
                 }),
             });
         }
@@ -1490,6 +1567,7 @@ mod tests {
                 code,
                 message: None,
                 conflict,
+                log_start: None,
             },
         );
         let response = fb::Response::create(
@@ -1607,6 +1685,7 @@ mod tests {
                         condition: KeyCondition::At(Offset(5)),
                         current_offset: Some(Offset(7)),
                     }),
+                    log_start: None,
                 }),
             }),
             encode(&Response {

@@ -209,6 +209,9 @@ pub enum Violation {
         name_size_bytes: usize,
         name_size_bytes_max: usize,
     },
+    /// An AlterTopic retention limit below -1 (-1 removes the limit; 1 or more sets it).
+    #[error("{field} is {value}; -1 (no limit) or a positive number")]
+    RetentionNegative { field: &'static str, value: i64 },
     /// A BackupRead asking for no bytes or more than `BACKUP_READ_SIZE_BYTES_MAX`.
     #[error("backup read of {length_bytes} bytes; 1 to {length_bytes_max} may be read at once")]
     BackupReadLength {
@@ -241,6 +244,7 @@ impl Violation {
             | Violation::TopicNameEmpty
             | Violation::TopicNameTooLong { .. }
             | Violation::PartitionCountZero
+            | Violation::RetentionNegative { .. }
             | Violation::BatchEmpty
             | Violation::ProducerStampNegative { .. }
             | Violation::GroupIdEmpty

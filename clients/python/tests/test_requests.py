@@ -13,6 +13,7 @@ from cairn import (
     ConditionKind,
     Conflict,
     ConflictKind,
+    InvalidConfig,
     KeyCondition,
     PartitionOffset,
     Record,
@@ -38,6 +39,19 @@ def test_ping_create_topic_and_metadata(server: Server, topic: str) -> None:
             client.create_topic(topic, 4)
         with pytest.raises(BadRequest):
             client.create_topic("bad/name", 1)
+
+
+def test_create_topic_with_retention_and_see_it_in_metadata(server: Server, topic: str) -> None:
+    with Client(server.host, server.port) as client:
+        created = client.create_topic(topic, 2, retention_ms=86_400_000)
+        assert (created.retention_ms, created.retention_bytes) == (86_400_000, None)
+        plain = client.create_topic(topic + "-plain", 1)
+        assert (plain.retention_ms, plain.retention_bytes) == (None, None)
+        info = client.metadata().topics[topic]
+        assert (info.retention_ms, info.retention_bytes) == (86_400_000, None)
+        with pytest.raises(InvalidConfig):
+            client.create_topic(topic + "-zero", 1, retention_bytes=0)
+        assert topic + "-zero" not in client.metadata().topics
 
 
 def test_append_and_fetch_round_trip(server: Server, topic: str) -> None:

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::core::PartitionId;
+use crate::core::retention::RetentionPolicy;
 use crate::error::{OpenError, StorageError, TopicError};
 
 /// The on-disk format version this build reads and writes (FORMAT.md, version history).
@@ -138,7 +139,8 @@ const META_FILE_NAME: &str = "cairn.meta";
 const LOCK_FILE_NAME: &str = "lock";
 const TOPICS_FILE_NAME: &str = "topics.meta";
 
-/// One topic: its name and the contiguous range of partition ids it owns.
+/// One topic: its name, the contiguous range of partition ids it owns, and how much of
+/// each partition's history it keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topic {
     /// The topic's name.
@@ -147,9 +149,20 @@ pub struct Topic {
     pub partition_count: u32,
     /// Id of partition 0 of this topic; partition `i` is `first_partition_id + i`.
     pub first_partition_id: u32,
+    /// What each partition keeps; the only setting that changes after creation
+    /// (`Catalog::set_retention`).
+    pub retention: RetentionPolicy,
 }
 
 impl Topic {
+    /// Whether `other` is the same topic: same name and partition ids. Settings that can
+    /// change (retention) are not part of a topic's identity.
+    pub fn is_same_topic(&self, other: &Topic) -> bool {
+        self.name == other.name
+            && self.partition_count == other.partition_count
+            && self.first_partition_id == other.first_partition_id
+    }
+
     /// The global id of this topic's partition `index`, if it exists.
     pub fn partition_id(&self, index: u32) -> Option<PartitionId> {
         (index < self.partition_count).then(|| PartitionId(self.first_partition_id + index))
@@ -195,6 +208,41 @@ impl Catalog {
     /// unused partition ids.
     pub fn add(&mut self, name: &str, partition_count: u32) -> Result<Topic, TopicError> {
         self.add_aligned(name, partition_count, 1)
+    }
+
+    /// Adds a topic as `add` does, with a retention policy (`validate_retention`).
+    pub fn add_with(
+        &mut self,
+        name: &str,
+        partition_count: u32,
+        retention: RetentionPolicy,
+    ) -> Result<Topic, TopicError> {
+        validate_retention(retention)?;
+        let mut topic = self.add(name, partition_count)?;
+        let known = self
+            .topics
+            .last_mut()
+            .expect("add pushed the topic it returned");
+        known.retention = retention;
+        topic.retention = retention;
+        Ok(topic)
+    }
+
+    /// Changes topic `name`'s retention in memory (the caller persists the catalog) and
+    /// returns the topic as it now is.
+    pub fn set_retention(
+        &mut self,
+        name: &str,
+        retention: RetentionPolicy,
+    ) -> Result<Topic, TopicError> {
+        validate_retention(retention)?;
+        let topic = self
+            .topics
+            .iter_mut()
+            .find(|topic| topic.name == name)
+            .ok_or_else(|| TopicError::Unknown(name.to_owned()))?;
+        topic.retention = retention;
+        Ok(topic.clone())
     }
 
     /// Adds a topic as `add` does, but with a first partition id that is a multiple of
@@ -250,6 +298,7 @@ impl Catalog {
             name: name.to_owned(),
             partition_count,
             first_partition_id,
+            retention: RetentionPolicy::FOREVER,
         };
         self.topics.push(topic.clone());
         Ok(topic)
@@ -257,18 +306,21 @@ impl Catalog {
 
     /// Adds a topic exactly as another shard's catalog assigned it (its partition ids
     /// included), so every shard routes by the same ids whatever order announcements
-    /// arrive in. Learning a topic twice is harmless; one that contradicts what is known
+    /// arrive in. Learning a known topic again takes its announced settings (retention):
+    /// that is how a change reaches the other shards. One that contradicts what is known
     /// (same name, other ids, or ids another topic has) is refused.
     pub fn mirror(&mut self, topic: &Topic) -> Result<(), TopicError> {
+        validate_retention(topic.retention)?;
         let topic_end = u64::from(topic.first_partition_id) + u64::from(topic.partition_count);
-        for known in &self.topics {
+        for known in &mut self.topics {
             if known.name == topic.name {
-                return if known == topic {
+                return if known.is_same_topic(topic) {
+                    known.retention = topic.retention;
                     Ok(())
                 } else {
                     Err(TopicError::Contradicts {
-                        known: known.clone(),
-                        announced: topic.clone(),
+                        known: Box::new(known.clone()),
+                        announced: Box::new(topic.clone()),
                     })
                 };
             }
@@ -277,8 +329,8 @@ impl Catalog {
                 && u64::from(known.first_partition_id) < topic_end
             {
                 return Err(TopicError::Contradicts {
-                    known: known.clone(),
-                    announced: topic.clone(),
+                    known: Box::new(known.clone()),
+                    announced: Box::new(topic.clone()),
                 });
             }
         }
@@ -305,9 +357,18 @@ impl Catalog {
         let mut text = String::new();
         for topic in &self.topics {
             text.push_str(&format!(
-                "topic {} {} {}\n",
+                "topic {} {} {}",
                 topic.name, topic.partition_count, topic.first_partition_id
             ));
+            // Only limits that are set: a topic that keeps forever writes the line older
+            // versions wrote, so downgrading stays possible until someone sets retention.
+            if let Some(ms) = topic.retention.ms {
+                text.push_str(&format!(" {RETENTION_MS_FIELD}={ms}"));
+            }
+            if let Some(bytes) = topic.retention.bytes {
+                text.push_str(&format!(" {RETENTION_BYTES_FIELD}={bytes}"));
+            }
+            text.push('\n');
         }
         text
     }
@@ -320,7 +381,7 @@ impl Catalog {
                 problem,
             };
             let fields: Vec<&str> = line.split(' ').collect();
-            let [tag, name, count, first] = fields.as_slice() else {
+            let [tag, name, count, first, settings @ ..] = fields.as_slice() else {
                 return Err(bad(format!("malformed line {line:?}")));
             };
             if *tag != "topic" {
@@ -340,8 +401,13 @@ impl Catalog {
                     catalog.next_partition_id()
                 )));
             }
+            let retention = decode_retention(settings)
+                .map_err(|problem| bad(format!("{problem} in {line:?}")))?;
             catalog
                 .add_at(name, count, first)
+                .map_err(|error| bad(error.to_string()))?;
+            catalog
+                .set_retention(name, retention)
                 .map_err(|error| bad(error.to_string()))?;
         }
         Ok(catalog)
@@ -377,6 +443,50 @@ pub(crate) fn save_log_start(shard_dir: &Path, first_segment: u64) -> Result<(),
         LOG_START_FILE_NAME,
         &format!("first_segment {first_segment}\n"),
     )
+}
+
+/// Field names of a `topics.meta` line's optional settings (FORMAT.md, topics.meta).
+const RETENTION_MS_FIELD: &str = "retention.ms";
+const RETENTION_BYTES_FIELD: &str = "retention.bytes";
+
+/// The settings after a topic line's fixed fields: each `retention.ms=<n>` or
+/// `retention.bytes=<n>` at most once, `n` at least 1; an absent one is no limit.
+fn decode_retention(settings: &[&str]) -> Result<RetentionPolicy, String> {
+    let mut retention = RetentionPolicy::FOREVER;
+    for setting in settings {
+        let Some((key, value)) = setting.split_once('=') else {
+            return Err(format!("setting {setting:?} is not key=value"));
+        };
+        let limit = match key {
+            RETENTION_MS_FIELD => &mut retention.ms,
+            RETENTION_BYTES_FIELD => &mut retention.bytes,
+            _ => return Err(format!("unknown setting {key:?}")),
+        };
+        if limit.is_some() {
+            return Err(format!("setting {key:?} twice"));
+        }
+        let value: u64 = value
+            .parse()
+            .map_err(|_| format!("bad value {value:?} for {key}"))?;
+        *limit = Some(value);
+    }
+    Ok(retention)
+}
+
+/// Refuses a retention limit of 0, which would remove each record as soon as it is
+/// written: no limit is `None`.
+pub fn validate_retention(retention: RetentionPolicy) -> Result<(), TopicError> {
+    if retention.ms == Some(0) {
+        return Err(TopicError::InvalidRetention {
+            setting: RETENTION_MS_FIELD,
+        });
+    }
+    if retention.bytes == Some(0) {
+        return Err(TopicError::InvalidRetention {
+            setting: RETENTION_BYTES_FIELD,
+        });
+    }
+    Ok(())
 }
 
 fn validate_topic_name(name: &str) -> Result<(), TopicError> {
@@ -751,6 +861,118 @@ mod tests {
         assert!(matches!(
             data_dir.load_catalog(),
             Err(OpenError::BadMetadata { .. })
+        ));
+    }
+
+    fn write_catalog_file(dir: &Path, body: &str) {
+        fs::write(
+            dir.join(TOPICS_FILE_NAME),
+            format!("{body}crc32 {:08x}\n", crc32fast::hash(body.as_bytes())),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_catalog_without_retention_fields_loads_as_keep_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open_or_create(dir.path(), 1).unwrap();
+        write_catalog_file(dir.path(), "topic orders 3 0\ntopic seats 2 3\n");
+        let catalog = data_dir.load_catalog().unwrap();
+        assert_eq!(catalog.topics().len(), 2);
+        for topic in catalog.topics() {
+            assert_eq!(topic.retention, RetentionPolicy::FOREVER);
+        }
+        // Saved again without a change, the file is byte for byte what old versions wrote.
+        assert_eq!(catalog.encode(), "topic orders 3 0\ntopic seats 2 3\n");
+    }
+
+    #[test]
+    fn retention_round_trips_through_topics_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open_or_create(dir.path(), 1).unwrap();
+        let mut catalog = Catalog::default();
+        let both = RetentionPolicy {
+            ms: Some(604_800_000),
+            bytes: Some(1 << 30),
+        };
+        catalog.add_with("orders", 3, both).unwrap();
+        catalog.add("seats", 2).unwrap();
+        let bytes_only = RetentionPolicy {
+            ms: None,
+            bytes: Some(4096),
+        };
+        catalog.set_retention("seats", bytes_only).unwrap();
+        data_dir.save_catalog(&catalog).unwrap();
+        let text = fs::read_to_string(dir.path().join(TOPICS_FILE_NAME)).unwrap();
+        assert!(
+            text.starts_with(
+                "topic orders 3 0 retention.ms=604800000 retention.bytes=1073741824\n\
+                 topic seats 2 3 retention.bytes=4096\n"
+            ),
+            "{text}"
+        );
+        let loaded = data_dir.load_catalog().unwrap();
+        assert_eq!(loaded, catalog);
+        assert_eq!(loaded.topic("orders").unwrap().retention, both);
+        assert_eq!(loaded.topic("seats").unwrap().retention, bytes_only);
+        // Back to forever: the line loses its fields.
+        catalog
+            .set_retention("seats", RetentionPolicy::FOREVER)
+            .unwrap();
+        assert!(catalog.encode().ends_with("topic seats 2 3\n"));
+    }
+
+    #[test]
+    fn a_catalog_with_a_bad_retention_field_is_refused_and_says_which() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open_or_create(dir.path(), 1).unwrap();
+        for (field, problem) in [
+            ("retention.ms=-1", "bad value"),
+            ("retention.ms=", "bad value"),
+            ("retention.bytes=12x", "bad value"),
+            ("retention.ms=0", "retention.ms must be at least 1"),
+            ("retention.bytes=0", "retention.bytes must be at least 1"),
+            ("retention.ms=5 retention.ms=6", "twice"),
+            ("retention.days=5", "unknown setting"),
+            ("retention.ms", "not key=value"),
+            ("", "not key=value"),
+        ] {
+            write_catalog_file(dir.path(), &format!("topic orders 3 0 {field}\n"));
+            match data_dir.load_catalog() {
+                Err(OpenError::BadMetadata {
+                    problem: actual, ..
+                }) => {
+                    assert!(actual.contains(problem), "{field:?}: {actual}");
+                }
+                other => panic!("{field:?} was not refused: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn mirroring_compares_identity_and_takes_the_announced_retention() {
+        let mut source = Catalog::default();
+        let topic = source.add("orders", 3).unwrap();
+        let mut mirror = Catalog::default();
+        mirror.mirror(&topic).unwrap();
+        let changed = source
+            .set_retention(
+                "orders",
+                RetentionPolicy {
+                    ms: Some(1000),
+                    bytes: None,
+                },
+            )
+            .unwrap();
+        mirror.mirror(&changed).unwrap();
+        assert_eq!(mirror, source);
+        let moved = Topic {
+            first_partition_id: 5,
+            ..changed
+        };
+        assert!(matches!(
+            mirror.mirror(&moved),
+            Err(TopicError::Contradicts { .. })
         ));
     }
 

@@ -481,18 +481,3 @@ fn remove_temporaries(shard_dir: &Path) -> Result<(), StorageError> {
     }
     Ok(())
 }
-
-impl crate::io::shard::Shard {
-    /// Sets what `partition`'s topic keeps, on this shard only: the catalog's policy is
-    /// applied this way at open and whenever it changes. Unknown partitions are ignored.
-    pub fn set_partition_retention(
-        &self,
-        partition: crate::core::PartitionId,
-        retention: crate::core::retention::RetentionPolicy,
-    ) {
-        self.state
-            .borrow_mut()
-            .log
-            .set_retention(partition, retention);
-    }
-}

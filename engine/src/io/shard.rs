@@ -19,6 +19,7 @@ use crate::core::condition::Conflict;
 use crate::core::limits::BLOCK_SIZE_BYTES;
 use crate::core::partition::Refusal;
 use crate::core::record::{batch_encoded_len, check_producer_stamp};
+use crate::core::retention::RetentionPolicy;
 use crate::core::segment_header::SEGMENT_HEADER_SIZE_BYTES;
 use crate::core::shard_log::{
     Admission, RecoveredPartition, ShardLog, ShardLogLimits, first_segment_size_bytes,
@@ -285,6 +286,11 @@ impl Shard {
             recovered.chain_crc,
         );
         log.set_first_segment(first_segment);
+        for topic in engine.catalog.topics() {
+            for id in topic.partition_ids() {
+                log.set_retention(id, topic.retention);
+            }
+        }
         let state = ShardState {
             shard_id,
             shard_dir,
@@ -565,13 +571,24 @@ impl Shard {
     /// Creates a topic durably in the catalog and the partitions it gives this shard.
     /// Only shard 0 owns the catalog; the caller tells the other shards (`add_topic`).
     pub fn create_topic(&self, name: &str, partition_count: u32) -> Result<Topic, TopicError> {
+        self.create_topic_with(name, partition_count, RetentionPolicy::FOREVER)
+    }
+
+    /// Creates a topic as `create_topic` does, keeping what `retention` says (a limit of 0
+    /// is `InvalidRetention`).
+    pub fn create_topic_with(
+        &self,
+        name: &str,
+        partition_count: u32,
+        retention: RetentionPolicy,
+    ) -> Result<Topic, TopicError> {
         let mut guard = self.state.borrow_mut();
         let state = &mut *guard;
         if state.shard_id != ShardId(0) {
             return Err(TopicError::NotCatalogOwner);
         }
         let mut catalog = state.catalog.clone();
-        let topic = catalog.add(name, partition_count)?;
+        let topic = catalog.add_with(name, partition_count, retention)?;
         state
             .data_dir
             .save_catalog(&catalog)
@@ -582,8 +599,40 @@ impl Shard {
         Ok(topic)
     }
 
+    /// Changes topic `name`'s retention durably in the catalog (synced before this returns)
+    /// and applies it to the partitions this shard owns; returns the topic as it now is.
+    /// Only shard 0 owns the catalog; the caller tells the other shards (`add_topic`).
+    pub fn set_topic_retention(
+        &self,
+        name: &str,
+        retention: RetentionPolicy,
+    ) -> Result<Topic, TopicError> {
+        let mut guard = self.state.borrow_mut();
+        let state = &mut *guard;
+        if state.shard_id != ShardId(0) {
+            return Err(TopicError::NotCatalogOwner);
+        }
+        let mut catalog = state.catalog.clone();
+        let topic = catalog.set_retention(name, retention)?;
+        state
+            .data_dir
+            .save_catalog(&catalog)
+            .map_err(TopicError::Storage)?;
+        state.catalog = catalog;
+        drop(guard);
+        self.add_topic(&topic)?;
+        Ok(topic)
+    }
+
+    /// What the log applies to `partition` now (its topic's retention), if this shard owns
+    /// it.
+    pub fn partition_retention(&self, partition: PartitionId) -> Option<RetentionPolicy> {
+        self.state.borrow().log.retention(partition)
+    }
+
     /// Learns a topic created on shard 0, with the partition ids shard 0 gave it, and
-    /// creates the partitions this shard owns. Refuses a topic that contradicts one this
+    /// creates the partitions this shard owns; for a topic it knows, takes its announced
+    /// retention (a change made on shard 0). Refuses a topic that contradicts one this
     /// shard knows (same name with other ids, or ids of another topic): routing would then
     /// send one topic's requests to another's partitions.
     pub fn add_topic(&self, topic: &Topic) -> Result<(), TopicError> {
@@ -597,6 +646,7 @@ impl Shard {
         for id in topic.partition_ids() {
             if ShardId::owner_of(id, shard_count) == shard_id {
                 state.log.add_partition(id);
+                state.log.set_retention(id, topic.retention);
                 state.synced.entry(id).or_default();
             }
         }

@@ -43,7 +43,12 @@ pub(super) fn failure_code(failure: &Failure) -> i16 {
             ResponseError::InvalidRequest
         }
         FailureKind::TooLarge => ResponseError::MessageTooLarge,
-        FailureKind::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
+        // Below the log start too: the consumer resets by its auto.offset.reset policy,
+        // and ListOffsets EARLIEST gives it the first kept offset.
+        FailureKind::OffsetOutOfRange | FailureKind::BeforeLogStart { .. } => {
+            ResponseError::OffsetOutOfRange
+        }
+        FailureKind::InvalidConfig => ResponseError::InvalidConfig,
         FailureKind::UnknownTopic | FailureKind::UnknownPartition => {
             ResponseError::UnknownTopicOrPartition
         }
@@ -166,6 +171,22 @@ mod tests {
 
     fn key_12a(_: u32) -> Option<&'static [u8]> {
         Some(b"12A")
+    }
+
+    #[test]
+    fn a_read_below_the_log_start_is_offset_out_of_range_and_a_bad_setting_invalid_config() {
+        let below = Failure::new(
+            FailureKind::BeforeLogStart {
+                log_start: Offset(10),
+            },
+            "removed",
+        );
+        assert_eq!(failure_code(&below), ResponseError::OffsetOutOfRange.code());
+        let invalid = Failure::new(
+            FailureKind::InvalidConfig,
+            "retention.ms must be at least 1",
+        );
+        assert_eq!(failure_code(&invalid), ResponseError::InvalidConfig.code());
     }
 
     #[test]

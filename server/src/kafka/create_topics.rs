@@ -1,9 +1,12 @@
 //! `CreateTopics`: through the service's `create_topic` (run on shard 0, which owns the
 //! catalog, and answered once every shard knows the topic). One replica per partition:
 //! replication factor -1 (the default) or 1; `num_partitions` -1 means
-//! [`DEFAULT_PARTITION_COUNT`]. Manual replica assignments and configs other than the
-//! values Cairn has anyway (see `describe_configs`) are refused.
+//! [`DEFAULT_PARTITION_COUNT`]. Manual replica assignments are refused. Configs follow
+//! `topic_configs`: `retention.ms` and `retention.bytes` set the topic's retention (-1 or
+//! absent: no limit); the fixed ones are taken only at Cairn's value; any other key, and
+//! any value that does not parse, is INVALID_CONFIG with a message.
 
+use cairn_engine::RetentionPolicy;
 use cairn_engine::io::data_dir::{TOPIC_NAME_SIZE_BYTES_MAX, TOPIC_PARTITION_COUNT_MAX};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
@@ -14,23 +17,15 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::codes;
+use super::topic_configs::{self, ConfigEntry};
 use crate::context::ShardContext;
 use crate::offsets;
-use crate::operation::FailureKind;
+use crate::operation::{FailureKind, RetentionChange};
 use crate::service;
 
 /// Partitions of a topic created with `num_partitions` -1 (Kafka's `num.partitions`
 /// default, too).
 pub(super) const DEFAULT_PARTITION_COUNT: u32 = 1;
-
-/// Configs a request may set, with the only value each may have here.
-const FIXED_CONFIGS: &[(&str, &str)] = &[
-    ("cleanup.policy", "delete"),
-    ("retention.ms", "-1"),
-    ("retention.bytes", "-1"),
-    ("message.timestamp.type", "CreateTime"),
-    ("min.insync.replicas", "1"),
-];
 
 pub(super) async fn serve(
     context: &ShardContext,
@@ -43,22 +38,14 @@ pub(super) async fn serve(
         let outcome = create(context, topic, &name, request.validate_only).await;
         let mut result = CreatableTopicResult::default().with_name(topic.name.clone());
         match outcome {
-            Ok(partition_count) => {
+            Ok((partition_count, retention)) => {
                 if version >= 5 {
                     result.num_partitions = i32::try_from(partition_count).unwrap_or(i32::MAX);
                     result.replication_factor = 1;
-                    result.configs = Some(
-                        FIXED_CONFIGS
-                            .iter()
-                            .map(|(name, value)| {
-                                CreatableTopicConfigs::default()
-                                    .with_name(StrBytes::from_static_str(name))
-                                    .with_value(Some(StrBytes::from_static_str(value)))
-                                    .with_read_only(true)
-                                    .with_config_source(5)
-                            })
-                            .collect(),
-                    );
+                    let entries = topic_configs::retention_entries(retention)
+                        .into_iter()
+                        .chain(topic_configs::fixed_entries());
+                    result.configs = Some(entries.map(created_config).collect());
                 }
             }
             Err((code, message)) => {
@@ -71,14 +58,22 @@ pub(super) async fn serve(
     CreateTopicsResponse::default().with_topics(results)
 }
 
-/// Creates one topic (or only checks it, `validate_only`); its partition count, or the
-/// error code and message.
+fn created_config(entry: ConfigEntry) -> CreatableTopicConfigs {
+    CreatableTopicConfigs::default()
+        .with_name(StrBytes::from_static_str(entry.name))
+        .with_value(Some(StrBytes::from_string(entry.value)))
+        .with_read_only(entry.read_only)
+        .with_config_source(entry.source)
+}
+
+/// Creates one topic (or only checks it, `validate_only`); its partition count and
+/// retention, or the error code and message.
 async fn create(
     context: &ShardContext,
     topic: &CreatableTopic,
     name: &str,
     validate_only: bool,
-) -> Result<u32, (i16, String)> {
+) -> Result<(u32, RetentionPolicy), (i16, String)> {
     let fail = |error: ResponseError, message: String| Err((error.code(), message));
     if !matches!(topic.replication_factor, -1 | 1) {
         return fail(
@@ -96,18 +91,15 @@ async fn create(
             "partitions are placed by Cairn (partition id modulo shard count)".into(),
         );
     }
+    let mut change = RetentionChange::default();
     for config in &topic.configs {
-        let value = config.value.as_deref().unwrap_or_default();
-        let allowed = FIXED_CONFIGS.iter().any(|(fixed_name, fixed_value)| {
-            config.name.as_str() == *fixed_name && value == *fixed_value
-        });
-        if !allowed {
-            return fail(
-                ResponseError::InvalidConfig,
-                format!("config {}={value} is not supported", config.name.as_str()),
-            );
+        if let Err(message) =
+            topic_configs::set(&mut change, config.name.as_str(), config.value.as_deref())
+        {
+            return fail(ResponseError::InvalidConfig, message);
         }
     }
+    let retention = change.apply(RetentionPolicy::FOREVER);
     let partition_count = match topic.num_partitions {
         -1 => DEFAULT_PARTITION_COUNT,
         count => match u32::try_from(count) {
@@ -139,10 +131,13 @@ async fn create(
                 format!("{name:?} is not a valid topic name"),
             );
         }
-        return Ok(partition_count);
+        return Ok((partition_count, retention));
     }
-    match service::create_topic(context, name, partition_count).await {
-        Ok(placement) => Ok(u32::try_from(placement.partitions.len()).unwrap_or(u32::MAX)),
+    match service::create_topic(context, name, partition_count, retention).await {
+        Ok(placement) => Ok((
+            u32::try_from(placement.partitions.len()).unwrap_or(u32::MAX),
+            placement.retention,
+        )),
         Err(failure) => {
             let code = match failure.kind {
                 FailureKind::TopicExists => ResponseError::TopicAlreadyExists.code(),

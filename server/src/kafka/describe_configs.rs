@@ -1,8 +1,14 @@
-//! `DescribeConfigs`: a fixed, honest set of configs for topics and brokers. Cairn has no
-//! per-topic configuration, so every value is what Cairn does, read-only, reported as the
-//! default: records are kept for ever, stored uncompressed, timestamps are the producer's,
-//! and each partition has one replica.
+//! `DescribeConfigs`: a topic's configs as Cairn applies them, and a fixed set for brokers.
+//!
+//! A topic reports `retention.ms` and `retention.bytes` (settable: `alter_configs`; source
+//! DYNAMIC_TOPIC_CONFIG when the topic sets a limit, else DEFAULT_CONFIG with -1, since
+//! Cairn keeps history forever unless told otherwise) and, read-only at their defaults,
+//! what Cairn does anyway: no compaction, timestamps are the producer's, one replica per
+//! partition, batches stored uncompressed. A broker reports the matching `log.*` defaults,
+//! read-only. The topic's settings come from the catalog copy of the shard the client
+//! reached, which every change reaches before it is acknowledged.
 
+use cairn_engine::RetentionPolicy;
 use cairn_engine::core::limits::BATCH_SIZE_BYTES_MAX;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::describe_configs_response::{
@@ -12,63 +18,73 @@ use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use super::codes;
+use super::topic_configs::{
+    ConfigEntry, SOURCE_DEFAULT, TYPE_BOOLEAN, TYPE_INT, TYPE_LONG, TYPE_STRING, fixed_entries,
+    retention_entries,
+};
 use crate::context::ShardContext;
 
-const RESOURCE_TOPIC: i8 = 2;
-const RESOURCE_BROKER: i8 = 4;
+pub(super) const RESOURCE_TOPIC: i8 = 2;
+pub(super) const RESOURCE_BROKER: i8 = 4;
 
-/// Kafka's `ConfigSource.DEFAULT_CONFIG`.
-const SOURCE_DEFAULT: i8 = 5;
+/// A read-only config at Cairn's value.
+fn fixed(name: &'static str, value: String, config_type: i8) -> ConfigEntry {
+    ConfigEntry {
+        name,
+        value,
+        config_type,
+        read_only: true,
+        source: SOURCE_DEFAULT,
+    }
+}
 
-/// Kafka's `ConfigType` codes (DescribeConfigs v3 and later).
-const TYPE_BOOLEAN: i8 = 1;
-const TYPE_STRING: i8 = 2;
-const TYPE_INT: i8 = 3;
-const TYPE_LONG: i8 = 5;
-
-/// Topic configs: name, value, type.
-fn topic_configs(context: &ShardContext) -> Vec<(&'static str, String, i8)> {
-    vec![
-        ("cleanup.policy", "delete".into(), TYPE_STRING),
-        // Retention is future work: nothing is deleted.
-        ("retention.ms", "-1".into(), TYPE_LONG),
-        ("retention.bytes", "-1".into(), TYPE_LONG),
-        (
+fn topic_configs(context: &ShardContext, retention: RetentionPolicy) -> Vec<ConfigEntry> {
+    let mut configs: Vec<ConfigEntry> = retention_entries(retention).into_iter().collect();
+    configs.extend(fixed_entries());
+    configs.extend([
+        fixed(
             "max.message.bytes",
             max_message_bytes(context).to_string(),
             TYPE_INT,
         ),
-        ("message.timestamp.type", "CreateTime".into(), TYPE_STRING),
-        ("min.insync.replicas", "1".into(), TYPE_INT),
         // Batches are decompressed and stored as records.
-        ("compression.type", "uncompressed".into(), TYPE_STRING),
-        (
+        fixed("compression.type", "uncompressed".into(), TYPE_STRING),
+        fixed(
             "segment.bytes",
             context.config.segment_size_bytes.to_string(),
             TYPE_LONG,
         ),
-        (
+        fixed(
             "unclean.leader.election.enable",
             "false".into(),
             TYPE_BOOLEAN,
         ),
-    ]
+    ]);
+    configs
 }
 
-fn broker_configs(context: &ShardContext) -> Vec<(&'static str, String, i8)> {
-    let mut configs = topic_configs(context);
-    configs.retain(|(name, _, _)| *name != "max.message.bytes");
-    configs.extend([
-        (
+fn broker_configs(context: &ShardContext) -> Vec<ConfigEntry> {
+    vec![
+        // A topic's own retention overrides these; Cairn has no broker-wide setting.
+        fixed("log.retention.ms", "-1".into(), TYPE_LONG),
+        fixed("log.retention.bytes", "-1".into(), TYPE_LONG),
+        fixed("log.cleanup.policy", "delete".into(), TYPE_STRING),
+        fixed(
+            "log.segment.bytes",
+            context.config.segment_size_bytes.to_string(),
+            TYPE_INT,
+        ),
+        fixed(
             "message.max.bytes",
             max_message_bytes(context).to_string(),
             TYPE_INT,
         ),
-        ("num.partitions", "1".into(), TYPE_INT),
-        ("default.replication.factor", "1".into(), TYPE_INT),
-        ("auto.create.topics.enable", "false".into(), TYPE_BOOLEAN),
-    ]);
-    configs
+        fixed("min.insync.replicas", "1".into(), TYPE_INT),
+        fixed("compression.type", "producer".into(), TYPE_STRING),
+        fixed("num.partitions", "1".into(), TYPE_INT),
+        fixed("default.replication.factor", "1".into(), TYPE_INT),
+        fixed("auto.create.topics.enable", "false".into(), TYPE_BOOLEAN),
+    ]
 }
 
 /// The largest record batch a produce may carry: one Cairn batch, within one frame.
@@ -90,14 +106,16 @@ pub(super) fn serve(
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
             let configs = match resource.resource_type {
-                RESOURCE_TOPIC if context.shard.topic(&name).is_some() => topic_configs(context),
-                RESOURCE_TOPIC => {
-                    return result
-                        .with_error_code(codes::code(ResponseError::UnknownTopicOrPartition))
-                        .with_error_message(Some(StrBytes::from_string(format!(
-                            "no topic named {name:?}"
-                        ))));
-                }
+                RESOURCE_TOPIC => match context.shard.topic(&name) {
+                    Some(topic) => topic_configs(context, topic.retention),
+                    None => {
+                        return result
+                            .with_error_code(codes::code(ResponseError::UnknownTopicOrPartition))
+                            .with_error_message(Some(StrBytes::from_string(format!(
+                                "no topic named {name:?}"
+                            ))));
+                    }
+                },
                 RESOURCE_BROKER => broker_configs(context),
                 other => {
                     return result
@@ -109,20 +127,20 @@ pub(super) fn serve(
             };
             let configs = configs
                 .into_iter()
-                .filter(|(config_name, _, _)| {
+                .filter(|entry| {
                     resource
                         .configuration_keys
                         .as_ref()
-                        .is_none_or(|keys| keys.iter().any(|key| key.as_str() == *config_name))
+                        .is_none_or(|keys| keys.iter().any(|key| key.as_str() == entry.name))
                 })
-                .map(|(config_name, value, config_type)| {
+                .map(|entry| {
                     let mut config = DescribeConfigsResourceResult::default()
-                        .with_name(StrBytes::from_static_str(config_name))
-                        .with_value(Some(StrBytes::from_string(value)))
-                        .with_read_only(true)
-                        .with_config_source(SOURCE_DEFAULT);
+                        .with_name(StrBytes::from_static_str(entry.name))
+                        .with_value(Some(StrBytes::from_string(entry.value)))
+                        .with_read_only(entry.read_only)
+                        .with_config_source(entry.source);
                     if version >= 3 {
-                        config.config_type = config_type;
+                        config.config_type = entry.config_type;
                     }
                     config
                 })

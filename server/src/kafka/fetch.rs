@@ -10,7 +10,9 @@
 //! the response is sent whole even when it is larger than the limits (KIP-74), so that a
 //! consumer always gets past it. Sessionless: `session_id` is always 0, so clients send
 //! full fetch requests. `high_watermark` = `last_stable_offset` = the synced end;
-//! `log_start_offset` = 0 (no retention yet).
+//! `log_start_offset` = the partition's first kept offset (`Shard::log_start`), below which
+//! retention removed the records: a fetch from there is OFFSET_OUT_OF_RANGE, and the
+//! consumer resets by its `auto.offset.reset`.
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +46,8 @@ enum Target {
 struct Read {
     error_code: i16,
     synced_end: Option<Offset>,
+    /// The partition's first kept offset, with `synced_end`.
+    log_start: Offset,
     records: BytesMut,
 }
 
@@ -172,6 +176,7 @@ async fn read_one(
     let failed = |error_code| Read {
         error_code,
         synced_end: None,
+        log_start: Offset(0),
         records: BytesMut::new(),
     };
     let (located, from) = match target {
@@ -182,7 +187,11 @@ async fn read_one(
         Ok((_, synced_end)) => synced_end,
         Err(_) => return failed(codes::code(ResponseError::UnknownTopicOrPartition)),
     };
-    if from > synced_end {
+    let log_start = match context.shard.log_start(located.partition_id) {
+        Ok(log_start) => log_start,
+        Err(_) => return failed(codes::code(ResponseError::UnknownTopicOrPartition)),
+    };
+    if from > synced_end || from < log_start {
         return failed(codes::code(ResponseError::OffsetOutOfRange));
     }
     let mut records = BytesMut::new();
@@ -190,6 +199,7 @@ async fn read_one(
         return Read {
             error_code: codes::NONE,
             synced_end: Some(synced_end),
+            log_start,
             records,
         };
     }
@@ -230,6 +240,7 @@ async fn read_one(
     Read {
         error_code: codes::NONE,
         synced_end: Some(fetched.synced_end.max(synced_end)),
+        log_start,
         records,
     }
 }
@@ -291,7 +302,7 @@ fn partition_data(partition: &FetchPartition, read: Read, version: i16) -> Parti
                 data.last_stable_offset = synced_end;
             }
             if version >= 5 {
-                data.log_start_offset = 0;
+                data.log_start_offset = i64::try_from(read.log_start.0).unwrap_or(i64::MAX);
             }
         }
         None => data.high_watermark = -1,

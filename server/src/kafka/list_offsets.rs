@@ -1,5 +1,5 @@
 //! `ListOffsets`: per partition this shard owns, the offset for a timestamp: -1 (latest)
-//! is the synced end, -2 (earliest) is 0 (no retention yet), any other timestamp the first
+//! is the synced end, -2 (earliest) the first kept offset (`Shard::log_start`), any other timestamp the first
 //! offset whose record's timestamp is at least it (`Shard::offset_for_timestamp`), or the
 //! synced end when there is none, as Kafka answers.
 
@@ -83,7 +83,13 @@ async fn list_one(
         .map_err(|_| unknown)?;
     match partition.timestamp {
         LATEST => Ok((-1, Some(synced_end))),
-        EARLIEST => Ok((-1, Some(Offset(0)))),
+        EARLIEST => {
+            let log_start = context
+                .shard
+                .log_start(located.partition_id)
+                .map_err(|_| unknown)?;
+            Ok((-1, Some(log_start)))
+        }
         timestamp if timestamp >= 0 => by_timestamp(context, &located, timestamp).await,
         _ => Err(codes::code(ResponseError::InvalidRequest)),
     }

@@ -17,7 +17,8 @@
 //! message grammar of a failed condition), `record_batch` (Kafka batches <-> Cairn
 //! records), `group_gate` (may a member commit: the boundary to group membership, over
 //! `crate::group`), the APIs (`api_versions`, `metadata`, `create_topics`, `produce`,
-//! `fetch`, `list_offsets`, `init_producer_id`, `describe_configs`, `describe_cluster`;
+//! `fetch`, `list_offsets`, `init_producer_id`, `topic_configs` (the config keys Cairn
+//! takes) with `describe_configs` and `alter_configs` over it, `describe_cluster`;
 //! `produce` also uses this file's `join_all`), the consumer group APIs
 //! (`find_coordinator`, which also has the coordinator check the others make first, then
 //! `offset_fetch`, `offset_commit`, `offset_delete` over the offsets store, and `join_group`,
@@ -27,6 +28,7 @@
 //! Group APIs are answered by the group's coordinator shard (`routing::coordinator_shard`)
 //! and NOT_COORDINATOR elsewhere, never forwarded either.
 
+mod alter_configs;
 mod api_versions;
 mod codes;
 pub(crate) mod connection;
@@ -51,18 +53,19 @@ mod offset_fetch;
 mod produce;
 mod record_batch;
 mod sync_group;
+mod topic_configs;
 
 use std::net::SocketAddr;
 use std::path::Path;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DescribeClusterRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
-    HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetDeleteRequest, OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader,
-    SyncGroupRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest,
+    FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, ProduceRequest, RequestHeader, ResponseHeader, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -81,6 +84,8 @@ pub(crate) const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::OffsetCommit, 2, 8),
@@ -125,6 +130,8 @@ enum Request {
     ListOffsets(ListOffsetsRequest),
     InitProducerId(InitProducerIdRequest),
     DescribeConfigs(DescribeConfigsRequest),
+    AlterConfigs(AlterConfigsRequest),
+    IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
     DescribeCluster(DescribeClusterRequest),
     FindCoordinator(FindCoordinatorRequest),
     OffsetCommit(OffsetCommitRequest),
@@ -241,6 +248,14 @@ pub(crate) async fn handle_request(
             let response = describe_configs::serve(context, &request, version);
             encode_response(api_key, version, correlation_id, &response)
         }
+        Request::AlterConfigs(request) => {
+            let response = alter_configs::serve(context, request).await;
+            encode_response(api_key, version, correlation_id, &response)
+        }
+        Request::IncrementalAlterConfigs(request) => {
+            let response = alter_configs::serve_incremental(context, request).await;
+            encode_response(api_key, version, correlation_id, &response)
+        }
         Request::DescribeCluster(request) => {
             let response = describe_cluster::serve(context, &request, version);
             encode_response(api_key, version, correlation_id, &response)
@@ -318,6 +333,11 @@ fn decode_body(api_key: ApiKey, buf: &mut Bytes, version: i16) -> Result<Request
         ApiKey::DescribeConfigs => {
             DescribeConfigsRequest::decode(buf, version).map(Request::DescribeConfigs)
         }
+        ApiKey::AlterConfigs => {
+            AlterConfigsRequest::decode(buf, version).map(Request::AlterConfigs)
+        }
+        ApiKey::IncrementalAlterConfigs => IncrementalAlterConfigsRequest::decode(buf, version)
+            .map(Request::IncrementalAlterConfigs),
         ApiKey::DescribeCluster => {
             DescribeClusterRequest::decode(buf, version).map(Request::DescribeCluster)
         }

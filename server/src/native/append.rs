@@ -70,6 +70,7 @@ pub(super) async fn serve(
                 code: ErrorCode::Conflict,
                 message: &message,
                 conflict: Some(info),
+                log_start: None,
             });
             session.respond(correlation_id, body).await;
         }

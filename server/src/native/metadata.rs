@@ -35,5 +35,6 @@ pub(super) fn topic_metadata(topic: &TopicPlacement) -> TopicMetadata<'_> {
                 port: partition.port,
             })
             .collect(),
+        retention: topic.retention,
     }
 }

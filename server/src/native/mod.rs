@@ -89,6 +89,9 @@ pub(crate) async fn handle_frame(
         RequestBody::CreateTopic(create) => {
             create_topic::serve(context, session, correlation_id, create).await;
         }
+        RequestBody::AlterTopic(alter) => {
+            create_topic::serve_alter(context, session, correlation_id, alter).await;
+        }
         RequestBody::Append(append) => {
             context
                 .metrics
@@ -122,7 +125,7 @@ pub(crate) async fn handle_frame(
 }
 
 /// `request_kind`'s index of a frame that did not decode.
-const MALFORMED_KIND: usize = 12;
+const MALFORMED_KIND: usize = 13;
 
 /// The index of `body`'s kind in `metrics::NATIVE_REQUEST_KINDS`.
 fn request_kind(body: &RequestBody<'_>) -> usize {
@@ -138,6 +141,7 @@ fn request_kind(body: &RequestBody<'_>) -> usize {
         RequestBody::CommitOffsets(_) => 8,
         RequestBody::FetchOffsets(_) => 9,
         RequestBody::BackupBegin => 10,
+        RequestBody::AlterTopic(_) => 12,
         RequestBody::BackupRead(_) => 11,
     }
 }

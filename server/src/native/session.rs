@@ -94,14 +94,24 @@ impl Session {
             code,
             message,
             conflict: None,
+            log_start: None,
         });
         self.respond(correlation_id, body).await;
     }
 
     /// Responds with the error a failed operation maps to.
     pub(crate) async fn fail(&self, correlation_id: u64, failure: &Failure) {
-        self.error(correlation_id, error_code(failure.kind), &failure.message)
-            .await;
+        let log_start = match failure.kind {
+            FailureKind::BeforeLogStart { log_start } => Some(log_start),
+            _ => None,
+        };
+        let body = ResponseBody::Error(ErrorResponse {
+            code: error_code(failure.kind),
+            message: &failure.message,
+            conflict: None,
+            log_start,
+        });
+        self.respond(correlation_id, body).await;
     }
 
     /// Waits for encoded responses and swaps them into `out` (which must be empty); `None`
@@ -170,6 +180,7 @@ pub(crate) fn connection_refused_frame(open_count_max: usize) -> Vec<u8> {
             code: ErrorCode::Overloaded,
             message: &message,
             conflict: None,
+            log_start: None,
         }),
     };
     let mut out = Vec::new();
@@ -188,6 +199,8 @@ pub(crate) fn error_code(kind: FailureKind) -> ErrorCode {
         FailureKind::BadRequest | FailureKind::InternalTopic => ErrorCode::BadRequest,
         FailureKind::TooLarge => ErrorCode::TooLarge,
         FailureKind::OffsetOutOfRange => ErrorCode::OffsetOutOfRange,
+        FailureKind::BeforeLogStart { .. } => ErrorCode::OffsetBeforeLogStart,
+        FailureKind::InvalidConfig => ErrorCode::InvalidConfig,
         FailureKind::UnknownTopic => ErrorCode::UnknownTopic,
         FailureKind::UnknownPartition => ErrorCode::UnknownPartition,
         FailureKind::TopicExists => ErrorCode::TopicExists,
@@ -197,5 +210,28 @@ pub(crate) fn error_code(kind: FailureKind) -> ErrorCode {
         FailureKind::ShuttingDown => ErrorCode::ShuttingDown,
         FailureKind::BackupRangeUnavailable => ErrorCode::BackupRangeUnavailable,
         FailureKind::Internal => ErrorCode::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_engine::Offset;
+
+    use super::*;
+
+    #[test]
+    fn a_read_below_the_log_start_has_its_own_code() {
+        let kind = FailureKind::BeforeLogStart {
+            log_start: Offset(10),
+        };
+        assert_eq!(error_code(kind), ErrorCode::OffsetBeforeLogStart);
+        assert_eq!(
+            error_code(FailureKind::OffsetOutOfRange),
+            ErrorCode::OffsetOutOfRange
+        );
+        assert_eq!(
+            error_code(FailureKind::InvalidConfig),
+            ErrorCode::InvalidConfig
+        );
     }
 }

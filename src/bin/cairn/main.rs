@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cairn_client::{AppendResult, BlockingClient, ClientConfig, FetchedRecord};
+use cairn_client::{
+    AppendResult, BlockingClient, ClientConfig, FetchedRecord, RetentionChange, RetentionPolicy,
+};
 use cairn_engine::{
     FaultHook, FaultPoint, FaultPolicy, KeyCondition, Offset, RecordHeader, RecordInput,
 };
@@ -59,7 +61,7 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
-    /// Create or list topics.
+    /// Create, list, describe or change topics.
     Topic {
         #[command(subcommand)]
         command: TopicCommand,
@@ -155,14 +157,81 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TopicCommand {
-    /// Create a topic with a fixed partition count.
+    /// Create a topic with a fixed partition count; it keeps its whole history unless
+    /// a retention limit is given.
     Create {
         name: String,
         #[arg(long, default_value_t = 1)]
         partitions: u32,
+        /// Remove a partition's records once older than this (ms); `forever` or -1: no limit.
+        #[arg(long, value_parser = parse_limit, allow_hyphen_values = true)]
+        retention_ms: Option<RetentionLimit>,
+        /// Remove a partition's oldest records while it holds more than this (bytes);
+        /// `forever` or -1: no limit.
+        #[arg(long, value_parser = parse_limit, allow_hyphen_values = true)]
+        retention_bytes: Option<RetentionLimit>,
     },
     /// List topics and which shard owns each partition.
     List,
+    /// Show a topic: its partitions and retention.
+    Describe { name: String },
+    /// Change a topic's retention; a limit not given stays as it is.
+    Alter {
+        name: String,
+        /// `forever` (or -1) removes the age limit.
+        #[arg(long, value_parser = parse_limit, allow_hyphen_values = true)]
+        retention_ms: Option<RetentionLimit>,
+        /// `forever` (or -1) removes the size limit.
+        #[arg(long, value_parser = parse_limit, allow_hyphen_values = true)]
+        retention_bytes: Option<RetentionLimit>,
+    },
+}
+
+/// A retention limit as the CLI takes it: a positive number, or none (`forever`, -1).
+#[derive(Clone, Copy, Debug)]
+struct RetentionLimit(Option<u64>);
+
+fn parse_limit(text: &str) -> Result<RetentionLimit, String> {
+    match text {
+        "forever" | "-1" => Ok(RetentionLimit(None)),
+        _ => match text.parse::<u64>() {
+            Ok(0) => Err("0 would remove every record at once; use forever for no limit".into()),
+            Ok(limit) => Ok(RetentionLimit(Some(limit))),
+            Err(_) => Err(format!("{text:?} is not a positive integer or forever")),
+        },
+    }
+}
+
+/// A limit for people: the number, or `forever`.
+fn show_limit(limit: Option<u64>) -> String {
+    limit.map_or_else(|| "forever".to_owned(), |limit| limit.to_string())
+}
+
+fn topic_json(topic: &cairn_client::TopicInfo) -> serde_json::Value {
+    let partitions: Vec<_> = topic
+        .partitions
+        .iter()
+        .map(|p| json!({"partition": p.partition, "shard": p.shard, "port": p.port}))
+        .collect();
+    json!({
+        "topic": topic.name,
+        "partitions": partitions,
+        "retention_ms": topic.retention.ms,
+        "retention_bytes": topic.retention.bytes,
+    })
+}
+
+fn print_topic(topic: &cairn_client::TopicInfo) {
+    println!("topic {}", topic.name);
+    println!("  partitions       {}", topic.partitions.len());
+    println!("  retention.ms     {}", show_limit(topic.retention.ms));
+    println!("  retention.bytes  {}", show_limit(topic.retention.bytes));
+    for partition in &topic.partitions {
+        println!(
+            "  partition {}\tshard {}\tport {}",
+            partition.partition, partition.shard, partition.port
+        );
+    }
 }
 
 #[derive(clap::Args)]
@@ -321,13 +390,28 @@ fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Result<Exit
         Command::Dump(args) => dump::dump(&args, json),
         Command::Backup { dest } => backup(&mut client()?, &dest, json),
         Command::Topic {
-            command: TopicCommand::Create { name, partitions },
+            command:
+                TopicCommand::Create {
+                    name,
+                    partitions,
+                    retention_ms,
+                    retention_bytes,
+                },
         } => {
-            let topic = client()?.create_topic(&name, partitions)?;
+            let retention = RetentionPolicy {
+                ms: retention_ms.and_then(|limit| limit.0),
+                bytes: retention_bytes.and_then(|limit| limit.0),
+            };
+            let topic = client()?.create_topic_with(&name, partitions, retention)?;
             if json {
                 println!(
                     "{}",
-                    json!({"topic": topic.name, "partitions": topic.partitions.len()})
+                    json!({
+                        "topic": topic.name,
+                        "partitions": topic.partitions.len(),
+                        "retention_ms": topic.retention.ms,
+                        "retention_bytes": topic.retention.bytes,
+                    })
                 );
             } else {
                 println!(
@@ -335,6 +419,50 @@ fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Result<Exit
                     topic.name,
                     topic.partitions.len()
                 );
+                if !topic.retention.is_forever() {
+                    println!(
+                        "retention.ms {} retention.bytes {}",
+                        show_limit(topic.retention.ms),
+                        show_limit(topic.retention.bytes)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topic {
+            command: TopicCommand::Describe { name },
+        } => {
+            let metadata = client()?.metadata()?;
+            let Some(topic) = metadata.topics.iter().find(|topic| topic.name == name) else {
+                bail!("no topic named {name:?}");
+            };
+            if json {
+                println!("{}", topic_json(topic));
+            } else {
+                print_topic(topic);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topic {
+            command:
+                TopicCommand::Alter {
+                    name,
+                    retention_ms,
+                    retention_bytes,
+                },
+        } => {
+            if retention_ms.is_none() && retention_bytes.is_none() {
+                bail!("nothing to change: give --retention-ms and/or --retention-bytes");
+            }
+            let change = RetentionChange {
+                ms: retention_ms.map(|limit| limit.0),
+                bytes: retention_bytes.map(|limit| limit.0),
+            };
+            let topic = client()?.alter_topic_retention(&name, change)?;
+            if json {
+                println!("{}", topic_json(&topic));
+            } else {
+                print_topic(&topic);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -343,25 +471,27 @@ fn run(cli: Cli, serve_matches: Option<clap::ArgMatches>) -> anyhow::Result<Exit
         } => {
             let metadata = client()?.metadata()?;
             if json {
-                let topics: Vec<_> = metadata
-                    .topics
-                    .iter()
-                    .map(|topic| {
-                        let partitions: Vec<_> = topic
-                            .partitions
-                            .iter()
-                            .map(|p| json!({"partition": p.partition, "shard": p.shard, "port": p.port}))
-                            .collect();
-                        json!({"topic": topic.name, "partitions": partitions})
-                    })
-                    .collect();
+                let topics: Vec<_> = metadata.topics.iter().map(topic_json).collect();
                 println!(
                     "{}",
                     json!({"shard_ports": metadata.shard_ports, "topics": topics})
                 );
             } else {
                 for topic in &metadata.topics {
-                    println!("{}\t{} partitions", topic.name, topic.partitions.len());
+                    let retention = if topic.retention.is_forever() {
+                        String::new()
+                    } else {
+                        format!(
+                            "\tretention.ms {} retention.bytes {}",
+                            show_limit(topic.retention.ms),
+                            show_limit(topic.retention.bytes)
+                        )
+                    };
+                    println!(
+                        "{}\t{} partitions{retention}",
+                        topic.name,
+                        topic.partitions.len()
+                    );
                     for partition in &topic.partitions {
                         println!(
                             "  partition {}\tshard {}\tport {}",

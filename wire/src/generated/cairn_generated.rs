@@ -107,10 +107,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConditionKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 12;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 13] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 14] = [
   RequestBody::NONE,
   RequestBody::Ping,
   RequestBody::CreateTopic,
@@ -124,6 +124,7 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 13] = [
   RequestBody::FetchOffsets,
   RequestBody::BackupBegin,
   RequestBody::BackupRead,
+  RequestBody::AlterTopic,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -144,9 +145,10 @@ impl RequestBody {
   pub const FetchOffsets: Self = Self(10);
   pub const BackupBegin: Self = Self(11);
   pub const BackupRead: Self = Self(12);
+  pub const AlterTopic: Self = Self(13);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 12;
+  pub const ENUM_MAX: u8 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Ping,
@@ -161,6 +163,7 @@ impl RequestBody {
     Self::FetchOffsets,
     Self::BackupBegin,
     Self::BackupRead,
+    Self::AlterTopic,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -178,6 +181,7 @@ impl RequestBody {
       Self::FetchOffsets => Some("FetchOffsets"),
       Self::BackupBegin => Some("BackupBegin"),
       Self::BackupRead => Some("BackupRead"),
+      Self::AlterTopic => Some("AlterTopic"),
       _ => None,
     }
   }
@@ -237,10 +241,10 @@ pub struct RequestBodyUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u16 = 14;
+pub const ENUM_MAX_ERROR_CODE: u16 = 16;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 15] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 17] = [
   ErrorCode::Internal,
   ErrorCode::BadRequest,
   ErrorCode::UnsupportedRequest,
@@ -256,6 +260,8 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 15] = [
   ErrorCode::ProducerFenced,
   ErrorCode::OffsetOutOfRange,
   ErrorCode::BackupRangeUnavailable,
+  ErrorCode::OffsetBeforeLogStart,
+  ErrorCode::InvalidConfig,
 ];
 
 /// Why a request failed.
@@ -303,9 +309,16 @@ impl ErrorCode {
   pub const OffsetOutOfRange: Self = Self(13);
   /// BackupRead: the range is not in the shard's synced log (see BackupRead).
   pub const BackupRangeUnavailable: Self = Self(14);
+  /// Fetch or KeyHistory.from_offset: the offset is below the partition's first kept
+  /// offset (retention removed it); ErrorResponse.log_start is that offset, where a reader
+  /// can resume.
+  pub const OffsetBeforeLogStart: Self = Self(15);
+  /// CreateTopic or AlterTopic: a retention setting is not valid (0); the message says
+  /// which.
+  pub const InvalidConfig: Self = Self(16);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 14;
+  pub const ENUM_MAX: u16 = 16;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Internal,
     Self::BadRequest,
@@ -322,6 +335,8 @@ impl ErrorCode {
     Self::ProducerFenced,
     Self::OffsetOutOfRange,
     Self::BackupRangeUnavailable,
+    Self::OffsetBeforeLogStart,
+    Self::InvalidConfig,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -341,6 +356,8 @@ impl ErrorCode {
       Self::ProducerFenced => Some("ProducerFenced"),
       Self::OffsetOutOfRange => Some("OffsetOutOfRange"),
       Self::BackupRangeUnavailable => Some("BackupRangeUnavailable"),
+      Self::OffsetBeforeLogStart => Some("OffsetBeforeLogStart"),
+      Self::InvalidConfig => Some("InvalidConfig"),
       _ => None,
     }
   }
@@ -485,10 +502,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ConflictKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 13;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 14;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 14] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 15] = [
   ResponseBody::NONE,
   ResponseBody::Pong,
   ResponseBody::TopicCreated,
@@ -503,6 +520,7 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 14] = [
   ResponseBody::CommittedOffsets,
   ResponseBody::BackupManifest,
   ResponseBody::BackupChunk,
+  ResponseBody::TopicAltered,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -524,9 +542,10 @@ impl ResponseBody {
   pub const CommittedOffsets: Self = Self(11);
   pub const BackupManifest: Self = Self(12);
   pub const BackupChunk: Self = Self(13);
+  pub const TopicAltered: Self = Self(14);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 13;
+  pub const ENUM_MAX: u8 = 14;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Pong,
@@ -542,6 +561,7 @@ impl ResponseBody {
     Self::CommittedOffsets,
     Self::BackupManifest,
     Self::BackupChunk,
+    Self::TopicAltered,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -560,6 +580,7 @@ impl ResponseBody {
       Self::CommittedOffsets => Some("CommittedOffsets"),
       Self::BackupManifest => Some("BackupManifest"),
       Self::BackupChunk => Some("BackupChunk"),
+      Self::TopicAltered => Some("TopicAltered"),
       _ => None,
     }
   }
@@ -1314,6 +1335,8 @@ impl<'a> ::flatbuffers::Follow<'a> for TopicMetadata<'a> {
 impl<'a> TopicMetadata<'a> {
   pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
   pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RETENTION_MS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_RETENTION_BYTES: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1325,6 +1348,8 @@ impl<'a> TopicMetadata<'a> {
     args: &'args TopicMetadataArgs<'args>
   ) -> ::flatbuffers::WIPOffset<TopicMetadata<'bldr>> {
     let mut builder = TopicMetadataBuilder::new(_fbb);
+    if let Some(x) = args.retention_bytes { builder.add_retention_bytes(x); }
+    if let Some(x) = args.retention_ms { builder.add_retention_ms(x); }
     if let Some(x) = args.partitions { builder.add_partitions(x); }
     if let Some(x) = args.name { builder.add_name(x); }
     builder.finish()
@@ -1346,6 +1371,25 @@ impl<'a> TopicMetadata<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionMetadata>>>>(TopicMetadata::VT_PARTITIONS, None)}
   }
+  /// Retention (Kafka's retention.ms): a partition's oldest records may be removed once
+  /// they are older than this many milliseconds. Absent: no age limit.
+  #[inline]
+  pub fn retention_ms(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TopicMetadata::VT_RETENTION_MS, None)}
+  }
+  /// Retention (Kafka's retention.bytes): a partition's oldest records may be removed while
+  /// it holds more than this many bytes without them. Absent: no size limit. With both
+  /// absent (the default) the topic keeps its whole history.
+  #[inline]
+  pub fn retention_bytes(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(TopicMetadata::VT_RETENTION_BYTES, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for TopicMetadata<'_> {
@@ -1356,6 +1400,8 @@ impl ::flatbuffers::Verifiable for TopicMetadata<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PartitionMetadata>>>>("partitions", Self::VT_PARTITIONS, false)?
+     .visit_field::<u64>("retention_ms", Self::VT_RETENTION_MS, false)?
+     .visit_field::<u64>("retention_bytes", Self::VT_RETENTION_BYTES, false)?
      .finish();
     Ok(())
   }
@@ -1363,6 +1409,8 @@ impl ::flatbuffers::Verifiable for TopicMetadata<'_> {
 pub struct TopicMetadataArgs<'a> {
     pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub partitions: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionMetadata<'a>>>>>,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
 }
 impl<'a> Default for TopicMetadataArgs<'a> {
   #[inline]
@@ -1370,6 +1418,8 @@ impl<'a> Default for TopicMetadataArgs<'a> {
     TopicMetadataArgs {
       name: None, // required field
       partitions: None,
+      retention_ms: None,
+      retention_bytes: None,
     }
   }
 }
@@ -1386,6 +1436,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TopicMetadataBuilder<'a, 'b, 
   #[inline]
   pub fn add_partitions(&mut self, partitions: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<PartitionMetadata<'b >>>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(TopicMetadata::VT_PARTITIONS, partitions);
+  }
+  #[inline]
+  pub fn add_retention_ms(&mut self, retention_ms: u64) {
+    self.fbb_.push_slot_always::<u64>(TopicMetadata::VT_RETENTION_MS, retention_ms);
+  }
+  #[inline]
+  pub fn add_retention_bytes(&mut self, retention_bytes: u64) {
+    self.fbb_.push_slot_always::<u64>(TopicMetadata::VT_RETENTION_BYTES, retention_bytes);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TopicMetadataBuilder<'a, 'b, A> {
@@ -1408,6 +1466,8 @@ impl ::core::fmt::Debug for TopicMetadata<'_> {
     let mut ds = f.debug_struct("TopicMetadata");
       ds.field("name", &self.name());
       ds.field("partitions", &self.partitions());
+      ds.field("retention_ms", &self.retention_ms());
+      ds.field("retention_bytes", &self.retention_bytes());
       ds.finish()
   }
 }
@@ -1701,6 +1761,8 @@ impl<'a> ::flatbuffers::Follow<'a> for CreateTopic<'a> {
 impl<'a> CreateTopic<'a> {
   pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
   pub const VT_PARTITION_COUNT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RETENTION_MS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_RETENTION_BYTES: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1712,6 +1774,8 @@ impl<'a> CreateTopic<'a> {
     args: &'args CreateTopicArgs<'args>
   ) -> ::flatbuffers::WIPOffset<CreateTopic<'bldr>> {
     let mut builder = CreateTopicBuilder::new(_fbb);
+    if let Some(x) = args.retention_bytes { builder.add_retention_bytes(x); }
+    if let Some(x) = args.retention_ms { builder.add_retention_ms(x); }
     builder.add_partition_count(args.partition_count);
     if let Some(x) = args.name { builder.add_name(x); }
     builder.finish()
@@ -1735,6 +1799,24 @@ impl<'a> CreateTopic<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(CreateTopic::VT_PARTITION_COUNT, Some(0)).unwrap()}
   }
+  /// As TopicMetadata.retention_ms; absent keeps records whatever their age. 0 is
+  /// InvalidConfig. Changeable later with AlterTopic.
+  #[inline]
+  pub fn retention_ms(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CreateTopic::VT_RETENTION_MS, None)}
+  }
+  /// As TopicMetadata.retention_bytes; absent keeps records whatever the partition's size.
+  /// 0 is InvalidConfig.
+  #[inline]
+  pub fn retention_bytes(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CreateTopic::VT_RETENTION_BYTES, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CreateTopic<'_> {
@@ -1745,6 +1827,8 @@ impl ::flatbuffers::Verifiable for CreateTopic<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
      .visit_field::<u32>("partition_count", Self::VT_PARTITION_COUNT, false)?
+     .visit_field::<u64>("retention_ms", Self::VT_RETENTION_MS, false)?
+     .visit_field::<u64>("retention_bytes", Self::VT_RETENTION_BYTES, false)?
      .finish();
     Ok(())
   }
@@ -1752,6 +1836,8 @@ impl ::flatbuffers::Verifiable for CreateTopic<'_> {
 pub struct CreateTopicArgs<'a> {
     pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub partition_count: u32,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
 }
 impl<'a> Default for CreateTopicArgs<'a> {
   #[inline]
@@ -1759,6 +1845,8 @@ impl<'a> Default for CreateTopicArgs<'a> {
     CreateTopicArgs {
       name: None, // required field
       partition_count: 0,
+      retention_ms: None,
+      retention_bytes: None,
     }
   }
 }
@@ -1775,6 +1863,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CreateTopicBuilder<'a, 'b, A>
   #[inline]
   pub fn add_partition_count(&mut self, partition_count: u32) {
     self.fbb_.push_slot::<u32>(CreateTopic::VT_PARTITION_COUNT, partition_count, 0);
+  }
+  #[inline]
+  pub fn add_retention_ms(&mut self, retention_ms: u64) {
+    self.fbb_.push_slot_always::<u64>(CreateTopic::VT_RETENTION_MS, retention_ms);
+  }
+  #[inline]
+  pub fn add_retention_bytes(&mut self, retention_bytes: u64) {
+    self.fbb_.push_slot_always::<u64>(CreateTopic::VT_RETENTION_BYTES, retention_bytes);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CreateTopicBuilder<'a, 'b, A> {
@@ -1797,6 +1893,143 @@ impl ::core::fmt::Debug for CreateTopic<'_> {
     let mut ds = f.debug_struct("CreateTopic");
       ds.field("name", &self.name());
       ds.field("partition_count", &self.partition_count());
+      ds.field("retention_ms", &self.retention_ms());
+      ds.field("retention_bytes", &self.retention_bytes());
+      ds.finish()
+  }
+}
+pub enum AlterTopicOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Change a topic's retention; answered with TopicAltered (the topic as it now is), or
+/// UnknownTopic. Each field: absent leaves that limit as it is, -1 removes it (Kafka's -1:
+/// no limit), 1 or more sets it; 0 is InvalidConfig, below -1 BadRequest. TopicAltered
+/// means the catalog holding the change is synced and every shard applies it.
+pub struct AlterTopic<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for AlterTopic<'a> {
+  type Inner = AlterTopic<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> AlterTopic<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_RETENTION_MS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RETENTION_BYTES: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    AlterTopic { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args AlterTopicArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<AlterTopic<'bldr>> {
+    let mut builder = AlterTopicBuilder::new(_fbb);
+    if let Some(x) = args.retention_bytes { builder.add_retention_bytes(x); }
+    if let Some(x) = args.retention_ms { builder.add_retention_ms(x); }
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(AlterTopic::VT_NAME, None).unwrap()}
+  }
+  #[inline]
+  pub fn retention_ms(&self) -> Option<i64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(AlterTopic::VT_RETENTION_MS, None)}
+  }
+  #[inline]
+  pub fn retention_bytes(&self) -> Option<i64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(AlterTopic::VT_RETENTION_BYTES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for AlterTopic<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
+     .visit_field::<i64>("retention_ms", Self::VT_RETENTION_MS, false)?
+     .visit_field::<i64>("retention_bytes", Self::VT_RETENTION_BYTES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AlterTopicArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub retention_ms: Option<i64>,
+    pub retention_bytes: Option<i64>,
+}
+impl<'a> Default for AlterTopicArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    AlterTopicArgs {
+      name: None, // required field
+      retention_ms: None,
+      retention_bytes: None,
+    }
+  }
+}
+
+pub struct AlterTopicBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterTopicBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(AlterTopic::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_retention_ms(&mut self, retention_ms: i64) {
+    self.fbb_.push_slot_always::<i64>(AlterTopic::VT_RETENTION_MS, retention_ms);
+  }
+  #[inline]
+  pub fn add_retention_bytes(&mut self, retention_bytes: i64) {
+    self.fbb_.push_slot_always::<i64>(AlterTopic::VT_RETENTION_BYTES, retention_bytes);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterTopicBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AlterTopicBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<AlterTopic<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, AlterTopic::VT_NAME,"name");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for AlterTopic<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("AlterTopic");
+      ds.field("name", &self.name());
+      ds.field("retention_ms", &self.retention_ms());
+      ds.field("retention_bytes", &self.retention_bytes());
       ds.finish()
   }
 }
@@ -3860,6 +4093,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_alter_topic(&self) -> Option<AlterTopic<'a>> {
+    if self.body_type() == RequestBody::AlterTopic {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { AlterTopic::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -3883,6 +4131,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::FetchOffsets => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FetchOffsets>>("RequestBody::FetchOffsets", pos),
           RequestBody::BackupBegin => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupBegin>>("RequestBody::BackupBegin", pos),
           RequestBody::BackupRead => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupRead>>("RequestBody::BackupRead", pos),
+          RequestBody::AlterTopic => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<AlterTopic>>("RequestBody::AlterTopic", pos),
           _ => Ok(()),
         }
      })?
@@ -4023,6 +4272,13 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         RequestBody::BackupRead => {
           if let Some(x) = self.body_as_backup_read() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        RequestBody::AlterTopic => {
+          if let Some(x) = self.body_as_alter_topic() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -4209,6 +4465,104 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TopicCreatedBuilder<'a, 'b, A
 impl ::core::fmt::Debug for TopicCreated<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("TopicCreated");
+      ds.field("topic", &self.topic());
+      ds.finish()
+  }
+}
+pub enum TopicAlteredOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Answer to AlterTopic: the topic with its settings as they now are.
+pub struct TopicAltered<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for TopicAltered<'a> {
+  type Inner = TopicAltered<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> TopicAltered<'a> {
+  pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    TopicAltered { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TopicAlteredArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<TopicAltered<'bldr>> {
+    let mut builder = TopicAlteredBuilder::new(_fbb);
+    if let Some(x) = args.topic { builder.add_topic(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn topic(&self) -> TopicMetadata<'a> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<TopicMetadata>>(TopicAltered::VT_TOPIC, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for TopicAltered<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<TopicMetadata>>("topic", Self::VT_TOPIC, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TopicAlteredArgs<'a> {
+    pub topic: Option<::flatbuffers::WIPOffset<TopicMetadata<'a>>>,
+}
+impl<'a> Default for TopicAlteredArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    TopicAlteredArgs {
+      topic: None, // required field
+    }
+  }
+}
+
+pub struct TopicAlteredBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TopicAlteredBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<TopicMetadata<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<TopicMetadata>>(TopicAltered::VT_TOPIC, topic);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TopicAlteredBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TopicAlteredBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<TopicAltered<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, TopicAltered::VT_TOPIC,"topic");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for TopicAltered<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("TopicAltered");
       ds.field("topic", &self.topic());
       ds.finish()
   }
@@ -5851,6 +6205,7 @@ impl<'a> ErrorResponse<'a> {
   pub const VT_CODE: ::flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
   pub const VT_CONFLICT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LOG_START: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5862,6 +6217,7 @@ impl<'a> ErrorResponse<'a> {
     args: &'args ErrorResponseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ErrorResponse<'bldr>> {
     let mut builder = ErrorResponseBuilder::new(_fbb);
+    if let Some(x) = args.log_start { builder.add_log_start(x); }
     if let Some(x) = args.conflict { builder.add_conflict(x); }
     if let Some(x) = args.message { builder.add_message(x); }
     builder.add_code(args.code);
@@ -5892,6 +6248,14 @@ impl<'a> ErrorResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<ConflictInfo>>(ErrorResponse::VT_CONFLICT, None)}
   }
+  /// Present exactly when code is OffsetBeforeLogStart: the partition's first kept offset.
+  #[inline]
+  pub fn log_start(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ErrorResponse::VT_LOG_START, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ErrorResponse<'_> {
@@ -5903,6 +6267,7 @@ impl ::flatbuffers::Verifiable for ErrorResponse<'_> {
      .visit_field::<ErrorCode>("code", Self::VT_CODE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<ConflictInfo>>("conflict", Self::VT_CONFLICT, false)?
+     .visit_field::<u64>("log_start", Self::VT_LOG_START, false)?
      .finish();
     Ok(())
   }
@@ -5911,6 +6276,7 @@ pub struct ErrorResponseArgs<'a> {
     pub code: ErrorCode,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub conflict: Option<::flatbuffers::WIPOffset<ConflictInfo<'a>>>,
+    pub log_start: Option<u64>,
 }
 impl<'a> Default for ErrorResponseArgs<'a> {
   #[inline]
@@ -5919,6 +6285,7 @@ impl<'a> Default for ErrorResponseArgs<'a> {
       code: ErrorCode::Internal,
       message: None,
       conflict: None,
+      log_start: None,
     }
   }
 }
@@ -5941,6 +6308,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorResponseBuilder<'a, 'b, 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<ConflictInfo>>(ErrorResponse::VT_CONFLICT, conflict);
   }
   #[inline]
+  pub fn add_log_start(&mut self, log_start: u64) {
+    self.fbb_.push_slot_always::<u64>(ErrorResponse::VT_LOG_START, log_start);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ErrorResponseBuilder {
@@ -5961,6 +6332,7 @@ impl ::core::fmt::Debug for ErrorResponse<'_> {
       ds.field("code", &self.code());
       ds.field("message", &self.message());
       ds.field("conflict", &self.conflict());
+      ds.field("log_start", &self.log_start());
       ds.finish()
   }
 }
@@ -6220,6 +6592,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_topic_altered(&self) -> Option<TopicAltered<'a>> {
+    if self.body_type() == ResponseBody::TopicAltered {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { TopicAltered::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -6244,6 +6631,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::CommittedOffsets => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CommittedOffsets>>("ResponseBody::CommittedOffsets", pos),
           ResponseBody::BackupManifest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupManifest>>("ResponseBody::BackupManifest", pos),
           ResponseBody::BackupChunk => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupChunk>>("ResponseBody::BackupChunk", pos),
+          ResponseBody::TopicAltered => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TopicAltered>>("ResponseBody::TopicAltered", pos),
           _ => Ok(()),
         }
      })?
@@ -6391,6 +6779,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::BackupChunk => {
           if let Some(x) = self.body_as_backup_chunk() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::TopicAltered => {
+          if let Some(x) = self.body_as_topic_altered() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

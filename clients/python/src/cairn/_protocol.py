@@ -23,6 +23,7 @@ from .errors import (
     ConflictKind,
     ErrorCode,
     KeyCondition,
+    OffsetBeforeLogStart,
     ProtocolError,
     ServerError,
 )
@@ -207,9 +208,20 @@ def encode_init_producer(correlation_id: int) -> bytearray:
     return _empty_body(correlation_id, INIT_PRODUCER)
 
 
-def encode_create_topic(correlation_id: int, name: str, partition_count: int) -> bytearray:
+def encode_create_topic(
+    correlation_id: int,
+    name: str,
+    partition_count: int,
+    retention_ms: int | None = None,
+    retention_bytes: int | None = None,
+) -> bytearray:
     writer, body_field = _request(correlation_id, CREATE_TOPIC)
-    position, offsets = writer.table(2, [(1, "I", partition_count)], [0])
+    scalars = [(1, "I", partition_count)]
+    if retention_ms is not None:
+        scalars.append((2, "Q", retention_ms))
+    if retention_bytes is not None:
+        scalars.append((3, "Q", retention_bytes))
+    position, offsets = writer.table(4, scalars, [0])
     writer.patch(body_field, position)
     writer.patch(offsets[0], writer.string(name))
     return writer.finish()
@@ -503,6 +515,11 @@ def _server_error(response: Response) -> ServerError:
         code = ErrorCode(raw_code)
     except ValueError:
         return ServerError(f"unknown error code {raw_code}: {message}", ErrorCode.INTERNAL)
+    if code == ErrorCode.OFFSET_BEFORE_LOG_START:
+        log_start = error.LogStart()
+        if log_start is None:
+            raise ProtocolError(f"OffsetBeforeLogStart without the log start: {message}")
+        return OffsetBeforeLogStart(message, code, log_start)
     if code != ErrorCode.CONFLICT:
         return SERVER_ERRORS[code](message, code)
     info = error.Conflict()
@@ -535,7 +552,9 @@ def decode_topic(topic: Any) -> TopicInfo:
                 partition.Partition(), partition.PartitionId(), partition.Shard(), partition.Port()
             )
         )
-    return TopicInfo(topic.Name().decode(), partitions)
+    return TopicInfo(
+        topic.Name().decode(), partitions, topic.RetentionMs(), topic.RetentionBytes()
+    )
 
 
 def decode_topic_created(response: Response) -> TopicInfo:

@@ -207,10 +207,19 @@ class AsyncClient:
             lambda response: protocol.check_ok(response, protocol.R_PONG),
         )
 
-    async def create_topic(self, name: str, partition_count: int) -> TopicInfo:
+    async def create_topic(
+        self,
+        name: str,
+        partition_count: int,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+    ) -> TopicInfo:
         topic = await self._call(
             self._routing.bootstrap_port,
-            lambda cid: protocol.encode_create_topic(cid, name, partition_count),
+            lambda cid: protocol.encode_create_topic(
+                cid, name, partition_count, retention_ms, retention_bytes
+            ),
             protocol.decode_topic_created,
         )
         self._routing.forget()

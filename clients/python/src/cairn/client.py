@@ -303,10 +303,19 @@ class Client:
             lambda response: protocol.check_ok(response, protocol.R_PONG),
         ).result()
 
-    def create_topic(self, name: str, partition_count: int) -> TopicInfo:
+    def create_topic(
+        self,
+        name: str,
+        partition_count: int,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+    ) -> TopicInfo:
         topic = self._submit(
             self._routing.bootstrap_port,
-            lambda cid: protocol.encode_create_topic(cid, name, partition_count),
+            lambda cid: protocol.encode_create_topic(
+                cid, name, partition_count, retention_ms, retention_bytes
+            ),
             protocol.decode_topic_created,
         ).result()
         self._routing.forget()

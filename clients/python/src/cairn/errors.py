@@ -25,6 +25,8 @@ class ErrorCode(enum.IntEnum):
     PRODUCER_FENCED = 12
     OFFSET_OUT_OF_RANGE = 13
     BACKUP_RANGE_UNAVAILABLE = 14
+    OFFSET_BEFORE_LOG_START = 15
+    INVALID_CONFIG = 16
 
 
 class ConditionKind(enum.IntEnum):
@@ -165,6 +167,19 @@ class OffsetOutOfRange(ServerError):
     """A fetch past the partition's synced end."""
 
 
+class OffsetBeforeLogStart(ServerError):
+    """A read below the partition's first kept offset: retention removed it. `log_start`
+    is that offset, where a reader can resume."""
+
+    def __init__(self, message: str, code: ErrorCode, log_start: int = 0) -> None:
+        super().__init__(message, code)
+        self.log_start = log_start
+
+
+class InvalidConfig(ServerError):
+    """A topic setting that is not valid (a retention limit of 0)."""
+
+
 class BackupRangeUnavailable(ServerError):
     """A backup read outside the shard's synced log (`cairn backup` only)."""
 
@@ -207,4 +222,6 @@ SERVER_ERRORS: dict[ErrorCode, type[ServerError]] = {
     ErrorCode.PRODUCER_FENCED: ProducerFenced,
     ErrorCode.OFFSET_OUT_OF_RANGE: OffsetOutOfRange,
     ErrorCode.BACKUP_RANGE_UNAVAILABLE: BackupRangeUnavailable,
+    ErrorCode.OFFSET_BEFORE_LOG_START: OffsetBeforeLogStart,
+    ErrorCode.INVALID_CONFIG: InvalidConfig,
 }

@@ -79,6 +79,10 @@ class TopicInfo:
     name: str
     #: In partition order.
     partitions: list[PartitionInfo]
+    #: Retention (Kafka's retention.ms, retention.bytes); None: no limit. With both None
+    #: (the default) the topic keeps its whole history.
+    retention_ms: int | None = None
+    retention_bytes: int | None = None
 
     @property
     def partition_count(self) -> int:

@@ -47,8 +47,26 @@ class CreateTopic(object):
             return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
         return 0
 
+    # As TopicMetadata.retention_ms; absent keeps records whatever their age. 0 is
+    # InvalidConfig. Changeable later with AlterTopic.
+    # CreateTopic
+    def RetentionMs(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return None
+
+    # As TopicMetadata.retention_bytes; absent keeps records whatever the partition's size.
+    # 0 is InvalidConfig.
+    # CreateTopic
+    def RetentionBytes(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return None
+
 def CreateTopicStart(builder):
-    builder.StartObject(2)
+    builder.StartObject(4)
 
 def Start(builder):
     CreateTopicStart(builder)
@@ -64,6 +82,18 @@ def CreateTopicAddPartitionCount(builder, partitionCount):
 
 def AddPartitionCount(builder, partitionCount):
     CreateTopicAddPartitionCount(builder, partitionCount)
+
+def CreateTopicAddRetentionMs(builder, retentionMs):
+    builder.PrependUint64Slot(2, retentionMs, None)
+
+def AddRetentionMs(builder, retentionMs):
+    CreateTopicAddRetentionMs(builder, retentionMs)
+
+def CreateTopicAddRetentionBytes(builder, retentionBytes):
+    builder.PrependUint64Slot(3, retentionBytes, None)
+
+def AddRetentionBytes(builder, retentionBytes):
+    CreateTopicAddRetentionBytes(builder, retentionBytes)
 
 def CreateTopicEnd(builder):
     return builder.EndObject()

@@ -43,3 +43,10 @@ class ErrorCode(object):
     OffsetOutOfRange = 13
     # BackupRead: the range is not in the shard's synced log (see BackupRead).
     BackupRangeUnavailable = 14
+    # Fetch or KeyHistory.from_offset: the offset is below the partition's first kept
+    # offset (retention removed it); ErrorResponse.log_start is that offset, where a reader
+    # can resume.
+    OffsetBeforeLogStart = 15
+    # CreateTopic or AlterTopic: a retention setting is not valid (0); the message says
+    # which.
+    InvalidConfig = 16

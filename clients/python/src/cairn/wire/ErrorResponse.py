@@ -52,8 +52,16 @@ class ErrorResponse(object):
             return obj
         return None
 
+    # Present exactly when code is OffsetBeforeLogStart: the partition's first kept offset.
+    # ErrorResponse
+    def LogStart(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return None
+
 def ErrorResponseStart(builder):
-    builder.StartObject(3)
+    builder.StartObject(4)
 
 def Start(builder):
     ErrorResponseStart(builder)
@@ -75,6 +83,12 @@ def ErrorResponseAddConflict(builder, conflict):
 
 def AddConflict(builder, conflict):
     ErrorResponseAddConflict(builder, conflict)
+
+def ErrorResponseAddLogStart(builder, logStart):
+    builder.PrependUint64Slot(3, logStart, None)
+
+def AddLogStart(builder, logStart):
+    ErrorResponseAddLogStart(builder, logStart)
 
 def ErrorResponseEnd(builder):
     return builder.EndObject()

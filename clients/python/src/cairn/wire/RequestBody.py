@@ -16,3 +16,4 @@ class RequestBody(object):
     FetchOffsets = 10
     BackupBegin = 11
     BackupRead = 12
+    AlterTopic = 13

@@ -17,3 +17,4 @@ class ResponseBody(object):
     CommittedOffsets = 11
     BackupManifest = 12
     BackupChunk = 13
+    TopicAltered = 14

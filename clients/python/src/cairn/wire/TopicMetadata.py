@@ -58,8 +58,27 @@ class TopicMetadata(object):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         return o == 0
 
+    # Retention (Kafka's retention.ms): a partition's oldest records may be removed once
+    # they are older than this many milliseconds. Absent: no age limit.
+    # TopicMetadata
+    def RetentionMs(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return None
+
+    # Retention (Kafka's retention.bytes): a partition's oldest records may be removed while
+    # it holds more than this many bytes without them. Absent: no size limit. With both
+    # absent (the default) the topic keeps its whole history.
+    # TopicMetadata
+    def RetentionBytes(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(10))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return None
+
 def TopicMetadataStart(builder):
-    builder.StartObject(2)
+    builder.StartObject(4)
 
 def Start(builder):
     TopicMetadataStart(builder)
@@ -81,6 +100,18 @@ def TopicMetadataStartPartitionsVector(builder, numElems):
 
 def StartPartitionsVector(builder, numElems):
     return TopicMetadataStartPartitionsVector(builder, numElems)
+
+def TopicMetadataAddRetentionMs(builder, retentionMs):
+    builder.PrependUint64Slot(2, retentionMs, None)
+
+def AddRetentionMs(builder, retentionMs):
+    TopicMetadataAddRetentionMs(builder, retentionMs)
+
+def TopicMetadataAddRetentionBytes(builder, retentionBytes):
+    builder.PrependUint64Slot(3, retentionBytes, None)
+
+def AddRetentionBytes(builder, retentionBytes):
+    TopicMetadataAddRetentionBytes(builder, retentionBytes)
 
 def TopicMetadataEnd(builder):
     return builder.EndObject()

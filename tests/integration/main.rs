@@ -28,6 +28,7 @@ mod reliability_disk_full;
 mod reliability_fuzz;
 mod reliability_io_faults;
 mod reliability_kafka_fuzz;
+mod reliability_retention;
 mod reliability_soak;
 mod segment_index;
 mod server_backup;

@@ -19,6 +19,7 @@ mod kafka_clients;
 mod kafka_group_clients;
 mod kafka_groups;
 mod kafka_protocol;
+mod kafka_retention;
 mod loadgen;
 mod ops_check;
 mod ops_config;

@@ -6,12 +6,13 @@
 //! checkpoint, while a log without usable checkpoints refuses to open rather than scan.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_engine::io::stats::ShardIoStats;
 use cairn_engine::{
-    AppendOutcome, EngineConfig, KeyCondition, Offset, OpenError, PartitionId, ReadError,
-    RecordInput, RetentionPolicy, Shard, ShardId,
+    AppendOutcome, EngineConfig, FaultHook, FaultPoint, FaultPolicy, KeyCondition, Offset,
+    OpenError, PartitionId, ReadError, RecordInput, RetentionPolicy, Shard, ShardId,
 };
 
 use cairn_engine::io::recovery::scan_data_dir;
@@ -470,4 +471,90 @@ fn segments_nothing_is_kept_in_are_removed_from_the_front() {
         matches!(refused, Some(OpenError::CheckpointRequired { .. })),
         "opened without checkpoints: {refused:?}"
     );
+}
+
+/// Fails every index file write: sealed segments stay unsealed, as on a full disk.
+struct NoIndexWrites;
+
+impl FaultPolicy for NoIndexWrites {
+    fn fail(&self, point: FaultPoint, _path: &Path) -> Option<i32> {
+        (point == FaultPoint::IndexWrite).then_some(28)
+    }
+}
+
+/// A checkpoint captured while sealed segments' index writes were failing holds their
+/// batches unsealed; once those segments are indexed and then rewritten by retention, a
+/// restart from that checkpoint seals them against the rewritten index and reconciles them
+/// like any run.
+#[test]
+fn a_checkpoint_holding_unsealed_batches_of_a_rewritten_segment_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let saved_dir = dir.path().join("saved");
+    std::fs::create_dir(&saved_dir).unwrap();
+    let (keep, short) = run_local({
+        let (data_dir, saved_dir) = (data_dir.clone(), saved_dir.clone());
+        move || async move {
+            let mut failing = config(&data_dir);
+            failing.fault_hook = Some(FaultHook(Arc::new(NoIndexWrites)));
+            let engine = open_engine(failing);
+            let shard = engine.open_shard(ShardId(0)).await.unwrap();
+            let ids = write_workload(&shard).await;
+            assert!(
+                shard.index_pending_count() >= 2,
+                "index writes were not failing"
+            );
+            shard.close().await;
+            let newest = checkpoint_files(&data_dir).remove(0);
+            std::fs::copy(&newest, saved_dir.join(newest.file_name().unwrap())).unwrap();
+            ids
+        }
+    });
+    run_local({
+        let data_dir = data_dir.clone();
+        move || async move {
+            let engine = open_engine(config(&data_dir));
+            let shard = engine.open_shard(ShardId(0)).await.unwrap();
+            // Only the forever topic grows: what retention may remove is "short"'s oldest
+            // runs, in segments the saved checkpoint covers.
+            for index in RECORD_COUNT..RECORD_COUNT + 2_000 {
+                let keep_value = value("keep", index);
+                let records = [RecordInput {
+                    key: b"keep-0",
+                    value: &keep_value,
+                    ..RecordInput::default()
+                }];
+                shard.append(keep, None, &records).await.unwrap();
+            }
+            wait_for_rewrites(&shard, 1).await;
+            shard.close().await;
+        }
+    });
+    for checkpoint in checkpoint_files(&data_dir) {
+        std::fs::remove_file(checkpoint).unwrap();
+    }
+    copy_tree(&saved_dir, &data_dir.join("core-0"), |_| true);
+    run_local(move || async move {
+        let mut config = config(&data_dir);
+        config.retention_check_interval = Duration::from_secs(3600);
+        let engine = open_engine(config);
+        let shard = engine.open_shard(ShardId(0)).await.unwrap();
+        assert!(shard.recovered_from_checkpoint().is_some());
+        let kept = read_all(&shard, keep, Offset(0)).await;
+        assert_eq!(kept.len() as u64, RECORD_COUNT + 2_000);
+        for (offset, _, record_value) in &kept {
+            assert_eq!(record_value, &value("keep", *offset), "keep@{offset}");
+        }
+        let log_start = shard.log_start(short).unwrap();
+        assert!(
+            log_start > Offset(0),
+            "the rewrite's removal was not reconciled"
+        );
+        let short_records = read_all(&shard, short, log_start).await;
+        assert_eq!(short_records.len() as u64, RECORD_COUNT - log_start.0);
+        for (offset, _, record_value) in &short_records {
+            assert_eq!(record_value, &value("short", *offset));
+        }
+        shard.close().await;
+    });
 }

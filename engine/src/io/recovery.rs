@@ -191,12 +191,6 @@ pub(crate) async fn recover_segments(
         ),
         None => RecoveryScanner::new(),
     };
-    // Segments the checkpoint holds as sealed: their index files must be there.
-    let checkpoint_sealed: std::collections::BTreeSet<u64> = partitions
-        .values()
-        .flat_map(|partition| partition.synced_batches.sealed_runs())
-        .map(|run| run.segment_index)
-        .collect();
     let mut segments: BTreeMap<u64, Rc<SegmentFile>> = BTreeMap::new();
     let mut index_files = BTreeMap::new();
     let mut deferred: Vec<(Rc<SegmentFile>, u64)> = Vec::new();
@@ -212,9 +206,16 @@ pub(crate) async fn recover_segments(
                     .ok_or_else(|| checkpoint_mismatch(&path, "a covered segment is blank"))?;
                 let segment = Rc::new(segment);
                 segments.insert(index, segment.clone());
-                if checkpoint_sealed.contains(&index) {
-                    let write = index_files_mode != IndexFiles::VerifyOnly;
-                    reconcile_rewritten(shard_dir, &segment, partitions, config, write).await?;
+                let write = index_files_mode != IndexFiles::VerifyOnly;
+                reconcile_rewritten(shard_dir, &segment, partitions, config, write).await?;
+                let sealed_now = partitions.values().any(|partition| {
+                    partition
+                        .synced_batches
+                        .sealed_runs()
+                        .iter()
+                        .any(|run| run.segment_index == index)
+                });
+                if sealed_now {
                     let file = IndexFile::open(shard_dir, index).await.map_err(|error| {
                         checkpoint_mismatch(&path, &format!("its index file: {error}"))
                     })?;
@@ -608,6 +609,7 @@ async fn reconcile_rewritten(
     let header = *segment.header();
     let path = segment.path().to_owned();
     let mut checkpoint_generation = None;
+    let mut unsealed = false;
     for partition in partitions.values() {
         let batches = &partition.synced_batches;
         if let Some(run) = batches
@@ -620,20 +622,23 @@ async fn reconcile_rewritten(
             }
             checkpoint_generation = Some(run.generation);
         }
-        if header.generation > 0
-            && batches
-                .dense_batches()
-                .iter()
-                .any(|batch| batch.segment_index == index)
-        {
-            return Err(checkpoint_mismatch(
-                &path,
-                "it holds unsealed batches of a rewritten segment",
-            ));
-        }
+        unsealed |= batches
+            .dense_batches()
+            .iter()
+            .any(|batch| batch.segment_index == index);
     }
-    let Some(checkpoint_generation) = checkpoint_generation else {
-        return Ok(());
+    if unsealed && checkpoint_generation.is_some() {
+        return Err(checkpoint_mismatch(
+            &path,
+            "it holds the segment both sealed and unsealed",
+        ));
+    }
+    // Unsealed batches of a segment still of the log's own generation are sealed by the
+    // caller, against the segment's bytes; a rewritten one is reconciled here.
+    let checkpoint_generation = match checkpoint_generation {
+        Some(generation) => generation,
+        None if unsealed && header.generation > 0 => 0,
+        None => return Ok(()),
     };
     if header.generation == checkpoint_generation {
         return Ok(());
@@ -672,6 +677,39 @@ async fn reconcile_rewritten(
             .get_mut(&id)
             .expect("ids are the map's")
             .synced_batches;
+        if unsealed {
+            // The capture came before the segment's index was written: its batches are
+            // sealed here as that write would have (a run of the log's generation at
+            // entries the rewrite keeps or removes), then reconciled like any run.
+            let dense: Vec<BatchLocation> = batches
+                .dense_batches()
+                .iter()
+                .filter(|batch| batch.segment_index == index)
+                .copied()
+                .collect();
+            if let (Some(first), Some(last)) = (dense.first(), dense.last()) {
+                let row = on_disk
+                    .partitions
+                    .iter()
+                    .zip(&placements)
+                    .find(|(partition, _)| partition.partition_id == id);
+                let entries_position = row.map_or(0, |(_, placement)| placement.entries_position);
+                let same = row.is_none_or(|(partition, placement)| {
+                    partition.entries.first().map(|entry| entry.base_offset)
+                        == Some(first.base_offset)
+                        && partition.entries.last().map(|entry| entry.end_offset())
+                            == Some(last.end_offset)
+                        && placement.entry_count as usize == dense.len()
+                });
+                if !same {
+                    return Err(checkpoint_mismatch(
+                        &path,
+                        "a kept run changed in the rewrite",
+                    ));
+                }
+                batches.seal(index, entries_position);
+            }
+        }
         let Some(run) = batches
             .sealed_runs()
             .iter()

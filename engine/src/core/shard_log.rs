@@ -1261,7 +1261,11 @@ impl ShardLog {
     /// A partition's batches go oldest first, a whole run (its batches in one segment) at a
     /// time: by age once the run's newest record is older than `retention.ms`, by size
     /// while the partition would still hold `retention.bytes` without it. A run is whole
-    /// or gone, so a partition keeps at most one segment's worth more than its limits say.
+    /// or gone, so a partition keeps up to a segment's worth more than its limits say; and
+    /// a segment is rewritten only once its removable runs hold at least as many bytes as
+    /// its kept ones, or none of its kept runs can expire later (a forever partition's),
+    /// so a run may also wait for its neighbours' to expire. Retention is a lower bound, as
+    /// Kafka's is.
     pub fn plan_retention(&self, now_ms: i64, bound: u64) -> Option<RetentionPlan> {
         if self.poisoned.is_some() {
             return None;
@@ -1295,26 +1299,49 @@ impl ShardLog {
             let run = log.synced_batches.sealed_runs().first()?;
             (run.segment_index < bound && removable(log, run, now_ms)).then_some(run.segment_index)
         };
-        let segment_index = self.partitions.values().filter_map(removable_first).min()?;
-        let mut removed = Vec::new();
-        let mut kept = Vec::new();
-        let mut generation = None;
-        for (id, log) in &self.partitions {
-            let Some(run) = log
-                .synced_batches
-                .sealed_runs()
-                .iter()
-                .find(|run| run.segment_index == segment_index)
-            else {
-                continue;
-            };
-            generation = Some(run.generation);
-            if removable_first(log) == Some(segment_index) {
-                removed.push(*id);
-            } else {
-                kept.push(*id);
+        let mut candidates: Vec<u64> = self
+            .partitions
+            .values()
+            .filter_map(removable_first)
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut ready = None;
+        for segment_index in candidates {
+            let mut removed = Vec::new();
+            let mut kept = Vec::new();
+            let (mut removed_bytes, mut kept_bytes) = (0u64, 0u64);
+            let mut limited_kept = false;
+            let mut generation = None;
+            for (id, log) in &self.partitions {
+                let Some(run) = log
+                    .synced_batches
+                    .sealed_runs()
+                    .iter()
+                    .find(|run| run.segment_index == segment_index)
+                else {
+                    continue;
+                };
+                generation = Some(run.generation);
+                if removable_first(log) == Some(segment_index) {
+                    removed.push(*id);
+                    removed_bytes += run.size_bytes;
+                } else {
+                    kept.push(*id);
+                    kept_bytes += run.size_bytes;
+                    limited_kept |= !log.retention.is_forever();
+                }
+            }
+            // A rewrite copies every kept byte: it waits until it frees at least as much
+            // as it copies, or until nothing else in the segment can expire later, so a
+            // segment whose partitions' runs expire one after another is rewritten once,
+            // not once per partition.
+            if removed_bytes >= kept_bytes || !limited_kept {
+                ready = Some((segment_index, removed, kept, generation));
+                break;
             }
         }
+        let (segment_index, mut removed, mut kept, generation) = ready?;
         removed.sort_unstable();
         kept.sort_unstable();
         let generation = generation.expect("the segment holds a removable run");
@@ -1833,8 +1860,9 @@ mod tests {
     fn a_retention_plan_takes_the_oldest_segment_with_an_expired_run_and_keeps_its_neighbours() {
         let mut log = log();
         log.add_partition(PartitionId(1));
+        // Partition 0's batches are the larger, so it holds more of each segment.
         let stage_in = |log: &mut ShardLog, partition: u32| {
-            let value = vec![7u8; 10_000];
+            let value = vec![7u8; if partition == 0 { 12_000 } else { 8_000 }];
             let records = [record(b"k", &value, KeyCondition::Any)];
             let len_bytes = batch_encoded_len(&records).unwrap();
             log.stage(PartitionId(partition), None, &records, None, len_bytes, 1)
@@ -1914,6 +1942,44 @@ mod tests {
         // Segment 0 is now generation 1; the next step is segment 1.
         let next = log.plan_retention(now_ms, 2).unwrap();
         assert_eq!((next.segment_index, next.generation), (1, 0));
+
+        // A neighbour that may expire later, holding more bytes there than would go:
+        // the rewrite waits for it rather than copy it now and again later.
+        log.set_retention(
+            PartitionId(0),
+            RetentionPolicy {
+                ms: None,
+                bytes: Some(u64::MAX),
+            },
+        );
+        let kept_run_bytes = |log: &ShardLog, id: u32| {
+            log.partitions
+                .get(&PartitionId(id))
+                .unwrap()
+                .synced_batches
+                .sealed_runs()[0]
+                .size_bytes
+        };
+        assert!(kept_run_bytes(&log, 0) > kept_run_bytes(&log, 1));
+        assert_eq!(log.plan_retention(now_ms, 2), None);
+        log.set_retention(
+            PartitionId(0),
+            RetentionPolicy {
+                ms: Some(1),
+                bytes: None,
+            },
+        );
+        // Now segment 0 keeps nothing: being the log's first, its file goes.
+        let emptied = log.plan_retention(now_ms, 2).unwrap();
+        assert_eq!(
+            (
+                emptied.segment_index,
+                emptied.removed,
+                emptied.kept,
+                emptied.remove_file
+            ),
+            (0, vec![PartitionId(0)], vec![], true)
+        );
     }
 
     #[test]

@@ -49,6 +49,11 @@ const REWRITE_SUFFIX: &str = ".rewrite";
 /// Bytes copied between two looks at the budget and the closing flag.
 const COPY_SLICE_BYTES: usize = 1024 * 1024;
 
+/// Bytes copied between two syncs of the new file: one sync of a whole segment's dirty
+/// pages at the end would hold the device for tens of milliseconds, and the log's group
+/// writes wait behind it.
+const SYNC_EVERY_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Runs retention for one shard until it closes: a step whenever one is due, else a look
 /// every `retention_check_interval`.
 pub(crate) async fn run(state: Rc<RefCell<ShardState>>, closing: Arc<AtomicBool>) {
@@ -351,7 +356,11 @@ impl Rewrite {
             slice.extend_from_slice(&buffer);
             position += u64::from(entry.len_bytes);
             if slice.len() >= COPY_SLICE_BYTES {
+                let before = copied_bytes;
                 copied_bytes += write_slice(&mut new, &mut slice, &temporary)?;
+                if before / SYNC_EVERY_BYTES != copied_bytes / SYNC_EVERY_BYTES {
+                    new.sync_data().map_err(io("fdatasync", &temporary))?;
+                }
                 pace(copied_bytes, started, self.bytes_per_second);
             }
         }

@@ -14,7 +14,7 @@ use cairn_engine::{
 };
 
 use crate::support::engine::{open_engine, run_local, test_config};
-use crate::support::{TestRng, copy_tree, test_seed};
+use crate::support::{TestRng, checkpoint_files, copy_tree, test_seed};
 
 const PARTITION_COUNT: u32 = 3;
 
@@ -34,21 +34,6 @@ fn config(dir: &Path) -> EngineConfig {
 
 fn shard_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("core-0")
-}
-
-/// The shard's checkpoint files, newest first.
-fn checkpoints(data_dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(shard_dir(data_dir))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| {
-            path.extension()
-                .is_some_and(|extension| extension == "ckpt")
-        })
-        .collect();
-    found.sort();
-    found.reverse();
-    found
 }
 
 fn without_checkpoints(path: &Path) -> bool {
@@ -246,7 +231,7 @@ fn observe_by_full_scan(data_dir: &Path, stamped: &LastStamped) -> Observed {
 fn a_shard_reopened_from_its_checkpoint_holds_what_a_scan_of_its_whole_log_gives() {
     let dir = tempfile::tempdir().unwrap();
     let stamped = write(dir.path(), 600, test_seed("checkpoint_equivalence"));
-    let files = checkpoints(dir.path());
+    let files = checkpoint_files(dir.path());
     assert!(
         (1..=2).contains(&files.len()),
         "checkpoints were taken and older ones removed: {files:?}"
@@ -330,7 +315,7 @@ fn a_shard_reopened_from_its_checkpoint_holds_what_a_scan_of_its_whole_log_gives
 fn a_damaged_torn_or_foreign_checkpoint_is_passed_over_for_an_older_one_or_a_full_scan() {
     let dir = tempfile::tempdir().unwrap();
     let stamped = write(dir.path(), 400, test_seed("checkpoint_fallback"));
-    let files = checkpoints(dir.path());
+    let files = checkpoint_files(dir.path());
     assert_eq!(files.len(), 2, "two checkpoints are kept: {files:?}");
     let expected = observe_by_full_scan(dir.path(), &stamped);
 
@@ -363,7 +348,7 @@ fn a_damaged_torn_or_foreign_checkpoint_is_passed_over_for_an_older_one_or_a_ful
     for file in &files {
         std::fs::remove_file(file).unwrap();
     }
-    let foreign = checkpoints(other.path()).remove(0);
+    let foreign = checkpoint_files(other.path()).remove(0);
     std::fs::copy(
         &foreign,
         shard_dir(dir.path()).join(foreign.file_name().unwrap()),
@@ -407,7 +392,10 @@ fn failed_checkpoint_writes_stop_no_append_and_are_tried_again_only_an_interval_
         )
     });
     assert_eq!(written, 0, "no checkpoint could be written");
-    assert!(checkpoints(dir.path()).is_empty(), "and none is on disk");
+    assert!(
+        checkpoint_files(dir.path()).is_empty(),
+        "and none is on disk"
+    );
     let attempts = policy.0.load(Ordering::Relaxed);
     assert_eq!(failures, attempts, "every failed write is counted");
     // One attempt per interval of log, not one per group: 600 groups here.

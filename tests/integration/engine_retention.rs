@@ -17,8 +17,8 @@ use cairn_engine::{
 
 use cairn_engine::io::recovery::scan_data_dir;
 
-use crate::support::copy_tree;
 use crate::support::engine::{open_engine, run_local, test_config};
+use crate::support::{checkpoint_files, copy_tree};
 
 /// Records written to each partition.
 const RECORD_COUNT: u64 = 3_000;
@@ -271,32 +271,7 @@ fn retention_removes_a_partitions_oldest_batches_and_copies_its_neighbours_forwa
         other => panic!("a flipped bit in a rewritten segment: {other:?}"),
     }
 
-    // Without checkpoints, what the removed batches left is unknown: refuse, do not scan.
-    for checkpoint in checkpoint_files(&data_dir) {
-        std::fs::remove_file(checkpoint).unwrap();
-    }
-    let refused = run_local(move || async move {
-        let engine = open_engine(config(&data_dir));
-        engine.open_shard(ShardId(0)).await.err()
-    });
-    assert!(
-        matches!(refused, Some(OpenError::CheckpointRequired { .. })),
-        "opened without checkpoints: {refused:?}"
-    );
-}
-
-fn checkpoint_files(data_dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut found: Vec<_> = std::fs::read_dir(data_dir.join("core-0"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| {
-            path.extension()
-                .is_some_and(|extension| extension == "ckpt")
-        })
-        .collect();
-    found.sort();
-    found.reverse();
-    found
+    refused_without_checkpoints(data_dir);
 }
 
 /// A crash can leave a rewrite half swapped in: the new segment beside the old index (the
@@ -460,17 +435,7 @@ fn segments_nothing_is_kept_in_are_removed_from_the_front() {
     assert_eq!(first_segment(&shard_dir), first, "the leftover was removed");
     assert!(log_start.0 > 0);
 
-    for checkpoint in checkpoint_files(&data_dir) {
-        std::fs::remove_file(checkpoint).unwrap();
-    }
-    let refused = run_local(move || async move {
-        let engine = open_engine(config(&data_dir));
-        engine.open_shard(ShardId(0)).await.err()
-    });
-    assert!(
-        matches!(refused, Some(OpenError::CheckpointRequired { .. })),
-        "opened without checkpoints: {refused:?}"
-    );
+    refused_without_checkpoints(data_dir);
 }
 
 /// Fails every index file write: sealed segments stay unsealed, as on a full disk.
@@ -557,4 +522,20 @@ fn a_checkpoint_holding_unsealed_batches_of_a_rewritten_segment_still_opens() {
         }
         shard.close().await;
     });
+}
+
+/// Without checkpoints, what the removed batches left is unknown: the shard refuses to open
+/// rather than scan what is left.
+fn refused_without_checkpoints(data_dir: std::path::PathBuf) {
+    for checkpoint in checkpoint_files(&data_dir) {
+        std::fs::remove_file(checkpoint).unwrap();
+    }
+    let refused = run_local(move || async move {
+        let engine = open_engine(config(&data_dir));
+        engine.open_shard(ShardId(0)).await.err()
+    });
+    assert!(
+        matches!(refused, Some(OpenError::CheckpointRequired { .. })),
+        "opened without checkpoints: {refused:?}"
+    );
 }

@@ -56,8 +56,10 @@ fn kafka_consumers_below_the_log_start_are_told_out_of_range_and_reset_to_it() {
             Ok(_) => None,
             Err(error) => panic!("fetch from 0: {error}"),
         };
-        if start.is_some() && start == last {
-            break start.unwrap();
+        if let Some(start) = start
+            && last == Some(start)
+        {
+            break start;
         }
         last = start;
         std::thread::sleep(Duration::from_millis(300));

@@ -41,6 +41,9 @@ const SERVER_ARGS: &[&str] = &[
 /// What the server acknowledged: (topic, partition, offset) -> value.
 type Ledger = Arc<Mutex<HashMap<(&'static str, u32, u64), Vec<u8>>>>;
 
+/// A partition as read: its log start and its records (offset, value) from there.
+type PartitionRead = (Offset, Vec<(u64, Vec<u8>)>);
+
 fn value(topic: &str, partition: u32, writer: u64, sequence: u64) -> Vec<u8> {
     let mut value = format!("{topic}/{partition}/{writer}/{sequence}/").into_bytes();
     value.resize(VALUE_BYTES, b'.');
@@ -53,7 +56,7 @@ fn read_partition(
     client: &mut BlockingClient,
     topic: &str,
     partition: u32,
-) -> Result<(Offset, Vec<(u64, Vec<u8>)>), ClientError> {
+) -> Result<PartitionRead, ClientError> {
     let mut next = Offset(0);
     let mut start = Offset(0);
     let mut records = Vec::new();

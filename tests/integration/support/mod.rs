@@ -45,6 +45,21 @@ impl TestRng {
     }
 }
 
+/// Shard 0's checkpoint files under a data directory, newest first.
+pub fn checkpoint_files(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(data_dir.join("core-0"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "ckpt")
+        })
+        .collect();
+    found.sort();
+    found.reverse();
+    found
+}
+
 /// Every file under `dir`, recursively, in no particular order.
 pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();

@@ -250,7 +250,24 @@ struct Rewritten {
 }
 
 impl Rewrite {
+    /// Rewrites the segment; on any failure the temporary files go, so a full disk is not
+    /// left fuller by a rewrite that could not finish.
     fn run(self) -> Result<Rewritten, StorageError> {
+        let shard_dir = self.shard_dir.clone();
+        let segment_index = self.old_header.segment_index;
+        let rewritten = self.write_and_swap();
+        if rewritten.is_err() {
+            for name in [
+                format!("{}{REWRITE_SUFFIX}", segment_file_name(segment_index)),
+                format!("{}{REWRITE_SUFFIX}", index_file_name(segment_index)),
+            ] {
+                let _ = fs::remove_file(shard_dir.join(name));
+            }
+        }
+        rewritten
+    }
+
+    fn write_and_swap(self) -> Result<Rewritten, StorageError> {
         let index = segment_file_name(self.old_header.segment_index);
         let segment_path = self.shard_dir.join(&index);
         let index_path = self

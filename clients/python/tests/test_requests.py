@@ -53,6 +53,16 @@ def test_create_topic_with_retention_and_see_it_in_metadata(server: Server, topi
             client.create_topic(topic + "-zero", 1, retention_bytes=0)
         assert topic + "-zero" not in client.metadata().topics
 
+        # A limit left out stays; -1 removes one; 0 changes nothing.
+        altered = client.alter_topic(topic, retention_bytes=1 << 30)
+        assert (altered.retention_ms, altered.retention_bytes) == (86_400_000, 1 << 30)
+        altered = client.alter_topic(topic, retention_ms=-1)
+        assert (altered.retention_ms, altered.retention_bytes) == (None, 1 << 30)
+        with pytest.raises(InvalidConfig):
+            client.alter_topic(topic, retention_ms=0)
+        info = client.metadata().topics[topic]
+        assert (info.retention_ms, info.retention_bytes) == (None, 1 << 30)
+
 
 def test_append_and_fetch_round_trip(server: Server, topic: str) -> None:
     with Client(server.host, server.port) as client:

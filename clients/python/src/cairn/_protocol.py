@@ -51,6 +51,7 @@ from .wire.KeyRecord import KeyRecord as WireKeyRecord
 from .wire.MetadataResult import MetadataResult as WireMetadataResult
 from .wire.ProducerInitialized import ProducerInitialized as WireProducerInitialized
 from .wire.Response import Response as WireResponse
+from .wire.TopicAltered import TopicAltered as WireTopicAltered
 from .wire.TopicCreated import TopicCreated as WireTopicCreated
 from .wire.TopicMetadata import TopicMetadata as WireTopicMetadata
 
@@ -65,6 +66,7 @@ KEY_HISTORY: Final = 7
 INIT_PRODUCER: Final = 8
 COMMIT_OFFSETS: Final = 9
 FETCH_OFFSETS: Final = 10
+ALTER_TOPIC: Final = 13
 
 # ResponseBody union members, in schema order.
 R_PONG: Final = 1
@@ -78,6 +80,7 @@ R_ERROR_RESPONSE: Final = 8
 R_PRODUCER_INITIALIZED: Final = 9
 R_OFFSETS_COMMITTED: Final = 10
 R_COMMITTED_OFFSETS: Final = 11
+R_TOPIC_ALTERED: Final = 14
 
 _SCALAR_SIZE: Final = {"Q": 8, "q": 8, "I": 4, "i": 4, "H": 2, "h": 2, "B": 1, "?": 1}
 _PADDING: Final = (b"", b"\0", b"\0\0", b"\0\0\0")
@@ -222,6 +225,25 @@ def encode_create_topic(
     if retention_bytes is not None:
         scalars.append((3, "Q", retention_bytes))
     position, offsets = writer.table(4, scalars, [0])
+    writer.patch(body_field, position)
+    writer.patch(offsets[0], writer.string(name))
+    return writer.finish()
+
+
+def encode_alter_topic(
+    correlation_id: int,
+    name: str,
+    retention_ms: int | None = None,
+    retention_bytes: int | None = None,
+) -> bytearray:
+    """AlterTopic: a limit left as None stays as it is; -1 removes it (keep forever)."""
+    writer, body_field = _request(correlation_id, ALTER_TOPIC)
+    scalars = []
+    if retention_ms is not None:
+        scalars.append((1, "q", retention_ms))
+    if retention_bytes is not None:
+        scalars.append((2, "q", retention_bytes))
+    position, offsets = writer.table(3, scalars, [0])
     writer.patch(body_field, position)
     writer.patch(offsets[0], writer.string(name))
     return writer.finish()
@@ -560,6 +582,12 @@ def decode_topic(topic: Any) -> TopicInfo:
 def decode_topic_created(response: Response) -> TopicInfo:
     created = _body(response, R_TOPIC_CREATED, WireTopicCreated)
     topic: WireTopicMetadata = created.Topic()
+    return decode_topic(topic)
+
+
+def decode_topic_altered(response: Response) -> TopicInfo:
+    altered = _body(response, R_TOPIC_ALTERED, WireTopicAltered)
+    topic: WireTopicMetadata = altered.Topic()
     return decode_topic(topic)
 
 

@@ -225,6 +225,22 @@ class AsyncClient:
         self._routing.forget()
         return topic
 
+    async def alter_topic(
+        self,
+        name: str,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+    ) -> TopicInfo:
+        """See `Client.alter_topic`."""
+        topic = await self._call(
+            self._routing.bootstrap_port,
+            lambda cid: protocol.encode_alter_topic(cid, name, retention_ms, retention_bytes),
+            protocol.decode_topic_altered,
+        )
+        self._routing.forget()
+        return topic
+
     async def metadata(self) -> ClusterMetadata:
         metadata = await self._call(
             self._routing.bootstrap_port, protocol.encode_metadata, protocol.decode_metadata

@@ -321,6 +321,24 @@ class Client:
         self._routing.forget()
         return topic
 
+    def alter_topic(
+        self,
+        name: str,
+        *,
+        retention_ms: int | None = None,
+        retention_bytes: int | None = None,
+    ) -> TopicInfo:
+        """Changes `name`'s retention and returns the topic as it now is, once every shard
+        applies it. A limit left as None stays as it is; -1 removes it (keep forever); 0 is
+        InvalidConfig, an unknown topic UnknownTopic."""
+        topic = self._submit(
+            self._routing.bootstrap_port,
+            lambda cid: protocol.encode_alter_topic(cid, name, retention_ms, retention_bytes),
+            protocol.decode_topic_altered,
+        ).result()
+        self._routing.forget()
+        return topic
+
     def metadata(self) -> ClusterMetadata:
         """Every topic and where its partitions live; refreshes the routing cache."""
         metadata = self._submit(

@@ -13,7 +13,9 @@ use cairn_client::{BlockingClient, ClientConfig, RetentionChange, RetentionPolic
 use cairn_wire::ErrorCode;
 use serde_json::{Value, json};
 
-use crate::support::client_process::{CLIENT_STEP_TIMEOUT, ClientProcess, python};
+use crate::support::client_process::{
+    CLIENT_STEP_TIMEOUT, ClientProcess, node, python, run_to_end,
+};
 use crate::support::server::{CAIRN_BIN, TestServer};
 
 /// Kafka's INVALID_CONFIG.
@@ -420,4 +422,33 @@ fn confluent_incremental_alter_configs_sets_and_deletes_retention_on_every_shard
     assert_every_shard_sees(&server, "payments", expected);
     let mut admin = Admin::start("confluent", &server.kafka_bootstrap());
     assert_eq!(admin.retention("payments"), described("3600000", "-1"));
+}
+
+/// kafkajs, a third admin client: createTopics with a retention config, describeConfigs,
+/// alterConfigs (Kafka's whole-config replace: the limit not named returns to forever),
+/// and a compacted topic refused with INVALID_CONFIG.
+#[test]
+fn kafkajs_creates_describes_and_replaces_retention_and_compaction_is_refused() {
+    let server = TestServer::start();
+    let output = run_to_end(
+        node(
+            "kafkajs_client.js",
+            &["retention", &server.kafka_bootstrap(), "kafkajs-retained"],
+        ),
+        "",
+    );
+    let answer: Value = serde_json::from_str(output.trim()).unwrap();
+    assert_eq!(answer["created"]["retention.ms"], "3600000", "{answer}");
+    assert_eq!(answer["created"]["retention.bytes"], "-1", "{answer}");
+    assert_eq!(answer["altered"]["retention.ms"], "-1", "{answer}");
+    assert_eq!(answer["altered"]["retention.bytes"], "1048576", "{answer}");
+    assert_eq!(answer["compact"]["type"], "INVALID_CONFIG", "{answer}");
+    assert_every_shard_sees(
+        &server,
+        "kafkajs-retained",
+        RetentionPolicy {
+            ms: None,
+            bytes: Some(1_048_576),
+        },
+    );
 }

@@ -18,12 +18,18 @@
 //       offsets of the topic by admin.fetchOffsets (FindCoordinator, then OffsetFetch), an
 //       offset of -1 where nothing is committed. (A kafkajs consumer commits only as a
 //       member of a group it joined, so kafkajs reads committed offsets here, never writes.)
+//   node kafkajs_client.js retention BOOTSTRAP TOPIC
+//       Creates TOPIC with retention.ms=3600000 (createTopics configEntries), reads it back
+//       (describeConfigs), replaces its config with retention.bytes=1048576 alone
+//       (alterConfigs, Kafka's whole-config AlterConfigs), reads it back, and tries to
+//       create TOPIC-compact with cleanup.policy=compact. One line {"created": {name:
+//       value}, "altered": {name: value}, "compact": {"type", "message"} or null}.
 //
 // Logs go to stderr: stdout carries only the JSON lines the test parses.
 'use strict'
 
 const readline = require('readline')
-const { Kafka, logLevel } = require('kafkajs')
+const { ConfigResourceTypes, Kafka, logLevel } = require('kafkajs')
 
 const TIMEOUT_MS = 15000
 
@@ -140,6 +146,41 @@ async function committed (bootstrap, topic, group) {
   await admin.disconnect()
 }
 
+async function retention (bootstrap, topic) {
+  const admin = kafkaFor(bootstrap).admin()
+  await admin.connect()
+  const configs = async () => {
+    const described = await admin.describeConfigs({
+      resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configNames: ['retention.ms', 'retention.bytes'] }],
+      includeSynonyms: false
+    })
+    const entries = {}
+    for (const entry of described.resources[0].configEntries) {
+      entries[entry.configName] = entry.configValue
+    }
+    return entries
+  }
+  await admin.createTopics({
+    topics: [{ topic, numPartitions: 1, configEntries: [{ name: 'retention.ms', value: '3600000' }] }]
+  })
+  const created = await configs()
+  await admin.alterConfigs({
+    resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configEntries: [{ name: 'retention.bytes', value: '1048576' }] }]
+  })
+  const altered = await configs()
+  let compact = null
+  try {
+    await admin.createTopics({
+      topics: [{ topic: `${topic}-compact`, numPartitions: 1, configEntries: [{ name: 'cleanup.policy', value: 'compact' }] }]
+    })
+  } catch (error) {
+    const cause = (error.errors && error.errors[0]) || error
+    compact = { type: cause.type || error.type || error.name, message: String(cause.message || error.message) }
+  }
+  emit({ created, altered, compact })
+  await admin.disconnect()
+}
+
 async function main () {
   const [mode, bootstrap, topic, ...rest] = process.argv.slice(2)
   if (mode === 'produce') {
@@ -150,6 +191,8 @@ async function main () {
     await times(bootstrap, topic, Number(rest[0]), rest.slice(1).map(Number))
   } else if (mode === 'committed') {
     await committed(bootstrap, topic, rest[0])
+  } else if (mode === 'retention') {
+    await retention(bootstrap, topic)
   } else {
     throw new Error(`unknown mode ${mode}`)
   }

@@ -131,6 +131,16 @@ async fn check_retained(shard: &Shard, keep: PartitionId, short: PartitionId) ->
     log_start
 }
 
+/// Appends one record to `partition`, unconditionally.
+async fn append_one(shard: &Shard, partition: PartitionId, key: &[u8], value: &[u8]) {
+    let records = [RecordInput {
+        key,
+        value,
+        ..RecordInput::default()
+    }];
+    shard.append(partition, None, &records).await.unwrap();
+}
+
 /// Two partitions written side by side, so every segment holds both: "keep" keeps
 /// everything, "short" keeps `SHORT_RETENTION_BYTES`; "old" is a key of "short" written
 /// only first.
@@ -154,23 +164,11 @@ async fn write_workload(shard: &Shard) -> (PartitionId, PartitionId) {
     }];
     shard.append(short, None, &old).await.unwrap();
     for index in 0..RECORD_COUNT {
-        let keep_value = value("keep", index);
         let keep_key = format!("keep-{}", index % 10).into_bytes();
-        let records = [RecordInput {
-            key: &keep_key,
-            value: &keep_value,
-            ..RecordInput::default()
-        }];
-        shard.append(keep, None, &records).await.unwrap();
+        append_one(shard, keep, &keep_key, &value("keep", index)).await;
         if index + 1 < RECORD_COUNT {
-            let short_value = value("short", index + 1);
             let short_key = format!("short-{}", index % 10).into_bytes();
-            let records = [RecordInput {
-                key: &short_key,
-                value: &short_value,
-                ..RecordInput::default()
-            }];
-            shard.append(short, None, &records).await.unwrap();
+            append_one(shard, short, &short_key, &value("short", index + 1)).await;
         }
     }
     (keep, short)
@@ -372,13 +370,7 @@ fn segments_nothing_is_kept_in_are_removed_from_the_front() {
                 .unwrap();
             set_short_retention(&shard);
             for index in 0..RECORD_COUNT * 2 {
-                let record_value = value("short", index);
-                let records = [RecordInput {
-                    key: b"k",
-                    value: &record_value,
-                    ..RecordInput::default()
-                }];
-                shard.append(short, None, &records).await.unwrap();
+                append_one(&shard, short, b"k", &value("short", index)).await;
                 if index == 0 {
                     let segment = data_dir.join("core-0").join(format!("{:020}.seg", 0));
                     std::fs::copy(&segment, &before_removal).unwrap();
@@ -483,13 +475,7 @@ fn a_checkpoint_holding_unsealed_batches_of_a_rewritten_segment_still_opens() {
             // Only the forever topic grows: what retention may remove is "short"'s oldest
             // runs, in segments the saved checkpoint covers.
             for index in RECORD_COUNT..RECORD_COUNT + 2_000 {
-                let keep_value = value("keep", index);
-                let records = [RecordInput {
-                    key: b"keep-0",
-                    value: &keep_value,
-                    ..RecordInput::default()
-                }];
-                shard.append(keep, None, &records).await.unwrap();
+                append_one(&shard, keep, b"keep-0", &value("keep", index)).await;
             }
             wait_for_rewrites(&shard, 1).await;
             shard.close().await;

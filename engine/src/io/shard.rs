@@ -582,21 +582,7 @@ impl Shard {
         partition_count: u32,
         retention: RetentionPolicy,
     ) -> Result<Topic, TopicError> {
-        let mut guard = self.state.borrow_mut();
-        let state = &mut *guard;
-        if state.shard_id != ShardId(0) {
-            return Err(TopicError::NotCatalogOwner);
-        }
-        let mut catalog = state.catalog.clone();
-        let topic = catalog.add_with(name, partition_count, retention)?;
-        state
-            .data_dir
-            .save_catalog(&catalog)
-            .map_err(TopicError::Storage)?;
-        state.catalog = catalog;
-        drop(guard);
-        self.add_topic(&topic)?;
-        Ok(topic)
+        self.change_catalog(|catalog| catalog.add_with(name, partition_count, retention))
     }
 
     /// Changes topic `name`'s retention durably in the catalog (synced before this returns)
@@ -607,13 +593,23 @@ impl Shard {
         name: &str,
         retention: RetentionPolicy,
     ) -> Result<Topic, TopicError> {
+        self.change_catalog(|catalog| catalog.set_retention(name, retention))
+    }
+
+    /// Applies `change` to a copy of the catalog on shard 0, its owner, saves it durably,
+    /// then takes it and applies the changed topic to this shard's partitions; the caller
+    /// tells the other shards (`add_topic`).
+    fn change_catalog(
+        &self,
+        change: impl FnOnce(&mut Catalog) -> Result<Topic, TopicError>,
+    ) -> Result<Topic, TopicError> {
         let mut guard = self.state.borrow_mut();
         let state = &mut *guard;
         if state.shard_id != ShardId(0) {
             return Err(TopicError::NotCatalogOwner);
         }
         let mut catalog = state.catalog.clone();
-        let topic = catalog.set_retention(name, retention)?;
+        let topic = change(&mut catalog)?;
         state
             .data_dir
             .save_catalog(&catalog)

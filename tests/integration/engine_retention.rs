@@ -34,6 +34,14 @@ fn config(dir: &Path) -> EngineConfig {
     config
 }
 
+/// `config` with retention looking only once an hour: an open that must see the log as
+/// it was left, not retention going on.
+fn without_retention_runs(dir: &Path) -> EngineConfig {
+    let mut config = config(dir);
+    config.retention_check_interval = Duration::from_secs(3600);
+    config
+}
+
 fn value(partition: &str, index: u64) -> Vec<u8> {
     let mut value = format!("{partition}-{index}-").into_bytes();
     value.resize(VALUE_BYTES, b'a' + (index % 26) as u8);
@@ -240,9 +248,7 @@ fn retention_removes_a_partitions_oldest_batches_and_copies_its_neighbours_forwa
     run_local({
         let data_dir = data_dir.clone();
         move || async move {
-            let mut config = config(&data_dir);
-            config.retention_check_interval = Duration::from_secs(3600);
-            let engine = open_engine(config);
+            let engine = open_engine(without_retention_runs(&data_dir));
             let shard = engine.open_shard(ShardId(0)).await.unwrap();
             check_retained(&shard, keep, short).await;
             shard.close().await;
@@ -283,9 +289,7 @@ fn a_crash_between_a_rewritten_segment_and_its_index_loses_nothing() {
     let (keep, short) = run_local({
         let before = before.clone();
         move || async move {
-            let mut config = config(&before);
-            config.retention_check_interval = Duration::from_secs(3600);
-            let engine = open_engine(config);
+            let engine = open_engine(without_retention_runs(&before));
             let shard = engine.open_shard(ShardId(0)).await.unwrap();
             let ids = write_workload(&shard).await;
             shard.close().await;
@@ -337,9 +341,7 @@ fn a_crash_between_a_rewritten_segment_and_its_index_loses_nothing() {
         }
         std::fs::copy(shard_dir(&after).join(name), shard_dir(&crashed).join(name)).unwrap();
         run_local(move || async move {
-            let mut config = config(&crashed);
-            config.retention_check_interval = Duration::from_secs(3600);
-            let engine = open_engine(config);
+            let engine = open_engine(without_retention_runs(&crashed));
             let shard = engine.open_shard(ShardId(0)).await.unwrap();
             assert!(shard.recovered_from_checkpoint().is_some());
             check_retained(&shard, keep, short).await;
@@ -409,9 +411,7 @@ fn segments_nothing_is_kept_in_are_removed_from_the_front() {
     let log_start = run_local({
         let data_dir = data_dir.clone();
         move || async move {
-            let mut config = config(&data_dir);
-            config.retention_check_interval = Duration::from_secs(3600);
-            let engine = open_engine(config);
+            let engine = open_engine(without_retention_runs(&data_dir));
             let shard = engine.open_shard(ShardId(0)).await.unwrap();
             let log_start = shard.log_start(short).unwrap();
             assert!(log_start > Offset(0));
@@ -486,9 +486,7 @@ fn a_checkpoint_holding_unsealed_batches_of_a_rewritten_segment_still_opens() {
     }
     copy_tree(&saved_dir, &data_dir.join("core-0"), |_| true);
     run_local(move || async move {
-        let mut config = config(&data_dir);
-        config.retention_check_interval = Duration::from_secs(3600);
-        let engine = open_engine(config);
+        let engine = open_engine(without_retention_runs(&data_dir));
         let shard = engine.open_shard(ShardId(0)).await.unwrap();
         assert!(shard.recovered_from_checkpoint().is_some());
         let kept = read_all(&shard, keep, Offset(0)).await;

@@ -493,6 +493,15 @@ impl OffsetIndex {
         &self.sealed
     }
 
+    /// The partition's run in sealed segment `segment_index`, if it has one (runs are in
+    /// segment order: a binary search).
+    pub fn run_in(&self, segment_index: u64) -> Option<&SealedRun> {
+        self.sealed
+            .binary_search_by_key(&segment_index, |run| run.segment_index)
+            .ok()
+            .and_then(|at| self.sealed.get(at))
+    }
+
     /// The first offset still held: the first durable batch's, else the end (retention
     /// may have removed every batch; offsets below the end stay used).
     pub fn log_start(&self) -> Offset {

@@ -1295,15 +1295,17 @@ impl ShardLog {
                 remove_file: true,
             });
         }
-        let removable_first = |log: &PartitionLog| -> Option<u64> {
-            let run = log.synced_batches.sealed_runs().first()?;
-            (run.segment_index < bound && removable(log, run, now_ms)).then_some(run.segment_index)
-        };
-        let mut candidates: Vec<u64> = self
+        // Each partition's removable first run, once: deciding it sums the partition's bytes.
+        let removable_first: HashMap<PartitionId, u64> = self
             .partitions
-            .values()
-            .filter_map(removable_first)
+            .iter()
+            .filter_map(|(id, log)| {
+                let run = log.synced_batches.sealed_runs().first()?;
+                (run.segment_index < bound && removable(log, run, now_ms))
+                    .then_some((*id, run.segment_index))
+            })
             .collect();
+        let mut candidates: Vec<u64> = removable_first.values().copied().collect();
         candidates.sort_unstable();
         candidates.dedup();
         let mut ready = None;
@@ -1314,16 +1316,11 @@ impl ShardLog {
             let mut limited_kept = false;
             let mut generation = None;
             for (id, log) in &self.partitions {
-                let Some(run) = log
-                    .synced_batches
-                    .sealed_runs()
-                    .iter()
-                    .find(|run| run.segment_index == segment_index)
-                else {
+                let Some(run) = log.synced_batches.run_in(segment_index) else {
                     continue;
                 };
                 generation = Some(run.generation);
-                if removable_first(log) == Some(segment_index) {
+                if removable_first.get(id) == Some(&segment_index) {
                     removed.push(*id);
                     removed_bytes += run.size_bytes;
                 } else {

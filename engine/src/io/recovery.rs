@@ -208,13 +208,9 @@ pub(crate) async fn recover_segments(
                 segments.insert(index, segment.clone());
                 let write = index_files_mode != IndexFiles::VerifyOnly;
                 reconcile_rewritten(shard_dir, &segment, partitions, config, write).await?;
-                let sealed_now = partitions.values().any(|partition| {
-                    partition
-                        .synced_batches
-                        .sealed_runs()
-                        .iter()
-                        .any(|run| run.segment_index == index)
-                });
+                let sealed_now = partitions
+                    .values()
+                    .any(|partition| partition.synced_batches.run_in(index).is_some());
                 if sealed_now {
                     let file = IndexFile::open(shard_dir, index).await.map_err(|error| {
                         checkpoint_mismatch(&path, &format!("its index file: {error}"))
@@ -612,20 +608,29 @@ async fn reconcile_rewritten(
     let mut unsealed = false;
     for partition in partitions.values() {
         let batches = &partition.synced_batches;
-        if let Some(run) = batches
-            .sealed_runs()
-            .iter()
-            .find(|run| run.segment_index == index)
-        {
+        if let Some(run) = batches.run_in(index) {
             if checkpoint_generation.is_some_and(|generation| generation != run.generation) {
                 return Err(checkpoint_mismatch(&path, "its runs name two generations"));
             }
             checkpoint_generation = Some(run.generation);
         }
-        unsealed |= batches
-            .dense_batches()
-            .iter()
-            .any(|batch| batch.segment_index == index);
+        let dense = batches.dense_batches();
+        if dense.iter().any(|batch| batch.segment_index == index) {
+            // Sealing them here needs them at the front of the dense part; behind an
+            // earlier segment left unsealed (its index to be rewritten after the damage
+            // check) they cannot be, and the checkpoint is passed over.
+            if header.generation > 0
+                && dense
+                    .first()
+                    .is_some_and(|batch| batch.segment_index != index)
+            {
+                return Err(checkpoint_mismatch(
+                    &path,
+                    "a rewritten segment's batches are unsealed behind an earlier segment's",
+                ));
+            }
+            unsealed = true;
+        }
     }
     if unsealed && checkpoint_generation.is_some() {
         return Err(checkpoint_mismatch(
@@ -710,12 +715,7 @@ async fn reconcile_rewritten(
                 batches.seal(index, entries_position);
             }
         }
-        let Some(run) = batches
-            .sealed_runs()
-            .iter()
-            .find(|run| run.segment_index == index)
-            .cloned()
-        else {
+        let Some(run) = batches.run_in(index).cloned() else {
             continue;
         };
         let row = on_disk

@@ -218,13 +218,24 @@ def encode_create_topic(
     retention_ms: int | None = None,
     retention_bytes: int | None = None,
 ) -> bytearray:
-    writer, body_field = _request(correlation_id, CREATE_TOPIC)
     scalars = [(1, "I", partition_count)]
     if retention_ms is not None:
         scalars.append((2, "Q", retention_ms))
     if retention_bytes is not None:
         scalars.append((3, "Q", retention_bytes))
-    position, offsets = writer.table(4, scalars, [0])
+    return _named_request(correlation_id, CREATE_TOPIC, name, 4, scalars)
+
+
+def _named_request(
+    correlation_id: int,
+    kind: int,
+    name: str,
+    field_count: int,
+    scalars: list[tuple[int, str, int]],
+) -> bytearray:
+    """A request whose body is a table with the topic name at field 0 and `scalars`."""
+    writer, body_field = _request(correlation_id, kind)
+    position, offsets = writer.table(field_count, scalars, [0])
     writer.patch(body_field, position)
     writer.patch(offsets[0], writer.string(name))
     return writer.finish()
@@ -237,16 +248,12 @@ def encode_alter_topic(
     retention_bytes: int | None = None,
 ) -> bytearray:
     """AlterTopic: a limit left as None stays as it is; -1 removes it (keep forever)."""
-    writer, body_field = _request(correlation_id, ALTER_TOPIC)
-    scalars = []
+    scalars: list[tuple[int, str, int]] = []
     if retention_ms is not None:
         scalars.append((1, "q", retention_ms))
     if retention_bytes is not None:
         scalars.append((2, "q", retention_bytes))
-    position, offsets = writer.table(3, scalars, [0])
-    writer.patch(body_field, position)
-    writer.patch(offsets[0], writer.string(name))
-    return writer.finish()
+    return _named_request(correlation_id, ALTER_TOPIC, name, 3, scalars)
 
 
 def _condition(writer: _Writer, condition: KeyCondition) -> int:
